@@ -1,0 +1,1 @@
+//! Augmentations: elastic transform, intensity jitter.

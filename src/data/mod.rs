@@ -1,0 +1,1 @@
+//! CT data: NIfTI I/O with geometry, preprocessing, the slice store, synthetic phantoms.

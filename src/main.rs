@@ -1,0 +1,26 @@
+//! The `lrc` command line.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lrc",
+    version,
+    about = "Self-supervised contrastive pre-training (MoCo + Local Region Contrast) of 2-D U-Nets for CT segmentation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: lrc::Result<()> = match cli.command {};
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

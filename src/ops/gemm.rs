@@ -1,0 +1,124 @@
+//! Dense matrix products on the CPU (the `gemm` crate), and the `matmul` op.
+
+use gemm::Parallelism;
+use num_traits::Zero;
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_cpu_dtype;
+
+/// `c (m x n) [+]= op(a) * op(b)` on row-major slices, where `op(a)` is m x k (`a` is stored
+/// k x m when `trans_a`) and `op(b)` is k x n (`b` stored n x k when `trans_b`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    trans_a: bool,
+    b: &[T],
+    trans_b: bool,
+    c: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm_into: slices too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    let par = if parallel && m * n * k >= 1 << 15 {
+        Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index the strides reach; `c` does not alias `a`/`b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `[m, k] x [k, n] -> [m, n]`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_t(a, false, b, false)
+}
+
+/// Matrix product with either operand read transposed.
+pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    let [ar, ac] = a.dims2("matmul")?;
+    let [br, bc] = b.dims2("matmul")?;
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "inner sizes differ: {:?}{} x {:?}{}",
+                a.shape(),
+                if trans_a { "^T" } else { "" },
+                b.shape(),
+                if trans_b { "^T" } else { "" }
+            ),
+        ));
+    }
+    if !a.is_cpu() || !b.is_cpu() {
+        return Err(super::cuda_missing("matmul"));
+    }
+    with_cpu_dtype!("matmul", [a, b], T => {
+        let mut c = vec![T::zero(); m * n];
+        gemm_into(m, n, k, a.as_slice::<T>()?, trans_a, b.as_slice::<T>()?, trans_b, &mut c, false, true);
+        Ok(Tensor::cpu(vec![m, n], c))
+    })
+}
+
+impl Tape {
+    /// `[m, k] x [k, n] -> [m, n]`.
+    pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
+        let out = matmul(self.value(a), self.value(b))?;
+        Ok(self.record(out, &[a, b], |ctx| {
+            // dA = dC B^T, dB = A^T dC
+            let ga = if ctx.needs_grad(0) {
+                Some(matmul_t(ctx.grad, false, ctx.input(1), true)?)
+            } else {
+                None
+            };
+            let gb = if ctx.needs_grad(1) {
+                Some(matmul_t(ctx.input(0), true, ctx.grad, false)?)
+            } else {
+                None
+            };
+            Ok(vec![ga, gb])
+        }))
+    }
+}

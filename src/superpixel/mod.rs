@@ -1,0 +1,1 @@
+//! Felzenszwalb superpixels, CT clean-up of regions, region sampling.
