@@ -62,7 +62,7 @@ pub trait Element:
     fn wrap(data: Vec<Self>) -> CpuStorage;
     /// Lossless for f64, rounding for f32; used for constants in generic code.
     fn of(x: f64) -> Self;
-    fn to_f64(self) -> f64;
+    fn as_f64(self) -> f64;
 }
 
 impl Element for f32 {
@@ -85,7 +85,7 @@ impl Element for f32 {
     fn of(x: f64) -> f32 {
         x as f32
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self as f64
     }
 }
@@ -110,7 +110,7 @@ impl Element for f64 {
     fn of(x: f64) -> f64 {
         x
     }
-    fn to_f64(self) -> f64 {
+    fn as_f64(self) -> f64 {
         self
     }
 }

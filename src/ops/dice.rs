@@ -1,1 +1,86 @@
-//! (pending)
+//! Soft multi-class Dice loss on softmax probabilities:
+//! `1 - (1/C') * sum_c 2 * sum(p_c * g_c) / (sum(p_c) + sum(g_c) + eps)`, sums over the whole
+//! batch and all pixels ("batch Dice"), C' the classes counted (background optional).
+
+use super::softmax::{check_targets, cpu::softmax};
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_cpu_dtype;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DiceConfig {
+    /// Leave class 0 (background) out of the average.
+    pub skip_background: bool,
+    pub eps: f64,
+}
+
+impl Default for DiceConfig {
+    fn default() -> Self {
+        DiceConfig {
+            skip_background: false,
+            eps: 1e-5,
+        }
+    }
+}
+
+pub mod cpu {
+    use super::*;
+
+    /// Returns the loss and the gradient with respect to the logits.
+    pub fn dice_loss<T: Element>(x: &[T], targets: &[u32], c: usize, inner: usize, cfg: &DiceConfig) -> (f64, Vec<T>) {
+        let p = softmax(x, c, inner);
+        let (mut inter, mut psum, mut gsum) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
+        for (pos, &t) in targets.iter().enumerate() {
+            let (n, i) = (pos / inner, pos % inner);
+            for k in 0..c {
+                psum[k] += p[(n * c + k) * inner + i].as_f64();
+            }
+            inter[t as usize] += p[(n * c + t as usize) * inner + i].as_f64();
+            gsum[t as usize] += 1.0;
+        }
+        let first = usize::from(cfg.skip_background);
+        let counted = (c - first) as f64;
+        let mut loss = 1.0;
+        // dL/dp_k at a pixel = a_k + b_k * g_k, with a_k = 2 I_k / S_k^2 / C', b_k = -2 / S_k / C'.
+        let (mut a, mut b) = (vec![0.0; c], vec![0.0; c]);
+        for k in first..c {
+            let s = psum[k] + gsum[k] + cfg.eps;
+            loss -= 2.0 * inter[k] / s / counted;
+            a[k] = 2.0 * inter[k] / (s * s) / counted;
+            b[k] = -2.0 / s / counted;
+        }
+        let mut grad = vec![T::zero(); x.len()];
+        for (pos, &t) in targets.iter().enumerate() {
+            let (n, i) = (pos / inner, pos % inner);
+            let dp = |k: usize| a[k] + if k == t as usize { b[k] } else { 0.0 };
+            let dot: f64 = (0..c).map(|k| p[(n * c + k) * inner + i].as_f64() * dp(k)).sum();
+            for k in 0..c {
+                let j = (n * c + k) * inner + i;
+                grad[j] = T::of(p[j].as_f64() * (dp(k) - dot));
+            }
+        }
+        (loss, grad)
+    }
+}
+
+impl Tape {
+    /// Soft Dice loss of logits `[N, C, H, W]` against a label map (one class per pixel).
+    pub fn dice_loss(&mut self, logits: Var, targets: &[u32], cfg: DiceConfig) -> Result<Var> {
+        let xv = self.value(logits);
+        let (_, c, inner) = check_targets("dice_loss", xv, targets)?;
+        if cfg.skip_background && c < 2 {
+            return Err(Error::config("dice_loss: skipping the background leaves no class"));
+        }
+        if !xv.is_cpu() {
+            return Err(super::cuda_missing("dice_loss"));
+        }
+        let (loss, grad) = with_cpu_dtype!("dice_loss", [xv], T => {
+            let (l, g) = cpu::dice_loss(xv.as_slice::<T>()?, targets, c, inner, &cfg);
+            (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
+        });
+        Ok(self.record(loss, &[logits], move |ctx| {
+            Ok(vec![Some(super::pointwise::scale(&grad, ctx.grad.scalar()?)?)])
+        }))
+    }
+}

@@ -22,7 +22,7 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, f64op: fn(f64, f64) -> f64) 
         return Err(super::cuda_missing(op));
     }
     with_cpu_dtype!(op, [a, b], T => {
-        let out = zip_map(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| T::of(f64op(x.to_f64(), y.to_f64())));
+        let out = zip_map(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| T::of(f64op(x.as_f64(), y.as_f64())));
         Ok(Tensor::cpu(a.shape().to_vec(), out))
     })
 }
@@ -32,7 +32,7 @@ fn unary(op: &'static str, a: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor>
         return Err(super::cuda_missing(op));
     }
     with_cpu_dtype!(op, [a], T => {
-        let out: Vec<T> = a.as_slice::<T>()?.iter().map(|&x| T::of(f(x.to_f64()))).collect();
+        let out: Vec<T> = a.as_slice::<T>()?.iter().map(|&x| T::of(f(x.as_f64()))).collect();
         Ok(Tensor::cpu(a.shape().to_vec(), out))
     })
 }
@@ -75,7 +75,7 @@ pub fn sum_all(a: &Tensor) -> Result<Tensor> {
         return Err(super::cuda_missing("sum"));
     }
     with_cpu_dtype!("sum", [a], T => {
-        let s: f64 = a.as_slice::<T>()?.iter().map(|x| x.to_f64()).sum();
+        let s: f64 = a.as_slice::<T>()?.iter().map(|x| x.as_f64()).sum();
         Ok(Tensor::cpu(vec![1], vec![T::of(s)]))
     })
 }

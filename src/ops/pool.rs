@@ -1,1 +1,96 @@
-//! (pending)
+//! 2x2 max pooling (stride 2, floor on odd sizes as torch) and global average pooling.
+
+use num_traits::Zero;
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_cpu_dtype;
+
+/// Returns the pooled tensor and, per output element, the flat input index of its maximum.
+pub fn max_pool2x2(x: &Tensor) -> Result<(Tensor, Vec<u32>)> {
+    let [n, c, h, w] = x.dims4("max_pool2d")?;
+    if h < 2 || w < 2 {
+        return Err(Error::shape(
+            "max_pool2d",
+            format!("input {h}x{w} is smaller than the 2x2 window"),
+        ));
+    }
+    if !x.is_cpu() {
+        return Err(super::cuda_missing("max_pool2d"));
+    }
+    let (ho, wo) = (h / 2, w / 2);
+    with_cpu_dtype!("max_pool2d", [x], T => {
+        let xs = x.as_slice::<T>()?;
+        let mut y = Vec::with_capacity(n * c * ho * wo);
+        let mut arg = Vec::with_capacity(n * c * ho * wo);
+        for p in 0..n * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best = p * h * w + 2 * oy * w + 2 * ox;
+                    for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
+                        let i = p * h * w + (2 * oy + dy) * w + 2 * ox + dx;
+                        // Strict comparison keeps the first maximum in raster order; NaN propagates.
+                        if xs[i] > xs[best] || xs[i].is_nan() {
+                            best = i;
+                        }
+                    }
+                    y.push(xs[best]);
+                    arg.push(best as u32);
+                }
+            }
+        }
+        Ok((Tensor::cpu(vec![n, c, ho, wo], y), arg))
+    })
+}
+
+pub fn max_pool2x2_backward(input_shape: &[usize], dy: &Tensor, argmax: &[u32]) -> Result<Tensor> {
+    with_cpu_dtype!("max_pool2d backward", [dy], T => {
+        let mut dx = vec![T::zero(); input_shape.iter().product()];
+        for (&i, &g) in argmax.iter().zip(dy.as_slice::<T>()?) {
+            dx[i as usize] += g;
+        }
+        Ok(Tensor::cpu(input_shape.to_vec(), dx))
+    })
+}
+
+/// `[N, C, H, W] -> [N, C]`, the mean over each plane.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("global_avg_pool")?;
+    if !x.is_cpu() {
+        return Err(super::cuda_missing("global_avg_pool"));
+    }
+    with_cpu_dtype!("global_avg_pool", [x], T => {
+        let y: Vec<T> = x.as_slice::<T>()?.chunks(h * w).map(|p| p.iter().copied().sum::<T>() / T::of((h * w) as f64)).collect();
+        Ok(Tensor::cpu(vec![n, c], y))
+    })
+}
+
+pub fn global_avg_pool_backward(input_shape: &[usize], dy: &Tensor) -> Result<Tensor> {
+    let hw = input_shape[2] * input_shape[3];
+    with_cpu_dtype!("global_avg_pool backward", [dy], T => {
+        let scale = T::of(1.0 / hw as f64);
+        let dx: Vec<T> = dy.as_slice::<T>()?.iter().flat_map(|&g| std::iter::repeat_n(g * scale, hw)).collect();
+        Ok(Tensor::cpu(input_shape.to_vec(), dx))
+    })
+}
+
+impl Tape {
+    /// `torch.nn.functional.max_pool2d(x, 2)`.
+    pub fn max_pool2x2(&mut self, x: Var) -> Result<Var> {
+        let (y, argmax) = max_pool2x2(self.value(x))?;
+        let shape = self.value(x).shape().to_vec();
+        Ok(self.record(y, &[x], move |ctx| {
+            Ok(vec![Some(max_pool2x2_backward(&shape, ctx.grad, &argmax)?)])
+        }))
+    }
+
+    /// Mean over H and W: `[N, C, H, W] -> [N, C]`.
+    pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
+        let y = global_avg_pool(self.value(x))?;
+        let shape = self.value(x).shape().to_vec();
+        Ok(self.record(y, &[x], move |ctx| {
+            Ok(vec![Some(global_avg_pool_backward(&shape, ctx.grad)?)])
+        }))
+    }
+}

@@ -1,1 +1,138 @@
-//! (pending)
+//! Softmax over the class axis (dim 1) of [N, C] or [N, C, H, W], log-softmax and
+//! cross-entropy against integer class targets.
+
+use crate::autograd::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Tensor};
+use crate::with_cpu_dtype;
+
+/// (outer, classes, inner) of a class-axis-1 tensor.
+pub fn class_layout(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    let s = x.shape();
+    if s.len() < 2 || s[1] == 0 {
+        return Err(Error::shape(op, format!("needs [N, C, ...] with C > 0, got {s:?}")));
+    }
+    Ok((s[0], s[1], s[2..].iter().product()))
+}
+
+pub mod cpu {
+    use super::*;
+
+    /// Softmax over the class axis, with the max shifted out for stability.
+    pub fn softmax<T: Element>(x: &[T], c: usize, inner: usize) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        for (ys, xs) in y.chunks_mut(c * inner).zip(x.chunks(c * inner)) {
+            for i in 0..inner {
+                let m = (0..c)
+                    .map(|k| xs[k * inner + i].as_f64())
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = (0..c).map(|k| (xs[k * inner + i].as_f64() - m).exp()).sum();
+                for k in 0..c {
+                    ys[k * inner + i] = T::of((xs[k * inner + i].as_f64() - m).exp() / z);
+                }
+            }
+        }
+        y
+    }
+
+    pub fn log_softmax<T: Element>(x: &[T], c: usize, inner: usize) -> Vec<T> {
+        let mut y = vec![T::zero(); x.len()];
+        for (ys, xs) in y.chunks_mut(c * inner).zip(x.chunks(c * inner)) {
+            for i in 0..inner {
+                let m = (0..c)
+                    .map(|k| xs[k * inner + i].as_f64())
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + (0..c).map(|k| (xs[k * inner + i].as_f64() - m).exp()).sum::<f64>().ln();
+                for k in 0..c {
+                    ys[k * inner + i] = T::of(xs[k * inner + i].as_f64() - lse);
+                }
+            }
+        }
+        y
+    }
+
+    /// Backward of log-softmax from its output: `dx = dy - softmax * sum(dy)`.
+    pub fn log_softmax_backward<T: Element>(y: &[T], dy: &[T], c: usize, inner: usize) -> Vec<T> {
+        let mut dx = vec![T::zero(); y.len()];
+        for ((dxs, ys), dys) in dx
+            .chunks_mut(c * inner)
+            .zip(y.chunks(c * inner))
+            .zip(dy.chunks(c * inner))
+        {
+            for i in 0..inner {
+                let s: f64 = (0..c).map(|k| dys[k * inner + i].as_f64()).sum();
+                for k in 0..c {
+                    let j = k * inner + i;
+                    dxs[j] = T::of(dys[j].as_f64() - ys[j].as_f64().exp() * s);
+                }
+            }
+        }
+        dx
+    }
+
+    /// Mean over positions of `-log softmax(x)[target]`, and the gradient `(p - onehot) / M`.
+    pub fn cross_entropy<T: Element>(x: &[T], targets: &[u32], c: usize, inner: usize) -> (f64, Vec<T>) {
+        let p = softmax(x, c, inner);
+        let positions = targets.len();
+        let mut loss = 0.0;
+        let mut grad: Vec<T> = p.iter().map(|&v| T::of(v.as_f64() / positions as f64)).collect();
+        for (pos, &t) in targets.iter().enumerate() {
+            let (n, i) = (pos / inner, pos % inner);
+            let j = n * c * inner + t as usize * inner + i;
+            loss -= p[j].as_f64().max(f64::MIN_POSITIVE).ln();
+            grad[j] -= T::of(1.0 / positions as f64);
+        }
+        (loss / positions as f64, grad)
+    }
+}
+
+/// Checks that `targets` holds one class index < C per position of `x`.
+pub fn check_targets(op: &'static str, x: &Tensor, targets: &[u32]) -> Result<(usize, usize, usize)> {
+    let (n, c, inner) = class_layout(op, x)?;
+    if targets.len() != n * inner {
+        return Err(Error::shape(
+            op,
+            format!("{} targets for input {:?}", targets.len(), x.shape()),
+        ));
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= c) {
+        return Err(Error::shape(
+            op,
+            format!("target class {bad} out of range for {c} classes"),
+        ));
+    }
+    Ok((n, c, inner))
+}
+
+impl Tape {
+    pub fn log_softmax(&mut self, x: Var) -> Result<Var> {
+        let (_, c, inner) = class_layout("log_softmax", self.value(x))?;
+        let xv = self.value(x);
+        if !xv.is_cpu() {
+            return Err(super::cuda_missing("log_softmax"));
+        }
+        let y = with_cpu_dtype!("log_softmax", [xv], T => Tensor::cpu(xv.shape().to_vec(), cpu::log_softmax(xv.as_slice::<T>()?, c, inner)));
+        Ok(self.record(y, &[x], move |ctx| {
+            let (y, dy) = (ctx.output(), ctx.grad);
+            with_cpu_dtype!("log_softmax backward", [y, dy], T => {
+                Ok(vec![Some(Tensor::cpu(y.shape().to_vec(), cpu::log_softmax_backward(y.as_slice::<T>()?, dy.as_slice::<T>()?, c, inner)))])
+            })
+        }))
+    }
+
+    /// Mean cross-entropy of logits `[N, C, ...]` against class indices, one per position.
+    pub fn cross_entropy(&mut self, logits: Var, targets: &[u32]) -> Result<Var> {
+        let xv = self.value(logits);
+        let (_, c, inner) = check_targets("cross_entropy", xv, targets)?;
+        if !xv.is_cpu() {
+            return Err(super::cuda_missing("cross_entropy"));
+        }
+        let (loss, grad) = with_cpu_dtype!("cross_entropy", [xv], T => {
+            let (l, g) = cpu::cross_entropy(xv.as_slice::<T>()?, targets, c, inner);
+            (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
+        });
+        Ok(self.record(loss, &[logits], move |ctx| {
+            Ok(vec![Some(super::pointwise::scale(&grad, ctx.grad.scalar()?)?)])
+        }))
+    }
+}
