@@ -7,6 +7,7 @@
 
 pub mod augment;
 pub mod autograd;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod device;

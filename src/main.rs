@@ -1,4 +1,6 @@
-//! The `lrc` command line.
+//! The `lrc` command line: argument definitions and dispatch only.
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -14,11 +16,28 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Write the engine's outputs and gradients on fixed weights for scripts/torch_reference.py --check.
+    Parity {
+        /// Output safetensors file.
+        #[arg(short, long, default_value = "parity.safetensors")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: lrc::Result<()> = match cli.command {};
+    let result: lrc::Result<()> = match cli.command {
+        Command::Parity { out, seed } => lrc::cli::parity::export(&out, seed).map(|()| {
+            println!(
+                "wrote {}; check it with: python3 scripts/torch_reference.py --check {}",
+                out.display(),
+                out.display()
+            )
+        }),
+    };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

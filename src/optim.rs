@@ -1,1 +1,229 @@
-//! (pending)
+//! Optimizers with exactly torch.optim's update rules, and a cosine schedule with warm-up.
+//!
+//! - SGD: `g = grad + wd p`; `buf = g` on the first step, else `buf = momentum buf + g`;
+//!   `p -= lr buf` (dampening 0, no Nesterov, as the thesis' MoCo settings).
+//! - Adam: `g = grad + wd p` (L2 added to the gradient, as torch.optim.Adam);
+//!   `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`;
+//!   `p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
+//! - AdamW: `p *= 1 - lr wd` first, then Adam with no weight decay in the gradient.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::tensor::{Element, Tensor};
+use crate::with_cpu_dtype;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OptimizerKind {
+    Sgd {
+        momentum: f64,
+        weight_decay: f64,
+    },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerKind {
+    pub fn sgd(momentum: f64, weight_decay: f64) -> Self {
+        OptimizerKind::Sgd { momentum, weight_decay }
+    }
+    pub fn adam(weight_decay: f64) -> Self {
+        OptimizerKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+    pub fn adamw(weight_decay: f64) -> Self {
+        OptimizerKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+}
+
+/// An optimizer and its per-parameter state (momentum buffers, moments), in store order.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    pub step: u64,
+    /// SGD: momentum buffer; Adam(W): first moment.
+    pub state1: Vec<Option<Tensor>>,
+    /// Adam(W): second moment.
+    pub state2: Vec<Option<Tensor>>,
+}
+
+struct Hyper {
+    lr: f64,
+    kind: OptimizerKind,
+    step: u64,
+}
+
+fn update<T: Element>(h: &Hyper, p: &mut [T], g: &[T], s1: &mut [T], s2: &mut [T], first: bool) {
+    match h.kind {
+        OptimizerKind::Sgd { momentum, weight_decay } => {
+            for i in 0..p.len() {
+                let mut d = g[i].as_f64() + weight_decay * p[i].as_f64();
+                if momentum != 0.0 {
+                    d = if first { d } else { momentum * s1[i].as_f64() + d };
+                    s1[i] = T::of(d);
+                }
+                p[i] = T::of(p[i].as_f64() - h.lr * d);
+            }
+        }
+        OptimizerKind::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        }
+        | OptimizerKind::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let decoupled = matches!(h.kind, OptimizerKind::AdamW { .. });
+            let t = h.step as i32;
+            let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+            for i in 0..p.len() {
+                let mut pv = p[i].as_f64();
+                let mut d = g[i].as_f64();
+                if decoupled {
+                    pv *= 1.0 - h.lr * weight_decay;
+                } else {
+                    d += weight_decay * pv;
+                }
+                let m = beta1 * s1[i].as_f64() + (1.0 - beta1) * d;
+                let v = beta2 * s2[i].as_f64() + (1.0 - beta2) * d * d;
+                s1[i] = T::of(m);
+                s2[i] = T::of(v);
+                p[i] = T::of(pv - h.lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps));
+            }
+        }
+    }
+}
+
+impl Optimizer {
+    pub fn new(kind: OptimizerKind) -> Optimizer {
+        Optimizer {
+            kind,
+            step: 0,
+            state1: Vec::new(),
+            state2: Vec::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        let n = store.len();
+        if self.state1.is_empty() {
+            self.state1 = vec![None; n];
+            self.state2 = vec![None; n];
+        }
+        if self.state1.len() != n {
+            return Err(Error::config(format!(
+                "optimizer state holds {} parameters, the model {n}",
+                self.state1.len()
+            )));
+        }
+        self.step += 1;
+        let h = Hyper {
+            lr,
+            kind: self.kind,
+            step: self.step,
+        };
+        for (i, param) in store.params_mut().iter_mut().enumerate() {
+            let Some(grad) = &param.grad else { continue };
+            if !param.value.is_cpu() {
+                return Err(crate::ops::cuda_missing("optimizer step"));
+            }
+            let first = self.state1[i].is_none();
+            let s1 =
+                self.state1[i].get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype()));
+            let s2 =
+                self.state2[i].get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype()));
+            let value = &mut param.value;
+            with_cpu_dtype!("optimizer step", [grad], T => {
+                let g = grad.as_slice::<T>()?;
+                update::<T>(&h, value.data_mut::<T>()?, g, s1.data_mut::<T>()?, s2.data_mut::<T>()?, first);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Learning rate per step: linear warm-up from `base/warmup` to `base`, then constant or a
+/// cosine decay to `min_lr` at `total_steps`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    pub base_lr: f64,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    pub min_lr: f64,
+    pub cosine: bool,
+}
+
+impl LrSchedule {
+    pub fn constant(base_lr: f64) -> Self {
+        LrSchedule {
+            base_lr,
+            warmup_steps: 0,
+            total_steps: 0,
+            min_lr: 0.0,
+            cosine: false,
+        }
+    }
+
+    pub fn cosine(base_lr: f64, warmup_steps: u64, total_steps: u64) -> Self {
+        LrSchedule {
+            base_lr,
+            warmup_steps,
+            total_steps,
+            min_lr: 0.0,
+            cosine: true,
+        }
+    }
+
+    /// The rate for 0-based step `step`.
+    pub fn lr(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        if !self.cosine || self.total_steps <= self.warmup_steps {
+            return self.base_lr;
+        }
+        let progress = ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
+        self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = LrSchedule::cosine(1.0, 4, 14);
+        assert!((s.lr(0) - 0.25).abs() < 1e-12);
+        assert!((s.lr(3) - 1.0).abs() < 1e-12);
+        assert!((s.lr(4) - 1.0).abs() < 1e-12);
+        assert!((s.lr(9) - 0.5).abs() < 1e-12);
+        assert!(s.lr(14).abs() < 1e-12);
+        assert!(s.lr(100).abs() < 1e-12);
+    }
+}

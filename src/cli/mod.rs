@@ -1,1 +1,2 @@
 //! Command implementations behind the `lrc` CLI.
+pub mod parity;

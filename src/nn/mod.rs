@@ -1,1 +1,10 @@
-//! (pending)
+//! Models and their parameters.
+
+pub mod layers;
+pub mod models;
+pub mod params;
+pub mod unet;
+
+pub use models::{Branches, GlobalModel, LocalModel, SegModel};
+pub use params::{Bound, Param, ParamId, ParamStore};
+pub use unet::{UNet, UNetConfig};

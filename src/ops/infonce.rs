@@ -92,7 +92,7 @@ impl Tape {
                 format!("q {:?}, k {:?}, queue {:?}", qv.shape(), kv.shape(), nv.shape()),
             ));
         }
-        if !(t > 0.0) {
+        if t.is_nan() || t <= 0.0 {
             return Err(Error::config(format!("infonce temperature must be > 0, got {t}")));
         }
         if !qv.is_cpu() {

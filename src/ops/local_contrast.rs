@@ -226,7 +226,7 @@ impl Tape {
             ));
         }
         let [_, d, h, w] = check_samples(qv, samples)?;
-        if !(cfg.temperature > 0.0) {
+        if cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
             return Err(Error::config(format!(
                 "local loss temperature must be > 0, got {}",
                 cfg.temperature

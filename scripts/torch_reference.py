@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""PyTorch reference of lrc's models and losses, with the same parameter names.
+
+  python3 scripts/torch_reference.py --check parity.safetensors
+      Recomputes, in float64 PyTorch on the CPU, every output and gradient that `lrc parity`
+      wrote (U-Net, global model + InfoNCE, LRC model + local loss, combined segmentation
+      model + Dice + cross-entropy, three steps of SGD / Adam / AdamW) from the same weights
+      and inputs, and prints the worst relative error per tensor. Exit status 1 if any exceeds
+      --tol (default 1e-4; lrc computes in f32, so ~1e-6..1e-5 is expected).
+
+  python3 scripts/torch_reference.py --bench step|conv|lrc-loss [...]
+      Times the same work in PyTorch (see scripts/torch_bench.py).
+
+Parameter names: U-Net `enc.{l}.conv{1,2}/norm{1,2}.{weight,bias}`, `dec.{l}.up` and
+`dec.{l}.conv{1,2}/norm{1,2}`; global model adds `proj`; LRC model adds `embed`; the
+segmentation model prefixes `global.` / `local.` and adds `head`.
+"""
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm1 = nn.InstanceNorm2d(c_out, affine=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(c_out, affine=True)
+
+    def forward(self, x):
+        x = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(x)))
+
+
+class UpBlock(ConvBlock):
+    def __init__(self, c_low, c):
+        super().__init__(2 * c, c)
+        self.up = nn.ConvTranspose2d(c_low, c, 2, stride=2)
+
+
+def widths(cfg):
+    return [min(cfg["base_width"] << l, cfg["max_width"]) for l in range(cfg["depth"])]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        w = widths(cfg)
+        self.enc = nn.ModuleList(
+            [ConvBlock(cfg["in_channels"] if l == 0 else w[l - 1], w[l]) for l in range(cfg["depth"])]
+        )
+
+    def features(self, x):
+        feats = []
+        for l, block in enumerate(self.enc):
+            if l > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
+class UNet(Encoder):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        w = widths(cfg)
+        self.dec = nn.ModuleDict({str(l): UpBlock(w[l + 1], w[l]) for l in reversed(range(cfg["depth"] - 1))})
+
+    def forward(self, x):
+        feats = self.features(x)
+        h = feats[-1]
+        for l in reversed(range(len(feats) - 1)):
+            block = self.dec[str(l)]
+            h = block(torch.cat([feats[l], block.up(h)], dim=1))
+        return h
+
+
+class GlobalModel(Encoder):
+    def __init__(self, cfg, dim):
+        super().__init__(cfg)
+        self.proj = nn.Linear(widths(cfg)[-1], dim)
+
+    def forward(self, x):
+        return self.proj(self.features(x)[-1].mean(dim=(2, 3)))
+
+
+class LocalModel(UNet):
+    def __init__(self, cfg, dim):
+        super().__init__(cfg)
+        self.embed = nn.Conv2d(cfg["base_width"], dim, 1)
+
+    def forward(self, x):
+        return F.normalize(self.embed(super().forward(x)), dim=1)
+
+
+class SegModel(nn.Module):
+    def __init__(self, cfg, classes, combined=True):
+        super().__init__()
+        self.combined = combined
+        if combined:
+            setattr(self, "global", UNet(cfg))
+        self.local = UNet(cfg)
+        self.head = nn.Conv2d(cfg["base_width"] * (2 if combined else 1), classes, 1)
+
+    def forward(self, x):
+        f = self.local(x)
+        if self.combined:
+            f = torch.cat([getattr(self, "global")(x), f], dim=1)
+        return self.head(f)
+
+
+def infonce(q, k, queue, t):
+    """MoCo: logits [q.k, q.queue^T] / t, cross-entropy with target 0."""
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], dim=1) / t
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long))
+
+
+def local_contrast(fq, fp, q_idx, p_idx, t, renormalize=False):
+    """Thesis eq. 3.2 per image, mean over regions, then over images (all have regions here)."""
+    losses = []
+    for b in range(fq.shape[0]):
+        d = fq.shape[1]
+        eq, ep = fq[b].reshape(d, -1), fp[b].reshape(d, -1)
+        mq = eq[:, q_idx[b]].mean(dim=2).t()  # [K, D]
+        mp = ep[:, p_idx[b]].mean(dim=2).t()
+        if renormalize:
+            mq, mp = F.normalize(mq, dim=1), F.normalize(mp, dim=1)
+        qq = mq @ mq.t() / t
+        qp = mq @ mp.t() / t
+        k = qq.shape[0]
+        qq = qq.masked_fill(torch.eye(k, dtype=torch.bool), float("-inf"))
+        lse = torch.logsumexp(torch.cat([qq, qp], dim=1), dim=1)
+        losses.append((lse - qp.diagonal()).mean())
+    return torch.stack(losses).mean()
+
+
+def dice_loss(logits, targets, eps=1e-5, skip_background=False):
+    p = logits.softmax(dim=1)
+    g = F.one_hot(targets, logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    dims = (0, 2, 3)
+    dice = 2 * (p * g).sum(dims) / (p.sum(dims) + g.sum(dims) + eps)
+    if skip_background:
+        dice = dice[1:]
+    return 1 - dice.mean()
+
+
+def load_params(module, tensors, prefix):
+    state = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=True), None
+    return missing
+
+
+class Report:
+    """Worst relative error per tensor: max|ours - ref| / max(max|ref|, floor), where the floor is
+    1e-3 of the largest |ref| among the tensors of the same group (e.g. all `unet/grad/*`).
+    The floor matters for gradients that are exactly zero in exact arithmetic, such as the bias
+    of a convolution followed by instance norm: both sides hold rounding noise there."""
+
+    def __init__(self, tol):
+        self.tol, self.items = tol, []
+
+    def compare(self, name, ours, ref):
+        ours, ref = ours.double(), ref.detach().double().reshape(ours.shape) if ours.numel() == ref.numel() else ref
+        if ours.shape != ref.shape:
+            raise SystemExit(f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}")
+        self.items.append((name, (ours - ref).abs().max().item(), ref.abs().max().item()))
+
+    @staticmethod
+    def zero_in_exact_arithmetic(name):
+        # The bias of a convolution followed by instance norm cancels in the normalisation.
+        return "/grad/" in name and (name.endswith("conv1.bias") or name.endswith("conv2.bias"))
+
+    def print(self):
+        def group(name):
+            return name.rsplit("/", 1)[0] if name.count("/") >= 2 else name
+
+        group_scale = {}
+        for name, _, scale in self.items:
+            if not self.zero_in_exact_arithmetic(name):
+                group_scale[group(name)] = max(group_scale.get(group(name), 0.0), scale)
+        rows, zero_rows = [], []
+        for name, diff, scale in self.items:
+            if self.zero_in_exact_arithmetic(name):
+                zero_rows.append((diff / group_scale[group(name)], name))
+            else:
+                rows.append((diff / max(scale, 1e-3 * group_scale[group(name)], 1e-30), name))
+        rows.sort(reverse=True)
+        zero_rows.sort(reverse=True)
+        for err, name in rows[:10]:
+            print(f"{err:10.3e}  {name}")
+        worst = rows[0][0]
+        print(f"checked {len(rows)} tensors; worst relative error {worst:.3e} (tolerance {self.tol:.0e})")
+        zworst = zero_rows[0][0] if zero_rows else 0.0
+        if zero_rows:
+            print(
+                f"{len(zero_rows)} gradients that are exactly zero in exact arithmetic (conv bias before instance "
+                f"norm): largest difference {zworst:.3e} of the largest gradient of their model ({zero_rows[0][1]})"
+            )
+        return worst <= self.tol and zworst <= 1e-2
+
+
+def check(path, tol):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k).double() for k in f.keys()}
+    torch.set_default_dtype(torch.float64)
+    cfg = json.loads(meta["unet_config"])
+    temp = float(meta["temperature"])
+    rep = Report(tol)
+    x1, x2 = t["inputs/x1"], t["inputs/x2"]
+
+    def grads_of(model, prefix):
+        for name, p in model.named_parameters():
+            rep.compare(f"{prefix}/grad/{name}", t[f"{prefix}/grad/{name}"], p.grad)
+
+    # U-Net under a fixed projection, plus the optimizers from its gradients.
+    unet = UNet(cfg)
+    load_params(unet, t, "unet/param/")
+    x = x1.clone().requires_grad_(True)
+    y = unet(x)
+    loss = (y * t["inputs/projection"]).sum()
+    loss.backward()
+    rep.compare("unet/out", t["unet/out"], y)
+    rep.compare("unet/loss", t["unet/loss"], loss.reshape(1))
+    rep.compare("unet/grad_input", t["unet/grad_input"], x.grad)
+    grads_of(unet, "unet")
+    optimizers = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.03, momentum=0.9, weight_decay=1e-4),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-4),
+        "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2),
+    }
+    for name, make in optimizers.items():
+        model = UNet(cfg)
+        load_params(model, t, "unet/param/")
+        for n_, p in model.named_parameters():
+            p.grad = t[f"unet/grad/{n_}"].clone()
+        opt = make(list(model.parameters()))
+        for _ in range(3):
+            opt.step()
+        for n_, p in model.named_parameters():
+            rep.compare(f"optim/{name}/{n_}", t[f"optim/{name}/{n_}"], p)
+
+    # Global model + InfoNCE.
+    g = GlobalModel(cfg, int(meta["proj_dim"]))
+    load_params(g, t, "global/param/")
+    q = g(x1)
+    loss = infonce(F.normalize(q, dim=1), F.normalize(g(x2), dim=1), F.normalize(t["inputs/queue"], dim=1), temp)
+    loss.backward()
+    rep.compare("global/out", t["global/out"], q)
+    rep.compare("global/loss", t["global/loss"], loss.reshape(1))
+    grads_of(g, "global")
+
+    # LRC model + local loss.
+    m = LocalModel(cfg, int(meta["embed_dim"]))
+    load_params(m, t, "local/param/")
+    fq = m(x1)
+    loss = local_contrast(fq, m(x2), t["inputs/q_idx"].long(), t["inputs/p_idx"].long(), temp)
+    loss.backward()
+    rep.compare("local/out", t["local/out"], fq)
+    rep.compare("local/loss", t["local/loss"], loss.reshape(1))
+    grads_of(m, "local")
+
+    # Combined segmentation model + Dice + cross-entropy.
+    s = SegModel(cfg, int(meta["classes"]))
+    load_params(s, t, "seg/param/")
+    logits = s(x1)
+    targets = t["inputs/targets"].long()
+    loss = dice_loss(logits, targets) + F.cross_entropy(logits, targets)
+    loss.backward()
+    rep.compare("seg/out", t["seg/out"], logits)
+    rep.compare("seg/loss", t["seg/loss"], loss.reshape(1))
+    grads_of(s, "seg")
+    return rep.print()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", metavar="FILE", help="safetensors file written by `lrc parity`")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--bench", choices=["step", "conv", "lrc-loss"], help="time PyTorch (see torch_bench.py)")
+    args, rest = ap.parse_known_args()
+    if args.check:
+        sys.exit(0 if check(args.check, args.tol) else 1)
+    if args.bench:
+        import os
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import torch_bench
+
+        sys.exit(torch_bench.main(["--bench", args.bench] + rest))
+    ap.print_help()
+
+
+if __name__ == "__main__":
+    main()

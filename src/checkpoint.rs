@@ -1,0 +1,127 @@
+//! Named tensors in safetensors files, written atomically (temporary file, fsync, rename), so
+//! that a crash never leaves a half-written checkpoint behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// Writes `bytes` to `path` atomically: a sibling temporary file is written, synced and renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::config(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+/// Saves tensors (copied to the host) with string metadata.
+pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (dtype, bytes) = match t.dtype() {
+            DType::F32 => (Dtype::F32, bytemuck::cast_slice(&t.to_f32_vec()?).to_vec()),
+            DType::F64 => (Dtype::F64, bytemuck::cast_slice(&t.to_f64_vec()?).to_vec()),
+        };
+        owned.push((name.clone(), dtype, t.shape().to_vec(), bytes));
+    }
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).map_err(|e| Error::config(e.to_string()))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Tensors and metadata of a safetensors file. F32 and F64 tensors load as such; other
+/// element types are an error naming the tensor.
+pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let t = match view.dtype() {
+            Dtype::F32 => Tensor::from_vec(
+                shape,
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect::<Vec<f32>>(),
+            )?,
+            Dtype::F64 => Tensor::from_vec(
+                shape,
+                data.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect::<Vec<f64>>(),
+            )?,
+            other => {
+                return Err(bad(format!(
+                    "tensor {name} has element type {other:?}; expected F32 or F64"
+                )));
+            }
+        };
+        tensors.insert(name, t);
+    }
+    Ok((tensors, metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_values_shapes_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let a = Tensor::from_vec(vec![2, 3], vec![1.0f32, -2.0, 3.5, 0.0, 1e-8, 7.0]).unwrap();
+        let b = Tensor::from_vec(vec![1], vec![0.125f64]).unwrap();
+        let meta = BTreeMap::from([("kind".to_string(), "test".to_string())]);
+        save(&path, &[("a".into(), a.clone()), ("b".into(), b)], &meta).unwrap();
+        let (t, m) = load(&path).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(t["a"].shape(), &[2, 3]);
+        assert_eq!(t["a"].as_slice::<f32>().unwrap(), a.as_slice::<f32>().unwrap());
+        assert_eq!(t["b"].as_slice::<f64>().unwrap(), &[0.125]);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.safetensors") && err.contains("not a safetensors file"),
+            "{err}"
+        );
+    }
+}
