@@ -280,6 +280,61 @@ def check(path, tol):
     return rep.print()
 
 
+def bench_step(argv):
+    """Median time of one U-Net training step (forward, mean loss, backward, Adam) in PyTorch."""
+    import statistics
+    import time
+
+    ap = argparse.ArgumentParser(prog="torch_reference.py --bench step")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--base", type=int, default=32)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--json", help="append a JSON line with the result to this file")
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    cfg = {"in_channels": 1, "base_width": a.base, "depth": a.depth, "max_width": 512}
+    model = UNet(cfg).to(dev)
+    fwd = torch.compile(model) if a.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(a.batch, 1, a.size, a.size, device=dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = fwd(x).mean()
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    mode = "compile" if a.compile else "eager"
+    print(
+        f"torch {torch.__version__} {a.device} {mode}: U-Net step batch {a.batch} 1x{a.size}x{a.size} base {a.base} "
+        f"depth {a.depth}: median {med * 1e3:.1f} ms over {a.repeats} (threads {torch.get_num_threads()})"
+    )
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps({"bench": "step", "impl": f"torch-{mode}", "device": a.device, "batch": a.batch,
+                                "size": a.size, "base": a.base, "depth": a.depth, "median_ms": med * 1e3}) + "\n")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", metavar="FILE", help="safetensors file written by `lrc parity`")
@@ -288,6 +343,8 @@ def main():
     args, rest = ap.parse_known_args()
     if args.check:
         sys.exit(0 if check(args.check, args.tol) else 1)
+    if args.bench == "step":
+        sys.exit(bench_step(rest))
     if args.bench:
         import os
 
