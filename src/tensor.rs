@@ -382,6 +382,21 @@ impl Tensor {
         })
     }
 
+    /// Rows `start..start + len` of the leading axis, copied (CPU).
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        if self.shape.is_empty() || start + len > self.shape[0] {
+            return Err(Error::shape("narrow_rows", format!("rows {start}..{} of {:?}", start + len, self.shape)));
+        }
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = len;
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(Tensor::cpu(shape, v[start * row..(start + len) * row].to_vec())),
+            Storage::Cpu(CpuStorage::F64(v)) => Ok(Tensor::cpu(shape, v[start * row..(start + len) * row].to_vec())),
+            Storage::Cuda(_) => Err(Error::Device("narrow_rows needs a CPU tensor".into())),
+        }
+    }
+
     /// True when both tensors share one storage (no copy was made).
     pub fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)

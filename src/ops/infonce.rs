@@ -19,9 +19,10 @@ pub mod cpu {
         a.iter().zip(b).map(|(x, y)| x.as_f64() * y.as_f64()).sum()
     }
 
-    /// `q`, `k`: [B, D]; `queue`: [K, D]. Returns the loss and, per row, the softmax over
-    /// [positive, negatives] that the backward needs.
-    pub fn forward<T: Element>(q: &[T], k: &[T], queue: &[T], d: usize, t: f64) -> (f64, Vec<f64>) {
+    /// `q`, `k`: [B, D]; `queue`: [K, D]; `exclude`: optional [B, K] mask of negatives to leave
+    /// out. Returns the loss and, per row, the softmax over [positive, negatives] that the
+    /// backward needs (0 for excluded negatives).
+    pub fn forward<T: Element>(q: &[T], k: &[T], queue: &[T], d: usize, t: f64, exclude: Option<&[bool]>) -> (f64, Vec<f64>) {
         let b = q.len() / d;
         let kq = queue.len() / d;
         let mut probs = vec![0.0; b * (1 + kq)];
@@ -31,7 +32,11 @@ pub mod cpu {
             let row = &mut probs[i * (1 + kq)..(i + 1) * (1 + kq)];
             row[0] = dot(qi, &k[i * d..(i + 1) * d]) / t;
             for j in 0..kq {
-                row[1 + j] = dot(qi, &queue[j * d..(j + 1) * d]) / t;
+                row[1 + j] = if exclude.is_some_and(|m| m[i * kq + j]) {
+                    f64::NEG_INFINITY
+                } else {
+                    dot(qi, &queue[j * d..(j + 1) * d]) / t
+                };
             }
             let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = row.iter().map(|l| (l - m).exp()).sum();
@@ -83,6 +88,13 @@ impl Tape {
     /// MoCo's InfoNCE loss of queries `q` [B, D] against positive keys `k` [B, D] and a queue of
     /// negatives [K, D] at temperature `t`.
     pub fn infonce(&mut self, q: Var, k: Var, queue: Var, t: f64) -> Result<Var> {
+        self.infonce_masked(q, k, queue, t, None)
+    }
+
+    /// InfoNCE with some negatives left out per query: `exclude[i * K + j]` drops queue entry
+    /// `j` from row `i` (MoCo on CT: neighbouring slices of the query's own volume are
+    /// near-duplicates, not negatives).
+    pub fn infonce_masked(&mut self, q: Var, k: Var, queue: Var, t: f64, exclude: Option<Vec<bool>>) -> Result<Var> {
         let (qv, kv, nv) = (self.value(q), self.value(k), self.value(queue));
         let [b, d] = qv.dims2("infonce")?;
         let [_, dn] = nv.dims2("infonce queue")?;
@@ -95,12 +107,17 @@ impl Tape {
         if t.is_nan() || t <= 0.0 {
             return Err(Error::config(format!("infonce temperature must be > 0, got {t}")));
         }
+        if let Some(m) = &exclude
+            && m.len() != b * nv.shape()[0]
+        {
+            return Err(Error::shape("infonce", format!("exclusion mask of {} for {b} x {} logits", m.len(), nv.shape()[0])));
+        }
         if !qv.is_cpu() {
             return Err(super::cuda_missing("infonce"));
         }
         let dtype = qv.dtype();
         let (loss, probs) = with_cpu_dtype!("infonce", [qv, kv, nv], T => {
-            cpu::forward(qv.as_slice::<T>()?, kv.as_slice::<T>()?, nv.as_slice::<T>()?, d, t)
+            cpu::forward(qv.as_slice::<T>()?, kv.as_slice::<T>()?, nv.as_slice::<T>()?, d, t, exclude.as_deref())
         });
         Ok(self.record(Tensor::full(vec![1], loss, dtype), &[q, k, queue], move |ctx| {
             let (q, k, n) = (ctx.input(0), ctx.input(1), ctx.input(2));
