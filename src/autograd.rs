@@ -48,6 +48,7 @@ impl BackwardCtx<'_> {
 type BackwardFn = Box<dyn Fn(&BackwardCtx) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
+    op: &'static str,
     inputs: Vec<Var>,
     backward: BackwardFn,
 }
@@ -122,16 +123,18 @@ impl Tape {
         Var(self.values.len() - 1)
     }
 
-    /// Appends the result of an op. `backward` returns one optional gradient per input and is
+    /// Appends the result of op `op` (its name in profiles). `backward` returns one optional gradient per input and is
     /// kept only when some input needs a gradient.
     pub fn record(
         &mut self,
+        op: &'static str,
         value: Tensor,
         inputs: &[Var],
         backward: impl Fn(&BackwardCtx) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
         let needs = self.grad_enabled && inputs.iter().any(|v| self.requires_grad[v.0]);
         let node = needs.then(|| Node {
+            op,
             inputs: inputs.to_vec(),
             backward: Box::new(backward),
         });
@@ -163,7 +166,10 @@ impl Tape {
                 output: Var(i),
                 grad: &grad,
             };
-            let input_grads = (node.backward)(&ctx)?;
+            let input_grads = {
+                let _range = crate::profile::range(node.op);
+                (node.backward)(&ctx)?
+            };
             debug_assert_eq!(input_grads.len(), node.inputs.len());
             for (input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };

@@ -160,7 +160,7 @@ mod tests {
             |tape, v| {
                 // y = 2x recorded with the gradient of 3x.
                 let y = crate::ops::pointwise::scale(tape.value(v[0]), 2.0)?;
-                let y = tape.record(y, &[v[0]], |ctx| {
+                let y = tape.record("wrong", y, &[v[0]], |ctx| {
                     Ok(vec![Some(crate::ops::pointwise::scale(ctx.grad, 3.0)?)])
                 });
                 tape.sum(y)

@@ -16,6 +16,7 @@ pub mod gradcheck;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod superpixel;
 pub mod tensor;

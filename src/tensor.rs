@@ -385,7 +385,10 @@ impl Tensor {
     /// Rows `start..start + len` of the leading axis, copied (CPU).
     pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Tensor> {
         if self.shape.is_empty() || start + len > self.shape[0] {
-            return Err(Error::shape("narrow_rows", format!("rows {start}..{} of {:?}", start + len, self.shape)));
+            return Err(Error::shape(
+                "narrow_rows",
+                format!("rows {start}..{} of {:?}", start + len, self.shape),
+            ));
         }
         let row: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();

@@ -157,16 +157,23 @@ fn infonce_all_inputs() {
 fn infonce_with_excluded_negatives() {
     let inputs = [rand(&[2, 4], 38), rand(&[2, 4], 39), rand(&[5, 4], 40)];
     let exclude = vec![true, false, false, true, false, false, false, false, false, true];
-    assert_grads("infonce masked", &inputs, |t, v| t.infonce_masked(v[0], v[1], v[2], 0.2, Some(exclude.clone())));
+    assert_grads("infonce masked", &inputs, |t, v| {
+        t.infonce_masked(v[0], v[1], v[2], 0.2, Some(exclude.clone()))
+    });
     // Excluding a negative equals computing the loss without it.
     let mut tape = Tape::no_grad();
     let q = tape.constant(inputs[0].narrow_rows(0, 1).unwrap());
     let k = tape.constant(inputs[1].narrow_rows(0, 1).unwrap());
     let all = tape.constant(inputs[2].clone());
     let kept = tape.constant(inputs[2].narrow_rows(1, 2).unwrap());
-    let masked = tape.infonce_masked(q, k, all, 0.2, Some(vec![true, false, false, true, true])).unwrap();
+    let masked = tape
+        .infonce_masked(q, k, all, 0.2, Some(vec![true, false, false, true, true]))
+        .unwrap();
     let direct = tape.infonce(q, k, kept, 0.2).unwrap();
-    let (a, b) = (tape.value(masked).scalar().unwrap(), tape.value(direct).scalar().unwrap());
+    let (a, b) = (
+        tape.value(masked).scalar().unwrap(),
+        tape.value(direct).scalar().unwrap(),
+    );
     assert!((a - b).abs() < 1e-12, "{a} vs {b}");
 }
 

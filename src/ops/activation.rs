@@ -45,8 +45,9 @@ impl Tape {
 
     /// `torch.nn.functional.leaky_relu(x, slope)`; slope 0 is ReLU.
     pub fn leaky_relu(&mut self, x: Var, slope: f64) -> Result<Var> {
+        let _range = crate::profile::range("leaky_relu");
         let out = forward(self.value(x), slope)?;
-        Ok(self.record(out, &[x], move |ctx| {
+        Ok(self.record("leaky_relu", out, &[x], move |ctx| {
             Ok(vec![Some(backward(ctx.input(0), ctx.grad, slope)?)])
         }))
     }

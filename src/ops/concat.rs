@@ -56,9 +56,10 @@ pub fn split(g: &Tensor, ca: usize, cb: usize) -> Result<(Tensor, Tensor)> {
 impl Tape {
     /// Channel concatenation `[a, b]`.
     pub fn concat(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _range = crate::profile::range("concat");
         let out = forward(self.value(a), self.value(b))?;
         let (ca, cb) = (self.value(a).shape()[1], self.value(b).shape()[1]);
-        Ok(self.record(out, &[a, b], move |ctx| {
+        Ok(self.record("concat", out, &[a, b], move |ctx| {
             let (ga, gb) = split(ctx.grad, ca, cb)?;
             Ok(vec![Some(ga), Some(gb)])
         }))

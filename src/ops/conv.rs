@@ -294,10 +294,11 @@ pub fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor,
 impl Tape {
     /// `torch.nn.functional.conv2d(x, w, b, stride, padding)`.
     pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, stride: usize, pad: usize) -> Result<Var> {
+        let _range = crate::profile::range("conv2d");
         let g = ConvGeom::of(self.value(x), self.value(w), stride, pad)?;
         let out = forward(self.value(x), self.value(w), b.map(|b| self.value(b)), stride, pad)?;
         let inputs: Vec<Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
-        Ok(self.record(out, &inputs, move |ctx| {
+        Ok(self.record("conv2d", out, &inputs, move |ctx| {
             let gx = if ctx.needs_grad(0) {
                 Some(backward_data(&g, ctx.grad, ctx.input(1))?)
             } else {

@@ -67,6 +67,7 @@ pub mod cpu {
 impl Tape {
     /// Soft Dice loss of logits `[N, C, H, W]` against a label map (one class per pixel).
     pub fn dice_loss(&mut self, logits: Var, targets: &[u32], cfg: DiceConfig) -> Result<Var> {
+        let _range = crate::profile::range("dice_loss");
         let xv = self.value(logits);
         let (_, c, inner) = check_targets("dice_loss", xv, targets)?;
         if cfg.skip_background && c < 2 {
@@ -79,7 +80,7 @@ impl Tape {
             let (l, g) = cpu::dice_loss(xv.as_slice::<T>()?, targets, c, inner, &cfg);
             (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
         });
-        Ok(self.record(loss, &[logits], move |ctx| {
+        Ok(self.record("dice_loss", loss, &[logits], move |ctx| {
             Ok(vec![Some(super::pointwise::scale(&grad, ctx.grad.scalar()?)?)])
         }))
     }

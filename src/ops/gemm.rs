@@ -105,8 +105,9 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
 impl Tape {
     /// `[m, k] x [k, n] -> [m, n]`.
     pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _range = crate::profile::range("matmul");
         let out = matmul(self.value(a), self.value(b))?;
-        Ok(self.record(out, &[a, b], |ctx| {
+        Ok(self.record("matmul", out, &[a, b], |ctx| {
             // dA = dC B^T, dB = A^T dC
             let ga = if ctx.needs_grad(0) {
                 Some(matmul_t(ctx.grad, false, ctx.input(1), true)?)

@@ -22,7 +22,14 @@ pub mod cpu {
     /// `q`, `k`: [B, D]; `queue`: [K, D]; `exclude`: optional [B, K] mask of negatives to leave
     /// out. Returns the loss and, per row, the softmax over [positive, negatives] that the
     /// backward needs (0 for excluded negatives).
-    pub fn forward<T: Element>(q: &[T], k: &[T], queue: &[T], d: usize, t: f64, exclude: Option<&[bool]>) -> (f64, Vec<f64>) {
+    pub fn forward<T: Element>(
+        q: &[T],
+        k: &[T],
+        queue: &[T],
+        d: usize,
+        t: f64,
+        exclude: Option<&[bool]>,
+    ) -> (f64, Vec<f64>) {
         let b = q.len() / d;
         let kq = queue.len() / d;
         let mut probs = vec![0.0; b * (1 + kq)];
@@ -95,6 +102,7 @@ impl Tape {
     /// `j` from row `i` (MoCo on CT: neighbouring slices of the query's own volume are
     /// near-duplicates, not negatives).
     pub fn infonce_masked(&mut self, q: Var, k: Var, queue: Var, t: f64, exclude: Option<Vec<bool>>) -> Result<Var> {
+        let _range = crate::profile::range("infonce_masked");
         let (qv, kv, nv) = (self.value(q), self.value(k), self.value(queue));
         let [b, d] = qv.dims2("infonce")?;
         let [_, dn] = nv.dims2("infonce queue")?;
@@ -110,7 +118,10 @@ impl Tape {
         if let Some(m) = &exclude
             && m.len() != b * nv.shape()[0]
         {
-            return Err(Error::shape("infonce", format!("exclusion mask of {} for {b} x {} logits", m.len(), nv.shape()[0])));
+            return Err(Error::shape(
+                "infonce",
+                format!("exclusion mask of {} for {b} x {} logits", m.len(), nv.shape()[0]),
+            ));
         }
         if !qv.is_cpu() {
             return Err(super::cuda_missing("infonce"));
@@ -119,7 +130,7 @@ impl Tape {
         let (loss, probs) = with_cpu_dtype!("infonce", [qv, kv, nv], T => {
             cpu::forward(qv.as_slice::<T>()?, kv.as_slice::<T>()?, nv.as_slice::<T>()?, d, t, exclude.as_deref())
         });
-        Ok(self.record(Tensor::full(vec![1], loss, dtype), &[q, k, queue], move |ctx| {
+        Ok(self.record("infonce_masked", Tensor::full(vec![1], loss, dtype), &[q, k, queue], move |ctx| {
             let (q, k, n) = (ctx.input(0), ctx.input(1), ctx.input(2));
             let scale = ctx.grad.scalar()?;
             with_cpu_dtype!("infonce backward", [q, k, n], T => {

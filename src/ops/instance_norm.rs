@@ -138,8 +138,9 @@ pub fn backward(
 impl Tape {
     /// `torch.nn.functional.instance_norm(x, weight=gamma, bias=beta, eps=eps)`.
     pub fn instance_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f64) -> Result<Var> {
+        let _range = crate::profile::range("instance_norm");
         let (y, mean, inv) = forward(self.value(x), self.value(gamma), self.value(beta), eps)?;
-        Ok(self.record(y, &[x, gamma, beta], move |ctx| {
+        Ok(self.record("instance_norm", y, &[x, gamma, beta], move |ctx| {
             let (dx, dg, db) = backward(ctx.input(0), ctx.grad, ctx.input(1), &mean, &inv)?;
             Ok(vec![Some(dx), Some(dg), Some(db)])
         }))

@@ -53,9 +53,10 @@ pub fn sum_rows(g: &Tensor) -> Result<Tensor> {
 
 impl Tape {
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+        let _range = crate::profile::range("linear");
         let y = forward(self.value(x), self.value(w), b.map(|b| self.value(b)))?;
         let inputs: Vec<Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
-        Ok(self.record(y, &inputs, |ctx| {
+        Ok(self.record("linear", y, &inputs, |ctx| {
             let gx = if ctx.needs_grad(0) {
                 Some(matmul_t(ctx.grad, false, ctx.input(1), false)?)
             } else {

@@ -218,6 +218,7 @@ impl Tape {
         samples: &[RegionSamples],
         cfg: LocalLossConfig,
     ) -> Result<Var> {
+        let _range = crate::profile::range("local_contrast_loss");
         let (qv, pv) = (self.value(fq), self.value(fp));
         if qv.shape() != pv.shape() {
             return Err(Error::shape(
@@ -246,7 +247,7 @@ impl Tape {
             }).sum::<f64>() / counted.max(1) as f64
         });
         let samples = samples.to_vec();
-        Ok(self.record(Tensor::full(vec![1], loss, dtype), &[fq, fp], move |ctx| {
+        Ok(self.record("local_contrast_loss", Tensor::full(vec![1], loss, dtype), &[fq, fp], move |ctx| {
             let (q, p) = (ctx.input(0), ctx.input(1));
             let scale = ctx.grad.scalar()? / counted.max(1) as f64;
             with_cpu_dtype!("local_contrast backward", [q, p], T => {

@@ -74,6 +74,7 @@ pub mod cpu {
 impl Tape {
     /// Unit vectors along dim 1.
     pub fn l2_normalize(&mut self, x: Var) -> Result<Var> {
+        let _range = crate::profile::range("l2_normalize");
         let (_, c, inner) = layout(self.value(x))?;
         let xv = self.value(x);
         if !xv.is_cpu() {
@@ -83,7 +84,7 @@ impl Tape {
             let (y, n) = cpu::forward(xv.as_slice::<T>()?, c, inner, DEFAULT_EPS);
             (Tensor::cpu(xv.shape().to_vec(), y), Tensor::cpu(vec![n.len()], n))
         });
-        Ok(self.record(y, &[x], move |ctx| {
+        Ok(self.record("l2_normalize", y, &[x], move |ctx| {
             let (y, dy) = (ctx.output(), ctx.grad);
             with_cpu_dtype!("l2_normalize backward", [y, dy], T => {
                 let dx = cpu::backward(y.as_slice::<T>()?, dy.as_slice::<T>()?, norms.as_slice::<T>()?, c, inner, DEFAULT_EPS);

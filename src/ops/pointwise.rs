@@ -88,22 +88,25 @@ pub fn broadcast_scalar(scalar: &Tensor, shape: &[usize], factor: f64) -> Result
 
 impl Tape {
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _range = crate::profile::range("add");
         let out = add(self.value(a), self.value(b))?;
-        Ok(self.record(out, &[a, b], |ctx| {
+        Ok(self.record("add", out, &[a, b], |ctx| {
             Ok(vec![Some(ctx.grad.clone()), Some(ctx.grad.clone())])
         }))
     }
 
     pub fn sub(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _range = crate::profile::range("sub");
         let out = sub(self.value(a), self.value(b))?;
-        Ok(self.record(out, &[a, b], |ctx| {
+        Ok(self.record("sub", out, &[a, b], |ctx| {
             Ok(vec![Some(ctx.grad.clone()), Some(scale(ctx.grad, -1.0)?)])
         }))
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _range = crate::profile::range("mul");
         let out = mul(self.value(a), self.value(b))?;
-        Ok(self.record(out, &[a, b], |ctx| {
+        Ok(self.record("mul", out, &[a, b], |ctx| {
             let ga = if ctx.needs_grad(0) {
                 Some(mul(ctx.grad, ctx.input(1))?)
             } else {
@@ -119,19 +122,22 @@ impl Tape {
     }
 
     pub fn scale(&mut self, a: Var, factor: f64) -> Result<Var> {
+        let _range = crate::profile::range("scale");
         let out = scale(self.value(a), factor)?;
-        Ok(self.record(out, &[a], move |ctx| Ok(vec![Some(scale(ctx.grad, factor)?)])))
+        Ok(self.record("scale", out, &[a], move |ctx| Ok(vec![Some(scale(ctx.grad, factor)?)])))
     }
 
     pub fn add_scalar(&mut self, a: Var, offset: f64) -> Result<Var> {
+        let _range = crate::profile::range("add_scalar");
         let out = add_scalar(self.value(a), offset)?;
-        Ok(self.record(out, &[a], |ctx| Ok(vec![Some(ctx.grad.clone())])))
+        Ok(self.record("add_scalar", out, &[a], |ctx| Ok(vec![Some(ctx.grad.clone())])))
     }
 
     /// Sum of all elements, shape [1].
     pub fn sum(&mut self, a: Var) -> Result<Var> {
+        let _range = crate::profile::range("sum");
         let out = sum_all(self.value(a))?;
-        Ok(self.record(out, &[a], |ctx| {
+        Ok(self.record("sum", out, &[a], |ctx| {
             Ok(vec![Some(broadcast_scalar(ctx.grad, ctx.input(0).shape(), 1.0)?)])
         }))
     }

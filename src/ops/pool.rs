@@ -78,18 +78,20 @@ pub fn global_avg_pool_backward(input_shape: &[usize], dy: &Tensor) -> Result<Te
 impl Tape {
     /// `torch.nn.functional.max_pool2d(x, 2)`.
     pub fn max_pool2x2(&mut self, x: Var) -> Result<Var> {
+        let _range = crate::profile::range("max_pool2x2");
         let (y, argmax) = max_pool2x2(self.value(x))?;
         let shape = self.value(x).shape().to_vec();
-        Ok(self.record(y, &[x], move |ctx| {
+        Ok(self.record("max_pool2x2", y, &[x], move |ctx| {
             Ok(vec![Some(max_pool2x2_backward(&shape, ctx.grad, &argmax)?)])
         }))
     }
 
     /// Mean over H and W: `[N, C, H, W] -> [N, C]`.
     pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
+        let _range = crate::profile::range("global_avg_pool");
         let y = global_avg_pool(self.value(x))?;
         let shape = self.value(x).shape().to_vec();
-        Ok(self.record(y, &[x], move |ctx| {
+        Ok(self.record("global_avg_pool", y, &[x], move |ctx| {
             Ok(vec![Some(global_avg_pool_backward(&shape, ctx.grad)?)])
         }))
     }

@@ -106,13 +106,14 @@ pub fn check_targets(op: &'static str, x: &Tensor, targets: &[u32]) -> Result<(u
 
 impl Tape {
     pub fn log_softmax(&mut self, x: Var) -> Result<Var> {
+        let _range = crate::profile::range("log_softmax");
         let (_, c, inner) = class_layout("log_softmax", self.value(x))?;
         let xv = self.value(x);
         if !xv.is_cpu() {
             return Err(super::cuda_missing("log_softmax"));
         }
         let y = with_cpu_dtype!("log_softmax", [xv], T => Tensor::cpu(xv.shape().to_vec(), cpu::log_softmax(xv.as_slice::<T>()?, c, inner)));
-        Ok(self.record(y, &[x], move |ctx| {
+        Ok(self.record("log_softmax", y, &[x], move |ctx| {
             let (y, dy) = (ctx.output(), ctx.grad);
             with_cpu_dtype!("log_softmax backward", [y, dy], T => {
                 Ok(vec![Some(Tensor::cpu(y.shape().to_vec(), cpu::log_softmax_backward(y.as_slice::<T>()?, dy.as_slice::<T>()?, c, inner)))])
@@ -122,6 +123,7 @@ impl Tape {
 
     /// Mean cross-entropy of logits `[N, C, ...]` against class indices, one per position.
     pub fn cross_entropy(&mut self, logits: Var, targets: &[u32]) -> Result<Var> {
+        let _range = crate::profile::range("cross_entropy");
         let xv = self.value(logits);
         let (_, c, inner) = check_targets("cross_entropy", xv, targets)?;
         if !xv.is_cpu() {
@@ -131,7 +133,7 @@ impl Tape {
             let (l, g) = cpu::cross_entropy(xv.as_slice::<T>()?, targets, c, inner);
             (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
         });
-        Ok(self.record(loss, &[logits], move |ctx| {
+        Ok(self.record("cross_entropy", loss, &[logits], move |ctx| {
             Ok(vec![Some(super::pointwise::scale(&grad, ctx.grad.scalar()?)?)])
         }))
     }

@@ -1,0 +1,133 @@
+//! Profiling: NVTX ranges for nsys, and a host-side time table for `--profile`.
+//!
+//! Every op launch and every training phase opens a [`Range`]. The NVTX push/pop is a call
+//! through a function pointer that the NVTX library leaves empty unless a tool (nsys, ncu) is
+//! attached, so it costs nanoseconds without one (measured in docs/PROFILING.md). With
+//! `--profile` the ranges also add their wall time to a table printed at the end of the run.
+//! The table is process-wide, like NVTX itself; it is off unless [`enable`] was called.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static TABLE: Mutex<Option<HashMap<&'static str, (u64, Duration)>>> = Mutex::new(None);
+
+/// Turns the host time table on or off (NVTX ranges are always emitted).
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// An open range; closes on drop.
+pub struct Range {
+    name: &'static str,
+    start: Option<Instant>,
+}
+
+/// Opens a named range (an NVTX push, and a table entry when profiling is enabled).
+pub fn range(name: &'static str) -> Range {
+    nvtx::range_push!("{}", name);
+    Range {
+        name,
+        start: enabled().then(Instant::now),
+    }
+}
+
+impl Drop for Range {
+    fn drop(&mut self) {
+        nvtx::range_pop!();
+        if let Some(start) = self.start {
+            let elapsed = start.elapsed();
+            let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = table.get_or_insert_with(HashMap::new).entry(self.name).or_default();
+            entry.0 += 1;
+            entry.1 += elapsed;
+        }
+    }
+}
+
+/// One row of the time table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProfileRow {
+    pub name: String,
+    pub calls: u64,
+    pub total_ms: f64,
+    pub mean_us: f64,
+}
+
+/// The rows collected so far, largest total first; clears the table.
+pub fn take_table() -> Vec<ProfileRow> {
+    let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rows: Vec<ProfileRow> = table
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, (calls, total))| ProfileRow {
+            name: name.to_string(),
+            calls,
+            total_ms: total.as_secs_f64() * 1e3,
+            mean_us: total.as_secs_f64() * 1e6 / calls.max(1) as f64,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    rows
+}
+
+/// The table as text. `phase.*` rows (training phases) nest the op rows, so shares are given
+/// relative to `reference` (e.g. the `phase.step` total) when present.
+pub fn format_table(rows: &[ProfileRow], reference: Option<&str>) -> String {
+    let base = reference
+        .and_then(|r| rows.iter().find(|row| row.name == r))
+        .map(|r| r.total_ms)
+        .unwrap_or_else(|| {
+            rows.iter()
+                .filter(|r| !r.name.starts_with("phase."))
+                .map(|r| r.total_ms)
+                .sum()
+        });
+    let mut out = format!(
+        "{:<28} {:>9} {:>12} {:>12} {:>8}\n",
+        "range", "calls", "total ms", "mean us", "share"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<28} {:>9} {:>12.2} {:>12.1} {:>7.1}%\n",
+            r.name,
+            r.calls,
+            r.total_ms,
+            r.mean_us,
+            100.0 * r.total_ms / base.max(1e-12)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_counted_only_when_enabled() {
+        // One test touches the process-wide table so that tests cannot race on it.
+        take_table();
+        enable(false);
+        drop(range("test.off"));
+        assert!(take_table().iter().all(|r| r.name != "test.off"));
+        enable(true);
+        for _ in 0..3 {
+            let _r = range("test.on");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        enable(false);
+        let rows = take_table();
+        let row = rows.iter().find(|r| r.name == "test.on").expect("row");
+        assert_eq!(row.calls, 3);
+        assert!(row.total_ms >= 3.0, "{row:?}");
+        assert!(format_table(&rows, None).contains("test.on"));
+    }
+}
