@@ -167,7 +167,7 @@ impl Tape {
                 grad: &grad,
             };
             let input_grads = {
-                let _range = crate::profile::range(node.op);
+                let _range = crate::profile::backward_range(node.op);
                 (node.backward)(&ctx)?
             };
             debug_assert_eq!(input_grads.len(), node.inputs.len());

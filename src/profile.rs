@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TABLE: Mutex<Option<HashMap<&'static str, (u64, Duration)>>> = Mutex::new(None);
+/// Keyed by (name, is_backward).
+type Table = HashMap<(&'static str, bool), (u64, Duration)>;
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// Turns the host time table on or off (NVTX ranges are always emitted).
 pub fn enable(on: bool) {
@@ -44,7 +46,10 @@ impl Drop for Range {
         if let Some(start) = self.start {
             let elapsed = start.elapsed();
             let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = table.get_or_insert_with(HashMap::new).entry(self.name).or_default();
+            let entry = table
+                .get_or_insert_with(HashMap::new)
+                .entry((self.name, self.backward))
+                .or_default();
             entry.0 += 1;
             entry.1 += elapsed;
         }
@@ -67,8 +72,12 @@ pub fn take_table() -> Vec<ProfileRow> {
         .take()
         .unwrap_or_default()
         .into_iter()
-        .map(|(name, (calls, total))| ProfileRow {
-            name: name.to_string(),
+        .map(|((name, backward), (calls, total))| ProfileRow {
+            name: if backward {
+                format!("{name}.bwd")
+            } else {
+                name.to_string()
+            },
             calls,
             total_ms: total.as_secs_f64() * 1e3,
             mean_us: total.as_secs_f64() * 1e6 / calls.max(1) as f64,
