@@ -28,6 +28,7 @@ pub fn enabled() -> bool {
 /// An open range; closes on drop.
 pub struct Range {
     name: &'static str,
+    backward: bool,
     start: Option<Instant>,
 }
 
@@ -36,6 +37,17 @@ pub fn range(name: &'static str) -> Range {
     nvtx::range_push!("{}", name);
     Range {
         name,
+        backward: false,
+        start: enabled().then(Instant::now),
+    }
+}
+
+/// Opens the range of an op's backward pass, shown as `{name}.bwd`.
+pub fn backward_range(name: &'static str) -> Range {
+    nvtx::range_push!("{}.bwd", name);
+    Range {
+        name,
+        backward: true,
         start: enabled().then(Instant::now),
     }
 }
