@@ -20,6 +20,7 @@ pub mod profile;
 pub mod rng;
 pub mod superpixel;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Tape, Var};
 pub use device::Device;

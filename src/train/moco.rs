@@ -1,0 +1,183 @@
+//! MoCo's two mechanisms: the queue of negative keys and the momentum (key) encoder.
+
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::ops::pointwise;
+use crate::tensor::Tensor;
+
+/// A first-in first-out ring of `capacity` unit keys, each tagged with the volume (case) it
+/// came from so that a query's own volume can be left out of its negatives.
+#[derive(Clone, Debug)]
+pub struct KeyQueue {
+    keys: Vec<f32>,
+    cases: Vec<i64>,
+    dim: usize,
+    capacity: usize,
+    /// Next slot to overwrite.
+    ptr: usize,
+    /// Slots written so far (saturates at capacity); empty slots are never used as negatives.
+    filled: usize,
+}
+
+impl KeyQueue {
+    pub fn new(capacity: usize, dim: usize) -> Result<KeyQueue> {
+        if capacity == 0 || dim == 0 {
+            return Err(Error::config("the MoCo queue needs a positive size and dimension"));
+        }
+        Ok(KeyQueue {
+            keys: vec![0.0; capacity * dim],
+            cases: vec![-1; capacity],
+            dim,
+            capacity,
+            ptr: 0,
+            filled: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Adds a batch of keys `[B, dim]` (B must divide the capacity, as in MoCo, so that a batch
+    /// never wraps), overwriting the oldest.
+    pub fn enqueue(&mut self, keys: &[f32], cases: &[i64]) -> Result<()> {
+        let b = cases.len();
+        if keys.len() != b * self.dim {
+            return Err(Error::shape(
+                "enqueue",
+                format!("{} values for {b} keys of dim {}", keys.len(), self.dim),
+            ));
+        }
+        if b == 0 || !self.capacity.is_multiple_of(b) {
+            return Err(Error::config(format!(
+                "the MoCo queue size ({}) must be a multiple of the batch size ({b})",
+                self.capacity
+            )));
+        }
+        self.keys[self.ptr * self.dim..(self.ptr + b) * self.dim].copy_from_slice(keys);
+        self.cases[self.ptr..self.ptr + b].copy_from_slice(cases);
+        self.ptr = (self.ptr + b) % self.capacity;
+        self.filled = (self.filled + b).min(self.capacity);
+        Ok(())
+    }
+
+    /// The filled part of the queue as a `[len, dim]` tensor, in slot order.
+    pub fn negatives(&self) -> Result<Tensor> {
+        Tensor::from_vec(
+            vec![self.filled, self.dim],
+            self.keys[..self.filled * self.dim].to_vec(),
+        )
+    }
+
+    /// `[B, len]` mask: true where a negative comes from the same case as the query (and so
+    /// must be left out when `exclude_same_case` is on).
+    pub fn same_case_mask(&self, query_cases: &[i64]) -> Vec<bool> {
+        query_cases
+            .iter()
+            .flat_map(|&c| self.cases[..self.filled].iter().map(move |&k| k == c))
+            .collect()
+    }
+
+    /// The queue's content for a checkpoint: keys, case tags and the write pointer.
+    pub fn state(&self) -> Result<(Tensor, Tensor)> {
+        let cases: Vec<f64> = self.cases.iter().map(|&c| c as f64).collect();
+        let mut meta = cases;
+        meta.push(self.ptr as f64);
+        meta.push(self.filled as f64);
+        Ok((
+            Tensor::from_vec(vec![self.capacity, self.dim], self.keys.clone())?,
+            Tensor::from_vec(vec![meta.len()], meta)?,
+        ))
+    }
+
+    pub fn restore(&mut self, keys: &Tensor, meta: &Tensor) -> Result<()> {
+        let meta = meta.to_f64_vec()?;
+        if keys.shape() != [self.capacity, self.dim] || meta.len() != self.capacity + 2 {
+            return Err(Error::config(format!(
+                "checkpoint queue {:?} does not fit a queue of {} x {}",
+                keys.shape(),
+                self.capacity,
+                self.dim
+            )));
+        }
+        self.keys = keys.to_f32_vec()?;
+        self.cases = meta[..self.capacity].iter().map(|&c| c as i64).collect();
+        self.ptr = meta[self.capacity] as usize;
+        self.filled = meta[self.capacity + 1] as usize;
+        Ok(())
+    }
+}
+
+/// `key = m * key + (1 - m) * query` for every parameter (same names, same order).
+pub fn momentum_update(key: &mut ParamStore, query: &ParamStore, m: f64) -> Result<()> {
+    if key.len() != query.len() {
+        return Err(Error::config("momentum update between models of different shapes"));
+    }
+    for (k, q) in key.params_mut().iter_mut().zip(query.params()) {
+        if k.value.shape() != q.value.shape() {
+            return Err(Error::shape(
+                "momentum_update",
+                format!("{}: {:?} vs {:?}", k.name, k.value.shape(), q.value.shape()),
+            ));
+        }
+        k.value = pointwise::add(&pointwise::scale(&k.value, m)?, &pointwise::scale(&q.value, 1.0 - m)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_fifo_and_tracks_cases() {
+        let mut q = KeyQueue::new(4, 2).unwrap();
+        assert!(q.is_empty());
+        q.enqueue(&[1.0, 1.0, 2.0, 2.0], &[10, 11]).unwrap();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.negatives().unwrap().shape(), &[2, 2]);
+        q.enqueue(&[3.0, 3.0, 4.0, 4.0], &[12, 10]).unwrap();
+        q.enqueue(&[5.0, 5.0, 6.0, 6.0], &[13, 14]).unwrap();
+        // The oldest batch (1, 2) was overwritten in place.
+        assert_eq!(
+            q.negatives().unwrap().as_slice::<f32>().unwrap(),
+            &[5.0, 5.0, 6.0, 6.0, 3.0, 3.0, 4.0, 4.0]
+        );
+        assert_eq!(
+            q.same_case_mask(&[10, 13]),
+            vec![false, false, false, true, true, false, false, false]
+        );
+        assert!(q.enqueue(&[0.0; 6], &[1, 2, 3]).is_err(), "3 does not divide 4");
+        let (keys, meta) = q.state().unwrap();
+        let mut r = KeyQueue::new(4, 2).unwrap();
+        r.restore(&keys, &meta).unwrap();
+        assert_eq!(
+            r.negatives().unwrap().as_slice::<f32>().unwrap(),
+            q.negatives().unwrap().as_slice::<f32>().unwrap()
+        );
+        assert_eq!(r.same_case_mask(&[10]), q.same_case_mask(&[10]));
+    }
+
+    #[test]
+    fn momentum_update_mixes_weights() {
+        let mut key = ParamStore::new();
+        key.add("w", Tensor::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap());
+        let mut query = ParamStore::new();
+        query.add("w", Tensor::from_vec(vec![2], vec![3.0f32, -2.0]).unwrap());
+        momentum_update(&mut key, &query, 0.75).unwrap();
+        assert_eq!(key.params()[0].value.as_slice::<f32>().unwrap(), &[1.5, 1.0]);
+        // m = 1 freezes the key encoder; m = 0 copies the query encoder.
+        momentum_update(&mut key, &query, 1.0).unwrap();
+        assert_eq!(key.params()[0].value.as_slice::<f32>().unwrap(), &[1.5, 1.0]);
+        momentum_update(&mut key, &query, 0.0).unwrap();
+        assert_eq!(key.params()[0].value.as_slice::<f32>().unwrap(), &[3.0, -2.0]);
+    }
+}

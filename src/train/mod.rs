@@ -1,0 +1,3 @@
+//! Training pipelines: MoCo and LRC pre-training, fine-tuning, and their shared machinery.
+
+pub mod moco;
