@@ -291,7 +291,7 @@ mod tests {
     fn holes_are_filled_but_border_background_is_not() {
         let (mut m, h, w) = grid(&["#####.", "#..#..", "#####.", "......"]);
         fill_holes(&mut m, h, w);
-        assert_eq!(show(&m, w), vec!["#####.", "#####.", "#####.", "......"]);
+        assert_eq!(show(&m, w), vec!["#####.", "####..", "#####.", "......"]);
     }
 
     #[test]
