@@ -1,1 +1,8 @@
-//! Augmentations: elastic transform, intensity jitter.
+//! Augmentations: elastic transform of a slice and its region map ([`elastic`]), intensity
+//! jitter for contrastive positives ([`intensity`]).
+
+pub mod elastic;
+pub mod intensity;
+
+pub use elastic::{DisplacementField, ElasticParams, random_field, warp_bilinear, warp_nearest};
+pub use intensity::{IntensityDraw, IntensityParams, jitter};
