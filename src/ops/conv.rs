@@ -227,20 +227,17 @@ pub mod cpu {
             }
             dw
         };
-        let add = |mut a: Vec<T>, b: Vec<T>| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-            a
-        };
-        let dw = if per_sample_parallel(g.n) {
-            (0..g.n)
-                .into_par_iter()
-                .map(|i| per_sample(i, false))
-                .reduce(|| vec![T::zero(); g.c_out * k], add)
+        // Per-sample partials summed in sample order: the result does not depend on how rayon
+        // schedules the work, so CPU training is bitwise reproducible (and resumable).
+        let partials: Vec<Vec<T>> = if per_sample_parallel(g.n) {
+            (0..g.n).into_par_iter().map(|i| per_sample(i, false)).collect()
         } else {
-            (0..g.n)
-                .map(|i| per_sample(i, true))
-                .fold(vec![T::zero(); g.c_out * k], add)
+            (0..g.n).map(|i| per_sample(i, true)).collect()
         };
+        let mut dw = vec![T::zero(); g.c_out * k];
+        for part in &partials {
+            dw.iter_mut().zip(part).for_each(|(x, y)| *x += *y);
+        }
         let mut db = vec![T::zero(); g.c_out];
         for i in 0..g.n {
             for (co, d) in db.iter_mut().enumerate() {
