@@ -8,7 +8,7 @@
 //! is off by O(1). A larger step would lower the noise but cross ReLU kinks (seen at h = 1e-4).
 
 use lrc::gradcheck::{GradCheckConfig, GradReport, check_gradients, random_projection};
-use lrc::nn::{Branches, GlobalModel, LocalModel, ParamStore, SegModel, UNet, UNetConfig};
+use lrc::nn::{Branches, ContrastModel, ParamStore, SegModel, UNet, UNetConfig};
 use lrc::ops::dice::DiceConfig;
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
@@ -77,16 +77,16 @@ fn unet_features() {
 #[test]
 fn global_model_with_infonce() {
     let mut store = ParamStore::new();
-    let model = GlobalModel::new(&mut store, tiny(), 8, &mut Rng::new(4)).unwrap();
+    let model = ContrastModel::global(&mut store, tiny(), 8, &mut Rng::new(4)).unwrap();
     let queue = Tensor::uniform(vec![5, 8], -1.0, 1.0, DType::F64, &mut Rng::new(5));
     check_model(
         "global+infonce",
         &store,
         &[image(2, 6), image(2, 7), queue],
         |t, p, x| {
-            let q = model.forward(t, p, x[0])?;
+            let q = model.forward_global(t, p, x[0])?;
             let q = t.l2_normalize(q)?;
-            let k = model.forward(t, p, x[1])?;
+            let k = model.forward_global(t, p, x[1])?;
             let k = t.l2_normalize(k)?;
             let n = t.l2_normalize(x[2])?;
             t.infonce(q, k, n, 0.07)
@@ -97,7 +97,7 @@ fn global_model_with_infonce() {
 #[test]
 fn local_model_with_local_loss() {
     let mut store = ParamStore::new();
-    let model = LocalModel::new(&mut store, tiny(), 4, &mut Rng::new(8)).unwrap();
+    let model = ContrastModel::local(&mut store, tiny(), 4, &mut Rng::new(8)).unwrap();
     let mut rng = Rng::new(9);
     let mut draw = |k: usize, n: usize| RegionSamples {
         labels: (1..=k as u32).collect(),
@@ -107,8 +107,8 @@ fn local_model_with_local_loss() {
     };
     let samples = vec![draw(5, 4), draw(3, 4)];
     check_model("local+lrc", &store, &[image(2, 10), image(2, 11)], |t, p, x| {
-        let fq = model.forward(t, p, x[0])?;
-        let fp = model.forward(t, p, x[1])?;
+        let fq = model.forward_local(t, p, x[0])?;
+        let fp = model.forward_local(t, p, x[1])?;
         t.local_contrast_loss(
             fq,
             fp,

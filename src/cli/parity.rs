@@ -9,7 +9,7 @@ use crate::autograd::{Tape, Var};
 use crate::checkpoint;
 use crate::error::Result;
 use crate::gradcheck::{projection_weights, random_projection};
-use crate::nn::{Bound, Branches, GlobalModel, LocalModel, ParamStore, SegModel, UNet, UNetConfig};
+use crate::nn::{Bound, Branches, ContrastModel, ParamStore, SegModel, UNet, UNetConfig};
 use crate::ops::dice::DiceConfig;
 use crate::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use crate::optim::{Optimizer, OptimizerKind};
@@ -110,14 +110,14 @@ pub fn export(path: &Path, seed: u64) -> Result<()> {
 
     // Global model + InfoNCE against a normalised random queue.
     let mut store = ParamStore::new();
-    let global = GlobalModel::new(&mut store, cfg, PROJ_DIM, &mut rng)?;
+    let global = ContrastModel::global(&mut store, cfg, PROJ_DIM, &mut rng)?;
     ex.params("global", &store);
     let queue = Tensor::randn(vec![QUEUE, PROJ_DIM], 1.0, DType::F32, &mut rng);
     ex.put("inputs/queue", queue.clone());
     let (loss, out, _) = run(&mut store, &[x1.clone(), x2.clone(), queue], |t, p, x| {
-        let q = global.forward(t, p, x[0])?;
+        let q = global.forward_global(t, p, x[0])?;
         let qn = t.l2_normalize(q)?;
-        let k = global.forward(t, p, x[1])?;
+        let k = global.forward_global(t, p, x[1])?;
         let kn = t.l2_normalize(k)?;
         let n = t.l2_normalize(x[2])?;
         Ok((t.infonce(qn, kn, n, TEMPERATURE)?, q))
@@ -128,7 +128,7 @@ pub fn export(path: &Path, seed: u64) -> Result<()> {
 
     // LRC model + local loss on random regions.
     let mut store = ParamStore::new();
-    let local = LocalModel::new(&mut store, cfg, EMBED_DIM, &mut rng)?;
+    let local = ContrastModel::local(&mut store, cfg, EMBED_DIM, &mut rng)?;
     ex.params("local", &store);
     let samples: Vec<RegionSamples> = (0..BATCH)
         .map(|_| RegionSamples {
@@ -151,8 +151,8 @@ pub fn export(path: &Path, seed: u64) -> Result<()> {
         renormalize_means: false,
     };
     let (loss, out, _) = run(&mut store, &[x1.clone(), x2], |t, p, x| {
-        let fq = local.forward(t, p, x[0])?;
-        let fp = local.forward(t, p, x[1])?;
+        let fq = local.forward_local(t, p, x[0])?;
+        let fp = local.forward_local(t, p, x[1])?;
         Ok((t.local_contrast_loss(fq, fp, &samples, lcfg)?, fq))
     })?;
     ex.put("local/out", out);

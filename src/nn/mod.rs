@@ -5,6 +5,6 @@ pub mod models;
 pub mod params;
 pub mod unet;
 
-pub use models::{Branches, GlobalModel, LocalModel, SegModel};
+pub use models::{Branches, ContrastModel, SegModel};
 pub use params::{Bound, Param, ParamId, ParamStore};
 pub use unet::{UNet, UNetConfig};

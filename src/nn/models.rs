@@ -1,66 +1,94 @@
-//! The thesis' three models: the global (MoCo) encoder, the LRC embedding U-Net, and the
-//! fine-tuning segmentation model that concatenates both branches.
+//! The thesis' models: the pre-training network (global MoCo head, local LRC head, or both)
+//! and the fine-tuning segmentation model that concatenates both branches.
 //!
-//! Parameter names: global model `enc.*` + `proj.{weight,bias}`; LRC model `enc.*`, `dec.*` +
-//! `embed.{weight,bias}`; segmentation model `global.enc.*`, `global.dec.*` (the global
+//! Parameter names: pre-training `enc.*`, `dec.*` (local head), `proj.{weight,bias}` (global
+//! head), `embed.{weight,bias}` (local head); segmentation model `global.enc.*`, `global.dec.*` (the global
 //! branch, when present), `local.enc.*`, `local.dec.*` and `head.{weight,bias}`.
 
 use serde::{Deserialize, Serialize};
 
 use super::layers::{Conv2d, Linear};
 use super::params::{Bound, ParamStore};
-use super::unet::{Encoder, UNet, UNetConfig};
+use super::unet::{Decoder, Encoder, UNet, UNetConfig};
 use crate::autograd::{Tape, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 
-/// Encoder + global average pooling + linear projection (128-d in the thesis). The output is
-/// not normalised: InfoNCE callers normalise it.
+/// The pre-training network: a U-Net encoder with, for global contrast (MoCo), global average
+/// pooling and a linear projection (`proj`, 128-d in the thesis; not normalised, InfoNCE callers
+/// normalise it), and for Local Region Contrast the decoder and a 1x1 convolution (`embed`, no
+/// activation) giving D-channel pixel embeddings normalised to unit length per pixel (a ReLU
+/// would confine them to one orthant of the sphere). Both heads at once train one model on
+/// both losses.
 #[derive(Clone, Debug)]
-pub struct GlobalModel {
+pub struct ContrastModel {
     pub encoder: Encoder,
-    pub proj: Linear,
-    pub dim: usize,
+    pub decoder: Option<Decoder>,
+    pub proj: Option<Linear>,
+    pub embed: Option<Conv2d>,
 }
 
-impl GlobalModel {
-    pub fn new(store: &mut ParamStore, config: UNetConfig, dim: usize, rng: &mut Rng) -> Result<GlobalModel> {
+impl ContrastModel {
+    /// `global_dim`: the projection size, if the model has the global head; `local_dim`: the
+    /// pixel embedding size, if it has the local one.
+    pub fn new(
+        store: &mut ParamStore,
+        config: UNetConfig,
+        global_dim: Option<usize>,
+        local_dim: Option<usize>,
+        rng: &mut Rng,
+    ) -> Result<ContrastModel> {
+        if global_dim.is_none() && local_dim.is_none() {
+            return Err(Error::config("a contrast model needs a global or a local head"));
+        }
         let encoder = Encoder::new(store, "", config, rng)?;
+        let decoder = local_dim.map(|_| Decoder::new(store, "", config, rng));
         let width = *config.widths().last().expect("depth >= 1");
-        let proj = Linear::new(store, "proj", width, dim, rng);
-        Ok(GlobalModel { encoder, proj, dim })
+        let proj = global_dim.map(|d| Linear::new(store, "proj", width, d, rng));
+        let embed = local_dim.map(|d| Conv2d::new(store, "embed", config.base_width, d, 1, 1, 0, true, rng));
+        Ok(ContrastModel { encoder, decoder, proj, embed })
     }
 
-    /// `[B, C, H, W] -> [B, dim]`.
-    pub fn forward(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
+    /// The global model of MoCo: encoder + GAP + projection.
+    pub fn global(store: &mut ParamStore, config: UNetConfig, dim: usize, rng: &mut Rng) -> Result<ContrastModel> {
+        ContrastModel::new(store, config, Some(dim), None, rng)
+    }
+
+    /// The LRC model: U-Net + 1x1 embedding + per-pixel normalisation.
+    pub fn local(store: &mut ParamStore, config: UNetConfig, dim: usize, rng: &mut Rng) -> Result<ContrastModel> {
+        ContrastModel::new(store, config, None, Some(dim), rng)
+    }
+
+    /// `[B, C, H, W] -> [B, dim]` (unnormalised).
+    pub fn forward_global(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
+        let proj = self.proj.as_ref().ok_or_else(|| Error::config("this model has no global head"))?;
         let feats = self.encoder.forward(tape, p, x)?;
         let pooled = tape.global_avg_pool(*feats.last().expect("depth >= 1"))?;
-        self.proj.forward(tape, p, pooled)
-    }
-}
-
-/// The LRC U-Net: a 1x1 convolution (no activation) on the last decoder block gives D-channel
-/// pixel embeddings, normalised to unit length per pixel (a ReLU would confine them to one
-/// orthant of the sphere).
-#[derive(Clone, Debug)]
-pub struct LocalModel {
-    pub unet: UNet,
-    pub embed: Conv2d,
-    pub dim: usize,
-}
-
-impl LocalModel {
-    pub fn new(store: &mut ParamStore, config: UNetConfig, dim: usize, rng: &mut Rng) -> Result<LocalModel> {
-        let unet = UNet::new(store, "", config, rng)?;
-        let embed = Conv2d::new(store, "embed", config.base_width, dim, 1, 1, 0, true, rng);
-        Ok(LocalModel { unet, embed, dim })
+        proj.forward(tape, p, pooled)
     }
 
     /// `[B, C, H, W] -> [B, D, H, W]` unit pixel embeddings.
-    pub fn forward(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
-        let f = self.unet.forward(tape, p, x)?;
-        let e = self.embed.forward(tape, p, f)?;
+    pub fn forward_local(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
+        let (Some(decoder), Some(embed)) = (&self.decoder, &self.embed) else {
+            return Err(Error::config("this model has no local head"));
+        };
+        let feats = self.encoder.forward(tape, p, x)?;
+        let f = decoder.forward(tape, p, &feats)?;
+        let e = embed.forward(tape, p, f)?;
         tape.l2_normalize(e)
+    }
+
+    /// Both heads from one encoder pass: (global vector, pixel embeddings).
+    pub fn forward_both(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<(Var, Var)> {
+        let (Some(proj), Some(decoder), Some(embed)) = (&self.proj, &self.decoder, &self.embed) else {
+            return Err(Error::config("this model lacks the global or the local head"));
+        };
+        let feats = self.encoder.forward(tape, p, x)?;
+        let pooled = tape.global_avg_pool(*feats.last().expect("depth >= 1"))?;
+        let g = proj.forward(tape, p, pooled)?;
+        let f = decoder.forward(tape, p, &feats)?;
+        let e = embed.forward(tape, p, f)?;
+        Ok((g, tape.l2_normalize(e)?))
     }
 }
 
