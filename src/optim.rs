@@ -227,3 +227,49 @@ mod tests {
         assert!(s.lr(100).abs() < 1e-12);
     }
 }
+
+impl Optimizer {
+    /// The state as named tensors (`{prefix}m/{param}`, `{prefix}v/{param}`) for a checkpoint;
+    /// the step count goes in the metadata.
+    pub fn state_tensors(&self, store: &ParamStore, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, p) in store.params().iter().enumerate() {
+            if let Some(Some(t)) = self.state1.get(i) {
+                out.push((format!("{prefix}m/{}", p.name), t.clone()));
+            }
+            if let Some(Some(t)) = self.state2.get(i) {
+                out.push((format!("{prefix}v/{}", p.name), t.clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores the state written by [`Optimizer::state_tensors`] for the parameters of `store`.
+    pub fn load_state(
+        &mut self,
+        store: &ParamStore,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+        prefix: &str,
+        step: u64,
+    ) -> Result<()> {
+        self.step = step;
+        self.state1 = vec![None; store.len()];
+        self.state2 = vec![None; store.len()];
+        for (i, p) in store.params().iter().enumerate() {
+            for (slot, key) in [(&mut self.state1, "m"), (&mut self.state2, "v")] {
+                if let Some(t) = tensors.get(&format!("{prefix}{key}/{}", p.name)) {
+                    if t.shape() != p.value.shape() {
+                        return Err(Error::config(format!(
+                            "optimizer state {key}/{} has shape {:?}, the parameter {:?}",
+                            p.name,
+                            t.shape(),
+                            p.value.shape()
+                        )));
+                    }
+                    slot[i] = Some(t.to_device(&p.value.device())?);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -148,25 +148,29 @@ impl ParamStore {
     /// Copies values from `other` for every parameter whose name, after replacing the prefix
     /// `from` by `to`, exists here; shapes must agree. Returns how many were copied.
     pub fn load_matching(&mut self, other: &ParamStore, from: &str, to: &str) -> Result<usize> {
+        self.load_named(other.params.iter().map(|p| (p.name.as_str(), &p.value)), from, to)
+    }
+
+    /// Like [`ParamStore::load_matching`] from any named tensors (e.g. a checkpoint).
+    pub fn load_named<'a>(
+        &mut self,
+        tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+        from: &str,
+        to: &str,
+    ) -> Result<usize> {
         let mut copied = 0;
-        for src in &other.params {
-            let Some(rest) = src.name.strip_prefix(from) else {
-                continue;
-            };
+        for (src_name, src) in tensors {
+            let Some(rest) = src_name.strip_prefix(from) else { continue };
             let name = format!("{to}{rest}");
             let Some(&i) = self.by_name.get(&name) else { continue };
             let dst = &mut self.params[i];
-            if dst.value.shape() != src.value.shape() {
+            if dst.value.shape() != src.shape() {
                 return Err(Error::shape(
-                    "load_matching",
-                    format!(
-                        "{name}: shape {:?} here, {:?} in the source",
-                        dst.value.shape(),
-                        src.value.shape()
-                    ),
+                    "load",
+                    format!("{name}: shape {:?} here, {:?} in the source", dst.value.shape(), src.shape()),
                 ));
             }
-            dst.value = src.value.to_device(&dst.value.device())?;
+            dst.value = src.to_dtype(dst.value.dtype())?.to_device(&dst.value.device())?;
             copied += 1;
         }
         Ok(copied)

@@ -1,0 +1,56 @@
+//! Whole-slice segmentation with a trained model: pad each slice to the U-Net's multiple, run
+//! batches without gradients, take the arg-max class, cut the padding away.
+
+use crate::autograd::Tape;
+use crate::data::crop::{pad_to_multiple, unpad};
+use crate::error::Result;
+use crate::nn::{ParamStore, SegModel, UNetConfig};
+use crate::tensor::Tensor;
+
+/// Labels of `slices` (each `h * w`, normalised) by `model`, `batch` slices per forward pass.
+pub fn segment_slices(
+    model: &SegModel,
+    params: &ParamStore,
+    config: &UNetConfig,
+    slices: &[&[f32]],
+    h: usize,
+    w: usize,
+    batch: usize,
+    pad_value: f32,
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(slices.len());
+    for chunk in slices.chunks(batch.max(1)) {
+        let _range = crate::profile::range("phase.inference");
+        let mut data = Vec::new();
+        let mut padding = None;
+        for s in chunk {
+            let (p, pad) = pad_to_multiple(s, h, w, config.size_multiple(), pad_value);
+            data.extend(p);
+            padding = Some(pad);
+        }
+        let pad = padding.expect("non-empty chunk");
+        let (ph, pw) = (pad.padded_h, pad.padded_w);
+        let mut tape = Tape::no_grad();
+        let bound = params.bind_frozen(&mut tape);
+        let x = tape.constant(Tensor::from_vec(vec![chunk.len(), 1, ph, pw], data)?);
+        let logits = model.forward(&mut tape, &bound, x)?;
+        let l = tape.value(logits).to_f32_vec()?;
+        let c = model.classes;
+        for i in 0..chunk.len() {
+            let plane = &l[i * c * ph * pw..(i + 1) * c * ph * pw];
+            let labels: Vec<u8> = (0..ph * pw)
+                .map(|j| {
+                    let mut best = 0;
+                    for k in 1..c {
+                        if plane[k * ph * pw + j] > plane[best * ph * pw + j] {
+                            best = k;
+                        }
+                    }
+                    best as u8
+                })
+                .collect();
+            out.push(unpad(&labels, &pad));
+        }
+    }
+    Ok(out)
+}
