@@ -1,6 +1,7 @@
 //! The `lrc` command line.
 
 use clap::{Parser, Subcommand};
+use lrc::cli::bench::BenchWhat;
 
 #[derive(Parser)]
 #[command(
@@ -14,11 +15,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Benchmarks of the CUDA kernels.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: lrc::Result<()> = match cli.command {};
+    let result: lrc::Result<()> = match cli.command {
+        Command::Bench { what } => lrc::cli::bench::run(what),
+    };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

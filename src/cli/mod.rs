@@ -1,1 +1,3 @@
 //! Command implementations behind the `lrc` CLI.
+
+pub mod bench;
