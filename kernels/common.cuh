@@ -1,5 +1,6 @@
 // Shared by every kernel file: the parameter structs (mirrored field for field by
 // src/device/cuda/params.rs, with sizes checked on both sides) and small device helpers.
+// With LRC_EMULATE defined (kernels/emu/), the inline PTX is replaced by its CPU emulation.
 #pragma once
 
 #include <cstddef>
@@ -86,7 +87,7 @@ __device__ __forceinline__ float block_sum(float v) {
     }
     __syncthreads();
     const int warps = blockDim.x / WARP;
-    v = (threadIdx.x < warps) ? partial[threadIdx.x] : 0.0f;
+    v = (static_cast<int>(threadIdx.x) < warps) ? partial[threadIdx.x] : 0.0f;
     if (warp == 0) {
         v = warp_sum(v);
     }
@@ -95,20 +96,28 @@ __device__ __forceinline__ float block_sum(float v) {
 
 // float -> TF32 (10-bit mantissa), round to nearest with ties away from zero, as cuBLAS does.
 __device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef LRC_EMULATE
+    return emu::cvt_rna_tf32(x);
+#else
     uint32_t r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#endif
 }
 
 // d += a * b on a 16x8x8 tile, TF32 inputs, FP32 accumulation. Fragment ownership, with
 // g = lane / 4 and t = lane % 4: a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]},
 // b = {B[t][g], B[t+4][g]}, d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
 __device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef LRC_EMULATE
+    emu::mma_tf32_16x8x8(d, a, b);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 }  // namespace lrc

@@ -360,8 +360,8 @@ struct Operand {
 template <int KH, int KW>
 struct ImageByOutputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* x_img;
-    int iy0, ix0;
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
     __device__ void fix_row(const ConvParams& p, int m) {
         const int hw = p.h_out * p.w_out;
         const int img = m / hw;
@@ -386,7 +386,7 @@ struct ImageByOutputPixel {
 template <int KH, int KW>
 struct WeightByOutputChannel {
     static constexpr Major LAYOUT = Major::K;
-    const float* w_k;
+    const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) { w_k = p.weight + k; }
     __device__ float at(const ConvParams& p, int n) const {
         const gather::KernelSize<KH, KW> ks(p);
@@ -398,8 +398,8 @@ struct WeightByOutputChannel {
 template <int KH, int KW>
 struct GradByInputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* dy_img;
-    int iy, ix;
+    const float* dy_img = nullptr;
+    int iy = 0, ix = 0;
     __device__ void fix_row(const ConvParams& p, int m) {
         const int hw = p.h * p.w;
         const int img = m / hw;
@@ -422,7 +422,7 @@ struct GradByInputPixel {
 template <int KH, int KW>
 struct WeightByInputChannel {
     static constexpr Major LAYOUT = Major::K;
-    const float* w_k;
+    const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const gather::KernelSize<KH, KW> ks(p);
         const int co = k / ks.taps();
@@ -438,7 +438,7 @@ struct WeightByInputChannel {
 // Backward-weight A: dy, rows = c_out, k = (img, oy, ox).
 struct GradByOutputChannel {
     static constexpr Major LAYOUT = Major::K;
-    const float* dy_k;
+    const float* dy_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const int hw = p.h_out * p.w_out;
         const int img = k / hw;
@@ -454,8 +454,8 @@ struct GradByOutputChannel {
 template <int KH, int KW>
 struct ImageByTap {
     static constexpr Major LAYOUT = Major::K;
-    const float* x_img;
-    int iy0, ix0;
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
     __device__ void fix_k(const ConvParams& p, int k) {
         const int hw = p.h_out * p.w_out;
         const int img = k / hw;
