@@ -1,7 +1,7 @@
 //! The CUDA device runtime on a GPU: copies, the caching allocator, copy-on-write, event timers,
 //! one device per ordinal. These tests need a CUDA GPU: `cargo test --release -- --include-ignored`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lrc::device::cuda::conv::conv2d_forward;
 use lrc::device::cuda::{ConvAlgo, CudaDevice, CudaStorage, GpuTimer};
@@ -11,9 +11,17 @@ fn device() -> Arc<CudaDevice> {
     CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"))
 }
 
+/// The tests share one device, whose allocator counters and poisoning flag they observe: one
+/// at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn data_survives_the_round_trip() {
+    let _serial = serial();
     let device = device();
     let data: Vec<f32> = (0..100_003).map(|i| (i as f32).sin()).collect();
     let s = CudaStorage::from_host(&device, &data).unwrap();
@@ -31,6 +39,7 @@ fn data_survives_the_round_trip() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn opening_an_ordinal_twice_gives_one_device() {
+    let _serial = serial();
     let a = device();
     let b = device();
     assert!(Arc::ptr_eq(&a, &b));
@@ -40,6 +49,7 @@ fn opening_an_ordinal_twice_gives_one_device() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn poisoned_buffers_are_nan_until_written() {
+    let _serial = serial();
     let device = device();
     device.set_poison_fresh_buffers(true);
     let s = CudaStorage::alloc(&device, 1000).unwrap();
@@ -50,6 +60,7 @@ fn poisoned_buffers_are_nan_until_written() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn writes_through_a_clone_copy_first() {
+    let _serial = serial();
     let device = device();
     let a = CudaStorage::from_host(&device, &[1.0, 2.0, 3.0]).unwrap();
     let mut b = a.clone();
@@ -67,6 +78,7 @@ fn writes_through_a_clone_copy_first() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_repeated_step_allocates_nothing_new() {
+    let _serial = serial();
     let device = device();
     let g = ConvGeom {
         n: 2,
@@ -107,6 +119,7 @@ fn a_repeated_step_allocates_nothing_new() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_timer_measures_queued_work() {
+    let _serial = serial();
     let device = device();
     let timer = GpuTimer::new(&device).unwrap();
     let g = ConvGeom {

@@ -3,6 +3,8 @@
 // GPU: blocks run one after another; the threads of a block are coroutines on one OS thread that
 // switch at barriers; __shared__ becomes static storage (one block at a time uses it).
 //
+// Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), __syncthreads, full-warp
+// __shfl_xor_sync/__shfl_down_sync/__shfl_sync, atomicAdd, and the inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
 // mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
@@ -183,12 +185,19 @@ inline WarpSlots& my_warp(int& lane, int& parity) {
     return s;
 }
 
-inline float shfl_xor(float v, int offset) {
+// Lane `lane` receives the value of lane source(lane).
+template <class Source>
+inline float shuffle(float v, Source source) {
     int lane, parity;
     WarpSlots& s = my_warp(lane, parity);
     s.f[parity][lane] = v;
     yield(State::AtWarpBarrier);
-    return s.f[parity][lane ^ offset];
+    const int from = source(lane);
+    return s.f[parity][(from >= 0 && from < kWarp) ? from : lane];
+}
+
+inline float shfl_xor(float v, int offset) {
+    return shuffle(v, [offset](int lane) { return lane ^ offset; });
 }
 
 inline float as_float(uint32_t u) {
@@ -249,6 +258,30 @@ inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
         emu::fail("only full-warp shuffles are emulated");
     }
     return emu::shfl_xor(v, offset);
+}
+inline float __shfl_down_sync(unsigned mask, float v, unsigned delta) {
+    if (mask != 0xffffffffu) {
+        emu::fail("only full-warp shuffles are emulated");
+    }
+    // Lanes whose source is past the warp keep their own value.
+    return emu::shuffle(v, [delta](int lane) { return lane + static_cast<int>(delta); });
+}
+inline float __shfl_sync(unsigned mask, float v, int src_lane) {
+    if (mask != 0xffffffffu) {
+        emu::fail("only full-warp shuffles are emulated");
+    }
+    return emu::shuffle(v, [src_lane](int) { return src_lane % emu::kWarp; });
+}
+// One OS thread runs every emulated thread, so read-modify-write is atomic as written.
+inline float atomicAdd(float* address, float v) {
+    const float old = *address;
+    *address = old + v;
+    return old;
+}
+inline int atomicAdd(int* address, int v) {
+    const int old = *address;
+    *address = old + v;
+    return old;
 }
 inline int min(int a, int b) { return std::min(a, b); }
 inline int max(int a, int b) { return std::max(a, b); }
