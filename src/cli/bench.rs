@@ -67,6 +67,7 @@ pub struct ConvBenchArgs {
     pub list: bool,
 }
 
+/// Runs `lrc bench <what>`.
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
@@ -81,6 +82,7 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// Multiply-adds of the forward pass (each backward pass costs the same).
     pub fn macs(&self) -> usize {
         match self {
             Layer::Conv(g) => g.macs(),

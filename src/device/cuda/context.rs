@@ -104,6 +104,7 @@ impl CudaDevice {
         })
     }
 
+    /// The CUDA device index.
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
@@ -113,10 +114,12 @@ impl CudaDevice {
         &self.name
     }
 
+    /// (major, minor), e.g. (9, 0) for Hopper.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
 
+    /// Streaming multiprocessors; sizes the backward-weight split.
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
     }
@@ -136,6 +139,7 @@ impl CudaDevice {
         ConvAlgo::from_index(self.conv_algo.load(Ordering::Relaxed))
     }
 
+    /// Chooses the convolution kernels for the ops that run on this device from now on.
     pub fn set_conv_algo(&self, algo: ConvAlgo) {
         self.conv_algo.store(algo as u8, Ordering::Relaxed);
     }
@@ -150,6 +154,7 @@ impl CudaDevice {
         self.poison_fresh_buffers.load(Ordering::Relaxed)
     }
 
+    /// The caching allocator's counters.
     pub fn alloc_stats(&self) -> AllocStats {
         self.allocator.stats()
     }

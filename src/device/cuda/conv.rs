@@ -30,6 +30,7 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
+    /// Every version, simplest first.
     pub const ALL: [ConvAlgo; 2] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma];
 
     /// The version ops use unless told otherwise: tensor cores, expected to be several times
@@ -39,6 +40,7 @@ impl ConvAlgo {
     /// The environment variable that overrides [`ConvAlgo::DEFAULT`] when a device is opened.
     pub const ENV: &'static str = "LRC_CONV_ALGO";
 
+    /// The name `LRC_CONV_ALGO` and `--algo` take.
     pub fn name(self) -> &'static str {
         match self {
             ConvAlgo::Fp32Tiled => "fp32-tiled",
@@ -120,10 +122,12 @@ impl ConvTransposeGeom {
         Ok(())
     }
 
+    /// Output rows: (h - 1) * stride + kh - 2 * pad.
     pub fn h_out(&self) -> usize {
         (self.h - 1) * self.stride + self.kh - 2 * self.pad
     }
 
+    /// Output columns: (w - 1) * stride + kw - 2 * pad.
     pub fn w_out(&self) -> usize {
         (self.w - 1) * self.stride + self.kw - 2 * self.pad
     }

@@ -72,6 +72,7 @@ impl CudaStorage {
         Ok(storage)
     }
 
+    /// `len` zeros.
     pub fn zeros(device: &Arc<CudaDevice>, len: usize) -> Result<CudaStorage> {
         CudaStorage::full(device, len, 0.0)
     }
@@ -112,14 +113,17 @@ impl CudaStorage {
         Ok(host)
     }
 
+    /// The number of f32 values.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether it holds no values.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The device holding the data.
     pub fn device(&self) -> Arc<CudaDevice> {
         self.buffer.device.clone()
     }

@@ -16,6 +16,7 @@ pub struct GpuTimer {
 }
 
 impl GpuTimer {
+    /// Two events on `device`'s stream.
     pub fn new(device: &CudaDevice) -> Result<GpuTimer> {
         let ctx = device.stream().context();
         let event = || {
