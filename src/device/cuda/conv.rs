@@ -154,11 +154,23 @@ impl ConvTransposeGeom {
     }
 }
 
+/// A pass of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pass {
+pub enum ConvPass {
     Forward,
     BackwardData,
     BackwardWeight,
+}
+
+/// How a pass runs: its kernel and grid (256 threads a block) and, for backward-weight, how the
+/// reduction is split (one split: the kernel writes dw and db itself; more: partial sums added
+/// by `split_reduce`). Other passes have `split_len` 0 and one split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub kernel: &'static str,
+    pub grid: (usize, usize, usize),
+    pub split_len: usize,
+    pub splits: usize,
 }
 
 /// Kernel sizes with their own compiled specialisation; others use the generic kernels.
@@ -213,7 +225,7 @@ struct Tiling {
 
 /// The kernel for a pass whose GEMM has `cols` columns (forward, backward-data) or `rows` rows
 /// (backward-weight); the narrow TF32 tiles serve 32 or fewer.
-fn tiling(algo: ConvAlgo, pass: Pass, g: &ConvGeom, narrow_dim: usize) -> Tiling {
+fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Tiling {
     match algo {
         ConvAlgo::Fp32Tiled => Tiling {
             kernel: FP32_KERNELS[pass as usize],
@@ -225,8 +237,8 @@ fn tiling(algo: ConvAlgo, pass: Pass, g: &ConvGeom, narrow_dim: usize) -> Tiling
             let narrow = narrow_dim <= 32;
             let kernel = TF32_KERNELS[pass as usize][size_variant(g)][narrow as usize];
             let (rows, cols) = match (pass, narrow) {
-                (Pass::BackwardWeight, false) => (64, 64),
-                (Pass::BackwardWeight, true) => (32, 128),
+                (ConvPass::BackwardWeight, false) => (64, 64),
+                (ConvPass::BackwardWeight, true) => (32, 128),
                 (_, false) => (128, 64),
                 (_, true) => (128, 32),
             };
@@ -251,6 +263,52 @@ pub(crate) fn split_plan(tiles: usize, r: usize, depth: usize, multiprocessors: 
     let splits = wanted.clamp(1, most);
     let split_len = r.div_ceil(splits).div_ceil(depth).max(1) * depth;
     (split_len, r.div_ceil(split_len).max(1))
+}
+
+/// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
+/// transposes for the pass that computes the same thing (forward and backward-data swap).
+pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    let conv_pass = match pass {
+        ConvPass::Forward => ConvPass::BackwardData,
+        ConvPass::BackwardData => ConvPass::Forward,
+        ConvPass::BackwardWeight => ConvPass::BackwardWeight,
+    };
+    plan(conv_pass, &g.as_conv(), algo, multiprocessors)
+}
+
+/// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
+pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    let single = |kernel, grid| ConvLaunch {
+        kernel,
+        grid,
+        split_len: 0,
+        splits: 1,
+    };
+    match pass {
+        ConvPass::Forward => {
+            let t = tiling(algo, pass, g, g.c_out);
+            let rows = g.n * g.h_out() * g.w_out();
+            single(t.kernel, (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1))
+        }
+        ConvPass::BackwardData => {
+            let t = tiling(algo, pass, g, g.c_in);
+            let rows = g.n * g.h * g.w;
+            single(t.kernel, (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1))
+        }
+        ConvPass::BackwardWeight => {
+            let t = tiling(algo, pass, g, g.c_out);
+            let (m, n) = (g.c_out, g.c_in * g.kh * g.kw);
+            let r = g.n * g.h_out() * g.w_out();
+            let tiles = m.div_ceil(t.rows) * n.div_ceil(t.cols);
+            let (split_len, splits) = split_plan(tiles, r, t.depth, multiprocessors);
+            ConvLaunch {
+                kernel: t.kernel,
+                grid: (n.div_ceil(t.cols), m.div_ceil(t.rows), splits),
+                split_len,
+                splits,
+            }
+        }
+    }
 }
 
 fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize) -> Result<()> {
@@ -294,53 +352,40 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
     })
 }
 
-fn run_forward(device: &CudaDevice, g: &ConvGeom, p: &ConvParams, algo: ConvAlgo) -> Result<()> {
-    let rows = g.n * g.h_out() * g.w_out();
-    let t = tiling(algo, Pass::Forward, g, g.c_out);
+/// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
+/// plan was made for (callers check the storages against it).
+fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
     let launch = Launch {
-        grid: (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1),
+        grid: plan.grid,
         block: THREADS,
     };
-    // SAFETY: callers fill `p` with live blocks sized by `g` (checked against the storages).
-    unsafe { device.launch(MODULE, t.kernel, launch, p) }
+    // SAFETY: as documented above.
+    unsafe { device.launch(MODULE, plan.kernel, launch, p) }
 }
 
-fn run_backward_data(device: &CudaDevice, g: &ConvGeom, p: &ConvParams, algo: ConvAlgo) -> Result<()> {
-    let rows = g.n * g.h * g.w;
-    let t = tiling(algo, Pass::BackwardData, g, g.c_in);
+/// dw (and db when `p.out_bias` is set) of the convolution with `p`'s geometry into `p.out` /
+/// `p.out_bias`, through split partial sums when the plan splits the reduction.
+fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    let (m, n) = (p.c_out as usize, (p.c_in * p.kh * p.kw) as usize);
+    let (kernel, splits) = (plan.kernel, plan.splits);
     let launch = Launch {
-        grid: (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1),
-        block: THREADS,
-    };
-    // SAFETY: as in run_forward.
-    unsafe { device.launch(MODULE, t.kernel, launch, p) }
-}
-
-/// dw (and db when `p.out_bias` is set) into `p.out` / `p.out_bias`, through split partial sums.
-fn run_backward_weight(device: &Arc<CudaDevice>, g: &ConvGeom, p: &ConvParams, algo: ConvAlgo) -> Result<()> {
-    let (m, n) = (g.c_out, g.c_in * g.kh * g.kw);
-    let r = g.n * g.h_out() * g.w_out();
-    let t = tiling(algo, Pass::BackwardWeight, g, g.c_out);
-    let tiles = m.div_ceil(t.rows) * n.div_ceil(t.cols);
-    let (split_len, splits) = split_plan(tiles, r, t.depth, device.multiprocessors());
-    let launch = Launch {
-        grid: (n.div_ceil(t.cols), m.div_ceil(t.rows), splits),
+        grid: plan.grid,
         block: THREADS,
     };
     let mut q = *p;
-    q.split_len = dim("conv2d backward", "split length", split_len)?;
+    q.split_len = dim("conv2d backward", "split length", plan.split_len)?;
     q.splits = dim("conv2d backward", "splits", splits)?;
     if splits == 1 {
         // The only partial sum is the result.
-        // SAFETY: as in run_forward; out holds m*n values and out_bias m.
-        return unsafe { device.launch(MODULE, t.kernel, launch, &q) };
+        // SAFETY: as in run_single; out holds m*n values and out_bias m.
+        return unsafe { device.launch(MODULE, kernel, launch, &q) };
     }
     let partial = CudaStorage::alloc(device, splits * m * n)?;
     let partial_bias = CudaStorage::alloc(device, if p.out_bias != 0 { splits * m } else { 0 })?;
     q.out = partial.device_ptr();
     q.out_bias = if p.out_bias != 0 { partial_bias.device_ptr() } else { 0 };
-    // SAFETY: as in run_forward; the partial blocks hold splits*m*n and splits*m values.
-    unsafe { device.launch(MODULE, t.kernel, launch, &q) }?;
+    // SAFETY: as in run_single; the partial blocks hold splits*m*n and splits*m values.
+    unsafe { device.launch(MODULE, kernel, launch, &q) }?;
     let reduce = SplitReduceParams {
         partial: partial.device_ptr(),
         out: p.out,
@@ -426,7 +471,7 @@ pub fn conv2d_forward(
         ..conv_params(OP, g)?
     };
     // With no input channels the GEMM depth is zero and the kernels write the bias alone.
-    run_forward(&device, g, &p, algo)?;
+    run_single(&device, plan(ConvPass::Forward, g, algo, device.multiprocessors()), &p)?;
     Ok(out)
 }
 
@@ -446,7 +491,11 @@ pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, alg
         out: out.device_ptr(),
         ..conv_params(OP, g)?
     };
-    run_backward_data(&device, g, &p, algo)?;
+    run_single(
+        &device,
+        plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
+        &p,
+    )?;
     Ok(out)
 }
 
@@ -477,7 +526,11 @@ pub fn conv2d_backward_weight(
         out_bias: db.device_ptr(),
         ..conv_params(OP, g)?
     };
-    run_backward_weight(&device, g, &p, algo)?;
+    run_backward_weight(
+        &device,
+        plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors()),
+        &p,
+    )?;
     Ok((dw, db))
 }
 
@@ -511,7 +564,11 @@ pub fn conv_transpose2d_forward(
         out: out.device_ptr(),
         ..conv_params(OP, &conv)?
     };
-    run_backward_data(&device, &conv, &p, algo)?;
+    run_single(
+        &device,
+        transposed_plan(ConvPass::Forward, g, algo, device.multiprocessors()),
+        &p,
+    )?;
     Ok(out)
 }
 
@@ -538,7 +595,11 @@ pub fn conv_transpose2d_backward_data(
         out: out.device_ptr(),
         ..conv_params(OP, &conv)?
     };
-    run_forward(&device, &conv, &p, algo)?;
+    run_single(
+        &device,
+        transposed_plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
+        &p,
+    )?;
     Ok(out)
 }
 
@@ -570,7 +631,8 @@ pub fn conv_transpose2d_backward_weight(
         out_bias: 0,
         ..conv_params(OP, &conv)?
     };
-    run_backward_weight(&device, &conv, &p, algo)?;
+    let plan = transposed_plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors());
+    run_backward_weight(&device, plan, &p)?;
     channel_sums(&device, dy, g.n, g.c_out, g.h_out() * g.w_out(), db.device_ptr())?;
     Ok((dw, db))
 }

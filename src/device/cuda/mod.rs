@@ -17,7 +17,7 @@ mod timer;
 
 pub use alloc::{AllocStats, size_class};
 pub use context::CudaDevice;
-pub use conv::{ConvAlgo, ConvTransposeGeom};
+pub use conv::{ConvAlgo, ConvLaunch, ConvPass, ConvTransposeGeom};
 pub use storage::CudaStorage;
 pub use timer::GpuTimer;
 
