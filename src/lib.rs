@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod gradcheck;
+pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use lrc::cli::bench::BenchWhat;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +18,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks of the CUDA kernels.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Write the engine's outputs and gradients on fixed weights for scripts/torch_reference.py --check.
     Parity {
         /// Output safetensors file.
@@ -30,6 +36,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: lrc::Result<()> = match cli.command {
+        Command::Bench { what } => lrc::cli::bench::run(what),
         Command::Parity { out, seed } => lrc::cli::parity::export(&out, seed).map(|()| {
             println!(
                 "wrote {}; check it with: python3 scripts/torch_reference.py --check {}",

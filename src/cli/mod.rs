@@ -1,2 +1,4 @@
 //! Command implementations behind the `lrc` CLI.
+
+pub mod bench;
 pub mod parity;

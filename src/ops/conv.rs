@@ -260,7 +260,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: u
         ));
     }
     if !x.is_cpu() {
-        return Err(super::cuda_missing("conv2d"));
+        return cuda::forward(&g, x, w, b);
     }
     let out_shape = vec![g.n, g.c_out, g.h_out(), g.w_out()];
     with_cpu_dtype!("conv2d", [x, w], T => {
@@ -271,7 +271,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: u
 
 pub fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !dy.is_cpu() {
-        return Err(super::cuda_missing("conv2d backward"));
+        return cuda::backward_data(g, dy, w);
     }
     with_cpu_dtype!("conv2d backward", [dy, w], T => {
         Ok(Tensor::cpu(vec![g.n, g.c_in, g.h, g.w], cpu::backward_data(g, dy.as_slice::<T>()?, w.as_slice::<T>()?)))
@@ -280,12 +280,51 @@ pub fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 pub fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     if !dy.is_cpu() {
-        return Err(super::cuda_missing("conv2d backward"));
+        return cuda::backward_weight(g, x, dy);
     }
     with_cpu_dtype!("conv2d backward", [x, dy], T => {
         let (dw, db) = cpu::backward_weight(g, x.as_slice::<T>()?, dy.as_slice::<T>()?);
         Ok((Tensor::cpu(vec![g.c_out, g.c_in, g.kh, g.kw], dw), Tensor::cpu(vec![g.c_out], db)))
     })
+}
+
+/// The CUDA branch: the kernels of `device::cuda::conv`, with the device's convolution algorithm.
+mod cuda {
+    use super::ConvGeom;
+    use crate::device::cuda::{CudaStorage, conv};
+    use crate::error::{Error, Result};
+    use crate::tensor::{Storage, Tensor};
+
+    fn storage<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+        t.cuda_storage()
+            .ok_or_else(|| Error::Device(format!("{op}: the {what} is on the CPU, the other operands on CUDA")))
+    }
+
+    fn tensor(shape: Vec<usize>, s: CudaStorage) -> Tensor {
+        Tensor::from_storage(shape, Storage::Cuda(s))
+    }
+
+    pub(super) fn forward(g: &ConvGeom, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let xs = storage("conv2d", "input", x)?;
+        let ws = storage("conv2d", "weight", w)?;
+        let bs = b.map(|b| storage("conv2d", "bias", b)).transpose()?;
+        let y = conv::conv2d_forward(g, xs, ws, bs, xs.device().conv_algo())?;
+        Ok(tensor(vec![g.n, g.c_out, g.h_out(), g.w_out()], y))
+    }
+
+    pub(super) fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let dys = storage("conv2d backward", "output gradient", dy)?;
+        let ws = storage("conv2d backward", "weight", w)?;
+        let dx = conv::conv2d_backward_data(g, dys, ws, dys.device().conv_algo())?;
+        Ok(tensor(vec![g.n, g.c_in, g.h, g.w], dx))
+    }
+
+    pub(super) fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let xs = storage("conv2d backward", "input", x)?;
+        let dys = storage("conv2d backward", "output gradient", dy)?;
+        let (dw, db) = conv::conv2d_backward_weight(g, xs, dys, dys.device().conv_algo())?;
+        Ok((tensor(vec![g.c_out, g.c_in, g.kh, g.kw], dw), tensor(vec![g.c_out], db)))
+    }
 }
 
 impl Tape {

@@ -1,0 +1,123 @@
+// Shared by every kernel file: the parameter structs (mirrored field for field by
+// src/device/cuda/params.rs, with sizes checked on both sides) and small device helpers.
+// With LRC_EMULATE defined (kernels/emu/), the inline PTX is replaced by its CPU emulation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "lrc kernels need sm_80 or newer (cp.async-era tensor cores, TF32 mma)"
+#endif
+
+// One convolution as the kernels see it: NCHW activations, OIHW weights, float32 everywhere.
+// Geometry is that of the forward convolution (input n x c_in x h x w, output
+// n x c_out x h_out x w_out) whichever pass runs.
+struct ConvParams {
+    const float* x;       // forward input (forward, backward-weight)
+    const float* weight;  // c_out x c_in x kh x kw (forward, backward-data)
+    const float* dy;      // gradient of the output (backward-data, backward-weight)
+    const float* bias;    // added per output column of the GEMM when not null
+    float* out;           // y, dx, or backward-weight partial sums [splits][c_out][c_in*kh*kw]
+    float* out_bias;      // backward-weight: bias-gradient partial sums [splits][c_out], or null
+    int n;
+    int c_in;
+    int h;
+    int w;
+    int c_out;
+    int kh;
+    int kw;
+    int stride;
+    int pad;
+    int h_out;
+    int w_out;
+    int split_len;  // backward-weight: reduction elements (n*h_out*w_out) per split
+    int splits;
+    int reserved;
+};
+static_assert(sizeof(ConvParams) == 104, "ConvParams must match its Rust mirror");
+static_assert(offsetof(ConvParams, n) == 48, "ConvParams must match its Rust mirror");
+static_assert(offsetof(ConvParams, split_len) == 92, "ConvParams must match its Rust mirror");
+
+// out[i] = sum over s of partial[s][i] (and the same for the optional bias pair), summed in split
+// order so that results do not depend on scheduling.
+struct SplitReduceParams {
+    const float* partial;
+    float* out;
+    const float* partial_bias;  // may be null
+    float* out_bias;
+    int len;
+    int bias_len;
+    int splits;
+    int reserved;
+};
+static_assert(sizeof(SplitReduceParams) == 48, "SplitReduceParams must match its Rust mirror");
+static_assert(offsetof(SplitReduceParams, len) == 32, "SplitReduceParams must match its Rust mirror");
+
+// out[p] = sum of the plane_len values of plane p of x.
+struct PlaneSumParams {
+    const float* x;
+    float* out;
+    int planes;
+    int plane_len;
+};
+static_assert(sizeof(PlaneSumParams) == 24, "PlaneSumParams must match its Rust mirror");
+static_assert(offsetof(PlaneSumParams, planes) == 16, "PlaneSumParams must match its Rust mirror");
+
+namespace lrc {
+
+constexpr int WARP = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = WARP / 2; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in thread 0.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[WARP];
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    v = warp_sum(v);
+    if (lane == 0) {
+        partial[warp] = v;
+    }
+    __syncthreads();
+    const int warps = blockDim.x / WARP;
+    v = (static_cast<int>(threadIdx.x) < warps) ? partial[threadIdx.x] : 0.0f;
+    if (warp == 0) {
+        v = warp_sum(v);
+    }
+    return v;
+}
+
+// float -> TF32 (10-bit mantissa), round to nearest with ties away from zero, as cuBLAS does.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef LRC_EMULATE
+    return emu::cvt_rna_tf32(x);
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+
+// d += a * b on a 16x8x8 tile, TF32 inputs, FP32 accumulation. Fragment ownership, with
+// g = lane / 4 and t = lane % 4: a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]},
+// b = {B[t][g], B[t+4][g]}, d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+__device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef LRC_EMULATE
+    emu::mma_tf32_16x8x8(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+}  // namespace lrc

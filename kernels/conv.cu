@@ -1,0 +1,798 @@
+// 2-D convolution (cross-correlation, as torch.nn.Conv2d): NCHW activations, OIHW weights.
+//
+// Each pass is an implicit GEMM C[m][n] = sum_k A[m][k] B[k][n] whose operands are gathered
+// straight from the tensors (no im2col buffer):
+//   forward          m = output pixel (img, oy, ox)  n = c_out   k = (ci, ky, kx)
+//                    A = x at (oy*s - pad + ky, ox*s - pad + kx), B = weight[n][k], + bias[n]
+//   backward-data    m = input pixel (img, iy, ix)   n = c_in    k = (co, ky, kx)
+//                    A = dy at ((iy + pad - ky) / s, (ix + pad - kx) / s) when divisible,
+//                    B = weight[co][n][ky][kx], + bias[n] when given (transposed-conv forward)
+//   backward-weight  m = c_out                       n = (ci, ky, kx)  k = (img, oy, ox)
+//                    A = dy, B = x as in forward; split over k into partial sums
+//                    [split][c_out][n] (and the bias gradient [split][c_out]) that
+//                    split_reduce adds in a fixed order, so results are deterministic.
+//
+// Two versions, side by side, selected by the host (ConvAlgo):
+//   v1 (_fp32)  plain FP32 shared-memory tiles, 64x64x16, 4x4 outputs per thread, generic index
+//               math. The simple reference version.
+//   v2 (_tf32)  tensor cores through mma.sync m16n8k8 (TF32 inputs rounded with cvt.rna, FP32
+//               accumulation), 32-deep k tiles staged through registers so that the global loads
+//               of the next tile overlap the math of this one, per-thread precomputed gather
+//               addresses, and kernel sizes 1x1, 2x2, 3x3 specialised at compile time.
+
+#include "common.cuh"
+
+using lrc::WARP;
+
+// ---------------------------------------------------------------------------------------------
+// The three passes as gather functions, shared by both versions.
+// ---------------------------------------------------------------------------------------------
+
+namespace gather {
+
+// Kernel size, fixed at compile time when KH, KW > 0, else read from the parameters.
+template <int KH, int KW>
+struct KernelSize {
+    int kh, kw;
+    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
+    __device__ int taps() const { return kh * kw; }
+};
+
+// x at the input position of output pixel (oy0, ox0) = (oy*s - pad, ox*s - pad) seen through tap
+// (ky, kx) of input channel ci; zero in the padding.
+__device__ __forceinline__ float x_tap(const ConvParams& p, const float* x_img, int iy0, int ix0, int ci, int ky,
+                                       int kx) {
+    const int iy = iy0 + ky;
+    const int ix = ix0 + kx;
+    if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+        static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+        return 0.0f;
+    }
+    return x_img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
+}
+
+// dy seen from input pixel (iy, ix) through tap (ky, kx) of output channel co: the output pixel
+// whose window puts that tap on (iy, ix), if there is one.
+__device__ __forceinline__ float dy_tap(const ConvParams& p, const float* dy_img, int iy, int ix, int co, int ky,
+                                        int kx) {
+    int ty = iy + p.pad - ky;
+    int tx = ix + p.pad - kx;
+    if (ty < 0 || tx < 0) {
+        return 0.0f;
+    }
+    if (p.stride != 1) {
+        if (ty % p.stride != 0 || tx % p.stride != 0) {
+            return 0.0f;
+        }
+        ty /= p.stride;
+        tx /= p.stride;
+    }
+    if (ty >= p.h_out || tx >= p.w_out) {
+        return 0.0f;
+    }
+    return dy_img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
+}
+
+}  // namespace gather
+
+// ---------------------------------------------------------------------------------------------
+// v1: FP32 shared-memory tiles.
+// ---------------------------------------------------------------------------------------------
+
+namespace v1 {
+
+constexpr int BM = 64;
+constexpr int BN = 64;
+constexpr int BK = 16;
+constexpr int THREADS = 256;
+
+// Each problem gives sizes, a(m, k), b(k, n) for in-range indices, and whether each operand is
+// contiguous in memory along k (the loaders then walk k fastest to coalesce).
+struct Forward {
+    ConvParams p;
+    int M, N, K;
+    static constexpr bool A_ALONG_K = false;
+    static constexpr bool B_ALONG_K = true;
+    __device__ explicit Forward(const ConvParams& q)
+        : p(q), M(q.n * q.h_out * q.w_out), N(q.c_out), K(q.c_in * q.kh * q.kw) {}
+    __device__ float a(int m, int k) const {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        const int oy = pix / p.w_out;
+        const int ox = pix - oy * p.w_out;
+        const int taps = p.kh * p.kw;
+        const int ci = k / taps;
+        const int r = k - ci * taps;
+        const int ky = r / p.kw;
+        const int kx = r - ky * p.kw;
+        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
+        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+    }
+    __device__ float b(int k, int n) const { return p.weight[static_cast<size_t>(n) * K + k]; }
+    __device__ void store(int m, int n, float v) const {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        if (p.bias != nullptr) {
+            v += p.bias[n];
+        }
+        p.out[(static_cast<size_t>(img) * p.c_out + n) * hw + pix] = v;
+    }
+};
+
+struct BackwardData {
+    ConvParams p;
+    int M, N, K;
+    static constexpr bool A_ALONG_K = false;
+    static constexpr bool B_ALONG_K = true;
+    __device__ explicit BackwardData(const ConvParams& q)
+        : p(q), M(q.n * q.h * q.w), N(q.c_in), K(q.c_out * q.kh * q.kw) {}
+    __device__ float a(int m, int k) const {
+        const int hw = p.h * p.w;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        const int iy = pix / p.w;
+        const int ix = pix - iy * p.w;
+        const int taps = p.kh * p.kw;
+        const int co = k / taps;
+        const int r = k - co * taps;
+        const int ky = r / p.kw;
+        const int kx = r - ky * p.kw;
+        const float* dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
+        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+    }
+    __device__ float b(int k, int n) const {
+        const int taps = p.kh * p.kw;
+        const int co = k / taps;
+        const int r = k - co * taps;
+        return p.weight[(static_cast<size_t>(co) * p.c_in + n) * taps + r];
+    }
+    __device__ void store(int m, int n, float v) const {
+        const int hw = p.h * p.w;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        if (p.bias != nullptr) {
+            v += p.bias[n];
+        }
+        p.out[(static_cast<size_t>(img) * p.c_in + n) * hw + pix] = v;
+    }
+};
+
+// The reduction index k runs over (img, oy, ox); this problem's K is the full reduction length,
+// of which each block takes one split.
+struct BackwardWeight {
+    ConvParams p;
+    int M, N, K;
+    static constexpr bool A_ALONG_K = true;
+    static constexpr bool B_ALONG_K = true;
+    __device__ explicit BackwardWeight(const ConvParams& q)
+        : p(q), M(q.c_out), N(q.c_in * q.kh * q.kw), K(q.n * q.h_out * q.w_out) {}
+    __device__ float a(int m, int k) const {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        const int pix = k - img * hw;
+        return p.dy[(static_cast<size_t>(img) * p.c_out + m) * hw + pix];
+    }
+    __device__ float b(int k, int n) const {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        const int pix = k - img * hw;
+        const int oy = pix / p.w_out;
+        const int ox = pix - oy * p.w_out;
+        const int taps = p.kh * p.kw;
+        const int ci = n / taps;
+        const int r = n - ci * taps;
+        const int ky = r / p.kw;
+        const int kx = r - ky * p.kw;
+        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
+        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+    }
+};
+
+// acc[i][j] += sum over k in [k_begin, k_end) of A[m0 + tm + 16i][k] * B[k][n0 + tn + 16j],
+// with tm = tid % 16 and tn = tid / 16: a warp covers 16 consecutive rows, so shared-memory
+// reads are conflict-free and the output stores of a warp are contiguous along m.
+template <class P>
+__device__ void tiled_gemm(const P& prob, int m0, int n0, int k_begin, int k_end, float (&acc)[4][4]) {
+    __shared__ float as[BK][BM + 1];
+    __shared__ float bs[BK][BN + 1];
+    const int tid = threadIdx.x;
+    const int tm = tid % 16;
+    const int tn = tid / 16;
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        for (int e = tid; e < BM * BK; e += THREADS) {
+            const int mm = P::A_ALONG_K ? e / BK : e % BM;
+            const int kk = P::A_ALONG_K ? e % BK : e / BM;
+            const int m = m0 + mm;
+            const int k = k0 + kk;
+            as[kk][mm] = (m < prob.M && k < k_end) ? prob.a(m, k) : 0.0f;
+        }
+        for (int e = tid; e < BN * BK; e += THREADS) {
+            const int nn = P::B_ALONG_K ? e / BK : e % BN;
+            const int kk = P::B_ALONG_K ? e % BK : e / BN;
+            const int n = n0 + nn;
+            const int k = k0 + kk;
+            bs[kk][nn] = (n < prob.N && k < k_end) ? prob.b(k, n) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[4];
+            float b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                a[i] = as[kk][tm + 16 * i];
+                b[i] = bs[kk][tn + 16 * i];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+
+template <class P>
+__device__ void gemm_and_store(const ConvParams& p) {
+    const P prob(p);
+    const int m0 = blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    float acc[4][4] = {};
+    tiled_gemm(prob, m0, n0, 0, prob.K, acc);
+    const int tm = threadIdx.x % 16;
+    const int tn = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int m = m0 + tm + 16 * i;
+            const int n = n0 + tn + 16 * j;
+            if (m < prob.M && n < prob.N) {
+                prob.store(m, n, acc[i][j]);
+            }
+        }
+    }
+}
+
+}  // namespace v1
+
+// Grid (ceil(M / 64), ceil(c_out / 64)), 256 threads.
+extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_fwd_fp32(const ConvParams p) {
+    v1::gemm_and_store<v1::Forward>(p);
+}
+
+// Grid (ceil(n*h*w / 64), ceil(c_in / 64)), 256 threads.
+extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_bwd_data_fp32(const ConvParams p) {
+    v1::gemm_and_store<v1::BackwardData>(p);
+}
+
+// Grid (ceil(c_in*kh*kw / 64), ceil(c_out / 64), splits), 256 threads. Writes every element of
+// its tile of out[split] (and, in the blocks of the first column, out_bias[split]).
+extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_bwd_weight_fp32(const ConvParams p) {
+    using namespace v1;
+    const BackwardWeight prob(p);
+    const int split = blockIdx.z;
+    const int k_begin = split * p.split_len;
+    const int k_end = min(k_begin + p.split_len, prob.K);
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    float acc[4][4] = {};
+    tiled_gemm(prob, m0, n0, k_begin, k_end, acc);
+    const int tm = threadIdx.x % 16;
+    const int tn = threadIdx.x / 16;
+    float* out = p.out + static_cast<size_t>(split) * prob.M * prob.N;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int m = m0 + tm + 16 * i;
+            const int n = n0 + tn + 16 * j;
+            if (m < prob.M && n < prob.N) {
+                out[static_cast<size_t>(m) * prob.N + n] = acc[i][j];
+            }
+        }
+    }
+    if (p.out_bias != nullptr && blockIdx.x == 0) {
+        // Bias gradient of this block's rows over this split: one warp per row.
+        const int lane = threadIdx.x % WARP;
+        const int warp = threadIdx.x / WARP;
+        for (int mm = warp; mm < BM; mm += THREADS / WARP) {
+            const int m = m0 + mm;
+            if (m >= prob.M) {
+                break;
+            }
+            float s = 0.0f;
+            for (int k = k_begin + lane; k < k_end; k += WARP) {
+                s += prob.a(m, k);
+            }
+            s = lrc::warp_sum(s);
+            if (lane == 0) {
+                p.out_bias[static_cast<size_t>(split) * prob.M + m] = s;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// v2: TF32 tensor cores (mma.sync m16n8k8).
+// ---------------------------------------------------------------------------------------------
+
+namespace v2 {
+
+constexpr int BK = 32;  // one warp spans a k tile, which the K-major loaders rely on
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / WARP;
+
+// How an operand tile is laid out in shared memory, chosen by the direction in which it is
+// contiguous in global memory. MN-major: [BK][ROWS + 8]; K-major: [ROWS][BK + 4]. The paddings
+// (row strides of 8 and 4 mod 32 words) make both the loader stores and the mma fragment loads
+// free of bank conflicts.
+enum class Major { MN, K };
+
+template <int ROWS, Major L>
+struct Operand {
+    static_assert(ROWS % 32 == 0, "tile rows must be a multiple of 32");
+    static constexpr int SIZE = (L == Major::MN) ? BK * (ROWS + 8) : ROWS * (BK + 4);
+    // The number of values each thread loads per k tile.
+    static constexpr int LOADS = BK * ROWS / THREADS;
+    static_assert(THREADS % ROWS == 0 || L == Major::K, "MN-major loader needs THREADS % ROWS == 0");
+
+    __device__ static int index(int row, int k) { return (L == Major::MN) ? k * (ROWS + 8) + row : row * (BK + 4) + k; }
+    // Slot i of thread tid: MN-major threads own one row and step through k (a warp reads 32
+    // consecutive rows); K-major threads own one k (their lane) and step through rows (a warp
+    // reads 32 consecutive k of one row).
+    __device__ static int slot_row(int tid, int i) { return (L == Major::MN) ? tid % ROWS : tid / WARP + WARPS * i; }
+    __device__ static int slot_k(int tid, int i) {
+        return (L == Major::MN) ? tid / ROWS + (THREADS / ROWS) * i : tid % WARP;
+    }
+};
+
+// Operand gatherers. MN-major ones fix their row once (fix_row) and read any k (at); K-major ones
+// fix their k once per tile (fix_k) and read any row (at). Callers only call `at` on in-range
+// indices and load zero elsewhere.
+
+// Forward A: x in im2col order, rows = output pixels, k = (ci, ky, kx).
+template <int KH, int KW>
+struct ImageByOutputPixel {
+    static constexpr Major LAYOUT = Major::MN;
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
+    __device__ void fix_row(const ConvParams& p, int m) {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        const int oy = pix / p.w_out;
+        const int ox = pix - oy * p.w_out;
+        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
+        iy0 = oy * p.stride - p.pad;
+        ix0 = ox * p.stride - p.pad;
+    }
+    __device__ float at(const ConvParams& p, int k) const {
+        const gather::KernelSize<KH, KW> ks(p);
+        const int ci = k / ks.taps();
+        const int r = k - ci * ks.taps();
+        const int ky = r / ks.kw;
+        const int kx = r - ky * ks.kw;
+        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+    }
+};
+
+// Forward B: weight[n][k], rows = c_out.
+template <int KH, int KW>
+struct WeightByOutputChannel {
+    static constexpr Major LAYOUT = Major::K;
+    const float* w_k = nullptr;
+    __device__ void fix_k(const ConvParams& p, int k) { w_k = p.weight + k; }
+    __device__ float at(const ConvParams& p, int n) const {
+        const gather::KernelSize<KH, KW> ks(p);
+        return w_k[static_cast<size_t>(n) * p.c_in * ks.taps()];
+    }
+};
+
+// Backward-data A: dy, rows = input pixels, k = (co, ky, kx).
+template <int KH, int KW>
+struct GradByInputPixel {
+    static constexpr Major LAYOUT = Major::MN;
+    const float* dy_img = nullptr;
+    int iy = 0, ix = 0;
+    __device__ void fix_row(const ConvParams& p, int m) {
+        const int hw = p.h * p.w;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        iy = pix / p.w;
+        ix = pix - iy * p.w;
+        dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
+    }
+    __device__ float at(const ConvParams& p, int k) const {
+        const gather::KernelSize<KH, KW> ks(p);
+        const int co = k / ks.taps();
+        const int r = k - co * ks.taps();
+        const int ky = r / ks.kw;
+        const int kx = r - ky * ks.kw;
+        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+    }
+};
+
+// Backward-data B: weight[co][n][ky][kx] with k = (co, ky, kx), rows = c_in.
+template <int KH, int KW>
+struct WeightByInputChannel {
+    static constexpr Major LAYOUT = Major::K;
+    const float* w_k = nullptr;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        const gather::KernelSize<KH, KW> ks(p);
+        const int co = k / ks.taps();
+        const int r = k - co * ks.taps();
+        w_k = p.weight + static_cast<size_t>(co) * p.c_in * ks.taps() + r;
+    }
+    __device__ float at(const ConvParams& p, int n) const {
+        const gather::KernelSize<KH, KW> ks(p);
+        return w_k[static_cast<size_t>(n) * ks.taps()];
+    }
+};
+
+// Backward-weight A: dy, rows = c_out, k = (img, oy, ox).
+struct GradByOutputChannel {
+    static constexpr Major LAYOUT = Major::K;
+    const float* dy_k = nullptr;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        const int pix = k - img * hw;
+        dy_k = p.dy + static_cast<size_t>(img) * p.c_out * hw + pix;
+    }
+    __device__ float at(const ConvParams& p, int m) const {
+        return dy_k[static_cast<size_t>(m) * p.h_out * p.w_out];
+    }
+};
+
+// Backward-weight B: x, rows = (ci, ky, kx), k = (img, oy, ox).
+template <int KH, int KW>
+struct ImageByTap {
+    static constexpr Major LAYOUT = Major::K;
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        const int pix = k - img * hw;
+        const int oy = pix / p.w_out;
+        const int ox = pix - oy * p.w_out;
+        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
+        iy0 = oy * p.stride - p.pad;
+        ix0 = ox * p.stride - p.pad;
+    }
+    __device__ float at(const ConvParams& p, int n) const {
+        const gather::KernelSize<KH, KW> ks(p);
+        const int ci = n / ks.taps();
+        const int r = n - ci * ks.taps();
+        const int ky = r / ks.kw;
+        const int kx = r - ky * ks.kw;
+        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+    }
+};
+
+// Loads this thread's slots of one k tile of an operand into registers.
+template <int ROWS, class G>
+__device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok, int row0, int rows, int k0, int k_end,
+                                          float (&r)[Operand<ROWS, G::LAYOUT>::LOADS]) {
+    using O = Operand<ROWS, G::LAYOUT>;
+    const int tid = threadIdx.x;
+    if constexpr (G::LAYOUT == Major::MN) {
+#pragma unroll
+        for (int i = 0; i < O::LOADS; ++i) {
+            const int k = k0 + O::slot_k(tid, i);
+            r[i] = (row_ok && k < k_end) ? g.at(p, k) : 0.0f;
+        }
+    } else {
+        const int k = k0 + O::slot_k(tid, 0);
+        const bool k_ok = k < k_end;
+        if (k_ok) {
+            g.fix_k(p, k);
+        }
+#pragma unroll
+        for (int i = 0; i < O::LOADS; ++i) {
+            const int row = row0 + O::slot_row(tid, i);
+            r[i] = (k_ok && row < rows) ? g.at(p, row) : 0.0f;
+        }
+    }
+}
+
+template <int ROWS, Major L>
+__device__ __forceinline__ void stash_tile(uint32_t* s, const float (&r)[Operand<ROWS, L>::LOADS]) {
+    using O = Operand<ROWS, L>;
+    const int tid = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < O::LOADS; ++i) {
+        s[O::index(O::slot_row(tid, i), O::slot_k(tid, i))] = lrc::to_tf32(r[i]);
+    }
+}
+
+// Block tile BM x BN, WARPS_M x WARPS_N warps, each computing a (16*MT) x (8*NT) warp tile.
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_>
+struct Tile {
+    static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+    static_assert(WARPS_M * WARPS_N == WARPS, "a block has 8 warps");
+    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+    static constexpr int MT = WM / 16, NT = WN / 8;
+    static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
+};
+
+// Accumulates the block tile (m0, n0) over k in [k_begin, k_end) into acc, in the mma
+// accumulator layout. With sum_a, a_sum[i] also accumulates the FP32 values of this thread's
+// A slots (row slot_row(tid, i)), which backward-weight turns into the bias gradient. (A runtime
+// flag rather than a template parameter: a second instantiation would also double the shared
+// memory of the kernel that holds both.)
+template <class T, class GA, class GB>
+__device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, bool b_row_ok, int m0, int M, int n0, int N,
+                         int k_begin, int k_end, float (&acc)[T::MT][T::NT][4], bool sum_a,
+                         float (&a_sum)[Operand<T::BM, GA::LAYOUT>::LOADS]) {
+    using OA = Operand<T::BM, GA::LAYOUT>;
+    using OB = Operand<T::BN, GB::LAYOUT>;
+    __shared__ uint32_t sa[OA::SIZE];
+    __shared__ uint32_t sb[OB::SIZE];
+    float ra[OA::LOADS];
+    float rb[OB::LOADS];
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    const int wm = (warp / T::WARPS_N) * T::WM;
+    const int wn = (warp % T::WARPS_N) * T::WN;
+    const int g = lane / 4;
+    const int t = lane % 4;
+
+    load_tile<T::BM>(p, ga, a_row_ok, m0, M, k_begin, k_end, ra);
+    load_tile<T::BN>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        stash_tile<T::BM, GA::LAYOUT>(sa, ra);
+        stash_tile<T::BN, GB::LAYOUT>(sb, rb);
+        if (sum_a) {
+#pragma unroll
+            for (int i = 0; i < OA::LOADS; ++i) {
+                a_sum[i] += ra[i];
+            }
+        }
+        __syncthreads();
+        // The next tile's global loads are in flight while the tensor cores work on this one.
+        if (k0 + BK < k_end) {
+            load_tile<T::BM>(p, ga, a_row_ok, m0, M, k0 + BK, k_end, ra);
+            load_tile<T::BN>(p, gb, b_row_ok, n0, N, k0 + BK, k_end, rb);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 8) {
+            uint32_t af[T::MT][4];
+            uint32_t bf[T::NT][2];
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+                const int row = wm + mt * 16 + g;
+                af[mt][0] = sa[OA::index(row, kk + t)];
+                af[mt][1] = sa[OA::index(row + 8, kk + t)];
+                af[mt][2] = sa[OA::index(row, kk + t + 4)];
+                af[mt][3] = sa[OA::index(row + 8, kk + t + 4)];
+            }
+#pragma unroll
+            for (int nt = 0; nt < T::NT; ++nt) {
+                const int col = wn + nt * 8 + g;
+                bf[nt][0] = sb[OB::index(col, kk + t)];
+                bf[nt][1] = sb[OB::index(col, kk + t + 4)];
+            }
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+                for (int nt = 0; nt < T::NT; ++nt) {
+                    lrc::mma_tf32_16x8x8(acc[mt][nt], af[mt], bf[nt]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// Calls store(row, col, value) for every in-range element of the block tile.
+template <class T, class Store>
+__device__ __forceinline__ void epilogue(const float (&acc)[T::MT][T::NT][4], int m0, int M, int n0, int N,
+                                         Store store) {
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    const int wm = (warp / T::WARPS_N) * T::WM;
+    const int wn = (warp % T::WARPS_N) * T::WN;
+    const int g = lane / 4;
+    const int t = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = m0 + wm + mt * 16 + g + 8 * half;
+            if (row >= M) {
+                continue;
+            }
+#pragma unroll
+            for (int nt = 0; nt < T::NT; ++nt) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = n0 + wn + nt * 8 + 2 * t + j;
+                    if (col < N) {
+                        store(row, col, acc[mt][nt][2 * half + j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Output pixel m of an n x c x hw tensor, channel c: out[(img * channels + c) * hw + pix].
+struct PlaneStore {
+    float* out;
+    const float* bias;
+    int hw, channels;
+    __device__ void operator()(int m, int c, float v) const {
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        if (bias != nullptr) {
+            v += bias[c];
+        }
+        out[(static_cast<size_t>(img) * channels + c) * hw + pix] = v;
+    }
+};
+
+template <class T, int KH, int KW>
+__device__ void forward(const ConvParams& p) {
+    const int M = p.n * p.h_out * p.w_out;
+    const int N = p.c_out;
+    const int K = p.c_in * p.kh * p.kw;
+    const int m0 = blockIdx.x * T::BM;
+    const int n0 = blockIdx.y * T::BN;
+    using GA = ImageByOutputPixel<KH, KW>;
+    GA ga;
+    const int a_row = m0 + Operand<T::BM, GA::LAYOUT>::slot_row(threadIdx.x, 0);
+    const bool a_row_ok = a_row < M;
+    if (a_row_ok) {
+        ga.fix_row(p, a_row);
+    }
+    WeightByOutputChannel<KH, KW> gb;
+    float acc[T::MT][T::NT][4] = {};
+    float unused[Operand<T::BM, GA::LAYOUT>::LOADS];
+    mainloop<T>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
+    epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h_out * p.w_out, p.c_out});
+}
+
+template <class T, int KH, int KW>
+__device__ void backward_data(const ConvParams& p) {
+    const int M = p.n * p.h * p.w;
+    const int N = p.c_in;
+    const int K = p.c_out * p.kh * p.kw;
+    const int m0 = blockIdx.x * T::BM;
+    const int n0 = blockIdx.y * T::BN;
+    using GA = GradByInputPixel<KH, KW>;
+    GA ga;
+    const int a_row = m0 + Operand<T::BM, GA::LAYOUT>::slot_row(threadIdx.x, 0);
+    const bool a_row_ok = a_row < M;
+    if (a_row_ok) {
+        ga.fix_row(p, a_row);
+    }
+    WeightByInputChannel<KH, KW> gb;
+    float acc[T::MT][T::NT][4] = {};
+    float unused[Operand<T::BM, GA::LAYOUT>::LOADS];
+    mainloop<T>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
+    epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h * p.w, p.c_in});
+}
+
+struct PartialStore {
+    float* out;
+    int cols;
+    __device__ void operator()(int m, int n, float v) const { out[static_cast<size_t>(m) * cols + n] = v; }
+};
+
+template <class T, int KH, int KW>
+__device__ void backward_weight(const ConvParams& p) {
+    const int M = p.c_out;
+    const int N = p.c_in * p.kh * p.kw;
+    const int R = p.n * p.h_out * p.w_out;
+    const int split = blockIdx.z;
+    const int k_begin = split * p.split_len;
+    const int k_end = min(k_begin + p.split_len, R);
+    const int m0 = blockIdx.y * T::BM;
+    const int n0 = blockIdx.x * T::BN;
+    using GA = GradByOutputChannel;
+    using OA = Operand<T::BM, GA::LAYOUT>;
+    GA ga;
+    ImageByTap<KH, KW> gb;
+    float acc[T::MT][T::NT][4] = {};
+    float a_sum[OA::LOADS] = {};
+    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+    mainloop<T>(p, ga, gb, true, true, m0, M, n0, N, k_begin, k_end, acc, bias_block, a_sum);
+    epilogue<T>(acc, m0, M, n0, N, PartialStore{p.out + static_cast<size_t>(split) * M * N, N});
+    if (bias_block) {
+        // Lane l of a warp summed k = l (mod 32) of its rows; add across the warp.
+#pragma unroll
+        for (int i = 0; i < OA::LOADS; ++i) {
+            const float s = lrc::warp_sum(a_sum[i]);
+            const int m = m0 + OA::slot_row(threadIdx.x, i);
+            if (threadIdx.x % WARP == 0 && m < M) {
+                p.out_bias[static_cast<size_t>(split) * M + m] = s;
+            }
+        }
+    }
+}
+
+// Forward and backward-data: 128 pixels x (64 | 32) channels per block.
+using PixelTile64 = Tile<128, 64, 4, 2>;
+using PixelTile32 = Tile<128, 32, 4, 2>;
+// Backward-weight: 64 output channels x 64 taps, or 32 x 128, per block.
+using WeightTile64 = Tile<64, 64, 2, 4>;
+using WeightTile32 = Tile<32, 128, 1, 8>;
+
+}  // namespace v2
+
+// Kernel names: conv_<pass>_tf32_<kernel size>_<tile>; k1/k2/k3 are 1x1/2x2/3x3 specialisations,
+// kany reads the kernel size from the parameters. Forward and backward-data grids are
+// (ceil(M / 128), ceil(N / tile)); backward-weight grids (ceil(c_in*kh*kw / 128),
+// ceil(c_out / tile), splits). All take 256 threads.
+#define LRC_CONV_TF32(KS, KH, KW)                                                                       \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2) conv_fwd_tf32_##KS##_n64(const ConvParams p) { \
+        v2::forward<v2::PixelTile64, KH, KW>(p);                                                        \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2) conv_fwd_tf32_##KS##_n32(const ConvParams p) { \
+        v2::forward<v2::PixelTile32, KH, KW>(p);                                                        \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
+        conv_bwd_data_tf32_##KS##_n64(const ConvParams p) {                                             \
+        v2::backward_data<v2::PixelTile64, KH, KW>(p);                                                  \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
+        conv_bwd_data_tf32_##KS##_n32(const ConvParams p) {                                             \
+        v2::backward_data<v2::PixelTile32, KH, KW>(p);                                                  \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
+        conv_bwd_weight_tf32_##KS##_m64(const ConvParams p) {                                           \
+        v2::backward_weight<v2::WeightTile64, KH, KW>(p);                                               \
+    }                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
+        conv_bwd_weight_tf32_##KS##_m32(const ConvParams p) {                                           \
+        v2::backward_weight<v2::WeightTile32, KH, KW>(p);                                               \
+    }
+
+LRC_CONV_TF32(k1, 1, 1)
+LRC_CONV_TF32(k2, 2, 2)
+LRC_CONV_TF32(k3, 3, 3)
+LRC_CONV_TF32(kany, 0, 0)
+
+// ---------------------------------------------------------------------------------------------
+// Reductions that finish the backward passes.
+// ---------------------------------------------------------------------------------------------
+
+// Grid ceil(max(len, bias_len) / 256), 256 threads.
+extern "C" __global__ void __launch_bounds__(256) split_reduce(const SplitReduceParams p) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < p.len) {
+        float s = 0.0f;
+        for (int k = 0; k < p.splits; ++k) {
+            s += p.partial[static_cast<size_t>(k) * p.len + i];
+        }
+        p.out[i] = s;
+    }
+    if (p.out_bias != nullptr && i < p.bias_len) {
+        float s = 0.0f;
+        for (int k = 0; k < p.splits; ++k) {
+            s += p.partial_bias[static_cast<size_t>(k) * p.bias_len + i];
+        }
+        p.out_bias[i] = s;
+    }
+}
+
+// Grid (planes), 256 threads: the sum of each plane (the bias gradient of a transposed
+// convolution, per image and channel, before split_reduce adds the images).
+extern "C" __global__ void __launch_bounds__(256) plane_sum(const PlaneSumParams p) {
+    const float* plane = p.x + static_cast<size_t>(blockIdx.x) * p.plane_len;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < p.plane_len; i += blockDim.x) {
+        s += plane[i];
+    }
+    s = lrc::block_sum(s);
+    if (threadIdx.x == 0) {
+        p.out[blockIdx.x] = s;
+    }
+}

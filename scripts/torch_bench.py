@@ -1,0 +1,239 @@
+"""PyTorch (cuDNN) timings of the convolutions that `lrc bench conv` times, for comparison.
+
+Same layers, same passes (forward, backward-data, backward-weight), same statistics (median of
+warm repeats timed with CUDA events, TFLOP/s from 2 x multiply-adds), same table and JSON-lines
+fields, with "engine": "torch". TF32 is allowed in cuDNN and matmuls, as the lrc default
+(tf32-mma) uses it.
+
+    python3 scripts/torch_bench.py --bench conv [--batch 16 --size 256 --base 32 --depth 5
+        --repeats 20 --warmup 3 --json torch-bench-conv.jsonl]
+
+`bench_conv(args)` takes the parsed arguments (any missing one gets its default), so that
+scripts/torch_reference.py can dispatch `--bench conv` here; `add_conv_args(parser)` adds them.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+DEFAULTS = {
+    "batch": 16,
+    "size": 256,
+    "base": 32,
+    "depth": 5,
+    "in_channels": 1,
+    "classes": 14,
+    "repeats": 20,
+    "warmup": 3,
+    "json": "torch-bench-conv.jsonl",
+    "device": "cuda",
+    "list": False,
+}
+
+PASSES = ("forward", "backward_data", "backward_weight")
+
+
+def add_conv_args(parser):
+    """Adds the options of `lrc bench conv` to an argparse parser."""
+    parser.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="images per batch")
+    parser.add_argument("--size", type=int, default=DEFAULTS["size"], help="height and width of the slices")
+    parser.add_argument("--base", type=int, default=DEFAULTS["base"], help="channels of the first level")
+    parser.add_argument("--depth", type=int, default=DEFAULTS["depth"], help="levels, bottleneck included")
+    parser.add_argument("--in-channels", type=int, default=DEFAULTS["in_channels"])
+    parser.add_argument("--classes", type=int, default=DEFAULTS["classes"])
+    parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="timed runs per pass")
+    parser.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="untimed runs before them")
+    parser.add_argument("--json", default=DEFAULTS["json"], help="where to write the JSON lines")
+    parser.add_argument("--device", default=DEFAULTS["device"], help="cuda (timed with events) or cpu")
+    parser.add_argument("--list", action="store_true", help="print the convolutions and exit")
+
+
+def unet_convs(batch, size, base, depth, in_channels, classes):
+    """The convolutions of the U-Net, named and ordered as in `lrc bench conv` (src/cli/bench.rs)."""
+    if min(batch, base, depth, in_channels, classes) <= 0:
+        raise ValueError("batch, base, depth, in-channels and classes must be positive")
+    down = 1 << (depth - 1)
+    if size < down or size % down:
+        raise ValueError(f"size {size} must be a positive multiple of 2^(depth-1) = 2^{depth - 1}")
+
+    def conv(name, c_in, c_out, s, k):
+        return dict(name=name, kind="conv", n=batch, c_in=c_in, h=s, w=s, c_out=c_out, k=k, stride=1, pad=k // 2)
+
+    layers = []
+    for level in range(depth):
+        s, c = size >> level, base << level
+        c_in = in_channels if level == 0 else c // 2
+        layers.append(conv(f"enc{level + 1}.conv1", c_in, c, s, 3))
+        layers.append(conv(f"enc{level + 1}.conv2", c, c, s, 3))
+    for level in reversed(range(depth - 1)):
+        s, c = size >> level, base << level
+        layers.append(
+            dict(
+                name=f"dec{level + 1}.up",
+                kind="conv_transpose",
+                n=batch,
+                c_in=2 * c,
+                h=s // 2,
+                w=s // 2,
+                c_out=c,
+                k=2,
+                stride=2,
+                pad=0,
+            )
+        )
+        layers.append(conv(f"dec{level + 1}.conv1", 2 * c, c, s, 3))
+        layers.append(conv(f"dec{level + 1}.conv2", c, c, s, 3))
+    layers.append(conv("head", base, classes, size, 1))
+    for layer in layers:
+        if layer["kind"] == "conv":
+            layer["h_out"] = (layer["h"] + 2 * layer["pad"] - layer["k"]) // layer["stride"] + 1
+            layer["w_out"] = (layer["w"] + 2 * layer["pad"] - layer["k"]) // layer["stride"] + 1
+            layer["macs"] = layer["n"] * layer["c_out"] * layer["h_out"] * layer["w_out"] * layer["c_in"] * layer["k"] ** 2
+        else:
+            layer["h_out"] = (layer["h"] - 1) * layer["stride"] + layer["k"] - 2 * layer["pad"]
+            layer["w_out"] = (layer["w"] - 1) * layer["stride"] + layer["k"] - 2 * layer["pad"]
+            layer["macs"] = layer["n"] * layer["c_in"] * layer["h"] * layer["w"] * layer["c_out"] * layer["k"] ** 2
+    return layers
+
+
+def _pass_fn(torch, layer, pass_name, x, w, b, dy):
+    """A closure running one pass of one layer."""
+    F = torch.nn.functional
+    s, p = layer["stride"], layer["pad"]
+    transposed = layer["kind"] == "conv_transpose"
+    if pass_name == "forward":
+        if transposed:
+            return lambda: F.conv_transpose2d(x, w, b, stride=s, padding=p)
+        return lambda: F.conv2d(x, w, b, stride=s, padding=p)
+    mask = [True, False, False] if pass_name == "backward_data" else [False, True, True]
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, x, w, [layer["c_out"]], [s, s], [p, p], [1, 1], transposed, [0, 0], 1, mask
+    )
+
+
+def _time(torch, fn, warmup, repeats, on_cuda):
+    """Milliseconds of each timed run."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if on_cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def bench_conv(args):
+    """Times every layer and pass; prints a table, writes JSON lines, returns the result dicts."""
+    opt = {k: getattr(args, k, v) for k, v in DEFAULTS.items()}
+    layers = unet_convs(opt["batch"], opt["size"], opt["base"], opt["depth"], opt["in_channels"], opt["classes"])
+    if opt["list"]:
+        for layer in layers:
+            dims = [layer[k] for k in ("n", "c_in", "h", "w", "c_out")] + [layer["k"], layer["k"]]
+            dims += [layer[k] for k in ("stride", "pad", "h_out", "w_out")]
+            print(f"{layer['name']:<12} {layer['kind']:<14} {dims}")
+        return []
+    if opt["repeats"] < 1:
+        raise ValueError("--repeats must be at least 1")
+
+    import torch
+
+    on_cuda = opt["device"] == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA GPU (use --device cpu for a functional run)")
+    device = torch.device(opt["device"])
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    device_name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    generator = torch.Generator(device="cpu").manual_seed(0xC0FFEE)
+
+    def uniform(*shape):
+        return (torch.rand(*shape, generator=generator) * 2 - 1).to(device=device, dtype=torch.float32)
+
+    print(
+        f"{device_name} (torch {torch.__version__}, cuDNN TF32), batch {opt['batch']} size {opt['size']} "
+        f"base {opt['base']} depth {opt['depth']}, median of {opt['repeats']} runs"
+    )
+    algo = "cudnn-tf32" if on_cuda else "torch-cpu"
+    print(f"{'layer':<12} {'pass':<15} {'shape':<22} {'algo':<10} {'ms':>10} {'TFLOP/s':>9}")
+    results = []
+    total = 0.0
+    with torch.no_grad(), open(opt["json"], "w") as out:
+        for layer in layers:
+            n, c_in, h, w_, c_out, k = (layer[key] for key in ("n", "c_in", "h", "w", "c_out", "k"))
+            x = uniform(n, c_in, h, w_)
+            if layer["kind"] == "conv":
+                weight = uniform(c_out, c_in, k, k)
+            else:
+                weight = uniform(c_in, c_out, k, k)
+            bias = uniform(c_out)
+            dy = uniform(n, c_out, layer["h_out"], layer["w_out"])
+            shape = f"{n}x{c_in}x{h}x{w_}>{c_out} k{k}"
+            for pass_name in PASSES:
+                fn = _pass_fn(torch, layer, pass_name, x, weight, bias, dy)
+                times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
+                ms = statistics.median(times)
+                total += ms
+                flop = 2.0 * layer["macs"]
+                tflops = flop / (ms * 1e-3) / 1e12
+                print(f"{layer['name']:<12} {pass_name:<15} {shape:<22} {algo:<10} {ms:>10.4f} {tflops:>9.2f}")
+                record = {
+                    "bench": "conv",
+                    "engine": "torch",
+                    "device": device_name,
+                    "layer": layer["name"],
+                    "kind": layer["kind"],
+                    "pass": pass_name,
+                    "algo": algo,
+                    "n": n,
+                    "c_in": c_in,
+                    "h": h,
+                    "w": w_,
+                    "c_out": c_out,
+                    "kh": k,
+                    "kw": k,
+                    "stride": layer["stride"],
+                    "pad": layer["pad"],
+                    "h_out": layer["h_out"],
+                    "w_out": layer["w_out"],
+                    "gflop": flop / 1e9,
+                    "median_ms": ms,
+                    "min_ms": min(times),
+                    "tflops": tflops,
+                    "repeats": opt["repeats"],
+                }
+                out.write(json.dumps(record) + "\n")
+                results.append(record)
+    print(f"total {algo:<10} {total:>10.3f} ms")
+    print(f"JSON lines written to {opt['json']}")
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", required=True, choices=["conv"], help="what to time")
+    add_conv_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.bench == "conv":
+            bench_conv(args)
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

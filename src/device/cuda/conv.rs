@@ -1,0 +1,703 @@
+//! Convolution and transposed convolution on the GPU: the host side of `kernels/conv.cu`.
+//!
+//! Every pass is an implicit GEMM (see the comment at the top of conv.cu). Two kernel versions
+//! are kept side by side and chosen per call with [`ConvAlgo`]. The backward-weight pass splits
+//! its long reduction (over every output pixel of the batch) across blocks and adds the partial
+//! sums in a fixed order, so its results are deterministic.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::launch::{Launch, dim};
+use super::params::{ConvParams, PlaneSumParams, SplitReduceParams};
+use super::{CudaDevice, CudaStorage};
+use crate::error::{Error, Result};
+use crate::ops::conv::ConvGeom;
+
+const MODULE: &str = "conv";
+const THREADS: u32 = 256;
+
+/// Which convolution kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConvAlgo {
+    /// Plain FP32 shared-memory tiles (64x64x16): the simple reference version.
+    Fp32Tiled = 0,
+    /// Tensor cores through `mma.sync` m16n8k8: TF32 inputs (10-bit mantissa, rounded to
+    /// nearest), FP32 accumulation, as PyTorch does with `allow_tf32`.
+    Tf32Mma = 1,
+}
+
+impl ConvAlgo {
+    /// Every version, simplest first.
+    pub const ALL: [ConvAlgo; 2] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma];
+
+    /// The version ops use unless told otherwise: tensor cores, expected to be several times
+    /// faster than the FP32 tiles on Hopper. Not yet measured against it.
+    pub const DEFAULT: ConvAlgo = ConvAlgo::Tf32Mma;
+
+    /// The environment variable that overrides [`ConvAlgo::DEFAULT`] when a device is opened.
+    pub const ENV: &'static str = "LRC_CONV_ALGO";
+
+    /// The name `LRC_CONV_ALGO` and `--algo` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Fp32Tiled => "fp32-tiled",
+            ConvAlgo::Tf32Mma => "tf32-mma",
+        }
+    }
+
+    /// `LRC_CONV_ALGO`, if set.
+    pub fn from_env() -> Result<Option<ConvAlgo>> {
+        match std::env::var(ConvAlgo::ENV) {
+            Ok(v) if !v.trim().is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|e: Error| Error::config(format!("{}: {e}", ConvAlgo::ENV))),
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn from_index(i: u8) -> ConvAlgo {
+        if i == ConvAlgo::Fp32Tiled as u8 {
+            ConvAlgo::Fp32Tiled
+        } else {
+            ConvAlgo::Tf32Mma
+        }
+    }
+}
+
+impl fmt::Display for ConvAlgo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ConvAlgo {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ConvAlgo> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fp32-tiled" | "fp32" => Ok(ConvAlgo::Fp32Tiled),
+            "tf32-mma" | "tf32" => Ok(ConvAlgo::Tf32Mma),
+            other => Err(Error::config(format!(
+                "unknown convolution algorithm '{other}': expected one of fp32-tiled, tf32-mma"
+            ))),
+        }
+    }
+}
+
+/// A transposed convolution as `torch.nn.ConvTranspose2d` (no output padding, no dilation):
+/// input `n x c_in x h x w`, weights `(c_in, c_out, kh, kw)`, output `n x c_out x h_out x w_out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTransposeGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvTransposeGeom {
+    /// Checks that the output has at least one row and column.
+    pub fn validate(&self) -> Result<()> {
+        if self.stride == 0
+            || self.h == 0
+            || self.w == 0
+            || (self.h - 1) * self.stride + self.kh <= 2 * self.pad
+            || (self.w - 1) * self.stride + self.kw <= 2 * self.pad
+        {
+            return Err(Error::shape(
+                "conv_transpose2d",
+                format!(
+                    "kernel {}x{} stride {} pad {} gives no output for input {}x{}",
+                    self.kh, self.kw, self.stride, self.pad, self.h, self.w
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output rows: (h - 1) * stride + kh - 2 * pad.
+    pub fn h_out(&self) -> usize {
+        (self.h - 1) * self.stride + self.kh - 2 * self.pad
+    }
+
+    /// Output columns: (w - 1) * stride + kw - 2 * pad.
+    pub fn w_out(&self) -> usize {
+        (self.w - 1) * self.stride + self.kw - 2 * self.pad
+    }
+
+    /// The convolution this one transposes: its backward-data pass is this forward pass, its
+    /// forward pass this backward-data pass, and its weights (OIHW) are these weights.
+    pub fn as_conv(&self) -> ConvGeom {
+        ConvGeom {
+            n: self.n,
+            c_in: self.c_out,
+            h: self.h_out(),
+            w: self.w_out(),
+            c_out: self.c_in,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
+
+    /// Multiply-adds of the forward pass: every input value meets every weight of its channel.
+    pub fn macs(&self) -> usize {
+        self.n * self.c_in * self.h * self.w * self.c_out * self.kh * self.kw
+    }
+}
+
+/// A pass of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    Forward,
+    BackwardData,
+    BackwardWeight,
+}
+
+/// How a pass runs: its kernel and grid (256 threads a block) and, for backward-weight, how the
+/// reduction is split (one split: the kernel writes dw and db itself; more: partial sums added
+/// by `split_reduce`). Other passes have `split_len` 0 and one split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub kernel: &'static str,
+    pub grid: (usize, usize, usize),
+    pub split_len: usize,
+    pub splits: usize,
+}
+
+/// Kernel sizes with their own compiled specialisation; others use the generic kernels.
+fn size_variant(g: &ConvGeom) -> usize {
+    match (g.kh, g.kw) {
+        (1, 1) => 0,
+        (2, 2) => 1,
+        (3, 3) => 2,
+        _ => 3,
+    }
+}
+
+/// conv.cu's TF32 kernels by [pass][kernel size: k1, k2, k3, kany][wide tile, narrow tile].
+const TF32_KERNELS: [[[&str; 2]; 4]; 3] = [
+    [
+        ["conv_fwd_tf32_k1_n64", "conv_fwd_tf32_k1_n32"],
+        ["conv_fwd_tf32_k2_n64", "conv_fwd_tf32_k2_n32"],
+        ["conv_fwd_tf32_k3_n64", "conv_fwd_tf32_k3_n32"],
+        ["conv_fwd_tf32_kany_n64", "conv_fwd_tf32_kany_n32"],
+    ],
+    [
+        ["conv_bwd_data_tf32_k1_n64", "conv_bwd_data_tf32_k1_n32"],
+        ["conv_bwd_data_tf32_k2_n64", "conv_bwd_data_tf32_k2_n32"],
+        ["conv_bwd_data_tf32_k3_n64", "conv_bwd_data_tf32_k3_n32"],
+        ["conv_bwd_data_tf32_kany_n64", "conv_bwd_data_tf32_kany_n32"],
+    ],
+    [
+        ["conv_bwd_weight_tf32_k1_m64", "conv_bwd_weight_tf32_k1_m32"],
+        ["conv_bwd_weight_tf32_k2_m64", "conv_bwd_weight_tf32_k2_m32"],
+        ["conv_bwd_weight_tf32_k3_m64", "conv_bwd_weight_tf32_k3_m32"],
+        ["conv_bwd_weight_tf32_kany_m64", "conv_bwd_weight_tf32_kany_m32"],
+    ],
+];
+
+const FP32_KERNELS: [&str; 3] = ["conv_fwd_fp32", "conv_bwd_data_fp32", "conv_bwd_weight_fp32"];
+
+/// Every kernel of `kernels/conv.cu` this module may launch.
+pub fn kernel_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = FP32_KERNELS.to_vec();
+    names.extend(TF32_KERNELS.iter().flatten().flatten().copied());
+    names.extend(["split_reduce", "plane_sum"]);
+    names
+}
+
+/// Tile shape (rows, columns, depth) of a pass's kernels; must match conv.cu.
+struct Tiling {
+    kernel: &'static str,
+    rows: usize,
+    cols: usize,
+    depth: usize,
+}
+
+/// The kernel for a pass whose GEMM has `cols` columns (forward, backward-data) or `rows` rows
+/// (backward-weight); the narrow TF32 tiles serve 32 or fewer.
+fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Tiling {
+    match algo {
+        ConvAlgo::Fp32Tiled => Tiling {
+            kernel: FP32_KERNELS[pass as usize],
+            rows: 64,
+            cols: 64,
+            depth: 16,
+        },
+        ConvAlgo::Tf32Mma => {
+            let narrow = narrow_dim <= 32;
+            let kernel = TF32_KERNELS[pass as usize][size_variant(g)][narrow as usize];
+            let (rows, cols) = match (pass, narrow) {
+                (ConvPass::BackwardWeight, false) => (64, 64),
+                (ConvPass::BackwardWeight, true) => (32, 128),
+                (_, false) => (128, 64),
+                (_, true) => (128, 32),
+            };
+            Tiling {
+                kernel,
+                rows,
+                cols,
+                depth: 32,
+            }
+        }
+    }
+}
+
+/// Splits of a reduction of length `r` over `tiles` output tiles: about four blocks per
+/// multiprocessor in all, each split a multiple of the tile depth and at least `MIN_SPLIT`
+/// long so that partial sums stay a small part of the traffic. Returns (split length, splits).
+pub(crate) fn split_plan(tiles: usize, r: usize, depth: usize, multiprocessors: usize) -> (usize, usize) {
+    const MIN_SPLIT: usize = 512;
+    const MAX_SPLITS: usize = 4096;
+    let wanted = (4 * multiprocessors).div_ceil(tiles.max(1));
+    let most = r.div_ceil(MIN_SPLIT).clamp(1, MAX_SPLITS);
+    let splits = wanted.clamp(1, most);
+    let split_len = r.div_ceil(splits).div_ceil(depth).max(1) * depth;
+    (split_len, r.div_ceil(split_len).max(1))
+}
+
+/// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
+/// transposes for the pass that computes the same thing (forward and backward-data swap).
+pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    let conv_pass = match pass {
+        ConvPass::Forward => ConvPass::BackwardData,
+        ConvPass::BackwardData => ConvPass::Forward,
+        ConvPass::BackwardWeight => ConvPass::BackwardWeight,
+    };
+    plan(conv_pass, &g.as_conv(), algo, multiprocessors)
+}
+
+/// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
+pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    let single = |kernel, grid| ConvLaunch {
+        kernel,
+        grid,
+        split_len: 0,
+        splits: 1,
+    };
+    match pass {
+        ConvPass::Forward => {
+            let t = tiling(algo, pass, g, g.c_out);
+            let rows = g.n * g.h_out() * g.w_out();
+            single(t.kernel, (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1))
+        }
+        ConvPass::BackwardData => {
+            let t = tiling(algo, pass, g, g.c_in);
+            let rows = g.n * g.h * g.w;
+            single(t.kernel, (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1))
+        }
+        ConvPass::BackwardWeight => {
+            let t = tiling(algo, pass, g, g.c_out);
+            let (m, n) = (g.c_out, g.c_in * g.kh * g.kw);
+            let r = g.n * g.h_out() * g.w_out();
+            let tiles = m.div_ceil(t.rows) * n.div_ceil(t.cols);
+            let (split_len, splits) = split_plan(tiles, r, t.depth, multiprocessors);
+            ConvLaunch {
+                kernel: t.kernel,
+                grid: (n.div_ceil(t.cols), m.div_ceil(t.rows), splits),
+                split_len,
+                splits,
+            }
+        }
+    }
+}
+
+fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize) -> Result<()> {
+    if s.len() != want {
+        return Err(Error::shape(
+            op,
+            format!("{what} holds {} values, the geometry needs {want}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The one device all operands live on.
+fn common_device(op: &'static str, operands: &[&CudaStorage]) -> Result<Arc<CudaDevice>> {
+    let device = operands[0].device();
+    if operands.iter().any(|s| !Arc::ptr_eq(&s.device(), &device)) {
+        return Err(Error::Device(format!("{op}: operands on different CUDA devices")));
+    }
+    Ok(device)
+}
+
+fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
+    // The kernels index GEMM rows and columns with 32-bit integers.
+    dim(op, "batch x output pixels", g.n * g.h_out() * g.w_out())?;
+    dim(op, "batch x input pixels", g.n * g.h * g.w)?;
+    dim(op, "c_in x kh x kw", g.c_in * g.kh * g.kw)?;
+    dim(op, "c_out x kh x kw", g.c_out * g.kh * g.kw)?;
+    Ok(ConvParams {
+        n: dim(op, "n", g.n)?,
+        c_in: dim(op, "c_in", g.c_in)?,
+        h: dim(op, "h", g.h)?,
+        w: dim(op, "w", g.w)?,
+        c_out: dim(op, "c_out", g.c_out)?,
+        kh: dim(op, "kh", g.kh)?,
+        kw: dim(op, "kw", g.kw)?,
+        stride: dim(op, "stride", g.stride)?,
+        pad: dim(op, "pad", g.pad)?,
+        h_out: dim(op, "h_out", g.h_out())?,
+        w_out: dim(op, "w_out", g.w_out())?,
+        ..ConvParams::default()
+    })
+}
+
+/// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
+/// plan was made for (callers check the storages against it).
+fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    let launch = Launch {
+        grid: plan.grid,
+        block: THREADS,
+    };
+    // SAFETY: as documented above.
+    unsafe { device.launch(MODULE, plan.kernel, launch, p) }
+}
+
+/// dw (and db when `p.out_bias` is set) of the convolution with `p`'s geometry into `p.out` /
+/// `p.out_bias`, through split partial sums when the plan splits the reduction.
+fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    let (m, n) = (p.c_out as usize, (p.c_in * p.kh * p.kw) as usize);
+    let (kernel, splits) = (plan.kernel, plan.splits);
+    let launch = Launch {
+        grid: plan.grid,
+        block: THREADS,
+    };
+    let mut q = *p;
+    q.split_len = dim("conv2d backward", "split length", plan.split_len)?;
+    q.splits = dim("conv2d backward", "splits", splits)?;
+    if splits == 1 {
+        // The only partial sum is the result.
+        // SAFETY: as in run_single; out holds m*n values and out_bias m.
+        return unsafe { device.launch(MODULE, kernel, launch, &q) };
+    }
+    let partial = CudaStorage::alloc(device, splits * m * n)?;
+    let partial_bias = CudaStorage::alloc(device, if p.out_bias != 0 { splits * m } else { 0 })?;
+    q.out = partial.device_ptr();
+    q.out_bias = if p.out_bias != 0 { partial_bias.device_ptr() } else { 0 };
+    // SAFETY: as in run_single; the partial blocks hold splits*m*n and splits*m values.
+    unsafe { device.launch(MODULE, kernel, launch, &q) }?;
+    let reduce = SplitReduceParams {
+        partial: partial.device_ptr(),
+        out: p.out,
+        partial_bias: q.out_bias,
+        out_bias: p.out_bias,
+        len: dim("conv2d backward", "weight size", m * n)?,
+        bias_len: if p.out_bias != 0 { q.c_out } else { 0 },
+        splits: q.splits,
+        reserved: 0,
+    };
+    let launch = Launch {
+        grid: ((m * n).max(m).div_ceil(THREADS as usize), 1, 1),
+        block: THREADS,
+    };
+    // SAFETY: the partial blocks hold `splits` rows of len and bias_len values; the outputs
+    // hold len and bias_len. The partial blocks return to the cache after this call, which
+    // is safe because later users queue behind this kernel on the same stream.
+    unsafe { device.launch(MODULE, "split_reduce", launch, &reduce) }
+}
+
+/// Per-channel sums of an `n x c x plane` tensor into `out` (c values).
+fn channel_sums(device: &Arc<CudaDevice>, x: &CudaStorage, n: usize, c: usize, plane: usize, out: u64) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let per_image = CudaStorage::alloc(device, n * c)?;
+    let sums = PlaneSumParams {
+        x: x.device_ptr(),
+        out: per_image.device_ptr(),
+        planes: dim("channel sum", "planes", n * c)?,
+        plane_len: dim("channel sum", "plane length", plane)?,
+    };
+    let launch = Launch {
+        grid: (n * c, 1, 1),
+        block: THREADS,
+    };
+    // SAFETY: x holds n*c planes of `plane` values; per_image n*c values.
+    unsafe { device.launch(MODULE, "plane_sum", launch, &sums) }?;
+    let reduce = SplitReduceParams {
+        partial: per_image.device_ptr(),
+        out,
+        partial_bias: 0,
+        out_bias: 0,
+        len: dim("channel sum", "channels", c)?,
+        bias_len: 0,
+        splits: dim("channel sum", "batch", n)?,
+        reserved: 0,
+    };
+    let launch = Launch {
+        grid: (c.div_ceil(THREADS as usize).max(1), 1, 1),
+        block: THREADS,
+    };
+    // SAFETY: per_image holds n rows of c values; out holds c.
+    unsafe { device.launch(MODULE, "split_reduce", launch, &reduce) }
+}
+
+/// `y = conv2d(x, w) + b`: x `n x c_in x h x w`, w `c_out x c_in x kh x kw`, b `c_out`.
+pub fn conv2d_forward(
+    g: &ConvGeom,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    b: Option<&CudaStorage>,
+    algo: ConvAlgo,
+) -> Result<CudaStorage> {
+    const OP: &str = "conv2d";
+    check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
+    check_len(OP, "weight", w, g.c_out * g.c_in * g.kh * g.kw)?;
+    let mut operands = vec![x, w];
+    if let Some(b) = b {
+        check_len(OP, "bias", b, g.c_out)?;
+        operands.push(b);
+    }
+    let device = common_device(OP, &operands)?;
+    let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let p = ConvParams {
+        x: x.device_ptr(),
+        weight: w.device_ptr(),
+        bias: b.map_or(0, CudaStorage::device_ptr),
+        out: out.device_ptr(),
+        ..conv_params(OP, g)?
+    };
+    // With no input channels the GEMM depth is zero and the kernels write the bias alone.
+    run_single(&device, plan(ConvPass::Forward, g, algo, device.multiprocessors()), &p)?;
+    Ok(out)
+}
+
+/// dL/dx of [`conv2d_forward`] from dL/dy (`n x c_out x h_out x w_out`).
+pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, algo: ConvAlgo) -> Result<CudaStorage> {
+    const OP: &str = "conv2d backward";
+    check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
+    check_len(OP, "weight", w, g.c_out * g.c_in * g.kh * g.kw)?;
+    let device = common_device(OP, &[dy, w])?;
+    let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let p = ConvParams {
+        dy: dy.device_ptr(),
+        weight: w.device_ptr(),
+        out: out.device_ptr(),
+        ..conv_params(OP, g)?
+    };
+    run_single(
+        &device,
+        plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
+        &p,
+    )?;
+    Ok(out)
+}
+
+/// dL/dw (`c_out x c_in x kh x kw`) and dL/db (`c_out`) of [`conv2d_forward`].
+pub fn conv2d_backward_weight(
+    g: &ConvGeom,
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    algo: ConvAlgo,
+) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "conv2d backward";
+    check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
+    check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
+    let device = common_device(OP, &[x, dy])?;
+    let (weight_len, reduction) = (g.c_out * g.c_in * g.kh * g.kw, g.n * g.h_out() * g.w_out());
+    if weight_len == 0 || reduction == 0 {
+        return Ok((
+            CudaStorage::zeros(&device, weight_len)?,
+            CudaStorage::zeros(&device, g.c_out)?,
+        ));
+    }
+    let dw = CudaStorage::alloc(&device, weight_len)?;
+    let db = CudaStorage::alloc(&device, g.c_out)?;
+    let p = ConvParams {
+        x: x.device_ptr(),
+        dy: dy.device_ptr(),
+        out: dw.device_ptr(),
+        out_bias: db.device_ptr(),
+        ..conv_params(OP, g)?
+    };
+    run_backward_weight(
+        &device,
+        plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors()),
+        &p,
+    )?;
+    Ok((dw, db))
+}
+
+/// `y = conv_transpose2d(x, w) + b`: x `n x c_in x h x w`, w `c_in x c_out x kh x kw`, b `c_out`.
+pub fn conv_transpose2d_forward(
+    g: &ConvTransposeGeom,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    b: Option<&CudaStorage>,
+    algo: ConvAlgo,
+) -> Result<CudaStorage> {
+    const OP: &str = "conv_transpose2d";
+    g.validate()?;
+    check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
+    check_len(OP, "weight", w, g.c_in * g.c_out * g.kh * g.kw)?;
+    let mut operands = vec![x, w];
+    if let Some(b) = b {
+        check_len(OP, "bias", b, g.c_out)?;
+        operands.push(b);
+    }
+    let device = common_device(OP, &operands)?;
+    let conv = g.as_conv();
+    let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let p = ConvParams {
+        dy: x.device_ptr(),
+        weight: w.device_ptr(),
+        bias: b.map_or(0, CudaStorage::device_ptr),
+        out: out.device_ptr(),
+        ..conv_params(OP, &conv)?
+    };
+    run_single(
+        &device,
+        transposed_plan(ConvPass::Forward, g, algo, device.multiprocessors()),
+        &p,
+    )?;
+    Ok(out)
+}
+
+/// dL/dx of [`conv_transpose2d_forward`] from dL/dy (`n x c_out x h_out x w_out`).
+pub fn conv_transpose2d_backward_data(
+    g: &ConvTransposeGeom,
+    dy: &CudaStorage,
+    w: &CudaStorage,
+    algo: ConvAlgo,
+) -> Result<CudaStorage> {
+    const OP: &str = "conv_transpose2d backward";
+    g.validate()?;
+    check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
+    check_len(OP, "weight", w, g.c_in * g.c_out * g.kh * g.kw)?;
+    let device = common_device(OP, &[dy, w])?;
+    let conv = g.as_conv();
+    let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let p = ConvParams {
+        x: dy.device_ptr(),
+        weight: w.device_ptr(),
+        out: out.device_ptr(),
+        ..conv_params(OP, &conv)?
+    };
+    run_single(
+        &device,
+        transposed_plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
+        &p,
+    )?;
+    Ok(out)
+}
+
+/// dL/dw (`c_in x c_out x kh x kw`) and dL/db (`c_out`) of [`conv_transpose2d_forward`].
+pub fn conv_transpose2d_backward_weight(
+    g: &ConvTransposeGeom,
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    algo: ConvAlgo,
+) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "conv_transpose2d backward";
+    g.validate()?;
+    check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
+    check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
+    let device = common_device(OP, &[x, dy])?;
+    let conv = g.as_conv();
+    let weight_len = g.c_in * g.c_out * g.kh * g.kw;
+    let db = CudaStorage::zeros(&device, g.c_out)?;
+    if g.n == 0 || weight_len == 0 {
+        return Ok((CudaStorage::zeros(&device, weight_len)?, db));
+    }
+    let dw = CudaStorage::alloc(&device, weight_len)?;
+    // In the transposed view, this op's output gradient is the convolution's input and this
+    // op's input is the convolution's output gradient.
+    let p = ConvParams {
+        x: dy.device_ptr(),
+        dy: x.device_ptr(),
+        out: dw.device_ptr(),
+        out_bias: 0,
+        ..conv_params(OP, &conv)?
+    };
+    let plan = transposed_plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors());
+    run_backward_weight(&device, plan, &p)?;
+    channel_sums(&device, dy, g.n, g.c_out, g.h_out() * g.w_out(), db.device_ptr())?;
+    Ok((dw, db))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_plans_cover_the_reduction_in_whole_tiles() {
+        for &(tiles, r, depth, sms) in &[
+            (3, 16 * 256 * 256, 32, 132),
+            (288, 16 * 16 * 16, 32, 132),
+            (1, 1, 16, 132),
+            (1, 31, 32, 1),
+            (10_000, 1 << 20, 32, 132),
+            (1, 3 * 17 * 19, 16, 132),
+        ] {
+            let (len, splits) = split_plan(tiles, r, depth, sms);
+            assert!(len % depth == 0 && len > 0, "{len}");
+            assert!((1..=4096).contains(&splits));
+            assert!(len * splits >= r, "splits must cover the reduction");
+            assert!(len * (splits - 1) < r, "no split may be empty");
+        }
+        // A small output with a long reduction gets many splits.
+        let (_, splits) = split_plan(3, 16 * 256 * 256, 32, 132);
+        assert!(splits >= 100, "{splits}");
+    }
+
+    #[test]
+    fn every_kernel_name_is_distinct() {
+        let mut names = kernel_names();
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count);
+        assert_eq!(count, 3 + 24 + 2);
+    }
+
+    #[test]
+    fn algo_names_round_trip() {
+        for algo in ConvAlgo::ALL {
+            assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
+            assert_eq!(ConvAlgo::from_index(algo as u8), algo);
+        }
+        assert!("winograd".parse::<ConvAlgo>().is_err());
+    }
+
+    #[test]
+    fn transposed_geometry_maps_to_its_convolution() {
+        let t = ConvTransposeGeom {
+            n: 3,
+            c_in: 64,
+            h: 7,
+            w: 9,
+            c_out: 32,
+            kh: 2,
+            kw: 2,
+            stride: 2,
+            pad: 0,
+        };
+        assert_eq!((t.h_out(), t.w_out()), (14, 18));
+        let c = t.as_conv();
+        assert_eq!((c.c_in, c.c_out, c.h, c.w), (32, 64, 14, 18));
+        assert_eq!((c.h_out(), c.w_out()), (7, 9));
+        assert_eq!(t.macs(), c.macs());
+    }
+}

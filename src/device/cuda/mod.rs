@@ -1,0 +1,31 @@
+//! The CUDA device: one context and one stream per GPU (all work is ordered on that stream; only
+//! explicit copies to the host wait for it), a caching allocator, lazily loaded kernel modules,
+//! typed launches and event timers. Kernels come from `kernels/*.cu` compiled by build.rs; a
+//! build without them answers every call with [`Error::NoKernels`].
+//!
+//! The driver library is loaded at run time, so the crate builds and runs without CUDA: opening
+//! a device on a machine without a driver or a GPU is an error, never a panic.
+
+mod alloc;
+mod context;
+pub mod conv;
+mod launch;
+mod module_cache;
+pub mod params;
+mod storage;
+mod timer;
+
+pub use alloc::{AllocStats, size_class};
+pub use context::CudaDevice;
+pub use conv::{ConvAlgo, ConvLaunch, ConvPass, ConvTransposeGeom};
+pub use storage::CudaStorage;
+pub use timer::GpuTimer;
+
+use cudarc::driver::DriverError;
+
+use crate::error::Error;
+
+/// Maps a driver error to [`Error::Cuda`], naming what was being done.
+pub(crate) fn driver_error(what: &'static str) -> impl Fn(DriverError) -> Error {
+    move |e| Error::Cuda(format!("{what}: {e}"))
+}

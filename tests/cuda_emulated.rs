@@ -1,0 +1,209 @@
+//! Runs the CUDA kernel sources on the CPU through `kernels/emu/` (blocks run in turn, their
+//! threads as coroutines switching at barriers; warp shuffles and mma.sync emulated with the PTX
+//! fragment layout), launched as the Rust host code plans them (`conv::plan`,
+//! `conv::transposed_plan`: kernel choice, grid, reduction splits), and checks every
+//! convolution kernel variant against a direct double-precision definition on awkward shapes,
+//! with NaN-poisoned outputs. Needs a C++20 compiler (`$CXX` or g++), not a GPU: it checks the
+//! kernels' logic and the launch plans, while tests/cuda_conv.rs checks them on the hardware.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, plan, transposed_plan};
+use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
+use lrc::ops::conv::ConvGeom;
+
+fn compiler() -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
+    let works = Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    works.then_some(cxx)
+}
+
+/// Builds the harness, or says why not (None: no compiler outside CI).
+fn harness(dir: &Path) -> Option<PathBuf> {
+    let Some(cxx) = compiler() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must have a C++ compiler to emulate the kernels"
+        );
+        eprintln!("skipped: no C++ compiler (set CXX)");
+        return None;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join("conv_emu_test");
+    let build = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", "-I"])
+        .arg(root.join("kernels"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(root.join("kernels/emu/conv_emu_test.cpp"))
+        .output()
+        .expect("run the C++ compiler");
+    assert!(
+        build.status.success(),
+        "the emulation harness does not compile:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    Some(exe)
+}
+
+const PASSES: [(ConvPass, &str); 3] = [
+    (ConvPass::Forward, "forward"),
+    (ConvPass::BackwardData, "backward_data"),
+    (ConvPass::BackwardWeight, "backward_weight"),
+];
+
+fn conv(dims: [usize; 5], k: (usize, usize), stride: usize, pad: usize) -> ConvGeom {
+    let [n, c_in, h, w, c_out] = dims;
+    ConvGeom {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k.0,
+        kw: k.1,
+        stride,
+        pad,
+    }
+}
+
+fn transposed(dims: [usize; 5], k: usize, stride: usize, pad: usize) -> ConvTransposeGeom {
+    let [n, c_in, h, w, c_out] = dims;
+    ConvTransposeGeom {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+    }
+}
+
+fn line(out: &mut String, label: &str, kind: &str, pass: &str, d: [usize; 9], launch: &ConvLaunch) {
+    let [n, c_in, h, w, c_out, kh, kw, stride, pad] = d;
+    let (gx, gy, gz) = launch.grid;
+    let _ = writeln!(
+        out,
+        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {}",
+        launch.kernel, launch.split_len, launch.splits
+    );
+}
+
+/// The cases: every pass of every version on awkward shapes (odd sizes, batches of 1 and 3,
+/// channel counts off the tiles so that both tile widths run, 1x1, stride 2, an unspecialised
+/// kernel size), the generic TF32 kernels also on 3x3, and the transposed convolution.
+fn plan_file() -> String {
+    let shapes = [
+        ("3x3_n2_c5-37_7x9", conv([2, 5, 7, 9, 37], (3, 3), 1, 1)),
+        ("3x3_n3_c33-19_5x11", conv([3, 33, 5, 11, 19], (3, 3), 1, 1)),
+        ("3x3_n1_c1-70_13x10", conv([1, 1, 13, 10, 70], (3, 3), 1, 1)),
+        ("1x1_n3_c34-14_6x5", conv([3, 34, 6, 5, 14], (1, 1), 1, 0)),
+        ("1x1_n1_c9-65_9x9", conv([1, 9, 9, 9, 65], (1, 1), 1, 0)),
+        ("3x3s2_n2_c3-6_9x8", conv([2, 3, 9, 8, 6], (3, 3), 2, 1)),
+        ("5x3_n1_c4-10_8x7", conv([1, 4, 8, 7, 10], (5, 3), 1, 1)),
+        ("3x3_n3_c4-8_23x21", conv([3, 4, 23, 21, 8], (3, 3), 1, 1)),
+    ];
+    let transposed_shapes = [
+        ("T2x2_n3_c40-20_5x7", transposed([3, 40, 5, 7, 20], 2, 2, 0)),
+        ("T2x2_n1_c6-70_4x3", transposed([1, 6, 4, 3, 70], 2, 2, 0)),
+        ("T3x3s2p1_n2_c5-4_4x5", transposed([2, 5, 4, 5, 4], 3, 2, 1)),
+    ];
+    let mut out = String::new();
+    for algo in ConvAlgo::ALL {
+        for (label, g) in &shapes {
+            let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+            for (pass, name) in PASSES {
+                // A small GPU, so that these shapes split their weight-gradient reduction.
+                let launch = plan(pass, g, algo, 4);
+                line(&mut out, label, "conv", name, d, &launch);
+                if launch.kernel.contains("_k3_") {
+                    let generic = ConvLaunch {
+                        kernel: Box::leak(launch.kernel.replace("_k3_", "_kany_").into_boxed_str()),
+                        ..launch
+                    };
+                    line(&mut out, label, "conv", name, d, &generic);
+                }
+            }
+        }
+        // The plan an H100 (132 multiprocessors) gets.
+        let (label, g) = &shapes[7];
+        let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+        let launch = plan(ConvPass::BackwardWeight, g, algo, 132);
+        line(&mut out, label, "conv", "backward_weight", d, &launch);
+        for (label, t) in &transposed_shapes {
+            let d = [t.n, t.c_in, t.h, t.w, t.c_out, t.kh, t.kw, t.stride, t.pad];
+            for (pass, name) in PASSES {
+                line(
+                    &mut out,
+                    label,
+                    "transposed",
+                    name,
+                    d,
+                    &transposed_plan(pass, t, algo, 4),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn launch_plans_split_and_cover_as_intended() {
+    let text = plan_file();
+    assert!(text.lines().count() >= 80, "{text}");
+    // Some weight-gradient launches split their reduction, and some do not.
+    let splits: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("backward_weight"))
+        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
+    // Both tile widths of every TF32 pass appear.
+    for kernel in [
+        "fwd_tf32_k3_n64",
+        "fwd_tf32_k3_n32",
+        "bwd_data_tf32_k1_n64",
+        "bwd_weight_tf32_k3_m32",
+    ] {
+        assert!(text.contains(kernel), "no case runs {kernel}");
+    }
+}
+
+#[test]
+fn conv_kernels_match_the_definition_under_emulation() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let Some(exe) = harness(dir.path()) else {
+        return;
+    };
+    let plans = dir.path().join("plans.txt");
+    std::fs::write(&plans, plan_file()).unwrap();
+    let run = Command::new(&exe)
+        .arg(&plans)
+        .output()
+        .expect("run the emulation harness");
+    let report = String::from_utf8_lossy(&run.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "kernels disagree with the definition:\n{report}");
+    assert!(report.contains("passed: 0 check(s) failed"));
+
+    // The harness can run every kernel the host code launches with ConvParams.
+    let listed = Command::new(&exe).arg("--kernels").output().unwrap();
+    let harness_kernels: BTreeSet<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for name in conv::kernel_names() {
+        if name != "split_reduce" && name != "plane_sum" {
+            assert!(harness_kernels.contains(name), "the harness cannot run {name}");
+        }
+    }
+}
