@@ -14,11 +14,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Write synthetic CT phantoms (images, label maps, dataset.json) in the nnU-Net v2 layout.
+    Synth(lrc::cli::synth::SynthArgs),
+    /// Preprocess a folder of CT volumes into a memory-mapped slice store.
+    Prep(lrc::cli::prep::PrepArgs),
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: lrc::Result<()> = match cli.command {};
+    let result: lrc::Result<()> = match cli.command {
+        Command::Synth(args) => lrc::cli::synth::run(args),
+        Command::Prep(args) => lrc::cli::prep::run(args),
+    };
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

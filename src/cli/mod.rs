@@ -1,1 +1,4 @@
 //! Command implementations behind the `lrc` CLI.
+
+pub mod prep;
+pub mod synth;
