@@ -31,6 +31,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Write synthetic CT phantoms (images, label maps, dataset.json) in the nnU-Net v2 layout.
+    Synth(lrc::cli::synth::SynthArgs),
+    /// Preprocess a folder of CT volumes into a memory-mapped slice store.
+    Prep(lrc::cli::prep::PrepArgs),
 }
 
 fn main() {
@@ -44,6 +48,8 @@ fn main() {
                 out.display()
             )
         }),
+        Command::Synth(args) => lrc::cli::synth::run(args),
+        Command::Prep(args) => lrc::cli::prep::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -2,3 +2,6 @@
 
 pub mod bench;
 pub mod parity;
+pub mod predict;
+pub mod prep;
+pub mod synth;

@@ -20,6 +20,7 @@ use crate::autograd::Tape;
 use crate::checkpoint;
 use crate::data::store::{SliceStore, StoredConfig};
 use crate::error::{Error, Result};
+use crate::metrics::dice::{dice_per_class, mean_present};
 use crate::nn::{Branches, ParamStore, SegModel, UNetConfig};
 use crate::ops::dice::DiceConfig;
 use crate::optim::{Optimizer, OptimizerKind};
@@ -260,6 +261,7 @@ fn state_path(out: &Path) -> PathBuf {
 /// truth or prediction, computed on the prepared grid.
 pub fn validation_dice(seg: &Segmenter, store: &SliceStore, cases: &[usize], batch: usize) -> Result<f64> {
     let _range = profile::range("phase.validation");
+    let foreground: Vec<u32> = (1..seg.classes as u32).collect();
     let mut per_case = Vec::new();
     for &case in cases {
         let range = store.case_range(case);
@@ -272,10 +274,9 @@ pub fn validation_dice(seg: &Segmenter, store: &SliceStore, cases: &[usize], bat
         if truth.len() != pred.len() {
             return Err(Error::config(format!("validation case {case} has no labels")));
         }
-        let scores = crate::metrics::dice::dice_per_class(&pred, &truth, seg.classes);
-        let fg: Vec<f64> = scores.iter().skip(1).flatten().copied().collect();
-        if !fg.is_empty() {
-            per_case.push(fg.iter().sum::<f64>() / fg.len() as f64);
+        let scores = dice_per_class(&pred, &truth, &foreground)?;
+        if let Some(mean) = mean_present(&scores) {
+            per_case.push(mean);
         }
     }
     Ok(if per_case.is_empty() { 0.0 } else { per_case.iter().sum::<f64>() / per_case.len() as f64 })
