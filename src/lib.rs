@@ -10,6 +10,7 @@ pub mod autograd;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod gradcheck;

@@ -18,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Self-supervised pre-training: global (MoCo), local (LRC) or joint.
+    Pretrain(lrc::cli::pretrain::PretrainArgs),
+    /// Fine-tune the combined model with Dice loss, from random or pre-trained weights.
+    Finetune(lrc::cli::finetune::FinetuneArgs),
+    /// Segment CT volumes with a fine-tuned model; masks keep the input's geometry.
+    Predict(lrc::cli::predict::PredictArgs),
     /// Benchmarks of the CUDA kernels.
     Bench {
         #[command(subcommand)]
@@ -40,6 +46,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: lrc::Result<()> = match cli.command {
+        Command::Pretrain(args) => lrc::cli::pretrain::run(args),
+        Command::Finetune(args) => lrc::cli::finetune::run(args),
+        Command::Predict(args) => lrc::cli::predict::run_args(args),
         Command::Bench { what } => lrc::cli::bench::run(what),
         Command::Parity { out, seed } => lrc::cli::parity::export(&out, seed).map(|()| {
             println!(

@@ -1,7 +1,10 @@
 //! Command implementations behind the `lrc` CLI.
 
 pub mod bench;
+pub mod device;
+pub mod finetune;
 pub mod parity;
 pub mod predict;
 pub mod prep;
+pub mod pretrain;
 pub mod synth;

@@ -77,3 +77,31 @@ mod tests {
         assert!(is_nifti(Path::new("x.NII.GZ")) && !is_nifti(Path::new("x.json")));
     }
 }
+
+/// Options of `lrc predict`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// Model written by `lrc finetune`.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// A CT volume (.nii/.nii.gz) or a folder of them.
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// The mask file, or a folder (one CASE.nii.gz per input).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Slices per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// Runs `lrc predict`.
+pub fn run_args(args: PredictArgs) -> Result<()> {
+    super::device::select(args.device.as_deref())?;
+    for f in run(&args.model, &args.input, &args.out, args.batch)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
