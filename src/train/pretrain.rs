@@ -31,7 +31,7 @@ use crate::tensor::{DType, Tensor};
 
 pub const CHECKPOINT_KIND: &str = "lrc-pretrain";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// MoCo: encoder + GAP + projection, momentum key encoder, queue of negatives, InfoNCE.
