@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole method on built-in synthetic CT: synthesise, pre-train, fine-tune, evaluate.
+    Demo(lrc::cli::demo::DemoArgs),
     /// Self-supervised pre-training: global (MoCo), local (LRC) or joint.
     Pretrain(lrc::cli::pretrain::PretrainArgs),
     /// Fine-tune the combined model with Dice loss, from random or pre-trained weights.
@@ -46,6 +48,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: lrc::Result<()> = match cli.command {
+        Command::Demo(args) => lrc::cli::demo::run_args(args),
         Command::Pretrain(args) => lrc::cli::pretrain::run(args),
         Command::Finetune(args) => lrc::cli::finetune::run(args),
         Command::Predict(args) => lrc::cli::predict::run_args(args),

@@ -1,6 +1,7 @@
 //! Command implementations behind the `lrc` CLI.
 
 pub mod bench;
+pub mod demo;
 pub mod device;
 pub mod finetune;
 pub mod parity;
