@@ -1,9 +1,15 @@
 //! CPU Felzenszwalb, region clean-up, elastic deformation and region sampling on synthetic
 //! abdomen-like slices. Run with `cargo bench --bench superpixel`; results in
 //! docs/PERFORMANCE.md.
+//!
+//! Besides wall time, the single-slice Felzenszwalb is also measured in CPU time of the
+//! benchmarking thread (group `felzenszwalb_cpu`), which is robust on a machine shared with
+//! other jobs: preemption does not count, cache interference still does.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lrc::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
 use lrc::rng::Rng;
@@ -50,6 +56,58 @@ fn bench_felzenszwalb(c: &mut Criterion) {
     group.finish();
 }
 
+/// CPU time of the calling thread, from /proc/thread-self/schedstat (Linux; nanoseconds on CPU).
+/// Elsewhere it falls back to wall time.
+struct ThreadCpuTime {
+    wall: WallTime,
+}
+
+/// Nanoseconds the calling thread has run, or None where the kernel does not say.
+fn thread_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = (Option<u64>, Instant);
+    type Value = Duration;
+
+    fn start(&self) -> Self::Intermediate {
+        (thread_cpu_ns(), Instant::now())
+    }
+    fn end(&self, (cpu, wall): Self::Intermediate) -> Self::Value {
+        match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => Duration::from_nanos(b - a),
+            _ => wall.elapsed(),
+        }
+    }
+    fn add(&self, v1: &Self::Value, v2: &Self::Value) -> Self::Value {
+        *v1 + *v2
+    }
+    fn zero(&self) -> Self::Value {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Self::Value) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        self.wall.formatter()
+    }
+}
+
+fn bench_felzenszwalb_cpu_time(c: &mut Criterion<ThreadCpuTime>) {
+    let p = SuperpixelConfig::default().felzenszwalb;
+    let mut group = c.benchmark_group("felzenszwalb_cpu");
+    for size in [256usize, 512] {
+        let img: Vec<f64> = slices(1, size).iter().map(|&v| v as f64).collect();
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("slice_{size}"), |b| {
+            b.iter(|| felzenszwalb(black_box(&img), size, size, p.scale, p.sigma, p.min_size))
+        });
+    }
+    group.finish();
+}
+
 fn bench_augment(c: &mut Criterion) {
     let img = slices(1, 256);
     let regions = regions_for_slice(&img, 256, 256, &SuperpixelConfig::default());
@@ -74,4 +132,9 @@ fn bench_augment(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_felzenszwalb, bench_augment);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(ThreadCpuTime { wall: WallTime });
+    targets = bench_felzenszwalb_cpu_time
+}
+criterion_main!(benches, cpu_time);
