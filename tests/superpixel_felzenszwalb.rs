@@ -5,7 +5,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use lrc::superpixel::felzenszwalb::image_u8_as_f64;
-use lrc::superpixel::{FelzenszwalbParams, felzenszwalb, felzenszwalb_batch, gaussian_filter_reflect, gaussian_kernel};
+use lrc::superpixel::{
+    FelzenszwalbParams, SuperpixelConfig, felzenszwalb, felzenszwalb_batch, gaussian_filter_reflect, gaussian_kernel,
+    volume_regions,
+};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -162,6 +165,39 @@ fn batch_equals_one_by_one() {
             batch[i],
             felzenszwalb(src, img.h, img.w, params.scale, params.sigma, params.min_size)
         );
+    }
+}
+
+/// The raw volume path of `lrc superpixels` is scikit-image on each f32 slice, labels + 1.
+#[test]
+fn raw_volume_regions_equal_skimage_per_slice() {
+    let m = manifest();
+    let names = ["ct_like_noise10", "ct_like_noise25"];
+    let images: Vec<Image> = names.iter().map(|n| load_image(&m, n)).collect();
+    let (h, w) = (images[0].h, images[0].w);
+    // The fixtures store these slices as f32, so narrowing the widened pixels is exact.
+    let volume: Vec<f32> = images.iter().flat_map(|i| i.pixels.iter().map(|&v| v as f32)).collect();
+    let cfg = SuperpixelConfig {
+        felzenszwalb: FelzenszwalbParams {
+            scale: 100.0,
+            sigma: 0.8,
+            min_size: 50,
+        },
+        ..SuperpixelConfig::default()
+    };
+    let raw = volume_regions(&volume, [2, h, w], &cfg, true);
+    for (z, name) in names.iter().enumerate() {
+        let case = m["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["image"] == *name && c["scale"] == 100.0 && c["sigma"] == 0.8 && c["min_size"] == 50)
+            .expect("fixture case");
+        let expected: Vec<u32> = u32s(&read_gz(case["labels"].as_str().unwrap()))
+            .iter()
+            .map(|l| l + 1)
+            .collect();
+        assert_eq!(&raw[z * h * w..(z + 1) * h * w], &expected[..], "{name}");
     }
 }
 

@@ -123,7 +123,8 @@ pub fn warp_bilinear(img: &[f32], h: usize, w: usize, field: &DisplacementField)
             let p = y * w + x;
             let sy = (y as f32 + field.dy[p]).clamp(0.0, ymax);
             let sx = (x as f32 + field.dx[p]).clamp(0.0, xmax);
-            let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
+            // Truncation is floor for these non-negative values, and cheaper than floor().
+            let (y0, x0) = (sy as usize, sx as usize);
             let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
             let (fy, fx) = (sy - y0 as f32, sx - x0 as f32);
             let top = (1.0 - fx) * img[y0 * w + x0] + fx * img[y0 * w + x1];
@@ -147,8 +148,9 @@ pub fn warp_nearest(labels: &[u16], h: usize, w: usize, field: &DisplacementFiel
     out.par_chunks_mut(w).enumerate().with_min_len(16).for_each(|(y, row)| {
         for (x, o) in row.iter_mut().enumerate() {
             let p = y * w + x;
-            let sy = (y as f32 + field.dy[p] + 0.5).floor();
-            let sx = (x as f32 + field.dx[p] + 0.5).floor();
+            let sy = y as f32 + field.dy[p] + 0.5;
+            let sx = x as f32 + field.dx[p] + 0.5;
+            // Inside iff 0 <= floor(s) < n; for s >= 0 truncation is floor.
             if sy >= 0.0 && sx >= 0.0 && sy < h as f32 && sx < w as f32 {
                 *o = labels[sy as usize * w + sx as usize];
             }
@@ -175,34 +177,72 @@ fn smooth_and_scale(values: &mut [f32], h: usize, w: usize, kernel: &[f32], alph
         return;
     }
     let r = kernel.len() / 2;
-    // Columns: each output row is a weighted sum of whole input rows (vectorises along x).
+    // Columns: each output row is a weighted sum of whole input rows.
     let mut tmp = vec![0.0f32; values.len()];
     for y in 0..h {
-        let dst = &mut tmp[y * w..(y + 1) * w];
-        for (j, &k) in kernel.iter().enumerate() {
-            let src_y = reflect(y as isize + j as isize - r as isize, h);
-            for (d, &s) in dst.iter_mut().zip(&values[src_y * w..(src_y + 1) * w]) {
-                *d += k * s;
-            }
-        }
+        let row = |yy: usize| &values[yy * w..(yy + 1) * w];
+        symmetric_taps(&mut tmp[y * w..(y + 1) * w], kernel, row(y), |j| {
+            (
+                row(reflect(y as isize - j as isize, h)),
+                row(reflect(y as isize + j as isize, h)),
+            )
+        });
     }
-    // Rows: through a reflect-padded copy of each row, again vectorising along x.
+    // Rows: through a reflect-padded copy of each row.
+    let padded_index: Vec<usize> = (0..w + 2 * r).map(|i| reflect(i as isize - r as isize, w)).collect();
     let mut line = vec![0.0f32; w + 2 * r];
     for y in 0..h {
         let src = &tmp[y * w..(y + 1) * w];
-        for (i, v) in line.iter_mut().enumerate() {
-            *v = src[reflect(i as isize - r as isize, w)];
+        for (v, &i) in line.iter_mut().zip(&padded_index) {
+            *v = src[i];
         }
         let dst = &mut values[y * w..(y + 1) * w];
-        dst.fill(0.0);
-        for (j, &k) in kernel.iter().enumerate() {
-            for (d, &s) in dst.iter_mut().zip(&line[j..j + w]) {
-                *d += k * s;
-            }
-        }
+        symmetric_taps(dst, kernel, &line[r..r + w], |j| {
+            (&line[r - j..r - j + w], &line[r + j..r + j + w])
+        });
         for d in dst.iter_mut() {
             *d *= alpha;
         }
+    }
+}
+
+/// `dst = k[r] * centre + sum_j k[r-j] * (before(j) + after(j))` for `j = 1..=r`, where
+/// `before(j)` and `after(j)` are the inputs `j` taps away on either side, as slices aligned
+/// with `dst`. Works on blocks of `BLOCK` outputs held in registers across all taps, so that
+/// `dst` is written once rather than once per tap.
+fn symmetric_taps<'a>(
+    dst: &mut [f32],
+    kernel: &[f32],
+    centre: &[f32],
+    sides: impl Fn(usize) -> (&'a [f32], &'a [f32]),
+) {
+    const BLOCK: usize = 32;
+    let r = kernel.len() / 2;
+    let n = dst.len();
+    let mut x0 = 0;
+    while x0 + BLOCK <= n {
+        let mut acc = [0.0f32; BLOCK];
+        for (a, &c) in acc.iter_mut().zip(&centre[x0..x0 + BLOCK]) {
+            *a = kernel[r] * c;
+        }
+        for j in 1..=r {
+            let (before, after) = sides(j);
+            let (before, after) = (&before[x0..x0 + BLOCK], &after[x0..x0 + BLOCK]);
+            let k = kernel[r - j];
+            for i in 0..BLOCK {
+                acc[i] += k * (before[i] + after[i]);
+            }
+        }
+        dst[x0..x0 + BLOCK].copy_from_slice(&acc);
+        x0 += BLOCK;
+    }
+    for x in x0..n {
+        let mut acc = kernel[r] * centre[x];
+        for j in 1..=r {
+            let (before, after) = sides(j);
+            acc += kernel[r - j] * (before[x] + after[x]);
+        }
+        dst[x] = acc;
     }
 }
 

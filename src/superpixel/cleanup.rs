@@ -220,46 +220,57 @@ fn neighbours4(p: usize, h: usize, w: usize) -> [Option<usize>; 4] {
 
 /// Square dilation of radius `r` (window clipped at the image border).
 fn dilate(mask: &[bool], h: usize, w: usize, r: usize) -> Vec<bool> {
-    window_counts(mask, h, w, r)
-        .into_iter()
-        .map(|(count, _)| count > 0)
-        .collect()
+    square_filter(mask, h, w, r, |count, _| count > 0)
 }
 
 /// Square erosion of radius `r`; the window is clipped at the image border, so the border itself
 /// does not erode.
 fn erode(mask: &[bool], h: usize, w: usize, r: usize) -> Vec<bool> {
-    window_counts(mask, h, w, r)
-        .into_iter()
-        .map(|(count, area)| count == area)
-        .collect()
+    square_filter(mask, h, w, r, |count, window| count == window)
 }
 
-/// For each pixel: the number of true pixels and of pixels in its clipped (2r+1)^2 window,
-/// by running sums along rows, then along columns.
-fn window_counts(mask: &[bool], h: usize, w: usize, r: usize) -> Vec<(u32, u32)> {
-    let mut rows = vec![(0u32, 0u32); mask.len()];
-    for y in 0..h {
-        let row = &mask[y * w..(y + 1) * w];
-        let mut prefix = vec![0u32; w + 1];
+/// A separable (2r+1)^2 binary filter: along rows, then along columns, each output decided by
+/// `keep(count of true pixels in the clipped window, window length)`. Dilation and erosion by a
+/// square both factor this way.
+fn square_filter(mask: &[bool], h: usize, w: usize, r: usize, keep: impl Fn(u32, u32) -> bool) -> Vec<bool> {
+    let mut rows = vec![false; mask.len()];
+    for (src, dst) in mask.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+        // Running count over src[x - r ..= x + r], clipped.
+        let mut count: u32 = src[..r.min(w)].iter().map(|&b| b as u32).sum();
         for x in 0..w {
-            prefix[x + 1] = prefix[x] + row[x] as u32;
-        }
-        for x in 0..w {
-            let (lo, hi) = (x.saturating_sub(r), (x + r + 1).min(w));
-            rows[y * w + x] = (prefix[hi] - prefix[lo], (hi - lo) as u32);
+            if x + r < w {
+                count += src[x + r] as u32;
+            }
+            if x > r {
+                count -= src[x - r - 1] as u32;
+            }
+            let window = ((x + r + 1).min(w) - x.saturating_sub(r)) as u32;
+            dst[x] = keep(count, window);
         }
     }
-    let mut out = vec![(0u32, 0u32); mask.len()];
-    let mut prefix = vec![(0u32, 0u32); h + 1];
-    for x in 0..w {
-        for y in 0..h {
-            let (c, a) = rows[y * w + x];
-            prefix[y + 1] = (prefix[y].0 + c, prefix[y].1 + a);
+    // Columns: one running count per column, updated a whole row at a time.
+    let mut out = vec![false; mask.len()];
+    let mut counts = vec![0u32; w];
+    for y in 0..r.min(h) {
+        for (c, &b) in counts.iter_mut().zip(&rows[y * w..(y + 1) * w]) {
+            *c += b as u32;
         }
-        for y in 0..h {
-            let (lo, hi) = (y.saturating_sub(r), (y + r + 1).min(h));
-            out[y * w + x] = (prefix[hi].0 - prefix[lo].0, prefix[hi].1 - prefix[lo].1);
+    }
+    for y in 0..h {
+        if y + r < h {
+            for (c, &b) in counts.iter_mut().zip(&rows[(y + r) * w..(y + r + 1) * w]) {
+                *c += b as u32;
+            }
+        }
+        if y > r {
+            let old = y - r - 1;
+            for (c, &b) in counts.iter_mut().zip(&rows[old * w..(old + 1) * w]) {
+                *c -= b as u32;
+            }
+        }
+        let window = ((y + r + 1).min(h) - y.saturating_sub(r)) as u32;
+        for (o, &c) in out[y * w..(y + 1) * w].iter_mut().zip(&counts) {
+            *o = keep(c, window);
         }
     }
     out
@@ -292,6 +303,37 @@ mod tests {
         let (mut m, h, w) = grid(&["#####.", "#..#..", "#####.", "......"]);
         fill_holes(&mut m, h, w);
         assert_eq!(show(&m, w), vec!["#####.", "####..", "#####.", "......"]);
+    }
+
+    #[test]
+    fn running_window_filters_equal_brute_force() {
+        let mut rng = crate::rng::Rng::new(9);
+        for (h, w, r) in [
+            (1usize, 1usize, 1usize),
+            (7, 5, 0),
+            (9, 13, 1),
+            (12, 10, 2),
+            (6, 20, 4),
+            (3, 3, 5),
+        ] {
+            let mask: Vec<bool> = (0..h * w).map(|_| rng.below(3) > 0).collect();
+            let brute = |all: bool| -> Vec<bool> {
+                (0..h * w)
+                    .map(|p| {
+                        let (y, x) = (p / w, p % w);
+                        let mut window = (y.saturating_sub(r)..(y + r + 1).min(h))
+                            .flat_map(|yy| (x.saturating_sub(r)..(x + r + 1).min(w)).map(move |xx| yy * w + xx));
+                        if all {
+                            window.all(|q| mask[q])
+                        } else {
+                            window.any(|q| mask[q])
+                        }
+                    })
+                    .collect()
+            };
+            assert_eq!(erode(&mask, h, w, r), brute(true), "erode {h}x{w} r {r}");
+            assert_eq!(dilate(&mask, h, w, r), brute(false), "dilate {h}x{w} r {r}");
+        }
     }
 
     #[test]

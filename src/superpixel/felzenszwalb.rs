@@ -17,6 +17,8 @@
 //!    than `min_size`;
 //! 8. labels 0..K-1 in the raster order of each segment's first pixel.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::gaussian::gaussian_filter_reflect_into;
@@ -73,9 +75,8 @@ impl FelzenszwalbParams {
 /// [`FelzenszwalbParams::validate`].
 pub fn felzenszwalb(img: &[f64], h: usize, w: usize, scale: f64, sigma: f64, min_size: usize) -> (Vec<u32>, usize) {
     let params = FelzenszwalbParams { scale, sigma, min_size };
-    let mut ws = Workspace::default();
     let mut labels = vec![0u32; img.len()];
-    let k = ws.segment(img, h, w, &params, &mut labels);
+    let k = with_workspace(|ws| ws.segment(img, h, w, &params, &mut labels));
     (labels, k)
 }
 
@@ -98,9 +99,9 @@ pub fn felzenszwalb_batch(images: &[f64], h: usize, w: usize, params: &Felzenszw
     );
     images
         .par_chunks(plane)
-        .map_init(Workspace::default, |ws, img| {
+        .map(|img| {
             let mut labels = vec![0u32; plane];
-            let k = ws.segment(img, h, w, params, &mut labels);
+            let k = with_workspace(|ws| ws.segment(img, h, w, params, &mut labels));
             (labels, k)
         })
         .collect()
@@ -124,7 +125,21 @@ pub fn image_i16_as_f64(img: &[i16]) -> Vec<f64> {
     img.iter().map(|&v| (v as f64 * s).max(-1.0)).collect()
 }
 
-/// Reusable buffers for one segmentation at a time (one per worker thread in a batch).
+thread_local! {
+    /// Each thread keeps the buffers of its last segmentation (about 160 bytes a pixel), so
+    /// that a stream of slices does not allocate and page-fault tens of MB per slice.
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Run `f` with this thread's workspace.
+pub(crate) fn with_workspace<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut ws) => f(&mut ws),
+        Err(_) => f(&mut Workspace::default()), // re-entered on this thread: use a fresh one
+    })
+}
+
+/// Reusable buffers for one segmentation at a time.
 #[derive(Default)]
 pub(crate) struct Workspace {
     smoothed: Vec<f64>,

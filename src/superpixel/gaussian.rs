@@ -130,10 +130,13 @@ fn smooth_rows(img: &[f64], h: usize, w: usize, kernel: &[f64], out: &mut [f64],
     let r = kernel.len() / 2;
     line.clear();
     line.resize(w + 2 * r, 0.0);
+    let padded_index: Vec<usize> = (0..w + 2 * r)
+        .map(|i| reflect_index(i as isize - r as isize, w))
+        .collect();
     for y in 0..h {
         let src = &img[y * w..(y + 1) * w];
-        for (i, v) in line.iter_mut().enumerate() {
-            *v = src[reflect_index(i as isize - r as isize, w)];
+        for (v, &i) in line.iter_mut().zip(&padded_index) {
+            *v = src[i];
         }
         let dst = &mut out[y * w..(y + 1) * w];
         for (d, &c) in dst.iter_mut().zip(&line[r..r + w]) {

@@ -21,7 +21,7 @@ pub use cleanup::CleanupConfig;
 pub use felzenszwalb::{FelzenszwalbParams, felzenszwalb, felzenszwalb_batch};
 pub use gaussian::{gaussian_filter_reflect, gaussian_kernel};
 
-use felzenszwalb::Workspace;
+use felzenszwalb::{Workspace, with_workspace};
 
 /// Everything that turns a normalised CT slice into regions: the Felzenszwalb parameters and the
 /// clean-up. The defaults are for 1 mm axial slices (see docs/SUPERPIXELS.md for the choice).
@@ -59,7 +59,7 @@ impl SuperpixelConfig {
 /// # Panics
 /// If `img.len() != h * w` or `cfg` fails [`SuperpixelConfig::validate`].
 pub fn regions_for_slice(img: &[f32], h: usize, w: usize, cfg: &SuperpixelConfig) -> Vec<u16> {
-    regions_with(&mut Workspace::default(), img, h, w, cfg)
+    with_workspace(|ws| regions_with(ws, img, h, w, cfg))
 }
 
 /// [`regions_for_slice`] for `n` slices of `h x w` stored one after another, in parallel.
@@ -80,8 +80,8 @@ pub fn regions_for_stack(slices: &[f32], h: usize, w: usize, cfg: &SuperpixelCon
     );
     out.par_chunks_mut(plane)
         .zip(slices.par_chunks(plane))
-        .for_each_init(Workspace::default, |ws, (dst, img)| {
-            dst.copy_from_slice(&regions_with(ws, img, h, w, cfg));
+        .for_each(|(dst, img)| {
+            dst.copy_from_slice(&with_workspace(|ws| regions_with(ws, img, h, w, cfg)));
         });
     out
 }
@@ -113,9 +113,9 @@ pub fn volume_regions(volume_zyx: &[f32], dims: [usize; 3], cfg: &SuperpixelConf
     }
     out.par_chunks_mut(plane)
         .zip(volume_zyx.par_chunks(plane))
-        .for_each_init(Workspace::default, |ws, (dst, img)| {
+        .for_each(|(dst, img)| {
             let img64: Vec<f64> = img.iter().map(|&v| v as f64).collect();
-            ws.segment(&img64, h, w, &cfg.felzenszwalb, dst);
+            with_workspace(|ws| ws.segment(&img64, h, w, &cfg.felzenszwalb, dst));
             for l in dst.iter_mut() {
                 *l += 1;
             }
