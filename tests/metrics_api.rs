@@ -420,3 +420,20 @@ fn eval_clusters_scores_encoded_regions_one_and_random_zero() {
     assert!(eval_clusters(&emb[1..], d, h, w, &regions, 7).is_err());
     assert!(eval_clusters(&emb, d, h, w, &vec![0; h * w], 7).is_err());
 }
+
+/// Timing of the thesis' per-slice evaluation (256 x 256 slice, d = 32, 100 regions); run with
+/// `cargo test --release --test metrics_api -- --ignored --nocapture eval_clusters_timing`.
+#[test]
+#[ignore]
+fn eval_clusters_timing() {
+    let mut rng = Rng::new(5);
+    let (h, w, k, d) = (256, 256, 100, 32);
+    let (emb, regions) = striped_image(h, w, k, d, 0.3, &mut rng);
+    let t = std::time::Instant::now();
+    let s = eval_clusters(&emb, d, h, w, &regions, 1).unwrap();
+    println!(
+        "eval_clusters 256x256, d={d}, k={}: {:.1} ms, {s:?}",
+        s.k,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}

@@ -1,6 +1,6 @@
 //! Evaluation metrics: Dice of segmentations ([`dice`]), agreement of clusterings
-//! ([`clustering`]: ARI, AMI), k-means ([`kmeans`]), and the thesis' cluster evaluation of
-//! pixel embeddings against superpixel regions ([`eval_clusters`]).
+//! ([`clustering`]: ARI, AMI), k-means ([`mod@kmeans`]), and the thesis' cluster evaluation of
+//! pixel embeddings against superpixel regions ([`mod@eval_clusters`]).
 
 pub mod clustering;
 pub mod dice;

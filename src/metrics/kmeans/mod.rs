@@ -31,7 +31,8 @@ pub struct KMeansConfig {
     pub tol: f64,
     /// Independent k-means++ starts; the one with the lowest inertia is kept.
     pub restarts: usize,
-    /// Fit on this many randomly chosen rows (without replacement), then assign every row.
+    /// Fit on this many randomly chosen rows (without replacement), then assign every row;
+    /// `None`, or a count of at least the number of rows, fits on all rows.
     pub subsample: Option<usize>,
     pub seed: u64,
 }
