@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::metrics::dice::{dice_per_class, mean_present};
 use crate::metrics::eval_clusters::eval_clusters;
 use crate::nn::{ContrastModel, ParamStore, UNetConfig};
+use crate::plot::{Series, line_chart, overlay_image, panel, series_color};
 use crate::rng::Rng;
 use crate::superpixel::{SuperpixelConfig, regions_for_slice};
 use crate::tensor::Tensor;
@@ -57,13 +58,19 @@ pub struct Preset {
     pub epochs: usize,
     pub steps_per_epoch: usize,
     pub finetune_batch: usize,
+    /// Fine-tuning learning rate (the thesis' 1e-4 needs far more steps than a quick run has).
+    pub finetune_lr: f64,
+    /// Body regions fine-tuned and evaluated.
+    #[serde(serialize_with = "region_names")]
+    pub regions: Vec<Region>,
     pub patience: usize,
     /// Slices of held-out pre-training volumes scored by k-means (table 4.1).
     pub cluster_slices: usize,
 }
 
 impl Preset {
-    /// Sized to finish in under 10 minutes on 2 CPU cores.
+    /// Sized to finish in under 10 minutes on 2 CPU cores: the abdomen only, coarse 3 mm
+    /// pixels and 8 mm slices, a small U-Net, short runs.
     pub fn quick() -> Preset {
         Preset {
             name: "quick",
@@ -74,18 +81,20 @@ impl Preset {
             more: 5,
             val: 1,
             test: 2,
-            spacing: [2.5, 2.0, 2.0],
+            spacing: [8.0, 3.0, 3.0],
             unet: UNetConfig { in_channels: 1, base_width: 8, depth: 4, max_width: 512 },
             crop: 64,
-            global_steps: 120,
-            local_steps: 120,
+            global_steps: 200,
+            local_steps: 200,
             pretrain_batch: 8,
             queue: 256,
             samples: 16,
-            epochs: 6,
-            steps_per_epoch: 12,
+            epochs: 12,
+            steps_per_epoch: 15,
             finetune_batch: 4,
-            patience: 3,
+            finetune_lr: 2e-3,
+            regions: vec![Region::Abdomen],
+            patience: 5,
             cluster_slices: 6,
         }
     }
@@ -112,6 +121,8 @@ impl Preset {
             epochs: 30,
             steps_per_epoch: 40,
             finetune_batch: 8,
+            finetune_lr: 1e-4,
+            regions: REGIONS.to_vec(),
             patience: 8,
             cluster_slices: 10,
         }
@@ -236,6 +247,37 @@ fn cluster_scores(store: &SliceStore, model_path: Option<&Path>, preset: &Preset
     Ok(ClusterResult { model: label.to_string(), ami: ami / n as f64, ari: ari / n as f64, slices: n })
 }
 
+/// The prediction of `seg` for one volume, on the volume's own grid.
+fn predict_volume(seg: &Segmenter, volume: &crate::data::volume::Volume) -> Result<Vec<u8>> {
+    let transform = PrepTransform::new(&volume.geometry, seg.prep.spacing);
+    let mut prepared = transform.image_to_prepared(&volume.data);
+    seg.prep.normalization.apply(&mut prepared);
+    let [z, h, w] = transform.prepared.dims;
+    let slices: Vec<&[f32]> = prepared.chunks(h * w).take(z).collect();
+    Ok(transform.labels_to_original(&seg.segment(&slices, h, w, 8)?.concat())?.data)
+}
+
+/// Figure 4.7: the test slice with the most foreground, truth beside each model's prediction.
+fn overlay_figure(data_dir: &Path, name: &str, models: &[(String, Segmenter)], out: &Path) -> Result<()> {
+    let volume = read_volume(data_dir.join("imagesTr").join(format!("{name}_0000.nii.gz")))?;
+    let truth = read_labels(data_dir.join("labelsTr").join(format!("{name}.nii.gz")))?;
+    let [_, h, w] = volume.geometry.dims;
+    let z = (0..volume.geometry.dims[0])
+        .max_by_key(|&z| truth.data[z * h * w..(z + 1) * h * w].iter().filter(|&&l| l > 0).count())
+        .unwrap_or(0);
+    let plane = z * h * w..(z + 1) * h * w;
+    let gray = crate::data::png::window(&volume.data[plane.clone()], 40.0, 400.0);
+    let mut images = vec![overlay_image(&gray, &truth.data[plane.clone()], h, w, 0.45)?];
+    let mut captions = vec!["truth".to_string()];
+    for (caption, seg) in models {
+        let pred = predict_volume(seg, &volume)?;
+        images.push(overlay_image(&gray, &pred[plane.clone()], h, w, 0.45)?);
+        captions.push(caption.clone());
+    }
+    let columns = images.len();
+    panel(out, &images, columns, &captions)
+}
+
 /// Dice of a model on the test volumes, predicted and scored in their original geometry.
 fn test_dice(seg: &Segmenter, data_dir: &Path, names: &[String]) -> Result<(f64, BTreeMap<String, f64>)> {
     let foreground: Vec<u32> = (1..seg.classes as u32).collect();
@@ -244,14 +286,8 @@ fn test_dice(seg: &Segmenter, data_dir: &Path, names: &[String]) -> Result<(f64,
     for name in names {
         let img = data_dir.join("imagesTr").join(format!("{name}_0000.nii.gz"));
         let truth = read_labels(data_dir.join("labelsTr").join(format!("{name}.nii.gz")))?;
-        let volume = read_volume(&img)?;
-        let transform = PrepTransform::new(&volume.geometry, seg.prep.spacing);
-        let mut prepared = transform.image_to_prepared(&volume.data);
-        seg.prep.normalization.apply(&mut prepared);
-        let [z, h, w] = transform.prepared.dims;
-        let slices: Vec<&[f32]> = prepared.chunks(h * w).take(z).collect();
-        let pred = transform.labels_to_original(&seg.segment(&slices, h, w, 8)?.concat())?;
-        let scores = dice_per_class(&pred.data, &truth.data, &foreground)?;
+        let pred = predict_volume(seg, &read_volume(&img)?)?;
+        let scores = dice_per_class(&pred, &truth.data, &foreground)?;
         if let Some(m) = mean_present(&scores) {
             case_means.push(m);
         }
@@ -264,6 +300,10 @@ fn test_dice(seg: &Segmenter, data_dir: &Path, names: &[String]) -> Result<(f64,
     }
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     Ok((mean(&case_means), per_organ.into_iter().map(|(k, v)| (k, mean(&v))).collect()))
+}
+
+fn region_names<S: serde::Serializer>(regions: &[Region], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(regions.iter().map(|&r| region_name(r)))
 }
 
 fn region_name(r: Region) -> &'static str {
@@ -286,14 +326,14 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
     say(&format!("preset {}: synthesising CT phantoms", preset.name));
     synth(&data.join("pretrain"), Region::Abdomen, preset.pretrain_cases, true, &preset, 1000)?;
     let labelled = preset.more + preset.val + preset.test;
-    for (i, r) in REGIONS.iter().enumerate() {
+    for (i, r) in preset.regions.iter().enumerate() {
         synth(&data.join(region_name(*r)), *r, labelled, false, &preset, 2000 + i as u64)?;
     }
 
     say("preparing slice stores (Felzenszwalb regions for pre-training)");
     let pre_store = Arc::new(prep(&data.join("pretrain"), &stores.join("pretrain"), &preset, true)?);
     let mut seg_stores = BTreeMap::new();
-    for r in REGIONS {
+    for &r in &preset.regions {
         let name = region_name(r);
         seg_stores.insert(name, Arc::new(prep(&data.join(name), &stores.join(name), &preset, false)?));
     }
@@ -327,7 +367,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
     ];
 
     let mut segmentation = Vec::new();
-    for r in REGIONS {
+    for &r in &preset.regions {
         let name = region_name(r);
         let store = &seg_stores[name];
         let mut cases: Vec<String> = store.cases().iter().map(|c| c.name.clone()).collect();
@@ -349,6 +389,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                     batch: preset.finetune_batch,
                     crop: preset.crop,
                     patience: preset.patience,
+                    lr: preset.finetune_lr,
                     ..FinetuneConfig::thesis()
                 };
                 let path = models.join(format!("{name}-{regime}-{}.safetensors", init_name.replace('+', "-")));
@@ -377,6 +418,30 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                 });
             }
         }
+        // Figure 4.6: validation Dice per epoch, more labelled cases, each initialisation.
+        let series: Vec<Series> = segmentation
+            .iter()
+            .filter(|s| s.region == name && s.regime == "more")
+            .enumerate()
+            .map(|(i, s)| {
+                Series::new(s.init.clone(), s.curve.iter().map(|&(e, d)| (e as f64, d)).collect(), series_color(i))
+            })
+            .collect();
+        line_chart(
+            results.join(format!("curves-{name}.png")),
+            &format!("{name}: validation Dice, {} labelled cases", preset.more),
+            "epoch",
+            "Dice",
+            &series,
+        )?;
+        let models_for_figure = ["random", "lrc+moco"]
+            .iter()
+            .map(|init| {
+                let path = models.join(format!("{name}-more-{}.safetensors", init.replace('+', "-")));
+                Ok((init.to_string(), Segmenter::load(&path)?.0))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        overlay_figure(&data.join(name), &test_names[0], &models_for_figure, &results.join(format!("overlay-{name}.png")))?;
     }
     let report = DemoReport { preset, clusters, segmentation, pretrain_seconds, total_seconds: start.elapsed().as_secs_f64() };
     write_report(&report, &results)?;
