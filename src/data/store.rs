@@ -201,8 +201,9 @@ fn read_records(path: &Path) -> Result<(Vec<CaseRecord>, u64)> {
         if !line.ends_with('\n') {
             break; // torn append
         }
-        let record: CaseRecord = serde_json::from_str(line.trim_end())
+        let mut record: CaseRecord = serde_json::from_str(line.trim_end())
             .map_err(|e| Error::format(path, format!("line {line_no}: invalid record: {e}")))?;
+        nifti::refresh_geometry(&mut record.transform.original);
         by_name.insert(record.name.clone(), record);
         good_len += n as u64;
     }

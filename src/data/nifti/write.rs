@@ -92,9 +92,16 @@ fn header_for(path: &Path, g: &Geometry, dtype: DataType) -> Result<Header> {
         ..Header::default()
     };
     h.set_descrip("lrc");
+    // The raw fields are written when they still describe the affine (up to the last bits of
+    // an f64 that went through text): then the file gets its source's header byte for byte.
     let raw_fits = g.header.as_ref().is_some_and(|raw| {
         let rh = decode::header_from_spatial(raw, g.dims);
-        decode::affine_of(&rh, [g.dims[2], g.dims[1], g.dims[0]]).is_ok_and(|a| a == g.affine)
+        decode::affine_of(&rh, [g.dims[2], g.dims[1], g.dims[0]]).is_ok_and(|a| {
+            a.iter()
+                .flatten()
+                .zip(g.affine.iter().flatten())
+                .all(|(x, y)| (x - y).abs() <= 1e-9 * (1.0 + x.abs()))
+        })
     });
     if let (true, Some(raw)) = (raw_fits, &g.header) {
         h.pixdim[..4].copy_from_slice(&raw.pixdim);

@@ -320,7 +320,7 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         items.push(Item::new(Shape::Ellipsoid(k), pal.kidney(), LabelMode::Set(label)));
         let sinus_c = [c[0] - side * 9.0 * yaw.cos(), c[1] - 7.0, c[2]];
         let sinus = Ellipsoid::new(sinus_c, [8.0 * s, 11.0 * s, 28.0 * s], yaw, 0.2, 0.1, rng);
-        items.push(Item::new(Shape::Ellipsoid(sinus), Tissue::new(-45.0, 30.0, 10.0), LabelMode::Keep));
+        items.push(Item::new(Shape::Ellipsoid(sinus), Tissue::new(-45.0, 30.0, 10.0), LabelMode::Clear));
         // Renal vein to the IVC / across the aorta.
         let ivc_x = cx - 22.0;
         let rv = [[sinus_c[0], sinus_c[1] - 4.0, c[2] + 5.0], [ivc_x, ys - 26.0, c[2] + 8.0]];

@@ -53,7 +53,7 @@ impl Palette {
         Tissue::new(9.0, 2.0, 1.0).rim(1.5, self.pick(75.0, 40.0))
     }
     pub fn bone(&self) -> Tissue {
-        Tissue::new(240.0, 55.0, 35.0).rim(1.8, 820.0)
+        Tissue::new(240.0, 55.0, 35.0).rim(1.8, 1000.0)
     }
     pub fn cartilage(&self) -> Tissue {
         Tissue::new(130.0, 20.0, 8.0)
@@ -72,7 +72,7 @@ impl Palette {
     }
     /// Lung parenchyma, denser toward the dependent (posterior) side.
     pub fn lung(&self, y_front: f64) -> Tissue {
-        Tissue::new(-880.0, 22.0, 16.0).gradient(0.55, y_front as f32)
+        Tissue::new(-875.0, 22.0, 16.0).gradient(0.3, y_front as f32)
     }
     /// Bowel content: mixed gas and faeces (mottled).
     pub fn stool(&self) -> Tissue {

@@ -383,16 +383,16 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
 
     // Esophagus behind the trachea, swinging left toward the stomach.
     let eso = [
-        [cx + 4.0, ys - vb[1] - 8.0, h + 20.0],
-        [cx + 8.0, ys - vb[1] - 7.0, 0.45 * h],
-        [cx + 0.16 * ai, ys - vb[1] - 14.0, 0.08 * h],
+        [cx + 4.0, ys - vb[1] - 4.0, h + 20.0],
+        [cx + 8.0, ys - vb[1] - 4.0, 0.45 * h],
+        [cx + 0.16 * ai, ys - vb[1] - 12.0, 0.08 * h],
         [cx + 0.26 * ai, y_front + 0.5 * depth, -20.0],
     ];
     let eso = subdivide(&eso, 20.0);
     let er = vec![7.5 * s; eso.len()];
     add_tube(&mut items, &eso, &er, 1.0, pal.muscle(), LabelMode::Set(ESOPHAGUS));
-    if rng.uniform() < 0.5 {
-        add_tube(&mut items, &eso, &vec![2.0; eso.len()], 1.0, pal.air(), LabelMode::Keep);
+    if rng.uniform() < 0.3 {
+        add_tube(&mut items, &eso, &vec![1.8; eso.len()], 1.0, pal.air(), LabelMode::Keep);
     }
 
     // Spine, back muscles, ribs, sternum, scapulae.
