@@ -6,11 +6,17 @@ use std::process::{Command, Output};
 use lrc::data::store::SliceStore;
 
 fn lrc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lrc")).args(args).output().expect("run lrc")
+    Command::new(env!("CARGO_BIN_EXE_lrc"))
+        .args(args)
+        .output()
+        .expect("run lrc")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 fn p(path: &Path) -> &str {
@@ -21,7 +27,21 @@ fn p(path: &Path) -> &str {
 fn synth_then_prep_end_to_end_with_a_bad_volume() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("ds");
-    let o = lrc(&["synth", "-o", p(&ds), "--cases", "3", "--region", "head", "--seed", "4", "--slices", "16", "--size", "96"]);
+    let o = lrc(&[
+        "synth",
+        "-o",
+        p(&ds),
+        "--cases",
+        "3",
+        "--region",
+        "head",
+        "--seed",
+        "4",
+        "--slices",
+        "16",
+        "--size",
+        "96",
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("wrote 3 head case(s)"));
 
@@ -41,7 +61,10 @@ fn synth_then_prep_end_to_end_with_a_bad_volume() {
     let o = lrc(&["prep", "-i", p(&ds), "-o", p(&store)]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out} {err}");
-    assert!(err.contains("error:") && err.contains("head_009_0000.nii.gz") && err.contains("truncated gzip"), "{err}");
+    assert!(
+        err.contains("error:") && err.contains("head_009_0000.nii.gz") && err.contains("truncated gzip"),
+        "{err}"
+    );
     assert!(err.contains("rerun the same command to resume"), "{err}");
     // What was written stays valid; --skip-bad finishes and summarises.
     assert_eq!(SliceStore::open(&store).unwrap().cases().len(), 3);
@@ -60,7 +83,15 @@ fn prep_errors_are_plain_messages_with_exit_1() {
     let o = lrc(&["prep", "-i", p(&empty), "-o", p(&tmp.path().join("s"))]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("no NIfTI volumes found"), "{:?}", text(&o));
-    let o = lrc(&["prep", "-i", p(&empty), "-o", p(&tmp.path().join("s")), "--spacing", "2.5,1"]);
+    let o = lrc(&[
+        "prep",
+        "-i",
+        p(&empty),
+        "-o",
+        p(&tmp.path().join("s")),
+        "--spacing",
+        "2.5,1",
+    ]);
     assert_eq!(o.status.code(), Some(2), "clap rejects a malformed spacing");
     let o = lrc(&["synth", "-o", p(&tmp.path().join("x")), "--region", "pelvis"]);
     assert_eq!(o.status.code(), Some(2));

@@ -69,7 +69,10 @@ fn mask_written_for_the_sample_ct_has_exactly_its_affine_and_header_geometry() {
     let Some(dir) = sample_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     for (image, labels) in [
-        ("totalseg/imagesTr/example_ct_sm_0000.nii.gz", "totalseg/labelsTr/example_ct_sm.nii.gz"),
+        (
+            "totalseg/imagesTr/example_ct_sm_0000.nii.gz",
+            "totalseg/labelsTr/example_ct_sm.nii.gz",
+        ),
         ("extra/example_seg_dicom.nii.gz", "extra/example_seg_dicom.nii.gz"),
     ] {
         let src = dir.join(image);
@@ -142,5 +145,11 @@ fn sample_dataset_preps_and_predictions_map_back_onto_the_source_grid() {
     let v = nifti::read_volume(&src).unwrap();
     let p = preprocess_volume(&v, None, &PrepConfig::default()).unwrap();
     let first = store.slice(store.case_range(1).start);
-    assert!(first.image.iter().zip(p.image_slice(0)).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        first
+            .image
+            .iter()
+            .zip(p.image_slice(0))
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
 }

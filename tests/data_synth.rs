@@ -43,21 +43,32 @@ fn mean_hu(data: &[f32], labels: &[u8], dims: [usize; 3], l: u8) -> f64 {
                 s_all += data[i] as f64;
                 n_all += 1;
                 let inner = z > 0 && z + 1 < nz && y > 0 && y + 1 < ny && x > 0 && x + 1 < nx;
-                if inner && [i - 1, i + 1, i - nx, i + nx, i - nx * ny, i + nx * ny].iter().all(|&k| labels[k] == l) {
+                if inner
+                    && [i - 1, i + 1, i - nx, i + nx, i - nx * ny, i + nx * ny]
+                        .iter()
+                        .all(|&k| labels[k] == l)
+                {
                     s += data[i] as f64;
                     n += 1;
                 }
             }
         }
     }
-    if n >= 20 { s / n as f64 } else { s_all / n_all.max(1) as f64 }
+    if n >= 20 {
+        s / n as f64
+    } else {
+        s_all / n_all.max(1) as f64
+    }
 }
+
+/// An organ's name and the range its mean HU must fall in.
+type OrganRange = (&'static str, f64, f64);
 
 #[test]
 fn every_region_has_all_its_organs_at_realistic_hu() {
     // Expected mean HU per organ, wide enough for contrast and non-contrast phases, partial
     // volume at the borders, and gas in hollow organs.
-    let expect: [(Region, &[(&str, f64, f64)]); 3] = [
+    let expect: [(Region, &[OrganRange]); 3] = [
         (
             Region::Abdomen,
             &[
@@ -102,11 +113,19 @@ fn every_region_has_all_its_organs_at_realistic_hu() {
     ];
     for (region, organs) in expect {
         let names = region.label_names();
-        assert!((7..=11).contains(&names.len()), "{region}: 6 to 10 organs plus background");
+        assert!(
+            (7..=11).contains(&names.len()),
+            "{region}: 6 to 10 organs plus background"
+        );
         for case in 0..2 {
             let (v, l, label_names) = synth_case(&cfg(region, 11), case).unwrap();
             assert_eq!(label_names, names);
-            assert_eq!(l.labels_present().len(), names.len() - 1, "{region} case {case}: {:?}", l.labels_present());
+            assert_eq!(
+                l.labels_present().len(),
+                names.len() - 1,
+                "{region} case {case}: {:?}",
+                l.labels_present()
+            );
             for &(organ, lo, hi) in organs {
                 let value = names.iter().position(|n| *n == organ).unwrap() as u8;
                 let m = mean_hu(&v.data, &l.data, v.geometry.dims, value);
@@ -114,7 +133,11 @@ fn every_region_has_all_its_organs_at_realistic_hu() {
             }
             // Scanner-like value range: integers, air near -1000, bone bright (cortex ~1000 HU,
             // partial-volumed by the 3 mm pixels of this small test grid).
-            assert!(v.data.iter().all(|x| x.fract() == 0.0 && (-1024.0..=3071.0).contains(x)));
+            assert!(
+                v.data
+                    .iter()
+                    .all(|x| x.fract() == 0.0 && (-1024.0..=3071.0).contains(x))
+            );
             let max = v.data.iter().cloned().fold(f32::MIN, f32::max);
             assert!(max > 450.0, "{region}: no bone ({max})");
             // The geometry is a plausible CT: LPS voxel order, sub-millimetre to 2 mm pixels
@@ -130,7 +153,13 @@ fn labels_and_noise_behave_like_ct() {
     let (v, l, _) = synth_case(&cfg(Region::Abdomen, 2), 0).unwrap();
     // Noise: the liver's HU varies by tens of HU around its mean (texture + CT noise), not 0
     // and not hundreds.
-    let liver: Vec<f64> = v.data.iter().zip(&l.data).filter(|(_, m)| **m == 1).map(|(x, _)| *x as f64).collect();
+    let liver: Vec<f64> = v
+        .data
+        .iter()
+        .zip(&l.data)
+        .filter(|(_, m)| **m == 1)
+        .map(|(x, _)| *x as f64)
+        .collect();
     let mean = liver.iter().sum::<f64>() / liver.len() as f64;
     let sd = (liver.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / liver.len() as f64).sqrt();
     assert!((5.0..60.0).contains(&sd), "liver sd {sd}");

@@ -52,7 +52,10 @@ pub fn write_volume(path: impl AsRef<Path>, volume: &Volume, ty: VoxelType) -> R
                 .flat_map(|&v| (v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
                 .collect(),
         ),
-        VoxelType::F32 => (DataType::F32, volume.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        VoxelType::F32 => (
+            DataType::F32,
+            volume.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
     };
     let h = header_for(path, g, dtype)?;
     write_file(path, &h, &bytes)
@@ -114,12 +117,15 @@ fn header_for(path: &Path, g: &Geometry, dtype: DataType) -> Result<Header> {
         return Ok(h);
     }
     if g.affine.iter().flatten().any(|v| !v.is_finite()) || affine::inverse(&g.affine).is_none() {
-        return Err(Error::format(path, "cannot write a volume whose affine is singular or not finite"));
+        return Err(Error::format(
+            path,
+            "cannot write a volume whose affine is singular or not finite",
+        ));
     }
     let (q, spacing) = affine::affine_to_quatern(&g.affine);
     h.pixdim[0] = q.qfac as f32;
-    for axis in 0..3 {
-        h.pixdim[axis + 1] = spacing[axis] as f32;
+    for (p, s) in h.pixdim[1..4].iter_mut().zip(spacing) {
+        *p = s as f32;
     }
     h.quatern = [q.b as f32, q.c as f32, q.d as f32];
     h.qoffset = [q.offset[0] as f32, q.offset[1] as f32, q.offset[2] as f32];

@@ -124,7 +124,11 @@ pub fn blur121(data: &mut [f32], dims: [usize; 3], axes: [bool; 3]) {
         for (dst, src) in data.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
             for i in 0..n {
                 let (lo, hi) = (i.saturating_sub(1), (i + 1).min(n - 1));
-                let (a, b, c) = (&src[lo * s..lo * s + s], &src[i * s..i * s + s], &src[hi * s..hi * s + s]);
+                let (a, b, c) = (
+                    &src[lo * s..lo * s + s],
+                    &src[i * s..i * s + s],
+                    &src[hi * s..hi * s + s],
+                );
                 for (((d, &a), &b), &c) in dst[i * s..i * s + s].iter_mut().zip(a).zip(b).zip(c) {
                     *d = 0.25 * a + 0.5 * b + 0.25 * c;
                 }

@@ -157,7 +157,11 @@ pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) 
     let xs: Vec<f64> = (0..nx).map(|i| grid.x0 + i as f64 * px).collect();
     let ys: Vec<f64> = (0..ny).map(|j| grid.y0 + j as f64 * px).collect();
     let lo = [xs[0] - 20.0, ys[0] - 20.0, grid.z0 - 20.0];
-    let hi = [xs[nx - 1] + 20.0, ys[ny - 1] + 20.0, grid.z0 + nz as f64 * grid.dz + 20.0];
+    let hi = [
+        xs[nx - 1] + 20.0,
+        ys[ny - 1] + 20.0,
+        grid.z0 + nz as f64 * grid.dz + 20.0,
+    ];
     let mut frng = rng.fork(1);
     let fine = ValueNoise::new(&mut frng, lo, hi, 2.5);
     let coarse = ValueNoise::new(&mut frng, lo, hi, 11.0);
@@ -182,11 +186,11 @@ pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) 
         let h = &mut hu[k * n2..(k + 1) * n2];
         let l = &mut lab[k * n2..(k + 1) * n2];
         // Body outline and wall layers.
-        for j in 0..ny {
-            for i in 0..nx {
+        for (j, &y0) in ys.iter().enumerate() {
+            for (i, &x0) in xs.iter().enumerate() {
                 let p = j * nx + i;
-                let x = xs[i] + wmax * wx[p] as f64;
-                let y = ys[j] + wmax * wy[p] as f64;
+                let x = x0 + wmax * wx[p] as f64;
+                let y = y0 + wmax * wy[p] as f64;
                 px_x[p] = x;
                 px_y[p] = y;
                 let (dx, dy) = (x - body.cx, y - body.cy);

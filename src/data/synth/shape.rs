@@ -118,7 +118,11 @@ impl Capsule {
     fn dist(&self, p: P3) -> f64 {
         let s = 1.0 / self.zscale;
         let pa = [p[0] - self.a[0], p[1] - self.a[1], (p[2] - self.a[2]) * s];
-        let ba = [self.b[0] - self.a[0], self.b[1] - self.a[1], (self.b[2] - self.a[2]) * s];
+        let ba = [
+            self.b[0] - self.a[0],
+            self.b[1] - self.a[1],
+            (self.b[2] - self.a[2]) * s,
+        ];
         let bb = ba[0] * ba[0] + ba[1] * ba[1] + ba[2] * ba[2];
         let t = if bb > 0.0 {
             ((pa[0] * ba[0] + pa[1] * ba[1] + pa[2] * ba[2]) / bb).clamp(0.0, 1.0)
@@ -144,16 +148,37 @@ pub enum Shape {
     Ellipsoid(Ellipsoid),
     Capsule(Capsule),
     /// Vertical elliptic cylinder between `z0` and `z1`.
-    Cylinder { center: [f64; 2], radii: [f64; 2], z0: f64, z1: f64 },
+    Cylinder {
+        center: [f64; 2],
+        radii: [f64; 2],
+        z0: f64,
+        z1: f64,
+    },
     /// Deeper than `inset` mm inside the muscle wall (negative: into the wall).
-    Cavity { inset: f64 },
+    Cavity {
+        inset: f64,
+    },
     /// Between `inner` and `outer` mm inside the skin.
-    Band { inner: f64, outer: f64 },
+    Band {
+        inner: f64,
+        outer: f64,
+    },
     /// `n . p < offset`.
-    HalfSpace { n: P3, offset: f64 },
+    HalfSpace {
+        n: P3,
+        offset: f64,
+    },
     /// A plate under the patient: top surface `y = top + (x - cx)^2 / (2 curve)`, `thick` mm
     /// thick, `half` mm to each side of `cx`, between `z0` and `z1`.
-    Table { cx: f64, top: f64, curve: f64, thick: f64, half: f64, z0: f64, z1: f64 },
+    Table {
+        cx: f64,
+        top: f64,
+        curve: f64,
+        thick: f64,
+        half: f64,
+        z0: f64,
+        z1: f64,
+    },
     Union(Vec<Shape>),
     Intersect(Box<Shape>, Box<Shape>),
     Subtract(Box<Shape>, Box<Shape>),
@@ -189,7 +214,11 @@ impl Shape {
             } => {
                 let dx = p[0] - cx;
                 let surface = top + dx * dx / (2.0 * curve);
-                (surface - p[1]).max(p[1] - surface - thick).max(dx.abs() - half).max(z0 - p[2]).max(p[2] - z1)
+                (surface - p[1])
+                    .max(p[1] - surface - thick)
+                    .max(dx.abs() - half)
+                    .max(z0 - p[2])
+                    .max(p[2] - z1)
             }
             Shape::Union(parts) => parts.iter().map(|s| s.dist(p, at, cut)).fold(f64::INFINITY, f64::min),
             Shape::Intersect(a, b) => {
@@ -212,7 +241,10 @@ impl Shape {
     }
 
     fn is_cheap(&self) -> bool {
-        matches!(self, Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. })
+        matches!(
+            self,
+            Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. }
+        )
     }
 
     /// A box (lo, hi) outside which the shape is empty; infinite for unbounded shapes.
@@ -222,7 +254,10 @@ impl Shape {
         match self {
             Shape::Ellipsoid(e) => {
                 let r = e.extent();
-                ([0, 1, 2].map(|a| e.center[a] - r[a]), [0, 1, 2].map(|a| e.center[a] + r[a]))
+                (
+                    [0, 1, 2].map(|a| e.center[a] - r[a]),
+                    [0, 1, 2].map(|a| e.center[a] + r[a]),
+                )
             }
             Shape::Capsule(c) => {
                 let r = c.ra.max(c.rb);
@@ -243,7 +278,10 @@ impl Shape {
                 half,
                 z0,
                 z1,
-            } => ([cx - half, *top, *z0], [cx + half, top + thick + half * half / (2.0 * curve), *z1]),
+            } => (
+                [cx - half, *top, *z0],
+                [cx + half, top + thick + half * half / (2.0 * curve), *z1],
+            ),
             Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. } => (NEG, INF),
             Shape::Union(parts) => parts.iter().map(Shape::bounds).fold((INF, NEG), |(lo, hi), (l, h)| {
                 ([0, 1, 2].map(|a| lo[a].min(l[a])), [0, 1, 2].map(|a| hi[a].max(h[a])))
