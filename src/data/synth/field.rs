@@ -150,9 +150,11 @@ mod tests {
         let n = s.len() as f64;
         let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
         let sd = (s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        // 40000 correlated samples (~9 px correlation area): sd estimate within a few percent.
+        // 40000 samples correlated over ~7 px (1 / sum of squared kernel weights): about 5700
+        // independent ones, so the mean has a standard error of ~0.2 HU and the sd ~1%.
+        // Allow 5 standard errors.
         assert!((sd - 15.0).abs() < 1.0, "sd {sd}");
-        assert!(mean.abs() < 0.5, "mean {mean}");
+        assert!(mean.abs() < 1.0, "mean {mean}");
     }
 
     #[test]
