@@ -456,8 +456,8 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             LabelMode::Clear,
         );
         let mastoid = Ellipsoid::new(
-            [cx + side * 56.0 * s, ys + 18.0, 0.5 * h],
-            [10.0, 12.0, 0.07 * h],
+            [cx + side * 47.0 * s, ys + 16.0, 0.5 * h],
+            [8.0, 10.0, 0.06 * h],
             0.0,
             0.0,
             0.1,
@@ -500,7 +500,7 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
 
     // Brainstem in its cisterns, the fourth ventricle behind it.
     let stem = [
-        [cx, ys + 2.0, 0.44 * h],
+        [cx, ys + 2.0, 0.47 * h],
         [cx, ys - 2.0, 0.56 * h],
         [cx, ys - 4.0, 0.66 * h],
         [cx, ys - 2.0, 0.8 * h],
