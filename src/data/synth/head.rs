@@ -328,14 +328,16 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             items.push(Item::new(Shape::Ellipsoid(tooth), teeth, LabelMode::Clear));
         }
     }
-    let palate: Vec<P3> = (0..=8)
-        .map(|k| {
-            let phi = -0.45 * PI + 0.9 * PI * k as f64 / 8.0;
-            let (x, y) = arch(phi, 28.0 * s, cy - 74.0 * s, cy - 40.0 * s);
-            [x, y, 0.5 * h]
-        })
-        .collect();
-    add_tube(&mut items, &palate, &[3.0; 9], 1.0, pal.bone(), LabelMode::Clear);
+    // Hard palate: a thin bony plate above the upper teeth.
+    let palate = Ellipsoid::new(
+        [cx, cy - 58.0 * s, 0.51 * h],
+        [24.0 * s, 26.0 * s, 2.5],
+        0.0,
+        0.0,
+        0.05,
+        rng,
+    );
+    items.push(Item::new(Shape::Ellipsoid(palate), pal.bone(), LabelMode::Clear));
 
     // Maxillary sinuses and nasal cavity (air in thin bone), the nasal septum.
     for side in [-1.0, 1.0] {
@@ -417,11 +419,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         inner: 2.0 + fat * 0.5 + 2.5,
         outer: 2.0 + fat * 0.5 + 2.5 + 6.5,
     };
+    // Behind y_cut(z) = cy - 45 + 1.2 (0.72 h - z): only the occipital and mastoid region at the
+    // skull base, reaching forward to the temples at the orbits.
+    let (unit_y, unit_z) = (1.0 / 1.2f64.hypot(1.0), 1.2 / 1.2f64.hypot(1.0));
     let vault_back = band
         .clone()
         .intersect(Shape::HalfSpace {
-            n: [0.0, -1.0, 0.0],
-            offset: -(cy - 45.0 * s),
+            n: [0.0, -unit_y, -unit_z],
+            offset: -(cy - 45.0 * s + 1.2 * 0.72 * h) * unit_y,
         })
         .intersect(Shape::HalfSpace {
             n: [0.0, 0.0, -1.0],
@@ -444,20 +449,20 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     // Skull base: petrous ridges, clivus, the sphenoid sinus, mastoid air cells.
     for side in [-1.0, 1.0] {
         let petrous = [
-            [cx + side * 54.0 * s, ys + 14.0, 0.56 * h],
-            [cx + side * 16.0 * s, ys - 10.0, 0.6 * h],
+            [cx + side * 48.0 * s, ys + 12.0, 0.56 * h],
+            [cx + side * 20.0 * s, ys - 6.0, 0.6 * h],
         ];
         add_tube(
             &mut items,
             &petrous,
-            &[6.5, 3.0],
-            1.4,
+            &[5.0, 2.5],
+            1.2,
             Tissue::new(1100.0, 120.0, 40.0),
             LabelMode::Clear,
         );
         let mastoid = Ellipsoid::new(
-            [cx + side * 47.0 * s, ys + 16.0, 0.5 * h],
-            [8.0, 10.0, 0.06 * h],
+            [cx + side * 44.0 * s, ys + 14.0, 0.5 * h],
+            [6.0, 8.0, 0.05 * h],
             0.0,
             0.0,
             0.1,
@@ -625,7 +630,8 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let scene = Scene {
         body,
         items,
-        noise_sigma: rng.range(8.0, 14.0) as f32,
+        // Head protocols use a higher dose: less noise than the body.
+        noise_sigma: rng.range(4.0, 7.0) as f32,
         warp_mm: rng.range(1.5, 3.0),
     };
     (scene, grid)

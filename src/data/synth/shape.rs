@@ -65,7 +65,8 @@ impl Ellipsoid {
 
     fn dist(&self, p: P3, cut: f64) -> f64 {
         let d = [p[0] - self.center[0], p[1] - self.center[1], p[2] - self.center[2]];
-        let l = [0, 1, 2].map(|r| self.rot[r][0] * d[0] + self.rot[r][1] * d[1] + self.rot[r][2] * d[2]);
+        let row = |r: &[f64; 3]| r[0] * d[0] + r[1] * d[1] + r[2] * d[2];
+        let l = [row(&self.rot[0]), row(&self.rot[1]), row(&self.rot[2])];
         let ir = self.inv_r;
         let q = [l[0] * ir[0], l[1] * ir[1], l[2] * ir[2]];
         let f = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]).sqrt();
@@ -134,6 +135,51 @@ impl Capsule {
     }
 }
 
+/// A capsule with its per-point constants precomputed (what [`Item::new`] paints).
+#[derive(Clone, Debug)]
+pub struct Segment {
+    a: P3,
+    /// b - a, with z divided by `zscale`.
+    ba: P3,
+    inv_bb: f64,
+    inv_zscale: f64,
+    ra: f64,
+    dr: f64,
+    rmax: f64,
+}
+
+impl Segment {
+    fn new(c: &Capsule) -> Segment {
+        let inv_zscale = 1.0 / c.zscale;
+        let ba = [c.b[0] - c.a[0], c.b[1] - c.a[1], (c.b[2] - c.a[2]) * inv_zscale];
+        let bb = ba[0] * ba[0] + ba[1] * ba[1] + ba[2] * ba[2];
+        Segment {
+            a: c.a,
+            ba,
+            inv_bb: if bb > 0.0 { 1.0 / bb } else { 0.0 },
+            inv_zscale,
+            ra: c.ra,
+            dr: c.rb - c.ra,
+            rmax: c.ra.max(c.rb),
+        }
+    }
+
+    #[inline]
+    fn dist(&self, p: P3, cut: f64) -> f64 {
+        let pa = [p[0] - self.a[0], p[1] - self.a[1], (p[2] - self.a[2]) * self.inv_zscale];
+        let ba = self.ba;
+        let t = ((pa[0] * ba[0] + pa[1] * ba[1] + pa[2] * ba[2]) * self.inv_bb).clamp(0.0, 1.0);
+        let d = [pa[0] - t * ba[0], pa[1] - t * ba[1], pa[2] - t * ba[2]];
+        let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        // Far from the axis: any value above `cut` will do, and needs no square root.
+        let reach = self.rmax + cut.max(0.0);
+        if d2 > reach * reach {
+            return reach - self.rmax + 1.0;
+        }
+        d2.sqrt() - (self.ra + t * self.dr)
+    }
+}
+
 /// Where a point lies relative to the body wall: `depth` inside the skin and `wall`, the depth
 /// at which the muscle wall ends there (both mm).
 #[derive(Clone, Copy, Debug, Default)]
@@ -147,6 +193,8 @@ pub struct Local {
 pub enum Shape {
     Ellipsoid(Ellipsoid),
     Capsule(Capsule),
+    /// A prepared capsule (see [`Shape::prepared`]).
+    Segment(Segment),
     /// Vertical elliptic cylinder between `z0` and `z1`.
     Cylinder {
         center: [f64; 2],
@@ -191,6 +239,7 @@ impl Shape {
         match self {
             Shape::Ellipsoid(e) => e.dist(p, cut),
             Shape::Capsule(c) => c.dist(p),
+            Shape::Segment(s) => s.dist(p, cut),
             Shape::Cylinder { center, radii, z0, z1 } => {
                 let dx = (p[0] - center[0]) / radii[0];
                 let dy = (p[1] - center[1]) / radii[1];
@@ -240,6 +289,17 @@ impl Shape {
         }
     }
 
+    /// The same shape with its capsules precomputed for fast evaluation.
+    pub fn prepared(self) -> Shape {
+        match self {
+            Shape::Capsule(c) => Shape::Segment(Segment::new(&c)),
+            Shape::Union(parts) => Shape::Union(parts.into_iter().map(Shape::prepared).collect()),
+            Shape::Intersect(a, b) => Shape::Intersect(Box::new(a.prepared()), Box::new(b.prepared())),
+            Shape::Subtract(a, b) => Shape::Subtract(Box::new(a.prepared()), Box::new(b.prepared())),
+            other => other,
+        }
+    }
+
     fn is_cheap(&self) -> bool {
         matches!(
             self,
@@ -265,6 +325,15 @@ impl Shape {
                 let lo = [c.a[0].min(c.b[0]) - r, c.a[1].min(c.b[1]) - r, c.a[2].min(c.b[2]) - rz];
                 let hi = [c.a[0].max(c.b[0]) + r, c.a[1].max(c.b[1]) + r, c.a[2].max(c.b[2]) + rz];
                 (lo, hi)
+            }
+            Shape::Segment(g) => {
+                let zs = 1.0 / g.inv_zscale;
+                let b = [g.a[0] + g.ba[0], g.a[1] + g.ba[1], g.a[2] + g.ba[2] * zs];
+                let (r, rz) = (g.rmax, g.rmax * zs);
+                (
+                    [g.a[0].min(b[0]) - r, g.a[1].min(b[1]) - r, g.a[2].min(b[2]) - rz],
+                    [g.a[0].max(b[0]) + r, g.a[1].max(b[1]) + r, g.a[2].max(b[2]) + rz],
+                )
             }
             Shape::Cylinder { center, radii, z0, z1 } => (
                 [center[0] - radii[0], center[1] - radii[1], *z0],
@@ -377,6 +446,7 @@ pub struct Item {
 
 impl Item {
     pub fn new(shape: Shape, tissue: Tissue, label: LabelMode) -> Item {
+        let shape = shape.prepared();
         let (lo, hi) = shape.bounds();
         Item {
             shape,
