@@ -301,25 +301,36 @@ pub fn decode_labels(bytes: &[u8], l: &Layout) -> Result<Vec<u8>, String> {
     if l.dtype == DataType::U8 && !l.scaled() {
         return Ok(raw.to_vec());
     }
-    let mut values: Vec<f64> = Vec::with_capacity(n);
+    // Straight to u8, remembering the first value that is not a label (no wide temporary).
     let (s, i) = (l.slope, l.inter);
-    decode_with(raw, l.dtype, l.big_endian, &mut values, |v| v * s + i);
+    let position = std::cell::Cell::new(0usize);
+    let first_bad: std::cell::Cell<Option<(usize, f64)>> = std::cell::Cell::new(None);
     let mut out = Vec::with_capacity(n);
-    for (idx, &v) in values.iter().enumerate() {
-        if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
-            let zyx = unravel(idx, l.geometry.dims);
-            let why = if v.is_nan() {
-                "NaN".to_string()
-            } else if v.fract() != 0.0 {
-                format!("the non-integer value {v}")
-            } else {
-                format!("the value {v}")
-            };
-            return Err(format!(
-                "label map holds {why} at voxel (z, y, x) = {zyx:?}: labels must be integers 0 to 255"
-            ));
+    decode_with(raw, l.dtype, l.big_endian, &mut out, |v| {
+        let value = v * s + i;
+        let at = position.get();
+        position.set(at + 1);
+        if (0.0..=255.0).contains(&value) && value.fract() == 0.0 {
+            value as u8
+        } else {
+            if first_bad.get().is_none() {
+                first_bad.set(Some((at, value)));
+            }
+            0
         }
-        out.push(v as u8);
+    });
+    if let Some((idx, v)) = first_bad.get() {
+        let zyx = unravel(idx, l.geometry.dims);
+        let why = if v.is_nan() {
+            "NaN".to_string()
+        } else if v.fract() != 0.0 {
+            format!("the non-integer value {v}")
+        } else {
+            format!("the value {v}")
+        };
+        return Err(format!(
+            "label map holds {why} at voxel (z, y, x) = {zyx:?}: labels must be integers 0 to 255"
+        ));
     }
     Ok(out)
 }

@@ -109,7 +109,9 @@ fn gunzip_if_needed(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
         0
     };
     let cap = hint.min(bytes.len().saturating_mul(1032)).saturating_add(1 << 16);
-    let mut out = Vec::with_capacity(cap);
+    let mut out = Vec::new();
+    // Only a hint: if the memory is not there, decompression reports the real need itself.
+    let _ = out.try_reserve(cap);
     flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
         .map_err(|e| {
