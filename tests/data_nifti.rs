@@ -53,7 +53,18 @@ fn every_datatype_reads_with_scaling_in_both_byte_orders() {
     // Values chosen to be exactly representable in every type they are stored in.
     let values: [f64; 6] = [0.0, 1.0, 2.0, 7.0, 100.0, 120.0];
     let dims = [3i16, 2, 1];
-    for (code, size) in [(2, 1), (256, 1), (4, 2), (512, 2), (8, 4), (768, 4), (16, 4), (64, 8), (1024, 8), (1280, 8)] {
+    for (code, size) in [
+        (2, 1),
+        (256, 1),
+        (4, 2),
+        (512, 2),
+        (8, 4),
+        (768, 4),
+        (16, 4),
+        (64, 8),
+        (1024, 8),
+        (1280, 8),
+    ] {
         for big in [false, true] {
             let mut raw = Vec::new();
             for &v in &values {
@@ -70,7 +81,11 @@ fn every_datatype_reads_with_scaling_in_both_byte_orders() {
                     _ => (v as u64).to_le_bytes().to_vec(),
                 };
                 assert_eq!(le.len(), size);
-                raw.extend(if big { le.into_iter().rev().collect::<Vec<_>>() } else { le });
+                raw.extend(if big {
+                    le.into_iter().rev().collect::<Vec<_>>()
+                } else {
+                    le
+                });
             }
             let mut h = header(dims, code, (size * 8) as i16);
             h.scl_slope = 2.0;
@@ -136,7 +151,12 @@ fn qform_geometry_matches_the_nifti_definition() {
     let bytes = nifti_bytes(&h, &[0u8; 120]);
     let v = nifti::read_volume_from_bytes(&bytes, Path::new("a.nii")).unwrap();
     // Quaternion (0, 0, 1) is a 180-degree turn about z: i -> -x, j -> -y.
-    let want: Mat4 = [[-0.8, 0.0, 0.0, 10.0], [0.0, -0.9, 0.0, -20.0], [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]];
+    let want: Mat4 = [
+        [-0.8, 0.0, 0.0, 10.0],
+        [0.0, -0.9, 0.0, -20.0],
+        [0.0, 0.0, 2.5, 30.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     // pixdims are f32 (0.8 and 0.9 are not exact): compare at f32 precision.
     assert!(affine::max_abs_diff(&v.geometry.affine, &want) < 1e-6);
     assert_eq!(v.geometry.axis_codes(), ['L', 'P', 'S']);
@@ -208,7 +228,12 @@ fn write_then_read_keeps_data_and_geometry() {
         [0.0, -0.02, 3.0, -400.0],
         [0.0, 0.0, 0.0, 1.0],
     ];
-    let permuted: Mat4 = [[0.0, 0.0, 1.5, 1.0], [0.9, 0.0, 0.0, 2.0], [0.0, -0.9, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
+    let permuted: Mat4 = [
+        [0.0, 0.0, 1.5, 1.0],
+        [0.9, 0.0, 0.0, 2.0],
+        [0.0, -0.9, 0.0, 3.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     for (k, a) in [oblique, permuted].into_iter().enumerate() {
         let v = random_volume([5, 7, 9], a, k as u64);
         for (name, ty) in [("v.nii.gz", VoxelType::I16), ("v.nii", VoxelType::F32)] {
@@ -218,7 +243,11 @@ fn write_then_read_keeps_data_and_geometry() {
             assert_eq!(back.data, v.data);
             assert_eq!(back.geometry.dims, v.geometry.dims);
             // The sform is stored as f32: entries up to ~400 mm keep ~3e-5 mm.
-            assert!(affine::max_abs_diff(&back.geometry.affine, &a) < 1e-4, "{:?}", back.geometry.affine);
+            assert!(
+                affine::max_abs_diff(&back.geometry.affine, &a) < 1e-4,
+                "{:?}",
+                back.geometry.affine
+            );
             // Read -> write -> read is exact: the raw header fields travel with the geometry.
             let again = dir.path().join(format!("again_{name}"));
             nifti::write_volume(&again, &back, ty).unwrap();
@@ -259,7 +288,10 @@ fn mask_gets_the_exact_header_geometry_of_its_volume() {
     assert_eq!(hm.pixdim[..4], h.pixdim[..4]);
     assert_eq!(hm.quatern, h.quatern);
     assert_eq!(hm.qoffset, h.qoffset);
-    assert_eq!((hm.qform_code, hm.sform_code, hm.xyzt_units), (h.qform_code, h.sform_code, 10));
+    assert_eq!(
+        (hm.qform_code, hm.sform_code, hm.xyzt_units),
+        (h.qform_code, h.sform_code, 10)
+    );
     assert_eq!(hm.datatype, 2);
 }
 
@@ -315,9 +347,15 @@ fn zero_spacing_and_bad_dims_are_rejected() {
 #[test]
 fn nan_voxels_are_reported_with_count_and_position() {
     let h = header([2, 2, 1], 16, 32);
-    let raw: Vec<u8> = [1.0f32, f32::NAN, 3.0, f32::INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let raw: Vec<u8> = [1.0f32, f32::NAN, 3.0, f32::INFINITY]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let e = read_err(&nifti_bytes(&h, &raw));
-    assert!(e.contains("2 voxels are NaN or infinite") && e.contains("(z, y, x) = [0, 0, 1]"), "{e}");
+    assert!(
+        e.contains("2 voxels are NaN or infinite") && e.contains("(z, y, x) = [0, 0, 1]"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -29,7 +29,12 @@ fn world_volume(dims: [usize; 3], a: Mat4) -> Volume {
 #[test]
 fn smooth_volume_survives_resampling_to_thesis_spacing_and_back() {
     // A typical CT grid: 0.75 mm in-plane, 1.25 mm slices, in RAS order.
-    let a: Mat4 = [[0.75, 0.0, 0.0, -90.0], [0.0, 0.75, 0.0, -60.0], [0.0, 0.0, 1.25, 10.0], [0.0, 0.0, 0.0, 1.0]];
+    let a: Mat4 = [
+        [0.75, 0.0, 0.0, -90.0],
+        [0.0, 0.75, 0.0, -60.0],
+        [0.0, 0.0, 1.25, 10.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     let v = world_volume([40, 96, 120], a);
     let t = PrepTransform::new(&v.geometry, [2.5, 1.0, 1.0]);
     assert_eq!(t.prepared.dims, [20, 72, 90]);
@@ -85,7 +90,12 @@ fn label_resampling_keeps_every_label() {
             }
         }
     }
-    let a: Mat4 = [[0.8, 0.0, 0.0, 0.0], [0.0, 0.8, 0.0, 0.0], [0.0, 0.0, 0.625, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    let a: Mat4 = [
+        [0.8, 0.0, 0.0, 0.0],
+        [0.0, 0.8, 0.0, 0.0],
+        [0.0, 0.0, 0.625, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     let labels = LabelVolume {
         data,
         geometry: Geometry::from_affine(dims, a),
@@ -130,7 +140,12 @@ fn any_orientation_reaches_canonical_lps_and_back_exactly() {
 #[test]
 fn preprocessing_orients_resamples_normalises_and_maps_labels_back() {
     // RAS-ordered CT-like volume at 3 mm, labels on it.
-    let a: Mat4 = [[3.0, 0.0, 0.0, -100.0], [0.0, 3.0, 0.0, -50.0], [0.0, 0.0, 3.0, 20.0], [0.0, 0.0, 0.0, 1.0]];
+    let a: Mat4 = [
+        [3.0, 0.0, 0.0, -100.0],
+        [0.0, 3.0, 0.0, -50.0],
+        [0.0, 0.0, 3.0, 20.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     let dims = [10, 20, 24];
     let mut v = world_volume(dims, a);
     v.data[0] = -3000.0;

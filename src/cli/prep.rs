@@ -85,7 +85,10 @@ pub fn run(args: PrepArgs) -> Result<()> {
             Some(c) if matches!(c.normalization, Normalization::ZScore { .. }) => c.normalization,
             _ => {
                 let n = store::fit_zscore(&dataset, &opts)?;
-                println!("prep: fitted {n:?} on the foreground of {} case(s)", dataset.cases.len());
+                println!(
+                    "prep: fitted {n:?} on the foreground of {} case(s)",
+                    dataset.cases.len()
+                );
                 n
             }
         },

@@ -7,7 +7,12 @@
 pub type Mat4 = [[f64; 4]; 4];
 
 /// The identity matrix.
-pub const IDENTITY: Mat4 = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+pub const IDENTITY: Mat4 = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
 
 /// `a * b`.
 pub fn mul(a: &Mat4, b: &Mat4) -> Mat4 {
@@ -52,8 +57,8 @@ pub fn inverse(a: &Mat4) -> Option<Mat4> {
     inv[2][0] = (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0)) / det;
     inv[2][1] = (m(0, 1) * m(2, 0) - m(0, 0) * m(2, 1)) / det;
     inv[2][2] = (m(0, 0) * m(1, 1) - m(0, 1) * m(1, 0)) / det;
-    for r in 0..3 {
-        inv[r][3] = -(inv[r][0] * a[0][3] + inv[r][1] * a[1][3] + inv[r][2] * a[2][3]);
+    for row in inv.iter_mut().take(3) {
+        row[3] = -(row[0] * a[0][3] + row[1] * a[1][3] + row[2] * a[2][3]);
     }
     Some(inv)
 }
@@ -104,9 +109,21 @@ pub fn quatern_to_affine(q: &Quatern, pixdim: [f64; 3]) -> Mat4 {
         a = a.sqrt();
     }
     let r = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
     ];
     let zsign = if q.qfac < 0.0 { -1.0 } else { 1.0 };
     let scale = [pixdim[0].abs(), pixdim[1].abs(), pixdim[2].abs() * zsign];
@@ -138,7 +155,11 @@ pub fn affine_to_quatern(a: &Mat4) -> (Quatern, [f64; 3]) {
     let c0 = normalise(cols[0]);
     let p = dot(&c0, &cols[1]);
     let c1 = normalise([cols[1][0] - p * c0[0], cols[1][1] - p * c0[1], cols[1][2] - p * c0[2]]);
-    let cross = [c0[1] * c1[2] - c0[2] * c1[1], c0[2] * c1[0] - c0[0] * c1[2], c0[0] * c1[1] - c0[1] * c1[0]];
+    let cross = [
+        c0[1] * c1[2] - c0[2] * c1[1],
+        c0[2] * c1[0] - c0[0] * c1[2],
+        c0[0] * c1[1] - c0[1] * c1[0],
+    ];
     // The third column is the right-handed cross product; its sign against the input decides qfac.
     let qfac = if dot(&cross, &cols[2]) < 0.0 { -1.0 } else { 1.0 };
     let c2 = cross;
@@ -247,7 +268,12 @@ mod tests {
 
     #[test]
     fn inverse_undoes_affine() {
-        let a = [[0.0, -0.8, 0.1, 12.0], [0.9, 0.0, 0.0, -3.0], [0.0, 0.05, 2.5, 100.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [0.0, -0.8, 0.1, 12.0],
+            [0.9, 0.0, 0.0, -3.0],
+            [0.0, 0.05, 2.5, 100.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let inv = inverse(&a).unwrap();
         let id = mul(&a, &inv);
         // Round-off of a well-conditioned 3x3 inverse stays near machine epsilon times entries ~100.
@@ -257,9 +283,24 @@ mod tests {
     #[test]
     fn quatern_round_trip_for_flips_and_permutations() {
         let cases: [Mat4; 3] = [
-            [[-0.7, 0.0, 0.0, 10.0], [0.0, -0.7, 0.0, 20.0], [0.0, 0.0, 2.5, -30.0], [0.0, 0.0, 0.0, 1.0]],
-            [[0.0, 0.0, 1.5, 1.0], [1.0, 0.0, 0.0, 2.0], [0.0, -3.0, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]],
-            [[3.0, 0.0, 0.0, -177.9], [0.0, 3.0, 0.0, 11.3], [0.0, 0.0, -3.0, 94.3], [0.0, 0.0, 0.0, 1.0]],
+            [
+                [-0.7, 0.0, 0.0, 10.0],
+                [0.0, -0.7, 0.0, 20.0],
+                [0.0, 0.0, 2.5, -30.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            [
+                [0.0, 0.0, 1.5, 1.0],
+                [1.0, 0.0, 0.0, 2.0],
+                [0.0, -3.0, 0.0, 3.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            [
+                [3.0, 0.0, 0.0, -177.9],
+                [0.0, 3.0, 0.0, 11.3],
+                [0.0, 0.0, -3.0, 94.3],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
         ];
         for a in cases {
             let (q, spacing) = affine_to_quatern(&a);
@@ -271,11 +312,26 @@ mod tests {
 
     #[test]
     fn axis_codes_match_nibabel_conventions() {
-        let ras = [[3.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let ras = [
+            [3.0, 0.0, 0.0, 0.0],
+            [0.0, 3.0, 0.0, 0.0],
+            [0.0, 0.0, 3.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         assert_eq!(axis_codes(&ras), ['R', 'A', 'S']);
-        let lps = [[-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let lps = [
+            [-1.0, 0.0, 0.0, 0.0],
+            [0.0, -1.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         assert_eq!(axis_codes(&lps), ['L', 'P', 'S']);
-        let permuted = [[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let permuted = [
+            [0.0, 0.0, 1.0, 0.0],
+            [-1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         assert_eq!(axis_codes(&permuted), ['P', 'S', 'R']);
     }
 }

@@ -39,7 +39,12 @@ pub fn random_window(rng: &mut Rng, h: usize, w: usize, ch: usize, cw: usize) ->
     };
     let top = pick(rng, h, ch);
     let left = pick(rng, w, cw);
-    Window { top, left, h: ch, w: cw }
+    Window {
+        top,
+        left,
+        h: ch,
+        w: cw,
+    }
 }
 
 /// Cuts `window` out of a `h x w` array, filling outside positions with `fill`.

@@ -169,7 +169,10 @@ pub fn parse_dataset_json(path: &Path) -> Result<(LabelNames, Option<String>)> {
                 ));
             };
             if v > 255 {
-                return Err(Error::format(path, format!("label {name:?} = {v}: lrc supports values 0 to 255")));
+                return Err(Error::format(
+                    path,
+                    format!("label {name:?} = {v}: lrc supports values 0 to 255"),
+                ));
             }
             names.insert(v as u8, name.clone());
         }
@@ -179,7 +182,10 @@ pub fn parse_dataset_json(path: &Path) -> Result<(LabelNames, Option<String>)> {
     {
         return Err(Error::format(
             path,
-            format!("{} channels in channel_names: lrc uses a single CT channel", channels.len()),
+            format!(
+                "{} channels in channel_names: lrc uses a single CT channel",
+                channels.len()
+            ),
         ));
     }
     let ending = json.get("file_ending").and_then(Value::as_str).map(str::to_string);

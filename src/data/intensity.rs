@@ -25,7 +25,10 @@ pub enum Normalization {
 impl Default for Normalization {
     /// Clip to [-1000, 1000] HU, map to [0, 1].
     fn default() -> Self {
-        Normalization::Ct { lo: -1000.0, hi: 1000.0 }
+        Normalization::Ct {
+            lo: -1000.0,
+            hi: 1000.0,
+        }
     }
 }
 
@@ -76,7 +79,9 @@ impl Normalization {
             Normalization::ZScore { lo, hi, mean, std } => (lo, hi, mean.is_finite() && std.is_finite() && std > 0.0),
         };
         if !(lo.is_finite() && hi.is_finite() && lo < hi && extra) {
-            return Err(format!("invalid normalisation {self:?}: needs finite lo < hi and std > 0"));
+            return Err(format!(
+                "invalid normalisation {self:?}: needs finite lo < hi and std > 0"
+            ));
         }
         Ok(())
     }
@@ -120,12 +125,16 @@ pub fn check_ct(data: &[f32]) -> Result<(), String> {
 pub fn sample_foreground(data: &[f32], labels: Option<&[u8]>, n: usize, rng: &mut Rng) -> Vec<f32> {
     let fg: Vec<u32> = match labels {
         Some(l) => (0..data.len() as u32).filter(|&i| l[i as usize] != 0).collect(),
-        None => (0..data.len() as u32).filter(|&i| data[i as usize] > BODY_THRESHOLD_HU).collect(),
+        None => (0..data.len() as u32)
+            .filter(|&i| data[i as usize] > BODY_THRESHOLD_HU)
+            .collect(),
     };
     if fg.is_empty() {
         return Vec::new();
     }
-    (0..n).map(|_| data[fg[rng.below(fg.len() as u64) as usize] as usize]).collect()
+    (0..n)
+        .map(|_| data[fg[rng.below(fg.len() as u64) as usize] as usize])
+        .collect()
 }
 
 /// nnU-Net's CT normalisation from pooled foreground samples: clip bounds at the 0.5 and 99.5

@@ -97,13 +97,12 @@ impl Reorientation {
         let stride = [1isize, ijk[0] as isize, (ijk[0] * ijk[1]) as isize];
         let mut step = [0isize; 3];
         let mut start = 0isize;
-        for new in 0..3 {
-            let old = self.src[new];
-            if self.flip[new] {
-                step[new] = -stride[old];
+        for ((st, &old), &flip) in step.iter_mut().zip(&self.src).zip(&self.flip) {
+            if flip {
+                *st = -stride[old];
                 start += (ijk[old] as isize - 1) * stride[old];
             } else {
-                step[new] = stride[old];
+                *st = stride[old];
             }
         }
         let n = [ijk[self.src[0]], ijk[self.src[1]], ijk[self.src[2]]];
@@ -132,7 +131,12 @@ mod tests {
 
     #[test]
     fn ras_grid_becomes_lps_and_keeps_world_positions() {
-        let a = [[3.0, 0.0, 0.0, -170.0], [0.0, 3.0, 0.0, 10.0], [0.0, 0.0, 3.0, 90.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [3.0, 0.0, 0.0, -170.0],
+            [0.0, 3.0, 0.0, 10.0],
+            [0.0, 0.0, 3.0, 90.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let g = grid(a, [4, 5, 6]);
         let r = Reorientation::to_canonical(&g.affine);
         let g2 = r.geometry(&g);
@@ -159,7 +163,12 @@ mod tests {
     #[test]
     fn permuted_axes_are_found() {
         // i -> superior, j -> right, k -> anterior (a sagittal-ish acquisition order).
-        let a = [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let a = [
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.5, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let g = grid(a, [3, 4, 5]);
         let r = Reorientation::to_canonical(&g.affine);
         let g2 = r.geometry(&g);

@@ -16,7 +16,10 @@ pub const BONE: (f32, f32) = (400.0, 1800.0);
 pub fn window(values: &[f32], level: f32, width: f32) -> Vec<u8> {
     let lo = level - width / 2.0;
     let scale = 255.0 / width.max(1e-6);
-    values.iter().map(|&v| ((v - lo) * scale).round().clamp(0.0, 255.0) as u8).collect()
+    values
+        .iter()
+        .map(|&v| ((v - lo) * scale).round().clamp(0.0, 255.0) as u8)
+        .collect()
 }
 
 fn write_png(path: &Path, data: &[u8], w: usize, h: usize, color: png::ColorType) -> Result<()> {

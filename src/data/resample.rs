@@ -96,7 +96,11 @@ fn nearest_taps(n_in: usize, n_out: usize) -> Vec<usize> {
 /// Trilinear resampling of `data` (z, y, x) from `dims` to `new_dims`, separably (exact for
 /// trilinear weights): z, then y, then x.
 pub fn resample_linear(data: &[f32], dims: [usize; 3], new_dims: [usize; 3]) -> Vec<f32> {
-    assert_eq!(data.len(), dims.iter().product::<usize>(), "data does not fit dims {dims:?}");
+    assert_eq!(
+        data.len(),
+        dims.iter().product::<usize>(),
+        "data does not fit dims {dims:?}"
+    );
     let [nz, ny, nx] = dims;
     let [mz, my, mx] = new_dims;
     let mut cur: Vec<f32>;
@@ -148,7 +152,11 @@ pub fn resample_linear(data: &[f32], dims: [usize; 3], new_dims: [usize; 3]) -> 
 /// grid (a structure thinner than the new spacing) is put back on the output voxels that its
 /// input voxels fall in, without erasing another label's last voxel.
 pub fn resample_nearest(data: &[u8], dims: [usize; 3], new_dims: [usize; 3]) -> Vec<u8> {
-    assert_eq!(data.len(), dims.iter().product::<usize>(), "data does not fit dims {dims:?}");
+    assert_eq!(
+        data.len(),
+        dims.iter().product::<usize>(),
+        "data does not fit dims {dims:?}"
+    );
     let [_, ny, nx] = dims;
     let [mz, my, mx] = new_dims;
     let tz = nearest_taps(dims[0], mz);
@@ -176,12 +184,15 @@ fn counts(data: &[u8]) -> [usize; 256] {
 fn restore_lost_labels(input: &[u8], dims: [usize; 3], out: &mut [u8], new_dims: [usize; 3]) {
     let before = counts(input);
     let mut after = counts(out);
-    let lost: Vec<u8> = (1..=255u8).filter(|&l| before[l as usize] > 0 && after[l as usize] == 0).collect();
+    let lost: Vec<u8> = (1..=255u8)
+        .filter(|&l| before[l as usize] > 0 && after[l as usize] == 0)
+        .collect();
     if lost.is_empty() {
         return;
     }
     // Output cell o covers input coordinates [o * s - 0.5, (o + 1) * s - 0.5), s = n_in / n_out.
-    let cell = |p: usize, n_in: usize, n_out: usize| (((p as f64 + 0.5) * n_out as f64 / n_in as f64) as usize).min(n_out - 1);
+    let cell =
+        |p: usize, n_in: usize, n_out: usize| (((p as f64 + 0.5) * n_out as f64 / n_in as f64) as usize).min(n_out - 1);
     let [nz, ny, nx] = dims;
     let [_, my, mx] = new_dims;
     for (idx, &v) in input.iter().enumerate() {
@@ -226,7 +237,7 @@ mod tests {
             let [z, y, x] = crate::data::volume::unravel(i, new_dims);
             let pz = (z as f64 + 0.5) * 6.0 / 12.0 - 0.5;
             let px = (x as f64 + 0.5) * 10.0 / 5.0 - 0.5;
-            if pz < 0.0 || pz > 5.0 {
+            if !(0.0..=5.0).contains(&pz) {
                 continue;
             }
             // f32 arithmetic on values up to ~12: a few ulps.

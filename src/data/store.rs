@@ -104,7 +104,7 @@ impl CaseRecord {
 }
 
 /// How [`write_store`] runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StoreOptions {
     /// Worker threads (0: all cores).
     pub threads: usize,
@@ -112,16 +112,6 @@ pub struct StoreOptions {
     pub skip_bad: bool,
     /// Show a progress bar on a terminal.
     pub progress: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            threads: 0,
-            skip_bad: false,
-            progress: false,
-        }
-    }
 }
 
 /// What a [`write_store`] run did.
@@ -201,8 +191,9 @@ fn read_records(path: &Path) -> Result<(Vec<CaseRecord>, u64)> {
         if !line.ends_with('\n') {
             break; // torn append
         }
-        let record: CaseRecord = serde_json::from_str(line.trim_end())
+        let mut record: CaseRecord = serde_json::from_str(line.trim_end())
             .map_err(|e| Error::format(path, format!("line {line_no}: invalid record: {e}")))?;
+        nifti::refresh_geometry(&mut record.transform.original);
         by_name.insert(record.name.clone(), record);
         good_len += n as u64;
     }
@@ -275,7 +266,8 @@ fn write_case_file(dir: &Path, case: &CaseSource, p: &PreparedCase) -> Result<Ca
     let io = |e| Error::io(&tmp, e);
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
-        w.write_all(bytemuck::cast_slice(&to_le_f32(&p.prepared.image))).map_err(io)?;
+        w.write_all(bytemuck::cast_slice(&to_le_f32(&p.prepared.image)))
+            .map_err(io)?;
         if let Some(r) = &p.regions {
             let le: Vec<u16> = r.iter().map(|v| v.to_le()).collect();
             w.write_all(bytemuck::cast_slice(&le)).map_err(io)?;
@@ -297,7 +289,12 @@ fn write_case_file(dir: &Path, case: &CaseSource, p: &PreparedCase) -> Result<Ca
         regions_offset,
         labels_offset,
         file_len: 0,
-        labels_present: p.prepared.labels.as_deref().map(super::volume::labels_present).unwrap_or_default(),
+        labels_present: p
+            .prepared
+            .labels
+            .as_deref()
+            .map(super::volume::labels_present)
+            .unwrap_or_default(),
         transform: p.prepared.transform.clone(),
     };
     let file_len = record.expected_len();
@@ -348,7 +345,10 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
     let cases_dir = dir.join(CASES_DIR);
     std::fs::create_dir_all(&cases_dir).map_err(|e| Error::io(&cases_dir, e))?;
     // Leftovers of a killed run: temporary case files.
-    for entry in std::fs::read_dir(&cases_dir).map_err(|e| Error::io(&cases_dir, e))?.flatten() {
+    for entry in std::fs::read_dir(&cases_dir)
+        .map_err(|e| Error::io(&cases_dir, e))?
+        .flatten()
+    {
         if entry.file_name().to_string_lossy().ends_with(".partial") {
             let _ = std::fs::remove_file(entry.path());
         }
@@ -359,7 +359,10 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
     if index.is_file() {
         let len = std::fs::metadata(&index).map_err(|e| Error::io(&index, e))?.len();
         if len != good_len {
-            let f = OpenOptions::new().write(true).open(&index).map_err(|e| Error::io(&index, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&index)
+                .map_err(|e| Error::io(&index, e))?;
             f.set_len(good_len).map_err(|e| Error::io(&index, e))?;
         }
     }

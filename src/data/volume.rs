@@ -96,7 +96,7 @@ impl Geometry {
             ));
         }
         let diff = affine::max_abs_diff(&self.affine, &other.affine);
-        if !(diff <= tol_mm) {
+        if diff.is_nan() || diff > tol_mm {
             return Some(format!(
                 "affine differs by up to {diff:.4} mm (tolerance {tol_mm} mm): {} vs {}",
                 affine_text(&other.affine),

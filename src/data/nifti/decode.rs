@@ -36,7 +36,10 @@ pub fn layout(h: &Header, file_len: usize) -> Result<Layout, String> {
     let needed = voxels.checked_mul(dtype.size()).ok_or("dims overflow")?;
 
     if !h.vox_offset.is_finite() || h.vox_offset < HEADER_SIZE as f32 {
-        return Err(format!("vox_offset {} is before the end of the 348-byte header", h.vox_offset));
+        return Err(format!(
+            "vox_offset {} is before the end of the 348-byte header",
+            h.vox_offset
+        ));
     }
     let offset = h.vox_offset as usize;
     let available = file_len.saturating_sub(offset);
@@ -55,7 +58,11 @@ pub fn layout(h: &Header, file_len: usize) -> Result<Layout, String> {
     let (slope, inter) = if h.scl_slope == 0.0 || !h.scl_slope.is_finite() {
         (1.0, 0.0)
     } else {
-        let inter = if h.scl_inter.is_finite() { h.scl_inter as f64 } else { 0.0 };
+        let inter = if h.scl_inter.is_finite() {
+            h.scl_inter as f64
+        } else {
+            0.0
+        };
         (h.scl_slope as f64, inter)
     };
 
@@ -93,7 +100,11 @@ fn spatial_dims(h: &Header) -> Result<[usize; 3], String> {
             return Err(format!("dim[{}] = {n}: every dimension must be at least 1", axis + 1));
         }
         if n > 1 {
-            let what = if axis == 3 { "time points or channels" } else { "entries" };
+            let what = if axis == 3 {
+                "time points or channels"
+            } else {
+                "entries"
+            };
             return Err(format!(
                 "{ndim}-D image with dim[{}] = {n} {what}: lrc needs a single 3-D CT volume; \
                  split it into 3-D volumes first",
@@ -123,13 +134,16 @@ pub fn affine_of(h: &Header, dims_ijk: [usize; 3]) -> Result<Mat4, String> {
     let (qfac, p) = pixdims(h, dims_ijk);
     if h.sform_code > 0 {
         let mut a = IDENTITY;
-        for r in 0..3 {
-            for c in 0..4 {
-                a[r][c] = h.srow[r][c] as f64;
+        for (row, srow) in a.iter_mut().zip(&h.srow) {
+            for (v, s) in row.iter_mut().zip(srow) {
+                *v = *s as f64;
             }
         }
         if a.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(format!("sform_code {} but srow_x/y/z hold non-finite values", h.sform_code));
+            return Err(format!(
+                "sform_code {} but srow_x/y/z hold non-finite values",
+                h.sform_code
+            ));
         }
         return Ok(a);
     }
@@ -141,8 +155,14 @@ pub fn affine_of(h: &Header, dims_ijk: [usize; 3]) -> Result<Mat4, String> {
             offset: [h.qoffset[0] as f64, h.qoffset[1] as f64, h.qoffset[2] as f64],
             qfac,
         };
-        if [q.b, q.c, q.d, q.offset[0], q.offset[1], q.offset[2]].iter().any(|v| !v.is_finite()) {
-            return Err(format!("qform_code {} but the quaternion fields are not finite", h.qform_code));
+        if [q.b, q.c, q.d, q.offset[0], q.offset[1], q.offset[2]]
+            .iter()
+            .any(|v| !v.is_finite())
+        {
+            return Err(format!(
+                "qform_code {} but the quaternion fields are not finite",
+                h.qform_code
+            ));
         }
         return Ok(affine::quatern_to_affine(&q, p));
     }
@@ -164,7 +184,7 @@ fn geometry(h: &Header, dims_ijk: [usize; 3]) -> Result<Geometry, String> {
         "pixdim"
     };
     for (axis, name) in ["i (x)", "j (y)", "k (z)"].iter().enumerate() {
-        if !(n[axis] > 0.0) || !n[axis].is_finite() {
+        if n[axis].is_nan() || n[axis] <= 0.0 || !n[axis].is_finite() {
             return Err(format!(
                 "zero or invalid voxel spacing along {name} (pixdim[{}] = {}, affine from the {source}): \
                  spacing must be positive",
@@ -174,7 +194,9 @@ fn geometry(h: &Header, dims_ijk: [usize; 3]) -> Result<Geometry, String> {
         }
     }
     if affine::inverse(&a).is_none() {
-        return Err(format!("the affine from the {source} is singular: axes are not independent"));
+        return Err(format!(
+            "the affine from the {source} is singular: axes are not independent"
+        ));
     }
     let (qfac, _) = pixdims(h, dims_ijk);
     let raw = SpatialHeader {
@@ -186,7 +208,13 @@ fn geometry(h: &Header, dims_ijk: [usize; 3]) -> Result<Geometry, String> {
         sform_code: h.sform_code,
         xyzt_units: h.xyzt_units,
     };
-    let all_finite = raw.pixdim.iter().chain(&raw.quatern).chain(&raw.qoffset).chain(raw.srow.iter().flatten()).all(|v| v.is_finite());
+    let all_finite = raw
+        .pixdim
+        .iter()
+        .chain(&raw.quatern)
+        .chain(&raw.qoffset)
+        .chain(raw.srow.iter().flatten())
+        .all(|v| v.is_finite());
     Ok(Geometry {
         dims: [dims_ijk[2], dims_ijk[1], dims_ijk[0]],
         spacing: [n[2], n[1], n[0]],
@@ -273,25 +301,36 @@ pub fn decode_labels(bytes: &[u8], l: &Layout) -> Result<Vec<u8>, String> {
     if l.dtype == DataType::U8 && !l.scaled() {
         return Ok(raw.to_vec());
     }
-    let mut values: Vec<f64> = Vec::with_capacity(n);
+    // Straight to u8, remembering the first value that is not a label (no wide temporary).
     let (s, i) = (l.slope, l.inter);
-    decode_with(raw, l.dtype, l.big_endian, &mut values, |v| v * s + i);
+    let position = std::cell::Cell::new(0usize);
+    let first_bad: std::cell::Cell<Option<(usize, f64)>> = std::cell::Cell::new(None);
     let mut out = Vec::with_capacity(n);
-    for (idx, &v) in values.iter().enumerate() {
-        if !(0.0..=255.0).contains(&v) || v.fract() != 0.0 {
-            let zyx = unravel(idx, l.geometry.dims);
-            let why = if v.is_nan() {
-                "NaN".to_string()
-            } else if v.fract() != 0.0 {
-                format!("the non-integer value {v}")
-            } else {
-                format!("the value {v}")
-            };
-            return Err(format!(
-                "label map holds {why} at voxel (z, y, x) = {zyx:?}: labels must be integers 0 to 255"
-            ));
+    decode_with(raw, l.dtype, l.big_endian, &mut out, |v| {
+        let value = v * s + i;
+        let at = position.get();
+        position.set(at + 1);
+        if (0.0..=255.0).contains(&value) && value.fract() == 0.0 {
+            value as u8
+        } else {
+            if first_bad.get().is_none() {
+                first_bad.set(Some((at, value)));
+            }
+            0
         }
-        out.push(v as u8);
+    });
+    if let Some((idx, v)) = first_bad.get() {
+        let zyx = unravel(idx, l.geometry.dims);
+        let why = if v.is_nan() {
+            "NaN".to_string()
+        } else if v.fract() != 0.0 {
+            format!("the non-integer value {v}")
+        } else {
+            format!("the value {v}")
+        };
+        return Err(format!(
+            "label map holds {why} at voxel (z, y, x) = {zyx:?}: labels must be integers 0 to 255"
+        ));
     }
     Ok(out)
 }

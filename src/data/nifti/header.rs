@@ -40,7 +40,9 @@ impl DataType {
             1 => return Err("datatype 1 (binary, 1 bit per voxel) is not supported".into()),
             32 | 1792 | 2048 => return Err(format!("datatype {code} (complex) is not supported: CT is real-valued")),
             128 | 2304 => {
-                return Err(format!("datatype {code} (RGB colour) is not supported: CT is a single-channel image"));
+                return Err(format!(
+                    "datatype {code} (RGB colour) is not supported: CT is a single-channel image"
+                ));
             }
             1536 => return Err("datatype 1536 (float128) is not supported".into()),
             0 => return Err("datatype 0 (unknown) in header".into()),
@@ -164,15 +166,27 @@ impl Fields<'_> {
     }
     fn i16(&self, at: usize) -> i16 {
         let b = self.array::<2>(at);
-        if self.big_endian { i16::from_be_bytes(b) } else { i16::from_le_bytes(b) }
+        if self.big_endian {
+            i16::from_be_bytes(b)
+        } else {
+            i16::from_le_bytes(b)
+        }
     }
     fn i32(&self, at: usize) -> i32 {
         let b = self.array::<4>(at);
-        if self.big_endian { i32::from_be_bytes(b) } else { i32::from_le_bytes(b) }
+        if self.big_endian {
+            i32::from_be_bytes(b)
+        } else {
+            i32::from_le_bytes(b)
+        }
     }
     fn f32(&self, at: usize) -> f32 {
         let b = self.array::<4>(at);
-        if self.big_endian { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) }
+        if self.big_endian {
+            f32::from_be_bytes(b)
+        } else {
+            f32::from_le_bytes(b)
+        }
     }
     fn u8(&self, at: usize) -> u8 {
         self.bytes.get(at).copied().unwrap_or(0)

@@ -81,6 +81,20 @@ pub fn read_labels_from_bytes(bytes: &[u8], path: &Path) -> Result<LabelVolume> 
     })
 }
 
+/// Recomputes a geometry's affine and spacing from the raw header fields it carries (exact
+/// f32 values), undoing any rounding a text round trip (JSON) left in the f64 affine. Does
+/// nothing for derived geometries.
+pub fn refresh_geometry(g: &mut crate::data::Geometry) {
+    if let Some(raw) = &g.header {
+        let h = decode::header_from_spatial(raw, g.dims);
+        if let Ok(a) = decode::affine_of(&h, [g.dims[2], g.dims[1], g.dims[0]]) {
+            let n = crate::data::affine::column_norms(&a);
+            g.affine = a;
+            g.spacing = [n[2], n[1], n[0]];
+        }
+    }
+}
+
 /// Decompresses gzip data (all members), or returns `None` for data that is not gzip.
 fn gunzip_if_needed(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
     if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
@@ -95,7 +109,9 @@ fn gunzip_if_needed(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
         0
     };
     let cap = hint.min(bytes.len().saturating_mul(1032)).saturating_add(1 << 16);
-    let mut out = Vec::with_capacity(cap);
+    let mut out = Vec::new();
+    // Only a hint: if the memory is not there, decompression reports the real need itself.
+    let _ = out.try_reserve(cap);
     flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
         .map_err(|e| {

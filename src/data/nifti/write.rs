@@ -52,7 +52,10 @@ pub fn write_volume(path: impl AsRef<Path>, volume: &Volume, ty: VoxelType) -> R
                 .flat_map(|&v| (v.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
                 .collect(),
         ),
-        VoxelType::F32 => (DataType::F32, volume.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        VoxelType::F32 => (
+            DataType::F32,
+            volume.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
     };
     let h = header_for(path, g, dtype)?;
     write_file(path, &h, &bytes)
@@ -92,9 +95,16 @@ fn header_for(path: &Path, g: &Geometry, dtype: DataType) -> Result<Header> {
         ..Header::default()
     };
     h.set_descrip("lrc");
+    // The raw fields are written when they still describe the affine (up to the last bits of
+    // an f64 that went through text): then the file gets its source's header byte for byte.
     let raw_fits = g.header.as_ref().is_some_and(|raw| {
         let rh = decode::header_from_spatial(raw, g.dims);
-        decode::affine_of(&rh, [g.dims[2], g.dims[1], g.dims[0]]).is_ok_and(|a| a == g.affine)
+        decode::affine_of(&rh, [g.dims[2], g.dims[1], g.dims[0]]).is_ok_and(|a| {
+            a.iter()
+                .flatten()
+                .zip(g.affine.iter().flatten())
+                .all(|(x, y)| (x - y).abs() <= 1e-9 * (1.0 + x.abs()))
+        })
     });
     if let (true, Some(raw)) = (raw_fits, &g.header) {
         h.pixdim[..4].copy_from_slice(&raw.pixdim);
@@ -107,12 +117,15 @@ fn header_for(path: &Path, g: &Geometry, dtype: DataType) -> Result<Header> {
         return Ok(h);
     }
     if g.affine.iter().flatten().any(|v| !v.is_finite()) || affine::inverse(&g.affine).is_none() {
-        return Err(Error::format(path, "cannot write a volume whose affine is singular or not finite"));
+        return Err(Error::format(
+            path,
+            "cannot write a volume whose affine is singular or not finite",
+        ));
     }
     let (q, spacing) = affine::affine_to_quatern(&g.affine);
     h.pixdim[0] = q.qfac as f32;
-    for axis in 0..3 {
-        h.pixdim[axis + 1] = spacing[axis] as f32;
+    for (p, s) in h.pixdim[1..4].iter_mut().zip(spacing) {
+        *p = s as f32;
     }
     h.quatern = [q.b as f32, q.c as f32, q.d as f32];
     h.qoffset = [q.offset[0] as f32, q.offset[1] as f32, q.offset[2] as f32];

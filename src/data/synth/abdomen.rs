@@ -41,8 +41,8 @@ pub fn random_walk(start: P3, dir: P3, n: usize, step: f64, turn: f64, lo: P3, h
     let mut d = dir;
     let mut p = start;
     for _ in 0..n {
-        for a in 0..3 {
-            d[a] += rng.range(-turn, turn);
+        for v in d.iter_mut() {
+            *v += rng.range(-turn, turn);
         }
         let norm = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt().max(1e-9);
         d = d.map(|v| v / norm);
@@ -68,7 +68,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let muscle = rng.range(8.0, 13.0) * s;
     let height = rng.range(210.0, 260.0);
     let (cx, cy) = (rng.range(-15.0, 15.0), rng.range(-12.0, 12.0));
-    let (a, ba, bp) = (rng.range(140.0, 160.0) * s, rng.range(100.0, 118.0) * s, rng.range(92.0, 106.0) * s);
+    let (a, ba, bp) = (
+        rng.range(140.0, 160.0) * s,
+        rng.range(100.0, 118.0) * s,
+        rng.range(92.0, 106.0) * s,
+    );
     let key = |z: f64, f: f64| BodyKey {
         z,
         a: a * f,
@@ -81,7 +85,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         cx,
         cy,
         keys: vec![key(-20.0, 1.04), key(0.5 * height, 1.0), key(height + 20.0, 0.97)],
-        harmonics: [rng.range(-0.04, 0.04), 0.0, rng.range(-0.02, 0.02), 0.0, rng.range(-0.02, 0.02), 0.0],
+        harmonics: [
+            rng.range(-0.04, 0.04),
+            0.0,
+            rng.range(-0.02, 0.02),
+            0.0,
+            rng.range(-0.02, 0.02),
+            0.0,
+        ],
         flat_back: rng.range(0.3, 0.6),
         skin: pal.skin(),
         fat: pal.fat(),
@@ -119,7 +130,9 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let wall = if pal.contrast { 85.0 } else { 42.0 };
     let colon = pal.stool().rim(2.5, wall);
     let haustra = |n: usize, r: f64, rng: &mut Rng| -> Vec<f64> {
-        (0..n).map(|k| r * if k % 2 == 0 { 1.0 } else { rng.range(0.72, 0.88) }).collect()
+        (0..n)
+            .map(|k| r * if k % 2 == 0 { 1.0 } else { rng.range(0.72, 0.88) })
+            .collect()
     };
     let asc = [
         [cx - 0.78 * ai, y_front + 0.62 * depth, -15.0],
@@ -148,7 +161,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let lo = [cx - 0.6 * ai, y_front + 8.0, -10.0];
     let hi = [cx + 0.6 * ai, ys - 28.0, zp - 25.0];
     for _ in 0..loops {
-        let start = [rng.range(lo[0], hi[0]), rng.range(lo[1], hi[1]), rng.range(lo[2], hi[2])];
+        let start = [
+            rng.range(lo[0], hi[0]),
+            rng.range(lo[1], hi[1]),
+            rng.range(lo[2], hi[2]),
+        ];
         let dir = [rng.range(-1.0, 1.0), rng.range(-1.0, 1.0), rng.range(-1.0, 1.0)];
         let pts = random_walk(start, dir, 7 + rng.below(6) as usize, 16.0, 0.7, lo, hi, rng);
         let r = vec![rng.range(9.0, 13.0) * s; pts.len()];
@@ -209,8 +226,19 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             hilum[1] + 45.0 * s * ang.sin(),
             hilum[2] + rng.range(-25.0, 35.0),
         ];
-        let mid = [(hilum[0] + end[0]) / 2.0, (hilum[1] + end[1]) / 2.0 + rng.range(-8.0, 8.0), (hilum[2] + end[2]) / 2.0];
-        add_tube(&mut items, &[hilum, mid, end], &[5.5, 3.5, 1.5], 1.0, liver_vessel, LabelMode::Keep);
+        let mid = [
+            (hilum[0] + end[0]) / 2.0,
+            (hilum[1] + end[1]) / 2.0 + rng.range(-8.0, 8.0),
+            (hilum[2] + end[2]) / 2.0,
+        ];
+        add_tube(
+            &mut items,
+            &[hilum, mid, end],
+            &[5.5, 3.5, 1.5],
+            1.0,
+            liver_vessel,
+            LabelMode::Keep,
+        );
     }
     let ivc_top = [cx - 22.0, ys - 24.0, z_top - 12.0];
     for k in 0..3 {
@@ -219,7 +247,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             y_front + 0.2 * depth + k as f64 * 10.0,
             z_top - 50.0 - rng.range(0.0, 20.0),
         ];
-        add_tube(&mut items, &[ivc_top, end], &[5.0, 2.0], 1.0, liver_vessel, LabelMode::Keep);
+        add_tube(
+            &mut items,
+            &[ivc_top, end],
+            &[5.0, 2.0],
+            1.0,
+            liver_vessel,
+            LabelMode::Keep,
+        );
     }
 
     // Gallbladder under the liver.
@@ -288,7 +323,10 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         [cx + 0.22 * ai, ys - 50.0, zp + 4.0],
         [cx + 0.48 * ai, ys - 26.0, zp + 12.0],
     ];
-    let pan: Vec<P3> = pan.iter().map(|p| [p[0] + rng.range(-5.0, 5.0), p[1] + rng.range(-4.0, 4.0), p[2]]).collect();
+    let pan: Vec<P3> = pan
+        .iter()
+        .map(|p| [p[0] + rng.range(-5.0, 5.0), p[1] + rng.range(-4.0, 4.0), p[2]])
+        .collect();
     add_tube(
         &mut items,
         &pan,
@@ -298,32 +336,54 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         LabelMode::Set(PANCREAS),
     );
     let splenic_vein: Vec<P3> = pan[1..].iter().map(|p| [p[0], p[1] + 10.0, p[2] + 2.0]).collect();
-    add_tube(&mut items, &splenic_vein, &[4.5, 4.0, 3.5], 1.0, pal.vein(), LabelMode::Clear);
+    add_tube(
+        &mut items,
+        &splenic_vein,
+        &[4.5, 4.0, 3.5],
+        1.0,
+        pal.vein(),
+        LabelMode::Clear,
+    );
     let portal = [[cx - 0.03 * ai, ys - 50.0, zp - 2.0], hilum];
     add_tube(&mut items, &portal, &[7.0, 6.0], 1.0, liver_vessel, LabelMode::Keep);
 
     // Kidneys: cortex brighter than medulla, sinus fat at the hilum; the right one lower.
     for (side, label, dzk) in [(1.0, KIDNEY_L, 0.0), (-1.0, KIDNEY_R, -rng.range(10.0, 22.0))] {
-        let c = [cx + side * j(rng, 68.0 * s), ys + rng.range(0.0, 10.0), z_top - 118.0 + dzk];
+        let c = [
+            cx + side * j(rng, 68.0 * s),
+            ys + rng.range(0.0, 10.0),
+            z_top - 118.0 + dzk,
+        ];
         // Perirenal fat first: the kidney sits in its own fat capsule.
         let capsule = Ellipsoid::new(c, [36.0 * s, 40.0 * s, 62.0 * s], side * 0.5, 0.2, 0.05, rng);
-        items.push(Item::new(Shape::Ellipsoid(capsule), pal.visceral_fat(), LabelMode::Clear));
+        items.push(Item::new(
+            Shape::Ellipsoid(capsule),
+            pal.visceral_fat(),
+            LabelMode::Clear,
+        ));
         let k = Ellipsoid::new(
             c,
             [j(rng, 22.0 * s), j(rng, 28.0 * s), j(rng, 52.0 * s)],
             side * rng.range(0.4, 0.7),
             rng.range(0.05, 0.2),
             0.06,
-        rng,
-    );
+            rng,
+        );
         let yaw = side * 0.55;
         items.push(Item::new(Shape::Ellipsoid(k), pal.kidney(), LabelMode::Set(label)));
         let sinus_c = [c[0] - side * 9.0 * yaw.cos(), c[1] - 7.0, c[2]];
         let sinus = Ellipsoid::new(sinus_c, [8.0 * s, 11.0 * s, 28.0 * s], yaw, 0.2, 0.1, rng);
-        items.push(Item::new(Shape::Ellipsoid(sinus), Tissue::new(-45.0, 30.0, 10.0), LabelMode::Keep));
+        items.push(Item::new(
+            Shape::Ellipsoid(sinus),
+            Tissue::new(-45.0, 30.0, 10.0),
+            LabelMode::Clear,
+        ));
         // Renal vein to the IVC / across the aorta.
         let ivc_x = cx - 22.0;
-        let rv = [[sinus_c[0], sinus_c[1] - 4.0, c[2] + 5.0], [ivc_x, ys - 26.0, c[2] + 8.0]];
+        let rv = [
+            [sinus_c[0], sinus_c[1] - 4.0, c[2] + 5.0],
+            [ivc_x, ys - 26.0, c[2] + 8.0],
+        ];
         add_tube(&mut items, &rv, &[4.5, 5.0], 1.0, pal.vein(), LabelMode::Clear);
     }
 
@@ -331,24 +391,69 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let ao_y = ys - 0.85 * 18.0 * s - rng.range(12.0, 18.0);
     let bif = z_top - rng.range(205.0, 225.0);
     let ao_r = j(rng, 11.0 * s);
-    let aorta = [[cx + 12.0, ao_y, height + 20.0], [cx + 13.0, ao_y - 2.0, 0.5 * height], [cx + 10.0, ao_y - 4.0, bif]];
-    add_tube(&mut items, &aorta, &[ao_r, ao_r * 0.95, ao_r * 0.85], 1.0, pal.blood(), LabelMode::Set(AORTA));
+    let aorta = [
+        [cx + 12.0, ao_y, height + 20.0],
+        [cx + 13.0, ao_y - 2.0, 0.5 * height],
+        [cx + 10.0, ao_y - 4.0, bif],
+    ];
+    add_tube(
+        &mut items,
+        &aorta,
+        &[ao_r, ao_r * 0.95, ao_r * 0.85],
+        1.0,
+        pal.blood(),
+        LabelMode::Set(AORTA),
+    );
     for side in [-1.0, 1.0] {
-        let iliac = [[cx + 10.0, ao_y - 4.0, bif + 4.0], [cx + side * 40.0 * s, ao_y + 8.0, bif - 60.0]];
-        add_tube(&mut items, &iliac, &[ao_r * 0.6, ao_r * 0.55], 1.0, pal.blood(), LabelMode::Clear);
+        let iliac = [
+            [cx + 10.0, ao_y - 4.0, bif + 4.0],
+            [cx + side * 40.0 * s, ao_y + 8.0, bif - 60.0],
+        ];
+        add_tube(
+            &mut items,
+            &iliac,
+            &[ao_r * 0.6, ao_r * 0.55],
+            1.0,
+            pal.blood(),
+            LabelMode::Clear,
+        );
     }
-    let ivc = [[cx - 22.0, ys - 26.0, -20.0], [cx - 23.0, ys - 28.0, 0.6 * height], ivc_top, [cx - 20.0, ys - 26.0, height + 20.0]];
+    let ivc = [
+        [cx - 22.0, ys - 26.0, -20.0],
+        [cx - 23.0, ys - 28.0, 0.6 * height],
+        ivc_top,
+        [cx - 20.0, ys - 26.0, height + 20.0],
+    ];
     let ivc_r = j(rng, 11.0 * s);
-    add_tube(&mut items, &ivc, &[ivc_r, ivc_r, ivc_r, ivc_r], 1.0, pal.vein(), LabelMode::Clear);
-    let sma = [[cx + 12.0, ao_y - ao_r, zp + 8.0], [cx + 8.0, ao_y - 32.0, zp - 15.0], [cx + 12.0, y_front + 40.0, -10.0]];
+    add_tube(
+        &mut items,
+        &ivc,
+        &[ivc_r, ivc_r, ivc_r, ivc_r],
+        1.0,
+        pal.vein(),
+        LabelMode::Clear,
+    );
+    let sma = [
+        [cx + 12.0, ao_y - ao_r, zp + 8.0],
+        [cx + 8.0, ao_y - 32.0, zp - 15.0],
+        [cx + 12.0, y_front + 40.0, -10.0],
+    ];
     add_tube(&mut items, &sma, &[3.5, 3.2, 2.5], 1.0, pal.blood(), LabelMode::Clear);
     let smv: Vec<P3> = sma.iter().map(|p| [p[0] - 14.0, p[1] - 2.0, p[2]]).collect();
     add_tube(&mut items, &smv, &[5.0, 4.5, 3.5], 1.0, pal.vein(), LabelMode::Clear);
 
     // Mesenteric vessels: small bright dots and streaks in the fat between the loops.
     for _ in 0..18 {
-        let a = [cx + rng.range(-0.4, 0.4) * ai, rng.range(y_front + 15.0, ys - 35.0), rng.range(0.0, zp - 10.0)];
-        let b = [a[0] + rng.range(-25.0, 25.0), a[1] + rng.range(-20.0, 20.0), a[2] + rng.range(-40.0, 10.0)];
+        let a = [
+            cx + rng.range(-0.4, 0.4) * ai,
+            rng.range(y_front + 15.0, ys - 35.0),
+            rng.range(0.0, zp - 10.0),
+        ];
+        let b = [
+            a[0] + rng.range(-25.0, 25.0),
+            a[1] + rng.range(-20.0, 20.0),
+            a[2] + rng.range(-40.0, 10.0),
+        ];
         let r = rng.range(1.2, 2.6);
         add_tube(&mut items, &[a, b], &[r, r * 0.7], 1.0, pal.blood(), LabelMode::Keep);
     }
@@ -374,9 +479,26 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             [cx + side * 38.0 * s, ys - 8.0, z_top - 190.0],
             [cx + side * 48.0 * s, ys - 12.0, -20.0],
         ];
-        add_tube(&mut items, &psoas, &[5.0, 14.0 * s, 22.0 * s], 1.0, pal.muscle(), LabelMode::Clear);
-        let ql = [[cx + side * 62.0 * s, ys + 18.0, z_top - 120.0], [cx + side * 66.0 * s, ys + 20.0, -20.0]];
-        add_tube(&mut items, &ql, &[8.0 * s, 13.0 * s], 1.0, pal.muscle(), LabelMode::Clear);
+        add_tube(
+            &mut items,
+            &psoas,
+            &[5.0, 14.0 * s, 22.0 * s],
+            1.0,
+            pal.muscle(),
+            LabelMode::Clear,
+        );
+        let ql = [
+            [cx + side * 62.0 * s, ys + 18.0, z_top - 120.0],
+            [cx + side * 66.0 * s, ys + 20.0, -20.0],
+        ];
+        add_tube(
+            &mut items,
+            &ql,
+            &[8.0 * s, 13.0 * s],
+            1.0,
+            pal.muscle(),
+            LabelMode::Clear,
+        );
     }
     add_back_muscles(&mut items, &body, &spine, -20.0, height + 20.0, &pal);
 
@@ -388,8 +510,8 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             0.0,
             -0.35,
             0.05,
-        rng,
-    );
+            rng,
+        );
         let lung = Shape::Ellipsoid(base).intersect(Shape::Cavity { inset: 2.0 });
         items.push(Item::new(lung, pal.lung(y_front), LabelMode::Clear));
     }
@@ -397,7 +519,15 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     // Lower ribs (the 9th to 12th) around the upper abdomen.
     let pitch = 26.0 * s;
     let origins: Vec<f64> = (0..4).map(|k| z_top + 40.0 - k as f64 * pitch).collect();
-    add_ribs(&mut items, &body, &spine, &origins, &[0.95, 0.85, 0.6, 0.45], 70.0 * s, &pal);
+    add_ribs(
+        &mut items,
+        &body,
+        &spine,
+        &origins,
+        &[0.95, 0.85, 0.6, 0.45],
+        70.0 * s,
+        &pal,
+    );
     // Iliac wings at the bottom when the scan reaches them.
     let crest = z_top - rng.range(210.0, 230.0);
     for side in [-1.0, 1.0] {
@@ -407,8 +537,8 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             side * 0.5,
             0.0,
             0.05,
-        rng,
-    );
+            rng,
+        );
         items.push(Item::new(Shape::Ellipsoid(wing), pal.bone(), LabelMode::Clear));
     }
     let scene = Scene {

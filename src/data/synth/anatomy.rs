@@ -53,7 +53,7 @@ impl Palette {
         Tissue::new(9.0, 2.0, 1.0).rim(1.5, self.pick(75.0, 40.0))
     }
     pub fn bone(&self) -> Tissue {
-        Tissue::new(240.0, 55.0, 35.0).rim(1.8, 820.0)
+        Tissue::new(240.0, 55.0, 35.0).rim(1.8, 1000.0)
     }
     pub fn cartilage(&self) -> Tissue {
         Tissue::new(130.0, 20.0, 8.0)
@@ -72,7 +72,7 @@ impl Palette {
     }
     /// Lung parenchyma, denser toward the dependent (posterior) side.
     pub fn lung(&self, y_front: f64) -> Tissue {
-        Tissue::new(-880.0, 22.0, 16.0).gradient(0.55, y_front as f32)
+        Tissue::new(-875.0, 22.0, 16.0).gradient(0.3, y_front as f32)
     }
     /// Bowel content: mixed gas and faeces (mottled).
     pub fn stool(&self) -> Tissue {
@@ -178,15 +178,29 @@ pub fn add_spine(items: &mut Vec<Item>, s: &Spine, p: &Palette, rng: &mut Rng) {
     let top = s.z1 + 5.0;
     if s.cord_bottom < top {
         let bottom = s.cord_bottom.max(s.z0 - 5.0);
-        let pts = [[s.x, canal_y, bottom], [s.x, canal_y - 0.5, 0.5 * (bottom + top)], [s.x, canal_y, top]];
-        add_tube(items, &pts, &[cord_r * 0.6, cord_r, cord_r], 1.0, p.cord(), LabelMode::Set(s.cord_label));
+        let pts = [
+            [s.x, canal_y, bottom],
+            [s.x, canal_y - 0.5, 0.5 * (bottom + top)],
+            [s.x, canal_y, top],
+        ];
+        add_tube(
+            items,
+            &pts,
+            &[cord_r * 0.6, cord_r, cord_r],
+            1.0,
+            p.cord(),
+            LabelMode::Set(s.cord_label),
+        );
     }
     // Nerve roots of the cauda equina below the conus.
     if s.cord_bottom > s.z0 {
         for k in 0..8 {
             let a = k as f64 / 8.0 * 2.0 * PI;
             let (dx, dy) = (0.5 * s.canal_r * a.cos(), 0.45 * s.canal_r * a.sin());
-            let pts = [[s.x + dx, canal_y + dy, s.z0 - 5.0], [s.x + dx * 0.6, canal_y + dy * 0.6, s.cord_bottom]];
+            let pts = [
+                [s.x + dx, canal_y + dy, s.z0 - 5.0],
+                [s.x + dx * 0.6, canal_y + dy * 0.6, s.cord_bottom],
+            ];
             add_tube(items, &pts, &[1.0, 1.1], 1.0, p.cord(), LabelMode::Keep);
         }
     }
@@ -230,7 +244,15 @@ pub fn add_back_muscles(items: &mut Vec<Item>, body: &Body, spine: &Spine, z0: f
 /// Ribs: each leaves the spine at `origins[k]` and follows the inside of the chest wall
 /// forward and down, ending in costal cartilage; `reach[k]` (0..1) is how far forward it goes.
 #[allow(clippy::too_many_arguments)]
-pub fn add_ribs(items: &mut Vec<Item>, body: &Body, spine: &Spine, origins: &[f64], reach: &[f64], drop: f64, p: &Palette) {
+pub fn add_ribs(
+    items: &mut Vec<Item>,
+    body: &Body,
+    spine: &Spine,
+    origins: &[f64],
+    reach: &[f64],
+    drop: f64,
+    p: &Palette,
+) {
     for (&z_origin, &t_max) in origins.iter().zip(reach) {
         for side in [-1.0f64, 1.0] {
             let n = 18;
@@ -258,8 +280,11 @@ pub fn add_ribs(items: &mut Vec<Item>, body: &Body, spine: &Spine, origins: &[f6
             // The front fifth of a full rib is costal cartilage.
             let step = t_max / n as f64;
             let bone_pts: Vec<P3> = pts.iter().filter(|(t, _)| *t <= 0.8 + 1e-9).map(|(_, p)| *p).collect();
-            let cart_pts: Vec<P3> =
-                pts.iter().filter(|(t, _)| *t >= 0.8 - step - 1e-9).map(|(_, p)| *p).collect();
+            let cart_pts: Vec<P3> = pts
+                .iter()
+                .filter(|(t, _)| *t >= 0.8 - step - 1e-9)
+                .map(|(_, p)| *p)
+                .collect();
             let radii = vec![4.3; bone_pts.len()];
             add_tube(items, &bone_pts, &radii, 1.3, p.bone().rim(1.2, 700.0), LabelMode::Keep);
             if t_max > 0.8 && cart_pts.len() >= 2 {

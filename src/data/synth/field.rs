@@ -124,7 +124,11 @@ pub fn blur121(data: &mut [f32], dims: [usize; 3], axes: [bool; 3]) {
         for (dst, src) in data.chunks_exact_mut(block).zip(src.chunks_exact(block)) {
             for i in 0..n {
                 let (lo, hi) = (i.saturating_sub(1), (i + 1).min(n - 1));
-                let (a, b, c) = (&src[lo * s..lo * s + s], &src[i * s..i * s + s], &src[hi * s..hi * s + s]);
+                let (a, b, c) = (
+                    &src[lo * s..lo * s + s],
+                    &src[i * s..i * s + s],
+                    &src[hi * s..hi * s + s],
+                );
                 for (((d, &a), &b), &c) in dst[i * s..i * s + s].iter_mut().zip(a).zip(b).zip(c) {
                     *d = 0.25 * a + 0.5 * b + 0.25 * c;
                 }
@@ -146,9 +150,11 @@ mod tests {
         let n = s.len() as f64;
         let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
         let sd = (s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-        // 40000 correlated samples (~9 px correlation area): sd estimate within a few percent.
+        // 40000 samples correlated over ~7 px (1 / sum of squared kernel weights): about 5700
+        // independent ones, so the mean has a standard error of ~0.2 HU and the sd ~1%.
+        // Allow 5 standard errors.
         assert!((sd - 15.0).abs() < 1.0, "sd {sd}");
-        assert!(mean.abs() < 0.5, "mean {mean}");
+        assert!(mean.abs() < 1.0, "mean {mean}");
     }
 
     #[test]

@@ -106,8 +106,18 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     };
     add_back_muscles(&mut items, &body, &spine, -0.2 * h, 0.36 * h, &pal);
     for side in [-1.0, 1.0] {
-        let scm = [[cx + side * 54.0 * s, ys + 12.0, 0.55 * h], [cx + side * 20.0 * s, cy - 45.0 * s, -0.2 * h]];
-        add_tube(&mut items, &scm, &[9.0 * s, 7.0 * s], 1.0, pal.muscle(), LabelMode::Clear);
+        let scm = [
+            [cx + side * 54.0 * s, ys + 12.0, 0.55 * h],
+            [cx + side * 20.0 * s, cy - 45.0 * s, -0.2 * h],
+        ];
+        add_tube(
+            &mut items,
+            &scm,
+            &[9.0 * s, 7.0 * s],
+            1.0,
+            pal.muscle(),
+            LabelMode::Clear,
+        );
         let masseter = Ellipsoid::new(
             [cx + side * 54.0 * s, cy - 30.0 * s, 0.4 * h],
             [8.0, 17.0 * s, 0.13 * h],
@@ -127,10 +137,24 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         );
         items.push(Item::new(Shape::Ellipsoid(pterygoid), pal.muscle(), LabelMode::Clear));
     }
-    let tongue = Ellipsoid::new([cx, cy - 52.0 * s, 0.33 * h], [30.0 * s, 33.0 * s, 0.1 * h], 0.0, 0.0, 0.06, rng);
+    let tongue = Ellipsoid::new(
+        [cx, cy - 52.0 * s, 0.33 * h],
+        [30.0 * s, 33.0 * s, 0.1 * h],
+        0.0,
+        0.0,
+        0.06,
+        rng,
+    );
     items.push(Item::new(Shape::Ellipsoid(tongue), pal.muscle(), LabelMode::Clear));
     let prevertebral = [[cx, ys - 14.0, -0.2 * h], [cx, ys - 14.0, 0.5 * h]];
-    add_tube(&mut items, &prevertebral, &[9.0, 9.0], 1.0, pal.muscle(), LabelMode::Clear);
+    add_tube(
+        &mut items,
+        &prevertebral,
+        &[9.0, 9.0],
+        1.0,
+        pal.muscle(),
+        LabelMode::Clear,
+    );
 
     // Airway: nasopharynx to larynx, the larynx cartilage, hyoid.
     let airway = [
@@ -151,12 +175,20 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             rb: 2.0,
             zscale: 5.0,
         };
-        items.push(Item::new(Shape::Capsule(lamina), Tissue::new(220.0, 60.0, 20.0), LabelMode::Clear));
+        items.push(Item::new(
+            Shape::Capsule(lamina),
+            Tissue::new(220.0, 60.0, 20.0),
+            LabelMode::Clear,
+        ));
     }
     let hyoid: Vec<P3> = (0..7)
         .map(|k| {
             let t = -0.5 * PI + PI * k as f64 / 6.0;
-            [cx + 20.0 * s * t.sin(), cy - 42.0 * s + 14.0 * s * (1.0 - t.cos()), 0.16 * h]
+            [
+                cx + 20.0 * s * t.sin(),
+                cy - 42.0 * s + 14.0 * s * (1.0 - t.cos()),
+                0.16 * h,
+            ]
         })
         .collect();
     add_tube(&mut items, &hyoid, &[2.5; 7], 1.0, pal.bone(), LabelMode::Clear);
@@ -175,9 +207,15 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
 
     // Carotid arteries and jugular veins.
     for side in [-1.0, 1.0] {
-        let car = [[cx + side * 22.0 * s, ys - 14.0, -0.2 * h], [cx + side * 26.0 * s, ys - 8.0, 0.5 * h]];
+        let car = [
+            [cx + side * 22.0 * s, ys - 14.0, -0.2 * h],
+            [cx + side * 26.0 * s, ys - 8.0, 0.5 * h],
+        ];
         add_tube(&mut items, &car, &[4.0, 3.5], 1.0, pal.blood(), LabelMode::Clear);
-        let jug = [[cx + side * 32.0 * s, ys - 6.0, -0.2 * h], [cx + side * 36.0 * s, ys + 2.0, 0.5 * h]];
+        let jug = [
+            [cx + side * 32.0 * s, ys - 6.0, -0.2 * h],
+            [cx + side * 36.0 * s, ys + 2.0, 0.5 * h],
+        ];
         add_tube(&mut items, &jug, &[6.0, 5.0], 1.0, pal.vein(), LabelMode::Clear);
     }
 
@@ -192,7 +230,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             0.1,
             rng,
         );
-        items.push(Item::new(Shape::Ellipsoid(e), gland(if pal.contrast { 85.0 } else { 45.0 }), LabelMode::Set(label)));
+        items.push(Item::new(
+            Shape::Ellipsoid(e),
+            gland(if pal.contrast { 85.0 } else { 45.0 }),
+            LabelMode::Set(label),
+        ));
     }
     for (side, label) in [(1.0, PAROTID_L), (-1.0, PAROTID_R)] {
         let superficial = Ellipsoid::new(
@@ -203,9 +245,21 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             0.1,
             rng,
         );
-        let deep = Ellipsoid::new([cx + side * 42.0 * s, cy - 4.0 * s, 0.42 * h], [9.0, 11.0, 0.1 * h], 0.0, 0.0, 0.1, rng);
-        let p = Shape::Union(vec![Shape::Ellipsoid(superficial), Shape::Ellipsoid(deep)]).intersect(Shape::Cavity { inset: 0.0 });
-        items.push(Item::new(p, gland(if pal.contrast { 30.0 } else { 8.0 }), LabelMode::Set(label)));
+        let deep = Ellipsoid::new(
+            [cx + side * 42.0 * s, cy - 4.0 * s, 0.42 * h],
+            [9.0, 11.0, 0.1 * h],
+            0.0,
+            0.0,
+            0.1,
+            rng,
+        );
+        let p = Shape::Union(vec![Shape::Ellipsoid(superficial), Shape::Ellipsoid(deep)])
+            .intersect(Shape::Cavity { inset: 0.0 });
+        items.push(Item::new(
+            p,
+            gland(if pal.contrast { 30.0 } else { 8.0 }),
+            LabelMode::Set(label),
+        ));
     }
 
     // Cervical spine and cord (the cord ends at the foramen magnum, where the brainstem begins).
@@ -216,7 +270,10 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     // Mandible: body along a U, rami rising to the joints; teeth on both arches.
     let z_mand = 0.32 * h;
     let arch = |phi: f64, w: f64, front: f64, back: f64| -> (f64, f64) {
-        (cx + w * phi.sin(), front + (back - front) * (1.0 - phi.cos()) / (1.0 - (0.5 * PI).cos()))
+        (
+            cx + w * phi.sin(),
+            front + (back - front) * (1.0 - phi.cos()) / (1.0 - (0.5 * PI).cos()),
+        )
     };
     let mand_front = cy - 86.0 * s;
     let mand_back = cy - 30.0 * s;
@@ -228,8 +285,18 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         })
         .collect();
     let bone_dense = pal.bone().rim(2.5, 1400.0);
-    let mand_t = Tissue { hu: 450.0, ..bone_dense };
-    add_tube(&mut items, &body_pts, &vec![4.6 * s; body_pts.len()], 2.8, mand_t, LabelMode::Set(MANDIBLE));
+    let mand_t = Tissue {
+        hu: 450.0,
+        ..bone_dense
+    };
+    add_tube(
+        &mut items,
+        &body_pts,
+        &vec![4.6 * s; body_pts.len()],
+        2.8,
+        mand_t,
+        LabelMode::Set(MANDIBLE),
+    );
     for side in [-1.0, 1.0] {
         let angle = body_pts[if side > 0.0 { 12 } else { 0 }];
         for dy in [-6.0, 6.0] {
@@ -238,27 +305,39 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
                 [angle[0] + side * 2.0, angle[1] + dy + 10.0, 0.5 * h],
                 [angle[0] + side * 3.0, angle[1] + dy * 0.4 + 16.0, 0.58 * h],
             ];
-            add_tube(&mut items, &ramus, &[5.0, 4.0, 4.5], 1.0, mand_t, LabelMode::Set(MANDIBLE));
+            add_tube(
+                &mut items,
+                &ramus,
+                &[5.0, 4.0, 4.5],
+                1.0,
+                mand_t,
+                LabelMode::Set(MANDIBLE),
+            );
         }
     }
     let teeth = Tissue::new(1800.0, 120.0, 0.0).rim(1.2, 2600.0);
-    for (z, w, front, back) in [(0.4 * h, 42.0, mand_front + 4.0, mand_back - 2.0), (0.47 * h, 40.0, cy - 84.0 * s, cy - 34.0 * s)] {
+    for (z, w, front, back) in [
+        (0.4 * h, 42.0, mand_front + 4.0, mand_back - 2.0),
+        (0.47 * h, 40.0, cy - 84.0 * s, cy - 34.0 * s),
+    ] {
         for k in 0..14 {
             let phi = -0.5 * PI + PI * (k as f64 + 0.5) / 14.0;
             let (x, y) = arch(phi, w * s, front, back);
-            let r = if k < 3 || k > 10 { 4.2 } else { 3.0 };
+            let r = if (3..=10).contains(&k) { 3.0 } else { 4.2 };
             let tooth = Ellipsoid::new([x, y, z], [r, r, 0.045 * h], 0.0, 0.0, 0.08, rng);
             items.push(Item::new(Shape::Ellipsoid(tooth), teeth, LabelMode::Clear));
         }
     }
-    let palate: Vec<P3> = (0..=8)
-        .map(|k| {
-            let phi = -0.45 * PI + 0.9 * PI * k as f64 / 8.0;
-            let (x, y) = arch(phi, 28.0 * s, cy - 74.0 * s, cy - 40.0 * s);
-            [x, y, 0.5 * h]
-        })
-        .collect();
-    add_tube(&mut items, &palate, &[3.0; 9], 1.0, pal.bone(), LabelMode::Clear);
+    // Hard palate: a thin bony plate above the upper teeth.
+    let palate = Ellipsoid::new(
+        [cx, cy - 58.0 * s, 0.51 * h],
+        [24.0 * s, 26.0 * s, 2.5],
+        0.0,
+        0.0,
+        0.05,
+        rng,
+    );
+    items.push(Item::new(Shape::Ellipsoid(palate), pal.bone(), LabelMode::Clear));
 
     // Maxillary sinuses and nasal cavity (air in thin bone), the nasal septum.
     for side in [-1.0, 1.0] {
@@ -270,9 +349,20 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             0.06,
             rng,
         );
-        items.push(Item::new(Shape::Ellipsoid(sinus), pal.air().rim(1.6, 650.0), LabelMode::Clear));
+        items.push(Item::new(
+            Shape::Ellipsoid(sinus),
+            pal.air().rim(1.6, 650.0),
+            LabelMode::Clear,
+        ));
     }
-    let nasal = Ellipsoid::new([cx, cy - 72.0 * s, 0.58 * h], [12.0 * s, 24.0 * s, 0.1 * h], 0.0, 0.0, 0.04, rng);
+    let nasal = Ellipsoid::new(
+        [cx, cy - 72.0 * s, 0.58 * h],
+        [12.0 * s, 24.0 * s, 0.1 * h],
+        0.0,
+        0.0,
+        0.04,
+        rng,
+    );
     items.push(Item::new(Shape::Ellipsoid(nasal), pal.air(), LabelMode::Clear));
     let septum = Capsule {
         a: [cx, cy - 94.0 * s, 0.58 * h],
@@ -285,17 +375,42 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
 
     // Brain inside the skull: cerebrum above the skull base, temporal lobes and cerebellum lower.
     let skull_in = 4.5 + 6.0; // scalp, then bone
-    let cerebrum = Ellipsoid::new([cx, cy + 4.0, 1.05 * h], [80.0 * s, 104.0 * s, 0.4 * h], 0.0, 0.0, 0.03, rng);
+    let cerebrum = Ellipsoid::new(
+        [cx, cy + 4.0, 1.05 * h],
+        [80.0 * s, 104.0 * s, 0.4 * h],
+        0.0,
+        0.0,
+        0.03,
+        rng,
+    );
     let mut brain_parts = vec![Shape::Ellipsoid(cerebrum)];
     for side in [-1.0, 1.0] {
-        let temporal = Ellipsoid::new([cx + side * 46.0 * s, cy - 8.0, 0.62 * h], [24.0, 36.0, 0.12 * h], 0.0, 0.0, 0.05, rng);
+        let temporal = Ellipsoid::new(
+            [cx + side * 46.0 * s, cy - 8.0, 0.62 * h],
+            [24.0, 36.0, 0.12 * h],
+            0.0,
+            0.0,
+            0.05,
+            rng,
+        );
         brain_parts.push(Shape::Ellipsoid(temporal));
     }
-    let cerebellum = Ellipsoid::new([cx, ys + 42.0 * s, 0.58 * h], [50.0 * s, 32.0 * s, 0.13 * h], 0.0, 0.0, 0.04, rng);
+    let cerebellum = Ellipsoid::new(
+        [cx, ys + 42.0 * s, 0.58 * h],
+        [50.0 * s, 32.0 * s, 0.13 * h],
+        0.0,
+        0.0,
+        0.04,
+        rng,
+    );
     brain_parts.push(Shape::Ellipsoid(cerebellum));
     let brain_tissue = Tissue::new(34.0, 3.0, 6.0);
     for part in brain_parts {
-        items.push(Item::new(part.intersect(Shape::Cavity { inset: skull_in - 3.0 }), brain_tissue, LabelMode::Clear));
+        items.push(Item::new(
+            part.intersect(Shape::Cavity { inset: skull_in - 3.0 }),
+            brain_tissue,
+            LabelMode::Clear,
+        ));
     }
     // Skull: the vault behind the face everywhere above the skull base, the whole ring higher up.
     let skull = pal.bone().rim(1.8, 1300.0);
@@ -304,11 +419,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         inner: 2.0 + fat * 0.5 + 2.5,
         outer: 2.0 + fat * 0.5 + 2.5 + 6.5,
     };
+    // Behind y_cut(z) = cy - 45 + 1.2 (0.72 h - z): only the occipital and mastoid region at the
+    // skull base, reaching forward to the temples at the orbits.
+    let (unit_y, unit_z) = (1.0 / 1.2f64.hypot(1.0), 1.2 / 1.2f64.hypot(1.0));
     let vault_back = band
         .clone()
         .intersect(Shape::HalfSpace {
-            n: [0.0, -1.0, 0.0],
-            offset: -(cy - 45.0 * s),
+            n: [0.0, -unit_y, -unit_z],
+            offset: -(cy - 45.0 * s + 1.2 * 0.72 * h) * unit_y,
         })
         .intersect(Shape::HalfSpace {
             n: [0.0, 0.0, -1.0],
@@ -330,26 +448,76 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     items.push(Item::new(vault_top, skull, LabelMode::Clear));
     // Skull base: petrous ridges, clivus, the sphenoid sinus, mastoid air cells.
     for side in [-1.0, 1.0] {
-        let petrous = [[cx + side * 54.0 * s, ys + 14.0, 0.56 * h], [cx + side * 16.0 * s, ys - 10.0, 0.6 * h]];
-        add_tube(&mut items, &petrous, &[6.5, 3.0], 1.4, Tissue::new(1100.0, 120.0, 40.0), LabelMode::Clear);
-        let mastoid = Ellipsoid::new([cx + side * 56.0 * s, ys + 18.0, 0.5 * h], [10.0, 12.0, 0.07 * h], 0.0, 0.0, 0.1, rng);
-        items.push(Item::new(Shape::Ellipsoid(mastoid), Tissue::new(-300.0, 600.0, 80.0), LabelMode::Clear));
+        let petrous = [
+            [cx + side * 48.0 * s, ys + 12.0, 0.56 * h],
+            [cx + side * 20.0 * s, ys - 6.0, 0.6 * h],
+        ];
+        add_tube(
+            &mut items,
+            &petrous,
+            &[5.0, 2.5],
+            1.2,
+            Tissue::new(1100.0, 120.0, 40.0),
+            LabelMode::Clear,
+        );
+        let mastoid = Ellipsoid::new(
+            [cx + side * 44.0 * s, ys + 14.0, 0.5 * h],
+            [6.0, 8.0, 0.05 * h],
+            0.0,
+            0.0,
+            0.1,
+            rng,
+        );
+        items.push(Item::new(
+            Shape::Ellipsoid(mastoid),
+            Tissue::new(-300.0, 600.0, 80.0),
+            LabelMode::Clear,
+        ));
     }
     let clivus = [[cx, ys - 14.0, 0.46 * h], [cx, ys - 28.0, 0.64 * h]];
-    add_tube(&mut items, &clivus, &[6.0, 7.0], 1.0, pal.bone().rim(1.5, 1000.0), LabelMode::Clear);
-    let sphenoid = Ellipsoid::new([cx, ys - 44.0 * s, 0.64 * h], [15.0, 12.0, 0.07 * h], 0.0, 0.0, 0.05, rng);
-    items.push(Item::new(Shape::Ellipsoid(sphenoid), pal.air().rim(1.6, 900.0), LabelMode::Clear));
+    add_tube(
+        &mut items,
+        &clivus,
+        &[6.0, 7.0],
+        1.0,
+        pal.bone().rim(1.5, 1000.0),
+        LabelMode::Clear,
+    );
+    let sphenoid = Ellipsoid::new(
+        [cx, ys - 44.0 * s, 0.64 * h],
+        [15.0, 12.0, 0.07 * h],
+        0.0,
+        0.0,
+        0.05,
+        rng,
+    );
+    items.push(Item::new(
+        Shape::Ellipsoid(sphenoid),
+        pal.air().rim(1.6, 900.0),
+        LabelMode::Clear,
+    ));
     let pituitary = Ellipsoid::new([cx, ys - 36.0 * s, 0.71 * h], [6.0, 5.0, 4.0], 0.0, 0.0, 0.0, rng);
-    items.push(Item::new(Shape::Ellipsoid(pituitary), Tissue::new(60.0, 3.0, 1.0), LabelMode::Clear));
+    items.push(Item::new(
+        Shape::Ellipsoid(pituitary),
+        Tissue::new(60.0, 3.0, 1.0),
+        LabelMode::Clear,
+    ));
 
     // Brainstem in its cisterns, the fourth ventricle behind it.
     let stem = [
-        [cx, ys + 2.0, 0.44 * h],
+        [cx, ys + 2.0, 0.47 * h],
         [cx, ys - 2.0, 0.56 * h],
         [cx, ys - 4.0, 0.66 * h],
         [cx, ys - 2.0, 0.8 * h],
     ];
-    add_tube(&mut items, &stem, &[11.0 * s, 14.0 * s, 14.0 * s, 12.0 * s], 1.0, pal.csf(), LabelMode::Clear);
+    add_tube(
+        &mut items,
+        &stem,
+        &[11.0 * s, 14.0 * s, 14.0 * s, 12.0 * s],
+        1.0,
+        pal.csf(),
+        LabelMode::Clear,
+    );
     add_tube(
         &mut items,
         &stem,
@@ -393,14 +561,41 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         let wall = Shape::Capsule(wall).intersect(Shape::Cavity { inset: -2.0 });
         items.push(Item::new(wall, pal.bone().rim(1.2, 1000.0), LabelMode::Clear));
         let globe = Ellipsoid::new(globe_c, [12.0 * s, 12.0 * s, 12.0 * s], 0.0, 0.0, 0.01, rng);
-        items.push(Item::new(Shape::Ellipsoid(globe), Tissue::new(10.0, 2.0, 1.0).rim(1.0, 45.0), LabelMode::Clear));
-        let lens = Ellipsoid::new([globe_c[0], globe_c[1] - 9.5 * s, z_orb], [4.5, 2.0, 4.5], 0.0, 0.0, 0.0, rng);
-        items.push(Item::new(Shape::Ellipsoid(lens), Tissue::new(110.0, 3.0, 1.0), LabelMode::Clear));
+        items.push(Item::new(
+            Shape::Ellipsoid(globe),
+            Tissue::new(10.0, 2.0, 1.0).rim(1.0, 45.0),
+            LabelMode::Clear,
+        ));
+        let lens = Ellipsoid::new(
+            [globe_c[0], globe_c[1] - 9.5 * s, z_orb],
+            [4.5, 2.0, 4.5],
+            0.0,
+            0.0,
+            0.0,
+            rng,
+        );
+        items.push(Item::new(
+            Shape::Ellipsoid(lens),
+            Tissue::new(110.0, 3.0, 1.0),
+            LabelMode::Clear,
+        ));
         let back = [globe_c[0] - side * 1.0, globe_c[1] + 12.0 * s, z_orb];
         let canal = [cx + side * 12.0 * s, chiasm_c[1] - 12.0 * s, z_orb + 1.0];
         let end = [cx + side * 5.0 * s, chiasm_c[1] - 1.0, chiasm_c[2]];
-        let nerve = [back, [0.5 * (back[0] + canal[0]), 0.5 * (back[1] + canal[1]) + 2.0, z_orb], canal, end];
-        add_tube(&mut items, &nerve, &[2.4, 2.2, 2.0, 1.9], 1.0, Tissue::new(30.0, 2.0, 1.0), LabelMode::Set(label));
+        let nerve = [
+            back,
+            [0.5 * (back[0] + canal[0]), 0.5 * (back[1] + canal[1]) + 2.0, z_orb],
+            canal,
+            end,
+        ];
+        add_tube(
+            &mut items,
+            &nerve,
+            &[2.4, 2.2, 2.0, 1.9],
+            1.0,
+            Tissue::new(30.0, 2.0, 1.0),
+            LabelMode::Set(label),
+        );
     }
     // Chiasm: a small flat X above the pituitary.
     for side in [-1.0, 1.0] {
@@ -411,16 +606,32 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             rb: 2.0,
             zscale: 1.0,
         };
-        items.push(Item::new(Shape::Capsule(limb), Tissue::new(30.0, 2.0, 1.0), LabelMode::Set(CHIASM)));
+        items.push(Item::new(
+            Shape::Capsule(limb),
+            Tissue::new(30.0, 2.0, 1.0),
+            LabelMode::Set(CHIASM),
+        ));
     }
     // Ethmoid air cells between the orbits.
-    let ethmoid = Ellipsoid::new([cx, face + 32.0 * s, z_orb], [8.0 * s, 17.0 * s, 12.0], 0.0, 0.0, 0.05, rng);
-    items.push(Item::new(Shape::Ellipsoid(ethmoid), Tissue::new(-550.0, 650.0, 60.0), LabelMode::Clear));
+    let ethmoid = Ellipsoid::new(
+        [cx, face + 32.0 * s, z_orb],
+        [8.0 * s, 17.0 * s, 12.0],
+        0.0,
+        0.0,
+        0.05,
+        rng,
+    );
+    items.push(Item::new(
+        Shape::Ellipsoid(ethmoid),
+        Tissue::new(-550.0, 650.0, 60.0),
+        LabelMode::Clear,
+    ));
 
     let scene = Scene {
         body,
         items,
-        noise_sigma: rng.range(8.0, 14.0) as f32,
+        // Head protocols use a higher dose: less noise than the body.
+        noise_sigma: rng.range(4.0, 7.0) as f32,
         warp_mm: rng.range(1.5, 3.0),
     };
     (scene, grid)

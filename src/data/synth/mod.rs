@@ -69,7 +69,9 @@ impl FromStr for Region {
             "abdomen" => Ok(Region::Abdomen),
             "thorax" | "chest" => Ok(Region::Thorax),
             "head" | "han" | "head-neck" => Ok(Region::Head),
-            other => Err(Error::config(format!("unknown region {other:?}: use abdomen, thorax or head"))),
+            other => Err(Error::config(format!(
+                "unknown region {other:?}: use abdomen, thorax or head"
+            ))),
         }
     }
 }
@@ -146,7 +148,7 @@ pub fn synth_case(cfg: &SynthConfig, case_index: usize) -> Result<(Volume, Label
 fn region_salt(r: Region) -> u64 {
     match r {
         Region::Abdomen => 0xabd0,
-        Region::Thorax => 0x7407_a8,
+        Region::Thorax => 0x0074_07a8,
         Region::Head => 0x4ead,
     }
 }

@@ -146,18 +146,24 @@ pub const HU_MIN: f32 = -1024.0;
 pub const HU_MAX: f32 = 3071.0;
 const AIR: f32 = -1000.0;
 
+/// Fraction of a pixel covered at signed distance `d` (mm); `inv_px` = 1 / pixel size.
 #[inline]
-fn coverage(d: f64, px: f64) -> f32 {
-    (0.5 - d / px).clamp(0.0, 1.0) as f32
+fn coverage(d: f64, inv_px: f64) -> f32 {
+    (0.5 - d * inv_px).clamp(0.0, 1.0) as f32
 }
 
 /// Renders HU (rounded to integers, as stored by scanners) and labels, (z, y, x).
 pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) {
     let (nx, ny, nz, px) = (grid.nx, grid.ny, grid.nz, grid.px);
+    let inv_px = 1.0 / px;
     let xs: Vec<f64> = (0..nx).map(|i| grid.x0 + i as f64 * px).collect();
     let ys: Vec<f64> = (0..ny).map(|j| grid.y0 + j as f64 * px).collect();
     let lo = [xs[0] - 20.0, ys[0] - 20.0, grid.z0 - 20.0];
-    let hi = [xs[nx - 1] + 20.0, ys[ny - 1] + 20.0, grid.z0 + nz as f64 * grid.dz + 20.0];
+    let hi = [
+        xs[nx - 1] + 20.0,
+        ys[ny - 1] + 20.0,
+        grid.z0 + nz as f64 * grid.dz + 20.0,
+    ];
     let mut frng = rng.fork(1);
     let fine = ValueNoise::new(&mut frng, lo, hi, 2.5);
     let coarse = ValueNoise::new(&mut frng, lo, hi, 11.0);
@@ -182,11 +188,11 @@ pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) 
         let h = &mut hu[k * n2..(k + 1) * n2];
         let l = &mut lab[k * n2..(k + 1) * n2];
         // Body outline and wall layers.
-        for j in 0..ny {
-            for i in 0..nx {
+        for (j, &y0) in ys.iter().enumerate() {
+            for (i, &x0) in xs.iter().enumerate() {
                 let p = j * nx + i;
-                let x = xs[i] + wmax * wx[p] as f64;
-                let y = ys[j] + wmax * wy[p] as f64;
+                let x = x0 + wmax * wx[p] as f64;
+                let y = y0 + wmax * wy[p] as f64;
                 px_x[p] = x;
                 px_y[p] = y;
                 let (dx, dy) = (x - body.cx, y - body.cy);
@@ -199,16 +205,21 @@ pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) 
                     depth: dep,
                     wall: muscle_end,
                 };
-                let inside = coverage(-dep, px);
+                let inside = coverage(-dep, inv_px);
                 if inside <= 0.0 {
                     h[p] = AIR;
                     continue;
                 }
                 let (f, g) = (tf[p], tc[p]);
+                if dep > muscle_end + px {
+                    // Deep inside: every layer boundary is more than a pixel away.
+                    h[p] = body.inner.value(muscle_end - dep, px, f, g, y);
+                    continue;
+                }
                 let mut v = body.skin.value(-dep, px, f, g, y);
-                v += coverage(2.0 - dep, px) * (body.fat.value(2.0 - dep, px, f, g, y) - v);
-                v += coverage(fat_end - dep, px) * (body.muscle.value(fat_end - dep, px, f, g, y) - v);
-                v += coverage(muscle_end - dep, px) * (body.inner.value(muscle_end - dep, px, f, g, y) - v);
+                v += coverage(2.0 - dep, inv_px) * (body.fat.value(2.0 - dep, px, f, g, y) - v);
+                v += coverage(fat_end - dep, inv_px) * (body.muscle.value(fat_end - dep, px, f, g, y) - v);
+                v += coverage(muscle_end - dep, inv_px) * (body.inner.value(muscle_end - dep, px, f, g, y) - v);
                 h[p] = AIR + inside * (v - AIR);
             }
         }
@@ -229,7 +240,7 @@ pub fn render(scene: &Scene, grid: &Grid, rng: &mut Rng) -> (Vec<f32>, Vec<u8>) 
                     let p = j * nx + i;
                     let q: P3 = [px_x[p], px_y[p], z];
                     let d = item.shape.dist(q, local[p], 0.5 * px);
-                    let a = coverage(d, px);
+                    let a = coverage(d, inv_px);
                     if a <= 0.0 {
                         continue;
                     }

@@ -65,7 +65,8 @@ impl Ellipsoid {
 
     fn dist(&self, p: P3, cut: f64) -> f64 {
         let d = [p[0] - self.center[0], p[1] - self.center[1], p[2] - self.center[2]];
-        let l = [0, 1, 2].map(|r| self.rot[r][0] * d[0] + self.rot[r][1] * d[1] + self.rot[r][2] * d[2]);
+        let row = |r: &[f64; 3]| r[0] * d[0] + r[1] * d[1] + r[2] * d[2];
+        let l = [row(&self.rot[0]), row(&self.rot[1]), row(&self.rot[2])];
         let ir = self.inv_r;
         let q = [l[0] * ir[0], l[1] * ir[1], l[2] * ir[2]];
         let f = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]).sqrt();
@@ -118,7 +119,11 @@ impl Capsule {
     fn dist(&self, p: P3) -> f64 {
         let s = 1.0 / self.zscale;
         let pa = [p[0] - self.a[0], p[1] - self.a[1], (p[2] - self.a[2]) * s];
-        let ba = [self.b[0] - self.a[0], self.b[1] - self.a[1], (self.b[2] - self.a[2]) * s];
+        let ba = [
+            self.b[0] - self.a[0],
+            self.b[1] - self.a[1],
+            (self.b[2] - self.a[2]) * s,
+        ];
         let bb = ba[0] * ba[0] + ba[1] * ba[1] + ba[2] * ba[2];
         let t = if bb > 0.0 {
             ((pa[0] * ba[0] + pa[1] * ba[1] + pa[2] * ba[2]) / bb).clamp(0.0, 1.0)
@@ -127,6 +132,51 @@ impl Capsule {
         };
         let d = [pa[0] - t * ba[0], pa[1] - t * ba[1], pa[2] - t * ba[2]];
         (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt() - (self.ra + t * (self.rb - self.ra))
+    }
+}
+
+/// A capsule with its per-point constants precomputed (what [`Item::new`] paints).
+#[derive(Clone, Debug)]
+pub struct Segment {
+    a: P3,
+    /// b - a, with z divided by `zscale`.
+    ba: P3,
+    inv_bb: f64,
+    inv_zscale: f64,
+    ra: f64,
+    dr: f64,
+    rmax: f64,
+}
+
+impl Segment {
+    fn new(c: &Capsule) -> Segment {
+        let inv_zscale = 1.0 / c.zscale;
+        let ba = [c.b[0] - c.a[0], c.b[1] - c.a[1], (c.b[2] - c.a[2]) * inv_zscale];
+        let bb = ba[0] * ba[0] + ba[1] * ba[1] + ba[2] * ba[2];
+        Segment {
+            a: c.a,
+            ba,
+            inv_bb: if bb > 0.0 { 1.0 / bb } else { 0.0 },
+            inv_zscale,
+            ra: c.ra,
+            dr: c.rb - c.ra,
+            rmax: c.ra.max(c.rb),
+        }
+    }
+
+    #[inline]
+    fn dist(&self, p: P3, cut: f64) -> f64 {
+        let pa = [p[0] - self.a[0], p[1] - self.a[1], (p[2] - self.a[2]) * self.inv_zscale];
+        let ba = self.ba;
+        let t = ((pa[0] * ba[0] + pa[1] * ba[1] + pa[2] * ba[2]) * self.inv_bb).clamp(0.0, 1.0);
+        let d = [pa[0] - t * ba[0], pa[1] - t * ba[1], pa[2] - t * ba[2]];
+        let d2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+        // Far from the axis: any value above `cut` will do, and needs no square root.
+        let reach = self.rmax + cut.max(0.0);
+        if d2 > reach * reach {
+            return reach - self.rmax + 1.0;
+        }
+        d2.sqrt() - (self.ra + t * self.dr)
     }
 }
 
@@ -143,17 +193,40 @@ pub struct Local {
 pub enum Shape {
     Ellipsoid(Ellipsoid),
     Capsule(Capsule),
+    /// A prepared capsule (see [`Shape::prepared`]).
+    Segment(Segment),
     /// Vertical elliptic cylinder between `z0` and `z1`.
-    Cylinder { center: [f64; 2], radii: [f64; 2], z0: f64, z1: f64 },
+    Cylinder {
+        center: [f64; 2],
+        radii: [f64; 2],
+        z0: f64,
+        z1: f64,
+    },
     /// Deeper than `inset` mm inside the muscle wall (negative: into the wall).
-    Cavity { inset: f64 },
+    Cavity {
+        inset: f64,
+    },
     /// Between `inner` and `outer` mm inside the skin.
-    Band { inner: f64, outer: f64 },
+    Band {
+        inner: f64,
+        outer: f64,
+    },
     /// `n . p < offset`.
-    HalfSpace { n: P3, offset: f64 },
+    HalfSpace {
+        n: P3,
+        offset: f64,
+    },
     /// A plate under the patient: top surface `y = top + (x - cx)^2 / (2 curve)`, `thick` mm
     /// thick, `half` mm to each side of `cx`, between `z0` and `z1`.
-    Table { cx: f64, top: f64, curve: f64, thick: f64, half: f64, z0: f64, z1: f64 },
+    Table {
+        cx: f64,
+        top: f64,
+        curve: f64,
+        thick: f64,
+        half: f64,
+        z0: f64,
+        z1: f64,
+    },
     Union(Vec<Shape>),
     Intersect(Box<Shape>, Box<Shape>),
     Subtract(Box<Shape>, Box<Shape>),
@@ -166,6 +239,7 @@ impl Shape {
         match self {
             Shape::Ellipsoid(e) => e.dist(p, cut),
             Shape::Capsule(c) => c.dist(p),
+            Shape::Segment(s) => s.dist(p, cut),
             Shape::Cylinder { center, radii, z0, z1 } => {
                 let dx = (p[0] - center[0]) / radii[0];
                 let dy = (p[1] - center[1]) / radii[1];
@@ -189,7 +263,11 @@ impl Shape {
             } => {
                 let dx = p[0] - cx;
                 let surface = top + dx * dx / (2.0 * curve);
-                (surface - p[1]).max(p[1] - surface - thick).max(dx.abs() - half).max(z0 - p[2]).max(p[2] - z1)
+                (surface - p[1])
+                    .max(p[1] - surface - thick)
+                    .max(dx.abs() - half)
+                    .max(z0 - p[2])
+                    .max(p[2] - z1)
             }
             Shape::Union(parts) => parts.iter().map(|s| s.dist(p, at, cut)).fold(f64::INFINITY, f64::min),
             Shape::Intersect(a, b) => {
@@ -211,8 +289,22 @@ impl Shape {
         }
     }
 
+    /// The same shape with its capsules precomputed for fast evaluation.
+    pub fn prepared(self) -> Shape {
+        match self {
+            Shape::Capsule(c) => Shape::Segment(Segment::new(&c)),
+            Shape::Union(parts) => Shape::Union(parts.into_iter().map(Shape::prepared).collect()),
+            Shape::Intersect(a, b) => Shape::Intersect(Box::new(a.prepared()), Box::new(b.prepared())),
+            Shape::Subtract(a, b) => Shape::Subtract(Box::new(a.prepared()), Box::new(b.prepared())),
+            other => other,
+        }
+    }
+
     fn is_cheap(&self) -> bool {
-        matches!(self, Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. })
+        matches!(
+            self,
+            Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. }
+        )
     }
 
     /// A box (lo, hi) outside which the shape is empty; infinite for unbounded shapes.
@@ -222,7 +314,10 @@ impl Shape {
         match self {
             Shape::Ellipsoid(e) => {
                 let r = e.extent();
-                ([0, 1, 2].map(|a| e.center[a] - r[a]), [0, 1, 2].map(|a| e.center[a] + r[a]))
+                (
+                    [0, 1, 2].map(|a| e.center[a] - r[a]),
+                    [0, 1, 2].map(|a| e.center[a] + r[a]),
+                )
             }
             Shape::Capsule(c) => {
                 let r = c.ra.max(c.rb);
@@ -230,6 +325,15 @@ impl Shape {
                 let lo = [c.a[0].min(c.b[0]) - r, c.a[1].min(c.b[1]) - r, c.a[2].min(c.b[2]) - rz];
                 let hi = [c.a[0].max(c.b[0]) + r, c.a[1].max(c.b[1]) + r, c.a[2].max(c.b[2]) + rz];
                 (lo, hi)
+            }
+            Shape::Segment(g) => {
+                let zs = 1.0 / g.inv_zscale;
+                let b = [g.a[0] + g.ba[0], g.a[1] + g.ba[1], g.a[2] + g.ba[2] * zs];
+                let (r, rz) = (g.rmax, g.rmax * zs);
+                (
+                    [g.a[0].min(b[0]) - r, g.a[1].min(b[1]) - r, g.a[2].min(b[2]) - rz],
+                    [g.a[0].max(b[0]) + r, g.a[1].max(b[1]) + r, g.a[2].max(b[2]) + rz],
+                )
             }
             Shape::Cylinder { center, radii, z0, z1 } => (
                 [center[0] - radii[0], center[1] - radii[1], *z0],
@@ -243,7 +347,10 @@ impl Shape {
                 half,
                 z0,
                 z1,
-            } => ([cx - half, *top, *z0], [cx + half, top + thick + half * half / (2.0 * curve), *z1]),
+            } => (
+                [cx - half, *top, *z0],
+                [cx + half, top + thick + half * half / (2.0 * curve), *z1],
+            ),
             Shape::Cavity { .. } | Shape::Band { .. } | Shape::HalfSpace { .. } => (NEG, INF),
             Shape::Union(parts) => parts.iter().map(Shape::bounds).fold((INF, NEG), |(lo, hi), (l, h)| {
                 ([0, 1, 2].map(|a| lo[a].min(l[a])), [0, 1, 2].map(|a| hi[a].max(h[a])))
@@ -339,6 +446,7 @@ pub struct Item {
 
 impl Item {
     pub fn new(shape: Shape, tissue: Tissue, label: LabelMode) -> Item {
+        let shape = shape.prepared();
         let (lo, hi) = shape.bounds();
         Item {
             shape,

@@ -80,7 +80,11 @@ fn grow_tree(
     for sign in [-1.0, 1.0] {
         let angle = rng.range(0.3, 0.65) * sign;
         let (c, s) = (angle.cos(), angle.sin());
-        let child = unit([dir[0] * c + axis[0] * s, dir[1] * c + axis[1] * s, dir[2] * c + axis[2] * s]);
+        let child = unit([
+            dir[0] * c + axis[0] * s,
+            dir[1] * c + axis[1] * s,
+            dir[2] * c + axis[2] * s,
+        ]);
         let shrink = rng.range(0.72, 0.86);
         grow_tree(out, end, child, len * shrink, r * shrink, generations - 1, inside, rng);
     }
@@ -120,7 +124,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let muscle = rng.range(10.0, 14.0) * s;
     let height = rng.range(240.0, 280.0);
     let (cx, cy) = (rng.range(-15.0, 15.0), rng.range(-12.0, 8.0));
-    let (a, ba, bp) = (rng.range(150.0, 170.0) * s, rng.range(98.0, 114.0) * s, rng.range(92.0, 104.0) * s);
+    let (a, ba, bp) = (
+        rng.range(150.0, 170.0) * s,
+        rng.range(98.0, 114.0) * s,
+        rng.range(92.0, 104.0) * s,
+    );
     let key = |z: f64, fa: f64, fb: f64, m: f64| BodyKey {
         z,
         a: a * fa,
@@ -137,7 +145,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             key(0.45 * height, 1.02, 1.0, 1.1),
             key(height + 20.0, 0.94, 0.92, 1.5),
         ],
-        harmonics: [rng.range(-0.03, 0.03), 0.0, rng.range(-0.02, 0.02), 0.0, rng.range(-0.02, 0.02), 0.0],
+        harmonics: [
+            rng.range(-0.03, 0.03),
+            0.0,
+            rng.range(-0.02, 0.02),
+            0.0,
+            rng.range(-0.02, 0.02),
+            0.0,
+        ],
         flat_back: rng.range(0.3, 0.6),
         skin: pal.skin(),
         fat: pal.fat(),
@@ -182,7 +197,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
                 0.05,
                 rng,
             );
-            (side, label, Shape::Ellipsoid(e).intersect(Shape::Cavity { inset: -1.0 }))
+            (
+                side,
+                label,
+                Shape::Ellipsoid(e).intersect(Shape::Cavity { inset: -1.0 }),
+            )
         })
         .collect();
     for (_, label, shape) in &lungs {
@@ -206,8 +225,19 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         0.05,
         rng,
     );
-    let posterior = Ellipsoid::new([cx + 6.0, ys - vb[1] - 14.0, 0.5 * h], [26.0 * s, 24.0, 0.75 * h], 0.0, 0.0, 0.05, rng);
-    let mediastinum = Shape::Union(vec![Shape::Ellipsoid(upper), Shape::Ellipsoid(lower), Shape::Ellipsoid(posterior)]);
+    let posterior = Ellipsoid::new(
+        [cx + 6.0, ys - vb[1] - 14.0, 0.5 * h],
+        [26.0 * s, 24.0, 0.75 * h],
+        0.0,
+        0.0,
+        0.05,
+        rng,
+    );
+    let mediastinum = Shape::Union(vec![
+        Shape::Ellipsoid(upper),
+        Shape::Ellipsoid(lower),
+        Shape::Ellipsoid(posterior),
+    ]);
     if let Shape::Union(parts) = &mediastinum {
         // Painted part by part: each keeps its own tight bounds.
         for part in parts {
@@ -224,7 +254,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         0.04,
         rng,
     );
-    let dome_l = Ellipsoid::new([cx + 0.38 * ai, lung_cy, -0.16 * h], [0.6 * ai, lung_ry, 0.3 * h], 0.0, 0.0, 0.04, rng);
+    let dome_l = Ellipsoid::new(
+        [cx + 0.38 * ai, lung_cy, -0.16 * h],
+        [0.6 * ai, lung_ry, 0.3 * h],
+        0.0,
+        0.0,
+        0.04,
+        rng,
+    );
     let domes = Shape::Union(vec![Shape::Ellipsoid(dome_r.clone()), Shape::Ellipsoid(dome_l.clone())]);
     items.push(Item::new(
         Shape::Ellipsoid(dome_r).intersect(Shape::Cavity { inset: 0.0 }),
@@ -236,7 +273,14 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         pal.spleen(),
         LabelMode::Clear,
     ));
-    let bubble = Ellipsoid::new([cx + 0.32 * ai, y_front + 0.35 * depth, 0.0], [32.0, 24.0, 0.07 * h], 0.4, 0.0, 0.1, rng);
+    let bubble = Ellipsoid::new(
+        [cx + 0.32 * ai, y_front + 0.35 * depth, 0.0],
+        [32.0, 24.0, 0.07 * h],
+        0.4,
+        0.0,
+        0.1,
+        rng,
+    );
     items.push(Item::new(
         Shape::Ellipsoid(bubble).intersect(Shape::Cavity { inset: 6.0 }),
         pal.air().rim(3.5, 45.0),
@@ -271,21 +315,64 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         [cx + 0.1 * ai, ys - vb[1] - 18.0, -20.0],
     ];
     let aorta = subdivide(&aorta, 15.0);
-    let ao_radii: Vec<f64> = aorta.iter().map(|p| if p[1] < y_front + 0.45 * depth { ao_r } else { ao_r * 0.85 }).collect();
+    let ao_radii: Vec<f64> = aorta
+        .iter()
+        .map(|p| {
+            if p[1] < y_front + 0.45 * depth {
+                ao_r
+            } else {
+                ao_r * 0.85
+            }
+        })
+        .collect();
     add_tube(&mut items, &aorta, &ao_radii, 1.0, pal.blood(), LabelMode::Clear);
     let pa = [
         [heart_c[0] + 5.0, y_front + 0.28 * depth, 0.4 * h],
         [cx + 0.12 * ai, y_front + 0.42 * depth, 0.6 * h],
     ];
-    add_tube(&mut items, &pa, &[13.0 * s, 13.0 * s], 1.0, pal.blood(), LabelMode::Clear);
+    add_tube(
+        &mut items,
+        &pa,
+        &[13.0 * s, 13.0 * s],
+        1.0,
+        pal.blood(),
+        LabelMode::Clear,
+    );
     let hilum_r = [cx - 0.3 * ai, y_front + 0.56 * depth, 0.58 * h];
     let hilum_l = [cx + 0.32 * ai, y_front + 0.6 * depth, 0.61 * h];
-    add_tube(&mut items, &[pa[1], hilum_r], &[10.0 * s, 8.0 * s], 1.0, pal.blood(), LabelMode::Clear);
-    add_tube(&mut items, &[pa[1], hilum_l], &[10.0 * s, 8.0 * s], 1.0, pal.blood(), LabelMode::Clear);
-    let svc = [[cx - 0.22 * ai, y_front + 0.4 * depth, 0.45 * h], [cx - 0.2 * ai, y_front + 0.38 * depth, h + 20.0]];
-    add_tube(&mut items, &svc, &[10.0 * s, 10.0 * s], 1.0, pal.vein(), LabelMode::Clear);
+    add_tube(
+        &mut items,
+        &[pa[1], hilum_r],
+        &[10.0 * s, 8.0 * s],
+        1.0,
+        pal.blood(),
+        LabelMode::Clear,
+    );
+    add_tube(
+        &mut items,
+        &[pa[1], hilum_l],
+        &[10.0 * s, 8.0 * s],
+        1.0,
+        pal.blood(),
+        LabelMode::Clear,
+    );
+    let svc = [
+        [cx - 0.22 * ai, y_front + 0.4 * depth, 0.45 * h],
+        [cx - 0.2 * ai, y_front + 0.38 * depth, h + 20.0],
+    ];
+    add_tube(
+        &mut items,
+        &svc,
+        &[10.0 * s, 10.0 * s],
+        1.0,
+        pal.vein(),
+        LabelMode::Clear,
+    );
     for (dx, r) in [(-0.1, 7.0), (0.03, 5.0), (0.12, 6.0)] {
-        let v = [[cx + dx * ai, y_front + 0.45 * depth, 0.8 * h], [cx + 1.8 * dx * ai, y_front + 0.45 * depth, h + 20.0]];
+        let v = [
+            [cx + dx * ai, y_front + 0.45 * depth, 0.8 * h],
+            [cx + 1.8 * dx * ai, y_front + 0.45 * depth, h + 20.0],
+        ];
         add_tube(&mut items, &v, &[r * s, r * s], 1.0, pal.blood(), LabelMode::Clear);
     }
 
@@ -294,12 +381,23 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     let carina = [cx + 2.0, tr_y + 4.0, 0.63 * h];
     let trachea = [[cx, tr_y - 6.0, h + 20.0], [cx + 1.0, tr_y, 0.8 * h], carina];
     let airway = pal.air().rim(2.0, 40.0);
-    add_tube(&mut items, &trachea, &[9.5 * s; 3], 1.0, airway, LabelMode::Set(TRACHEA));
+    add_tube(
+        &mut items,
+        &trachea,
+        &[9.5 * s; 3],
+        1.0,
+        airway,
+        LabelMode::Set(TRACHEA),
+    );
     let mut airways = Vec::new();
     let mut vessels = Vec::new();
     let lung_local = |p: P3| body.local(p);
     for (side, hilum) in [(-1.0, hilum_r), (1.0, hilum_l)] {
-        let shape = &lungs.iter().find(|l| l.0 == side).map(|l| l.2.clone()).unwrap_or(Shape::Union(vec![]));
+        let shape = &lungs
+            .iter()
+            .find(|l| l.0 == side)
+            .map(|l| l.2.clone())
+            .unwrap_or(Shape::Union(vec![]));
         let inside = |p: P3| {
             let at: Local = lung_local(p);
             shape.dist(p, at, f64::INFINITY) < -3.0
@@ -332,28 +430,39 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
             }
             let start = [hilum[0] + side * 4.0, hilum[1] - 4.0, hilum[2]];
             for _ in 0..2 {
-                let dv = unit([d[0] + rng.range(-0.3, 0.3), d[1] + rng.range(-0.3, 0.3), d[2] + rng.range(-0.3, 0.3)]);
+                let dv = unit([
+                    d[0] + rng.range(-0.3, 0.3),
+                    d[1] + rng.range(-0.3, 0.3),
+                    d[2] + rng.range(-0.3, 0.3),
+                ]);
                 grow_tree(&mut vessels, start, dv, 24.0 * s, 5.0 * s, 8, &inside, rng);
             }
         }
         // Fill the periphery: vessels from the larger branches to random points of the lung,
         // tapering as they go, so that every part of the lung shows dots and streaks.
-        let trunks: Vec<(P3, f64)> =
-            vessels[first_vessel..].iter().filter(|c| c.rb > 1.6 * s).map(|c| (c.b, c.rb)).collect();
+        let trunks: Vec<(P3, f64)> = vessels[first_vessel..]
+            .iter()
+            .filter(|c| c.rb > 1.6 * s)
+            .map(|c| (c.b, c.rb))
+            .collect();
         let (lo, hi) = shape.bounds();
         let mut placed = 0;
         for _ in 0..700 {
             if placed == 80 || trunks.is_empty() {
                 break;
             }
-            let target = [rng.range(lo[0], hi[0]), rng.range(lo[1], hi[1]), rng.range(lo[2], hi[2])];
+            let target = [
+                rng.range(lo[0], hi[0]),
+                rng.range(lo[1], hi[1]),
+                rng.range(lo[2], hi[2]),
+            ];
             if !inside(target) {
                 continue;
             }
             let nearest = trunks
                 .iter()
                 .min_by(|a, b| dist2(a.0, target).total_cmp(&dist2(b.0, target)))
-                .map(|t| *t)
+                .copied()
                 .unwrap_or((hilum, 3.0));
             let mid = [0, 1, 2].map(|a| 0.5 * (nearest.0[a] + target[a]) + rng.range(-6.0, 6.0));
             if !inside(mid) {
@@ -383,16 +492,16 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
 
     // Esophagus behind the trachea, swinging left toward the stomach.
     let eso = [
-        [cx + 4.0, ys - vb[1] - 8.0, h + 20.0],
-        [cx + 8.0, ys - vb[1] - 7.0, 0.45 * h],
-        [cx + 0.16 * ai, ys - vb[1] - 14.0, 0.08 * h],
+        [cx + 4.0, ys - vb[1] - 4.0, h + 20.0],
+        [cx + 8.0, ys - vb[1] - 4.0, 0.45 * h],
+        [cx + 0.16 * ai, ys - vb[1] - 12.0, 0.08 * h],
         [cx + 0.26 * ai, y_front + 0.5 * depth, -20.0],
     ];
     let eso = subdivide(&eso, 20.0);
     let er = vec![7.5 * s; eso.len()];
     add_tube(&mut items, &eso, &er, 1.0, pal.muscle(), LabelMode::Set(ESOPHAGUS));
-    if rng.uniform() < 0.5 {
-        add_tube(&mut items, &eso, &vec![2.0; eso.len()], 1.0, pal.air(), LabelMode::Keep);
+    if rng.uniform() < 0.3 {
+        add_tube(&mut items, &eso, &vec![1.8; eso.len()], 1.0, pal.air(), LabelMode::Keep);
     }
 
     // Spine, back muscles, ribs, sternum, scapulae.
@@ -413,8 +522,13 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
     add_back_muscles(&mut items, &body, &spine, -20.0, h + 20.0, &pal);
     add_spine(&mut items, &spine, &pal, rng);
     let pitch = 24.0 * s;
-    let origins: Vec<f64> = (0..13).map(|k| h + 45.0 - k as f64 * pitch).filter(|&z| z > -70.0).collect();
-    let reach: Vec<f64> = (0..origins.len()).map(|k| if k + 3 < origins.len() { 1.0 } else { 0.75 }).collect();
+    let origins: Vec<f64> = (0..13)
+        .map(|k| h + 45.0 - k as f64 * pitch)
+        .filter(|&z| z > -70.0)
+        .collect();
+    let reach: Vec<f64> = (0..origins.len())
+        .map(|k| if k + 3 < origins.len() { 1.0 } else { 0.75 })
+        .collect();
     add_ribs(&mut items, &body, &spine, &origins, &reach, 95.0 * s, &pal);
     let st_y = cy - ba + 2.0 + fat * 1.35 + 7.0;
     for dx in [-5.0, 5.0] {
@@ -435,7 +549,11 @@ pub fn build(rng: &mut Rng, nx: usize, nz: usize) -> (Scene, Grid) {
         let muscle_e = Ellipsoid::new(center, [50.0 * s, 13.0, 62.0], yaw, 0.0, 0.05, rng);
         items.push(Item::new(Shape::Ellipsoid(muscle_e), pal.muscle(), LabelMode::Clear));
         let blade = Ellipsoid::new(center, [42.0 * s, 3.0, 58.0], yaw, 0.0, 0.03, rng);
-        items.push(Item::new(Shape::Ellipsoid(blade), pal.bone().rim(1.2, 650.0), LabelMode::Clear));
+        items.push(Item::new(
+            Shape::Ellipsoid(blade),
+            pal.bone().rim(1.2, 650.0),
+            LabelMode::Clear,
+        ));
     }
     let scene = Scene {
         body,
