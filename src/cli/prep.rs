@@ -1,14 +1,16 @@
 //! `lrc prep`: turn a folder of CT volumes into a slice store.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
 use crate::data::dataset::discover;
 use crate::data::intensity::Normalization;
-use crate::data::prep::PrepConfig;
+use crate::data::prep::{PrepConfig, RegionFn};
 use crate::data::store::{self, StoreOptions};
 use crate::error::{Error, Result};
+use crate::superpixel::{SuperpixelConfig, regions_for_slice};
 
 /// Intensity normalisation of `lrc prep`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -47,6 +49,43 @@ pub struct PrepArgs {
     /// Accept images whose intensities do not look like CT in HU.
     #[arg(long)]
     pub allow_non_ct: bool,
+    /// Store Felzenszwalb superpixel regions per slice (needed by LRC pre-training).
+    #[arg(long)]
+    pub regions: bool,
+    /// Felzenszwalb scale (see docs/SUPERPIXELS.md for the defaults' reasons).
+    #[arg(long)]
+    pub scale: Option<f64>,
+    /// Felzenszwalb Gaussian sigma.
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Felzenszwalb minimum segment size in pixels.
+    #[arg(long)]
+    pub min_size: Option<usize>,
+}
+
+/// The region function of `--regions`: superpixels of each prepared slice, computed on the
+/// slice mapped back to HU and then to [0, 1] over [-1000, 1000] HU (what the superpixel
+/// parameters are tuned for), whatever the stored normalisation.
+fn region_fn(args: &PrepArgs, normalization: Normalization) -> Result<Option<RegionFn>> {
+    if !args.regions {
+        return Ok(None);
+    }
+    let mut cfg = SuperpixelConfig::default();
+    if let Some(v) = args.scale {
+        cfg.felzenszwalb.scale = v;
+    }
+    if let Some(v) = args.sigma {
+        cfg.felzenszwalb.sigma = v;
+    }
+    if let Some(v) = args.min_size {
+        cfg.felzenszwalb.min_size = v;
+    }
+    cfg.validate()?;
+    let ct = Normalization::default();
+    Ok(Some(Arc::new(move |slice: &[f32], h: usize, w: usize| {
+        let unit: Vec<f32> = slice.iter().map(|&v| ct.value(normalization.hu(v))).collect();
+        regions_for_slice(&unit, h, w, &cfg)
+    })))
 }
 
 fn parse_numbers(s: &str, n: usize) -> std::result::Result<Vec<f64>, String> {
@@ -97,7 +136,7 @@ pub fn run(args: PrepArgs) -> Result<()> {
         spacing: args.spacing,
         normalization,
         check_ct: !args.allow_non_ct,
-        regions: None,
+        regions: region_fn(&args, normalization)?,
     };
     cfg.validate()?;
     let summary = match store::write_store(&dataset, &args.out, &cfg, &opts) {
