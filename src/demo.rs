@@ -82,7 +82,12 @@ impl Preset {
             val: 1,
             test: 2,
             spacing: [8.0, 3.0, 3.0],
-            unet: UNetConfig { in_channels: 1, base_width: 8, depth: 4, max_width: 512 },
+            unet: UNetConfig {
+                in_channels: 1,
+                base_width: 8,
+                depth: 4,
+                max_width: 512,
+            },
             crop: 64,
             global_steps: 200,
             local_steps: 200,
@@ -175,17 +180,33 @@ fn synth(dir: &Path, region: Region, cases: usize, unlabeled: bool, preset: &Pre
     if dir.join("dataset.json").exists() {
         return Ok(());
     }
-    let cfg = SynthConfig { region, slices: preset.slices, size: preset.size, seed };
-    let opts = DatasetOptions { cases, unlabeled, threads: 0, preview: false, progress: false };
+    let cfg = SynthConfig {
+        region,
+        slices: preset.slices,
+        size: preset.size,
+        seed,
+    };
+    let opts = DatasetOptions {
+        cases,
+        unlabeled,
+        threads: 0,
+        preview: false,
+        progress: false,
+    };
     write_dataset(&cfg, dir, &opts)
 }
 
 fn prep(src: &Path, dst: &Path, preset: &Preset, regions: bool) -> Result<SliceStore> {
     let dataset = discover(src)?;
-    let mut cfg = PrepConfig { spacing: preset.spacing, ..PrepConfig::default() };
+    let mut cfg = PrepConfig {
+        spacing: preset.spacing,
+        ..PrepConfig::default()
+    };
     if regions {
         let sp = SuperpixelConfig::default();
-        cfg.regions = Some(Arc::new(move |img: &[f32], h: usize, w: usize| regions_for_slice(img, h, w, &sp)));
+        cfg.regions = Some(Arc::new(move |img: &[f32], h: usize, w: usize| {
+            regions_for_slice(img, h, w, &sp)
+        }));
     }
     write_store(&dataset, dst, &cfg, &StoreOptions::default())?;
     SliceStore::open(dst)
@@ -194,7 +215,11 @@ fn prep(src: &Path, dst: &Path, preset: &Preset, regions: bool) -> Result<SliceS
 fn pretrain_config(method: Method, preset: &Preset) -> PretrainConfig {
     let mut c = PretrainConfig::thesis(method);
     c.unet = preset.unet;
-    c.steps = if method == Method::Global { preset.global_steps } else { preset.local_steps };
+    c.steps = if method == Method::Global {
+        preset.global_steps
+    } else {
+        preset.local_steps
+    };
     c.batch = preset.pretrain_batch;
     c.crop = preset.crop;
     c.queue = preset.queue;
@@ -206,7 +231,12 @@ fn pretrain_config(method: Method, preset: &Preset) -> PretrainConfig {
 }
 
 /// Table 4.1: k-means on pixel embeddings of held-out slices against their regions.
-fn cluster_scores(store: &SliceStore, model_path: Option<&Path>, preset: &Preset, label: &str) -> Result<ClusterResult> {
+fn cluster_scores(
+    store: &SliceStore,
+    model_path: Option<&Path>,
+    preset: &Preset,
+    label: &str,
+) -> Result<ClusterResult> {
     let (model, params) = match model_path {
         Some(p) => {
             let s = PretrainState::load(p)?;
@@ -221,7 +251,10 @@ fn cluster_scores(store: &SliceStore, model_path: Option<&Path>, preset: &Preset
     // Slices from the last case (held out of nothing else, but it is the same for every model).
     let last = store.cases().len() - 1;
     let range = store.case_range(last);
-    let picks: Vec<usize> = range.clone().step_by((range.len() / preset.cluster_slices.max(1)).max(1)).collect();
+    let picks: Vec<usize> = range
+        .clone()
+        .step_by((range.len() / preset.cluster_slices.max(1)).max(1))
+        .collect();
     let (mut ari, mut ami, mut n) = (0.0, 0.0, 0usize);
     for &i in picks.iter().take(preset.cluster_slices) {
         let v = store.slice(i);
@@ -229,14 +262,23 @@ fn cluster_scores(store: &SliceStore, model_path: Option<&Path>, preset: &Preset
         if regions.iter().filter(|&&r| r > 0).count() < 2 {
             continue;
         }
-        let (padded, pad) = crate::data::crop::pad_to_multiple(v.image, v.h, v.w, preset.unet.size_multiple(), store.pad_value());
-        let (padded_regions, _) = crate::data::crop::pad_to_multiple(regions, v.h, v.w, preset.unet.size_multiple(), 0u16);
+        let (padded, pad) =
+            crate::data::crop::pad_to_multiple(v.image, v.h, v.w, preset.unet.size_multiple(), store.pad_value());
+        let (padded_regions, _) =
+            crate::data::crop::pad_to_multiple(regions, v.h, v.w, preset.unet.size_multiple(), 0u16);
         let mut tape = Tape::no_grad();
         let p = params.bind_frozen(&mut tape);
         let x = tape.constant(Tensor::from_vec(vec![1, 1, pad.padded_h, pad.padded_w], padded)?);
         let e = model.forward_local(&mut tape, &p, x)?;
         let d = tape.value(e).shape()[1];
-        let scores = eval_clusters(&tape.value(e).to_f32_vec()?, d, pad.padded_h, pad.padded_w, &padded_regions, 7)?;
+        let scores = eval_clusters(
+            &tape.value(e).to_f32_vec()?,
+            d,
+            pad.padded_h,
+            pad.padded_w,
+            &padded_regions,
+            7,
+        )?;
         ari += scores.ari;
         ami += scores.ami;
         n += 1;
@@ -244,7 +286,12 @@ fn cluster_scores(store: &SliceStore, model_path: Option<&Path>, preset: &Preset
     if n == 0 {
         return Err(Error::config("no held-out slice with regions to score"));
     }
-    Ok(ClusterResult { model: label.to_string(), ami: ami / n as f64, ari: ari / n as f64, slices: n })
+    Ok(ClusterResult {
+        model: label.to_string(),
+        ami: ami / n as f64,
+        ari: ari / n as f64,
+        slices: n,
+    })
 }
 
 /// The prediction of `seg` for one volume, on the volume's own grid.
@@ -254,7 +301,9 @@ fn predict_volume(seg: &Segmenter, volume: &crate::data::volume::Volume) -> Resu
     seg.prep.normalization.apply(&mut prepared);
     let [z, h, w] = transform.prepared.dims;
     let slices: Vec<&[f32]> = prepared.chunks(h * w).take(z).collect();
-    Ok(transform.labels_to_original(&seg.segment(&slices, h, w, 8)?.concat())?.data)
+    Ok(transform
+        .labels_to_original(&seg.segment(&slices, h, w, 8)?.concat())?
+        .data)
 }
 
 /// Figure 4.7: the test slice with the most foreground, truth beside each model's prediction.
@@ -263,7 +312,12 @@ fn overlay_figure(data_dir: &Path, name: &str, models: &[(String, Segmenter)], o
     let truth = read_labels(data_dir.join("labelsTr").join(format!("{name}.nii.gz")))?;
     let [_, h, w] = volume.geometry.dims;
     let z = (0..volume.geometry.dims[0])
-        .max_by_key(|&z| truth.data[z * h * w..(z + 1) * h * w].iter().filter(|&&l| l > 0).count())
+        .max_by_key(|&z| {
+            truth.data[z * h * w..(z + 1) * h * w]
+                .iter()
+                .filter(|&&l| l > 0)
+                .count()
+        })
         .unwrap_or(0);
     let plane = z * h * w..(z + 1) * h * w;
     let gray = crate::data::png::window(&volume.data[plane.clone()], 40.0, 400.0);
@@ -293,13 +347,26 @@ fn test_dice(seg: &Segmenter, data_dir: &Path, names: &[String]) -> Result<(f64,
         }
         for (c, s) in foreground.iter().zip(&scores) {
             if let Some(s) = s {
-                let organ = seg.label_names.get(&(*c as u8)).cloned().unwrap_or_else(|| format!("class {c}"));
+                let organ = seg
+                    .label_names
+                    .get(&(*c as u8))
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"));
                 per_organ.entry(organ).or_default().push(*s);
             }
         }
     }
-    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
-    Ok((mean(&case_means), per_organ.into_iter().map(|(k, v)| (k, mean(&v))).collect()))
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    Ok((
+        mean(&case_means),
+        per_organ.into_iter().map(|(k, v)| (k, mean(&v))).collect(),
+    ))
 }
 
 fn region_names<S: serde::Serializer>(regions: &[Region], s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -324,10 +391,24 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
     std::fs::create_dir_all(&results).map_err(|e| Error::io(&results, e))?;
 
     say(&format!("preset {}: synthesising CT phantoms", preset.name));
-    synth(&data.join("pretrain"), Region::Abdomen, preset.pretrain_cases, true, &preset, 1000)?;
+    synth(
+        &data.join("pretrain"),
+        Region::Abdomen,
+        preset.pretrain_cases,
+        true,
+        &preset,
+        1000,
+    )?;
     let labelled = preset.more + preset.val + preset.test;
     for (i, r) in preset.regions.iter().enumerate() {
-        synth(&data.join(region_name(*r)), *r, labelled, false, &preset, 2000 + i as u64)?;
+        synth(
+            &data.join(region_name(*r)),
+            *r,
+            labelled,
+            false,
+            &preset,
+            2000 + i as u64,
+        )?;
     }
 
     say("preparing slice stores (Felzenszwalb regions for pre-training)");
@@ -335,15 +416,23 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
     let mut seg_stores = BTreeMap::new();
     for &r in &preset.regions {
         let name = region_name(r);
-        seg_stores.insert(name, Arc::new(prep(&data.join(name), &stores.join(name), &preset, false)?));
+        seg_stores.insert(
+            name,
+            Arc::new(prep(&data.join(name), &stores.join(name), &preset, false)?),
+        );
     }
 
     let t_pre = Instant::now();
     let mut ckpt = BTreeMap::new();
     for method in [Method::Global, Method::Local] {
-        let path = models.join(format!("pretrain-{}.safetensors", if method == Method::Global { "global" } else { "local" }));
+        let path = models.join(format!(
+            "pretrain-{}.safetensors",
+            if method == Method::Global { "global" } else { "local" }
+        ));
         let cfg = pretrain_config(method, &preset);
-        let done = PretrainState::load(&path).map(|s| s.step >= cfg.steps && s.config == cfg).unwrap_or(false);
+        let done = PretrainState::load(&path)
+            .map(|s| s.step >= cfg.steps && s.config == cfg)
+            .unwrap_or(false);
         if !done {
             say(&format!("pre-training {method:?} for {} steps", cfg.steps));
             let opts = RunOptions {
@@ -354,7 +443,12 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                 stop_after: None,
             };
             let s = pretrain(pre_store.clone(), cfg, &opts)?;
-            say(&format!("  loss {:.4} -> {:.4} in {:.0}s", s.first_loss.unwrap_or(f64::NAN), s.last_loss, s.seconds));
+            say(&format!(
+                "  loss {:.4} -> {:.4} in {:.0}s",
+                s.first_loss.unwrap_or(f64::NAN),
+                s.last_loss,
+                s.seconds
+            ));
         }
         ckpt.insert(method, path);
     }
@@ -424,7 +518,11 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
             .filter(|s| s.region == name && s.regime == "more")
             .enumerate()
             .map(|(i, s)| {
-                Series::new(s.init.clone(), s.curve.iter().map(|&(e, d)| (e as f64, d)).collect(), series_color(i))
+                Series::new(
+                    s.init.clone(),
+                    s.curve.iter().map(|&(e, d)| (e as f64, d)).collect(),
+                    series_color(i),
+                )
             })
             .collect();
         line_chart(
@@ -441,9 +539,20 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                 Ok((init.to_string(), Segmenter::load(&path)?.0))
             })
             .collect::<Result<Vec<_>>>()?;
-        overlay_figure(&data.join(name), &test_names[0], &models_for_figure, &results.join(format!("overlay-{name}.png")))?;
+        overlay_figure(
+            &data.join(name),
+            &test_names[0],
+            &models_for_figure,
+            &results.join(format!("overlay-{name}.png")),
+        )?;
     }
-    let report = DemoReport { preset, clusters, segmentation, pretrain_seconds, total_seconds: start.elapsed().as_secs_f64() };
+    let report = DemoReport {
+        preset,
+        clusters,
+        segmentation,
+        pretrain_seconds,
+        total_seconds: start.elapsed().as_secs_f64(),
+    };
     write_report(&report, &results)?;
     Ok(report)
 }
@@ -464,13 +573,19 @@ pub fn tables(report: &DemoReport) -> String {
     t += "\n|---|---|";
     t += &"---|".repeat(INITS.len());
     t += "\n";
-    let mut rows: Vec<(String, String, usize)> =
-        report.segmentation.iter().map(|s| (s.region.clone(), s.regime.clone(), s.train_cases)).collect();
+    let mut rows: Vec<(String, String, usize)> = report
+        .segmentation
+        .iter()
+        .map(|s| (s.region.clone(), s.regime.clone(), s.train_cases))
+        .collect();
     rows.dedup();
     for (region, regime, n) in rows {
         t += &format!("| {region} | {n} ({regime}) |");
         for i in INITS {
-            let v = report.segmentation.iter().find(|s| s.region == region && s.regime == regime && s.init == i);
+            let v = report
+                .segmentation
+                .iter()
+                .find(|s| s.region == region && s.regime == regime && s.init == i);
             t += &match v {
                 Some(s) => format!(" {:.4} |", s.test_dice),
                 None => " - |".to_string(),

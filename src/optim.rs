@@ -212,22 +212,6 @@ impl LrSchedule {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_min() {
-        let s = LrSchedule::cosine(1.0, 4, 14);
-        assert!((s.lr(0) - 0.25).abs() < 1e-12);
-        assert!((s.lr(3) - 1.0).abs() < 1e-12);
-        assert!((s.lr(4) - 1.0).abs() < 1e-12);
-        assert!((s.lr(9) - 0.5).abs() < 1e-12);
-        assert!(s.lr(14).abs() < 1e-12);
-        assert!(s.lr(100).abs() < 1e-12);
-    }
-}
-
 impl Optimizer {
     /// The state as named tensors (`{prefix}m/{param}`, `{prefix}v/{param}`) for a checkpoint;
     /// the step count goes in the metadata.
@@ -271,5 +255,21 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = LrSchedule::cosine(1.0, 4, 14);
+        assert!((s.lr(0) - 0.25).abs() < 1e-12);
+        assert!((s.lr(3) - 1.0).abs() < 1e-12);
+        assert!((s.lr(4) - 1.0).abs() < 1e-12);
+        assert!((s.lr(9) - 0.5).abs() < 1e-12);
+        assert!(s.lr(14).abs() < 1e-12);
+        assert!(s.lr(100).abs() < 1e-12);
     }
 }

@@ -26,13 +26,26 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("abdomen");
-        let cfg = SynthConfig { region: Region::Abdomen, slices: 10, size: 64, seed: 5 };
-        let opts = DatasetOptions { cases: 4, unlabeled: false, threads: 0, preview: false, progress: false };
+        let cfg = SynthConfig {
+            region: Region::Abdomen,
+            slices: 10,
+            size: 64,
+            seed: 5,
+        };
+        let opts = DatasetOptions {
+            cases: 4,
+            unlabeled: false,
+            threads: 0,
+            preview: false,
+            progress: false,
+        };
         write_dataset(&cfg, &data, &opts).unwrap();
         let sp = SuperpixelConfig::default();
         let prep = PrepConfig {
             spacing: [8.0, 4.0, 4.0],
-            regions: Some(Arc::new(move |img: &[f32], h: usize, w: usize| regions_for_slice(img, h, w, &sp))),
+            regions: Some(Arc::new(move |img: &[f32], h: usize, w: usize| {
+                regions_for_slice(img, h, w, &sp)
+            })),
             ..PrepConfig::default()
         };
         let store_dir = dir.path().join("store");
@@ -43,7 +56,12 @@ fn fixture() -> &'static Fixture {
 }
 
 fn tiny_unet() -> UNetConfig {
-    UNetConfig { in_channels: 1, base_width: 4, depth: 3, max_width: 64 }
+    UNetConfig {
+        in_channels: 1,
+        base_width: 4,
+        depth: 3,
+        max_width: 64,
+    }
 }
 
 fn pretrain_config(method: Method, steps: u64) -> PretrainConfig {
@@ -62,12 +80,22 @@ fn pretrain_config(method: Method, steps: u64) -> PretrainConfig {
 }
 
 fn run_opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), resume: true, metrics: None, quiet: true, stop_after }
+    RunOptions {
+        out: out.to_path_buf(),
+        resume: true,
+        metrics: None,
+        quiet: true,
+        stop_after,
+    }
 }
 
 fn params_of(path: &Path) -> Vec<Vec<f32>> {
     let s = PretrainState::load(path).unwrap();
-    s.params.params().iter().map(|p| p.value.to_f32_vec().unwrap()).collect()
+    s.params
+        .params()
+        .iter()
+        .map(|p| p.value.to_f32_vec().unwrap())
+        .collect()
 }
 
 #[test]
@@ -98,9 +126,16 @@ fn pretraining_resumes_step_for_step() {
         pretrain(f.store.clone(), pretrain_config(method, 4), &run_opts(&split, Some(2))).unwrap();
         assert_eq!(PretrainState::load(&split).unwrap().step, 2);
         pretrain(f.store.clone(), pretrain_config(method, 4), &run_opts(&split, None)).unwrap();
-        assert_eq!(params_of(&straight), params_of(&split), "{method:?}: resumed run differs");
+        assert_eq!(
+            params_of(&straight),
+            params_of(&split),
+            "{method:?}: resumed run differs"
+        );
         if method != Method::Local {
-            let (a, b) = (PretrainState::load(&straight).unwrap(), PretrainState::load(&split).unwrap());
+            let (a, b) = (
+                PretrainState::load(&straight).unwrap(),
+                PretrainState::load(&split).unwrap(),
+            );
             let qa = a.queue.unwrap().negatives().unwrap().to_f32_vec().unwrap();
             let qb = b.queue.unwrap().negatives().unwrap().to_f32_vec().unwrap();
             assert_eq!(qa, qb, "{method:?}: MoCo queue differs after resuming");
@@ -113,10 +148,17 @@ fn resuming_with_other_options_is_refused() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("g.st");
-    pretrain(f.store.clone(), pretrain_config(Method::Global, 2), &run_opts(&out, None)).unwrap();
+    pretrain(
+        f.store.clone(),
+        pretrain_config(Method::Global, 2),
+        &run_opts(&out, None),
+    )
+    .unwrap();
     let mut other = pretrain_config(Method::Global, 2);
     other.temperature = 0.2;
-    let err = pretrain(f.store.clone(), other, &run_opts(&out, None)).unwrap_err().to_string();
+    let err = pretrain(f.store.clone(), other, &run_opts(&out, None))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("g.st") && err.contains("another configuration"), "{err}");
 }
 
@@ -161,7 +203,12 @@ fn finetuning_learns_resumes_and_predicts_in_the_input_geometry() {
     let (ma, _) = Segmenter::load(&straight).unwrap();
     let (mb, _) = Segmenter::load(&split).unwrap();
     for (pa, pb) in ma.params.params().iter().zip(mb.params.params()) {
-        assert_eq!(pa.value.to_f32_vec().unwrap(), pb.value.to_f32_vec().unwrap(), "{}", pa.name);
+        assert_eq!(
+            pa.value.to_f32_vec().unwrap(),
+            pb.value.to_f32_vec().unwrap(),
+            "{}",
+            pa.name
+        );
     }
     // Prediction: a mask with exactly the input's shape and affine, labels within the classes.
     let image = f.data.join("imagesTr/abdomen_003_0000.nii.gz");
@@ -178,7 +225,15 @@ fn a_pretraining_checkpoint_is_not_a_segmentation_model() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("g.st");
-    pretrain(f.store.clone(), pretrain_config(Method::Global, 1), &run_opts(&out, None)).unwrap();
+    pretrain(
+        f.store.clone(),
+        pretrain_config(Method::Global, 1),
+        &run_opts(&out, None),
+    )
+    .unwrap();
     let err = Segmenter::load(&out).err().expect("must fail").to_string();
-    assert!(err.contains("g.st") && err.contains("not a segmentation model"), "{err}");
+    assert!(
+        err.contains("g.st") && err.contains("not a segmentation model"),
+        "{err}"
+    );
 }

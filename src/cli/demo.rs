@@ -59,7 +59,10 @@ pub fn run_args(args: DemoArgs) -> Result<()> {
         args.out.join("results").display()
     );
     if args.profile {
-        println!("{}", crate::profile::format_table(&crate::profile::take_table(), Some("phase.step")));
+        println!(
+            "{}",
+            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
+        );
     }
     Ok(())
 }

@@ -75,9 +75,20 @@ pub struct FinetuneArgs {
 impl FinetuneArgs {
     pub fn config(&self) -> FinetuneConfig {
         FinetuneConfig {
-            unet: UNetConfig { base_width: self.base, depth: self.depth, ..UNetConfig::default() },
-            branches: if self.single_branch { Branches::Single } else { Branches::Combined },
-            init: Init { global: self.global.clone(), local: self.local.clone() },
+            unet: UNetConfig {
+                base_width: self.base,
+                depth: self.depth,
+                ..UNetConfig::default()
+            },
+            branches: if self.single_branch {
+                Branches::Single
+            } else {
+                Branches::Combined
+            },
+            init: Init {
+                global: self.global.clone(),
+                local: self.local.clone(),
+            },
             train_cases: self.train_cases,
             val_cases: self.val_cases,
             epochs: self.epochs,
@@ -102,7 +113,11 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     let opts = FinetuneOptions {
         out: args.out.clone(),
         resume: args.resume,
-        metrics: Some(args.metrics.clone().unwrap_or_else(|| super::pretrain::metrics_beside(&args.out))),
+        metrics: Some(
+            args.metrics
+                .clone()
+                .unwrap_or_else(|| super::pretrain::metrics_beside(&args.out)),
+        ),
         quiet: false,
         stop_after: None,
     };
@@ -117,7 +132,10 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         args.out.display()
     );
     if args.profile {
-        println!("{}", crate::profile::format_table(&crate::profile::take_table(), Some("phase.step")));
+        println!(
+            "{}",
+            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
+        );
     }
     Ok(())
 }

@@ -9,14 +9,20 @@ use crate::train::finetune::Segmenter;
 
 /// True for `.nii` and `.nii.gz` files.
 pub fn is_nifti(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     name.ends_with(".nii") || name.ends_with(".nii.gz")
 }
 
 /// The case name of an image file: the file name without `.nii[.gz]` and without nnU-Net's
 /// channel suffix `_0000`.
 pub fn case_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stem = name.strip_suffix(".gz").unwrap_or(&name);
     let stem = stem.strip_suffix(".nii").unwrap_or(stem);
     stem.strip_suffix("_0000").unwrap_or(stem).to_string()

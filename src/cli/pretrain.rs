@@ -90,7 +90,11 @@ pub struct PretrainArgs {
 impl PretrainArgs {
     pub fn config(&self) -> PretrainConfig {
         let mut c = PretrainConfig::thesis(self.method);
-        c.unet = UNetConfig { base_width: self.base, depth: self.depth, ..UNetConfig::default() };
+        c.unet = UNetConfig {
+            base_width: self.base,
+            depth: self.depth,
+            ..UNetConfig::default()
+        };
         c.steps = self.steps;
         c.batch = self.batch;
         c.crop = self.crop;
@@ -143,7 +147,10 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         args.out.display()
     );
     if args.profile {
-        println!("{}", crate::profile::format_table(&crate::profile::take_table(), Some("phase.step")));
+        println!(
+            "{}",
+            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
+        );
     }
     Ok(())
 }

@@ -46,7 +46,12 @@ impl ContrastModel {
         let width = *config.widths().last().expect("depth >= 1");
         let proj = global_dim.map(|d| Linear::new(store, "proj", width, d, rng));
         let embed = local_dim.map(|d| Conv2d::new(store, "embed", config.base_width, d, 1, 1, 0, true, rng));
-        Ok(ContrastModel { encoder, decoder, proj, embed })
+        Ok(ContrastModel {
+            encoder,
+            decoder,
+            proj,
+            embed,
+        })
     }
 
     /// The global model of MoCo: encoder + GAP + projection.
@@ -61,7 +66,10 @@ impl ContrastModel {
 
     /// `[B, C, H, W] -> [B, dim]` (unnormalised).
     pub fn forward_global(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
-        let proj = self.proj.as_ref().ok_or_else(|| Error::config("this model has no global head"))?;
+        let proj = self
+            .proj
+            .as_ref()
+            .ok_or_else(|| Error::config("this model has no global head"))?;
         let feats = self.encoder.forward(tape, p, x)?;
         let pooled = tape.global_avg_pool(*feats.last().expect("depth >= 1"))?;
         proj.forward(tape, p, pooled)

@@ -160,14 +160,20 @@ impl ParamStore {
     ) -> Result<usize> {
         let mut copied = 0;
         for (src_name, src) in tensors {
-            let Some(rest) = src_name.strip_prefix(from) else { continue };
+            let Some(rest) = src_name.strip_prefix(from) else {
+                continue;
+            };
             let name = format!("{to}{rest}");
             let Some(&i) = self.by_name.get(&name) else { continue };
             let dst = &mut self.params[i];
             if dst.value.shape() != src.shape() {
                 return Err(Error::shape(
                     "load",
-                    format!("{name}: shape {:?} here, {:?} in the source", dst.value.shape(), src.shape()),
+                    format!(
+                        "{name}: shape {:?} here, {:?} in the source",
+                        dst.value.shape(),
+                        src.shape()
+                    ),
                 ));
             }
             dst.value = src.to_dtype(dst.value.dtype())?.to_device(&dst.value.device())?;

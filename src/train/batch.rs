@@ -37,12 +37,24 @@ pub struct Batch {
 #[derive(Clone, Debug)]
 pub enum BatchKind {
     /// MoCo: query = jitter(crop), key = jitter(elastic(crop)).
-    Moco { elastic: ElasticParams, intensity: IntensityParams },
+    Moco {
+        elastic: ElasticParams,
+        intensity: IntensityParams,
+    },
     /// LRC: query = crop, positive = elastic(crop) with its regions warped alike; `n` samples
     /// per region, at most `max_regions` regions per image.
-    Lrc { elastic: ElasticParams, n: usize, max_regions: Option<usize> },
+    Lrc {
+        elastic: ElasticParams,
+        n: usize,
+        max_regions: Option<usize>,
+    },
     /// Both of the above from the same crops (one model trained on both losses).
-    Joint { elastic: ElasticParams, intensity: IntensityParams, n: usize, max_regions: Option<usize> },
+    Joint {
+        elastic: ElasticParams,
+        intensity: IntensityParams,
+        n: usize,
+        max_regions: Option<usize>,
+    },
     /// Fine-tuning: crop and labels.
     Segmentation,
 }
@@ -63,7 +75,10 @@ impl BatchSpec {
             return Err(Error::config("batch size and crop must be positive"));
         }
         if self.pool.is_empty() {
-            return Err(Error::config(format!("no slices to train on in {}", store.dir().display())));
+            return Err(Error::config(format!(
+                "no slices to train on in {}",
+                store.dir().display()
+            )));
         }
         let needs_regions = matches!(self.kind, BatchKind::Lrc { .. } | BatchKind::Joint { .. });
         let needs_labels = matches!(self.kind, BatchKind::Segmentation);
@@ -75,7 +90,10 @@ impl BatchSpec {
             )));
         }
         if needs_labels && first.labels.is_none() {
-            return Err(Error::config(format!("{} holds no labels to fine-tune on", store.dir().display())));
+            return Err(Error::config(format!(
+                "{} holds no labels to fine-tune on",
+                store.dir().display()
+            )));
         }
         Ok(())
     }
@@ -103,7 +121,10 @@ pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Ba
         match &spec.kind {
             BatchKind::Segmentation => {
                 xs.extend_from_slice(&crop.image);
-                let l = crop.labels.as_ref().ok_or_else(|| Error::config("slice without labels in a fine-tuning pool"))?;
+                let l = crop
+                    .labels
+                    .as_ref()
+                    .ok_or_else(|| Error::config("slice without labels in a fine-tuning pool"))?;
                 labels.extend(l.iter().map(|&v| v as u32));
             }
             BatchKind::Moco { elastic, intensity } => {
@@ -111,8 +132,21 @@ pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Ba
                 xs.extend(jitter(&crop.image, intensity, &mut rng));
                 pos.extend(jitter(&warp_bilinear(&crop.image, ch, cw, &field), intensity, &mut rng));
             }
-            BatchKind::Lrc { elastic, n, max_regions } | BatchKind::Joint { elastic, n, max_regions, .. } => {
-                let regions = crop.regions.as_ref().ok_or_else(|| Error::config("slice without regions in an LRC pool"))?;
+            BatchKind::Lrc {
+                elastic,
+                n,
+                max_regions,
+            }
+            | BatchKind::Joint {
+                elastic,
+                n,
+                max_regions,
+                ..
+            } => {
+                let regions = crop
+                    .regions
+                    .as_ref()
+                    .ok_or_else(|| Error::config("slice without regions in an LRC pool"))?;
                 let field = random_field(ch, cw, elastic, &mut rng);
                 let warped = warp_bilinear(&crop.image, ch, cw, &field);
                 let warped_regions = warp_nearest(regions, ch, cw, &field);
@@ -130,7 +164,11 @@ pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Ba
     let b = spec.batch;
     Ok(Batch {
         x: to_tensor(xs, b, spec.crop)?,
-        x_pos: if pos.is_empty() { None } else { Some(to_tensor(pos, b, spec.crop)?) },
+        x_pos: if pos.is_empty() {
+            None
+        } else {
+            Some(to_tensor(pos, b, spec.crop)?)
+        },
         samples,
         labels: if labels.is_empty() { None } else { Some(labels) },
         cases,
@@ -161,7 +199,10 @@ impl Prefetcher {
                 }
             })
             .expect("spawning the batch thread");
-        Prefetcher { rx, worker: Some(worker) }
+        Prefetcher {
+            rx,
+            worker: Some(worker),
+        }
     }
 
     /// The batch of `step` (steps arrive in order).

@@ -97,10 +97,16 @@ impl FinetuneConfig {
     pub fn validate(&self) -> Result<()> {
         self.unet.validate()?;
         if self.epochs == 0 || self.steps_per_epoch == 0 || self.batch == 0 || self.train_cases == 0 {
-            return Err(Error::config("epochs, steps per epoch, batch and training cases must be positive"));
+            return Err(Error::config(
+                "epochs, steps per epoch, batch and training cases must be positive",
+            ));
         }
         if !self.crop.is_multiple_of(self.unet.size_multiple()) || self.crop == 0 {
-            return Err(Error::config(format!("crop {} must be a multiple of {}", self.crop, self.unet.size_multiple())));
+            return Err(Error::config(format!(
+                "crop {} must be a multiple of {}",
+                self.crop,
+                self.unet.size_multiple()
+            )));
         }
         Ok(())
     }
@@ -138,24 +144,55 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
-    fn build(config: FinetuneConfig, classes: usize, label_names: BTreeMap<u8, String>, prep: StoredConfig) -> Result<Self> {
+    fn build(
+        config: FinetuneConfig,
+        classes: usize,
+        label_names: BTreeMap<u8, String>,
+        prep: StoredConfig,
+    ) -> Result<Self> {
         let mut params = ParamStore::new();
-        let model = SegModel::new(&mut params, config.unet, config.branches, classes, &mut Rng::new(config.seed))?;
-        Ok(Segmenter { config, model, params, classes, label_names, prep })
+        let model = SegModel::new(
+            &mut params,
+            config.unet,
+            config.branches,
+            classes,
+            &mut Rng::new(config.seed),
+        )?;
+        Ok(Segmenter {
+            config,
+            model,
+            params,
+            classes,
+            label_names,
+            prep,
+        })
     }
 
     fn metadata(&self, kind: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("kind".to_string(), kind.to_string()),
-            ("config".to_string(), serde_json::to_string(&self.config).expect("serialises")),
+            (
+                "config".to_string(),
+                serde_json::to_string(&self.config).expect("serialises"),
+            ),
             ("classes".to_string(), self.classes.to_string()),
-            ("label_names".to_string(), serde_json::to_string(&self.label_names).expect("serialises")),
-            ("prep".to_string(), serde_json::to_string(&self.prep).expect("serialises")),
+            (
+                "label_names".to_string(),
+                serde_json::to_string(&self.label_names).expect("serialises"),
+            ),
+            (
+                "prep".to_string(),
+                serde_json::to_string(&self.prep).expect("serialises"),
+            ),
         ])
     }
 
     fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.params.params().iter().map(|p| (format!("model/{}", p.name), p.value.clone())).collect()
+        self.params
+            .params()
+            .iter()
+            .map(|p| (format!("model/{}", p.name), p.value.clone()))
+            .collect()
     }
 
     pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
@@ -178,7 +215,10 @@ impl Segmenter {
     ) -> Result<(Segmenter, BTreeMap<String, String>)> {
         let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
         if meta.get("kind").map(String::as_str) != Some(kind) {
-            return Err(bad(format!("is not a segmentation model (kind {:?}, expected {kind})", meta.get("kind"))));
+            return Err(bad(format!(
+                "is not a segmentation model (kind {:?}, expected {kind})",
+                meta.get("kind")
+            )));
         }
         let field = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata lacks {k}")));
         let parse_err = |k: &str, e: serde_json::Error| bad(format!("unreadable {k}: {e}"));
@@ -194,7 +234,7 @@ impl Segmenter {
     /// Labels of whole slices (each `h * w`, normalised as `self.prep` says).
     pub fn segment(&self, slices: &[&[f32]], h: usize, w: usize, batch: usize) -> Result<Vec<Vec<u8>>> {
         let pad = self.prep.normalization.air();
-        segment_slices(&self.model, &self.params, &self.config.unet, slices, h, w, batch, pad)
+        segment_slices(&self.model, &self.params, slices, h, w, batch, pad)
     }
 }
 
@@ -202,12 +242,21 @@ impl Segmenter {
 fn initialise(seg: &mut Segmenter, init: &Init) -> Result<()> {
     if let Some(path) = &init.global {
         if seg.config.branches != Branches::Combined {
-            return Err(Error::config("a global initialisation needs the combined model (two branches)"));
+            return Err(Error::config(
+                "a global initialisation needs the combined model (two branches)",
+            ));
         }
         let (tensors, _) = checkpoint::load(path)?;
-        let n = seg.params.load_named(tensors.iter().map(|(k, v)| (k.as_str(), v)), "model/enc.", "global.enc.")?;
+        let n = seg.params.load_named(
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            "model/enc.",
+            "global.enc.",
+        )?;
         if n == 0 {
-            return Err(Error::Checkpoint { path: path.clone(), msg: "holds no encoder weights (model/enc.*)".into() });
+            return Err(Error::Checkpoint {
+                path: path.clone(),
+                msg: "holds no encoder weights (model/enc.*)".into(),
+            });
         }
     }
     if let Some(path) = &init.local {
@@ -270,7 +319,10 @@ pub fn validation_dice(seg: &Segmenter, store: &SliceStore, cases: &[usize], bat
         let (h, w) = (first.h, first.w);
         let images: Vec<&[f32]> = views.iter().map(|v| v.image).collect();
         let pred: Vec<u8> = seg.segment(&images, h, w, batch)?.concat();
-        let truth: Vec<u8> = views.iter().flat_map(|v| v.labels.unwrap_or(&[]).iter().copied()).collect();
+        let truth: Vec<u8> = views
+            .iter()
+            .flat_map(|v| v.labels.unwrap_or(&[]).iter().copied())
+            .collect();
         if truth.len() != pred.len() {
             return Err(Error::config(format!("validation case {case} has no labels")));
         }
@@ -279,20 +331,43 @@ pub fn validation_dice(seg: &Segmenter, store: &SliceStore, cases: &[usize], bat
             per_case.push(mean);
         }
     }
-    Ok(if per_case.is_empty() { 0.0 } else { per_case.iter().sum::<f64>() / per_case.len() as f64 })
+    Ok(if per_case.is_empty() {
+        0.0
+    } else {
+        per_case.iter().sum::<f64>() / per_case.len() as f64
+    })
 }
 
 /// Fine-tunes on `store` and returns the learning curve.
 pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     config.validate()?;
     let (train, val) = split_cases(&store, config.train_cases, config.val_cases)?;
-    let classes = store.label_names().keys().copied().max().map_or(0, |m| m as usize + 1).max(
-        store.cases().iter().flat_map(|c| c.labels_present.iter().copied()).max().map_or(0, |m| m as usize + 1),
-    );
+    let classes = store
+        .label_names()
+        .keys()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1)
+        .max(
+            store
+                .cases()
+                .iter()
+                .flat_map(|c| c.labels_present.iter().copied())
+                .max()
+                .map_or(0, |m| m as usize + 1),
+        );
     if classes < 2 {
-        return Err(Error::config(format!("{} holds no foreground labels", store.dir().display())));
+        return Err(Error::config(format!(
+            "{} holds no foreground labels",
+            store.dir().display()
+        )));
     }
-    let mut seg = Segmenter::build(config.clone(), classes, store.label_names().clone(), store.config().clone())?;
+    let mut seg = Segmenter::build(
+        config.clone(),
+        classes,
+        store.label_names().clone(),
+        store.config().clone(),
+    )?;
     let mut optimizer = Optimizer::new(OptimizerKind::adam(config.weight_decay));
     let mut records: Vec<EpochRecord> = Vec::new();
     let (mut best, mut best_epoch, mut epoch0) = (f64::NEG_INFINITY, 0usize, 0usize);
@@ -328,13 +403,27 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
     let name = format!("finetune-{}", config.init.name());
     let total = (config.epochs * config.steps_per_epoch) as u64;
     let mut log = RunLog::new(&name, total, opts.metrics.as_deref(), opts.quiet)?;
-    let dice_cfg = DiceConfig { skip_background: config.skip_background, ..DiceConfig::default() };
-    let last_epoch = opts.stop_after.map_or(config.epochs, |n| (epoch0 + n).min(config.epochs));
+    let dice_cfg = DiceConfig {
+        skip_background: config.skip_background,
+        ..DiceConfig::default()
+    };
+    let last_epoch = opts
+        .stop_after
+        .map_or(config.epochs, |n| (epoch0 + n).min(config.epochs));
     let first_step = (epoch0 * config.steps_per_epoch) as u64;
-    let mut batches = Prefetcher::new(store.clone(), spec, first_step, (last_epoch * config.steps_per_epoch) as u64, 3);
+    let mut batches = Prefetcher::new(
+        store.clone(),
+        spec,
+        first_step,
+        (last_epoch * config.steps_per_epoch) as u64,
+        3,
+    );
     for epoch in epoch0..last_epoch {
         if best_epoch > 0 && epoch >= best_epoch + config.patience {
-            log.line(&format!("{name}: no better validation Dice for {} epochs; stopping", config.patience));
+            log.line(&format!(
+                "{name}: no better validation Dice for {} epochs; stopping",
+                config.patience
+            ));
             break;
         }
         let mut loss_sum = 0.0;
@@ -342,7 +431,10 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             let step = (epoch * config.steps_per_epoch + s) as u64;
             let _step_range = profile::range("phase.step");
             let batch = batches.next(step)?;
-            let labels = batch.labels.as_ref().ok_or_else(|| Error::config("fine-tuning batch without labels"))?;
+            let labels = batch
+                .labels
+                .as_ref()
+                .ok_or_else(|| Error::config("fine-tuning batch without labels"))?;
             let mut tape = Tape::new();
             let bound = seg.params.bind(&mut tape);
             let loss = {
@@ -374,15 +466,33 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             log.record("step", &[("step", (step + 1).into()), ("loss", value.into())])?;
         }
         let train_loss = loss_sum / config.steps_per_epoch as f64;
-        let val_dice = if val.is_empty() { f64::NAN } else { validation_dice(&seg, &store, &val, config.batch)? };
+        let val_dice = if val.is_empty() {
+            f64::NAN
+        } else {
+            validation_dice(&seg, &store, &val, config.batch)?
+        };
         let improved = val.is_empty() || val_dice > best;
         if improved {
             best = val_dice;
             best_epoch = epoch + 1;
-            seg.save(&opts.out, &[("epoch", (epoch + 1).to_string()), ("val_dice", val_dice.to_string())])?;
+            seg.save(
+                &opts.out,
+                &[("epoch", (epoch + 1).to_string()), ("val_dice", val_dice.to_string())],
+            )?;
         }
-        records.push(EpochRecord { epoch: epoch + 1, train_loss, val_dice });
-        log.record("epoch", &[("epoch", (epoch + 1).into()), ("train_loss", train_loss.into()), ("val_dice", val_dice.into())])?;
+        records.push(EpochRecord {
+            epoch: epoch + 1,
+            train_loss,
+            val_dice,
+        });
+        log.record(
+            "epoch",
+            &[
+                ("epoch", (epoch + 1).into()),
+                ("train_loss", train_loss.into()),
+                ("val_dice", val_dice.into()),
+            ],
+        )?;
         log.line(&format!(
             "{name} epoch {}/{} loss {train_loss:.4} val dice {val_dice:.4} (best {best:.4} @ {best_epoch}) {:.1}s",
             epoch + 1,

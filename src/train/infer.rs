@@ -4,14 +4,13 @@
 use crate::autograd::Tape;
 use crate::data::crop::{pad_to_multiple, unpad};
 use crate::error::Result;
-use crate::nn::{ParamStore, SegModel, UNetConfig};
+use crate::nn::{ParamStore, SegModel};
 use crate::tensor::Tensor;
 
 /// Labels of `slices` (each `h * w`, normalised) by `model`, `batch` slices per forward pass.
 pub fn segment_slices(
     model: &SegModel,
     params: &ParamStore,
-    config: &UNetConfig,
     slices: &[&[f32]],
     h: usize,
     w: usize,
@@ -24,7 +23,7 @@ pub fn segment_slices(
         let mut data = Vec::new();
         let mut padding = None;
         for s in chunk {
-            let (p, pad) = pad_to_multiple(s, h, w, config.size_multiple(), pad_value);
+            let (p, pad) = pad_to_multiple(s, h, w, model.local.config().size_multiple(), pad_value);
             data.extend(p);
             padding = Some(pad);
         }

@@ -28,7 +28,11 @@ impl RunLog {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 }
-                let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
                 Some((path.to_path_buf(), f))
             }
             None => None,
@@ -45,7 +49,13 @@ impl RunLog {
             bar.set_prefix(name.to_string());
             bar
         };
-        Ok(RunLog { name: name.to_string(), jsonl, bar, started: Instant::now(), quiet })
+        Ok(RunLog {
+            name: name.to_string(),
+            jsonl,
+            bar,
+            started: Instant::now(),
+            quiet,
+        })
     }
 
     pub fn set_position(&self, step: u64) {
@@ -60,11 +70,16 @@ impl RunLog {
 
     /// Appends one JSON object with `kind`, the run name, the elapsed seconds and `fields`.
     pub fn record(&mut self, kind: &str, fields: &[(&str, Value)]) -> Result<()> {
-        let Some((path, file)) = &mut self.jsonl else { return Ok(()) };
+        let Some((path, file)) = &mut self.jsonl else {
+            return Ok(());
+        };
         let mut obj = Map::new();
         obj.insert("kind".into(), kind.into());
         obj.insert("run".into(), self.name.clone().into());
-        obj.insert("elapsed_s".into(), ((self.started.elapsed().as_secs_f64() * 1e3).round() / 1e3).into());
+        obj.insert(
+            "elapsed_s".into(),
+            ((self.started.elapsed().as_secs_f64() * 1e3).round() / 1e3).into(),
+        );
         for (k, v) in fields {
             obj.insert((*k).to_string(), v.clone());
         }

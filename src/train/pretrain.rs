@@ -138,9 +138,15 @@ impl PretrainConfig {
             return Err(Error::config("samples per region and embedding size must be positive"));
         }
         if !(0.0..=1.0).contains(&self.key_momentum) || self.temperature <= 0.0 {
-            return Err(Error::config("key momentum must lie in [0, 1] and the temperature be positive"));
+            return Err(Error::config(
+                "key momentum must lie in [0, 1] and the temperature be positive",
+            ));
         }
-        ElasticParams { alpha: self.elastic_alpha, sigma: self.elastic_sigma }.validate()
+        ElasticParams {
+            alpha: self.elastic_alpha,
+            sigma: self.elastic_sigma,
+        }
+        .validate()
     }
 
     fn optimizer(&self) -> OptimizerKind {
@@ -154,17 +160,32 @@ impl PretrainConfig {
         if self.cosine {
             LrSchedule::cosine(self.lr, self.warmup_steps, self.steps)
         } else {
-            LrSchedule { warmup_steps: self.warmup_steps, ..LrSchedule::constant(self.lr) }
+            LrSchedule {
+                warmup_steps: self.warmup_steps,
+                ..LrSchedule::constant(self.lr)
+            }
         }
     }
 
     fn batch_kind(&self) -> BatchKind {
-        let elastic = ElasticParams { alpha: self.elastic_alpha, sigma: self.elastic_sigma };
+        let elastic = ElasticParams {
+            alpha: self.elastic_alpha,
+            sigma: self.elastic_sigma,
+        };
         let intensity = IntensityParams::default();
         match self.method {
             Method::Global => BatchKind::Moco { elastic, intensity },
-            Method::Local => BatchKind::Lrc { elastic, n: self.samples, max_regions: self.max_regions },
-            Method::Joint => BatchKind::Joint { elastic, intensity, n: self.samples, max_regions: self.max_regions },
+            Method::Local => BatchKind::Lrc {
+                elastic,
+                n: self.samples,
+                max_regions: self.max_regions,
+            },
+            Method::Joint => BatchKind::Joint {
+                elastic,
+                intensity,
+                n: self.samples,
+                max_regions: self.max_regions,
+            },
         }
     }
 }
@@ -205,15 +226,31 @@ impl PretrainState {
             (None, None)
         };
         let optimizer = Optimizer::new(config.optimizer());
-        Ok(PretrainState { config, model, params, key, queue, optimizer, step: 0 })
+        Ok(PretrainState {
+            config,
+            model,
+            params,
+            key,
+            queue,
+            optimizer,
+            step: 0,
+        })
     }
 
     /// Writes the state atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> =
-            self.params.params().iter().map(|p| (format!("model/{}", p.name), p.value.clone())).collect();
+        let mut tensors: Vec<(String, Tensor)> = self
+            .params
+            .params()
+            .iter()
+            .map(|p| (format!("model/{}", p.name), p.value.clone()))
+            .collect();
         if let Some(key) = &self.key {
-            tensors.extend(key.params().iter().map(|p| (format!("key/{}", p.name), p.value.clone())));
+            tensors.extend(
+                key.params()
+                    .iter()
+                    .map(|p| (format!("key/{}", p.name), p.value.clone())),
+            );
         }
         if let Some(queue) = &self.queue {
             let (keys, meta) = queue.state()?;
@@ -223,7 +260,10 @@ impl PretrainState {
         tensors.extend(self.optimizer.state_tensors(&self.params, "opt/"));
         let meta = BTreeMap::from([
             ("kind".to_string(), CHECKPOINT_KIND.to_string()),
-            ("config".to_string(), serde_json::to_string(&self.config).expect("config serialises")),
+            (
+                "config".to_string(),
+                serde_json::to_string(&self.config).expect("config serialises"),
+            ),
             ("step".to_string(), self.step.to_string()),
         ]);
         checkpoint::save(path, &tensors, &meta)
@@ -234,11 +274,17 @@ impl PretrainState {
         let (tensors, meta) = checkpoint::load(path)?;
         let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
         if meta.get("kind").map(String::as_str) != Some(CHECKPOINT_KIND) {
-            return Err(bad(format!("not a pre-training checkpoint (kind {:?})", meta.get("kind"))));
+            return Err(bad(format!(
+                "not a pre-training checkpoint (kind {:?})",
+                meta.get("kind")
+            )));
         }
         let config: PretrainConfig = serde_json::from_str(meta.get("config").ok_or_else(|| bad("no config".into()))?)
             .map_err(|e| bad(format!("unreadable config: {e}")))?;
-        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no step".into()))?;
+        let step: u64 = meta
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no step".into()))?;
         let mut state = PretrainState::new(config)?;
         fill(&mut state.params, &tensors, "model/").map_err(|e| bad(e.to_string()))?;
         if let Some(key) = &mut state.key {
@@ -246,7 +292,9 @@ impl PretrainState {
         }
         if let Some(queue) = &mut state.queue {
             let (k, m) = (tensors.get("queue/keys"), tensors.get("queue/meta"));
-            let (Some(k), Some(m)) = (k, m) else { return Err(bad("the MoCo queue is missing".into())) };
+            let (Some(k), Some(m)) = (k, m) else {
+                return Err(bad("the MoCo queue is missing".into()));
+            };
             queue.restore(k, m)?;
         }
         state.optimizer.load_state(&state.params, &tensors, "opt/", step)?;
@@ -260,9 +308,15 @@ impl PretrainState {
 pub fn fill(store: &mut ParamStore, tensors: &BTreeMap<String, Tensor>, prefix: &str) -> Result<()> {
     for p in store.params_mut() {
         let key = format!("{prefix}{}", p.name);
-        let t = tensors.get(&key).ok_or_else(|| Error::config(format!("{key} is missing")))?;
+        let t = tensors
+            .get(&key)
+            .ok_or_else(|| Error::config(format!("{key} is missing")))?;
         if t.shape() != p.value.shape() {
-            return Err(Error::config(format!("{key} has shape {:?}, expected {:?}", t.shape(), p.value.shape())));
+            return Err(Error::config(format!(
+                "{key} has shape {:?}, expected {:?}",
+                t.shape(),
+                p.value.shape()
+            )));
         }
         p.value = t.to_dtype(DType::F32)?;
     }
@@ -333,22 +387,43 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     };
     let cfg = state.config.clone();
     let pool = training_pool(&store, cfg.method);
-    let spec = BatchSpec { kind: cfg.batch_kind(), batch: cfg.batch, crop: (cfg.crop, cfg.crop), pool: Arc::new(pool), seed: cfg.seed };
+    let spec = BatchSpec {
+        kind: cfg.batch_kind(),
+        batch: cfg.batch,
+        crop: (cfg.crop, cfg.crop),
+        pool: Arc::new(pool),
+        seed: cfg.seed,
+    };
     spec.validate(&store)?;
-    let name = format!("pretrain-{}", serde_json::to_value(cfg.method).expect("enum").as_str().unwrap_or("?"));
+    let name = format!(
+        "pretrain-{}",
+        serde_json::to_value(cfg.method).expect("enum").as_str().unwrap_or("?")
+    );
     let mut log = RunLog::new(&name, cfg.steps, opts.metrics.as_deref(), opts.quiet)?;
     log.set_position(state.step);
     let end = opts.stop_after.map_or(cfg.steps, |n| (state.step + n).min(cfg.steps));
     let mut batches = Prefetcher::new(store.clone(), spec, state.step, end, 3);
     let schedule = cfg.schedule();
-    let lcfg = LocalLossConfig { temperature: cfg.temperature, renormalize_means: cfg.renormalize_means };
-    let mut summary = PretrainSummary { steps: 0, first_loss: None, last_loss: f64::NAN, losses: Vec::new(), seconds: 0.0 };
+    let lcfg = LocalLossConfig {
+        temperature: cfg.temperature,
+        renormalize_means: cfg.renormalize_means,
+    };
+    let mut summary = PretrainSummary {
+        steps: 0,
+        first_loss: None,
+        last_loss: f64::NAN,
+        losses: Vec::new(),
+        seconds: 0.0,
+    };
     let (mut window_sum, mut window_n) = (0.0, 0u64);
     while state.step < end {
         let step = state.step;
         let _step_range = profile::range("phase.step");
         let batch = batches.next(step)?;
-        let x_pos = batch.x_pos.clone().ok_or_else(|| Error::config("pre-training batch without a positive view"))?;
+        let x_pos = batch
+            .x_pos
+            .clone()
+            .ok_or_else(|| Error::config("pre-training batch without a positive view"))?;
         // MoCo: keys from the momentum encoder, updated before use as in the reference code.
         let keys = if let (Some(key), Some(_)) = (&mut state.key, &state.queue) {
             let _r = profile::range("phase.keys");
@@ -398,7 +473,9 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         };
         let loss_value = tape.value(loss).scalar()?;
         if !loss_value.is_finite() {
-            return Err(Error::config(format!("the loss became {loss_value} at step {step}; lower the learning rate")));
+            return Err(Error::config(format!(
+                "the loss became {loss_value} at step {step}; lower the learning rate"
+            )));
         }
         {
             let _r = profile::range("phase.backward");
@@ -420,11 +497,24 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         window_sum += loss_value;
         window_n += 1;
         log.step(state.step, &format!("loss {loss_value:.4}"));
-        log.record("step", &[("step", state.step.into()), ("loss", loss_value.into()), ("lr", schedule.lr(step).into())])?;
+        log.record(
+            "step",
+            &[
+                ("step", state.step.into()),
+                ("loss", loss_value.into()),
+                ("lr", schedule.lr(step).into()),
+            ],
+        )?;
         if state.step % cfg.log_every.max(1) == 0 || state.step == end {
             let mean = window_sum / window_n as f64;
             summary.losses.push((state.step, mean));
-            log.line(&format!("{name} step {}/{} loss {mean:.4} lr {:.2e} {:.1}s", state.step, cfg.steps, schedule.lr(step), log.elapsed_s()));
+            log.line(&format!(
+                "{name} step {}/{} loss {mean:.4} lr {:.2e} {:.1}s",
+                state.step,
+                cfg.steps,
+                schedule.lr(step),
+                log.elapsed_s()
+            ));
             (window_sum, window_n) = (0.0, 0);
         }
         if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == end {
