@@ -155,12 +155,22 @@ impl Optimizer {
             let first = self.state1[i].is_none();
             let s1 =
                 self.state1[i].get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype()));
-            let s2 =
-                self.state2[i].get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype()));
+            // SGD keeps one buffer; Adam(W) a second moment as well.
+            let mut s2 = match self.kind {
+                OptimizerKind::Sgd { .. } => None,
+                _ => Some(
+                    self.state2[i]
+                        .get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype())),
+                ),
+            };
             let value = &mut param.value;
             with_cpu_dtype!("optimizer step", [grad], T => {
                 let g = grad.as_slice::<T>()?;
-                update::<T>(&h, value.data_mut::<T>()?, g, s1.data_mut::<T>()?, s2.data_mut::<T>()?, first);
+                let s2 = match s2.as_mut() {
+                    Some(t) => t.data_mut::<T>()?,
+                    None => &mut [],
+                };
+                update::<T>(&h, value.data_mut::<T>()?, g, s1.data_mut::<T>()?, s2, first);
             });
         }
         Ok(())
