@@ -43,6 +43,12 @@ enum Command {
     Synth(lrc::cli::synth::SynthArgs),
     /// Preprocess a folder of CT volumes into a memory-mapped slice store.
     Prep(lrc::cli::prep::PrepArgs),
+    /// Dice per organ of predicted masks against reference masks, paired by case name.
+    Eval(lrc::cli::eval::EvalArgs),
+    /// AMI/ARI of k-means on LRC pixel embeddings against Felzenszwalb regions (thesis table 4.1).
+    EvalClusters(lrc::cli::eval_clusters::EvalClustersArgs),
+    /// Felzenszwalb superpixels of a CT volume's axial slices, written in the volume's geometry.
+    Superpixels(lrc::cli::superpixels::SuperpixelsArgs),
 }
 
 fn main() {
@@ -62,6 +68,9 @@ fn main() {
         }),
         Command::Synth(args) => lrc::cli::synth::run(args),
         Command::Prep(args) => lrc::cli::prep::run(args),
+        Command::Eval(args) => lrc::cli::eval::run(args),
+        Command::EvalClusters(args) => lrc::cli::eval_clusters::run(args),
+        Command::Superpixels(args) => lrc::cli::superpixels::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
