@@ -52,6 +52,13 @@ enum Command {
 }
 
 fn main() {
+    // Behave like other command-line tools when the reader of stdout goes away (`lrc ... | head`):
+    // end quietly instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result: lrc::Result<()> = match cli.command {
         Command::Demo(args) => lrc::cli::demo::run_args(args),
