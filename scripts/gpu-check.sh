@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# The GPU check in one call, for a GPU machine with no Rust toolchain and no network. Run it from
+# the repository root, with the bundle of scripts/gpu-bundle.sh present:
+#
+#   scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS]
+#
+# Steps, in order, each with a timeout and skipped when the budget (default 420 s) runs short:
+#   card      nvidia-smi: name, driver, memory
+#   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
+#   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
+#   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
+#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
+# OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
+# ratio, what was skipped) and logs/ with the full output of every step.
+#
+# --dry, or no nvidia-smi: runs only what needs no GPU (the tests without --include-ignored, the
+# parity check where python3 imports torch and safetensors) and reports the GPU steps as not run.
+# Exit status: 0 when everything that ran passed, 1 otherwise, 2 for bad usage.
+#
+# Environment: LRC_BUNDLE (default gpu-bundle), LRC_PYTHON (the python3 with torch; default
+# python3), LRC_TEST_TIMEOUT (seconds per test executable, default 150), LRC_BENCH_ARGS (shapes
+# for both benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32, depth 5).
+set -uo pipefail
+
+usage() {
+    echo "usage: scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS]" >&2
+    exit 2
+}
+
+out=""
+dry=0
+dry_reason="--dry"
+budget=420
+while (($#)); do
+    case "$1" in
+        --dry) dry=1 ;;
+        --budget)
+            [[ "${2:-}" =~ ^[0-9]+$ ]] || usage
+            budget="$2"
+            shift
+            ;;
+        -h | --help) usage ;;
+        -*) usage ;;
+        *)
+            [[ -z "$out" ]] || usage
+            out="$1"
+            ;;
+    esac
+    shift
+done
+[[ -n "$out" ]] || usage
+
+start=$SECONDS
+repo="$(pwd -P)"
+bundle="${LRC_BUNDLE:-gpu-bundle}"
+python="${LRC_PYTHON:-python3}"
+test_timeout="${LRC_TEST_TIMEOUT:-150}"
+bench_args="${LRC_BENCH_ARGS:---batch 16 --size 256 --base 32 --depth 5 --repeats 20 --warmup 3}"
+read -r -a bench_argv <<< "$bench_args"
+
+if [[ ! -f "$bundle/bin.tar.xz" && ! -f "$bundle/bin/lrc" ]]; then
+    echo "gpu-check: no bundle at $bundle (build it with scripts/gpu-bundle.sh, carry it, or set LRC_BUNDLE)" >&2
+    exit 2
+fi
+bundle="$(cd "$bundle" && pwd -P)"
+mkdir -p "$out" || exit 2
+out="$(cd "$out" && pwd -P)"
+rm -rf "$out/logs" "$out/summary.md"
+mkdir -p "$out/logs"
+logs="$out/logs"
+
+if ((!dry)) && ! command -v nvidia-smi > /dev/null; then
+    dry=1
+    dry_reason="nvidia-smi not found"
+fi
+
+failed=0
+test_rows=()   # markdown rows of the tests table
+step_rows=()   # markdown rows of the steps table
+skipped=()     # what was skipped, and why
+notes=()       # anything else worth knowing
+cleanup=()     # links made for the tests, removed at exit
+unpacked=""    # where the executables were unpacked, removed at exit
+
+elapsed() { echo $((SECONDS - start)); }
+left() { echo $((budget - (SECONDS - start))); }
+say() { echo "gpu-check [$(elapsed)s] $*"; }
+min() { echo $(($1 < $2 ? $1 : $2)); }
+
+# timed LOG SECONDS CMD...: runs CMD under a timeout with its output in LOG; sets `rc` and `took`.
+timed() {
+    local log="$1" limit="$2" t0=$SECONDS
+    shift 2
+    timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1 < /dev/null
+    rc=$?
+    took=$((SECONDS - t0))
+}
+
+# A symbolic link LINK -> TARGET made for this run, and the folders made to hold it, go at exit.
+make_link() {
+    local target="$1" link="$2" top="" d
+    d="$(dirname "$link")"
+    while [[ ! -e "$d" ]]; do
+        top="$d"
+        d="$(dirname "$d")"
+    done
+    mkdir -p "$(dirname "$link")" 2> /dev/null || return 1
+    cleanup+=("$link|$top")
+    ln -s "$target" "$link" 2> /dev/null
+}
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+remove_links() {
+    local i entry link top d
+    # Last made first: a link may lie under an earlier one.
+    for ((i = ${#cleanup[@]} - 1; i >= 0; i--)); do
+        entry="${cleanup[i]}"
+        link="${entry%%|*}"
+        top="${entry#*|}"
+        [[ -L "$link" ]] && rm -f "$link"
+        if [[ -n "$top" ]]; then
+            d="$(dirname "$link")"
+            while [[ "$d" == "$top" || "$d" == "$top"/* ]]; do
+                rmdir "$d" 2> /dev/null || break
+                d="$(dirname "$d")"
+            done
+        fi
+    done
+}
+trap 'remove_links; [[ -z "$unpacked" ]] || rm -rf "$unpacked"' EXIT
+
+# The executables: packed by gpu-bundle.sh (unpacked here into a temporary folder, so that the
+# bundle stays small enough to travel), or a plain bin/ folder.
+bin="$bundle/bin"
+if [[ -f "$bundle/bin.tar.xz" ]]; then
+    unpacked="$(mktemp -d)"
+    if command -v xz > /dev/null; then
+        tar -C "$unpacked" -xJf "$bundle/bin.tar.xz"
+    else
+        python3 -m tarfile -e "$bundle/bin.tar.xz" "$unpacked"
+    fi || {
+        echo "gpu-check: cannot unpack $bundle/bin.tar.xz" >&2
+        exit 2
+    }
+    bin="$unpacked/bin"
+fi
+chmod +x "$bin"/* 2> /dev/null
+
+# Tests locate fixtures through the crate root and the lrc binary through the target folder of
+# the build machine, both compiled in (env!). When this tree sits elsewhere, link those paths here.
+fix_build_paths() {
+    [[ -f "$bundle/BUILD" ]] || return 0
+    local manifest_dir bin_exe
+    manifest_dir="$(sed -n 's/^manifest_dir=//p' "$bundle/BUILD")"
+    bin_exe="$(sed -n 's/^bin_exe_lrc=//p' "$bundle/BUILD")"
+    if [[ -n "$manifest_dir" ]]; then
+        if [[ -e "$manifest_dir" ]]; then
+            if [[ "$(cd "$manifest_dir" && pwd -P)" != "$repo" ]]; then
+                notes+=("tests read their files under the build-time root $manifest_dir, which is not this tree ($repo)")
+            fi
+        elif make_link "$repo" "$manifest_dir"; then
+            notes+=("linked the build-time root $manifest_dir to this tree ($repo) for the tests")
+        else
+            notes+=("could not link the build-time root $manifest_dir to $repo: tests that read fixtures fail")
+        fi
+    fi
+    if [[ -n "$bin_exe" && ! -e "$bin_exe" ]]; then
+        if make_link "$bin/lrc" "$bin_exe"; then
+            notes+=("linked the build-time lrc path $bin_exe to the bundle's lrc for the tests")
+        else
+            notes+=("could not link $bin_exe to the bundle's lrc: tests that run lrc fail")
+        fi
+    fi
+}
+
+# --- card ---------------------------------------------------------------------------------------
+card="no GPU ($dry_reason)"
+if ((!dry)); then
+    say "nvidia-smi"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$logs/card.csv"
+    nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
+    card="$(sed -n '2p' "$logs/card.csv")"
+    if [[ -z "$card" ]]; then
+        card="nvidia-smi gave no GPU"
+        failed=1
+    fi
+fi
+
+bundle_commit="$(head -n 2 "$bundle/COMMIT" 2> /dev/null | paste -sd ' ' -)"
+tree_commit="$(git -C "$repo" rev-parse HEAD 2> /dev/null || true)"
+if [[ -n "$tree_commit" && -n "$bundle_commit" && "${bundle_commit%% *}" != "$tree_commit"* ]]; then
+    notes+=("the bundle was built from ${bundle_commit%% *}, this tree is at $tree_commit")
+fi
+
+fix_build_paths
+if [[ ! -f "$repo/sample-ct/totalseg/dataset.json" ]]; then
+    export LRC_SKIP_SAMPLE_CT=1
+    notes+=("sample-ct/ is not in this tree: the sample-CT tests ran with LRC_SKIP_SAMPLE_CT=1 and checked nothing")
+fi
+export RUST_BACKTRACE=1
+
+# --- tests --------------------------------------------------------------------------------------
+test_args=()
+((dry)) || test_args=(--include-ignored)
+total_passed=0
+total_failed=0
+total_ignored=0
+for exe in "$bin"/*; do
+    name="$(basename "$exe")"
+    [[ "$name" == lrc ]] && continue
+    if (($(left) < 20)); then
+        skipped+=("test executable $name: budget spent")
+        test_rows+=("| $name | | | | | skipped (budget) |")
+        continue
+    fi
+    say "tests: $name ${test_args[*]}"
+    log="$logs/test-$name.log"
+    timed "$log" "$(min "$test_timeout" $(($(left) - 5)))" "$exe" "${test_args[@]}"
+    result="$(grep -a '^test result:' "$log" | tail -n 1)"
+    passed="$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<< "$result")"
+    nfailed="$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<< "$result")"
+    ignored="$(sed -nE 's/.* ([0-9]+) ignored.*/\1/p' <<< "$result")"
+    total_passed=$((total_passed + ${passed:-0}))
+    total_failed=$((total_failed + ${nfailed:-0}))
+    total_ignored=$((total_ignored + ${ignored:-0}))
+    if ((rc == 124 || rc == 137)); then
+        status="TIMEOUT"
+    elif ((rc == 0)) && [[ "$result" == "test result: ok."* ]]; then
+        status="ok"
+    elif [[ "$result" == "test result: FAILED."* ]]; then
+        status="FAILED"
+    else
+        status="CRASHED (exit $rc, no result line)"
+    fi
+    [[ "$status" == ok ]] || failed=1
+    test_rows+=("| $name | ${passed:-} | ${nfailed:-} | ${ignored:-} | $took | $status |")
+    say "  $status: ${passed:-?} passed, ${nfailed:-?} failed, ${ignored:-?} ignored (${took}s)"
+done
+
+# The last line a failed step printed, for the summary; the whole output is in its log.
+last_line() {
+    grep -av '^[[:space:]]*$' "$1" | tail -n 1 | cut -c 1-200 | tr '|' '/'
+}
+
+# step NAME STATUS SECONDS DETAIL: a row of the steps table.
+step() {
+    step_rows+=("| $1 | $2 | $3 | $4 |")
+    say "$1: $2 $4"
+}
+
+# enough NAME SECONDS: whether at least SECONDS of the budget are left; records the skip if not.
+enough() {
+    if (($(left) < $2)); then
+        skipped+=("$1: $(left) s of the budget left, it needs about $2 s")
+        step "$1" "skipped (budget)" "" ""
+        return 1
+    fi
+}
+
+# --- parity -------------------------------------------------------------------------------------
+torch_ref="$bundle/scripts/torch_reference.py"
+[[ -f "$torch_ref" ]] || torch_ref="$repo/scripts/torch_reference.py"
+if ! "$python" -c 'import torch, safetensors' > /dev/null 2>&1; then
+    skipped+=("parity: $python cannot import torch and safetensors")
+    step parity "skipped (no torch)" "" ""
+elif enough parity 30; then
+    say "parity"
+    # shellcheck disable=SC2016 # the inner script expands its own arguments
+    timed "$logs/parity.log" "$(min 150 "$(left)")" bash -c \
+        '"$1" parity --out "$2" && "$3" "$4" --check "$2"' _ \
+        "$bin/lrc" "$out/parity.safetensors" "$python" "$torch_ref"
+    worst="$(grep -a 'worst relative error' "$logs/parity.log" | tail -n 1)"
+    if ((rc == 0)); then
+        step parity passed "$took" "$worst"
+    else
+        failed=1
+        step parity "FAILED (exit $rc)" "$took" "${worst:-$(last_line "$logs/parity.log")} (logs/parity.log)"
+    fi
+fi
+
+# --- GPU steps ----------------------------------------------------------------------------------
+if ((dry)); then
+    for s in memcheck "bench lrc" "bench torch"; do
+        step "$s" "not run (no GPU)" "" ""
+    done
+else
+    sanitizer="$(command -v compute-sanitizer || true)"
+    [[ -n "$sanitizer" || ! -x /usr/local/cuda/bin/compute-sanitizer ]] || sanitizer=/usr/local/cuda/bin/compute-sanitizer
+    if [[ -z "$sanitizer" ]]; then
+        skipped+=("memcheck: compute-sanitizer not found")
+        step memcheck "skipped (no compute-sanitizer)" "" ""
+    elif enough memcheck 45; then
+        # Batch 3, 18 x 18 and 9 x 9 planes, 1, 3, 8 and 16 channels: every tile is partly
+        # outside the tensors, where out-of-bounds accesses would be.
+        timed "$logs/memcheck.log" "$(min 150 "$(left)")" "$sanitizer" --tool memcheck --error-exitcode 3 \
+            "$bin/lrc" bench conv --batch 3 --size 18 --base 8 --depth 2 --classes 3 --algo all \
+            --repeats 1 --warmup 0 --json "$logs/memcheck-bench.jsonl"
+        errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck.log" | tail -n 1 | sed 's/^=* *//')"
+        if ((rc == 0)); then
+            step memcheck passed "$took" "${errors:-}"
+        else
+            failed=1
+            why="$(grep -a -m 1 '^error:' "$logs/memcheck.log" | cut -c 1-200 | tr '|' '/')"
+            step memcheck "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck.log")} (logs/memcheck.log)"
+        fi
+    fi
+    if enough "bench lrc" 60; then
+        timed "$logs/bench-lrc.log" "$(min 180 "$(left)")" "$bin/lrc" bench conv --algo all \
+            "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
+        if ((rc == 0)); then
+            step "bench lrc" passed "$took" "$(grep -a '^total' "$logs/bench-lrc.log" | paste -sd ';' -)"
+        else
+            failed=1
+            step "bench lrc" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-lrc.log") (logs/bench-lrc.log)"
+        fi
+    fi
+    torch_bench="$bundle/scripts/torch_reference.py"
+    [[ -f "$torch_bench" ]] || torch_bench="$repo/scripts/torch_reference.py"
+    if enough "bench torch" 60; then
+        timed "$logs/bench-torch.log" "$(min 180 "$(left)")" "$python" "$torch_bench" --bench conv \
+            "${bench_argv[@]}" --json "$out/bench-torch.jsonl"
+        if ((rc == 0)); then
+            step "bench torch" passed "$took" "$(grep -a '^total' "$logs/bench-torch.log" | paste -sd ';' -)"
+        else
+            failed=1
+            step "bench torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-torch.log") (logs/bench-torch.log)"
+        fi
+    fi
+fi
+
+# --- summary ------------------------------------------------------------------------------------
+# Medians per layer and pass from the JSON lines of both benchmarks; ratio = lrc / PyTorch.
+bench_table() {
+    python3 - "$out/bench-lrc.jsonl" "$out/bench-torch.jsonl" "$bench_args" << 'PY'
+import json, os, sys
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+lrc, torch = read(sys.argv[1]), read(sys.argv[2])
+if not lrc and not torch:
+    sys.exit(0)
+algos = sorted({r["algo"] for r in lrc})
+ref = {(r["layer"], r["pass"]): r["median_ms"] for r in torch}
+ours = {(r["layer"], r["pass"], r["algo"]): r["median_ms"] for r in lrc}
+keys = list(dict.fromkeys((r["layer"], r["pass"]) for r in (lrc or torch)))
+shape = {(r["layer"], r["pass"]): f'{r["n"]}x{r["c_in"]}x{r["h"]}x{r["w"]}>{r["c_out"]} k{r["kh"]}' for r in lrc + torch}
+device = (torch or lrc)[0]["device"]
+print(f"## Benchmark: conv ({sys.argv[3]}), median ms, {device}\n")
+print("ratio = lrc / PyTorch (cuDNN, TF32): above 1, lrc is slower.\n")
+head = "| layer | pass | shape | torch |" + "".join(f" lrc {a} | ratio |" for a in algos)
+print(head)
+print("|" + "---|" * (4 + 2 * len(algos)))
+def fmt(v):
+    return "" if v is None else f"{v:.4f}"
+def ratio(a, b):
+    return "" if a is None or not b else f"{a / b:.2f}"
+totals = {a: 0.0 for a in algos}
+total_ref = 0.0
+for k in keys:
+    t = ref.get(k)
+    total_ref += t or 0.0
+    row = f"| {k[0]} | {k[1]} | {shape[k]} | {fmt(t)} |"
+    for a in algos:
+        v = ours.get((k[0], k[1], a))
+        totals[a] += v or 0.0
+        row += f" {fmt(v)} | {ratio(v, t)} |"
+    print(row)
+row = f"| **total** | | | {fmt(total_ref) if torch else ''} |"
+for a in algos:
+    row += f" {fmt(totals[a])} | {ratio(totals[a], total_ref) if torch else ''} |"
+print(row)
+PY
+}
+
+{
+    echo "# lrc GPU check"
+    echo
+    echo "- card: $card"
+    echo "- mode: $( ((dry)) && echo "dry ($dry_reason): GPU steps not run" || echo full)"
+    echo "- bundle: ${bundle_commit:-unknown (no COMMIT file)}"
+    echo "- host: $(uname -n), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "- time: $(elapsed) s of a $budget s budget"
+    echo "- result: $( ((failed)) && echo FAILED || echo "everything that ran passed")"
+    echo
+    echo "## Tests ($( ((dry)) && echo "without the ignored ones" || echo "--include-ignored"))"
+    echo
+    echo "| executable | passed | failed | ignored | s | status |"
+    echo "|---|---:|---:|---:|---:|---|"
+    printf '%s\n' "${test_rows[@]}"
+    echo "| **total** | $total_passed | $total_failed | $total_ignored | | |"
+    echo
+    echo "## Steps"
+    echo
+    echo "| step | status | s | detail |"
+    echo "|---|---|---:|---|"
+    printf '%s\n' "${step_rows[@]}"
+    table="$(bench_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    if ((${#skipped[@]})); then
+        echo
+        echo "## Skipped"
+        echo
+        printf -- '- %s\n' "${skipped[@]}"
+    fi
+    if ((${#notes[@]})); then
+        echo
+        echo "## Notes"
+        echo
+        printf -- '- %s\n' "${notes[@]}"
+    fi
+    echo
+    echo "Logs: logs/ beside this file."
+} > "$out/summary.md"
+
+echo
+cat "$out/summary.md"
+exit "$failed"

@@ -1,0 +1,294 @@
+//! scripts/gpu-check.sh in its dry mode, against a fake bundle of shell scripts: the summary it
+//! writes, the GPU steps reported as not run, and its exit status when a test fails. The real
+//! executables are not needed (the script runs whatever the bundle holds), so this stays fast and
+//! independent of the build.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-check.sh")
+}
+
+fn write_executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A libtest-like executable printing one result line and exiting as libtest would.
+fn fake_test(passed: usize, failed: usize) -> String {
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    format!(
+        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n\
+         echo \"test result: {verdict}. {passed} passed; {failed} failed; 2 ignored; 0 measured; 0 filtered out; \
+         finished in 0.01s\"\nexit {}\n",
+        passed + failed,
+        (failed > 0) as i32
+    )
+}
+
+/// A bundle with a fake `lrc` (whose `parity` writes its output file) and the given tests, and a
+/// fake python that imports anything and passes any parity check of an existing file.
+fn fake_bundle(root: &Path, tests: &[(&str, String)]) -> (PathBuf, PathBuf) {
+    let bundle = root.join("bundle");
+    fs::create_dir_all(bundle.join("bin")).unwrap();
+    write_executable(
+        &bundle.join("bin/lrc"),
+        "#!/usr/bin/env bash\n[[ $1 == parity && $2 == --out ]] && echo fake > \"$3\" && exit 0\nexit 9\n",
+    );
+    for (name, text) in tests {
+        write_executable(&bundle.join("bin").join(name), text);
+    }
+    fs::write(bundle.join("COMMIT"), "0123abcd\n2026-11-26T00:00:00Z\n").unwrap();
+    let python = root.join("fake-python");
+    write_executable(
+        &python,
+        "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n[[ $2 == --check && -f $3 ]] || exit 1\n\
+         echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)'\n",
+    );
+    (bundle, python)
+}
+
+/// Runs the script in `--dry` mode from `root`; returns its output and summary.md.
+fn run_dry(root: &Path, bundle: &Path, python: &Path) -> (Output, String) {
+    let out_dir = root.join("out");
+    let output = Command::new("bash")
+        .arg(script())
+        .arg(&out_dir)
+        .arg("--dry")
+        .current_dir(root)
+        .env("LRC_BUNDLE", bundle)
+        .env("LRC_PYTHON", python)
+        .output()
+        .expect("run bash");
+    let summary = fs::read_to_string(out_dir.join("summary.md")).unwrap_or_else(|e| {
+        panic!(
+            "no summary.md ({e}); output:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, summary)
+}
+
+fn row<'a>(summary: &'a str, first_cell: &str) -> &'a str {
+    let prefix = format!("| {first_cell} |");
+    summary
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row for {first_cell} in:\n{summary}"))
+}
+
+#[test]
+fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let (output, summary) = run_dry(dir.path(), &bundle, &python);
+    assert!(output.status.success(), "exit {:?}:\n{summary}", output.status);
+    // Passed, failed, ignored, seconds, status.
+    let cells: Vec<&str> = row(&summary, "fake_tests").split('|').map(str::trim).collect();
+    assert_eq!(cells[2..5], ["3", "0", "2"], "{summary}");
+    assert_eq!(cells[6], "ok");
+    // Dry runs leave the ignored (GPU) tests out.
+    let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
+    assert!(!log.contains("--include-ignored"), "{log}");
+    for step in ["memcheck", "bench lrc", "bench torch"] {
+        assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
+    }
+    assert!(row(&summary, "parity").contains("passed"), "{summary}");
+    assert!(
+        row(&summary, "parity").contains("worst relative error 1.000e-06"),
+        "{summary}"
+    );
+    assert!(summary.contains("0123abcd 2026-11-26T00:00:00Z"), "{summary}");
+    assert!(summary.contains("everything that ran passed"), "{summary}");
+}
+
+#[test]
+fn a_failing_test_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = [("a_good", fake_test(4, 0)), ("b_bad", fake_test(1, 2))];
+    let (bundle, python) = fake_bundle(dir.path(), &tests);
+    let (output, summary) = run_dry(dir.path(), &bundle, &python);
+    assert_eq!(output.status.code(), Some(1), "{summary}");
+    assert!(row(&summary, "b_bad").ends_with("| FAILED |"), "{summary}");
+    assert!(row(&summary, "a_good").ends_with("| ok |"), "{summary}");
+    assert!(
+        row(&summary, "**total**").starts_with("| **total** | 5 | 2 | 4 |"),
+        "{summary}"
+    );
+    assert!(summary.contains("- result: FAILED"), "{summary}");
+}
+
+#[test]
+fn a_crash_without_a_result_line_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let crash = "#!/usr/bin/env bash\necho 'running 1 test'\nkill -SEGV $$\n".to_string();
+    let (bundle, python) = fake_bundle(dir.path(), &[("crashes", crash)]);
+    let (output, summary) = run_dry(dir.path(), &bundle, &python);
+    assert_eq!(output.status.code(), Some(1), "{summary}");
+    assert!(row(&summary, "crashes").contains("CRASHED"), "{summary}");
+}
+
+#[test]
+fn parity_is_skipped_without_torch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, _) = fake_bundle(dir.path(), &[("fake_tests", fake_test(1, 0))]);
+    let no_python = dir.path().join("no-such-python");
+    let (output, summary) = run_dry(dir.path(), &bundle, &no_python);
+    assert!(output.status.success(), "{summary}");
+    assert!(row(&summary, "parity").contains("skipped (no torch)"), "{summary}");
+}
+
+/// Fake GPU tools on PATH (nvidia-smi, compute-sanitizer) and fake benchmarks writing JSON lines
+/// in the formats of `lrc bench conv` and scripts/torch_bench.py.
+fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
+    let tools = root.join("tools");
+    fs::create_dir_all(&tools).unwrap();
+    write_executable(
+        &tools.join("nvidia-smi"),
+        "#!/usr/bin/env bash\necho 'name, driver_version, memory.total [MiB]'\n\
+         echo 'Fake H100, 580.00, 81559 MiB'\n",
+    );
+    write_executable(
+        &tools.join("compute-sanitizer"),
+        "#!/usr/bin/env bash\nshift 4\n\"$@\" || exit $?\necho '========= ERROR SUMMARY: 0 errors'\n",
+    );
+    // One layer, one pass: lrc takes 2 ms (tf32-mma) and 6 ms (fp32-tiled), PyTorch 1 ms.
+    let record = |engine: &str, algo: &str, ms: f64| {
+        format!(
+            r#"{{"bench":"conv","engine":"{engine}","device":"Fake H100","layer":"enc1.conv1","kind":"conv","pass":"forward","algo":"{algo}","n":16,"c_in":1,"h":256,"w":256,"c_out":32,"kh":3,"kw":3,"median_ms":{ms}}}"#
+        )
+    };
+    let json_writer = |lines: &[String]| {
+        let mut text =
+            String::from("#!/usr/bin/env bash\nwhile (($#)); do [[ $1 == --json ]] && json=$2; shift; done\n");
+        for line in lines {
+            text += &format!("echo '{line}' >> \"$json\"\n");
+        }
+        text + "echo 'total tf32-mma 2.0 ms'\n"
+    };
+    let lrc_bench = json_writer(&[record("lrc", "tf32-mma", 2.0), record("lrc", "fp32-tiled", 6.0)]);
+    write_executable(
+        &bundle.join("bin/lrc"),
+        &format!(
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
+            lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
+        ),
+    );
+    let torch_bench = json_writer(&[record("torch", "cudnn-tf32", 1.0)]);
+    write_executable(
+        python,
+        &format!(
+            "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n\
+             [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n{}",
+            torch_bench.trim_start_matches("#!/usr/bin/env bash\n")
+        ),
+    );
+    tools
+}
+
+fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &str) -> (Output, String) {
+    let out_dir = root.join("out");
+    let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+    let output = Command::new("bash")
+        .arg(script())
+        .arg(&out_dir)
+        .args(["--budget", budget])
+        .current_dir(root)
+        .env("PATH", path)
+        .env("LRC_BUNDLE", bundle)
+        .env("LRC_PYTHON", python)
+        .output()
+        .expect("run bash");
+    let summary = fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
+    (output, summary)
+}
+
+#[test]
+fn a_full_run_compares_the_benchmarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(output.status.success(), "{summary}");
+    assert!(summary.contains("- card: Fake H100, 580.00, 81559 MiB"), "{summary}");
+    let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
+    assert!(log.contains("args: --include-ignored"), "{log}");
+    assert!(
+        row(&summary, "memcheck").contains("ERROR SUMMARY: 0 errors"),
+        "{summary}"
+    );
+    // Columns: layer, pass, shape, torch, then each lrc algorithm (sorted) and its ratio.
+    let cells: Vec<&str> = row(&summary, "enc1.conv1").split('|').map(str::trim).collect();
+    assert_eq!(
+        cells[1..10],
+        [
+            "enc1.conv1",
+            "forward",
+            "16x1x256x256>32 k3",
+            "1.0000",
+            "6.0000",
+            "6.00",
+            "2.0000",
+            "2.00",
+            ""
+        ]
+    );
+    assert!(
+        summary.contains("| lrc fp32-tiled | ratio | lrc tf32-mma | ratio |"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "0");
+    assert!(output.status.success(), "{summary}");
+    assert!(row(&summary, "fake_tests").contains("skipped (budget)"), "{summary}");
+    for step in ["parity", "memcheck", "bench lrc", "bench torch"] {
+        assert!(row(&summary, step).contains("skipped (budget)"), "{summary}");
+    }
+    let skipped = summary.split("## Skipped").nth(1).expect("a Skipped section");
+    assert!(skipped.contains("bench torch: 0 s of the budget left"), "{summary}");
+}
+
+#[test]
+fn the_paths_compiled_into_the_tests_are_linked_to_this_tree_for_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::write(root.join("fixture.txt"), "x").unwrap();
+    // Where the bundle was built: absent here, as on a GPU machine whose tree sits elsewhere.
+    let built_root = root.join("elsewhere/built-root");
+    let bin_exe = built_root.join("target/release/lrc");
+    // Like a test reading env!("CARGO_MANIFEST_DIR") and running env!("CARGO_BIN_EXE_lrc").
+    let reads_paths = format!(
+        "#!/usr/bin/env bash\nif [[ -f '{}/fixture.txt' ]] && '{}' parity --out \"$(mktemp)\"; then\n{}\nelse\n{}\nfi\n",
+        built_root.display(),
+        bin_exe.display(),
+        "echo 'test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s'",
+        "echo 'test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s'; exit 101"
+    );
+    let (bundle, python) = fake_bundle(root, &[("reads_paths", reads_paths)]);
+    fs::write(
+        bundle.join("BUILD"),
+        format!(
+            "manifest_dir={}\nbin_exe_lrc={}\n",
+            built_root.display(),
+            bin_exe.display()
+        ),
+    )
+    .unwrap();
+    let (output, summary) = run_dry(root, &bundle, &python);
+    assert!(output.status.success(), "{summary}");
+    assert!(row(&summary, "reads_paths").ends_with("| ok |"), "{summary}");
+    assert!(summary.contains("linked the build-time root"), "{summary}");
+    // Nothing made for the run is left behind.
+    assert!(!root.join("elsewhere").exists(), "{summary}");
+    assert!(!root.join("target").exists(), "{summary}");
+}
