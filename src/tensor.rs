@@ -63,6 +63,31 @@ pub trait Element:
     /// Lossless for f64, rounding for f32; used for constants in generic code.
     fn of(x: f64) -> Self;
     fn as_f64(self) -> f64;
+    /// Runs `f` on a per-thread scratch buffer of `len` elements whose contents are
+    /// unspecified (callers overwrite it), so hot loops do not allocate and zero large
+    /// temporaries (im2col matrices) on every call.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH_F64: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The buffer is taken out of its slot while in use: a re-entrant call (rayon may run another
+/// task on this thread inside `f`) finds an empty slot and allocates its own.
+fn with_slot<T: Copy + Default, R>(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    let mut buf = slot.take();
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    let out = f(&mut buf[..len]);
+    slot.set(buf);
+    out
 }
 
 impl Element for f32 {
@@ -88,6 +113,9 @@ impl Element for f32 {
     fn as_f64(self) -> f64 {
         self as f64
     }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        with_slot(&SCRATCH_F32, len, f)
+    }
 }
 
 impl Element for f64 {
@@ -112,6 +140,9 @@ impl Element for f64 {
     }
     fn as_f64(self) -> f64 {
         self
+    }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+        with_slot(&SCRATCH_F64, len, f)
     }
 }
 

@@ -167,9 +167,10 @@ pub mod cpu {
             if g.is_pointwise() {
                 gemm_into(g.c_out, hw, k, w, false, xi, false, yi, false, !outer);
             } else {
-                let mut col = vec![T::zero(); k * hw];
-                im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, &mut col);
-                gemm_into(g.c_out, hw, k, w, false, &col, false, yi, false, !outer);
+                T::with_scratch(k * hw, |col| {
+                    im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, col);
+                    gemm_into(g.c_out, hw, k, w, false, col, false, yi, false, !outer);
+                });
             }
             if let Some(b) = b {
                 for (co, plane) in yi.chunks_mut(hw).enumerate() {
@@ -197,9 +198,10 @@ pub mod cpu {
             if g.is_pointwise() {
                 gemm_into(k, hw, g.c_out, w, true, dyi, false, dxi, false, !outer);
             } else {
-                let mut col = vec![T::zero(); k * hw];
-                gemm_into(k, hw, g.c_out, w, true, dyi, false, &mut col, false, !outer);
-                col2im(&col, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, dxi);
+                T::with_scratch(k * hw, |col| {
+                    gemm_into(k, hw, g.c_out, w, true, dyi, false, col, false, !outer);
+                    col2im(col, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, dxi);
+                });
             }
         };
         if outer {
@@ -221,9 +223,10 @@ pub mod cpu {
             if g.is_pointwise() {
                 gemm_into(g.c_out, k, hw, dyi, false, xi, true, &mut dw, false, parallel_gemm);
             } else {
-                let mut col = vec![T::zero(); k * hw];
-                im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, &mut col);
-                gemm_into(g.c_out, k, hw, dyi, false, &col, true, &mut dw, false, parallel_gemm);
+                T::with_scratch(k * hw, |col| {
+                    im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, col);
+                    gemm_into(g.c_out, k, hw, dyi, false, col, true, &mut dw, false, parallel_gemm);
+                });
             }
             dw
         };
