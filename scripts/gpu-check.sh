@@ -171,6 +171,13 @@ fix_build_paths() {
             notes+=("could not link $bin_exe to the bundle's lrc: tests that run lrc fail")
         fi
     fi
+    # Build outputs named by path in the tests (the ptxas report), kept by the bundle.
+    local file
+    while read -r file; do
+        [[ -n "$file" && ! -e "$file" && -f "$bundle/files$file" ]] || continue
+        make_link "$bundle/files$file" "$file" ||
+            notes+=("could not link the build-time file $file to the bundle's copy: tests that read it fail")
+    done < <(sed -n 's/^file=//p' "$bundle/BUILD")
 }
 
 # --- card ---------------------------------------------------------------------------------------
