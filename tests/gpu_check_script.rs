@@ -20,8 +20,11 @@ fn write_executable(path: &Path, text: &str) {
 /// A libtest-like executable printing one result line and exiting as libtest would.
 fn fake_test(passed: usize, failed: usize) -> String {
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    let failed_lines: String = (0..failed)
+        .map(|i| format!("echo 'test case_{i} ... FAILED'\n"))
+        .collect();
     format!(
-        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n\
+        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n{failed_lines}\
          echo \"test result: {verdict}. {passed} passed; {failed} failed; 2 ignored; 0 measured; 0 filtered out; \
          finished in 0.01s\"\nexit {}\n",
         passed + failed,
@@ -120,6 +123,7 @@ fn a_failing_test_fails_the_check() {
         "{summary}"
     );
     assert!(summary.contains("- result: FAILED"), "{summary}");
+    assert!(summary.contains("- b_bad: FAILED: case_0, case_1\n"), "{summary}");
 }
 
 #[test]
