@@ -84,7 +84,11 @@ cleanup=()     # links made for the tests, removed at exit
 unpacked=""    # where the executables were unpacked, removed at exit
 
 elapsed() { echo $((SECONDS - start)); }
-left() { echo $((budget - (SECONDS - start))); }
+# Seconds of the budget left, never below zero.
+left() {
+    local l=$((budget - (SECONDS - start)))
+    echo $((l > 0 ? l : 0))
+}
 say() { echo "gpu-check [$(elapsed)s] $*"; }
 min() { echo $(($1 < $2 ? $1 : $2)); }
 
