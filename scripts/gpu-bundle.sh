@@ -13,11 +13,12 @@
 # DIR/scripts/       gpu-check.sh, torch_reference.py and torch_bench.py of the same tree
 # DIR/COMMIT         the commit (with -dirty when the tree had changes) and the build date
 # DIR/BUILD          key=value lines: the paths compiled into the tests (see below), toolchain
+# DIR/files/PATH     files of the build folder whose absolute PATH is compiled into the tests
 #
-# Tests find their files through env!("CARGO_MANIFEST_DIR") and the `lrc` binary through
-# env!("CARGO_BIN_EXE_lrc"): absolute paths of this machine, compiled in. gpu-check.sh reads
-# them from DIR/BUILD and, when the GPU machine's repository root is elsewhere, links the
-# build-time root to it for the duration of the check.
+# Tests find their files through env!("CARGO_MANIFEST_DIR"), the `lrc` binary through
+# env!("CARGO_BIN_EXE_lrc") and the ptxas report through env!("LRC_PTXAS_REPORT"): absolute paths
+# of this machine, compiled in. gpu-check.sh reads them from DIR/BUILD and, when the GPU
+# machine's repository root is elsewhere, links them to the tree and the bundle for the check.
 #
 # The working tree and every carried folder travel together under one limit (64 MiB); the
 # bundle must fit beside the tree. LRC_BUNDLE_LIMIT_MIB overrides the limit.
@@ -56,7 +57,7 @@ listing="$(
     python3 - "$messages" << 'PY'
 import json, os, sys
 
-bins, tests, out_dirs, manifest = {}, {}, set(), None
+bins, tests, files, out_dirs, manifest = {}, {}, {}, set(), None
 for line in open(sys.argv[1]):
     line = line.strip()
     if not line.startswith("{"):
@@ -64,9 +65,13 @@ for line in open(sys.argv[1]):
     msg = json.loads(line)
     reason = msg.get("reason")
     pkg = msg.get("package_id", "")
-    # The only path package is this crate; its build script writes kernels.rs.
+    # The only path package is this crate; its build script writes kernels.rs, and the files it
+    # names in rustc-env variables (the ptxas report) are compiled into the tests as paths.
     if reason == "build-script-executed" and pkg.startswith("path+file:"):
         out_dirs.add(msg["out_dir"])
+        for key, value in msg.get("env", []):
+            if value.startswith(msg["out_dir"] + os.sep) and os.path.isfile(value):
+                files[key] = value
     if reason != "compiler-artifact" or not msg.get("executable"):
         continue
     target = msg["target"]
@@ -95,6 +100,8 @@ for name in sorted(tests):
 # CARGO_BIN_EXE_lrc is the binary's path in the target directory, compiled into the tests.
 print(f"path\tmanifest_dir\t{manifest}")
 print(f"path\tbin_exe_lrc\t{bins['lrc']}")
+for key in sorted(files):
+    print(f"file\t{key}\t{files[key]}")
 PY
 )"
 
@@ -104,6 +111,7 @@ rm -rf "$dir"
 mkdir -p "$staging/bin" "$dir/scripts"
 manifest_dir=""
 bin_exe_lrc=""
+compiled_files=()
 while IFS=$'\t' read -r role name path; do
     case "$role" in
         bin | test)
@@ -117,6 +125,12 @@ while IFS=$'\t' read -r role name path; do
         path)
             [[ "$name" == manifest_dir ]] && manifest_dir="$path"
             [[ "$name" == bin_exe_lrc ]] && bin_exe_lrc="$path"
+            ;;
+        file)
+            # Kept under its absolute path, so that gpu-check.sh can put it back in place.
+            mkdir -p "$dir/files$(dirname "$path")"
+            cp "$path" "$dir/files$path"
+            compiled_files+=("$path")
             ;;
     esac
 done <<< "$listing"
@@ -138,6 +152,9 @@ printf '%s\n%s\n' "$commit" "$built_at" > "$dir/COMMIT"
     echo "built_at=$built_at"
     echo "manifest_dir=$manifest_dir"
     echo "bin_exe_lrc=$bin_exe_lrc"
+    for path in "${compiled_files[@]}"; do
+        echo "file=$path"
+    done
     echo "rustc=$(rustc --version)"
     echo "nvcc=$("$nvcc" --version | tail -n 1)"
 } > "$dir/BUILD"

@@ -79,11 +79,16 @@ test_rows=()   # markdown rows of the tests table
 step_rows=()   # markdown rows of the steps table
 skipped=()     # what was skipped, and why
 notes=()       # anything else worth knowing
+failures=()    # test executables that did not pass, with their failed tests
 cleanup=()     # links made for the tests, removed at exit
 unpacked=""    # where the executables were unpacked, removed at exit
 
 elapsed() { echo $((SECONDS - start)); }
-left() { echo $((budget - (SECONDS - start))); }
+# Seconds of the budget left, never below zero.
+left() {
+    local l=$((budget - (SECONDS - start)))
+    echo $((l > 0 ? l : 0))
+}
 say() { echo "gpu-check [$(elapsed)s] $*"; }
 min() { echo $(($1 < $2 ? $1 : $2)); }
 
@@ -171,6 +176,13 @@ fix_build_paths() {
             notes+=("could not link $bin_exe to the bundle's lrc: tests that run lrc fail")
         fi
     fi
+    # Build outputs named by path in the tests (the ptxas report), kept by the bundle.
+    local file
+    while read -r file; do
+        [[ -n "$file" && ! -e "$file" && -f "$bundle/files$file" ]] || continue
+        make_link "$bundle/files$file" "$file" ||
+            notes+=("could not link the build-time file $file to the bundle's copy: tests that read it fail")
+    done < <(sed -n 's/^file=//p' "$bundle/BUILD")
 }
 
 # --- card ---------------------------------------------------------------------------------------
@@ -190,6 +202,9 @@ bundle_commit="$(head -n 2 "$bundle/COMMIT" 2> /dev/null | paste -sd ' ' -)"
 tree_commit="$(git -C "$repo" rev-parse HEAD 2> /dev/null || true)"
 if [[ -n "$tree_commit" && -n "$bundle_commit" && "${bundle_commit%% *}" != "$tree_commit"* ]]; then
     notes+=("the bundle was built from ${bundle_commit%% *}, this tree is at $tree_commit")
+fi
+if [[ "${bundle_commit%% *}" == *-dirty ]]; then
+    notes+=("the bundle was built from a tree with uncommitted changes")
 fi
 
 fix_build_paths
@@ -232,7 +247,13 @@ for exe in "$bin"/*; do
     else
         status="CRASHED (exit $rc, no result line)"
     fi
-    [[ "$status" == ok ]] || failed=1
+    if [[ "$status" != ok ]]; then
+        failed=1
+        # The failed tests by name, and any that libtest saw running for over a minute.
+        names="$(sed -nE 's/^test (.*) \.\.\. FAILED$/\1/p; s/^test (.*) has been running for over .*/\1 (slow)/p' "$log" |
+            paste -sd ',' - | sed 's/,/, /g')"
+        failures+=("$name: $status${names:+: $names}")
+    fi
     test_rows+=("| $name | ${passed:-} | ${nfailed:-} | ${ignored:-} | $took | $status |")
     say "  $status: ${passed:-?} passed, ${nfailed:-?} failed, ${ignored:-?} ignored (${took}s)"
 done
@@ -399,6 +420,12 @@ PY
     printf '%s\n' "${step_rows[@]}"
     table="$(bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    if ((${#failures[@]})); then
+        echo
+        echo "## Failed tests"
+        echo
+        printf -- '- %s\n' "${failures[@]}"
+    fi
     if ((${#skipped[@]})); then
         echo
         echo "## Skipped"

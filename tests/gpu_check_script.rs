@@ -20,8 +20,11 @@ fn write_executable(path: &Path, text: &str) {
 /// A libtest-like executable printing one result line and exiting as libtest would.
 fn fake_test(passed: usize, failed: usize) -> String {
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    let failed_lines: String = (0..failed)
+        .map(|i| format!("echo 'test case_{i} ... FAILED'\n"))
+        .collect();
     format!(
-        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n\
+        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n{failed_lines}\
          echo \"test result: {verdict}. {passed} passed; {failed} failed; 2 ignored; 0 measured; 0 filtered out; \
          finished in 0.01s\"\nexit {}\n",
         passed + failed,
@@ -120,6 +123,7 @@ fn a_failing_test_fails_the_check() {
         "{summary}"
     );
     assert!(summary.contains("- result: FAILED"), "{summary}");
+    assert!(summary.contains("- b_bad: FAILED: case_0, case_1\n"), "{summary}");
 }
 
 #[test]
@@ -266,10 +270,14 @@ fn the_paths_compiled_into_the_tests_are_linked_to_this_tree_for_the_run() {
     // Where the bundle was built: absent here, as on a GPU machine whose tree sits elsewhere.
     let built_root = root.join("elsewhere/built-root");
     let bin_exe = built_root.join("target/release/lrc");
-    // Like a test reading env!("CARGO_MANIFEST_DIR") and running env!("CARGO_BIN_EXE_lrc").
+    let report = built_root.join("target/release/build/lrc-0/out/report.tsv");
+    // Like a test reading env!("CARGO_MANIFEST_DIR"), running env!("CARGO_BIN_EXE_lrc") and
+    // reading a build output named by a build script's rustc-env variable.
     let reads_paths = format!(
-        "#!/usr/bin/env bash\nif [[ -f '{}/fixture.txt' ]] && '{}' parity --out \"$(mktemp)\"; then\n{}\nelse\n{}\nfi\n",
+        "#!/usr/bin/env bash\nif [[ -f '{}/fixture.txt' && $(cat '{}') == report ]] && '{}' parity --out \"$(mktemp)\"; \
+         then\n{}\nelse\n{}\nfi\n",
         built_root.display(),
+        report.display(),
         bin_exe.display(),
         "echo 'test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s'",
         "echo 'test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s'; exit 101"
@@ -278,12 +286,16 @@ fn the_paths_compiled_into_the_tests_are_linked_to_this_tree_for_the_run() {
     fs::write(
         bundle.join("BUILD"),
         format!(
-            "manifest_dir={}\nbin_exe_lrc={}\n",
+            "manifest_dir={}\nbin_exe_lrc={}\nfile={}\n",
             built_root.display(),
-            bin_exe.display()
+            bin_exe.display(),
+            report.display()
         ),
     )
     .unwrap();
+    let kept = bundle.join(format!("files{}", report.display()));
+    fs::create_dir_all(kept.parent().unwrap()).unwrap();
+    fs::write(kept, "report").unwrap();
     let (output, summary) = run_dry(root, &bundle, &python);
     assert!(output.status.success(), "{summary}");
     assert!(row(&summary, "reads_paths").ends_with("| ok |"), "{summary}");
