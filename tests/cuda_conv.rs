@@ -405,6 +405,44 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
+    use lrc::ops::conv_transpose::{backward_data, backward_weight, forward, mirror_geom};
+    use lrc::{DType, Device, Tensor};
+    let device = device();
+    let mut rng = Rng::new(17);
+    // The U-Net's up path at awkward sizes: 2x2 stride 2, 13 -> 6 channels, odd input sides.
+    let x = Tensor::uniform([3, 13, 5, 7], -1.0, 1.0, DType::F32, &mut rng);
+    let w = Tensor::uniform([13, 6, 2, 2], -1.0, 1.0, DType::F32, &mut rng);
+    let b = Tensor::uniform([6], -1.0, 1.0, DType::F32, &mut rng);
+    let dy = Tensor::uniform([3, 6, 10, 14], -1.0, 1.0, DType::F32, &mut rng);
+    let gpu = Device::Cuda(device.clone());
+    // Forward, dx, dw, db on one device; the CPU side runs in f64 on the same values.
+    let run = |to: &dyn Fn(&Tensor) -> Tensor| {
+        let g = mirror_geom(&to(&x), &to(&w), 2, 0).unwrap();
+        let y = forward(&to(&x), &to(&w), Some(&to(&b)), 2, 0).unwrap();
+        let dx = backward_data(&g, &to(&dy), &to(&w)).unwrap();
+        let (dw, db) = backward_weight(&g, &to(&x), &to(&dy)).unwrap();
+        [y, dx, dw, db].map(|t| t.to_f64_vec().unwrap())
+    };
+    let want = run(&|t: &Tensor| t.to_dtype(DType::F64).unwrap());
+    for algo in ConvAlgo::ALL {
+        device.set_conv_algo(algo);
+        let got = run(&|t: &Tensor| t.to_device(&gpu).unwrap());
+        // Terms per output: forward 13 (one tap each), dx 6 x 4, dw 3 x 5 x 7, db 3 x 10 x 14.
+        for (i, (name, k)) in [("forward", 13), ("dx", 24), ("dw", 105), ("db", 420)]
+            .into_iter()
+            .enumerate()
+        {
+            let tol = tolerance(if name == "db" { ConvAlgo::Fp32Tiled } else { algo }, k, 1.0, 1.0);
+            let got32: Vec<f32> = got[i].iter().map(|&v| v as f32).collect();
+            assert_close(&format!("ops conv_transpose2d {name} {algo}"), &got32, &want[i], &tol);
+        }
+    }
+    device.set_conv_algo(ConvAlgo::DEFAULT);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn unet_sized_layers_match_the_cpu_twin() {
     // One full-width U-Net layer per tile configuration, at a reduced batch and size.
     let device = device();

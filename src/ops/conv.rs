@@ -292,18 +292,19 @@ pub fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor,
 }
 
 /// The CUDA branch: the kernels of `device::cuda::conv`, with the device's convolution algorithm.
-mod cuda {
+pub(super) mod cuda {
     use super::ConvGeom;
     use crate::device::cuda::{CudaStorage, conv};
     use crate::error::{Error, Result};
     use crate::tensor::{Storage, Tensor};
 
-    fn storage<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+    /// The CUDA storage of an operand, or an error naming the operand left on the CPU.
+    pub(in crate::ops) fn storage<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'a CudaStorage> {
         t.cuda_storage()
             .ok_or_else(|| Error::Device(format!("{op}: the {what} is on the CPU, the other operands on CUDA")))
     }
 
-    fn tensor(shape: Vec<usize>, s: CudaStorage) -> Tensor {
+    pub(in crate::ops) fn tensor(shape: Vec<usize>, s: CudaStorage) -> Tensor {
         Tensor::from_storage(shape, Storage::Cuda(s))
     }
 

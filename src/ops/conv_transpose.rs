@@ -54,7 +54,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: u
         ));
     }
     if !x.is_cpu() {
-        return Err(super::cuda_missing("conv_transpose2d"));
+        return cuda::forward(&g, x, w, b);
     }
     with_cpu_dtype!("conv_transpose2d", [x, w], T => {
         let mut y = conv::cpu::backward_data(&g, x.as_slice::<T>()?, w.as_slice::<T>()?);
@@ -73,7 +73,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: u
 /// dL/dx: a plain convolution of dL/dy with the same weights.
 pub fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !dy.is_cpu() {
-        return Err(super::cuda_missing("conv_transpose2d backward"));
+        return cuda::backward_data(g, dy, w);
     }
     let shape = vec![g.n, g.c_out, g.h_out(), g.w_out()];
     with_cpu_dtype!("conv_transpose2d backward", [dy, w], T => {
@@ -84,7 +84,7 @@ pub fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// dL/dw (C_in, C_out, kh, kw) and dL/db (C_out).
 pub fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     if !dy.is_cpu() {
-        return Err(super::cuda_missing("conv_transpose2d backward"));
+        return cuda::backward_weight(g, x, dy);
     }
     with_cpu_dtype!("conv_transpose2d backward", [x, dy], T => {
         let (dw, _) = conv::cpu::backward_weight(g, dy.as_slice::<T>()?, x.as_slice::<T>()?);
@@ -95,6 +95,52 @@ pub fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor,
         }
         Ok((Tensor::cpu(vec![g.c_out, g.c_in, g.kh, g.kw], dw), Tensor::cpu(vec![g.c_in], db)))
     })
+}
+
+/// The CUDA branch: the transposed-convolution kernels of `device::cuda::conv`.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use super::ConvGeom;
+    use crate::device::cuda::conv::{self, ConvTransposeGeom};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    /// The transposed convolution whose mirror convolution is `g`.
+    fn geom(g: &ConvGeom) -> ConvTransposeGeom {
+        ConvTransposeGeom {
+            n: g.n,
+            c_in: g.c_out,
+            h: g.h_out(),
+            w: g.w_out(),
+            c_out: g.c_in,
+            kh: g.kh,
+            kw: g.kw,
+            stride: g.stride,
+            pad: g.pad,
+        }
+    }
+
+    pub(super) fn forward(g: &ConvGeom, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d";
+        let (xs, ws) = (storage(OP, "input", x)?, storage(OP, "weight", w)?);
+        let bs = b.map(|b| storage(OP, "bias", b)).transpose()?;
+        let y = conv::conv_transpose2d_forward(&geom(g), xs, ws, bs, xs.device().conv_algo())?;
+        Ok(tensor(vec![g.n, g.c_in, g.h, g.w], y))
+    }
+
+    pub(super) fn backward_data(g: &ConvGeom, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d backward";
+        let (dys, ws) = (storage(OP, "output gradient", dy)?, storage(OP, "weight", w)?);
+        let dx = conv::conv_transpose2d_backward_data(&geom(g), dys, ws, dys.device().conv_algo())?;
+        Ok(tensor(vec![g.n, g.c_out, g.h_out(), g.w_out()], dx))
+    }
+
+    pub(super) fn backward_weight(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "conv_transpose2d backward";
+        let (xs, dys) = (storage(OP, "input", x)?, storage(OP, "output gradient", dy)?);
+        let (dw, db) = conv::conv_transpose2d_backward_weight(&geom(g), xs, dys, dys.device().conv_algo())?;
+        Ok((tensor(vec![g.c_out, g.c_in, g.kh, g.kw], dw), tensor(vec![g.c_in], db)))
+    }
 }
 
 impl Tape {
