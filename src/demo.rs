@@ -16,10 +16,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::autograd::Tape;
+use crate::cli::eval_clusters::slice_embeddings;
+use crate::cli::predict::predict_volume;
 use crate::data::dataset::discover;
 use crate::data::nifti::{read_labels, read_volume};
-use crate::data::prep::{PrepConfig, PrepTransform};
+use crate::data::prep::PrepConfig;
 use crate::data::store::{SliceStore, StoreOptions, write_store};
 use crate::data::synth::{DatasetOptions, Region, SynthConfig, write_dataset};
 use crate::error::{Error, Result};
@@ -29,7 +30,6 @@ use crate::nn::{ContrastModel, ParamStore, UNetConfig};
 use crate::plot::{Series, line_chart, overlay_image, panel, series_color};
 use crate::rng::Rng;
 use crate::superpixel::{SuperpixelConfig, regions_for_slice};
-use crate::tensor::Tensor;
 use crate::train::finetune::{FinetuneConfig, FinetuneOptions, FinetuneSummary, Init, Segmenter, finetune};
 use crate::train::pretrain::{Method, PretrainConfig, PretrainState, RunOptions, pretrain};
 
@@ -262,23 +262,8 @@ fn cluster_scores(
         if regions.iter().filter(|&&r| r > 0).count() < 2 {
             continue;
         }
-        let (padded, pad) =
-            crate::data::crop::pad_to_multiple(v.image, v.h, v.w, preset.unet.size_multiple(), store.pad_value());
-        let (padded_regions, _) =
-            crate::data::crop::pad_to_multiple(regions, v.h, v.w, preset.unet.size_multiple(), 0u16);
-        let mut tape = Tape::no_grad();
-        let p = params.bind_frozen(&mut tape);
-        let x = tape.constant(Tensor::from_vec(vec![1, 1, pad.padded_h, pad.padded_w], padded)?);
-        let e = model.forward_local(&mut tape, &p, x)?;
-        let d = tape.value(e).shape()[1];
-        let scores = eval_clusters(
-            &tape.value(e).to_f32_vec()?,
-            d,
-            pad.padded_h,
-            pad.padded_w,
-            &padded_regions,
-            7,
-        )?;
+        let (emb, d) = slice_embeddings(&model, &params, &preset.unet, v.image, v.h, v.w, store.pad_value())?;
+        let scores = eval_clusters(&emb, d, v.h, v.w, regions, 7)?;
         ari += scores.ari;
         ami += scores.ami;
         n += 1;
@@ -292,18 +277,6 @@ fn cluster_scores(
         ari: ari / n as f64,
         slices: n,
     })
-}
-
-/// The prediction of `seg` for one volume, on the volume's own grid.
-fn predict_volume(seg: &Segmenter, volume: &crate::data::volume::Volume) -> Result<Vec<u8>> {
-    let transform = PrepTransform::new(&volume.geometry, seg.prep.spacing);
-    let mut prepared = transform.image_to_prepared(&volume.data);
-    seg.prep.normalization.apply(&mut prepared);
-    let [z, h, w] = transform.prepared.dims;
-    let slices: Vec<&[f32]> = prepared.chunks(h * w).take(z).collect();
-    Ok(transform
-        .labels_to_original(&seg.segment(&slices, h, w, 8)?.concat())?
-        .data)
 }
 
 /// Figure 4.7: the test slice with the most foreground, truth beside each model's prediction.
@@ -324,7 +297,7 @@ fn overlay_figure(data_dir: &Path, name: &str, models: &[(String, Segmenter)], o
     let mut images = vec![overlay_image(&gray, &truth.data[plane.clone()], h, w, 0.45)?];
     let mut captions = vec!["truth".to_string()];
     for (caption, seg) in models {
-        let pred = predict_volume(seg, &volume)?;
+        let pred = predict_volume(seg, &volume, 8)?.data;
         images.push(overlay_image(&gray, &pred[plane.clone()], h, w, 0.45)?);
         captions.push(caption.clone());
     }
@@ -340,7 +313,7 @@ fn test_dice(seg: &Segmenter, data_dir: &Path, names: &[String]) -> Result<(f64,
     for name in names {
         let img = data_dir.join("imagesTr").join(format!("{name}_0000.nii.gz"));
         let truth = read_labels(data_dir.join("labelsTr").join(format!("{name}.nii.gz")))?;
-        let pred = predict_volume(seg, &read_volume(&img)?)?;
+        let pred = predict_volume(seg, &read_volume(&img)?, 8)?.data;
         let scores = dice_per_class(&pred, &truth.data, &foreground)?;
         if let Some(m) = mean_present(&scores) {
             case_means.push(m);

@@ -129,6 +129,14 @@ pub fn format_table(rows: &[ProfileRow], reference: Option<&str>) -> String {
     out
 }
 
+/// Prints the table of a training command, shares relative to `phase.step`, when profiling
+/// was enabled (`--profile`).
+pub fn print_training_table() {
+    if enabled() {
+        println!("{}", format_table(&take_table(), Some("phase.step")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,11 +58,6 @@ pub fn run_args(args: DemoArgs) -> Result<()> {
         report.total_seconds,
         args.out.join("results").display()
     );
-    if args.profile {
-        println!(
-            "{}",
-            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
-        );
-    }
+    crate::profile::print_training_table();
     Ok(())
 }

@@ -131,11 +131,6 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         s.seconds,
         args.out.display()
     );
-    if args.profile {
-        println!(
-            "{}",
-            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
-        );
-    }
+    crate::profile::print_training_table();
     Ok(())
 }

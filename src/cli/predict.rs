@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::nifti::{read_volume, write_mask};
 use crate::data::prep::PrepTransform;
+use crate::data::volume::{LabelVolume, Volume};
 use crate::error::{Error, Result};
 use crate::train::finetune::Segmenter;
 
@@ -28,17 +29,21 @@ pub fn case_name(path: &Path) -> String {
     stem.strip_suffix("_0000").unwrap_or(stem).to_string()
 }
 
-/// Segments one volume and writes the mask (uint8, the input's shape and affine).
-pub fn predict_file(seg: &Segmenter, input: &Path, output: &Path, batch: usize) -> Result<()> {
-    let volume = read_volume(input)?;
+/// The segmentation of a volume on its own grid: prepared as the model's training data was,
+/// segmented slice by slice, resampled back.
+pub fn predict_volume(seg: &Segmenter, volume: &Volume, batch: usize) -> Result<LabelVolume> {
     let transform = PrepTransform::new(&volume.geometry, seg.prep.spacing);
     let mut prepared = transform.image_to_prepared(&volume.data);
     seg.prep.normalization.apply(&mut prepared);
     let [z, h, w] = transform.prepared.dims;
     let slices: Vec<&[f32]> = prepared.chunks(h * w).take(z).collect();
     let labels: Vec<u8> = seg.segment(&slices, h, w, batch)?.concat();
-    let mask = transform.labels_to_original(&labels)?;
-    write_mask(output, &mask)
+    transform.labels_to_original(&labels)
+}
+
+/// Segments one volume and writes the mask (uint8, the input's shape and affine).
+pub fn predict_file(seg: &Segmenter, input: &Path, output: &Path, batch: usize) -> Result<()> {
+    write_mask(output, &predict_volume(seg, &read_volume(input)?, batch)?)
 }
 
 /// `input` and `output` are both files, or both folders (every NIfTI file of `input` is

@@ -146,11 +146,6 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         summary.last_loss,
         args.out.display()
     );
-    if args.profile {
-        println!(
-            "{}",
-            crate::profile::format_table(&crate::profile::take_table(), Some("phase.step"))
-        );
-    }
+    crate::profile::print_training_table();
     Ok(())
 }
