@@ -16,13 +16,25 @@ fn zip_map<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
     a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
 }
 
-fn binary(op: &'static str, a: &Tensor, b: &Tensor, f64op: fn(f64, f64) -> f64) -> Result<Tensor> {
+#[derive(Clone, Copy)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+}
+
+fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: Binary) -> Result<Tensor> {
     same_shape(op, a, b)?;
     if !a.is_cpu() || !b.is_cpu() {
         return Err(super::cuda_missing(op));
     }
     with_cpu_dtype!(op, [a, b], T => {
-        let out = zip_map(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| T::of(f64op(x.as_f64(), y.as_f64())));
+        let (xa, xb) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+        let out = match kind {
+            Binary::Add => zip_map(xa, xb, |x, y| x + y),
+            Binary::Sub => zip_map(xa, xb, |x, y| x - y),
+            Binary::Mul => zip_map(xa, xb, |x, y| x * y),
+        };
         Ok(Tensor::cpu(a.shape().to_vec(), out))
     })
 }
@@ -38,21 +50,15 @@ fn unary(op: &'static str, a: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor>
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape("add", a, b)?;
-    if !a.is_cpu() || !b.is_cpu() {
-        return Err(super::cuda_missing("add"));
-    }
-    with_cpu_dtype!("add", [a, b], T => {
-        Ok(Tensor::cpu(a.shape().to_vec(), zip_map(a.as_slice::<T>()?, b.as_slice::<T>()?, |x, y| x + y)))
-    })
+    binary("add", a, b, Binary::Add)
 }
 
 pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary("sub", a, b, |x, y| x - y)
+    binary("sub", a, b, Binary::Sub)
 }
 
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary("mul", a, b, |x, y| x * y)
+    binary("mul", a, b, Binary::Mul)
 }
 
 /// `a * factor`.
