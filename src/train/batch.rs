@@ -103,6 +103,21 @@ fn to_tensor(data: Vec<f32>, b: usize, (h, w): (usize, usize)) -> Result<Tensor>
     Tensor::from_vec(vec![b, 1, h, w], data)
 }
 
+/// Draws per image before a crop with fewer than two regions is accepted anyway.
+const MAX_DRAWS: usize = 16;
+
+fn has_two_regions(regions: &[u16]) -> bool {
+    let mut first = None;
+    for &r in regions.iter().filter(|&&r| r > 0) {
+        match first {
+            None => first = Some(r),
+            Some(f) if f != r => return true,
+            Some(_) => {}
+        }
+    }
+    false
+}
+
 /// Builds the batch of training step `step`.
 pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Batch> {
     let mut rng = Rng::new(spec.seed).fork(step);
@@ -114,10 +129,21 @@ pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Ba
     let mut samples = Vec::new();
     let mut cases = Vec::with_capacity(spec.batch);
     for _ in 0..spec.batch {
-        let index = spec.pool[rng.below(spec.pool.len() as u64) as usize];
-        let view = store.slice(index);
+        let wants_regions = matches!(spec.kind, BatchKind::Lrc { .. } | BatchKind::Joint { .. });
+        // A crop with fewer than two regions gives a local loss of exactly zero: draw again, a
+        // bounded number of times (checked here per crop rather than by scanning the whole
+        // store up front).
+        let mut attempts = 0;
+        let (view, crop) = loop {
+            let index = spec.pool[rng.below(spec.pool.len() as u64) as usize];
+            let view = store.slice(index);
+            let crop = random_crop(&mut rng, &view, ch, cw, pad);
+            attempts += 1;
+            if !wants_regions || attempts >= MAX_DRAWS || crop.regions.as_deref().is_some_and(has_two_regions) {
+                break (view, crop);
+            }
+        };
         cases.push(view.case as i64);
-        let crop = random_crop(&mut rng, &view, ch, cw, pad);
         match &spec.kind {
             BatchKind::Segmentation => {
                 xs.extend_from_slice(&crop.image);

@@ -333,24 +333,6 @@ fn random_unit_rows(rows: usize, dim: usize, rng: &mut Rng) -> Vec<f32> {
     out
 }
 
-/// Slices worth training on: for the local loss, those with at least two regions (a single
-/// region gives a loss of exactly zero).
-pub fn training_pool(store: &SliceStore, method: Method) -> Vec<usize> {
-    (0..store.len())
-        .filter(|&i| {
-            let s = store.slice(i);
-            match (method.has_local(), s.regions) {
-                (true, Some(r)) => {
-                    let first = r.iter().copied().find(|&v| v > 0);
-                    first.is_some_and(|f| r.iter().any(|&v| v > 0 && v != f))
-                }
-                (true, None) => false,
-                (false, _) => s.image.iter().any(|&v| v > store.pad_value()),
-            }
-        })
-        .collect()
-}
-
 /// What a finished run reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct PretrainSummary {
@@ -386,7 +368,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         PretrainState::new(config)?
     };
     let cfg = state.config.clone();
-    let pool = training_pool(&store, cfg.method);
+    let pool: Vec<usize> = (0..store.len()).collect();
     let spec = BatchSpec {
         kind: cfg.batch_kind(),
         batch: cfg.batch,
