@@ -10,6 +10,23 @@
 #error "lrc kernels need sm_80 or newer (cp.async-era tensor cores, TF32 mma)"
 #endif
 
+// Declares a kernel taking one parameter struct by value; the rest of the arguments are its
+// launch bounds. Under emulation it is also registered by name for kernels/emu/runner.cpp.
+//   LRC_KERNEL(scale_f32, ScaleParams, 256) { ... }
+#ifdef LRC_EMULATE
+#define LRC_KERNEL(NAME, PARAMS, ...)                              \
+    extern "C" void NAME(const PARAMS p);                          \
+    static emu::Registration NAME##_registration(#NAME, NAME);     \
+    extern "C" void NAME(const PARAMS p)
+#define LRC_DYNAMIC_SHARED(TYPE, NAME) TYPE* NAME = static_cast<TYPE*>(emu::dynamic_shared())
+#else
+#define LRC_KERNEL(NAME, PARAMS, ...) extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(const PARAMS p)
+// Dynamic shared memory (the launch's shared_bytes), 16-byte aligned.
+#define LRC_DYNAMIC_SHARED(TYPE, NAME)                     \
+    extern __shared__ __align__(16) unsigned char NAME##_bytes[]; \
+    TYPE* NAME = reinterpret_cast<TYPE*>(NAME##_bytes)
+#endif
+
 // One convolution as the kernels see it: NCHW activations, OIHW weights, float32 everywhere.
 // Geometry is that of the forward convolution (input n x c_in x h x w, output
 // n x c_out x h_out x w_out) whichever pass runs.

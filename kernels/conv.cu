@@ -262,18 +262,18 @@ __device__ void gemm_and_store(const ConvParams& p) {
 }  // namespace v1
 
 // Grid (ceil(M / 64), ceil(c_out / 64)), 256 threads.
-extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_fwd_fp32(const ConvParams p) {
+LRC_KERNEL(conv_fwd_fp32, ConvParams, v1::THREADS) {
     v1::gemm_and_store<v1::Forward>(p);
 }
 
 // Grid (ceil(n*h*w / 64), ceil(c_in / 64)), 256 threads.
-extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_bwd_data_fp32(const ConvParams p) {
+LRC_KERNEL(conv_bwd_data_fp32, ConvParams, v1::THREADS) {
     v1::gemm_and_store<v1::BackwardData>(p);
 }
 
 // Grid (ceil(c_in*kh*kw / 64), ceil(c_out / 64), splits), 256 threads. Writes every element of
 // its tile of out[split] (and, in the blocks of the first column, out_bias[split]).
-extern "C" __global__ void __launch_bounds__(v1::THREADS) conv_bwd_weight_fp32(const ConvParams p) {
+LRC_KERNEL(conv_bwd_weight_fp32, ConvParams, v1::THREADS) {
     using namespace v1;
     const BackwardWeight prob(p);
     const int split = blockIdx.z;
@@ -731,28 +731,24 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 // kany reads the kernel size from the parameters. Forward and backward-data grids are
 // (ceil(M / 128), ceil(N / tile)); backward-weight grids (ceil(c_in*kh*kw / 128),
 // ceil(c_out / tile), splits). All take 256 threads.
-#define LRC_CONV_TF32(KS, KH, KW)                                                                       \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2) conv_fwd_tf32_##KS##_n64(const ConvParams p) { \
-        v2::forward<v2::PixelTile64, KH, KW>(p);                                                        \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2) conv_fwd_tf32_##KS##_n32(const ConvParams p) { \
-        v2::forward<v2::PixelTile32, KH, KW>(p);                                                        \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
-        conv_bwd_data_tf32_##KS##_n64(const ConvParams p) {                                             \
-        v2::backward_data<v2::PixelTile64, KH, KW>(p);                                                  \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
-        conv_bwd_data_tf32_##KS##_n32(const ConvParams p) {                                             \
-        v2::backward_data<v2::PixelTile32, KH, KW>(p);                                                  \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
-        conv_bwd_weight_tf32_##KS##_m64(const ConvParams p) {                                           \
-        v2::backward_weight<v2::WeightTile64, KH, KW>(p);                                               \
-    }                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(v2::THREADS, 2)                                        \
-        conv_bwd_weight_tf32_##KS##_m32(const ConvParams p) {                                           \
-        v2::backward_weight<v2::WeightTile32, KH, KW>(p);                                               \
+#define LRC_CONV_TF32(KS, KH, KW)                                                 \
+    LRC_KERNEL(conv_fwd_tf32_##KS##_n64, ConvParams, v2::THREADS, 2) {            \
+        v2::forward<v2::PixelTile64, KH, KW>(p);                                  \
+    }                                                                             \
+    LRC_KERNEL(conv_fwd_tf32_##KS##_n32, ConvParams, v2::THREADS, 2) {            \
+        v2::forward<v2::PixelTile32, KH, KW>(p);                                  \
+    }                                                                             \
+    LRC_KERNEL(conv_bwd_data_tf32_##KS##_n64, ConvParams, v2::THREADS, 2) {       \
+        v2::backward_data<v2::PixelTile64, KH, KW>(p);                            \
+    }                                                                             \
+    LRC_KERNEL(conv_bwd_data_tf32_##KS##_n32, ConvParams, v2::THREADS, 2) {       \
+        v2::backward_data<v2::PixelTile32, KH, KW>(p);                            \
+    }                                                                             \
+    LRC_KERNEL(conv_bwd_weight_tf32_##KS##_m64, ConvParams, v2::THREADS, 2) {     \
+        v2::backward_weight<v2::WeightTile64, KH, KW>(p);                         \
+    }                                                                             \
+    LRC_KERNEL(conv_bwd_weight_tf32_##KS##_m32, ConvParams, v2::THREADS, 2) {     \
+        v2::backward_weight<v2::WeightTile32, KH, KW>(p);                         \
     }
 
 LRC_CONV_TF32(k1, 1, 1)
@@ -765,7 +761,7 @@ LRC_CONV_TF32(kany, 0, 0)
 // ---------------------------------------------------------------------------------------------
 
 // Grid ceil(max(len, bias_len) / 256), 256 threads.
-extern "C" __global__ void __launch_bounds__(256) split_reduce(const SplitReduceParams p) {
+LRC_KERNEL(split_reduce, SplitReduceParams, 256) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < p.len) {
         float s = 0.0f;
@@ -785,7 +781,7 @@ extern "C" __global__ void __launch_bounds__(256) split_reduce(const SplitReduce
 
 // Grid (planes), 256 threads: the sum of each plane (the bias gradient of a transposed
 // convolution, per image and channel, before split_reduce adds the images).
-extern "C" __global__ void __launch_bounds__(256) plane_sum(const PlaneSumParams p) {
+LRC_KERNEL(plane_sum, PlaneSumParams, 256) {
     const float* plane = p.x + static_cast<size_t>(blockIdx.x) * p.plane_len;
     float s = 0.0f;
     for (int i = threadIdx.x; i < p.plane_len; i += blockDim.x) {

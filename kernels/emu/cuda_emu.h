@@ -4,7 +4,9 @@
 // switch at barriers; __shared__ becomes static storage (one block at a time uses it).
 //
 // Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), __syncthreads, full-warp
-// __shfl_xor_sync/__shfl_down_sync/__shfl_sync, atomicAdd, and the inline PTX of common.cuh.
+// __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
+// __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
+// (LRC_DYNAMIC_SHARED), the kernel registry behind LRC_KERNEL, and the inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
 // mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
@@ -140,11 +142,15 @@ inline void run_block() {
     threads.clear();
 }
 
-// Runs the kernel call `f` over the grid, one block at a time.
-inline void launch(dim3 grid, dim3 block, const std::function<void()>& f) {
-    if (block.y != 1 || block.z != 1 || block.x % kWarp != 0) {
-        fail("only 1-D blocks of whole warps are emulated");
+inline void set_dynamic_shared(size_t bytes);
+
+// Runs the kernel call `f` over the grid, one block at a time, with `shared_bytes` of dynamic
+// shared memory (filled with NaN bytes, as real shared memory starts undefined).
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& f, size_t shared_bytes = 0) {
+    if (block.y != 1 || block.z != 1 || block.x % kWarp != 0 || block.x > 1024) {
+        fail("only 1-D blocks of whole warps, at most 1024 threads, are emulated");
     }
+    set_dynamic_shared(shared_bytes);
     grid_dim = grid;
     block_dim = block;
     body = f;
@@ -164,7 +170,7 @@ inline void sync_block() { yield(State::AtBlockBarrier); }
 // a lane can only post into a buffer again after every lane has passed the next barrier, by which
 // time all of them have read it.
 struct WarpSlots {
-    float f[2][kWarp];
+    uint32_t f[2][kWarp];
     uint32_t a[2][kWarp][4];
     uint32_t b[2][kWarp][2];
     int generation[kWarp];
@@ -185,20 +191,70 @@ inline WarpSlots& my_warp(int& lane, int& parity) {
     return s;
 }
 
-// Lane `lane` receives the value of lane source(lane).
-template <class Source>
-inline float shuffle(float v, Source source) {
+// Lane `lane` receives the 32-bit value of lane source(lane).
+template <class T, class Source>
+inline T shuffle(T v, Source source) {
+    static_assert(sizeof(T) == 4, "only 32-bit values are shuffled");
     int lane, parity;
     WarpSlots& s = my_warp(lane, parity);
-    s.f[parity][lane] = v;
+    std::memcpy(&s.f[parity][lane], &v, 4);
     yield(State::AtWarpBarrier);
     const int from = source(lane);
-    return s.f[parity][(from >= 0 && from < kWarp) ? from : lane];
+    T out;
+    std::memcpy(&out, &s.f[parity][(from >= 0 && from < kWarp) ? from : lane], 4);
+    return out;
 }
 
-inline float shfl_xor(float v, int offset) {
-    return shuffle(v, [offset](int lane) { return lane ^ offset; });
+// Every lane receives the 32 predicates of the warp, lane i in bit i.
+inline uint32_t ballot(bool predicate) {
+    int lane, parity;
+    WarpSlots& s = my_warp(lane, parity);
+    s.f[parity][lane] = predicate ? 1u : 0u;
+    yield(State::AtWarpBarrier);
+    uint32_t bits = 0;
+    for (int l = 0; l < kWarp; ++l) {
+        bits |= (s.f[parity][l] & 1u) << l;
+    }
+    return bits;
 }
+
+inline void check_full_mask(unsigned mask) {
+    if (mask != 0xffffffffu) {
+        fail("only full-warp collectives are emulated");
+    }
+}
+
+// Dynamic shared memory of the running launch (LRC_DYNAMIC_SHARED), 16-byte aligned.
+inline std::vector<unsigned char> dynamic_shared_bytes;
+inline size_t dynamic_shared_size = 0;
+inline void set_dynamic_shared(size_t bytes) {
+    dynamic_shared_bytes.assign(bytes + 16, 0xff);
+    dynamic_shared_size = bytes;
+}
+inline void* dynamic_shared() {
+    return dynamic_shared_bytes.data();
+}
+
+// The kernels of every file, by name, for the runner (runner.cpp): LRC_KERNEL registers each one.
+struct KernelEntry {
+    const char* name;
+    size_t param_bytes;
+    std::function<void(const unsigned char*)> call;
+};
+inline std::vector<KernelEntry>& registry() {
+    static std::vector<KernelEntry> entries;
+    return entries;
+}
+struct Registration {
+    template <class P>
+    Registration(const char* name, void (*kernel)(const P)) {
+        registry().push_back({name, sizeof(P), [kernel](const unsigned char* bytes) {
+                                  P p;
+                                  std::memcpy(static_cast<void*>(&p), bytes, sizeof(P));
+                                  kernel(p);
+                              }});
+    }
+};
 
 inline float as_float(uint32_t u) {
     float f;
@@ -253,35 +309,98 @@ inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_
 #define gridDim (emu::grid_dim)
 
 inline void __syncthreads() { emu::sync_block(); }
-inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
-    if (mask != 0xffffffffu) {
-        emu::fail("only full-warp shuffles are emulated");
-    }
-    return emu::shfl_xor(v, offset);
+// A warp barrier: all 32 lanes must reach it.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu::check_full_mask(mask);
+    (void)emu::ballot(true);
 }
-inline float __shfl_down_sync(unsigned mask, float v, unsigned delta) {
-    if (mask != 0xffffffffu) {
-        emu::fail("only full-warp shuffles are emulated");
-    }
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int offset) {
+    emu::check_full_mask(mask);
+    return emu::shuffle(v, [offset](int lane) { return lane ^ offset; });
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
+    emu::check_full_mask(mask);
     // Lanes whose source is past the warp keep their own value.
     return emu::shuffle(v, [delta](int lane) { return lane + static_cast<int>(delta); });
 }
-inline float __shfl_sync(unsigned mask, float v, int src_lane) {
-    if (mask != 0xffffffffu) {
-        emu::fail("only full-warp shuffles are emulated");
-    }
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta) {
+    emu::check_full_mask(mask);
+    return emu::shuffle(v, [delta](int lane) { return lane - static_cast<int>(delta); });
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane) {
+    emu::check_full_mask(mask);
     return emu::shuffle(v, [src_lane](int) { return src_lane % emu::kWarp; });
 }
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    emu::check_full_mask(mask);
+    return emu::ballot(predicate != 0);
+}
+inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) == 0xffffffffu; }
+
 // One OS thread runs every emulated thread, so read-modify-write is atomic as written.
-inline float atomicAdd(float* address, float v) {
-    const float old = *address;
+template <class T>
+inline T atomicAdd(T* address, T v) {
+    const T old = *address;
     *address = old + v;
     return old;
 }
-inline int atomicAdd(int* address, int v) {
-    const int old = *address;
-    *address = old + v;
+template <class T>
+inline T atomicMax(T* address, T v) {
+    const T old = *address;
+    *address = std::max(old, v);
     return old;
+}
+template <class T>
+inline T atomicMin(T* address, T v) {
+    const T old = *address;
+    *address = std::min(old, v);
+    return old;
+}
+template <class T>
+inline T atomicExch(T* address, T v) {
+    const T old = *address;
+    *address = v;
+    return old;
+}
+template <class T>
+inline T atomicCAS(T* address, T compare, T v) {
+    const T old = *address;
+    if (old == compare) {
+        *address = v;
+    }
+    return old;
+}
+template <class T>
+inline T __ldg(const T* address) {
+    return *address;
 }
 inline int min(int a, int b) { return std::min(a, b); }
 inline int max(int a, int b) { return std::max(a, b); }
+inline unsigned min(unsigned a, unsigned b) { return std::min(a, b); }
+inline unsigned max(unsigned a, unsigned b) { return std::max(a, b); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return std::fmin(std::fmax(x, 0.0f), 1.0f); }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+inline int __float_as_int(float x) { return static_cast<int>(__float_as_uint(x)); }
+inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __ffs(int x) { return __builtin_ffs(x); }

@@ -1,6 +1,7 @@
 //! Where tensors live: the CPU or one CUDA GPU.
 
 pub mod cuda;
+pub mod emu;
 
 use std::fmt;
 use std::sync::Arc;

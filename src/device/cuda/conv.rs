@@ -9,7 +9,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::call::{KernelCall, blocks_for};
 use super::launch::{Launch, dim};
+use super::operand::{check_len, common_device};
 use super::params::{ConvParams, PlaneSumParams, SplitReduceParams};
 use super::{CudaDevice, CudaStorage};
 use crate::error::{Error, Result};
@@ -311,25 +313,6 @@ pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize
     }
 }
 
-fn check_len(op: &'static str, what: &str, s: &CudaStorage, want: usize) -> Result<()> {
-    if s.len() != want {
-        return Err(Error::shape(
-            op,
-            format!("{what} holds {} values, the geometry needs {want}", s.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// The one device all operands live on.
-fn common_device(op: &'static str, operands: &[&CudaStorage]) -> Result<Arc<CudaDevice>> {
-    let device = operands[0].device();
-    if operands.iter().any(|s| !Arc::ptr_eq(&s.device(), &device)) {
-        return Err(Error::Device(format!("{op}: operands on different CUDA devices")));
-    }
-    Ok(device)
-}
-
 fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
     // The kernels index GEMM rows and columns with 32-bit integers.
     dim(op, "batch x output pixels", g.n * g.h_out() * g.w_out())?;
@@ -406,40 +389,57 @@ fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParam
     unsafe { device.launch(MODULE, "split_reduce", launch, &reduce) }
 }
 
-/// Per-channel sums of an `n x c x plane` tensor into `out` (c values).
-fn channel_sums(device: &Arc<CudaDevice>, x: &CudaStorage, n: usize, c: usize, plane: usize, out: u64) -> Result<()> {
-    if n == 0 {
-        return Ok(());
+/// The launches that write the per-channel sums of an `n x c x plane` tensor at `x` into `out`
+/// (c values), through `per_image` (n*c values): one block per plane, then a fixed-order sum over
+/// the images.
+pub fn channel_sum_calls(
+    n: usize,
+    c: usize,
+    plane: usize,
+    x: u64,
+    per_image: u64,
+    out: u64,
+) -> Result<Vec<KernelCall>> {
+    const OP: &str = "channel sum";
+    if n == 0 || c == 0 {
+        return Ok(Vec::new());
     }
-    let per_image = CudaStorage::alloc(device, n * c)?;
     let sums = PlaneSumParams {
-        x: x.device_ptr(),
-        out: per_image.device_ptr(),
-        planes: dim("channel sum", "planes", n * c)?,
-        plane_len: dim("channel sum", "plane length", plane)?,
+        x,
+        out: per_image,
+        planes: dim(OP, "planes", n * c)?,
+        plane_len: dim(OP, "plane length", plane)?,
     };
-    let launch = Launch {
-        grid: (n * c, 1, 1),
-        block: THREADS,
-    };
-    // SAFETY: x holds n*c planes of `plane` values; per_image n*c values.
-    unsafe { device.launch(MODULE, "plane_sum", launch, &sums) }?;
     let reduce = SplitReduceParams {
-        partial: per_image.device_ptr(),
+        partial: per_image,
         out,
         partial_bias: 0,
         out_bias: 0,
-        len: dim("channel sum", "channels", c)?,
+        len: dim(OP, "channels", c)?,
         bias_len: 0,
-        splits: dim("channel sum", "batch", n)?,
+        splits: dim(OP, "batch", n)?,
         reserved: 0,
     };
-    let launch = Launch {
-        grid: (c.div_ceil(THREADS as usize).max(1), 1, 1),
-        block: THREADS,
-    };
-    // SAFETY: per_image holds n rows of c values; out holds c.
-    unsafe { device.launch(MODULE, "split_reduce", launch, &reduce) }
+    Ok(vec![
+        KernelCall::new(MODULE, "plane_sum", (n * c, 1, 1), THREADS, &sums),
+        KernelCall::new(
+            MODULE,
+            "split_reduce",
+            (blocks_for(c, THREADS as usize), 1, 1),
+            THREADS,
+            &reduce,
+        ),
+    ])
+}
+
+/// Per-channel sums of an `n x c x plane` tensor into `out` (c values).
+fn channel_sums(device: &Arc<CudaDevice>, x: &CudaStorage, n: usize, c: usize, plane: usize, out: u64) -> Result<()> {
+    let per_image = CudaStorage::alloc(device, n * c)?;
+    let calls = channel_sum_calls(n, c, plane, x.device_ptr(), per_image.device_ptr(), out)?;
+    // SAFETY: x holds n*c planes of `plane` values, per_image n*c values, out c values; the
+    // scratch block returns to the cache after this call, which is safe because later users
+    // queue behind these kernels on the same stream.
+    unsafe { device.run(&calls) }
 }
 
 /// `y = conv2d(x, w) + b`: x `n x c_in x h x w`, w `c_out x c_in x kh x kw`, b `c_out`.

@@ -1,8 +1,10 @@
 //! Typed kernel launches: one `#[repr(C)]` parameter struct per kernel, passed by value.
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::CudaDevice;
+use super::call::{KernelCall, ParamBlock};
 use crate::error::{Error, Result};
 
 /// Grid and block of one launch.
@@ -57,4 +59,43 @@ impl CudaDevice {
 /// Converts a dimension for a kernel parameter, or says that it is too large.
 pub(crate) fn dim(op: &'static str, what: &str, value: usize) -> Result<i32> {
     i32::try_from(value).map_err(|_| Error::shape(op, format!("{what} = {value} exceeds what the CUDA kernels index")))
+}
+
+// SAFETY: a plain byte array; the kernel reads as many bytes as its parameter struct has, which
+// `KernelCall::new` copied in.
+unsafe impl DeviceRepr for ParamBlock {}
+
+impl CudaDevice {
+    /// Queues `calls` in order on the device's stream. Returns without waiting for them.
+    ///
+    /// # Safety
+    /// Each call's parameter struct must be the one its kernel is declared with, and every device
+    /// address in it must point at a live block large enough for what the kernel reads and writes
+    /// under the call's grid, until the stream has run the call.
+    pub(crate) unsafe fn run(&self, calls: &[KernelCall]) -> Result<()> {
+        for call in calls {
+            call.validate()?;
+            let function = self.function(call.module, call.kernel)?;
+            if call.shared_bytes > 48 * 1024 {
+                // Above 48 KiB a kernel must opt in to its dynamic shared memory.
+                function
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        call.shared_bytes as i32,
+                    )
+                    .map_err(|e| Error::Cuda(format!("{}: shared memory opt-in: {e}", call.kernel)))?;
+            }
+            let (x, y, z) = call.grid;
+            let cfg = LaunchConfig {
+                grid_dim: (x as u32, y as u32, z as u32),
+                block_dim: (call.block, 1, 1),
+                shared_mem_bytes: call.shared_bytes,
+            };
+            let mut builder = self.stream().launch_builder(&function);
+            builder.arg(call.param_block());
+            // SAFETY: upheld by the caller as documented.
+            unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {}: {e}", call.kernel)))?;
+        }
+        Ok(())
+    }
 }

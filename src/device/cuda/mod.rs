@@ -7,15 +7,18 @@
 //! a device on a machine without a driver or a GPU is an error, never a panic.
 
 mod alloc;
+pub mod call;
 mod context;
 pub mod conv;
 mod launch;
 mod module_cache;
+mod operand;
 pub mod params;
 mod storage;
 mod timer;
 
 pub use alloc::{AllocStats, size_class};
+pub use call::{KernelCall, blocks_for};
 pub use context::CudaDevice;
 pub use conv::{ConvAlgo, ConvLaunch, ConvPass, ConvTransposeGeom};
 pub use storage::CudaStorage;

@@ -3,11 +3,12 @@
 
 use std::mem::{offset_of, size_of};
 
+use bytemuck::{Pod, Zeroable};
 use cudarc::driver::DeviceRepr;
 
 /// `ConvParams` of `kernels/common.cuh`: one convolution pass (see `kernels/conv.cu`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ConvParams {
     pub x: u64,
     pub weight: u64,
@@ -37,7 +38,7 @@ const _: () = assert!(offset_of!(ConvParams, split_len) == 92);
 
 /// `SplitReduceParams`: `out[i] = sum_s partial[s][i]`, and the same for the bias pair.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SplitReduceParams {
     pub partial: u64,
     pub out: u64,
@@ -54,7 +55,7 @@ const _: () = assert!(offset_of!(SplitReduceParams, len) == 32);
 
 /// `PlaneSumParams`: `out[p] = sum of plane p of x`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PlaneSumParams {
     pub x: u64,
     pub out: u64,
