@@ -79,7 +79,7 @@ impl KernelCall {
                 self.kernel
             )));
         }
-        if self.block == 0 || self.block > 1024 || self.block % 32 != 0 {
+        if self.block == 0 || self.block > 1024 || !self.block.is_multiple_of(32) {
             return Err(Error::Cuda(format!(
                 "{}: a block of {} threads is not 1 to 32 whole warps",
                 self.kernel, self.block
