@@ -58,7 +58,7 @@ fn a_planned_channel_sum_runs_on_the_emulator() {
     let got: Vec<f32> = mem.read(out, c);
     for (ch, g) in got.iter().enumerate() {
         let want: f64 = (0..n)
-            .flat_map(|i| (0..plane).map(move |k| ((i * c + ch) * plane + k) as usize))
+            .flat_map(|i| (0..plane).map(move |k| (i * c + ch) * plane + k))
             .map(|e| x[e] as f64)
             .sum();
         // 231 terms of at most 2 in f32: the rounding error is below 1e-4.
