@@ -24,6 +24,7 @@ pub mod profile;
 pub mod rng;
 pub mod superpixel;
 pub mod tensor;
+pub mod testing;
 pub mod train;
 
 pub use autograd::{Tape, Var};

@@ -25,6 +25,7 @@ use lrc::device::cuda::conv::{
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom, CudaDevice, CudaStorage};
 use lrc::ops::conv::{ConvGeom, cpu};
 use lrc::rng::Rng;
+use lrc::testing::{Tolerance, assert_close};
 
 fn device() -> Arc<CudaDevice> {
     let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
@@ -49,11 +50,6 @@ fn max_abs(v: &[f32]) -> f64 {
     v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64))
 }
 
-struct Tolerance {
-    atol: f64,
-    rtol: f64,
-}
-
 fn tolerance(algo: ConvAlgo, depth: usize, a_max: f64, b_max: f64) -> Tolerance {
     let scale = (depth.max(1) as f64).sqrt() * a_max * b_max;
     match algo {
@@ -66,32 +62,6 @@ fn tolerance(algo: ConvAlgo, depth: usize, a_max: f64, b_max: f64) -> Tolerance 
             rtol: 5e-3,
         },
     }
-}
-
-/// Fails with the worst element (index, got, want) when any element is off or unwritten.
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: &Tolerance) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        let ratio = if err.is_nan() {
-            f64::INFINITY
-        } else {
-            err / (tol.atol + tol.rtol * w.abs())
-        };
-        if ratio > worst.0 {
-            worst = (ratio, i);
-        }
-    }
-    let (ratio, i) = worst;
-    assert!(
-        ratio <= 1.0,
-        "{what}: worst element {i}: got {} want {} ({ratio:.2} x tolerance, atol {:.3e} rtol {:.1e})",
-        got[i],
-        want[i],
-        tol.atol,
-        tol.rtol
-    );
 }
 
 fn geom([n, c_in, h, w, c_out]: [usize; 5], k: (usize, usize), stride: usize, pad: usize) -> ConvGeom {
@@ -142,7 +112,7 @@ fn conv2d_forward_matches_the_cpu_twin() {
                 .to_host()
                 .unwrap();
             let tol = tolerance(algo, g.c_in * g.kh * g.kw, max_abs(&x), max_abs(&w));
-            assert_close(&format!("forward {algo} {g:?}"), &y, &want, &tol);
+            assert_close(&format!("forward {algo} {g:?}"), &y, &want, tol);
         }
         // Without a bias.
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), None);
@@ -151,7 +121,7 @@ fn conv2d_forward_matches_the_cpu_twin() {
             .to_host()
             .unwrap();
         let tol = tolerance(ConvAlgo::DEFAULT, g.c_in * g.kh * g.kw, max_abs(&x), max_abs(&w));
-        assert_close(&format!("forward without bias {g:?}"), &y, &want, &tol);
+        assert_close(&format!("forward without bias {g:?}"), &y, &want, tol);
     }
 }
 
@@ -168,7 +138,7 @@ fn conv2d_backward_data_matches_the_cpu_twin() {
         for algo in ConvAlgo::ALL {
             let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap().to_host().unwrap();
             let tol = tolerance(algo, g.c_out * g.kh * g.kw, max_abs(&dy), max_abs(&w));
-            assert_close(&format!("backward-data {algo} {g:?}"), &dx, &want, &tol);
+            assert_close(&format!("backward-data {algo} {g:?}"), &dx, &want, tol);
         }
     }
 }
@@ -194,7 +164,7 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
                 &format!("backward-weight dw {algo} {g:?}"),
                 &dw.to_host().unwrap(),
                 &want_dw,
-                &tol,
+                tol,
             );
             // The bias gradient sums dy in FP32 in both versions.
             let tol = tolerance(ConvAlgo::Fp32Tiled, depth, max_abs(&dy), 1.0);
@@ -202,7 +172,7 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
                 &format!("backward-weight db {algo} {g:?}"),
                 &db.to_host().unwrap(),
                 &want_db,
-                &tol,
+                tol,
             );
         }
     }
@@ -313,7 +283,7 @@ fn conv_transpose2d_matches_its_definition() {
                 &format!("transposed forward {algo} {g:?}"),
                 &y.to_host().unwrap(),
                 &want_y,
-                &tol,
+                tol,
             );
             let dx = conv_transpose2d_backward_data(&g, &dyd, &wd, algo).unwrap();
             let tol = tolerance(algo, g.c_out * g.kh * g.kw, 1.0, 1.0);
@@ -321,7 +291,7 @@ fn conv_transpose2d_matches_its_definition() {
                 &format!("transposed backward-data {algo} {g:?}"),
                 &dx.to_host().unwrap(),
                 &want_dx,
-                &tol,
+                tol,
             );
             let (dw, db) = conv_transpose2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
             let tol = tolerance(algo, g.n * g.h * g.w, 1.0, 1.0);
@@ -329,14 +299,14 @@ fn conv_transpose2d_matches_its_definition() {
                 &format!("transposed backward-weight {algo} {g:?}"),
                 &dw.to_host().unwrap(),
                 &want_dw,
-                &tol,
+                tol,
             );
             let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h_out() * g.w_out(), 1.0, 1.0);
             assert_close(
                 &format!("transposed bias gradient {algo} {g:?}"),
                 &db.to_host().unwrap(),
                 &want_db,
-                &tol,
+                tol,
             );
         }
     }
@@ -367,7 +337,7 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops forward {algo}"),
             &got.to_f32_vec().unwrap(),
             &want.to_f64_vec().unwrap(),
-            &tol,
+            tol,
         );
 
         let dy = Tensor::uniform(want.shape().to_vec(), -1.0, 1.0, DType::F32, &mut rng);
@@ -378,7 +348,7 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops backward-data {algo}"),
             &got_dx.to_f32_vec().unwrap(),
             &want_dx.to_f64_vec().unwrap(),
-            &tol,
+            tol,
         );
 
         let (want_dw, want_db) = lrc::ops::conv::backward_weight(&g, &f64_of(&x), &f64_of(&dy)).unwrap();
@@ -388,14 +358,14 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops backward-weight {algo}"),
             &got_dw.to_f32_vec().unwrap(),
             &want_dw.to_f64_vec().unwrap(),
-            &tol,
+            tol,
         );
         let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h * g.w, 1.0, 1.0);
         assert_close(
             &format!("ops bias gradient {algo}"),
             &got_db.to_f32_vec().unwrap(),
             &want_db.to_f64_vec().unwrap(),
-            &tol,
+            tol,
         );
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
@@ -435,7 +405,7 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
         {
             let tol = tolerance(if name == "db" { ConvAlgo::Fp32Tiled } else { algo }, k, 1.0, 1.0);
             let got32: Vec<f32> = got[i].iter().map(|&v| v as f32).collect();
-            assert_close(&format!("ops conv_transpose2d {name} {algo}"), &got32, &want[i], &tol);
+            assert_close(&format!("ops conv_transpose2d {name} {algo}"), &got32, &want[i], tol);
         }
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
@@ -464,14 +434,14 @@ fn unet_sized_layers_match_the_cpu_twin() {
             "forward",
             &y.to_host().unwrap(),
             &want,
-            &tolerance(algo, g.c_in * 9, 1.0, 1.0),
+            tolerance(algo, g.c_in * 9, 1.0, 1.0),
         );
         let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
         assert_close(
             "backward-data",
             &dx.to_host().unwrap(),
             &want_dx,
-            &tolerance(algo, g.c_out * 9, 1.0, 1.0),
+            tolerance(algo, g.c_out * 9, 1.0, 1.0),
         );
         let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
         let depth = g.n * g.h * g.w;
@@ -479,7 +449,7 @@ fn unet_sized_layers_match_the_cpu_twin() {
             "backward-weight",
             &dw.to_host().unwrap(),
             &want_dw,
-            &tolerance(algo, depth, 1.0, 1.0),
+            tolerance(algo, depth, 1.0, 1.0),
         );
     }
 }

@@ -1,0 +1,79 @@
+//! What the kernel parity tests share, on the emulator (`tests/emu_*.rs`) and on a GPU
+//! (`tests/cuda_*.rs`): seeded inputs and the element-wise comparison with its report.
+
+use crate::rng::Rng;
+
+/// Per-element tolerance: |got - want| <= atol + rtol * |want|.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+/// The worst element of a comparison, as a multiple of its tolerance (infinite for NaN).
+#[derive(Clone, Copy, Debug)]
+pub struct Worst {
+    pub ratio: f64,
+    pub index: usize,
+    pub got: f64,
+    pub want: f64,
+}
+
+/// Compares `got` with `want` element by element; the worst element relative to its tolerance.
+pub fn worst(got: &[f32], want: &[f64], tol: Tolerance) -> Worst {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut w = Worst {
+        ratio: -1.0,
+        index: 0,
+        got: 0.0,
+        want: 0.0,
+    };
+    for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - r).abs();
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err / (tol.atol + tol.rtol * r.abs())
+        };
+        if ratio > w.ratio {
+            w = Worst {
+                ratio,
+                index: i,
+                got: g as f64,
+                want: r,
+            };
+        }
+    }
+    w.ratio = w.ratio.max(0.0);
+    w
+}
+
+/// Fails with the worst element (index, got, want) when any element is off or unwritten (NaN).
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: Tolerance) {
+    let w = worst(got, want, tol);
+    assert!(
+        w.ratio <= 1.0,
+        "{what}: worst element {}: got {} want {} ({:.2} x tolerance, atol {:.3e} rtol {:.1e})",
+        w.index,
+        w.got,
+        w.want,
+        w.ratio,
+        tol.atol,
+        tol.rtol
+    );
+}
+
+/// `len` values uniform in [lo, hi).
+pub fn uniform(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..len).map(|_| rng.range(lo, hi) as f32).collect()
+}
+
+/// The f32 values widened, for the f64 CPU twins.
+pub fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// The largest magnitude.
+pub fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64))
+}
