@@ -9,9 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::cuda::CudaStorage;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{Element, Storage, Tensor};
 use crate::with_cpu_dtype;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +143,9 @@ impl Optimizer {
             )));
         }
         self.step += 1;
+        if store.params().iter().any(|p| !p.value.is_cpu()) {
+            return self.step_cuda(store, lr);
+        }
         let h = Hyper {
             lr,
             kind: self.kind,
@@ -149,9 +153,6 @@ impl Optimizer {
         };
         for (i, param) in store.params_mut().iter_mut().enumerate() {
             let Some(grad) = &param.grad else { continue };
-            if !param.value.is_cpu() {
-                return Err(crate::ops::cuda_missing("optimizer step"));
-            }
             let first = self.state1[i].is_none();
             let s1 =
                 self.state1[i].get_or_insert_with(|| Tensor::zeros(param.value.shape().to_vec(), param.value.dtype()));
@@ -175,6 +176,120 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+impl Optimizer {
+    /// The CUDA step: every parameter with a gradient updated by fused multi-tensor launches
+    /// (`kernels/optim.cu`), state buffers allocated on the device at the first step.
+    fn step_cuda(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        use crate::device::cuda::optim::{StepRule, TensorSlot, multi_tensor_calls};
+
+        let two_moments = !matches!(self.kind, OptimizerKind::Sgd { .. });
+        // SGD's momentum buffers start as the first update: fresh ones go in launches of their own.
+        let mut fresh = Vec::new();
+        let mut warm = Vec::new();
+        let mut device = None;
+        for (i, param) in store.params_mut().iter_mut().enumerate() {
+            let Some(grad) = &param.grad else { continue };
+            let g = cuda_operand(&param.name, "gradient", grad)?;
+            let first = self.state1[i].is_none();
+            let dev = g.device();
+            let zeros = || -> Result<Tensor> {
+                Ok(Tensor::from_storage(
+                    param.value.shape().to_vec(),
+                    Storage::Cuda(CudaStorage::zeros(&dev, param.value.numel())?),
+                ))
+            };
+            if first {
+                self.state1[i] = Some(zeros()?);
+                if two_moments {
+                    self.state2[i] = Some(zeros()?);
+                }
+            }
+            let state_ptr = |t: &mut Option<Tensor>| -> Result<u64> {
+                match t.as_mut().and_then(Tensor::cuda_storage_mut) {
+                    Some(s) => s.device_ptr_mut(),
+                    None => Ok(0),
+                }
+            };
+            let slot = TensorSlot {
+                grad: g.device_ptr(),
+                len: param.value.numel(),
+                state1: state_ptr(&mut self.state1[i])?,
+                state2: state_ptr(&mut self.state2[i])?,
+                param: param
+                    .value
+                    .cuda_storage_mut()
+                    .ok_or_else(|| {
+                        Error::Device(format!(
+                            "{}: the parameter is on the CPU, its gradient on CUDA",
+                            param.name
+                        ))
+                    })?
+                    .device_ptr_mut()?,
+            };
+            if grad.shape() != param.value.shape() {
+                return Err(Error::shape(
+                    "optimizer step",
+                    format!(
+                        "{}: gradient {:?} for a parameter {:?}",
+                        param.name,
+                        grad.shape(),
+                        param.value.shape()
+                    ),
+                ));
+            }
+            if first {
+                fresh.push(slot)
+            } else {
+                warm.push(slot)
+            };
+            device.get_or_insert(dev);
+        }
+        let Some(device) = device else { return Ok(()) };
+        let mut calls = Vec::new();
+        for (slots, first) in [(&fresh, true), (&warm, false)] {
+            let rule = match self.kind {
+                OptimizerKind::Sgd { momentum, weight_decay } => StepRule::Sgd {
+                    lr,
+                    momentum,
+                    weight_decay,
+                    first,
+                },
+                OptimizerKind::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                }
+                | OptimizerKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => StepRule::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    decoupled: matches!(self.kind, OptimizerKind::AdamW { .. }),
+                    step: self.step,
+                },
+            };
+            calls.extend(multi_tensor_calls(slots, &rule)?);
+        }
+        // SAFETY: every address belongs to a CUDA tensor of the store or of this optimizer,
+        // holding `len` values (shapes checked above), alive until the stream runs the launches
+        // because the store and the optimizer keep them.
+        unsafe { device.run(&calls) }
+    }
+}
+
+/// The CUDA storage of an optimizer operand, or an error naming the parameter.
+fn cuda_operand<'a>(name: &str, what: &str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+    t.cuda_storage()
+        .ok_or_else(|| Error::Device(format!("{name}: the {what} is on the CPU, the parameter on CUDA")))
 }
 
 /// Learning rate per step: linear warm-up from `base/warmup` to `base`, then constant or a

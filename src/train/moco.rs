@@ -128,9 +128,41 @@ pub fn momentum_update(key: &mut ParamStore, query: &ParamStore, m: f64) -> Resu
                 format!("{}: {:?} vs {:?}", k.name, k.value.shape(), q.value.shape()),
             ));
         }
-        k.value = pointwise::add(&pointwise::scale(&k.value, m)?, &pointwise::scale(&q.value, 1.0 - m)?)?;
     }
-    Ok(())
+    if key.params().iter().all(|k| k.value.is_cpu()) {
+        for (k, q) in key.params_mut().iter_mut().zip(query.params()) {
+            k.value = pointwise::add(&pointwise::scale(&k.value, m)?, &pointwise::scale(&q.value, 1.0 - m)?)?;
+        }
+        return Ok(());
+    }
+    momentum_update_cuda(key, query, m)
+}
+
+/// The CUDA momentum update: one fused launch per 96 tensors (`kernels/optim.cu`).
+fn momentum_update_cuda(key: &mut ParamStore, query: &ParamStore, m: f64) -> Result<()> {
+    use crate::device::cuda::optim::{StepRule, TensorSlot, multi_tensor_calls};
+
+    let mut slots = Vec::with_capacity(key.len());
+    let mut device = None;
+    for (k, q) in key.params_mut().iter_mut().zip(query.params()) {
+        let on_cpu = || Error::Device(format!("momentum update: {} is on the CPU in one model only", k.name));
+        let qs = q.value.cuda_storage().ok_or_else(on_cpu)?;
+        let len = k.value.numel();
+        let ks = k.value.cuda_storage_mut().ok_or_else(on_cpu)?;
+        device.get_or_insert(ks.device());
+        slots.push(TensorSlot {
+            param: ks.device_ptr_mut()?,
+            grad: qs.device_ptr(),
+            state1: 0,
+            state2: 0,
+            len,
+        });
+    }
+    let Some(device) = device else { return Ok(()) };
+    let calls = multi_tensor_calls(&slots, &StepRule::Lerp { m })?;
+    // SAFETY: every address belongs to a CUDA parameter of the two stores, of the length given
+    // (shapes checked above), kept alive by the stores until the stream runs the launch.
+    unsafe { device.run(&calls) }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use bytemuck::Pod;
 
 use crate::error::{Error, Result};
 
-/// The largest parameter struct a call carries (CUDA allows 4 KiB; ours are far smaller).
-pub const MAX_PARAM_BYTES: usize = 256;
+/// The largest parameter struct a call carries (4 KiB, the limit CUDA guarantees on every driver).
+pub const MAX_PARAM_BYTES: usize = 4096;
 
 /// The parameter struct's bytes, aligned as the kernel's argument buffer expects.
 #[repr(C, align(16))]

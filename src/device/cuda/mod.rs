@@ -13,6 +13,7 @@ pub mod conv;
 mod launch;
 mod module_cache;
 mod operand;
+pub mod optim;
 pub mod params;
 mod storage;
 mod timer;
