@@ -42,8 +42,8 @@ fn check(kind: OptimizerKind, lr: f64) {
     let mut gpu = cpu.to_dtype(DType::F32).unwrap().to_device(&dev).unwrap();
     let (mut cpu_opt, mut gpu_opt) = (Optimizer::new(kind), Optimizer::new(kind));
     for _ in 0..10 {
-        for i in 0..LENS.len() {
-            let g = uniform(&mut rng, LENS[i], -1.0, 1.0);
+        for (i, &n) in LENS.iter().enumerate() {
+            let g = uniform(&mut rng, n, -1.0, 1.0);
             cpu.params_mut()[i].grad = Some(Tensor::from_vec(vec![g.len()], widen(&g)).unwrap());
             gpu.params_mut()[i].grad = Some(Tensor::from_vec(vec![g.len()], g).unwrap().to_device(&dev).unwrap());
         }
