@@ -414,6 +414,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                 metrics: Some(results.join("metrics.jsonl")),
                 quiet: false,
                 stop_after: None,
+                device: crate::device::Device::Cpu,
             };
             let s = pretrain(pre_store.clone(), cfg, &opts)?;
             say(&format!(
@@ -467,6 +468,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                     metrics: Some(results.join("metrics.jsonl")),
                     quiet: false,
                     stop_after: None,
+                    device: crate::device::Device::Cpu,
                 };
                 let summary: FinetuneSummary = finetune(store.clone(), cfg, &opts)?;
                 let (seg, _) = Segmenter::load(&path)?;

@@ -179,6 +179,22 @@ impl Optimizer {
 }
 
 impl Optimizer {
+    /// The same optimizer with its state on `device` (the parameters' device).
+    pub fn to_device(&self, device: &crate::device::Device) -> Result<Optimizer> {
+        let move_all = |states: &[Option<Tensor>]| -> Result<Vec<Option<Tensor>>> {
+            states
+                .iter()
+                .map(|t| t.as_ref().map(|t| t.to_device(device)).transpose())
+                .collect()
+        };
+        Ok(Optimizer {
+            kind: self.kind,
+            step: self.step,
+            state1: move_all(&self.state1)?,
+            state2: move_all(&self.state2)?,
+        })
+    }
+
     /// The CUDA step: every parameter with a gradient updated by fused multi-tensor launches
     /// (`kernels/optim.cu`), state buffers allocated on the device at the first step.
     fn step_cuda(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {

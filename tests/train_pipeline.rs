@@ -86,6 +86,7 @@ fn run_opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
         metrics: None,
         quiet: true,
         stop_after,
+        device: lrc::device::Device::Cpu,
     }
 }
 
@@ -187,6 +188,7 @@ fn finetuning_learns_resumes_and_predicts_in_the_input_geometry() {
         metrics: None,
         quiet: true,
         stop_after,
+        device: lrc::device::Device::Cpu,
     };
     let straight = dir.path().join("a.st");
     let s = finetune(f.store.clone(), finetune_config(4), &opts(&straight, None)).unwrap();

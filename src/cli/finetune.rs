@@ -107,7 +107,7 @@ impl FinetuneArgs {
 
 /// Runs `lrc finetune`.
 pub fn run(args: FinetuneArgs) -> Result<()> {
-    super::device::select(args.device.as_deref())?;
+    let device = super::device::select(args.device.as_deref())?;
     crate::profile::enable(args.profile);
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = FinetuneOptions {
@@ -120,6 +120,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         ),
         quiet: false,
         stop_after: None,
+        device,
     };
     let s = finetune(store, args.config(), &opts)?;
     println!(

@@ -126,7 +126,7 @@ pub fn metrics_beside(out: &std::path::Path) -> PathBuf {
 
 /// Runs `lrc pretrain`.
 pub fn run(args: PretrainArgs) -> Result<()> {
-    super::device::select(args.device.as_deref())?;
+    let device = super::device::select(args.device.as_deref())?;
     crate::profile::enable(args.profile);
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = RunOptions {
@@ -135,6 +135,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         metrics: Some(args.metrics.clone().unwrap_or_else(|| metrics_beside(&args.out))),
         quiet: false,
         stop_after: None,
+        device,
     };
     let summary = pretrain(store, args.config(), &opts)?;
     println!(

@@ -145,6 +145,14 @@ impl ParamStore {
         Ok(out)
     }
 
+    /// A copy on `device` for training there: CUDA parameters hold f32, the CPU keeps the dtype.
+    pub fn for_device(&self, device: &Device) -> Result<ParamStore> {
+        match device {
+            Device::Cpu => self.to_device(device),
+            Device::Cuda(_) => self.to_dtype(DType::F32)?.to_device(device),
+        }
+    }
+
     /// Copies values from `other` for every parameter whose name, after replacing the prefix
     /// `from` by `to`, exists here; shapes must agree. Returns how many were copied.
     pub fn load_matching(&mut self, other: &ParamStore, from: &str, to: &str) -> Result<usize> {

@@ -19,6 +19,7 @@ use super::log::RunLog;
 use crate::autograd::Tape;
 use crate::checkpoint;
 use crate::data::store::{SliceStore, StoredConfig};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::dice::{dice_per_class, mean_present};
 use crate::nn::{Branches, ParamStore, SegModel, UNetConfig};
@@ -298,6 +299,8 @@ pub struct FinetuneOptions {
     pub quiet: bool,
     /// Stop after this many epochs of this invocation (tests of resumption).
     pub stop_after: Option<usize>,
+    /// Where the steps run.
+    pub device: Device,
 }
 
 fn state_path(out: &Path) -> PathBuf {
@@ -391,6 +394,8 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
     } else {
         initialise(&mut seg, &config.init)?;
     }
+    seg.params = seg.params.for_device(&opts.device)?;
+    optimizer = optimizer.to_device(&opts.device)?;
     let pool: Vec<usize> = train.iter().flat_map(|&c| store.case_range(c)).collect();
     let spec = BatchSpec {
         kind: BatchKind::Segmentation,
@@ -439,7 +444,8 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             let bound = seg.params.bind(&mut tape);
             let loss = {
                 let _r = profile::range("phase.forward");
-                let x = tape.constant(batch.x.clone());
+                // The batch's one copy to the device.
+                let x = tape.constant(batch.x.to_device(&opts.device)?);
                 let logits = seg.model.forward(&mut tape, &bound, x)?;
                 let dice = tape.dice_loss(logits, labels, dice_cfg)?;
                 if config.ce_weight > 0.0 {
@@ -457,6 +463,8 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 seg.params.zero_grad();
                 seg.params.accumulate_grads(&grads, &bound)?;
             }
+            // Without the tape the optimizer updates the parameters in place (it shares them).
+            drop(tape);
             {
                 let _r = profile::range("phase.optimizer");
                 optimizer.step(&mut seg.params, config.lr)?;

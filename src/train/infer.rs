@@ -3,6 +3,7 @@
 
 use crate::autograd::Tape;
 use crate::data::crop::{pad_to_multiple, unpad};
+use crate::device::Device;
 use crate::error::Result;
 use crate::nn::{ParamStore, SegModel};
 use crate::tensor::Tensor;
@@ -17,6 +18,8 @@ pub fn segment_slices(
     batch: usize,
     pad_value: f32,
 ) -> Result<Vec<Vec<u8>>> {
+    // Inputs go where the parameters are; the logits come back for the arg-max.
+    let device = params.params().first().map_or(Device::Cpu, |p| p.value.device());
     let mut out = Vec::with_capacity(slices.len());
     for chunk in slices.chunks(batch.max(1)) {
         let _range = crate::profile::range("phase.inference");
@@ -31,7 +34,8 @@ pub fn segment_slices(
         let (ph, pw) = (pad.padded_h, pad.padded_w);
         let mut tape = Tape::no_grad();
         let bound = params.bind_frozen(&mut tape);
-        let x = tape.constant(Tensor::from_vec(vec![chunk.len(), 1, ph, pw], data)?);
+        let x = Tensor::from_vec(vec![chunk.len(), 1, ph, pw], data)?.to_device(&device)?;
+        let x = tape.constant(x);
         let logits = model.forward(&mut tape, &bound, x)?;
         let l = tape.value(logits).to_f32_vec()?;
         let c = model.classes;

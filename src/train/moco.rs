@@ -1,15 +1,19 @@
 //! MoCo's two mechanisms: the queue of negative keys and the momentum (key) encoder.
 
+use crate::device::Device;
+use crate::device::cuda::optim::queue_write_calls;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::ops::pointwise;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// A first-in first-out ring of `capacity` unit keys, each tagged with the volume (case) it
-/// came from so that a query's own volume can be left out of its negatives.
+/// came from so that a query's own volume can be left out of its negatives. The keys live on the
+/// training device (a CUDA queue is written in place by a kernel); the case tags, which are batch
+/// metadata, stay on the host.
 #[derive(Clone, Debug)]
 pub struct KeyQueue {
-    keys: Vec<f32>,
+    keys: Tensor,
     cases: Vec<i64>,
     dim: usize,
     capacity: usize,
@@ -25,7 +29,7 @@ impl KeyQueue {
             return Err(Error::config("the MoCo queue needs a positive size and dimension"));
         }
         Ok(KeyQueue {
-            keys: vec![0.0; capacity * dim],
+            keys: Tensor::zeros(vec![capacity, dim], DType::F32),
             cases: vec![-1; capacity],
             dim,
             capacity,
@@ -46,14 +50,23 @@ impl KeyQueue {
         self.filled == 0
     }
 
+    /// The same queue with its keys on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<KeyQueue> {
+        Ok(KeyQueue {
+            keys: self.keys.to_device(device)?,
+            ..self.clone()
+        })
+    }
+
     /// Adds a batch of keys `[B, dim]` (B must divide the capacity, as in MoCo, so that a batch
-    /// never wraps), overwriting the oldest.
-    pub fn enqueue(&mut self, keys: &[f32], cases: &[i64]) -> Result<()> {
+    /// never wraps), overwriting the oldest. Keys on the queue's device are written there
+    /// without a copy through the host.
+    pub fn enqueue(&mut self, keys: &Tensor, cases: &[i64]) -> Result<()> {
         let b = cases.len();
-        if keys.len() != b * self.dim {
+        if keys.shape() != [b, self.dim] {
             return Err(Error::shape(
                 "enqueue",
-                format!("{} values for {b} keys of dim {}", keys.len(), self.dim),
+                format!("keys {:?} for {b} cases of dim {}", keys.shape(), self.dim),
             ));
         }
         if b == 0 || !self.capacity.is_multiple_of(b) {
@@ -62,19 +75,43 @@ impl KeyQueue {
                 self.capacity
             )));
         }
-        self.keys[self.ptr * self.dim..(self.ptr + b) * self.dim].copy_from_slice(keys);
+        let range = self.ptr * self.dim..(self.ptr + b) * self.dim;
+        if self.keys.is_cpu() {
+            let new = keys.to_f32_vec()?;
+            self.keys.data_mut::<f32>()?[range].copy_from_slice(&new);
+        } else {
+            let src = keys
+                .cuda_storage()
+                .ok_or_else(|| Error::Device("enqueue: the keys are on the CPU, the queue on CUDA".into()))?;
+            let queue = self.keys.cuda_storage_mut().expect("a CUDA queue");
+            let calls = queue_write_calls(
+                queue.device_ptr_mut()?,
+                src.device_ptr(),
+                self.capacity,
+                self.dim,
+                b,
+                self.ptr,
+            )?;
+            // SAFETY: the queue holds capacity x dim values and src b x dim (shape checked above);
+            // both stay alive until the stream runs the write (src is kept by the caller's keys
+            // tensor until then, or returns to the caching allocator, whose later users queue
+            // behind it).
+            unsafe { queue.device().run(&calls) }?;
+        }
         self.cases[self.ptr..self.ptr + b].copy_from_slice(cases);
         self.ptr = (self.ptr + b) % self.capacity;
         self.filled = (self.filled + b).min(self.capacity);
         Ok(())
     }
 
-    /// The filled part of the queue as a `[len, dim]` tensor, in slot order.
+    /// The filled part of the queue as a `[len, dim]` tensor, in slot order: the queue's own
+    /// storage once it is full (no copy).
     pub fn negatives(&self) -> Result<Tensor> {
-        Tensor::from_vec(
-            vec![self.filled, self.dim],
-            self.keys[..self.filled * self.dim].to_vec(),
-        )
+        if self.filled == self.capacity {
+            Ok(self.keys.clone())
+        } else {
+            self.keys.narrow_rows(0, self.filled)
+        }
     }
 
     /// `[B, len]` mask: true where a negative comes from the same case as the query (and so
@@ -93,7 +130,7 @@ impl KeyQueue {
         meta.push(self.ptr as f64);
         meta.push(self.filled as f64);
         Ok((
-            Tensor::from_vec(vec![self.capacity, self.dim], self.keys.clone())?,
+            Tensor::from_vec(vec![self.capacity, self.dim], self.keys.to_f32_vec()?)?,
             Tensor::from_vec(vec![meta.len()], meta)?,
         ))
     }
@@ -108,7 +145,7 @@ impl KeyQueue {
                 self.dim
             )));
         }
-        self.keys = keys.to_f32_vec()?;
+        self.keys = Tensor::from_vec(vec![self.capacity, self.dim], keys.to_f32_vec()?)?;
         self.cases = meta[..self.capacity].iter().map(|&c| c as i64).collect();
         self.ptr = meta[self.capacity] as usize;
         self.filled = meta[self.capacity + 1] as usize;
@@ -169,15 +206,20 @@ fn momentum_update_cuda(key: &mut ParamStore, query: &ParamStore, m: f64) -> Res
 mod tests {
     use super::*;
 
+    /// Keys of dim 2 as a `[len / 2, 2]` tensor.
+    fn keys(v: &[f32]) -> Tensor {
+        Tensor::from_vec(vec![v.len() / 2, 2], v.to_vec()).unwrap()
+    }
+
     #[test]
     fn queue_is_fifo_and_tracks_cases() {
         let mut q = KeyQueue::new(4, 2).unwrap();
         assert!(q.is_empty());
-        q.enqueue(&[1.0, 1.0, 2.0, 2.0], &[10, 11]).unwrap();
+        q.enqueue(&keys(&[1.0, 1.0, 2.0, 2.0]), &[10, 11]).unwrap();
         assert_eq!(q.len(), 2);
         assert_eq!(q.negatives().unwrap().shape(), &[2, 2]);
-        q.enqueue(&[3.0, 3.0, 4.0, 4.0], &[12, 10]).unwrap();
-        q.enqueue(&[5.0, 5.0, 6.0, 6.0], &[13, 14]).unwrap();
+        q.enqueue(&keys(&[3.0, 3.0, 4.0, 4.0]), &[12, 10]).unwrap();
+        q.enqueue(&keys(&[5.0, 5.0, 6.0, 6.0]), &[13, 14]).unwrap();
         // The oldest batch (1, 2) was overwritten in place.
         assert_eq!(
             q.negatives().unwrap().as_slice::<f32>().unwrap(),
@@ -187,7 +229,7 @@ mod tests {
             q.same_case_mask(&[10, 13]),
             vec![false, false, false, true, true, false, false, false]
         );
-        assert!(q.enqueue(&[0.0; 6], &[1, 2, 3]).is_err(), "3 does not divide 4");
+        assert!(q.enqueue(&keys(&[0.0; 6]), &[1, 2, 3]).is_err(), "3 does not divide 4");
         let (keys, meta) = q.state().unwrap();
         let mut r = KeyQueue::new(4, 2).unwrap();
         r.restore(&keys, &meta).unwrap();

@@ -21,6 +21,7 @@ use crate::augment::intensity::IntensityParams;
 use crate::autograd::Tape;
 use crate::checkpoint;
 use crate::data::store::SliceStore;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{ContrastModel, ParamStore, UNetConfig};
 use crate::ops::local_contrast::LocalLossConfig;
@@ -219,6 +220,7 @@ impl PretrainState {
             let mut qrng = rng.fork(1);
             for _ in 0..config.queue / config.batch {
                 let keys = random_unit_rows(config.batch, config.proj_dim, &mut qrng);
+                let keys = Tensor::from_vec(vec![config.batch, config.proj_dim], keys)?;
                 queue.enqueue(&keys, &vec![-1; config.batch])?;
             }
             (Some(params.clone()), Some(queue))
@@ -235,6 +237,20 @@ impl PretrainState {
             optimizer,
             step: 0,
         })
+    }
+
+    /// Moves the model, key encoder, queue and optimizer state to `device`, where training runs.
+    /// CUDA tensors hold f32.
+    pub fn to_device(&mut self, device: &Device) -> Result<()> {
+        self.params = self.params.for_device(device)?;
+        if let Some(key) = &self.key {
+            self.key = Some(key.for_device(device)?);
+        }
+        if let Some(queue) = &self.queue {
+            self.queue = Some(queue.to_device(device)?);
+        }
+        self.optimizer = self.optimizer.to_device(device)?;
+        Ok(())
     }
 
     /// Writes the state atomically to `path`.
@@ -351,6 +367,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many steps of this invocation (tests of resumption).
     pub stop_after: Option<u64>,
+    /// Where the steps run.
+    pub device: Device,
 }
 
 /// Trains until `config.steps` (or from the checkpoint at `opts.out` when resuming).
@@ -367,6 +385,8 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     } else {
         PretrainState::new(config)?
     };
+    state.to_device(&opts.device)?;
+    let device = opts.device.clone();
     let cfg = state.config.clone();
     let pool: Vec<usize> = (0..store.len()).collect();
     let spec = BatchSpec {
@@ -402,10 +422,13 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         let step = state.step;
         let _step_range = profile::range("phase.step");
         let batch = batches.next(step)?;
+        // The batch's one copy to the device.
+        let x = batch.x.to_device(&device)?;
         let x_pos = batch
             .x_pos
-            .clone()
-            .ok_or_else(|| Error::config("pre-training batch without a positive view"))?;
+            .as_ref()
+            .ok_or_else(|| Error::config("pre-training batch without a positive view"))?
+            .to_device(&device)?;
         // MoCo: keys from the momentum encoder, updated before use as in the reference code.
         let keys = if let (Some(key), Some(_)) = (&mut state.key, &state.queue) {
             let _r = profile::range("phase.keys");
@@ -423,7 +446,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         let bound = state.params.bind(&mut tape);
         let loss = {
             let _r = profile::range("phase.forward");
-            let xq = tape.constant(batch.x.clone());
+            let xq = tape.constant(x.clone());
             let global_loss = |tape: &mut Tape, q| -> Result<_> {
                 let (keys, queue) = (keys.as_ref().expect("keys"), state.queue.as_ref().expect("queue"));
                 let q = tape.l2_normalize(q)?;
@@ -465,12 +488,15 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
             state.params.zero_grad();
             state.params.accumulate_grads(&grads, &bound)?;
         }
+        // The tape shares the parameters' storage: without it the optimizer updates them in
+        // place instead of copying each one first.
+        drop(tape);
         {
             let _r = profile::range("phase.optimizer");
             state.optimizer.step(&mut state.params, schedule.lr(step))?;
         }
         if let (Some(queue), Some(k)) = (&mut state.queue, &keys) {
-            queue.enqueue(&k.to_f32_vec()?, &batch.cases)?;
+            queue.enqueue(k, &batch.cases)?;
         }
         state.step += 1;
         summary.steps += 1;
