@@ -25,6 +25,8 @@ use crate::rng::Rng;
 pub enum BenchWhat {
     /// Time every convolution of the default U-Net: forward, backward-data, backward-weight.
     Conv(ConvBenchArgs),
+    /// Time one whole U-Net training step (forward, backward, Adam) on the GPU.
+    Step(super::bench_step::StepBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +73,7 @@ pub struct ConvBenchArgs {
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
+        BenchWhat::Step(args) => super::bench_step::bench_step(&args),
     }
 }
 
