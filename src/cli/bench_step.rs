@@ -4,8 +4,9 @@
 //!
 //! Reported: the median and fastest of the timed steps (CUDA events around each), the achieved
 //! TFLOP/s of the step's convolutions (forward, backward-data and backward-weight: 6 x the
-//! multiply-adds), the device allocations made after the warm-up steps (a steady step makes
-//! none), and the allocator's peak bytes in use.
+//! multiply-adds), the device allocations and host/device copies made in the timed steps (a
+//! steady step makes none: its batch is already on the device and nothing is read back), and the
+//! allocator's peak bytes in use.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -122,6 +123,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     }
     gpu.synchronize()?;
     let before = gpu.alloc_stats();
+    let copies_before = gpu.transfers();
     let mut times = Vec::with_capacity(args.repeats);
     for _ in 0..args.repeats {
         timer.start()?;
@@ -130,6 +132,11 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         times.push(timer.elapsed_ms()? as f64);
     }
     let after = gpu.alloc_stats();
+    let copies = gpu.transfers();
+    let (uploads, downloads) = (
+        copies.to_device - copies_before.to_device,
+        copies.to_host - copies_before.to_host,
+    );
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let fastest = times[0];
@@ -148,7 +155,8 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     );
     println!(
         "median {median:.2} ms, fastest {fastest:.2} ms over {} steps; convolutions {tflops:.1} TFLOP/s; \
-         {allocations} device allocations after warm-up; peak {:.0} MiB in use",
+         {allocations} device allocations and {uploads} uploads / {downloads} downloads in the timed steps; \
+         peak {:.0} MiB in use",
         args.repeats,
         after.peak_bytes_in_use as f64 / (1 << 20) as f64
     );
@@ -164,6 +172,8 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         "fastest_ms": fastest,
         "conv_tflops": tflops,
         "allocations_after_warmup": allocations,
+        "uploads": uploads,
+        "downloads": downloads,
         "peak_bytes": after.peak_bytes_in_use,
         "conv_algo": gpu.conv_algo().name(),
     });

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cudarc::driver::sys::CUdevice_attribute;
@@ -28,6 +28,24 @@ pub struct CudaDevice {
     modules: ModuleCache,
     conv_algo: AtomicU8,
     poison_fresh_buffers: AtomicBool,
+    transfers: TransferCounters,
+}
+
+/// Copies between host and device since the device was opened: a training step should show one
+/// upload (its batch) and one download (the logged loss), and nothing else.
+#[derive(Default)]
+struct TransferCounters {
+    to_device: AtomicU64,
+    to_host: AtomicU64,
+}
+
+/// What [`CudaDevice::transfers`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Host-to-device copies.
+    pub to_device: u64,
+    /// Device-to-host copies (each one waits for the stream).
+    pub to_host: u64,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -101,6 +119,7 @@ impl CudaDevice {
             modules: ModuleCache::default(),
             conv_algo: AtomicU8::new(conv_algo as u8),
             poison_fresh_buffers: AtomicBool::new(false),
+            transfers: TransferCounters::default(),
         })
     }
 
@@ -157,6 +176,23 @@ impl CudaDevice {
     /// The caching allocator's counters.
     pub fn alloc_stats(&self) -> AllocStats {
         self.allocator.stats()
+    }
+
+    /// Host/device copies so far.
+    pub fn transfers(&self) -> Transfers {
+        Transfers {
+            to_device: self.transfers.to_device.load(Ordering::Relaxed),
+            to_host: self.transfers.to_host.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_transfer(&self, to_host: bool) {
+        let counter = if to_host {
+            &self.transfers.to_host
+        } else {
+            &self.transfers.to_device
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives cached free blocks back to the driver.

@@ -20,7 +20,7 @@ mod timer;
 
 pub use alloc::{AllocStats, size_class};
 pub use call::{KernelCall, blocks_for};
-pub use context::CudaDevice;
+pub use context::{CudaDevice, Transfers};
 pub use conv::{ConvAlgo, ConvLaunch, ConvPass, ConvTransposeGeom};
 pub use storage::CudaStorage;
 pub use timer::GpuTimer;

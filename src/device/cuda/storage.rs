@@ -81,6 +81,7 @@ impl CudaStorage {
     pub fn from_host(device: &Arc<CudaDevice>, data: &[f32]) -> Result<CudaStorage> {
         let storage = CudaStorage::alloc(device, data.len())?;
         if !data.is_empty() {
+            device.count_transfer(false);
             device
                 .stream()
                 .context()
@@ -98,6 +99,7 @@ impl CudaStorage {
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let mut host = vec![0.0f32; self.len];
         if self.len > 0 {
+            self.buffer.device.count_transfer(true);
             let stream = self.buffer.device.stream();
             stream
                 .context()
