@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::batch::{BatchKind, BatchSpec, Prefetcher};
 use super::infer::segment_slices;
 use super::log::RunLog;
+use super::readback::LossReader;
 use crate::autograd::Tape;
 use crate::checkpoint;
 use crate::data::store::{SliceStore, StoredConfig};
@@ -423,6 +424,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
         (last_epoch * config.steps_per_epoch) as u64,
         3,
     );
+    let mut loss_reader = LossReader::new(&opts.device)?;
     for epoch in epoch0..last_epoch {
         if best_epoch > 0 && epoch >= best_epoch + config.patience {
             log.line(&format!(
@@ -456,7 +458,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                     dice
                 }
             };
-            let value = tape.value(loss).scalar()?;
+            loss_reader.queue(tape.value(loss))?;
             {
                 let _r = profile::range("phase.backward");
                 let grads = tape.backward(loss)?;
@@ -469,6 +471,8 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 let _r = profile::range("phase.optimizer");
                 optimizer.step(&mut seg.params, config.lr)?;
             }
+            // Read once the whole step is queued: the GPU keeps working meanwhile.
+            let value = loss_reader.value()?;
             loss_sum += value;
             log.step(step + 1, &format!("loss {value:.4}"));
             log.record("step", &[("step", (step + 1).into()), ("loss", value.into())])?;

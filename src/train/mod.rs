@@ -6,3 +6,4 @@ pub mod infer;
 pub mod log;
 pub mod moco;
 pub mod pretrain;
+pub mod readback;

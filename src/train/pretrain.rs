@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::batch::{BatchKind, BatchSpec, Prefetcher};
 use super::log::RunLog;
 use super::moco::{KeyQueue, momentum_update};
+use super::readback::LossReader;
 use crate::augment::elastic::ElasticParams;
 use crate::augment::intensity::IntensityParams;
 use crate::autograd::Tape;
@@ -418,6 +419,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         seconds: 0.0,
     };
     let (mut window_sum, mut window_n) = (0.0, 0u64);
+    let mut loss_reader = LossReader::new(&device)?;
     while state.step < end {
         let step = state.step;
         let _step_range = profile::range("phase.step");
@@ -476,12 +478,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
                 }
             }
         };
-        let loss_value = tape.value(loss).scalar()?;
-        if !loss_value.is_finite() {
-            return Err(Error::config(format!(
-                "the loss became {loss_value} at step {step}; lower the learning rate"
-            )));
-        }
+        loss_reader.queue(tape.value(loss))?;
         {
             let _r = profile::range("phase.backward");
             let grads = tape.backward(loss)?;
@@ -497,6 +494,13 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         }
         if let (Some(queue), Some(k)) = (&mut state.queue, &keys) {
             queue.enqueue(k, &batch.cases)?;
+        }
+        // Read once the whole step is queued: the GPU keeps working meanwhile.
+        let loss_value = loss_reader.value()?;
+        if !loss_value.is_finite() {
+            return Err(Error::config(format!(
+                "the loss became {loss_value} at step {step}; lower the learning rate"
+            )));
         }
         state.step += 1;
         summary.steps += 1;

@@ -15,6 +15,7 @@ mod module_cache;
 mod operand;
 pub mod optim;
 pub mod params;
+mod readback;
 mod storage;
 mod timer;
 
@@ -22,6 +23,7 @@ pub use alloc::{AllocStats, size_class};
 pub use call::{KernelCall, blocks_for};
 pub use context::{CudaDevice, Transfers};
 pub use conv::{ConvAlgo, ConvLaunch, ConvPass, ConvTransposeGeom};
+pub use readback::ScalarReadback;
 pub use storage::CudaStorage;
 pub use timer::GpuTimer;
 
