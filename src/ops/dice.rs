@@ -64,6 +64,59 @@ pub mod cpu {
     }
 }
 
+/// The CUDA branch: `device::cuda::loss`. The labels are uploaded by the op (they come from the
+/// host per batch); the loss stays on the device and its backward reads the upstream gradient
+/// there.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use super::DiceConfig;
+    use crate::device::cuda::CudaStorage;
+    use crate::device::cuda::loss::{self, ChannelShape};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    fn shape(x: &Tensor, channels: usize, inner: usize) -> ChannelShape {
+        ChannelShape {
+            outer: x.shape()[0],
+            channels,
+            inner,
+        }
+    }
+
+    /// What the backward keeps: the labels on the device and the per-class coefficients.
+    pub(super) struct Saved {
+        targets: CudaStorage,
+        coef: CudaStorage,
+    }
+
+    pub(super) fn forward(
+        x: &Tensor,
+        targets: &[u32],
+        c: usize,
+        inner: usize,
+        cfg: &DiceConfig,
+    ) -> Result<(Tensor, Saved)> {
+        let xs = storage("dice_loss", "logits", x)?;
+        let targets = CudaStorage::from_host_u32(&xs.device(), targets)?;
+        let (value, coef) = loss::dice_loss(xs, &targets, &shape(x, c, inner), cfg)?;
+        Ok((tensor(vec![1], value), Saved { targets, coef }))
+    }
+
+    pub(super) fn backward(
+        x: &Tensor,
+        saved: &Saved,
+        upstream: &Tensor,
+        c: usize,
+        inner: usize,
+        cfg: &DiceConfig,
+    ) -> Result<Tensor> {
+        const OP: &str = "dice_loss backward";
+        let (xs, gs) = (storage(OP, "logits", x)?, storage(OP, "loss gradient", upstream)?);
+        let dx = loss::dice_loss_backward(xs, &saved.targets, &saved.coef, gs, &shape(x, c, inner), cfg)?;
+        Ok(tensor(x.shape().to_vec(), dx))
+    }
+}
+
 impl Tape {
     /// Soft Dice loss of logits `[N, C, H, W]` against a label map (one class per pixel).
     pub fn dice_loss(&mut self, logits: Var, targets: &[u32], cfg: DiceConfig) -> Result<Var> {
@@ -74,7 +127,17 @@ impl Tape {
             return Err(Error::config("dice_loss: skipping the background leaves no class"));
         }
         if !xv.is_cpu() {
-            return Err(super::cuda_missing("dice_loss"));
+            let (loss, saved) = cuda::forward(xv, targets, c, inner, &cfg)?;
+            return Ok(self.record("dice_loss", loss, &[logits], move |ctx| {
+                Ok(vec![Some(cuda::backward(
+                    ctx.input(0),
+                    &saved,
+                    ctx.grad,
+                    c,
+                    inner,
+                    &cfg,
+                )?)])
+            }));
         }
         let (loss, grad) = with_cpu_dtype!("dice_loss", [xv], T => {
             let (l, g) = cpu::dice_loss(xv.as_slice::<T>()?, targets, c, inner, &cfg);

@@ -93,13 +93,40 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
         ));
     }
     if !a.is_cpu() || !b.is_cpu() {
-        return Err(super::cuda_missing("matmul"));
+        return cuda::matmul_t(a, trans_a, b, trans_b, [m, n, k]);
     }
     with_cpu_dtype!("matmul", [a, b], T => {
         let mut c = vec![T::zero(); m * n];
         gemm_into(m, n, k, a.as_slice::<T>()?, trans_a, b.as_slice::<T>()?, trans_b, &mut c, false, true);
         Ok(Tensor::cpu(vec![m, n], c))
     })
+}
+
+/// The CUDA branch: `device::cuda::gemm` with the FP32 tiles.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use crate::device::cuda::gemm::{self, GemmAlgo, GemmShape};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    pub(super) fn matmul_t(
+        a: &Tensor,
+        trans_a: bool,
+        b: &Tensor,
+        trans_b: bool,
+        [m, n, k]: [usize; 3],
+    ) -> Result<Tensor> {
+        let a_s = storage("matmul", "left operand", a)?;
+        let b_s = storage("matmul", "right operand", b)?;
+        let shape = GemmShape {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+        };
+        Ok(tensor(vec![m, n], gemm::matmul(a_s, b_s, &shape, GemmAlgo::DEFAULT)?))
+    }
 }
 
 impl Tape {

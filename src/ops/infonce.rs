@@ -2,6 +2,7 @@
 //! averaged over the batch. Fused: the [B, 1 + K] logits never leave the op.
 
 use crate::autograd::{Tape, Var};
+use crate::device::cuda::loss::InfoNceShape;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
 use crate::with_cpu_dtype;
@@ -91,6 +92,58 @@ pub mod cpu {
     }
 }
 
+/// The CUDA branch: `device::cuda::loss`. The exclusion mask comes from the host per batch and
+/// is uploaded packed, one bit per negative; the loss stays on the device and its backward
+/// reads the upstream gradient there.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use crate::device::cuda::CudaStorage;
+    use crate::device::cuda::loss::{self, InfoNceSaved, InfoNceShape};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    pub(super) fn forward(
+        q: &Tensor,
+        k: &Tensor,
+        queue: &Tensor,
+        exclude: Option<&[bool]>,
+        s: &InfoNceShape,
+        t: f64,
+    ) -> Result<(Tensor, InfoNceSaved)> {
+        const OP: &str = "infonce";
+        let qs = storage(OP, "queries", q)?;
+        let ks = storage(OP, "keys", k)?;
+        let ns = storage(OP, "queue", queue)?;
+        let mask = exclude
+            .map(|m| CudaStorage::from_host_u32(&qs.device(), &loss::pack_mask(m, s.rows, s.queue_len)))
+            .transpose()?;
+        let (value, saved) = loss::infonce(qs, ks, ns, mask.as_ref(), s, t)?;
+        Ok((tensor(vec![1], value), saved))
+    }
+
+    pub(super) fn backward(
+        [q, k, queue]: [&Tensor; 3],
+        saved: &InfoNceSaved,
+        upstream: &Tensor,
+        s: &InfoNceShape,
+        t: f64,
+        want: [bool; 3],
+    ) -> Result<Vec<Option<Tensor>>> {
+        const OP: &str = "infonce backward";
+        let qs = storage(OP, "queries", q)?;
+        let ks = storage(OP, "keys", k)?;
+        let ns = storage(OP, "queue", queue)?;
+        let gs = storage(OP, "loss gradient", upstream)?;
+        let grads = loss::infonce_backward(qs, ks, ns, saved, gs, s, t, want)?;
+        let shapes = [q.shape(), k.shape(), queue.shape()];
+        Ok(grads
+            .into_iter()
+            .zip(shapes)
+            .map(|(g, shape)| g.map(|g| tensor(shape.to_vec(), g)))
+            .collect())
+    }
+}
+
 impl Tape {
     /// MoCo's InfoNCE loss of queries `q` [B, D] against positive keys `k` [B, D] and a queue of
     /// negatives [K, D] at temperature `t`.
@@ -124,7 +177,17 @@ impl Tape {
             ));
         }
         if !qv.is_cpu() {
-            return Err(super::cuda_missing("infonce"));
+            let shape = InfoNceShape {
+                rows: b,
+                queue_len: nv.shape()[0],
+                dim: d,
+            };
+            let (loss, saved) = cuda::forward(qv, kv, nv, exclude.as_deref(), &shape, t)?;
+            return Ok(self.record("infonce_masked", loss, &[q, k, queue], move |ctx| {
+                let want = [ctx.needs_grad(0), ctx.needs_grad(1), ctx.needs_grad(2)];
+                let inputs = [ctx.input(0), ctx.input(1), ctx.input(2)];
+                cuda::backward(inputs, &saved, ctx.grad, &shape, t, want)
+            }));
         }
         let dtype = qv.dtype();
         let (loss, probs) = with_cpu_dtype!("infonce", [qv, kv, nv], T => {

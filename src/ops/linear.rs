@@ -26,7 +26,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         ));
     }
     if !x.is_cpu() {
-        return Err(super::cuda_missing("linear"));
+        return cuda::forward(x, w, b, [n, d_in, d_out]);
     }
     with_cpu_dtype!("linear", [x, w], T => {
         let mut y = vec![T::zero(); n * d_out];
@@ -41,7 +41,10 @@ pub fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// Column sums of a [rows, cols] tensor (the bias gradient).
 pub fn sum_rows(g: &Tensor) -> Result<Tensor> {
-    let [_, cols] = g.dims2("sum_rows")?;
+    let [rows, cols] = g.dims2("sum_rows")?;
+    if !g.is_cpu() {
+        return cuda::sum_rows(g, rows, cols);
+    }
     with_cpu_dtype!("sum_rows", [g], T => {
         let mut s = vec![T::zero(); cols];
         for row in g.as_slice::<T>()?.chunks(cols) {
@@ -49,6 +52,27 @@ pub fn sum_rows(g: &Tensor) -> Result<Tensor> {
         }
         Ok(Tensor::cpu(vec![cols], s))
     })
+}
+
+/// The CUDA branch: `device::cuda::gemm`.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use crate::device::cuda::gemm::{self, GemmAlgo};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    pub(super) fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, [n, d_in, d_out]: [usize; 3]) -> Result<Tensor> {
+        let xs = storage("linear", "input", x)?;
+        let ws = storage("linear", "weight", w)?;
+        let bs = b.map(|b| storage("linear", "bias", b)).transpose()?;
+        let y = gemm::linear_forward(xs, ws, bs, n, d_in, d_out, GemmAlgo::DEFAULT)?;
+        Ok(tensor(vec![n, d_out], y))
+    }
+
+    pub(super) fn sum_rows(g: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+        let gs = storage("sum_rows", "input", g)?;
+        Ok(tensor(vec![cols], gemm::column_sums(gs, rows, cols)?))
+    }
 }
 
 impl Tape {

@@ -71,6 +71,37 @@ pub mod cpu {
     }
 }
 
+/// The CUDA branch: `device::cuda::loss`, with the norms kept on the device for the backward.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use super::DEFAULT_EPS;
+    use crate::device::cuda::CudaStorage;
+    use crate::device::cuda::loss::{self, ChannelShape};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    fn shape(x: &Tensor, channels: usize, inner: usize) -> ChannelShape {
+        ChannelShape {
+            outer: x.shape()[0],
+            channels,
+            inner,
+        }
+    }
+
+    pub(super) fn forward(x: &Tensor, c: usize, inner: usize) -> Result<(Tensor, CudaStorage)> {
+        let xs = storage("l2_normalize", "input", x)?;
+        let (y, norms) = loss::l2_normalize(xs, &shape(x, c, inner), DEFAULT_EPS as f32)?;
+        Ok((tensor(x.shape().to_vec(), y), norms))
+    }
+
+    pub(super) fn backward(y: &Tensor, norms: &CudaStorage, dy: &Tensor, c: usize, inner: usize) -> Result<Tensor> {
+        const OP: &str = "l2_normalize backward";
+        let (ys, dys) = (storage(OP, "output", y)?, storage(OP, "output gradient", dy)?);
+        let dx = loss::l2_normalize_backward(ys, norms, dys, &shape(y, c, inner), DEFAULT_EPS as f32)?;
+        Ok(tensor(y.shape().to_vec(), dx))
+    }
+}
+
 impl Tape {
     /// Unit vectors along dim 1.
     pub fn l2_normalize(&mut self, x: Var) -> Result<Var> {
@@ -78,7 +109,10 @@ impl Tape {
         let (_, c, inner) = layout(self.value(x))?;
         let xv = self.value(x);
         if !xv.is_cpu() {
-            return Err(super::cuda_missing("l2_normalize"));
+            let (y, norms) = cuda::forward(xv, c, inner)?;
+            return Ok(self.record("l2_normalize", y, &[x], move |ctx| {
+                Ok(vec![Some(cuda::backward(ctx.output(), &norms, ctx.grad, c, inner)?)])
+            }));
         }
         let (y, norms) = with_cpu_dtype!("l2_normalize", [xv], T => {
             let (y, n) = cpu::forward(xv.as_slice::<T>()?, c, inner, DEFAULT_EPS);

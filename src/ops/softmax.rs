@@ -104,13 +104,80 @@ pub fn check_targets(op: &'static str, x: &Tensor, targets: &[u32]) -> Result<(u
     Ok((n, c, inner))
 }
 
+/// The CUDA branch: `device::cuda::loss`. The targets are uploaded by the op (they are the
+/// batch's labels, from the host); the loss stays on the device and its backward reads the
+/// upstream gradient there.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use crate::device::cuda::CudaStorage;
+    use crate::device::cuda::loss::{self, ChannelShape};
+    use crate::error::Result;
+    use crate::tensor::Tensor;
+
+    fn shape(x: &Tensor, channels: usize, inner: usize) -> ChannelShape {
+        ChannelShape {
+            outer: x.shape()[0],
+            channels,
+            inner,
+        }
+    }
+
+    pub(super) fn log_softmax(x: &Tensor, c: usize, inner: usize) -> Result<Tensor> {
+        let xs = storage("log_softmax", "input", x)?;
+        Ok(tensor(x.shape().to_vec(), loss::log_softmax(xs, &shape(x, c, inner))?))
+    }
+
+    pub(super) fn log_softmax_backward(y: &Tensor, dy: &Tensor, c: usize, inner: usize) -> Result<Tensor> {
+        const OP: &str = "log_softmax backward";
+        let (ys, dys) = (storage(OP, "output", y)?, storage(OP, "output gradient", dy)?);
+        Ok(tensor(
+            y.shape().to_vec(),
+            loss::log_softmax_backward(ys, dys, &shape(y, c, inner))?,
+        ))
+    }
+
+    /// What the backward keeps: the targets on the device and the per-position log-sum-exp.
+    pub(super) struct Saved {
+        targets: CudaStorage,
+        lse: CudaStorage,
+    }
+
+    pub(super) fn cross_entropy(x: &Tensor, targets: &[u32], c: usize, inner: usize) -> Result<(Tensor, Saved)> {
+        let xs = storage("cross_entropy", "logits", x)?;
+        let targets = CudaStorage::from_host_u32(&xs.device(), targets)?;
+        let (loss, lse) = loss::cross_entropy(xs, &targets, &shape(x, c, inner))?;
+        Ok((tensor(vec![1], loss), Saved { targets, lse }))
+    }
+
+    pub(super) fn cross_entropy_backward(
+        x: &Tensor,
+        saved: &Saved,
+        upstream: &Tensor,
+        c: usize,
+        inner: usize,
+    ) -> Result<Tensor> {
+        const OP: &str = "cross_entropy backward";
+        let (xs, gs) = (storage(OP, "logits", x)?, storage(OP, "loss gradient", upstream)?);
+        let dx = loss::cross_entropy_backward(xs, &saved.targets, &saved.lse, gs, &shape(x, c, inner))?;
+        Ok(tensor(x.shape().to_vec(), dx))
+    }
+}
+
 impl Tape {
     pub fn log_softmax(&mut self, x: Var) -> Result<Var> {
         let _range = crate::profile::range("log_softmax");
         let (_, c, inner) = class_layout("log_softmax", self.value(x))?;
         let xv = self.value(x);
         if !xv.is_cpu() {
-            return Err(super::cuda_missing("log_softmax"));
+            let y = cuda::log_softmax(xv, c, inner)?;
+            return Ok(self.record("log_softmax", y, &[x], move |ctx| {
+                Ok(vec![Some(cuda::log_softmax_backward(
+                    ctx.output(),
+                    ctx.grad,
+                    c,
+                    inner,
+                )?)])
+            }));
         }
         let y = with_cpu_dtype!("log_softmax", [xv], T => Tensor::cpu(xv.shape().to_vec(), cpu::log_softmax(xv.as_slice::<T>()?, c, inner)));
         Ok(self.record("log_softmax", y, &[x], move |ctx| {
@@ -127,7 +194,16 @@ impl Tape {
         let xv = self.value(logits);
         let (_, c, inner) = check_targets("cross_entropy", xv, targets)?;
         if !xv.is_cpu() {
-            return Err(super::cuda_missing("cross_entropy"));
+            let (loss, saved) = cuda::cross_entropy(xv, targets, c, inner)?;
+            return Ok(self.record("cross_entropy", loss, &[logits], move |ctx| {
+                Ok(vec![Some(cuda::cross_entropy_backward(
+                    ctx.input(0),
+                    &saved,
+                    ctx.grad,
+                    c,
+                    inner,
+                )?)])
+            }));
         }
         let (loss, grad) = with_cpu_dtype!("cross_entropy", [xv], T => {
             let (l, g) = cpu::cross_entropy(xv.as_slice::<T>()?, targets, c, inner);

@@ -95,6 +95,12 @@ impl CudaStorage {
         Ok(storage)
     }
 
+    /// A copy of 32-bit integer data (class labels, bit masks) on the device, held as its bit
+    /// patterns; kernels read it as `uint32_t`.
+    pub fn from_host_u32(device: &Arc<CudaDevice>, data: &[u32]) -> Result<CudaStorage> {
+        CudaStorage::from_host(device, bytemuck::cast_slice(data))
+    }
+
     /// The data copied to the host; waits for the work queued before it.
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let mut host = vec![0.0f32; self.len];
