@@ -94,6 +94,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in thread 0.
+// Every thread of the block must call it; calls may follow one another directly.
 __device__ __forceinline__ float block_sum(float v) {
     __shared__ float partial[WARP];
     const int lane = threadIdx.x % WARP;
@@ -105,6 +106,8 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     const int warps = blockDim.x / WARP;
     v = (static_cast<int>(threadIdx.x) < warps) ? partial[threadIdx.x] : 0.0f;
+    // Every thread has read `partial` before a later call may write it again.
+    __syncthreads();
     if (warp == 0) {
         v = warp_sum(v);
     }
