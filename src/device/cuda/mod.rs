@@ -8,12 +8,15 @@
 
 mod alloc;
 pub mod call;
+pub mod concat;
 mod context;
 pub mod conv;
 mod launch;
 mod module_cache;
 mod operand;
 pub mod params;
+pub mod pointwise;
+pub mod pool;
 mod storage;
 mod timer;
 
