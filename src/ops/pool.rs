@@ -22,7 +22,8 @@ impl PoolArgmax {
     pub fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
             PoolArgmax::Host(v) => Ok(v.clone()),
-            PoolArgmax::Cuda(s) => Ok(s.to_host()?.into_iter().map(f32::to_bits).collect()),
+            // The words reinterpreted in memory, never moved through float registers.
+            PoolArgmax::Cuda(s) => Ok(bytemuck::cast_slice::<f32, u32>(&s.to_host()?).to_vec()),
         }
     }
 }
