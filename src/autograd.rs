@@ -188,7 +188,7 @@ impl Tape {
                 }
                 grads[input.0] = Some(match grads[input.0].take() {
                     None => g,
-                    Some(acc) => crate::ops::pointwise::add(&acc, &g)?,
+                    Some(acc) => crate::ops::pointwise::accumulate(acc, &g)?,
                 });
             }
         }

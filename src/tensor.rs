@@ -201,9 +201,15 @@ impl Tensor {
         Tensor::full(shape, 0.0, dtype)
     }
 
-    /// Zeros with the shape, dtype and device of `self`.
+    /// Zeros with the shape, dtype and device of `self` (filled on the device, no copy).
     pub fn zeros_like(&self) -> Result<Tensor> {
-        Tensor::zeros(self.shape.clone(), self.dtype()).to_device(&self.device())
+        match &*self.storage {
+            Storage::Cuda(c) => Ok(Tensor::from_storage(
+                self.shape.clone(),
+                Storage::Cuda(CudaStorage::zeros(&c.device(), self.numel())?),
+            )),
+            Storage::Cpu(_) => Ok(Tensor::zeros(self.shape.clone(), self.dtype())),
+        }
     }
 
     /// Values drawn uniformly from [lo, hi).

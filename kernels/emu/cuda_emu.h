@@ -6,7 +6,8 @@
 // Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
-// (LRC_DYNAMIC_SHARED), the kernel registry behind LRC_KERNEL, and the inline PTX of common.cuh.
+// (LRC_DYNAMIC_SHARED), float4 with make_float4, the kernel registry behind LRC_KERNEL, and the
+// inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
 // mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
@@ -379,6 +380,11 @@ template <class T>
 inline T __ldg(const T* address) {
     return *address;
 }
+// CUDA's 16-byte vector type, for vectorised loads and stores.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline int min(int a, int b) { return std::min(a, b); }
 inline int max(int a, int b) { return std::max(a, b); }
 inline unsigned min(unsigned a, unsigned b) { return std::min(a, b); }

@@ -115,7 +115,7 @@ impl ParamStore {
             if let Some(g) = grads.get(v) {
                 p.grad = Some(match p.grad.take() {
                     None => g.clone(),
-                    Some(acc) => crate::ops::pointwise::add(&acc, g)?,
+                    Some(acc) => crate::ops::pointwise::accumulate(acc, g)?,
                 });
             }
         }

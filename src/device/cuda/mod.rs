@@ -8,6 +8,7 @@
 
 mod alloc;
 pub mod call;
+pub mod concat;
 mod context;
 pub mod conv;
 pub mod gemm;
@@ -17,6 +18,8 @@ mod module_cache;
 mod operand;
 pub mod optim;
 pub mod params;
+pub mod pointwise;
+pub mod pool;
 mod readback;
 mod storage;
 mod timer;
