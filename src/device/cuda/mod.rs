@@ -12,6 +12,7 @@ mod context;
 pub mod conv;
 mod launch;
 mod module_cache;
+pub mod norm;
 mod operand;
 pub mod params;
 mod storage;
