@@ -15,7 +15,7 @@
 // values as packs of V = 4 (float4) when the plane length and the addresses allow, else V = 1):
 //   warpR    one warp per plane, 8 planes per block of 256 threads; each lane keeps R packs of x
 //            (and of dy) in registers. Small planes (U-Net 16x16, 32x32): x is read once.
-//   block    one block per plane (64..1024 threads); each thread keeps a few packs in registers
+//   block    one block per plane (32..1024 threads); each thread keeps a few packs in registers
 //            and the rest of the plane lies in dynamic shared memory, each thread reading back
 //            only what it stored itself. Medium and large planes that fit: x is read once.
 //   stream   one block per plane; statistics from a first read (Welford per thread, merged with
@@ -612,12 +612,12 @@ __device__ __forceinline__ void backward_stream(const NormBackwardParams& p) {
 // ---------------------------------------------------------------------------------------------
 
 // Grid ceil(planes / 8), 256 threads; no shared memory.
-#define LRC_NORM_WARP(R, V)                                                  \
-    LRC_KERNEL(norm_fwd_warp##R##_v##V, NormForwardParams, 256) {            \
-        instnorm::forward_warp<V, R>(p);                                         \
-    }                                                                        \
-    LRC_KERNEL(norm_bwd_warp##R##_v##V, NormBackwardParams, 256) {           \
-        instnorm::backward_warp<V, R>(p);                                        \
+#define LRC_NORM_WARP(R, V)                                                         \
+    LRC_KERNEL(norm_fwd_warp##R##_v##V, NormForwardParams, 256) {                   \
+        instnorm::forward_warp<V, R>(p);                                            \
+    }                                                                               \
+    LRC_KERNEL(norm_bwd_warp##R##_v##V, NormBackwardParams, 256) {                  \
+        instnorm::backward_warp<V, R>(p);                                           \
     }
 
 LRC_NORM_WARP(2, 1)
@@ -625,28 +625,30 @@ LRC_NORM_WARP(2, 4)
 LRC_NORM_WARP(8, 1)
 LRC_NORM_WARP(8, 4)
 
-// Grid (planes), 64..1024 threads; dynamic shared memory for the packs past the registers
-// (forward: x; backward: xhat then g), none when the plane fits the registers.
-#define LRC_NORM_BLOCK(V)                                                    \
-    LRC_KERNEL(norm_fwd_block_v##V, NormForwardParams, 1024, 1) {               \
-        LRC_DYNAMIC_SHARED(float, tail);                                     \
-        instnorm::forward_block<V>(p, tail);                                     \
-    }                                                                        \
-    LRC_KERNEL(norm_bwd_block_v##V, NormBackwardParams, 1024, 1) {              \
-        LRC_DYNAMIC_SHARED(float, tail);                                     \
-        instnorm::backward_block<V>(p, tail);                                    \
+// Grid (planes), 32..1024 threads; dynamic shared memory for the packs past the registers
+// (forward: x; backward: xhat then g), none when the plane fits the registers. The explicit
+// minimum of one block per multiprocessor lets ptxas use up to 64 registers; without it ptxas
+// aimed at two 1024-thread blocks (32 registers) and spilled.
+#define LRC_NORM_BLOCK(V)                                                           \
+    LRC_KERNEL(norm_fwd_block_v##V, NormForwardParams, 1024, 1) {                   \
+        LRC_DYNAMIC_SHARED(float, tail);                                            \
+        instnorm::forward_block<V>(p, tail);                                        \
+    }                                                                               \
+    LRC_KERNEL(norm_bwd_block_v##V, NormBackwardParams, 1024, 1) {                  \
+        LRC_DYNAMIC_SHARED(float, tail);                                            \
+        instnorm::backward_block<V>(p, tail);                                       \
     }
 
 LRC_NORM_BLOCK(1)
 LRC_NORM_BLOCK(4)
 
 // Grid (planes), up to 1024 threads; no dynamic shared memory.
-#define LRC_NORM_STREAM(V)                                                   \
-    LRC_KERNEL(norm_fwd_stream_v##V, NormForwardParams, 1024, 1) {              \
-        instnorm::forward_stream<V>(p);                                          \
-    }                                                                        \
-    LRC_KERNEL(norm_bwd_stream_v##V, NormBackwardParams, 1024, 1) {             \
-        instnorm::backward_stream<V>(p);                                         \
+#define LRC_NORM_STREAM(V)                                                          \
+    LRC_KERNEL(norm_fwd_stream_v##V, NormForwardParams, 1024, 1) {                  \
+        instnorm::forward_stream<V>(p);                                             \
+    }                                                                               \
+    LRC_KERNEL(norm_bwd_stream_v##V, NormBackwardParams, 1024, 1) {                 \
+        instnorm::backward_stream<V>(p);                                            \
     }
 
 LRC_NORM_STREAM(1)

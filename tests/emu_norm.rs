@@ -8,7 +8,7 @@
 //! a large mean, eps larger than the variance, constant planes) and every activation. Every output
 //! starts as NaN, so an element a kernel fails to write fails the check.
 //!
-//! Tolerances follow the f32 error bounds of the sums involved. With K = (values a thread adds
+//! Tolerances (computed in tests/norm_common) follow the f32 error bounds of the sums involved. With K = (values a thread adds
 //! in sequence) + log2(threads per plane) + 4 and eps32 = 2^-24, a sum of the plane's values has
 //! an error of at most K * eps32 * sum|terms|, so:
 //! - mean: atol = K eps32 max|x|.
@@ -29,6 +29,8 @@
 //! could otherwise take the other branch in f64. The element-wise activations are compared bit
 //! for bit with the f32 twin (one multiply each).
 
+mod norm_common;
+
 use lrc::device::cuda::KernelCall;
 use lrc::device::cuda::norm::{
     NormBackwardOperands, NormForwardOperands, NormGeom, NormLaunch, NormPass, activation_backward_calls,
@@ -36,11 +38,11 @@ use lrc::device::cuda::norm::{
 };
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::activation::cpu as act_cpu;
-use lrc::ops::instance_norm::{Activation, DEFAULT_EPS, cpu};
+use lrc::ops::instance_norm::Activation;
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
+use lrc::testing::{assert_close, uniform, widen, worst};
+use norm_common::{BackwardReference, Case, ForwardReference, Inputs, case, inputs};
 
-const EPS32: f64 = 1.0 / (1u64 << 24) as f64;
 /// An H100's shared memory per block, for the planner's own choice.
 const H100_SHARED: usize = 227 * 1024;
 
@@ -55,30 +57,6 @@ fn emulator_available() -> bool {
     );
     eprintln!("skipped: no C++ compiler (set CXX)");
     false
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    n: usize,
-    c: usize,
-    plane: usize,
-    act: Activation,
-    eps: f64,
-    /// x = offset + spread * U(-1, 1).
-    offset: f64,
-    spread: f64,
-}
-
-fn case(n: usize, c: usize, plane: usize, act: Activation) -> Case {
-    Case {
-        n,
-        c,
-        plane,
-        act,
-        eps: DEFAULT_EPS,
-        offset: 0.0,
-        spread: 1.0,
-    }
 }
 
 fn cases() -> Vec<Case> {
@@ -145,45 +123,6 @@ fn threads_per_plane(launch: NormLaunch) -> usize {
     }
 }
 
-/// K of the module comment.
-fn terms(plane: usize, launch: NormLaunch) -> f64 {
-    let threads = threads_per_plane(launch);
-    plane.div_ceil(threads) as f64 + (threads as f64).log2() + 4.0
-}
-
-struct Inputs {
-    x: Vec<f32>,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    dy: Vec<f32>,
-}
-
-fn inputs(k: &Case, seed: u64) -> Inputs {
-    let mut rng = Rng::new(seed);
-    let len = k.n * k.c * k.plane;
-    let x = uniform(&mut rng, len, -1.0, 1.0)
-        .into_iter()
-        .map(|v| (k.offset + k.spread * v as f64) as f32)
-        .collect();
-    // Gammas of both signs, away from 0.
-    let gamma = (0..k.c)
-        .map(|i| {
-            let g = rng.range(0.5, 1.5) as f32;
-            if i % 3 == 2 { -g } else { g }
-        })
-        .collect();
-    let beta = uniform(&mut rng, k.c, -0.5, 0.5);
-    let dy = uniform(&mut rng, len, -1.0, 1.0);
-    Inputs { x, gamma, beta, dy }
-}
-
-fn activate(v: f64, act: Activation) -> f64 {
-    match act.slope() {
-        Some(slope) if v <= 0.0 => v * slope,
-        _ => v,
-    }
-}
-
 /// Launch plans and the output addresses of one forward run.
 struct ForwardRun {
     launch: NormLaunch,
@@ -199,16 +138,13 @@ fn check_forward(k: &Case, inp: &Inputs) {
         plane: k.plane,
     };
     let planes = g.planes();
-    let (x64, gamma64, beta64) = (widen(&inp.x), widen(&inp.gamma), widen(&inp.beta));
-    let (pre, mean, inv) = cpu::forward(&x64, k.c, k.plane, &gamma64, &beta64, k.eps);
-    let y_want: Vec<f64> = pre.iter().map(|&v| activate(v, k.act)).collect();
-
+    let want = ForwardReference::new(k, inp);
     let mut mem = EmuMemory::new();
     let (xa, ga, ba) = (mem.upload(&inp.x), mem.upload(&inp.gamma), mem.upload(&inp.beta));
     let mut runs = Vec::new();
     let mut calls: Vec<KernelCall> = Vec::new();
     for vec in [1, 4] {
-        if vec == 4 && k.plane % 4 != 0 {
+        if vec == 4 && !k.plane.is_multiple_of(4) {
             continue;
         }
         for launch in launches(NormPass::Forward, k.plane, vec) {
@@ -225,40 +161,20 @@ fn check_forward(k: &Case, inp: &Inputs) {
         }
     }
     mem.run(&calls).unwrap_or_else(|e| panic!("{e}"));
-
-    let max_x = max_abs(&inp.x);
-    let max_inv = inv.iter().fold(0.0f64, |m, v| m.max(*v));
-    let s = max_x * max_inv;
-    let max_xhat = (0..g.len())
-        .map(|i| ((x64[i] - mean[i / k.plane]) * inv[i / k.plane]).abs())
-        .fold(0.0f64, f64::max);
-    let max_gamma = max_abs(&inp.gamma);
     for r in &runs {
         let what = format!("forward {:?} v{} {k:?}", r.launch, r.vec);
-        let kk = terms(k.plane, r.launch) * EPS32;
-        let mean_got: Vec<f32> = mem.read(r.o.mean, planes);
-        let inv_got: Vec<f32> = mem.read(r.o.inv_std, planes);
-        let y_got: Vec<f32> = mem.read(r.o.y, g.len());
-        let tol_mean = Tolerance {
-            atol: kk * max_x + f64::MIN_POSITIVE,
-            rtol: EPS32,
-        };
-        let tol_inv = Tolerance {
-            atol: 0.0,
-            rtol: kk * (2.0 + s),
-        };
-        let tol_y = Tolerance {
-            atol: 2.0 * kk * max_gamma * (1.0 + s) * (1.0 + max_xhat),
-            rtol: 4.0 * EPS32,
-        };
-        assert_close(&format!("mean, {what}"), &mean_got, &mean, tol_mean);
-        assert_close(&format!("inv_std, {what}"), &inv_got, &inv, tol_inv);
-        assert_close(&format!("y, {what}"), &y_got, &y_want, tol_y);
+        let [tol_mean, tol_inv, tol_y] = want.tolerances(k.plane, threads_per_plane(r.launch));
+        let mean: Vec<f32> = mem.read(r.o.mean, planes);
+        let inv_std: Vec<f32> = mem.read(r.o.inv_std, planes);
+        let y: Vec<f32> = mem.read(r.o.y, g.len());
+        assert_close(&format!("mean, {what}"), &mean, &want.mean, tol_mean);
+        assert_close(&format!("inv_std, {what}"), &inv_std, &want.inv_std, tol_inv);
+        assert_close(&format!("y, {what}"), &y, &want.y, tol_y);
         println!(
             "{what}: worst/tolerance mean {:.3} inv_std {:.3} y {:.3}",
-            worst(&mean_got, &mean, tol_mean).ratio,
-            worst(&inv_got, &inv, tol_inv).ratio,
-            worst(&y_got, &y_want, tol_y).ratio
+            worst(&mean, &want.mean, tol_mean).ratio,
+            worst(&inv_std, &want.inv_std, tol_inv).ratio,
+            worst(&y, &want.y, tol_y).ratio
         );
     }
 }
@@ -277,27 +193,11 @@ fn check_backward(k: &Case, inp: &Inputs) {
         plane: k.plane,
     };
     let planes = g.planes();
-    let (x64, gamma64, beta64) = (widen(&inp.x), widen(&inp.gamma), widen(&inp.beta));
     // The statistics the kernel is given: the f64 twin's, rounded to f32.
-    let (_, mean, inv) = cpu::forward(&x64, k.c, k.plane, &gamma64, &beta64, k.eps);
-    let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-    let inv32: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
-    // The gradient reaching the normalisation: dy through the activation, its mask from z as the
-    // kernel computes it.
-    let g_in: Vec<f64> = (0..g.len())
-        .map(|i| {
-            let p = i / k.plane;
-            let ch = p % k.c;
-            let z = (inp.x[i] - mean32[p]).mul_add(inp.gamma[ch] * inv32[p], inp.beta[ch]);
-            let d = inp.dy[i] as f64;
-            match k.act.slope() {
-                Some(slope) if z <= 0.0 => d * slope,
-                _ => d,
-            }
-        })
-        .collect();
-    let (dx_want, dgamma_want, dbeta_want) =
-        cpu::backward(&x64, &g_in, k.c, k.plane, &gamma64, &widen(&mean32), &widen(&inv32));
+    let stats = ForwardReference::new(k, inp);
+    let mean32: Vec<f32> = stats.mean.iter().map(|&v| v as f32).collect();
+    let inv32: Vec<f32> = stats.inv_std.iter().map(|&v| v as f32).collect();
+    let want = BackwardReference::new(k, inp, &mean32, &inv32);
 
     let mut mem = EmuMemory::new();
     let xa = mem.upload(&inp.x);
@@ -309,7 +209,7 @@ fn check_backward(k: &Case, inp: &Inputs) {
     let mut runs = Vec::new();
     let mut calls: Vec<KernelCall> = Vec::new();
     for vec in [1, 4] {
-        if vec == 4 && k.plane % 4 != 0 {
+        if vec == 4 && !k.plane.is_multiple_of(4) {
             continue;
         }
         for launch in launches(NormPass::Backward, k.plane, vec) {
@@ -332,41 +232,20 @@ fn check_backward(k: &Case, inp: &Inputs) {
         }
     }
     mem.run(&calls).unwrap_or_else(|e| panic!("{e}"));
-
-    let max_g = g_in.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let max_xhat = (0..g.len())
-        .map(|i| ((x64[i] - mean32[i / k.plane] as f64) * inv32[i / k.plane] as f64).abs())
-        .fold(0.0f64, f64::max);
-    let max_scale = (0..planes)
-        .map(|p| (gamma64[p % k.c] * inv32[p] as f64).abs())
-        .fold(0.0f64, f64::max);
     for r in &runs {
         let what = format!("backward {:?} v{} {k:?}", r.launch, r.vec);
-        let kk = terms(k.plane, r.launch) * EPS32;
-        let dx_got: Vec<f32> = mem.read(r.o.dx, g.len());
-        let dgamma_got: Vec<f32> = mem.read(r.o.dgamma, k.c);
-        let dbeta_got: Vec<f32> = mem.read(r.o.dbeta, k.c);
-        let tol_dx = Tolerance {
-            atol: 2.0 * kk * max_scale * max_g * (1.0 + max_xhat * max_xhat) + f64::MIN_POSITIVE,
-            rtol: 4.0 * EPS32,
-        };
-        let sum_bound = 2.0 * (kk + k.n as f64 * EPS32) * (k.plane * k.n) as f64 * max_g;
-        let tol_dgamma = Tolerance {
-            atol: sum_bound * max_xhat + f64::MIN_POSITIVE,
-            rtol: 0.0,
-        };
-        let tol_dbeta = Tolerance {
-            atol: sum_bound + f64::MIN_POSITIVE,
-            rtol: 0.0,
-        };
-        assert_close(&format!("dx, {what}"), &dx_got, &dx_want, tol_dx);
-        assert_close(&format!("dgamma, {what}"), &dgamma_got, &dgamma_want, tol_dgamma);
-        assert_close(&format!("dbeta, {what}"), &dbeta_got, &dbeta_want, tol_dbeta);
+        let [tol_dx, tol_dgamma, tol_dbeta] = want.tolerances(k.plane, threads_per_plane(r.launch));
+        let dx: Vec<f32> = mem.read(r.o.dx, g.len());
+        let dgamma: Vec<f32> = mem.read(r.o.dgamma, k.c);
+        let dbeta: Vec<f32> = mem.read(r.o.dbeta, k.c);
+        assert_close(&format!("dx, {what}"), &dx, &want.dx, tol_dx);
+        assert_close(&format!("dgamma, {what}"), &dgamma, &want.dgamma, tol_dgamma);
+        assert_close(&format!("dbeta, {what}"), &dbeta, &want.dbeta, tol_dbeta);
         println!(
             "{what}: worst/tolerance dx {:.3} dgamma {:.3} dbeta {:.3}",
-            worst(&dx_got, &dx_want, tol_dx).ratio,
-            worst(&dgamma_got, &dgamma_want, tol_dgamma).ratio,
-            worst(&dbeta_got, &dbeta_want, tol_dbeta).ratio
+            worst(&dx, &want.dx, tol_dx).ratio,
+            worst(&dgamma, &want.dgamma, tol_dgamma).ratio,
+            worst(&dbeta, &want.dbeta, tol_dbeta).ratio
         );
     }
 }
@@ -463,5 +342,31 @@ fn the_unet_planes_are_planned_with_float4_packs_and_one_read_where_they_fit() {
     ] {
         let launch = choose_launch(pass, side * side, 4, H100_SHARED);
         assert_eq!(launch.reads(), reads, "{pass:?} {side}: {launch:?}");
+    }
+}
+
+#[test]
+fn every_norm_kernel_is_compiled_for_every_architecture_and_registered() {
+    if !lrc::kernels::BUILT {
+        return;
+    }
+    let rows = lrc::kernels::parse_ptxas_report(lrc::kernels::PTXAS_REPORT).unwrap();
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort();
+    archs.dedup();
+    for name in lrc::device::cuda::norm::kernel_names() {
+        for arch in &archs {
+            assert!(
+                rows.iter()
+                    .any(|r| r.module == "norm" && r.kernel == name && r.arch == *arch),
+                "kernel {name} is launched but was not compiled for {arch}"
+            );
+        }
+    }
+    if emulator_available() {
+        let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
+        for name in lrc::device::cuda::norm::kernel_names() {
+            assert!(registered.iter().any(|(n, _)| n == name), "{name} is not registered");
+        }
     }
 }

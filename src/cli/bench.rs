@@ -4,6 +4,11 @@
 //! backward-weight) with CUDA events and prints the median of warm repeats and the achieved
 //! TFLOP/s, as a table and as JSON lines; `scripts/torch_bench.py --bench conv` prints the same
 //! for PyTorch (cuDNN) so that the two can be compared line by line.
+//!
+//! `lrc bench norm` times instance norm + ReLU alone at the U-Net's layer shapes and reports the
+//! achieved memory bandwidth (see [`norm`]).
+
+pub mod norm;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -25,6 +30,8 @@ use crate::rng::Rng;
 pub enum BenchWhat {
     /// Time every convolution of the default U-Net: forward, backward-data, backward-weight.
     Conv(ConvBenchArgs),
+    /// Time instance norm + ReLU, forward and backward, at each level of the default U-Net.
+    Norm(norm::NormBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +78,7 @@ pub struct ConvBenchArgs {
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
+        BenchWhat::Norm(args) => norm::bench_norm(&args),
     }
 }
 
