@@ -113,25 +113,25 @@ pub fn unet_norms(batch: usize, size: usize, base: usize, depth: usize) -> Resul
 /// reports (the vendors' data sheets).
 pub fn peak_bandwidth_by_name(name: &str) -> Option<f64> {
     let n = name.to_ascii_uppercase();
-    let tb = if n.contains("H200") {
-        4.8
+    let gb = if n.contains("H200") {
+        4800.0
     } else if n.contains("H100") && n.contains("NVL") {
-        3.9
+        3900.0
     } else if n.contains("H100") && n.contains("PCIE") {
-        2.0
+        2000.0
     } else if n.contains("H100") {
         // SXM5 80 GB (the driver says "H100 80GB HBM3").
-        3.35
+        3350.0
     } else if n.contains("A100") && n.contains("80GB") && n.contains("PCIE") {
-        1.935
+        1935.0
     } else if n.contains("A100") && n.contains("80GB") {
-        2.039
+        2039.0
     } else if n.contains("A100") {
-        1.555
+        1555.0
     } else {
         return None;
     };
-    Some(tb * 1e12)
+    Some(gb * 1e9)
 }
 
 /// Peak bandwidth in bytes/s from the memory clock (kHz) and bus width (bits): two transfers

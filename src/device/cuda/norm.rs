@@ -3,10 +3,11 @@
 //!
 //! Each (image, channel) plane is normalised by one group of threads, chosen by plane length
 //! ([`choose_launch`]):
-//! - [`NormLaunch::Warp`] for planes of up to 256 (forward) or 256..1024 values: one warp per
-//!   plane, eight planes per block, the plane held in registers, so `x` is read once and the
-//!   statistics need only warp shuffles (the U-Net's 16x16 and 32x32 levels have thousands of
-//!   such planes, enough to fill the GPU many times over).
+//! - [`NormLaunch::Warp`] for planes of up to 1024 values (256 when read one value at a time):
+//!   one warp per plane, eight planes per block, the plane held in registers (2 packs a lane up
+//!   to 256 values, 8 beyond), so `x` is read once and the statistics need only warp shuffles
+//!   (the U-Net's 16x16 and 32x32 levels have thousands of such planes, enough to fill the GPU
+//!   many times over).
 //! - [`NormLaunch::Block`] for longer planes that fit one block's registers plus its shared
 //!   memory: still one read of `x` (and `dy`). The block has 512 threads (fewer for planes that
 //!   need fewer) so that two or more blocks share a multiprocessor and one block's reduction
@@ -15,7 +16,8 @@
 //!   H100 this serves the forward pass of every U-Net level down from 256x256 and the backward
 //!   pass down from 128x128.
 //! - [`NormLaunch::Stream`] for planes that do not fit (the 256x256 backward: `x` and `dy`
-//!   together are 512 KiB): the statistics from a first read, the results from a second.
+//!   together are 512 KiB): the statistics from a first read, the results from a second, in
+//!   blocks of 512 threads so that two share a multiprocessor.
 //!
 //! One group per plane keeps every reduction in one place and in a fixed order, so results are
 //! deterministic without a second pass over partial sums; dgamma and dbeta add the per-plane sums
@@ -127,6 +129,9 @@ const BLOCK_PACKS_BACKWARD: usize = 2;
 const PREFERRED_BLOCK_THREADS: usize = 512;
 const MIN_BLOCK_THREADS: usize = 64;
 const MAX_BLOCK_THREADS: usize = 1024;
+/// Threads of a streaming block: with up to 64 registers a thread (the kernels' launch bounds),
+/// two such blocks fit a multiprocessor, so one's reduction overlaps another's reads.
+const STREAM_THREADS: usize = 512;
 /// Shared memory the block kernels declare statically (reduction scratch), kept free of the
 /// dynamic part, with a margin.
 const STATIC_SHARED_RESERVE: usize = 1024;
@@ -177,7 +182,7 @@ pub enum NormLaunch {
 }
 
 impl NormLaunch {
-    /// A short name for tables: `warp2`, `block512`, `stream1024`.
+    /// A short name for tables: `warp2`, `block512`, `stream512`.
     pub fn name(&self) -> String {
         match self {
             NormLaunch::Warp { packs } => format!("warp{packs}"),
@@ -288,7 +293,7 @@ pub fn choose_launch(pass: NormPass, plane_len: usize, vec: usize, max_shared: u
         NormLaunch::Block { threads }
     } else {
         NormLaunch::Stream {
-            threads: MAX_BLOCK_THREADS,
+            threads: STREAM_THREADS,
         }
     }
 }
@@ -707,7 +712,7 @@ mod tests {
             (Forward, 64 * 64, Block { threads: 256 }),
             (Forward, 32 * 32, Warp { packs: 8 }),
             (Forward, 16 * 16, Warp { packs: 2 }),
-            (Backward, 256 * 256, Stream { threads: 1024 }),
+            (Backward, 256 * 256, Stream { threads: 512 }),
             (Backward, 128 * 128, Block { threads: 512 }),
             (Backward, 64 * 64, Block { threads: 512 }),
             (Backward, 32 * 32, Warp { packs: 8 }),
@@ -730,7 +735,7 @@ mod tests {
         // With less shared memory (an A100 has 163 KiB) it streams.
         assert_eq!(
             choose_launch(Forward, 256 * 256, 4, 163 * 1024),
-            Stream { threads: 1024 }
+            Stream { threads: 512 }
         );
     }
 
