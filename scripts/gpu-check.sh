@@ -9,7 +9,9 @@
 #   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
+#   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
+#   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, what was skipped) and logs/ with the full output of every step.
 #
@@ -301,7 +303,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "bench lrc" "bench torch"; do
+    for s in memcheck "memcheck norm" "bench lrc" "bench torch" "bench norm lrc" "bench norm torch"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -325,6 +327,26 @@ else
             step memcheck "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck.log")} (logs/memcheck.log)"
         fi
     fi
+    if [[ -n "$sanitizer" ]] && enough "memcheck norm" 45; then
+        # 264 x 264 down to 33 x 33 (block launches with shared-memory tails, the streaming
+        # backward, odd planes read one value at a time), then 20 x 20 and 10 x 10 (one warp per
+        # plane, a partly empty last block).
+        # shellcheck disable=SC2016 # the inner script expands its own arguments
+        timed "$logs/memcheck-norm.log" "$(min 150 "$(left)")" bash -c \
+            '"$1" --tool memcheck --error-exitcode 3 "$2" bench norm --batch 3 --size 264 --base 2 --depth 4 \
+                --repeats 1 --warmup 0 --json "$3" &&
+             "$1" --tool memcheck --error-exitcode 3 "$2" bench norm --batch 3 --size 20 --base 3 --depth 2 \
+                --repeats 1 --warmup 0 --json "$3"' _ \
+            "$sanitizer" "$bin/lrc" "$logs/memcheck-norm-bench.jsonl"
+        errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck-norm.log" | tail -n 1 | sed 's/^=* *//')"
+        if ((rc == 0)); then
+            step "memcheck norm" passed "$took" "${errors:-}"
+        else
+            failed=1
+            why="$(grep -a -m 1 '^error:' "$logs/memcheck-norm.log" | cut -c 1-200 | tr '|' '/')"
+            step "memcheck norm" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-norm.log")} (logs/memcheck-norm.log)"
+        fi
+    fi
     if enough "bench lrc" 60; then
         timed "$logs/bench-lrc.log" "$(min 180 "$(left)")" "$bin/lrc" bench conv --algo all \
             "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
@@ -345,6 +367,26 @@ else
         else
             failed=1
             step "bench torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-torch.log") (logs/bench-torch.log)"
+        fi
+    fi
+    if enough "bench norm lrc" 30; then
+        timed "$logs/bench-norm-lrc.log" "$(min 120 "$(left)")" "$bin/lrc" bench norm \
+            "${bench_argv[@]}" --json "$out/bench-norm-lrc.jsonl"
+        if ((rc == 0)); then
+            step "bench norm lrc" passed "$took" "$(grep -a '^total' "$logs/bench-norm-lrc.log" | paste -sd ';' -)"
+        else
+            failed=1
+            step "bench norm lrc" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-norm-lrc.log") (logs/bench-norm-lrc.log)"
+        fi
+    fi
+    if enough "bench norm torch" 30; then
+        timed "$logs/bench-norm-torch.log" "$(min 120 "$(left)")" "$python" "$torch_bench" --bench norm \
+            "${bench_argv[@]}" --json "$out/bench-norm-torch.jsonl"
+        if ((rc == 0)); then
+            step "bench norm torch" passed "$took" "$(grep -a '^total' "$logs/bench-norm-torch.log" | paste -sd ';' -)"
+        else
+            failed=1
+            step "bench norm torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-norm-torch.log") (logs/bench-norm-torch.log)"
         fi
     fi
 fi
@@ -396,6 +438,43 @@ print(row)
 PY
 }
 
+# Instance norm + ReLU: medians per level and pass, lrc's bandwidth next to the card's peak.
+norm_table() {
+    python3 - "$out/bench-norm-lrc.jsonl" "$out/bench-norm-torch.jsonl" "$bench_args" << 'PY'
+import json, os, sys
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    return [r for r in rows if r.get("bench") == "norm"]
+
+lrc, torch = read(sys.argv[1]), read(sys.argv[2])
+if not lrc and not torch:
+    sys.exit(0)
+ref = {(r["layer"], r["pass"]): r for r in torch}
+ours = {(r["layer"], r["pass"]): r for r in lrc}
+keys = list(dict.fromkeys((r["layer"], r["pass"]) for r in (lrc or torch)))
+device = (torch or lrc)[0]["device"]
+peak = next((r.get("peak_gbps") for r in lrc if r.get("peak_gbps")), None)
+print(f"## Benchmark: instance norm + ReLU ({sys.argv[3]}), median ms, {device}\n")
+print("ratio = lrc / PyTorch (eager): above 1, lrc is slower. lrc GB/s counts the bytes its launch moves;")
+print(f"eff GB/s counts one read of each input and one write of the output, for both. Peak: {peak or 'unknown'} GB/s.\n")
+print("| layer | pass | shape | torch | lrc | ratio | lrc launch | lrc GB/s | % peak | lrc eff GB/s | torch eff GB/s |")
+print("|" + "---|" * 11)
+def fmt(v, digits=4):
+    return "" if v is None else f"{v:.{digits}f}"
+for k in keys:
+    t, o = ref.get(k, {}), ours.get(k, {})
+    r = o or t
+    shape = f'{r["n"]}x{r["c"]}x{r["h"]}x{r["w"]}'
+    tm, om = t.get("median_ms"), o.get("median_ms")
+    ratio = "" if tm is None or om is None or not tm else f"{om / tm:.2f}"
+    print(f"| {k[0]} | {k[1]} | {shape} | {fmt(tm)} | {fmt(om)} | {ratio} | {o.get('algo', '')} | "
+          f"{fmt(o.get('gbps'), 1)} | {fmt(o.get('pct_peak'), 1)} | {fmt(o.get('eff_gbps'), 1)} | {fmt(t.get('eff_gbps'), 1)} |")
+PY
+}
+
 {
     echo "# lrc GPU check"
     echo
@@ -419,6 +498,8 @@ PY
     echo "|---|---|---:|---|"
     printf '%s\n' "${step_rows[@]}"
     table="$(bench_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    table="$(norm_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     if ((${#failures[@]})); then
         echo

@@ -1,15 +1,21 @@
-"""PyTorch (cuDNN) timings of the convolutions that `lrc bench conv` times, for comparison.
+"""PyTorch timings of what `lrc bench conv` and `lrc bench norm` time, for comparison.
 
-Same layers, same passes (forward, backward-data, backward-weight), same statistics (median of
-warm repeats timed with CUDA events, TFLOP/s from 2 x multiply-adds), same table and JSON-lines
-fields, with "engine": "torch". TF32 is allowed in cuDNN and matmuls, as the lrc default
-(tf32-mma) uses it.
+--bench conv: the convolutions (cuDNN). Same layers, same passes (forward, backward-data,
+backward-weight), same statistics (median of warm repeats timed with CUDA events, TFLOP/s from
+2 x multiply-adds), same table and JSON-lines fields, with "engine": "torch". TF32 is allowed in
+cuDNN and matmuls, as the lrc default (tf32-mma) uses it.
 
-    python3 scripts/torch_bench.py --bench conv [--batch 16 --size 256 --base 32 --depth 5
+--bench norm: torch.nn.functional.instance_norm (affine, eps 1e-5) followed by relu, forward and
+backward (autograd from the gradient of the ReLU output to x, weight and bias), one shape per
+U-Net level, as `lrc bench norm`; GB/s counts one read of each input and one write of each
+output (8 bytes per value forward, 12 backward), the "eff GB/s" of lrc's table.
+
+    python3 scripts/torch_bench.py --bench conv|norm [--batch 16 --size 256 --base 32 --depth 5
         --repeats 20 --warmup 3 --json torch-bench-conv.jsonl]
 
-`bench_conv(args)` takes the parsed arguments (any missing one gets its default), so that
-scripts/torch_reference.py can dispatch `--bench conv` here; `add_conv_args(parser)` adds them.
+`bench_conv(args)` and `bench_norm(args)` take the parsed arguments (any missing one gets its
+default), so that scripts/torch_reference.py can dispatch `--bench conv|norm` here;
+`add_conv_args(parser)` adds them.
 """
 
 import argparse
@@ -27,7 +33,7 @@ DEFAULTS = {
     "classes": 14,
     "repeats": 20,
     "warmup": 3,
-    "json": "torch-bench-conv.jsonl",
+    "json": None,
     "device": "cuda",
     "list": False,
 }
@@ -45,7 +51,9 @@ def add_conv_args(parser):
     parser.add_argument("--classes", type=int, default=DEFAULTS["classes"])
     parser.add_argument("--repeats", type=int, default=DEFAULTS["repeats"], help="timed runs per pass")
     parser.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="untimed runs before them")
-    parser.add_argument("--json", default=DEFAULTS["json"], help="where to write the JSON lines")
+    parser.add_argument(
+        "--json", default=None, help="where to write the JSON lines (default torch-bench-<bench>.jsonl)"
+    )
     parser.add_argument("--device", default=DEFAULTS["device"], help="cuda (timed with events) or cpu")
     parser.add_argument("--list", action="store_true", help="print the convolutions and exit")
 
@@ -137,6 +145,7 @@ def _time(torch, fn, warmup, repeats, on_cuda):
 def bench_conv(args):
     """Times every layer and pass; prints a table, writes JSON lines, returns the result dicts."""
     opt = {k: getattr(args, k, v) for k, v in DEFAULTS.items()}
+    opt["json"] = opt["json"] or "torch-bench-conv.jsonl"
     layers = unet_convs(opt["batch"], opt["size"], opt["base"], opt["depth"], opt["in_channels"], opt["classes"])
     if opt["list"]:
         for layer in layers:
@@ -221,14 +230,114 @@ def bench_conv(args):
     return results
 
 
+def unet_norms(batch, size, base, depth):
+    """The instance-norm shapes of the U-Net, one per level, named as in `lrc bench norm`."""
+    if min(batch, base, depth) <= 0:
+        raise ValueError("batch, base and depth must be positive")
+    down = 1 << (depth - 1)
+    if size < down or size % down:
+        raise ValueError(f"size {size} must be a positive multiple of 2^(depth-1) = 2^{depth - 1}")
+    return [dict(name=f"level{l + 1}", n=batch, c=base << l, side=size >> l) for l in range(depth)]
+
+
+def bench_norm(args):
+    """Times instance norm + ReLU forward and backward per level; prints a table, writes JSON lines."""
+    opt = {k: getattr(args, k, v) for k, v in DEFAULTS.items()}
+    opt["json"] = opt["json"] or "torch-bench-norm.jsonl"
+    layers = unet_norms(opt["batch"], opt["size"], opt["base"], opt["depth"])
+    if opt["list"]:
+        for layer in layers:
+            print(f"{layer['name']:<8} instance_norm+relu {layer['n']}x{layer['c']}x{layer['side']}x{layer['side']}")
+        return []
+    if opt["repeats"] < 1:
+        raise ValueError("--repeats must be at least 1")
+
+    import torch
+
+    F = torch.nn.functional
+    on_cuda = opt["device"] == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA GPU (use --device cpu for a functional run)")
+    device = torch.device(opt["device"])
+    device_name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    generator = torch.Generator(device="cpu").manual_seed(0xC0FFEE)
+
+    def uniform(*shape):
+        return (torch.rand(*shape, generator=generator) * 2 - 1).to(device=device, dtype=torch.float32)
+
+    print(
+        f"{device_name} (torch {torch.__version__}), batch {opt['batch']} size {opt['size']} "
+        f"base {opt['base']} depth {opt['depth']}, instance norm + ReLU, median of {opt['repeats']} runs"
+    )
+    algo = "torch-eager" if on_cuda else "torch-cpu"
+    print(f"{'layer':<8} {'pass':<9} {'shape':<18} {'algo':<14} {'ms':>10} {'eff GB/s':>9}")
+    results = []
+    total = 0.0
+    with open(opt["json"], "w") as out:
+        for layer in layers:
+            n, c, side = layer["n"], layer["c"], layer["side"]
+            x = uniform(n, c, side, side).requires_grad_(True)
+            weight = uniform(c).requires_grad_(True)
+            bias = uniform(c).requires_grad_(True)
+            dy = uniform(n, c, side, side)
+            shape = f"{n}x{c}x{side}x{side}"
+
+            def forward():
+                return F.relu(F.instance_norm(x, weight=weight, bias=bias, eps=1e-5))
+
+            y = forward()
+            passes = {
+                "forward": lambda: forward().detach_(),
+                "backward": lambda: torch.autograd.grad(y, (x, weight, bias), dy, retain_graph=True),
+            }
+            values = 4.0 * n * c * side * side
+            for pass_name, fn in passes.items():
+                if pass_name == "forward":
+                    with torch.no_grad():
+                        times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
+                else:
+                    times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
+                ms = statistics.median(times)
+                total += ms
+                min_bytes = values * (2.0 if pass_name == "forward" else 3.0)
+                eff_gbps = min_bytes / (ms * 1e-3) / 1e9
+                print(f"{layer['name']:<8} {pass_name:<9} {shape:<18} {algo:<14} {ms:>10.4f} {eff_gbps:>9.1f}")
+                record = {
+                    "bench": "norm",
+                    "engine": "torch",
+                    "device": device_name,
+                    "layer": layer["name"],
+                    "pass": pass_name,
+                    "algo": algo,
+                    "act": "relu",
+                    "n": n,
+                    "c": c,
+                    "h": side,
+                    "w": side,
+                    "min_bytes": min_bytes,
+                    "median_ms": ms,
+                    "min_ms": min(times),
+                    "eff_gbps": eff_gbps,
+                    "repeats": opt["repeats"],
+                }
+                out.write(json.dumps(record) + "\n")
+                results.append(record)
+            del y
+    print(f"total {algo:<10} {total:>10.3f} ms")
+    print(f"JSON lines written to {opt['json']}")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", required=True, choices=["conv"], help="what to time")
+    parser.add_argument("--bench", required=True, choices=["conv", "norm"], help="what to time")
     add_conv_args(parser)
     args = parser.parse_args(argv)
     try:
         if args.bench == "conv":
             bench_conv(args)
+        elif args.bench == "norm":
+            bench_norm(args)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

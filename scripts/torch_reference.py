@@ -8,7 +8,7 @@
       and inputs, and prints the worst relative error per tensor. Exit status 1 if any exceeds
       --tol (default 1e-4; lrc computes in f32, so ~1e-6..1e-5 is expected).
 
-  python3 scripts/torch_reference.py --bench step|conv|lrc-loss [...]
+  python3 scripts/torch_reference.py --bench step|conv|norm|lrc-loss [...]
       Times the same work in PyTorch (see scripts/torch_bench.py).
 
 Parameter names: U-Net `enc.{l}.conv{1,2}/norm{1,2}.{weight,bias}`, `dec.{l}.up` and
@@ -339,7 +339,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", metavar="FILE", help="safetensors file written by `lrc parity`")
     ap.add_argument("--tol", type=float, default=1e-4)
-    ap.add_argument("--bench", choices=["step", "conv", "lrc-loss"], help="time PyTorch (see torch_bench.py)")
+    ap.add_argument("--bench", choices=["step", "conv", "norm", "lrc-loss"], help="time PyTorch (see torch_bench.py)")
     args, rest = ap.parse_known_args()
     if args.check:
         sys.exit(0 if check(args.check, args.tol) else 1)

@@ -5,6 +5,7 @@
 
 use lrc::gradcheck::{GradCheckConfig, check_gradients, random_projection};
 use lrc::ops::dice::DiceConfig;
+use lrc::ops::instance_norm::Activation;
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
 use lrc::{DType, Result, Tape, Tensor, Var};
@@ -83,6 +84,21 @@ fn instance_norm_affine() {
         let y = t.instance_norm(v[0], v[1], v[2], 1e-5)?;
         random_projection(t, y, 6)
     });
+}
+
+#[test]
+fn instance_norm_fused_with_each_activation() {
+    for (i, act) in [Activation::Identity, Activation::Relu, Activation::LeakyRelu(0.1)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 40 + 3 * i as u64;
+        let inputs = [rand(&[2, 3, 5, 4], seed), rand(&[3], seed + 1), rand(&[3], seed + 2)];
+        assert_grads(&format!("instance_norm_act {act:?}"), &inputs, |t, v| {
+            let y = t.instance_norm_act(v[0], v[1], v[2], 1e-5, act)?;
+            random_projection(t, y, 9 + i as u64)
+        });
+    }
 }
 
 #[test]

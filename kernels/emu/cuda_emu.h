@@ -3,7 +3,7 @@
 // GPU: blocks run one after another; the threads of a block are coroutines on one OS thread that
 // switch at barriers; __shared__ becomes static storage (one block at a time uses it).
 //
-// Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), __syncthreads, full-warp
+// Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), float4, __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
 // (LRC_DYNAMIC_SHARED), float4 with make_float4, the kernel registry behind LRC_KERNEL, and the
@@ -36,6 +36,12 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
+
+// The vector type of 16-byte loads and stores.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace emu {
 

@@ -4,6 +4,12 @@
 //! backward-weight) with CUDA events and prints the median of warm repeats and the achieved
 //! TFLOP/s, as a table and as JSON lines; `scripts/torch_bench.py --bench conv` prints the same
 //! for PyTorch (cuDNN) so that the two can be compared line by line.
+//!
+//! `lrc bench norm` times instance norm + ReLU alone at the U-Net's layer shapes and reports the
+//! achieved memory bandwidth (see [`norm`]).
+
+pub mod norm;
+pub mod step;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -26,7 +32,9 @@ pub enum BenchWhat {
     /// Time every convolution of the default U-Net: forward, backward-data, backward-weight.
     Conv(ConvBenchArgs),
     /// Time one whole U-Net training step (forward, backward, Adam) on the GPU.
-    Step(super::bench_step::StepBenchArgs),
+    Step(step::StepBenchArgs),
+    /// Time instance norm + ReLU, forward and backward, at each level of the default U-Net.
+    Norm(norm::NormBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +81,8 @@ pub struct ConvBenchArgs {
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
-        BenchWhat::Step(args) => super::bench_step::bench_step(&args),
+        BenchWhat::Step(args) => step::bench_step(&args),
+        BenchWhat::Norm(args) => norm::bench_norm(&args),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Command implementations behind the `lrc` CLI.
 
 pub mod bench;
-pub mod bench_step;
 pub mod demo;
 pub mod device;
 pub mod eval;

@@ -3,7 +3,7 @@
 use super::params::{Bound, ParamId, ParamStore};
 use crate::autograd::{Tape, Var};
 use crate::error::Result;
-use crate::ops::instance_norm::DEFAULT_EPS;
+use crate::ops::instance_norm::{Activation, DEFAULT_EPS};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -104,6 +104,11 @@ impl InstanceNorm2d {
 
     pub fn forward(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
         tape.instance_norm(x, p[self.weight], p[self.bias], DEFAULT_EPS)
+    }
+
+    /// The normalisation followed by `act`, as one op.
+    pub fn forward_act(&self, tape: &mut Tape, p: &Bound, x: Var, act: Activation) -> Result<Var> {
+        tape.instance_norm_act(x, p[self.weight], p[self.bias], DEFAULT_EPS, act)
     }
 }
 

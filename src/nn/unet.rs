@@ -13,6 +13,7 @@ use super::layers::{Conv2d, ConvTranspose2d, InstanceNorm2d};
 use super::params::{Bound, ParamStore};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
+use crate::ops::instance_norm::Activation;
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ impl UNetConfig {
     }
 }
 
-/// [conv3x3 -> instance norm -> ReLU] twice.
+/// [conv3x3 -> instance norm -> ReLU] twice, the norm and its ReLU as one fused op.
 #[derive(Clone, Debug)]
 pub struct ConvBlock {
     conv1: Conv2d,
@@ -93,11 +94,9 @@ impl ConvBlock {
 
     pub fn forward(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
         let y = self.conv1.forward(tape, p, x)?;
-        let y = self.norm1.forward(tape, p, y)?;
-        let y = tape.relu(y)?;
+        let y = self.norm1.forward_act(tape, p, y, Activation::Relu)?;
         let y = self.conv2.forward(tape, p, y)?;
-        let y = self.norm2.forward(tape, p, y)?;
-        tape.relu(y)
+        self.norm2.forward_act(tape, p, y, Activation::Relu)
     }
 }
 

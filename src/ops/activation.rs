@@ -23,15 +23,18 @@ pub mod cpu {
 }
 
 pub fn forward(x: &Tensor, slope: f64) -> Result<Tensor> {
-    if !x.is_cpu() {
-        return Err(super::cuda_missing("relu"));
+    if let Some(xs) = x.cuda_storage() {
+        let y = crate::device::cuda::norm::activation_forward(xs, slope)?;
+        return Ok(super::conv::cuda::tensor(x.shape().to_vec(), y));
     }
     with_cpu_dtype!("relu", [x], T => Ok(Tensor::cpu(x.shape().to_vec(), cpu::forward(x.as_slice::<T>()?, T::of(slope)))))
 }
 
 pub fn backward(x: &Tensor, dy: &Tensor, slope: f64) -> Result<Tensor> {
-    if !x.is_cpu() {
-        return Err(super::cuda_missing("relu backward"));
+    if let Some(xs) = x.cuda_storage() {
+        let dys = super::conv::cuda::storage("leaky_relu backward", "output gradient", dy)?;
+        let dx = crate::device::cuda::norm::activation_backward(xs, dys, slope)?;
+        return Ok(super::conv::cuda::tensor(x.shape().to_vec(), dx));
     }
     with_cpu_dtype!("relu backward", [x, dy], T => {
         Ok(Tensor::cpu(x.shape().to_vec(), cpu::backward(x.as_slice::<T>()?, dy.as_slice::<T>()?, T::of(slope))))

@@ -1,5 +1,6 @@
 //! Instance normalisation with affine parameters, as torch.nn.InstanceNorm2d(affine=True):
-//! per (sample, channel) plane, biased variance, eps inside the square root.
+//! per (sample, channel) plane, biased variance, eps inside the square root; alone or fused with
+//! the activation that follows it ([`Tape::instance_norm_act`]).
 
 use rayon::prelude::*;
 
@@ -9,6 +10,26 @@ use crate::tensor::{Element, Tensor};
 use crate::with_cpu_dtype;
 
 pub const DEFAULT_EPS: f64 = 1e-5;
+
+/// The activation fused after the normalisation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// `torch.nn.functional.leaky_relu` with this negative slope.
+    LeakyRelu(f64),
+}
+
+impl Activation {
+    /// The slope of the negative side (0 for ReLU), or None for the identity.
+    pub fn slope(self) -> Option<f64> {
+        match self {
+            Activation::Identity => None,
+            Activation::Relu => Some(0.0),
+            Activation::LeakyRelu(slope) => Some(slope),
+        }
+    }
+}
 
 pub mod cpu {
     use super::*;
@@ -103,8 +124,11 @@ fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<[usize; 4]> {
             ),
         ));
     }
-    if !x.is_cpu() {
-        return Err(super::cuda_missing("instance_norm"));
+    if d[2] * d[3] == 0 {
+        return Err(Error::shape(
+            "instance_norm",
+            format!("planes of {}x{} have no statistics", d[2], d[3]),
+        ));
     }
     Ok(d)
 }
@@ -112,6 +136,9 @@ fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<[usize; 4]> {
 /// Returns the normalised tensor and the saved per-plane statistics (mean, 1/std).
 pub fn forward(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     let [n, c, h, w] = check(x, gamma, beta)?;
+    if !x.is_cpu() {
+        return cuda::forward(x, gamma, beta, eps, Activation::Identity);
+    }
     with_cpu_dtype!("instance_norm", [x, gamma, beta], T => {
         let (y, mean, inv) = cpu::forward(x.as_slice::<T>()?, c, h * w, gamma.as_slice::<T>()?, beta.as_slice::<T>()?, eps);
         Ok((Tensor::cpu(x.shape().to_vec(), y), Tensor::cpu(vec![n * c], mean), Tensor::cpu(vec![n * c], inv)))
@@ -126,6 +153,9 @@ pub fn backward(
     inv: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let [_, c, h, w] = x.dims4("instance_norm backward")?;
+    if !x.is_cpu() {
+        return cuda::backward(x, dy, gamma, None, mean, inv, Activation::Identity);
+    }
     with_cpu_dtype!("instance_norm backward", [x, dy, gamma, mean, inv], T => {
         let (dx, dg, db) = cpu::backward(
             x.as_slice::<T>()?, dy.as_slice::<T>()?, c, h * w,
@@ -135,7 +165,153 @@ pub fn backward(
     })
 }
 
+/// What the fused op's backward needs besides its inputs.
+#[derive(Clone, Debug)]
+pub struct NormSaved {
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    /// On the CPU, the activation's input (the normalised values), so that its gradient is taken
+    /// exactly as the separate activation op takes it; the CUDA kernel recomputes it from x and
+    /// the statistics instead. None for the identity.
+    pub pre_activation: Option<Tensor>,
+}
+
+/// `act(instance_norm(x, gamma, beta, eps))` and what its backward needs. On the CPU this is the
+/// separate ops one after the other, so results are bit for bit those of the unfused ops.
+pub fn forward_act(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Activation,
+) -> Result<(Tensor, NormSaved)> {
+    check(x, gamma, beta)?;
+    if !x.is_cpu() {
+        let (y, mean, inv_std) = cuda::forward(x, gamma, beta, eps, act)?;
+        let saved = NormSaved {
+            mean,
+            inv_std,
+            pre_activation: None,
+        };
+        return Ok((y, saved));
+    }
+    let (pre, mean, inv_std) = forward(x, gamma, beta, eps)?;
+    let (y, pre_activation) = match act.slope() {
+        None => (pre, None),
+        Some(slope) => (super::activation::forward(&pre, slope)?, Some(pre)),
+    };
+    let saved = NormSaved {
+        mean,
+        inv_std,
+        pre_activation,
+    };
+    Ok((y, saved))
+}
+
+/// `(dx, dgamma, dbeta)` of [`forward_act`] from the gradient `dy` of its activated output.
+pub fn backward_act(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    saved: &NormSaved,
+    act: Activation,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !x.is_cpu() {
+        return cuda::backward(x, dy, gamma, Some(beta), &saved.mean, &saved.inv_std, act);
+    }
+    let g = match (act.slope(), &saved.pre_activation) {
+        (None, _) => dy.clone(),
+        (Some(slope), Some(pre)) => super::activation::backward(pre, dy, slope)?,
+        (Some(_), None) => {
+            return Err(Error::Device(
+                "instance_norm_act backward: the saved values come from another device".into(),
+            ));
+        }
+    };
+    backward(x, &g, gamma, &saved.mean, &saved.inv_std)
+}
+
+/// The CUDA branch: the kernels of `device::cuda::norm`.
+mod cuda {
+    use super::Activation;
+    use crate::device::cuda::norm::{self, NormGeom};
+    use crate::error::Result;
+    use crate::ops::conv::cuda::{storage, tensor};
+    use crate::tensor::Tensor;
+
+    fn geom(op: &'static str, x: &Tensor) -> Result<NormGeom> {
+        let [n, c, h, w] = x.dims4(op)?;
+        Ok(NormGeom { n, c, plane: h * w })
+    }
+
+    pub(super) fn forward(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "instance_norm";
+        let g = geom(OP, x)?;
+        let (y, mean, inv_std) = norm::instance_norm_forward(
+            &g,
+            storage(OP, "input", x)?,
+            storage(OP, "gamma", gamma)?,
+            storage(OP, "beta", beta)?,
+            eps,
+            act,
+        )?;
+        Ok((
+            tensor(x.shape().to_vec(), y),
+            tensor(vec![g.planes()], mean),
+            tensor(vec![g.planes()], inv_std),
+        ))
+    }
+
+    pub(super) fn backward(
+        x: &Tensor,
+        dy: &Tensor,
+        gamma: &Tensor,
+        beta: Option<&Tensor>,
+        mean: &Tensor,
+        inv_std: &Tensor,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "instance_norm backward";
+        let g = geom(OP, x)?;
+        let beta = beta.map(|b| storage(OP, "beta", b)).transpose()?;
+        let (dx, dgamma, dbeta) = norm::instance_norm_backward(
+            &g,
+            storage(OP, "input", x)?,
+            storage(OP, "output gradient", dy)?,
+            storage(OP, "gamma", gamma)?,
+            beta,
+            storage(OP, "mean", mean)?,
+            storage(OP, "inv_std", inv_std)?,
+            act,
+        )?;
+        Ok((
+            tensor(x.shape().to_vec(), dx),
+            tensor(vec![g.c], dgamma),
+            tensor(vec![g.c], dbeta),
+        ))
+    }
+}
+
 impl Tape {
+    /// `act(torch.nn.functional.instance_norm(x, weight=gamma, bias=beta, eps=eps))` as one op:
+    /// on CUDA one kernel each way (the activation's mask recomputed in the backward), on the CPU
+    /// the unfused ops' results exactly.
+    pub fn instance_norm_act(&mut self, x: Var, gamma: Var, beta: Var, eps: f64, act: Activation) -> Result<Var> {
+        let _range = crate::profile::range("instance_norm_act");
+        let (y, saved) = forward_act(self.value(x), self.value(gamma), self.value(beta), eps, act)?;
+        Ok(self.record("instance_norm_act", y, &[x, gamma, beta], move |ctx| {
+            let (dx, dg, db) = backward_act(ctx.input(0), ctx.grad, ctx.input(1), ctx.input(2), &saved, act)?;
+            Ok(vec![Some(dx), Some(dg), Some(db)])
+        }))
+    }
+
     /// `torch.nn.functional.instance_norm(x, weight=gamma, bias=beta, eps=eps)`.
     pub fn instance_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f64) -> Result<Var> {
         let _range = crate::profile::range("instance_norm");
@@ -144,5 +320,58 @@ impl Tape {
             let (dx, dg, db) = backward(ctx.input(0), ctx.grad, ctx.input(1), &mean, &inv)?;
             Ok(vec![Some(dx), Some(dg), Some(db)])
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::tensor::DType;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.as_slice::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The fused op on the CPU gives the unfused ops' values and gradients bit for bit, so that
+    /// checkpoints resume exactly and the PyTorch parity of the U-Net is unchanged.
+    #[test]
+    fn the_fused_op_is_the_unfused_ops_bit_for_bit() {
+        let mut rng = Rng::new(5);
+        let x = Tensor::uniform(vec![2, 3, 6, 5], -2.0, 2.0, DType::F32, &mut rng);
+        let gamma = Tensor::uniform(vec![3], 0.5, 1.5, DType::F32, &mut rng);
+        let beta = Tensor::uniform(vec![3], -0.5, 0.5, DType::F32, &mut rng);
+        let weights = Tensor::uniform(vec![2, 3, 6, 5], -1.0, 1.0, DType::F32, &mut rng);
+        for act in [Activation::Identity, Activation::Relu, Activation::LeakyRelu(0.2)] {
+            let run = |fused: bool| -> Vec<Vec<u32>> {
+                let mut tape = Tape::new();
+                let (xv, gv, bv) = (tape.leaf(x.clone()), tape.leaf(gamma.clone()), tape.leaf(beta.clone()));
+                let y = if fused {
+                    tape.instance_norm_act(xv, gv, bv, DEFAULT_EPS, act).unwrap()
+                } else {
+                    let y = tape.instance_norm(xv, gv, bv, DEFAULT_EPS).unwrap();
+                    match act.slope() {
+                        None => y,
+                        Some(slope) => tape.leaky_relu(y, slope).unwrap(),
+                    }
+                };
+                let w = tape.constant(weights.clone());
+                let prod = tape.mul(y, w).unwrap();
+                let loss = tape.sum(prod).unwrap();
+                let grads = tape.backward(loss).unwrap();
+                let mut out = vec![bits(tape.value(y))];
+                out.extend([xv, gv, bv].iter().map(|v| bits(grads.get(*v).unwrap())));
+                out
+            };
+            assert_eq!(run(true), run(false), "{act:?}");
+        }
+    }
+
+    #[test]
+    fn empty_planes_are_an_error() {
+        let x = Tensor::zeros(vec![1, 2, 0, 3], DType::F32);
+        let gamma = Tensor::zeros(vec![2], DType::F32);
+        assert!(forward(&x, &gamma, &gamma, DEFAULT_EPS).is_err());
+        assert!(forward_act(&x, &gamma, &gamma, DEFAULT_EPS, Activation::Relu).is_err());
     }
 }

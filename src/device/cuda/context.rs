@@ -23,6 +23,7 @@ pub struct CudaDevice {
     name: String,
     compute_capability: (i32, i32),
     multiprocessors: usize,
+    max_shared_per_block: usize,
     stream: Arc<CudaStream>,
     allocator: CachingAllocator,
     modules: ModuleCache,
@@ -107,6 +108,10 @@ impl CudaDevice {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver_error("multiprocessor count"))?
             .max(1) as usize;
+        let max_shared_per_block = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(driver_error("shared memory per block"))?
+            .max(0) as usize;
         let stream = ctx.new_stream().map_err(driver_error("create stream"))?;
         let conv_algo = ConvAlgo::from_env()?.unwrap_or(ConvAlgo::DEFAULT);
         Ok(CudaDevice {
@@ -114,6 +119,7 @@ impl CudaDevice {
             name,
             compute_capability,
             multiprocessors,
+            max_shared_per_block,
             allocator: CachingAllocator::new(ctx.clone(), stream.clone()),
             stream,
             modules: ModuleCache::default(),
@@ -141,6 +147,20 @@ impl CudaDevice {
     /// Streaming multiprocessors; sizes the backward-weight split.
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
+    }
+
+    /// The shared memory a block may use (static and dynamic together) once a kernel opts in:
+    /// 227 KiB on Hopper; sizes the kernels that keep data in shared memory.
+    pub fn max_shared_per_block(&self) -> usize {
+        self.max_shared_per_block
+    }
+
+    /// A device attribute (memory clock, bus width, ...), as the driver reports it.
+    pub fn attribute(&self, attribute: CUdevice_attribute) -> Result<i32> {
+        self.stream
+            .context()
+            .attribute(attribute)
+            .map_err(driver_error("device attribute"))
     }
 
     /// The stream all work of this device runs on.

@@ -15,6 +15,7 @@ pub mod gemm;
 mod launch;
 pub mod loss;
 mod module_cache;
+pub mod norm;
 mod operand;
 pub mod optim;
 pub mod params;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::bench::unet_convs;
+use super::unet_convs;
 use crate::autograd::Tape;
 use crate::device::Device;
 use crate::device::cuda::{CudaDevice, GpuTimer};
