@@ -23,6 +23,7 @@ use crate::data::nifti::{read_labels, read_volume};
 use crate::data::prep::PrepConfig;
 use crate::data::store::{SliceStore, StoreOptions, write_store};
 use crate::data::synth::{DatasetOptions, Region, SynthConfig, write_dataset};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::dice::{dice_per_class, mean_present};
 use crate::metrics::eval_clusters::eval_clusters;
@@ -355,7 +356,7 @@ fn region_name(r: Region) -> &'static str {
 }
 
 /// Runs the whole demo into `out`.
-pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
+pub fn run(out: &Path, preset: Preset, device: &Device) -> Result<DemoReport> {
     let start = Instant::now();
     let data = out.join("data");
     let stores = out.join("stores");
@@ -414,7 +415,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                 metrics: Some(results.join("metrics.jsonl")),
                 quiet: false,
                 stop_after: None,
-                device: crate::device::Device::Cpu,
+                device: device.clone(),
             };
             let s = pretrain(pre_store.clone(), cfg, &opts)?;
             say(&format!(
@@ -468,7 +469,7 @@ pub fn run(out: &Path, preset: Preset) -> Result<DemoReport> {
                     metrics: Some(results.join("metrics.jsonl")),
                     quiet: false,
                     stop_after: None,
-                    device: crate::device::Device::Cpu,
+                    device: device.clone(),
                 };
                 let summary: FinetuneSummary = finetune(store.clone(), cfg, &opts)?;
                 let (seg, _) = Segmenter::load(&path)?;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::demo::{Preset, run, tables};
-use crate::device::Device;
 use crate::error::Result;
 
 /// Options of `lrc demo`.
@@ -23,35 +22,26 @@ pub struct DemoArgs {
     /// Print a per-range time table at the end.
     #[arg(long)]
     pub profile: bool,
+    /// cpu, cuda or cuda:N (default: a GPU when one can be used, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 /// Runs `lrc demo`.
 pub fn run_args(args: DemoArgs) -> Result<()> {
     crate::profile::enable(args.profile);
+    let device = super::device::select(args.device.as_deref())?;
+    // The GPU-sized preset where a GPU trains, the quick one on the CPU, unless told otherwise.
     let preset = if args.quick {
         Preset::quick()
-    } else if args.full {
+    } else if args.full || device.is_cuda() {
         Preset::full()
     } else {
-        match Device::best_available() {
-            (Device::Cuda(d), _) => {
-                println!(
-                    "[demo] cuda:{} found, but training ops run on the CPU in this build: running the quick preset \
-                     (--full forces the GPU-sized one)",
-                    d.ordinal()
-                );
-                Preset::quick()
-            }
-            (Device::Cpu, why) => {
-                println!(
-                    "[demo] no usable GPU ({}): running the quick preset on the CPU (--full forces the GPU-sized one)",
-                    why.unwrap_or_else(|| "none found".into())
-                );
-                Preset::quick()
-            }
-        }
+        println!("[demo] training on the CPU: running the quick preset (--full forces the GPU-sized one)");
+        Preset::quick()
     };
-    let report = run(&args.out, preset)?;
+    println!("[demo] training on {device}");
+    let report = run(&args.out, preset, &device)?;
     println!("\n{}", tables(&report));
     println!(
         "[demo] done in {:.0}s; results in {}",
