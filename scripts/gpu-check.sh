@@ -10,8 +10,11 @@
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
+#   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
+#   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
+#   bench step torch.compile  the PyTorch step compiled (last: compiling takes a minute or more)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, what was skipped) and logs/ with the full output of every step.
 #
@@ -280,6 +283,21 @@ enough() {
     fi
 }
 
+# bench_run NAME NEED LIMIT LOG CMD...: a benchmark step when NEED seconds are left, at most
+# LIMIT seconds; the detail is the lines of its log that start with `total` or `median`.
+bench_run() {
+    local name="$1" need="$2" limit="$3" log="$4"
+    shift 4
+    enough "$name" "$need" || return 0
+    timed "$log" "$(min "$limit" "$(left)")" "$@"
+    if ((rc == 0)); then
+        step "$name" passed "$took" "$(grep -a -E '^(total|median)' "$log" | paste -sd ';' -)"
+    else
+        failed=1
+        step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") ($(basename "$log"))"
+    fi
+}
+
 # --- parity -------------------------------------------------------------------------------------
 torch_ref="$bundle/scripts/torch_reference.py"
 [[ -f "$torch_ref" ]] || torch_ref="$repo/scripts/torch_reference.py"
@@ -303,7 +321,8 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "bench lrc" "bench torch" "bench norm lrc" "bench norm torch"; do
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench lrc" "bench torch" \
+        "bench norm lrc" "bench norm torch" "bench step torch.compile"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -347,48 +366,39 @@ else
             step "memcheck norm" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-norm.log")} (logs/memcheck-norm.log)"
         fi
     fi
-    if enough "bench lrc" 60; then
-        timed "$logs/bench-lrc.log" "$(min 180 "$(left)")" "$bin/lrc" bench conv --algo all \
-            "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
+    if [[ -n "$sanitizer" ]] && enough "memcheck step" 45; then
+        # One whole U-Net training step (every op of the engine forward and backward, Adam) on
+        # small odd shapes: 2 x 1 x 24 x 24, base 3, depth 3.
+        timed "$logs/memcheck-step.log" "$(min 150 "$(left)")" "$sanitizer" --tool memcheck --error-exitcode 3 \
+            "$bin/lrc" bench step --batch 2 --size 24 --base 3 --depth 3 --repeats 1 --warmup 0 \
+            --json "$logs/memcheck-step-bench.jsonl"
+        errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck-step.log" | tail -n 1 | sed 's/^=* *//')"
         if ((rc == 0)); then
-            step "bench lrc" passed "$took" "$(grep -a '^total' "$logs/bench-lrc.log" | paste -sd ';' -)"
+            step "memcheck step" passed "$took" "${errors:-}"
         else
             failed=1
-            step "bench lrc" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-lrc.log") (logs/bench-lrc.log)"
+            why="$(grep -a -m 1 '^error:' "$logs/memcheck-step.log" | cut -c 1-200 | tr '|' '/')"
+            step "memcheck step" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-step.log")} (logs/memcheck-step.log)"
         fi
     fi
     torch_bench="$bundle/scripts/torch_reference.py"
     [[ -f "$torch_bench" ]] || torch_bench="$repo/scripts/torch_reference.py"
-    if enough "bench torch" 60; then
-        timed "$logs/bench-torch.log" "$(min 180 "$(left)")" "$python" "$torch_bench" --bench conv \
-            "${bench_argv[@]}" --json "$out/bench-torch.jsonl"
-        if ((rc == 0)); then
-            step "bench torch" passed "$took" "$(grep -a '^total' "$logs/bench-torch.log" | paste -sd ';' -)"
-        else
-            failed=1
-            step "bench torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-torch.log") (logs/bench-torch.log)"
-        fi
-    fi
-    if enough "bench norm lrc" 30; then
-        timed "$logs/bench-norm-lrc.log" "$(min 120 "$(left)")" "$bin/lrc" bench norm \
-            "${bench_argv[@]}" --json "$out/bench-norm-lrc.jsonl"
-        if ((rc == 0)); then
-            step "bench norm lrc" passed "$took" "$(grep -a '^total' "$logs/bench-norm-lrc.log" | paste -sd ';' -)"
-        else
-            failed=1
-            step "bench norm lrc" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-norm-lrc.log") (logs/bench-norm-lrc.log)"
-        fi
-    fi
-    if enough "bench norm torch" 30; then
-        timed "$logs/bench-norm-torch.log" "$(min 120 "$(left)")" "$python" "$torch_bench" --bench norm \
-            "${bench_argv[@]}" --json "$out/bench-norm-torch.jsonl"
-        if ((rc == 0)); then
-            step "bench norm torch" passed "$took" "$(grep -a '^total' "$logs/bench-norm-torch.log" | paste -sd ';' -)"
-        else
-            failed=1
-            step "bench norm torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-norm-torch.log") (logs/bench-norm-torch.log)"
-        fi
-    fi
+    step_argv=(--batch 16 --size 256 --base 32 --depth 5)
+    bench_run "bench step lrc" 30 120 "$logs/bench-step-lrc.log" \
+        "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
+        "$python" "$torch_bench" --bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    bench_run "bench lrc" 60 180 "$logs/bench-lrc.log" \
+        "$bin/lrc" bench conv --algo all "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
+    bench_run "bench torch" 60 180 "$logs/bench-torch.log" \
+        "$python" "$torch_bench" --bench conv "${bench_argv[@]}" --json "$out/bench-torch.jsonl"
+    bench_run "bench norm lrc" 30 120 "$logs/bench-norm-lrc.log" \
+        "$bin/lrc" bench norm "${bench_argv[@]}" --json "$out/bench-norm-lrc.jsonl"
+    bench_run "bench norm torch" 30 120 "$logs/bench-norm-torch.log" \
+        "$python" "$torch_bench" --bench norm "${bench_argv[@]}" --json "$out/bench-norm-torch.jsonl"
+    # torch.compile last: its compilation alone takes a minute or more.
+    bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
+        "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
 fi
 
 # --- summary ------------------------------------------------------------------------------------
@@ -435,6 +445,31 @@ row = f"| **total** | | | {fmt(total_ref) if torch else ''} |"
 for a in algos:
     row += f" {fmt(totals[a])} | {ratio(totals[a], total_ref) if torch else ''} |"
 print(row)
+PY
+}
+
+# The whole training step: lrc next to PyTorch eager and torch.compile.
+step_table() {
+    python3 - "$out/bench-step.jsonl" << 'PY'
+import json, os, sys
+
+path = sys.argv[1]
+rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+if not rows:
+    sys.exit(0)
+r0 = rows[0]
+print(f"## Benchmark: U-Net training step (batch {r0['batch']}, 1x{r0['size']}x{r0['size']}, base {r0['base']}, "
+      f"depth {r0['depth']}, Adam), median ms\n")
+print("| implementation | device | median ms | vs lrc | detail |")
+print("|---|---|---:|---:|---|")
+ours = next((r["median_ms"] for r in rows if r.get("impl") == "lrc"), None)
+for r in rows:
+    ratio = "" if not ours else f"{r['median_ms'] / ours:.2f}"
+    detail = ""
+    if r.get("impl") == "lrc":
+        detail = (f"conv {r.get('conv_tflops', 0):.1f} TFLOP/s, {r.get('allocations_after_warmup')} allocations, "
+                  f"{r.get('uploads')} uploads / {r.get('downloads')} downloads in the timed steps")
+    print(f"| {r.get('impl')} | {r.get('device')} | {r['median_ms']:.2f} | {ratio} | {detail} |")
 PY
 }
 
@@ -497,6 +532,8 @@ PY
     echo "| step | status | s | detail |"
     echo "|---|---|---:|---|"
     printf '%s\n' "${step_rows[@]}"
+    table="$(step_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(norm_table)"
