@@ -12,6 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::device::Device;
+use crate::device::cuda::KernelTime;
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Keyed by (name, is_backward).
 type Table = HashMap<(&'static str, bool), (u64, Duration)>;
@@ -129,17 +132,86 @@ pub fn format_table(rows: &[ProfileRow], reference: Option<&str>) -> String {
     out
 }
 
-/// Prints the table of a training command, shares relative to `phase.step`, when profiling
-/// was enabled (`--profile`).
-pub fn print_training_table() {
-    if enabled() {
-        println!("{}", format_table(&take_table(), Some("phase.step")));
+/// Turns `--profile` on for a run on `device`: the host table, and on a GPU the per-kernel
+/// CUDA-event times.
+pub fn enable_for(on: bool, device: &Device) {
+    enable(on);
+    if let Device::Cuda(d) = device {
+        d.set_kernel_timing(on);
     }
+}
+
+/// Prints the table of a training command, shares relative to `phase.step`, when profiling
+/// was enabled (`--profile`); on a GPU also the kernels' table: launches and GPU time per
+/// kernel, their sum against the steps' wall time (the rest is the GPU waiting for the host).
+pub fn print_training_table(device: &Device) {
+    if !enabled() {
+        return;
+    }
+    let rows = take_table();
+    println!("{}", format_table(&rows, Some("phase.step")));
+    let Device::Cuda(d) = device else { return };
+    match d.take_kernel_times() {
+        Ok(kernels) if !kernels.is_empty() => {
+            let step_ms = rows.iter().find(|r| r.name == "phase.step").map(|r| r.total_ms);
+            println!("{}", format_kernel_table(&kernels, step_ms));
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: no kernel times: {e}"),
+    }
+}
+
+/// The per-kernel table: launches, total and mean GPU time, share of all kernel time.
+pub fn format_kernel_table(kernels: &[KernelTime], step_wall_ms: Option<f64>) -> String {
+    let gpu_ms: f64 = kernels.iter().map(|k| k.total_ms).sum();
+    let mut out = format!(
+        "{:<36} {:>9} {:>12} {:>12} {:>8}\n",
+        "kernel (CUDA events)", "launches", "total ms", "mean us", "share"
+    );
+    for k in kernels {
+        out += &format!(
+            "{:<36} {:>9} {:>12.2} {:>12.1} {:>7.1}%\n",
+            k.kernel,
+            k.launches,
+            k.total_ms,
+            1e3 * k.total_ms / k.launches.max(1) as f64,
+            100.0 * k.total_ms / gpu_ms.max(1e-12)
+        );
+    }
+    out += &format!("kernels: {gpu_ms:.2} ms of GPU time");
+    if let Some(wall) = step_wall_ms {
+        out += &format!(
+            " in {wall:.2} ms of steps (wall); the GPU waited {:.2} ms ({:.1}%) between launches",
+            (wall - gpu_ms).max(0.0),
+            100.0 * (wall - gpu_ms).max(0.0) / wall.max(1e-12)
+        );
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_table_shares_and_idle_time_add_up() {
+        let kernels = [
+            KernelTime {
+                kernel: "a".into(),
+                launches: 4,
+                total_ms: 3.0,
+            },
+            KernelTime {
+                kernel: "b".into(),
+                launches: 1,
+                total_ms: 1.0,
+            },
+        ];
+        let table = format_kernel_table(&kernels, Some(5.0));
+        assert!(table.contains("75.0%") && table.contains("25.0%"), "{table}");
+        assert!(table.contains("750.0"), "mean of a in us: {table}");
+        assert!(table.contains("waited 1.00 ms (20.0%)"), "{table}");
+    }
 
     #[test]
     fn ranges_are_counted_only_when_enabled() {

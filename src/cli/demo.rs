@@ -29,8 +29,8 @@ pub struct DemoArgs {
 
 /// Runs `lrc demo`.
 pub fn run_args(args: DemoArgs) -> Result<()> {
-    crate::profile::enable(args.profile);
     let device = super::device::select(args.device.as_deref())?;
+    crate::profile::enable_for(args.profile, &device);
     // The GPU-sized preset where a GPU trains, the quick one on the CPU, unless told otherwise.
     let preset = if args.quick {
         Preset::quick()
@@ -48,6 +48,6 @@ pub fn run_args(args: DemoArgs) -> Result<()> {
         report.total_seconds,
         args.out.join("results").display()
     );
-    crate::profile::print_training_table();
+    crate::profile::print_training_table(&device);
     Ok(())
 }

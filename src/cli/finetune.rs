@@ -108,7 +108,7 @@ impl FinetuneArgs {
 /// Runs `lrc finetune`.
 pub fn run(args: FinetuneArgs) -> Result<()> {
     let device = super::device::select(args.device.as_deref())?;
-    crate::profile::enable(args.profile);
+    crate::profile::enable_for(args.profile, &device);
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = FinetuneOptions {
         out: args.out.clone(),
@@ -120,7 +120,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         ),
         quiet: false,
         stop_after: None,
-        device,
+        device: device.clone(),
     };
     let s = finetune(store, args.config(), &opts)?;
     println!(
@@ -132,6 +132,6 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         s.seconds,
         args.out.display()
     );
-    crate::profile::print_training_table();
+    crate::profile::print_training_table(&device);
     Ok(())
 }

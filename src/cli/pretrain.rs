@@ -127,7 +127,7 @@ pub fn metrics_beside(out: &std::path::Path) -> PathBuf {
 /// Runs `lrc pretrain`.
 pub fn run(args: PretrainArgs) -> Result<()> {
     let device = super::device::select(args.device.as_deref())?;
-    crate::profile::enable(args.profile);
+    crate::profile::enable_for(args.profile, &device);
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = RunOptions {
         out: args.out.clone(),
@@ -135,7 +135,7 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         metrics: Some(args.metrics.clone().unwrap_or_else(|| metrics_beside(&args.out))),
         quiet: false,
         stop_after: None,
-        device,
+        device: device.clone(),
     };
     let summary = pretrain(store, args.config(), &opts)?;
     println!(
@@ -147,6 +147,6 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         summary.last_loss,
         args.out.display()
     );
-    crate::profile::print_training_table();
+    crate::profile::print_training_table(&device);
     Ok(())
 }

@@ -50,6 +50,10 @@ pub struct StepBenchArgs {
     /// Which GPU.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// Print the per-range host table and the per-kernel GPU times of the timed steps (each
+    /// launch is then bracketed by CUDA events, which slows the step slightly).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The model, its parameters on the device, the optimizer and the batch of one benchmark.
@@ -122,12 +126,17 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         rig.step()?;
     }
     gpu.synchronize()?;
+    crate::profile::take_table();
+    crate::profile::enable_for(args.profile, &device);
     let before = gpu.alloc_stats();
     let copies_before = gpu.transfers();
     let mut times = Vec::with_capacity(args.repeats);
     for _ in 0..args.repeats {
         timer.start()?;
-        rig.step()?;
+        {
+            let _step = crate::profile::range("phase.step");
+            rig.step()?;
+        }
         timer.stop()?;
         times.push(timer.elapsed_ms()? as f64);
     }
@@ -177,6 +186,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         "peak_bytes": after.peak_bytes_in_use,
         "conv_algo": gpu.conv_algo().name(),
     });
+    crate::profile::print_training_table(&device);
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

@@ -12,6 +12,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use super::alloc::{AllocStats, CachingAllocator};
 use super::conv::ConvAlgo;
 use super::driver_error;
+use super::kernel_timer::KernelTimer;
 use super::module_cache::ModuleCache;
 use crate::error::{Error, Result};
 use crate::kernels;
@@ -30,6 +31,7 @@ pub struct CudaDevice {
     conv_algo: AtomicU8,
     poison_fresh_buffers: AtomicBool,
     transfers: TransferCounters,
+    pub(crate) kernel_timer: Mutex<Option<KernelTimer>>,
 }
 
 /// Copies between host and device since the device was opened: a training step should show one
@@ -126,6 +128,7 @@ impl CudaDevice {
             conv_algo: AtomicU8::new(conv_algo as u8),
             poison_fresh_buffers: AtomicBool::new(false),
             transfers: TransferCounters::default(),
+            kernel_timer: Mutex::new(None),
         })
     }
 

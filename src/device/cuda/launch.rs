@@ -48,11 +48,13 @@ impl CudaDevice {
     ) -> Result<()> {
         let cfg = launch.config(kernel)?;
         let function = self.function(module, kernel)?;
-        let mut builder = self.stream().launch_builder(&function);
-        builder.arg(params);
-        // SAFETY: upheld by the caller as documented.
-        unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {kernel}: {e}")))?;
-        Ok(())
+        self.timed_launch(kernel, || {
+            let mut builder = self.stream().launch_builder(&function);
+            builder.arg(params);
+            // SAFETY: upheld by the caller as documented.
+            unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {kernel}: {e}")))?;
+            Ok(())
+        })
     }
 }
 
@@ -91,10 +93,13 @@ impl CudaDevice {
                 block_dim: (call.block, 1, 1),
                 shared_mem_bytes: call.shared_bytes,
             };
-            let mut builder = self.stream().launch_builder(&function);
-            builder.arg(call.param_block());
-            // SAFETY: upheld by the caller as documented.
-            unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {}: {e}", call.kernel)))?;
+            self.timed_launch(call.kernel, || {
+                let mut builder = self.stream().launch_builder(&function);
+                builder.arg(call.param_block());
+                // SAFETY: upheld by the caller as documented.
+                unsafe { builder.launch(cfg) }.map_err(|e| Error::Cuda(format!("launch {}: {e}", call.kernel)))?;
+                Ok(())
+            })?;
         }
         Ok(())
     }
