@@ -11,6 +11,7 @@ pub mod call;
 mod context;
 pub mod conv;
 mod launch;
+pub mod local_contrast;
 mod module_cache;
 mod operand;
 pub mod params;

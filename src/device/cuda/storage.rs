@@ -94,6 +94,12 @@ impl CudaStorage {
         Ok(storage)
     }
 
+    /// A copy of 32-bit integer data (indices, offsets) on the device, kept as its bit patterns:
+    /// kernels read the block as `const uint32_t*`. Returns once `data` has been read.
+    pub fn from_host_u32(device: &Arc<CudaDevice>, data: &[u32]) -> Result<CudaStorage> {
+        CudaStorage::from_host(device, bytemuck::cast_slice(data))
+    }
+
     /// The data copied to the host; waits for the work queued before it.
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let mut host = vec![0.0f32; self.len];

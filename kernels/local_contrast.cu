@@ -1,0 +1,487 @@
+// The Local Region Contrast loss (thesis section 3.1.2) of pixel embeddings f_q, f_p
+// (B x D x H x W, NCHW, float32), forward and backward, fused: the sampled pixels are gathered
+// straight from the embedding maps (optionally normalised to unit length on the fly), averaged
+// into region means, and the K x K blocks q.p / t and q.q / t are formed and reduced with an
+// online, max-shifted log-sum-exp without ever being stored. Memory beyond the inputs is
+// O(rows * D) (rows = sum over images of K): the region means, their gradients and a few values
+// per region; never a B x K x N x D gather.
+//
+// Per image b: K_b regions, n_b samples per region and view. The host uploads one table of 32-bit
+// words per call (src/device/cuda/local_contrast.rs): region and sample offsets per image, the
+// samples per region, the pixel indices of both views and, for the backward pass, the samples of
+// each image and view sorted by (pixel, sample number). Regions of all images are numbered
+// consecutively ("rows"), so that grids cover exactly the regions present: images with fewer
+// regions cost nothing, and no padding exists beyond the last block of a row kernel (< 4 rows).
+//
+// Loss per image, exactly as the CPU twin (src/ops/local_contrast.rs):
+//   l_k = log(sum_j exp(a_k.b_j / t) + sum_{j != k} exp(a_k.a_j / t)) - a_k.b_k / t
+//   L   = mean over images with K_b > 0 of (mean over k of l_k)
+// where a, b are the region means of the q and p views (unit length when renormalize_means).
+//
+// Launches (all kernels take LocalContrastParams):
+//   forward:  local_contrast_means (rows, 2) x 128, local_contrast_rows ceil(rows/4) x 128,
+//             local_contrast_loss_sum 1 x 256
+//   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_mean_grads ceil(rows/4) x 128,
+//             local_contrast_scatter (ceil(samples/256), 2) x 256
+//
+// Determinism: every sum runs in a fixed order (no float atomics), so results are bitwise
+// reproducible. The gradient scatter is deterministic through the sorted sample lists: the first
+// sample of each run of equal pixels (a "run head") adds the contributions of its run in sample
+// order and writes the pixel's gradient once; no two threads write the same element, whichever
+// regions the duplicates come from. The sort is done on the host, where the indices are anyway.
+#include "common.cuh"
+
+struct LocalContrastParams {
+    const float* f_q;             // B x D x HW, raw (normalize_pixels) or unit embeddings
+    const float* f_p;
+    const uint32_t* region_off;   // [images + 1]: first row of each image
+    const uint32_t* sample_off;   // [images + 1]: first sample of each image (per view)
+    const uint32_t* per_region;   // [images]: samples per region
+    const uint32_t* idx;          // [2][samples]: pixel indices (y * W + x) of the q, then p view
+    const uint32_t* order;        // [2][samples]: per image and view, sample numbers sorted by pixel
+    float* means;                 // [2][rows][d]: region means of q, then p
+    float* mean_norms;            // [2][rows]: their lengths before renormalisation
+    float* lse;                   // [rows]: log-sum-exp of each row's 2K - 1 logits
+    float* row_loss;              // [rows]
+    float* loss;                  // [1]
+    const float* grad_loss;       // [1]: dL_total / dL, read on the device
+    float* mean_grads;            // [2][rows][d]: gradients of the region means
+    float* grad_q;                // B x D x HW
+    float* grad_p;
+    int images;
+    int d;
+    int hw;
+    int rows;
+    int samples;
+    int normalize_pixels;         // 1: normalise each sampled pixel embedding (the fused path)
+    int renormalize_means;        // 1: rescale each region mean to unit length
+    float inv_temperature;
+    float inv_counted;            // 1 / max(images with regions, 1)
+    int reserved;
+};
+static_assert(sizeof(LocalContrastParams) == 168, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, images) == 128, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, inv_temperature) == 156, "LocalContrastParams must match its Rust mirror");
+
+namespace local_contrast {
+
+// Channels a region mean may have: the row kernels keep D / 32 values per lane in registers and
+// each warp's own pair of means in static shared memory.
+constexpr int MAX_D = 128;
+constexpr int LANE_SLOTS = MAX_D / lrc::WARP;
+// torch.nn.functional.normalize's clamp of the norm, as ops::normalize.
+constexpr float EPS = 1e-12f;
+constexpr int ROW_WARPS = 4;
+constexpr int ROW_THREADS = ROW_WARPS * lrc::WARP;
+constexpr int MEAN_THREADS = 128;
+static_assert(MEAN_THREADS >= MAX_D, "one thread per channel of a region mean");
+constexpr int MEAN_CHUNK = 32;  // samples staged in shared memory at once
+constexpr int SCATTER_THREADS = 256;
+constexpr int SUM_THREADS = 256;
+constexpr int ZERO_THREADS = 256;
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int offset = lrc::WARP / 2; offset > 0; offset /= 2) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// The image that item x belongs to, given the prefix table off[0..images] (off[images] = total):
+// the last b with off[b] <= x, which skips images that hold no items.
+__device__ __forceinline__ int image_of(const uint32_t* off, int images, uint32_t x) {
+    int lo = 0;
+    int hi = images - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (off[mid] <= x) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
+
+// Adds logit x to a running (max, scaled sum) pair.
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+    if (x > m) {
+        s = s * expf(m - x) + 1.0f;
+        m = x;
+    } else {
+        s += expf(x - m);
+    }
+}
+
+// The regions of one row's image: q means at `a`, p means at `b` (k_count rows of d each), and
+// the row's own position among them.
+struct RowImage {
+    const float* a;
+    const float* b;
+    int first_row;
+    int k_count;
+    int self;
+};
+
+__device__ __forceinline__ RowImage row_image(const LocalContrastParams& p, int row) {
+    const int img = image_of(p.region_off, p.images, static_cast<uint32_t>(row));
+    RowImage r;
+    r.first_row = static_cast<int>(p.region_off[img]);
+    r.k_count = static_cast<int>(p.region_off[img + 1]) - r.first_row;
+    r.self = row - r.first_row;
+    r.a = p.means + static_cast<size_t>(r.first_row) * p.d;
+    r.b = p.means + (static_cast<size_t>(p.rows) + r.first_row) * p.d;
+    return r;
+}
+
+// Sum over the samples of one run (positions t..run_end of the sorted list) of the gradient of
+// their region's mean, channel e, divided by the samples per region.
+__device__ __forceinline__ float run_grad(const float* grads, const uint32_t* order, int t, int run_end,
+                                          uint32_t first_sample, int first_row, int n, int d, int e, float inv_n) {
+    float v = 0.0f;
+    for (int s = t; s < run_end; ++s) {
+        const int region = static_cast<int>(order[s] - first_sample) / n;
+        v += grads[static_cast<size_t>(first_row + region) * d + e];
+    }
+    return v * inv_n;
+}
+
+}  // namespace local_contrast
+
+using namespace local_contrast;
+
+// Grid (rows, 2 views), 128 threads: the mean of one region's samples in one view. Samples are
+// staged 32 at a time as a [sample][channel] tile (odd row stride: no bank conflicts when one
+// thread per sample sums its squares); thread e then adds channel e over the samples in order.
+LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
+    __shared__ float tile[MEAN_CHUNK * (MAX_D + 1)];
+    __shared__ float inv_norm[MEAN_CHUNK];
+    __shared__ float mean_norm;
+    const int row = blockIdx.x;
+    const int view = blockIdx.y;
+    const int d = p.d;
+    const int stride = d | 1;
+    const int img = image_of(p.region_off, p.images, static_cast<uint32_t>(row));
+    const int region = row - static_cast<int>(p.region_off[img]);
+    const int n = static_cast<int>(p.per_region[img]);
+    const uint32_t* idx = p.idx + static_cast<size_t>(view) * p.samples + p.sample_off[img] +
+                          static_cast<size_t>(region) * n;
+    const float* f = (view == 0 ? p.f_q : p.f_p) + static_cast<size_t>(img) * d * p.hw;
+    const int e = threadIdx.x;
+    float acc = 0.0f;
+    for (int j0 = 0; j0 < n; j0 += MEAN_CHUNK) {
+        const int chunk = min(MEAN_CHUNK, n - j0);
+        // Sample-fastest, so that a warp reads one channel plane at pixels of one region.
+        for (int i = threadIdx.x; i < chunk * d; i += blockDim.x) {
+            const int j = i % chunk;
+            const int c = i / chunk;
+            tile[j * stride + c] = __ldg(f + static_cast<size_t>(c) * p.hw + idx[j0 + j]);
+        }
+        __syncthreads();
+        if (static_cast<int>(threadIdx.x) < chunk) {
+            float inv = 1.0f;
+            if (p.normalize_pixels) {
+                float sq = 0.0f;
+                for (int c = 0; c < d; ++c) {
+                    const float x = tile[threadIdx.x * stride + c];
+                    sq += x * x;
+                }
+                inv = 1.0f / fmaxf(sqrtf(sq), EPS);
+            }
+            inv_norm[threadIdx.x] = inv;
+        }
+        __syncthreads();
+        if (e < d) {
+            for (int j = 0; j < chunk; ++j) {
+                acc += tile[j * stride + e] * inv_norm[j];
+            }
+        }
+        __syncthreads();
+    }
+    const float mean = acc / static_cast<float>(n);  // 0 for threads past the channels
+    const float sq = lrc::block_sum(mean * mean);
+    if (threadIdx.x == 0) {
+        mean_norm = fmaxf(sqrtf(sq), EPS);
+    }
+    __syncthreads();
+    const float norm = mean_norm;
+    if (e < d) {
+        p.means[(static_cast<size_t>(view) * p.rows + row) * d + e] = p.renormalize_means ? mean / norm : mean;
+    }
+    if (threadIdx.x == 0) {
+        p.mean_norms[static_cast<size_t>(view) * p.rows + row] = norm;
+    }
+}
+
+// Grid ceil(rows / 4), 128 threads, one warp per row k of an image: lane j takes regions
+// j, j + 32, ... and keeps a running max-shifted sum of exp over its logits a_k.b_j / t and
+// (j != k) a_k.a_j / t; the warp then merges the 32 partial sums. Writes the row's log-sum-exp
+// (kept for the backward pass) and its loss.
+LRC_KERNEL(local_contrast_rows, LocalContrastParams, ROW_THREADS) {
+    __shared__ float own[ROW_WARPS][2][MAX_D];
+    const int warp = threadIdx.x / lrc::WARP;
+    const int lane = threadIdx.x % lrc::WARP;
+    const int row = blockIdx.x * ROW_WARPS + warp;
+    if (row >= p.rows) {
+        return;  // the whole warp
+    }
+    const RowImage r = row_image(p, row);
+    const int d = p.d;
+    float* a_own = own[warp][0];
+    float* b_own = own[warp][1];
+    for (int e = lane; e < d; e += lrc::WARP) {
+        a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
+        b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+    }
+    __syncwarp();
+    float m = __uint_as_float(0xff800000u);  // -inf
+    float s = 0.0f;
+    for (int k = lane; k < r.k_count; k += lrc::WARP) {
+        const float* ak = r.a + static_cast<size_t>(k) * d;
+        const float* bk = r.b + static_cast<size_t>(k) * d;
+        float qp = 0.0f;
+        float qq = 0.0f;
+        for (int e = 0; e < d; ++e) {
+            const float x = a_own[e];
+            qp += x * __ldg(bk + e);
+            qq += x * __ldg(ak + e);
+        }
+        online_add(m, s, qp * p.inv_temperature);
+        if (k != r.self) {
+            online_add(m, s, qq * p.inv_temperature);
+        }
+    }
+    // Lanes without logits hold (-inf, 0) and add nothing; lane self always has a_k.b_k.
+    const float m_all = warp_max(m);
+    const float s_all = lrc::warp_sum(s * expf(m - m_all));
+    const float lse = m_all + logf(s_all);
+    float pos = 0.0f;
+    for (int e = lane; e < d; e += lrc::WARP) {
+        pos += a_own[e] * b_own[e];
+    }
+    pos = lrc::warp_sum(pos) * p.inv_temperature;
+    if (lane == 0) {
+        p.lse[row] = lse;
+        p.row_loss[row] = lse - pos;
+    }
+}
+
+// Grid 1, 256 threads: the loss, the mean over images with regions of each image's mean row loss,
+// summed in a fixed order.
+LRC_KERNEL(local_contrast_loss_sum, LocalContrastParams, SUM_THREADS) {
+    float total = 0.0f;  // meaningful in thread 0
+    for (int img = 0; img < p.images; ++img) {
+        const int first = static_cast<int>(p.region_off[img]);
+        const int k_count = static_cast<int>(p.region_off[img + 1]) - first;
+        if (k_count == 0) {
+            continue;  // the same for every thread
+        }
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < k_count; i += blockDim.x) {
+            s += p.row_loss[first + i];
+        }
+        s = lrc::block_sum(s);
+        if (threadIdx.x == 0) {
+            total += s / static_cast<float>(k_count);
+        }
+        __syncthreads();  // block_sum's slots are written again for the next image
+    }
+    if (threadIdx.x == 0) {
+        p.loss[0] = total * p.inv_counted;
+    }
+}
+
+// Grid (blocks, 2), 256 threads: zeros both gradient maps (view = blockIdx.y); the scatter then
+// writes the sampled pixels.
+LRC_KERNEL(local_contrast_zero, LocalContrastParams, ZERO_THREADS) {
+    float* out = blockIdx.y == 0 ? p.grad_q : p.grad_p;
+    const size_t len = static_cast<size_t>(p.images) * p.d * p.hw;
+    const size_t step = static_cast<size_t>(gridDim.x) * blockDim.x;
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < len; i += step) {
+        out[i] = 0.0f;
+    }
+}
+
+// Grid ceil(rows / 4), 128 threads, one warp per row k: the gradients of the region means a_k
+// and b_k. With w_qp[i][j] = exp(a_i.b_j / t - lse_i), w_qq[i][j] = exp(a_i.a_j / t - lse_i)
+// (0 on the diagonal) and c = dL * inv_counted / (K t):
+//   dL/da_k = c * sum_j [(w_qp[k][j] - [j == k]) b_j + (w_qq[k][j] + w_qq[j][k]) a_j]
+//   dL/db_k = c * sum_j (w_qp[j][k] - [j == k]) a_j
+// Lane j first computes the three coefficients of region j (one dot product each, the softmax
+// weights recomputed from the saved log-sum-exps) into the warp's shared slots; the warp then
+// adds the 32 regions of the chunk with lanes over channels, reading the coefficients as
+// broadcasts.
+LRC_KERNEL(local_contrast_mean_grads, LocalContrastParams, ROW_THREADS) {
+    __shared__ float own[ROW_WARPS][2][MAX_D];
+    __shared__ float coefs[ROW_WARPS][lrc::WARP][4];
+    const int warp = threadIdx.x / lrc::WARP;
+    const int lane = threadIdx.x % lrc::WARP;
+    const int row = blockIdx.x * ROW_WARPS + warp;
+    if (row >= p.rows) {
+        return;  // the whole warp
+    }
+    const RowImage r = row_image(p, row);
+    const int d = p.d;
+    float* a_own = own[warp][0];
+    float* b_own = own[warp][1];
+    for (int e = lane; e < d; e += lrc::WARP) {
+        a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
+        b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+    }
+    __syncwarp();
+    const float lse_own = p.lse[row];
+    const float inv_t = p.inv_temperature;
+    float acc_a[LANE_SLOTS] = {};
+    float acc_b[LANE_SLOTS] = {};
+    for (int k0 = 0; k0 < r.k_count; k0 += lrc::WARP) {
+        const int k = k0 + lane;
+        float coef_b = 0.0f;  // of b_k in dL/da_own
+        float coef_a = 0.0f;  // of a_k in dL/da_own
+        float coef_p = 0.0f;  // of a_k in dL/db_own
+        if (k < r.k_count) {
+            const float* ak = r.a + static_cast<size_t>(k) * d;
+            const float* bk = r.b + static_cast<size_t>(k) * d;
+            float own_bk = 0.0f;
+            float own_ak = 0.0f;
+            float ak_own = 0.0f;
+            for (int e = 0; e < d; ++e) {
+                const float x = __ldg(ak + e);
+                const float y = __ldg(bk + e);
+                own_bk += a_own[e] * y;
+                own_ak += a_own[e] * x;
+                ak_own += x * b_own[e];
+            }
+            const float lse_k = p.lse[r.first_row + k];
+            const float diagonal = k == r.self ? 1.0f : 0.0f;
+            coef_b = expf(own_bk * inv_t - lse_own) - diagonal;
+            coef_a = k == r.self ? 0.0f : expf(own_ak * inv_t - lse_own) + expf(own_ak * inv_t - lse_k);
+            coef_p = expf(ak_own * inv_t - lse_k) - diagonal;
+        }
+        __syncwarp();  // every lane has read the previous chunk's coefficients
+        coefs[warp][lane][0] = coef_b;
+        coefs[warp][lane][1] = coef_a;
+        coefs[warp][lane][2] = coef_p;
+        __syncwarp();
+        const int chunk = min(lrc::WARP, r.k_count - k0);
+        for (int j = 0; j < chunk; ++j) {
+            const float cb = coefs[warp][j][0];
+            const float ca = coefs[warp][j][1];
+            const float cp = coefs[warp][j][2];
+            const float* aj = r.a + static_cast<size_t>(k0 + j) * d;
+            const float* bj = r.b + static_cast<size_t>(k0 + j) * d;
+#pragma unroll
+            for (int slot = 0; slot < LANE_SLOTS; ++slot) {
+                const int e = lane + slot * lrc::WARP;
+                if (e < d) {
+                    const float x = __ldg(aj + e);
+                    acc_a[slot] += cb * __ldg(bj + e) + ca * x;
+                    acc_b[slot] += cp * x;
+                }
+            }
+        }
+    }
+    // The upstream gradient stays on the device: no host round trip in a training step.
+    const float scale = __ldg(p.grad_loss) * p.inv_counted / static_cast<float>(r.k_count) * inv_t;
+#pragma unroll
+    for (int slot = 0; slot < LANE_SLOTS; ++slot) {
+        acc_a[slot] *= scale;
+        acc_b[slot] *= scale;
+    }
+    if (p.renormalize_means) {
+        // Backward of u = m / |m| (own holds u): dm = (du - u (u . du)) / |m|.
+        float dot_a = 0.0f;
+        float dot_b = 0.0f;
+#pragma unroll
+        for (int slot = 0; slot < LANE_SLOTS; ++slot) {
+            const int e = lane + slot * lrc::WARP;
+            if (e < d) {
+                dot_a += a_own[e] * acc_a[slot];
+                dot_b += b_own[e] * acc_b[slot];
+            }
+        }
+        dot_a = lrc::warp_sum(dot_a);
+        dot_b = lrc::warp_sum(dot_b);
+        const float norm_a = p.mean_norms[row];
+        const float norm_b = p.mean_norms[static_cast<size_t>(p.rows) + row];
+#pragma unroll
+        for (int slot = 0; slot < LANE_SLOTS; ++slot) {
+            const int e = lane + slot * lrc::WARP;
+            if (e < d) {
+                acc_a[slot] = (acc_a[slot] - a_own[e] * dot_a) / norm_a;
+                acc_b[slot] = (acc_b[slot] - b_own[e] * dot_b) / norm_b;
+            }
+        }
+    }
+#pragma unroll
+    for (int slot = 0; slot < LANE_SLOTS; ++slot) {
+        const int e = lane + slot * lrc::WARP;
+        if (e < d) {
+            p.mean_grads[static_cast<size_t>(row) * d + e] = acc_a[slot];
+            p.mean_grads[(static_cast<size_t>(p.rows) + row) * d + e] = acc_b[slot];
+        }
+    }
+}
+
+// Grid (ceil(samples / 256), 2 views), 256 threads, one thread per entry of the sorted sample
+// list: the first entry of each run of equal pixels sums the region-mean gradients of its run
+// (in sample order) and writes that pixel's gradient, through the backward of the on-the-fly
+// normalisation when it is on: dx = (v - y (y . v)) / |x| with y = x / |x|, or v / eps where
+// the norm was clamped (as ops::normalize). Must run after local_contrast_zero.
+LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= p.samples) {
+        return;
+    }
+    const int view = blockIdx.y;
+    const uint32_t* idx = p.idx + static_cast<size_t>(view) * p.samples;
+    const uint32_t* order = p.order + static_cast<size_t>(view) * p.samples;
+    const int img = image_of(p.sample_off, p.images, static_cast<uint32_t>(t));
+    const uint32_t first_sample = p.sample_off[img];
+    const int end = static_cast<int>(p.sample_off[img + 1]);
+    const uint32_t pixel = idx[order[t]];
+    if (t > static_cast<int>(first_sample) && idx[order[t - 1]] == pixel) {
+        return;  // counted by the head of its run
+    }
+    int run_end = t + 1;
+    while (run_end < end && idx[order[run_end]] == pixel) {
+        ++run_end;
+    }
+    const int n = static_cast<int>(p.per_region[img]);
+    const int first_row = static_cast<int>(p.region_off[img]);
+    const int d = p.d;
+    const float inv_n = 1.0f / static_cast<float>(n);
+    const float* grads = p.mean_grads + static_cast<size_t>(view) * p.rows * d;
+    const size_t base = static_cast<size_t>(img) * d * p.hw + pixel;
+    float* out = view == 0 ? p.grad_q : p.grad_p;
+    if (!p.normalize_pixels) {
+        for (int e = 0; e < d; ++e) {
+            out[base + static_cast<size_t>(e) * p.hw] =
+                run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
+        }
+        return;
+    }
+    const float* f = view == 0 ? p.f_q : p.f_p;
+    float sq = 0.0f;
+    float dot = 0.0f;
+    for (int e = 0; e < d; ++e) {
+        const float x = __ldg(f + base + static_cast<size_t>(e) * p.hw);
+        sq += x * x;
+        dot += x * run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
+    }
+    const float norm = sqrtf(sq);
+    if (norm > EPS) {
+        const float inv = 1.0f / norm;
+        const float c = dot * inv * inv;  // (y . v) / |x|
+        for (int e = 0; e < d; ++e) {
+            const float x = __ldg(f + base + static_cast<size_t>(e) * p.hw);
+            const float v = run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
+            out[base + static_cast<size_t>(e) * p.hw] = (v - x * c) * inv;
+        }
+    } else {
+        for (int e = 0; e < d; ++e) {
+            out[base + static_cast<size_t>(e) * p.hw] =
+                run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n) / EPS;
+        }
+    }
+}
