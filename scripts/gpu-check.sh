@@ -9,7 +9,10 @@
 #   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
+#   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
+#   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
+#             (the same loss in plain PyTorch) on the same cases
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, what was skipped) and logs/ with the full output of every step.
 #
@@ -19,7 +22,9 @@
 #
 # Environment: LRC_BUNDLE (default gpu-bundle), LRC_PYTHON (the python3 with torch; default
 # python3), LRC_TEST_TIMEOUT (seconds per test executable, default 150), LRC_BENCH_ARGS (shapes
-# for both benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32, depth 5).
+# for both convolution benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32,
+# depth 5), LRC_LOSS_BENCH_ARGS (options of both lrc-loss benchmarks; default their own cases,
+# batch 16, D 32 and 64, K 64 and 256, N 32, 256 x 256, with 20 repeats after 3 warm-up runs).
 set -uo pipefail
 
 usage() {
@@ -57,6 +62,8 @@ python="${LRC_PYTHON:-python3}"
 test_timeout="${LRC_TEST_TIMEOUT:-150}"
 bench_args="${LRC_BENCH_ARGS:---batch 16 --size 256 --base 32 --depth 5 --repeats 20 --warmup 3}"
 read -r -a bench_argv <<< "$bench_args"
+loss_bench_args="${LRC_LOSS_BENCH_ARGS:---repeats 20 --warmup 3}"
+read -r -a loss_bench_argv <<< "$loss_bench_args"
 
 if [[ ! -f "$bundle/bin.tar.xz" && ! -f "$bundle/bin/lrc" ]]; then
     echo "gpu-check: no bundle at $bundle (build it with scripts/gpu-bundle.sh, carry it, or set LRC_BUNDLE)" >&2
@@ -301,7 +308,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "bench lrc" "bench torch"; do
+    for s in memcheck "memcheck lrc-loss" "bench lrc" "bench torch" "bench lrc-loss lrc" "bench lrc-loss torch"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -323,6 +330,24 @@ else
             failed=1
             why="$(grep -a -m 1 '^error:' "$logs/memcheck.log" | cut -c 1-200 | tr '|' '/')"
             step memcheck "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck.log")} (logs/memcheck.log)"
+        fi
+    fi
+    if [[ -z "$sanitizer" ]]; then
+        skipped+=("memcheck lrc-loss: compute-sanitizer not found")
+        step "memcheck lrc-loss" "skipped (no compute-sanitizer)" "" ""
+    elif enough "memcheck lrc-loss" 30; then
+        # Batch 3, 19 x 19 pixels, 5 and 33 channels, 1 and 37 regions of 3 samples: partial
+        # warps, partial 32-region chunks, a lone region.
+        timed "$logs/memcheck-lrc-loss.log" "$(min 120 "$(left)")" "$sanitizer" --tool memcheck --error-exitcode 3 \
+            "$bin/lrc" bench lrc-loss --batch 3 --size 19 --dims 5,33 --regions 1,37 --samples 3 \
+            --repeats 1 --warmup 0 --json "$logs/memcheck-lrc-loss.jsonl"
+        errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck-lrc-loss.log" | tail -n 1 | sed 's/^=* *//')"
+        if ((rc == 0)); then
+            step "memcheck lrc-loss" passed "$took" "${errors:-}"
+        else
+            failed=1
+            why="$(grep -a -m 1 '^error:' "$logs/memcheck-lrc-loss.log" | cut -c 1-200 | tr '|' '/')"
+            step "memcheck lrc-loss" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-lrc-loss.log")} (logs/memcheck-lrc-loss.log)"
         fi
     fi
     if enough "bench lrc" 60; then
@@ -347,6 +372,24 @@ else
             step "bench torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-torch.log") (logs/bench-torch.log)"
         fi
     fi
+    # The fused LRC loss, lrc then plain PyTorch, on the cases of `lrc bench lrc-loss`.
+    for engine in lrc torch; do
+        name="bench lrc-loss $engine"
+        enough "$name" 45 || continue
+        log="$logs/bench-lrc-loss-$engine.log"
+        jsonl="$out/bench-lrc-loss-$engine.jsonl"
+        if [[ "$engine" == lrc ]]; then
+            timed "$log" "$(min 180 "$(left)")" "$bin/lrc" bench lrc-loss "${loss_bench_argv[@]}" --json "$jsonl"
+        else
+            timed "$log" "$(min 180 "$(left)")" "$python" "$torch_bench" --bench lrc-loss "${loss_bench_argv[@]}" --json "$jsonl"
+        fi
+        if ((rc == 0)); then
+            step "$name" passed "$took" "$(grep -ac '"bench": *"lrc-loss"' "$jsonl" 2> /dev/null) timings"
+        else
+            failed=1
+            step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") (logs/$(basename "$log"))"
+        fi
+    done
 fi
 
 # --- summary ------------------------------------------------------------------------------------
@@ -396,6 +439,43 @@ print(row)
 PY
 }
 
+# Medians per case and pass of the fused LRC loss against plain PyTorch, and the peak memory of
+# each beyond the two embedding maps; speed-up = PyTorch / lrc.
+loss_bench_table() {
+    python3 - "$out/bench-lrc-loss-lrc.jsonl" "$out/bench-lrc-loss-torch.jsonl" "$loss_bench_args" << 'PY'
+import json, os, sys
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    return [r for r in rows if r.get("bench") == "lrc-loss"]
+
+lrc, torch = read(sys.argv[1]), read(sys.argv[2])
+if not lrc and not torch:
+    sys.exit(0)
+ours = {(r["case"], r["pass"]): r for r in lrc}
+ref = {(r["case"], r["pass"]): r for r in torch}
+keys = list(dict.fromkeys((r["case"], r["pass"]) for r in lrc + torch))
+device = (lrc or torch)[0]["device"]
+print(f"## Benchmark: lrc-loss ({sys.argv[3]}), median ms, {device}\n")
+print("speed-up = PyTorch / lrc: above 1, lrc is faster. Peak: MiB of device memory beyond the two embedding maps.\n")
+print("| case | pass | torch ms | lrc ms | speed-up | torch peak MiB | lrc peak MiB | inputs MiB |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+def get(table, k, field):
+    v = table.get(k, {}).get(field)
+    return v if isinstance(v, (int, float)) else None
+def fmt(v, digits=4):
+    return "" if v is None else f"{v:.{digits}f}"
+for k in keys:
+    t, o = get(ref, k, "median_ms"), get(ours, k, "median_ms")
+    speed = f"{t / o:.2f}" if t and o else ""
+    inputs = get(ours, k, "inputs_mib") or get(ref, k, "inputs_mib")
+    print(f"| {k[0]} | {k[1]} | {fmt(t)} | {fmt(o)} | {speed} | {fmt(get(ref, k, 'peak_mib'), 1)} "
+          f"| {fmt(get(ours, k, 'peak_mib'), 1)} | {fmt(inputs, 1)} |")
+PY
+}
+
 {
     echo "# lrc GPU check"
     echo
@@ -419,6 +499,8 @@ PY
     echo "|---|---|---:|---|"
     printf '%s\n' "${step_rows[@]}"
     table="$(bench_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    table="$(loss_bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     if ((${#failures[@]})); then
         echo

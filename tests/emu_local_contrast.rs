@@ -229,7 +229,10 @@ fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSam
         assert_close(&format!("{what}: grad_{view}"), got, want, grad_tol);
         let mask = sampled_mask(case, samples, view == "q");
         for (i, (&g, &m)) in got.iter().zip(&mask).enumerate() {
-            assert!(m || g == 0.0, "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits");
+            assert!(
+                m || g == 0.0,
+                "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
+            );
         }
     }
     let ratios = (
@@ -431,13 +434,21 @@ fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
             .map(|(_, &x)| x)
             .collect()
     };
-    let others: Vec<f64> = split(&want_q, false).into_iter().chain(want_p.iter().copied()).collect();
+    let others: Vec<f64> = split(&want_q, false)
+        .into_iter()
+        .chain(want_p.iter().copied())
+        .collect();
     let largest = others.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let tol = Tolerance {
         atol: 8.0 * (e + k * U) * largest,
         rtol: 1e-5,
     };
-    assert_close("zero pixel: grad_q elsewhere", &split32(&got_q, false), &split(&want_q, false), tol);
+    assert_close(
+        "zero pixel: grad_q elsewhere",
+        &split32(&got_q, false),
+        &split(&want_q, false),
+        tol,
+    );
     assert_close("zero pixel: grad_p", &got_p, &want_p, tol);
     let clamped_want = split(&want_q, true);
     assert!(clamped_want.iter().any(|x| x.abs() > 1e6 * largest), "{clamped_want:?}");

@@ -25,6 +25,8 @@ use crate::rng::Rng;
 pub enum BenchWhat {
     /// Time every convolution of the default U-Net: forward, backward-data, backward-weight.
     Conv(ConvBenchArgs),
+    /// Time the fused LRC local loss, forward and forward + backward, and its memory.
+    LrcLoss(super::bench_lrc_loss::LrcLossBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +73,7 @@ pub struct ConvBenchArgs {
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
+        BenchWhat::LrcLoss(args) => super::bench_lrc_loss::run(&args),
     }
 }
 
@@ -234,7 +237,12 @@ fn run_pass(layer: &Layer, pass: &str, o: &Operands, algo: ConvAlgo) -> Result<(
 }
 
 /// Milliseconds of each timed run, measured on the device with events.
-fn time_runs(timer: &GpuTimer, warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+pub(super) fn time_runs(
+    timer: &GpuTimer,
+    warmup: usize,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
@@ -248,7 +256,7 @@ fn time_runs(timer: &GpuTimer, warmup: usize, repeats: usize, mut f: impl FnMut(
     Ok(times)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 1 {

@@ -340,13 +340,15 @@ mod cuda {
         let for_backward = tape.grad_enabled() && (tape.requires_grad(fq) || tape.requires_grad(fp));
         let (loss, saved) = local_contrast_forward(qs, ps, dims, samples, &cfg, for_backward)?;
         let shape = dims.to_vec();
-        Ok(tape.record("local_contrast_loss", tensor(vec![1], loss), &[fq, fp], move |ctx| {
-            const BACKWARD: &str = "local_contrast backward";
-            let qs = storage(BACKWARD, "f_q", ctx.input(0))?;
-            let ps = storage(BACKWARD, "f_p", ctx.input(1))?;
-            let gs = storage(BACKWARD, "loss gradient", ctx.grad)?;
-            let (gq, gp) = local_contrast_backward(&saved, qs, ps, gs)?;
-            Ok(vec![Some(tensor(shape.clone(), gq)), Some(tensor(shape.clone(), gp))])
-        }))
+        Ok(
+            tape.record("local_contrast_loss", tensor(vec![1], loss), &[fq, fp], move |ctx| {
+                const BACKWARD: &str = "local_contrast backward";
+                let qs = storage(BACKWARD, "f_q", ctx.input(0))?;
+                let ps = storage(BACKWARD, "f_p", ctx.input(1))?;
+                let gs = storage(BACKWARD, "loss gradient", ctx.grad)?;
+                let (gq, gp) = local_contrast_backward(&saved, qs, ps, gs)?;
+                Ok(vec![Some(tensor(shape.clone(), gq)), Some(tensor(shape.clone(), gp))])
+            }),
+        )
     }
 }

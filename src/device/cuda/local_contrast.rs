@@ -171,9 +171,7 @@ impl SampleTable {
         words[layout.region_off + images] = row as u32;
         words[layout.sample_off + images] = sample as u32;
         if sorted {
-            let offsets: Vec<usize> = (0..=images)
-                .map(|i| words[layout.sample_off + i] as usize)
-                .collect();
+            let offsets: Vec<usize> = (0..=images).map(|i| words[layout.sample_off + i] as usize).collect();
             let (head, order) = words.split_at_mut(layout.order);
             let idx = &head[layout.idx..];
             for view in 0..2 {
@@ -609,9 +607,15 @@ mod tests {
         let buffers = LocalContrastBuffers::default();
         // No regions: only the loss kernel (which writes 0), and only the zero fill backward.
         let fwd = forward_calls(&g, &buffers).unwrap();
-        assert_eq!(fwd.iter().map(|c| c.kernel).collect::<Vec<_>>(), ["local_contrast_loss_sum"]);
+        assert_eq!(
+            fwd.iter().map(|c| c.kernel).collect::<Vec<_>>(),
+            ["local_contrast_loss_sum"]
+        );
         let bwd = backward_calls(&g, &buffers).unwrap();
-        assert_eq!(bwd.iter().map(|c| c.kernel).collect::<Vec<_>>(), ["local_contrast_zero"]);
+        assert_eq!(
+            bwd.iter().map(|c| c.kernel).collect::<Vec<_>>(),
+            ["local_contrast_zero"]
+        );
         for call in fwd.iter().chain(&bwd) {
             call.validate().unwrap();
         }
