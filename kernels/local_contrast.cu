@@ -8,10 +8,12 @@
 //
 // Per image b: K_b regions, n_b samples per region and view. The host uploads one table of 32-bit
 // words per call (src/device/cuda/local_contrast.rs): region and sample offsets per image, the
-// samples per region, the pixel indices of both views and, for the backward pass, the samples of
-// each image and view sorted by (pixel, sample number). Regions of all images are numbered
-// consecutively ("rows"), so that grids cover exactly the regions present: images with fewer
-// regions cost nothing, and no padding exists beyond the last block of a row kernel (< 4 rows).
+// samples per region, the blocks of the row kernels, the pixel indices of both views and, for the
+// backward pass, the samples of each image and view sorted by (pixel, sample number). Regions of
+// all images are numbered consecutively ("rows"), so that grids cover exactly the regions present:
+// images with fewer regions cost nothing. The row kernels give each block 4 rows of one image (so
+// that its warps share the staged means of that image); the padding is the unused warps of each
+// image's last block, fewer than 4 rows per image.
 //
 // Loss per image, exactly as the CPU twin (src/ops/local_contrast.rs):
 //   l_k = log(sum_j exp(a_k.b_j / t) + sum_{j != k} exp(a_k.a_j / t)) - a_k.b_k / t
@@ -19,10 +21,11 @@
 // where a, b are the region means of the q and p views (unit length when renormalize_means).
 //
 // Launches (all kernels take LocalContrastParams):
-//   forward:  local_contrast_means (rows, 2) x 128, local_contrast_rows ceil(rows/4) x 128,
+//   forward:  local_contrast_means (rows, 2) x 128, local_contrast_rows (row blocks) x 128,
 //             local_contrast_loss_sum 1 x 256
-//   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_mean_grads ceil(rows/4) x 128,
+//   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_mean_grads (row blocks) x 128,
 //             local_contrast_scatter (ceil(samples/256), 2) x 256
+// with row blocks = sum over images of ceil(K_b / 4).
 //
 // Determinism: every sum runs in a fixed order (no float atomics), so results are bitwise
 // reproducible. The gradient scatter is deterministic through the sorted sample lists: the first
@@ -37,6 +40,7 @@ struct LocalContrastParams {
     const uint32_t* region_off;   // [images + 1]: first row of each image
     const uint32_t* sample_off;   // [images + 1]: first sample of each image (per view)
     const uint32_t* per_region;   // [images]: samples per region
+    const uint32_t* row_blocks;   // [blocks][2]: image and first region (within it) of each row block
     const uint32_t* idx;          // [2][samples]: pixel indices (y * W + x) of the q, then p view
     const uint32_t* order;        // [2][samples]: per image and view, sample numbers sorted by pixel
     float* means;                 // [2][rows][d]: region means of q, then p
@@ -59,9 +63,9 @@ struct LocalContrastParams {
     float inv_counted;            // 1 / max(images with regions, 1)
     int reserved;
 };
-static_assert(sizeof(LocalContrastParams) == 168, "LocalContrastParams must match its Rust mirror");
-static_assert(offsetof(LocalContrastParams, images) == 128, "LocalContrastParams must match its Rust mirror");
-static_assert(offsetof(LocalContrastParams, inv_temperature) == 156, "LocalContrastParams must match its Rust mirror");
+static_assert(sizeof(LocalContrastParams) == 176, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, images) == 136, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, inv_temperature) == 164, "LocalContrastParams must match its Rust mirror");
 
 namespace local_contrast {
 
@@ -73,6 +77,7 @@ constexpr int LANE_SLOTS = MAX_D / lrc::WARP;
 constexpr float EPS = 1e-12f;
 constexpr int ROW_WARPS = 4;
 constexpr int ROW_THREADS = ROW_WARPS * lrc::WARP;
+constexpr int TILE_STRIDE = MAX_D + 1;  // floats per staged region; the kernels use d | 1 (odd)
 constexpr int MEAN_THREADS = 128;
 static_assert(MEAN_THREADS >= MAX_D, "one thread per channel of a region mean");
 constexpr int MEAN_CHUNK = 32;  // samples staged in shared memory at once
@@ -114,9 +119,10 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
     }
 }
 
-// The regions of one row's image: q means at `a`, p means at `b` (k_count rows of d each), and
-// the row's own position among them.
-struct RowImage {
+// The row block's image: its q means at `a`, p means at `b` (k_count regions of d each), the
+// global number of its first region, and this warp's region within the image (`self`; past
+// k_count for the padding warps of an image's last block).
+struct RowBlock {
     const float* a;
     const float* b;
     int first_row;
@@ -124,15 +130,29 @@ struct RowImage {
     int self;
 };
 
-__device__ __forceinline__ RowImage row_image(const LocalContrastParams& p, int row) {
-    const int img = image_of(p.region_off, p.images, static_cast<uint32_t>(row));
-    RowImage r;
+__device__ __forceinline__ RowBlock row_block(const LocalContrastParams& p, int warp) {
+    const int img = static_cast<int>(p.row_blocks[2 * blockIdx.x]);
+    RowBlock r;
     r.first_row = static_cast<int>(p.region_off[img]);
     r.k_count = static_cast<int>(p.region_off[img + 1]) - r.first_row;
-    r.self = row - r.first_row;
+    r.self = static_cast<int>(p.row_blocks[2 * blockIdx.x + 1]) + warp;
     r.a = p.means + static_cast<size_t>(r.first_row) * p.d;
     r.b = p.means + (static_cast<size_t>(p.rows) + r.first_row) * p.d;
     return r;
+}
+
+// Copies regions k0 .. k0 + chunk of both views' means into the block's tiles, `stride` floats
+// per region: consecutive threads read consecutive floats.
+__device__ __forceinline__ void stage_chunk(const RowBlock& r, int d, int stride, int k0, int chunk, float* tile_a,
+                                            float* tile_b) {
+    const float* a = r.a + static_cast<size_t>(k0) * d;
+    const float* b = r.b + static_cast<size_t>(k0) * d;
+    for (int i = threadIdx.x; i < chunk * d; i += blockDim.x) {
+        const int j = i / d;
+        const int e = i - j * d;
+        tile_a[j * stride + e] = __ldg(a + i);
+        tile_b[j * stride + e] = __ldg(b + i);
+    }
 }
 
 // Sum over the samples of one run (positions t..run_end of the sorted list) of the gradient of
@@ -214,43 +234,54 @@ LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
     }
 }
 
-// Grid ceil(rows / 4), 128 threads, one warp per row k of an image: lane j takes regions
-// j, j + 32, ... and keeps a running max-shifted sum of exp over its logits a_k.b_j / t and
+// Grid (row blocks), 128 threads, one warp per region k of the block's image. The block stages
+// the image's means 32 regions at a time in shared memory; lane j of each warp takes region
+// k0 + j of the chunk and keeps a running max-shifted sum of exp over its logits a_k.b_j / t and
 // (j != k) a_k.a_j / t; the warp then merges the 32 partial sums. Writes the row's log-sum-exp
 // (kept for the backward pass) and its loss.
 LRC_KERNEL(local_contrast_rows, LocalContrastParams, ROW_THREADS) {
+    __shared__ float tile_a[lrc::WARP * TILE_STRIDE];
+    __shared__ float tile_b[lrc::WARP * TILE_STRIDE];
     __shared__ float own[ROW_WARPS][2][MAX_D];
     const int warp = threadIdx.x / lrc::WARP;
     const int lane = threadIdx.x % lrc::WARP;
-    const int row = blockIdx.x * ROW_WARPS + warp;
-    if (row >= p.rows) {
-        return;  // the whole warp
-    }
-    const RowImage r = row_image(p, row);
+    const RowBlock r = row_block(p, warp);
+    const bool active = r.self < r.k_count;  // the same for the whole warp
     const int d = p.d;
+    const int stride = d | 1;  // odd: lane j reading float e of region j hits bank (j * stride + e) % 32
     float* a_own = own[warp][0];
     float* b_own = own[warp][1];
-    for (int e = lane; e < d; e += lrc::WARP) {
-        a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
-        b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+    if (active) {
+        for (int e = lane; e < d; e += lrc::WARP) {
+            a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
+            b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+        }
     }
-    __syncwarp();
     float m = __uint_as_float(0xff800000u);  // -inf
     float s = 0.0f;
-    for (int k = lane; k < r.k_count; k += lrc::WARP) {
-        const float* ak = r.a + static_cast<size_t>(k) * d;
-        const float* bk = r.b + static_cast<size_t>(k) * d;
-        float qp = 0.0f;
-        float qq = 0.0f;
-        for (int e = 0; e < d; ++e) {
-            const float x = a_own[e];
-            qp += x * __ldg(bk + e);
-            qq += x * __ldg(ak + e);
+    for (int k0 = 0; k0 < r.k_count; k0 += lrc::WARP) {
+        const int chunk = min(lrc::WARP, r.k_count - k0);
+        __syncthreads();  // the previous chunk is used up (and a_own, b_own are written)
+        stage_chunk(r, d, stride, k0, chunk, tile_a, tile_b);
+        __syncthreads();
+        if (active && lane < chunk) {
+            const float* ak = tile_a + lane * stride;
+            const float* bk = tile_b + lane * stride;
+            float qp = 0.0f;
+            float qq = 0.0f;
+            for (int e = 0; e < d; ++e) {
+                const float x = a_own[e];
+                qp += x * bk[e];
+                qq += x * ak[e];
+            }
+            online_add(m, s, qp * p.inv_temperature);
+            if (k0 + lane != r.self) {
+                online_add(m, s, qq * p.inv_temperature);
+            }
         }
-        online_add(m, s, qp * p.inv_temperature);
-        if (k != r.self) {
-            online_add(m, s, qq * p.inv_temperature);
-        }
+    }
+    if (!active) {
+        return;  // the whole warp, after the last barrier
     }
     // Lanes without logits hold (-inf, 0) and add nothing; lane self always has a_k.b_k.
     const float m_all = warp_max(m);
@@ -262,6 +293,7 @@ LRC_KERNEL(local_contrast_rows, LocalContrastParams, ROW_THREADS) {
     }
     pos = lrc::warp_sum(pos) * p.inv_temperature;
     if (lane == 0) {
+        const int row = r.first_row + r.self;
         p.lse[row] = lse;
         p.row_loss[row] = lse - pos;
     }
@@ -303,52 +335,60 @@ LRC_KERNEL(local_contrast_zero, LocalContrastParams, ZERO_THREADS) {
     }
 }
 
-// Grid ceil(rows / 4), 128 threads, one warp per row k: the gradients of the region means a_k
-// and b_k. With w_qp[i][j] = exp(a_i.b_j / t - lse_i), w_qq[i][j] = exp(a_i.a_j / t - lse_i)
-// (0 on the diagonal) and c = dL * inv_counted / (K t):
+// Grid (row blocks), 128 threads, one warp per region k of the block's image: the gradients of
+// the region means a_k and b_k. With w_qp[i][j] = exp(a_i.b_j / t - lse_i),
+// w_qq[i][j] = exp(a_i.a_j / t - lse_i) (0 on the diagonal) and c = dL * inv_counted / (K t):
 //   dL/da_k = c * sum_j [(w_qp[k][j] - [j == k]) b_j + (w_qq[k][j] + w_qq[j][k]) a_j]
 //   dL/db_k = c * sum_j (w_qp[j][k] - [j == k]) a_j
-// Lane j first computes the three coefficients of region j (one dot product each, the softmax
-// weights recomputed from the saved log-sum-exps) into the warp's shared slots; the warp then
-// adds the 32 regions of the chunk with lanes over channels, reading the coefficients as
-// broadcasts.
+// The block stages the image's means 32 regions at a time; lane j first computes the three
+// coefficients of region k0 + j (one dot product each, the softmax weights recomputed from the
+// saved log-sum-exps) into the warp's shared slots; the warp then adds the chunk's regions with
+// lanes over channels, reading the coefficients as broadcasts.
 LRC_KERNEL(local_contrast_mean_grads, LocalContrastParams, ROW_THREADS) {
+    __shared__ float tile_a[lrc::WARP * TILE_STRIDE];
+    __shared__ float tile_b[lrc::WARP * TILE_STRIDE];
     __shared__ float own[ROW_WARPS][2][MAX_D];
     __shared__ float coefs[ROW_WARPS][lrc::WARP][4];
     const int warp = threadIdx.x / lrc::WARP;
     const int lane = threadIdx.x % lrc::WARP;
-    const int row = blockIdx.x * ROW_WARPS + warp;
-    if (row >= p.rows) {
-        return;  // the whole warp
-    }
-    const RowImage r = row_image(p, row);
+    const RowBlock r = row_block(p, warp);
+    const bool active = r.self < r.k_count;  // the same for the whole warp
     const int d = p.d;
+    const int stride = d | 1;
     float* a_own = own[warp][0];
     float* b_own = own[warp][1];
-    for (int e = lane; e < d; e += lrc::WARP) {
-        a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
-        b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+    if (active) {
+        for (int e = lane; e < d; e += lrc::WARP) {
+            a_own[e] = r.a[static_cast<size_t>(r.self) * d + e];
+            b_own[e] = r.b[static_cast<size_t>(r.self) * d + e];
+        }
     }
-    __syncwarp();
-    const float lse_own = p.lse[row];
+    const int row = r.first_row + r.self;
+    const float lse_own = active ? p.lse[row] : 0.0f;
     const float inv_t = p.inv_temperature;
     float acc_a[LANE_SLOTS] = {};
     float acc_b[LANE_SLOTS] = {};
     for (int k0 = 0; k0 < r.k_count; k0 += lrc::WARP) {
+        const int chunk = min(lrc::WARP, r.k_count - k0);
+        __syncthreads();  // the previous chunk and its coefficients are used up
+        stage_chunk(r, d, stride, k0, chunk, tile_a, tile_b);
+        __syncthreads();
+        if (!active) {
+            continue;  // the whole warp; it still takes part in the barriers
+        }
         const int k = k0 + lane;
         float coef_b = 0.0f;  // of b_k in dL/da_own
         float coef_a = 0.0f;  // of a_k in dL/da_own
         float coef_p = 0.0f;  // of a_k in dL/db_own
-        if (k < r.k_count) {
-            const float* ak = r.a + static_cast<size_t>(k) * d;
-            const float* bk = r.b + static_cast<size_t>(k) * d;
+        if (lane < chunk) {
+            const float* ak = tile_a + lane * stride;
+            const float* bk = tile_b + lane * stride;
             float own_bk = 0.0f;
             float own_ak = 0.0f;
             float ak_own = 0.0f;
             for (int e = 0; e < d; ++e) {
-                const float x = __ldg(ak + e);
-                const float y = __ldg(bk + e);
-                own_bk += a_own[e] * y;
+                const float x = ak[e];
+                own_bk += a_own[e] * bk[e];
                 own_ak += a_own[e] * x;
                 ak_own += x * b_own[e];
             }
@@ -358,28 +398,27 @@ LRC_KERNEL(local_contrast_mean_grads, LocalContrastParams, ROW_THREADS) {
             coef_a = k == r.self ? 0.0f : expf(own_ak * inv_t - lse_own) + expf(own_ak * inv_t - lse_k);
             coef_p = expf(ak_own * inv_t - lse_k) - diagonal;
         }
-        __syncwarp();  // every lane has read the previous chunk's coefficients
         coefs[warp][lane][0] = coef_b;
         coefs[warp][lane][1] = coef_a;
         coefs[warp][lane][2] = coef_p;
         __syncwarp();
-        const int chunk = min(lrc::WARP, r.k_count - k0);
         for (int j = 0; j < chunk; ++j) {
             const float cb = coefs[warp][j][0];
             const float ca = coefs[warp][j][1];
             const float cp = coefs[warp][j][2];
-            const float* aj = r.a + static_cast<size_t>(k0 + j) * d;
-            const float* bj = r.b + static_cast<size_t>(k0 + j) * d;
 #pragma unroll
             for (int slot = 0; slot < LANE_SLOTS; ++slot) {
                 const int e = lane + slot * lrc::WARP;
                 if (e < d) {
-                    const float x = __ldg(aj + e);
-                    acc_a[slot] += cb * __ldg(bj + e) + ca * x;
+                    const float x = tile_a[j * stride + e];
+                    acc_a[slot] += cb * tile_b[j * stride + e] + ca * x;
                     acc_b[slot] += cp * x;
                 }
             }
         }
+    }
+    if (!active) {
+        return;  // the whole warp, after the last barrier
     }
     // The upstream gradient stays on the device: no host round trip in a training step.
     const float scale = __ldg(p.grad_loss) * p.inv_counted / static_cast<float>(r.k_count) * inv_t;

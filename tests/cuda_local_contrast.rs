@@ -17,16 +17,19 @@
 //!
 //! The GPU's expf / logf are within 2 ulp of the correctly rounded results, far inside e.
 //!
-//! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`.
+//! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`. The last three need
+//! none: the kernels are compiled for every architecture, and `lrc bench lrc-loss` lists its
+//! cases anywhere and is a clear error without a GPU.
 
+use std::process::Command;
 use std::sync::Arc;
 
-use lrc::device::cuda::local_contrast::{MAX_CHANNELS, local_contrast_backward, local_contrast_forward};
+use lrc::device::cuda::local_contrast::{MAX_CHANNELS, kernel_names, local_contrast_backward, local_contrast_forward};
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
-use lrc::{Device, Tape, Tensor, Var};
+use lrc::{Device, Tape, Tensor, Var, kernels};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
@@ -433,4 +436,55 @@ fn what_the_kernels_refuse_is_an_error() {
     let mut tape = Tape::new();
     let (q, p) = (tape.leaf(on_gpu(8)), tape.leaf(on_gpu(8)));
     assert!(tape.local_contrast_loss(q, p, &bad, cfg).is_err());
+}
+
+#[test]
+fn every_kernel_is_compiled_for_every_architecture() {
+    if !kernels::BUILT {
+        return;
+    }
+    let rows = kernels::parse_ptxas_report(kernels::PTXAS_REPORT).unwrap();
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort();
+    archs.dedup();
+    for name in kernel_names() {
+        for arch in &archs {
+            assert!(
+                rows.iter()
+                    .any(|r| r.module == "local_contrast" && r.kernel == name && r.arch == *arch),
+                "kernel {name} is launched but was not compiled for {arch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_lrc_loss_lists_its_cases_without_a_gpu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lrc"))
+        .args(["bench", "lrc-loss", "--list"])
+        .output()
+        .expect("run lrc");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // D in {32, 64} x K in {64, 256} x raw / unit pixels.
+    assert_eq!(text.lines().count(), 8, "{text}");
+    assert!(text.contains("d64-k256-raw") && text.contains("N 32 256x256"), "{text}");
+}
+
+#[test]
+fn bench_lrc_loss_without_a_gpu_is_a_clear_error() {
+    // SAFETY: only probes whether the driver library can be loaded.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lrc"))
+        .args(["bench", "lrc-loss", "--repeats", "1", "--json"])
+        .arg(dir.path().join("bench.jsonl"))
+        .output()
+        .expect("run lrc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }

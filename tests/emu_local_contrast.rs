@@ -472,6 +472,6 @@ fn every_kernel_is_registered_with_the_emulator() {
     let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
     for name in lrc::device::cuda::local_contrast::kernel_names() {
         let entry = registered.iter().find(|(n, _)| n == name);
-        assert_eq!(entry.map(|e| e.1), Some(168), "{name}");
+        assert_eq!(entry.map(|e| e.1), Some(176), "{name}");
     }
 }

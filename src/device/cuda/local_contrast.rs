@@ -2,8 +2,9 @@
 //!
 //! One call of the loss uploads one table of 32-bit words built from the batch's
 //! [`RegionSamples`] ([`SampleTable`]): per-image region and sample offsets, the samples per
-//! region, the pixel indices of both views and, when a backward pass will follow, the samples of
-//! each image and view sorted by pixel. That upload is the batch's sample input (it lives on the
+//! region, the blocks of the row kernels (4 regions of one image each), the pixel indices of both
+//! views and, when a backward pass will follow, the samples of each image and view sorted by
+//! pixel. That upload is the batch's sample input (it lives on the
 //! host, drawn by the data pipeline) and happens once per forward call; the backward pass reuses
 //! the uploaded table, and reads the upstream gradient on the device. Nothing else crosses
 //! between host and device.
@@ -28,8 +29,8 @@ const OP: &str = "local_contrast";
 
 /// The most channels (D) the kernels take.
 pub const MAX_CHANNELS: usize = 128;
-/// Rows (regions) per block of the row kernels: one warp each.
-const ROW_WARPS: usize = 4;
+/// Rows (regions) per block of the row kernels, all of one image: one warp each.
+pub const ROW_WARPS: usize = 4;
 const ROW_THREADS: u32 = 128;
 const MEAN_THREADS: u32 = 128;
 const SCATTER_THREADS: u32 = 256;
@@ -47,6 +48,7 @@ pub struct LocalContrastParams {
     pub region_off: u64,
     pub sample_off: u64,
     pub per_region: u64,
+    pub row_blocks: u64,
     pub idx: u64,
     pub order: u64,
     pub means: u64,
@@ -70,9 +72,9 @@ pub struct LocalContrastParams {
     pub reserved: i32,
 }
 
-const _: () = assert!(size_of::<LocalContrastParams>() == 168);
-const _: () = assert!(std::mem::offset_of!(LocalContrastParams, images) == 128);
-const _: () = assert!(std::mem::offset_of!(LocalContrastParams, inv_temperature) == 156);
+const _: () = assert!(size_of::<LocalContrastParams>() == 176);
+const _: () = assert!(std::mem::offset_of!(LocalContrastParams, images) == 136);
+const _: () = assert!(std::mem::offset_of!(LocalContrastParams, inv_temperature) == 164);
 
 /// Word offsets of the parts of a [`SampleTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +85,9 @@ pub struct TableLayout {
     pub sample_off: usize,
     /// `images` words: samples per region.
     pub per_region: usize,
+    /// `2 * blocks` words: the image and its first region of each block of the row kernels;
+    /// each image with K regions has ceil(K / 4) blocks, in image order.
+    pub row_blocks: usize,
     /// `2 * samples` words: pixel indices of the q view, then of the p view.
     pub idx: usize,
     /// `2 * samples` words (sorted tables only): per image and view, the sample numbers ordered
@@ -93,17 +98,19 @@ pub struct TableLayout {
 }
 
 impl TableLayout {
-    fn of(images: usize, samples: usize, sorted: bool) -> TableLayout {
+    fn of(images: usize, blocks: usize, samples: usize, sorted: bool) -> TableLayout {
         let region_off = 0;
         let sample_off = images + 1;
         let per_region = 2 * (images + 1);
-        let idx = per_region + images;
+        let row_blocks = per_region + images;
+        let idx = row_blocks + 2 * blocks;
         let order = idx + 2 * samples;
         let len = if sorted { order + 2 * samples } else { order };
         TableLayout {
             region_off,
             sample_off,
             per_region,
+            row_blocks,
             idx,
             order,
             len,
@@ -120,6 +127,8 @@ pub struct SampleTable {
     pub rows: usize,
     /// Samples of all images, per view.
     pub samples: usize,
+    /// Blocks of the row kernels: sum over images of ceil(K / 4).
+    pub row_blocks: usize,
     /// Images with at least one region (the loss averages over them).
     pub counted: usize,
     /// Whether the sorted sample lists the backward pass needs are included.
@@ -134,12 +143,13 @@ impl SampleTable {
         let images = samples.len();
         let rows: usize = samples.iter().map(RegionSamples::regions).sum();
         let total: usize = samples.iter().map(|s| s.q.len()).sum();
+        let blocks: usize = samples.iter().map(|s| s.regions().div_ceil(ROW_WARPS)).sum();
         dim(OP, "regions of the batch", rows)?;
         dim(OP, "samples of the batch", 2 * total)?;
         dim(OP, "pixels per image", hw)?;
-        let layout = TableLayout::of(images, total, sorted);
+        let layout = TableLayout::of(images, blocks, total, sorted);
         let mut words = vec![0u32; layout.len];
-        let (mut row, mut sample) = (0usize, 0usize);
+        let (mut row, mut sample, mut block) = (0usize, 0usize, 0usize);
         for (i, s) in samples.iter().enumerate() {
             let want = s.regions() * s.n;
             if s.q.len() != want || s.p.len() != want || (s.n == 0 && s.regions() > 0) {
@@ -163,6 +173,11 @@ impl SampleTable {
             words[layout.region_off + i] = row as u32;
             words[layout.sample_off + i] = sample as u32;
             words[layout.per_region + i] = dim(OP, "samples per region", s.n)? as u32;
+            for first in (0..s.regions()).step_by(ROW_WARPS) {
+                words[layout.row_blocks + 2 * block] = i as u32;
+                words[layout.row_blocks + 2 * block + 1] = first as u32;
+                block += 1;
+            }
             words[layout.idx + sample..][..want].copy_from_slice(&s.q);
             words[layout.idx + total + sample..][..want].copy_from_slice(&s.p);
             row += s.regions();
@@ -195,6 +210,7 @@ impl SampleTable {
             images,
             rows,
             samples: total,
+            row_blocks: blocks,
             counted: samples.iter().filter(|s| s.regions() > 0).count(),
             sorted,
             layout,
@@ -231,6 +247,7 @@ pub struct LocalContrastGeom {
     pub hw: usize,
     pub rows: usize,
     pub samples: usize,
+    pub row_blocks: usize,
     pub counted: usize,
     pub sorted: bool,
     pub temperature: f64,
@@ -268,6 +285,7 @@ impl LocalContrastGeom {
             hw: h * w,
             rows: table.rows,
             samples: table.samples,
+            row_blocks: table.row_blocks,
             counted: table.counted,
             sorted: table.sorted,
             temperature: cfg.temperature,
@@ -324,6 +342,7 @@ fn params(g: &LocalContrastGeom, layout: &TableLayout, a: &LocalContrastBuffers)
         region_off: word(layout.region_off),
         sample_off: word(layout.sample_off),
         per_region: word(layout.per_region),
+        row_blocks: word(layout.row_blocks),
         idx: word(layout.idx),
         order: if g.sorted { word(layout.order) } else { 0 },
         means: a.means,
@@ -350,11 +369,11 @@ fn params(g: &LocalContrastGeom, layout: &TableLayout, a: &LocalContrastBuffers)
 
 /// The table layout a geometry was made with.
 fn layout_of(g: &LocalContrastGeom) -> TableLayout {
-    TableLayout::of(g.images, g.samples, g.sorted)
+    TableLayout::of(g.images, g.row_blocks, g.samples, g.sorted)
 }
 
 /// The forward launches: region means (grid rows x 2 views), per-row log-sum-exp and loss
-/// (ceil(rows / 4) blocks of 4 warps), and the loss (one block). Writes `means`, `mean_norms`,
+/// (one block of 4 warps per 4 regions of an image), and the loss (one block). Writes `means`, `mean_norms`,
 /// `lse`, `row_loss` and `loss`.
 pub fn forward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<Vec<KernelCall>> {
     let p = params(g, &layout_of(g), a)?;
@@ -370,7 +389,7 @@ pub fn forward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<
         calls.push(KernelCall::new(
             MODULE,
             "local_contrast_rows",
-            (blocks_for(g.rows, ROW_WARPS), 1, 1),
+            (g.row_blocks, 1, 1),
             ROW_THREADS,
             &p,
         ));
@@ -386,7 +405,7 @@ pub fn forward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<
 }
 
 /// The backward launches: zero both gradient maps, the gradients of the region means (one warp
-/// per row), and the deterministic scatter to the sampled pixels (one thread per sorted sample,
+/// per region, 4 regions of an image per block), and the deterministic scatter to the sampled pixels (one thread per sorted sample,
 /// both views). Reads what [`forward_calls`] wrote and the upstream gradient at `grad_loss`;
 /// writes `mean_grads`, `grad_q` and `grad_p`.
 pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<Vec<KernelCall>> {
@@ -412,7 +431,7 @@ pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result
         calls.push(KernelCall::new(
             MODULE,
             "local_contrast_mean_grads",
-            (blocks_for(g.rows, ROW_WARPS), 1, 1),
+            (g.row_blocks, 1, 1),
             ROW_THREADS,
             &p,
         ));
@@ -564,12 +583,14 @@ mod tests {
             set(1, 3, vec![7, 2, 7], vec![0, 0, 0]),
         ];
         let t = SampleTable::new(&samples, 8, true).unwrap();
-        assert_eq!((t.images, t.rows, t.samples, t.counted), (3, 3, 7, 2));
+        assert_eq!((t.images, t.rows, t.samples, t.counted, t.row_blocks), (3, 3, 7, 2, 2));
         let w = t.words();
         let l = t.layout;
         assert_eq!(w[l.region_off..l.region_off + 4], [0, 2, 2, 3]);
         assert_eq!(w[l.sample_off..l.sample_off + 4], [0, 4, 4, 7]);
         assert_eq!(w[l.per_region..l.per_region + 3], [2, 0, 3]);
+        // One block for image 0 (regions 0..2), none for image 1, one for image 2.
+        assert_eq!(w[l.row_blocks..l.row_blocks + 4], [0, 0, 2, 0]);
         assert_eq!(w[l.idx..l.idx + 7], [5, 3, 3, 0, 7, 2, 7]);
         assert_eq!(w[l.idx + 7..l.idx + 14], [1, 1, 2, 1, 0, 0, 0]);
         // q view: image 0 pixels 5,3,3,0 -> samples 3 (px 0), 1, 2 (px 3), 0 (px 5);
@@ -579,6 +600,18 @@ mod tests {
         assert_eq!(l.len, w.len());
         let unsorted = SampleTable::new(&samples, 8, false).unwrap();
         assert_eq!(unsorted.words(), &w[..l.order]);
+    }
+
+    #[test]
+    fn row_blocks_hold_four_regions_of_one_image() {
+        let sets: Vec<RegionSamples> = [9, 0, 4, 1]
+            .iter()
+            .map(|&k| set(k, 1, vec![0; k], vec![0; k]))
+            .collect();
+        let t = SampleTable::new(&sets, 4, false).unwrap();
+        assert_eq!(t.row_blocks, 3 + 1 + 1);
+        let w = &t.words()[t.layout.row_blocks..t.layout.row_blocks + 2 * t.row_blocks];
+        assert_eq!(w, [0, 0, 0, 4, 0, 8, 2, 0, 3, 0]);
     }
 
     #[test]
