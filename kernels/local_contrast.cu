@@ -8,9 +8,8 @@
 //
 // Per image b: K_b regions, n_b samples per region and view. The host uploads one table of 32-bit
 // words per call (src/device/cuda/local_contrast.rs): region and sample offsets per image, the
-// samples per region, the blocks of the row kernels, the pixel indices of both views and, for the
-// backward pass, the samples of each image and view sorted by (pixel, sample number). Regions of
-// all images are numbered consecutively ("rows"), so that grids cover exactly the regions present:
+// samples per region, the blocks of the row kernels and the pixel indices of both views. Regions
+// of all images are numbered consecutively ("rows"), so that grids cover exactly the regions present:
 // images with fewer regions cost nothing. The row kernels give each block 4 rows of one image (so
 // that its warps share the staged means of that image); the padding is the unused warps of each
 // image's last block, fewer than 4 rows per image.
@@ -23,15 +22,20 @@
 // Launches (all kernels take LocalContrastParams):
 //   forward:  local_contrast_means (rows, 2) x 128, local_contrast_rows (row blocks) x 128,
 //             local_contrast_loss_sum 1 x 256
-//   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_mean_grads (row blocks) x 128,
-//             local_contrast_scatter (ceil(samples/256), 2) x 256
+//   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_link (ceil(samples/256), 2)
+//             x 256, local_contrast_mean_grads (row blocks) x 128, local_contrast_scatter
+//             (ceil(samples/256), 2) x 256
 // with row blocks = sum over images of ceil(K_b / 4).
 //
-// Determinism: every sum runs in a fixed order (no float atomics), so results are bitwise
-// reproducible. The gradient scatter is deterministic through the sorted sample lists: the first
-// sample of each run of equal pixels (a "run head") adds the contributions of its run in sample
-// order and writes the pixel's gradient once; no two threads write the same element, whichever
-// regions the duplicates come from. The sort is done on the host, where the indices are anyway.
+// Determinism: every float sum runs in a fixed order (no float atomics), so results are bitwise
+// reproducible. Samples are drawn with replacement, so several may hit one pixel (within a region
+// or, for arbitrary inputs, across regions). The scatter groups them without a sort: a linking
+// pass threads every sample onto a list per (view, image, pixel) with an integer atomicExch
+// (the list order varies between runs, its membership does not); the smallest sample number of
+// each list then adds its members' contributions in increasing sample order and alone writes the
+// pixel's gradient. The list heads cost one 32-bit word per pixel and view (1/D of a gradient
+// map); finding the members in order costs O(r^2) for a pixel hit r times (r stays small when
+// N samples are drawn from a region of many pixels).
 #include "common.cuh"
 
 struct LocalContrastParams {
@@ -42,7 +46,8 @@ struct LocalContrastParams {
     const uint32_t* per_region;   // [images]: samples per region
     const uint32_t* row_blocks;   // [blocks][2]: image and first region (within it) of each row block
     const uint32_t* idx;          // [2][samples]: pixel indices (y * W + x) of the q, then p view
-    const uint32_t* order;        // [2][samples]: per image and view, sample numbers sorted by pixel
+    uint32_t* heads;              // [2][images][hw]: backward scratch, first sample linked per pixel
+    uint32_t* next;               // [2][samples]: backward scratch, the next sample on the same pixel
     float* means;                 // [2][rows][d]: region means of q, then p
     float* mean_norms;            // [2][rows]: their lengths before renormalisation
     float* lse;                   // [rows]: log-sum-exp of each row's 2K - 1 logits
@@ -63,9 +68,9 @@ struct LocalContrastParams {
     float inv_counted;            // 1 / max(images with regions, 1)
     int reserved;
 };
-static_assert(sizeof(LocalContrastParams) == 176, "LocalContrastParams must match its Rust mirror");
-static_assert(offsetof(LocalContrastParams, images) == 136, "LocalContrastParams must match its Rust mirror");
-static_assert(offsetof(LocalContrastParams, inv_temperature) == 164, "LocalContrastParams must match its Rust mirror");
+static_assert(sizeof(LocalContrastParams) == 184, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, images) == 144, "LocalContrastParams must match its Rust mirror");
+static_assert(offsetof(LocalContrastParams, inv_temperature) == 172, "LocalContrastParams must match its Rust mirror");
 
 namespace local_contrast {
 
@@ -82,6 +87,7 @@ constexpr int MEAN_THREADS = 128;
 static_assert(MEAN_THREADS >= MAX_D, "one thread per channel of a region mean");
 constexpr int MEAN_CHUNK = 32;  // samples staged in shared memory at once
 constexpr int SCATTER_THREADS = 256;
+constexpr uint32_t END = 0xffffffffu;  // the end of a pixel's list of samples
 constexpr int SUM_THREADS = 256;
 constexpr int ZERO_THREADS = 256;
 
@@ -155,16 +161,21 @@ __device__ __forceinline__ void stage_chunk(const RowBlock& r, int d, int stride
     }
 }
 
-// Sum over the samples of one run (positions t..run_end of the sorted list) of the gradient of
-// their region's mean, channel e, divided by the samples per region.
-__device__ __forceinline__ float run_grad(const float* grads, const uint32_t* order, int t, int run_end,
-                                          uint32_t first_sample, int first_row, int n, int d, int e, float inv_n) {
-    float v = 0.0f;
-    for (int s = t; s < run_end; ++s) {
-        const int region = static_cast<int>(order[s] - first_sample) / n;
-        v += grads[static_cast<size_t>(first_row + region) * d + e];
+// The list of samples on one pixel: `heads` for the pixel's view and image, `next` for the view.
+struct PixelList {
+    uint32_t first;
+    const uint32_t* next;
+};
+
+// The smallest member of `list` above `after` (END if none); END as `after` asks for the smallest.
+__device__ __forceinline__ uint32_t next_member(const PixelList& list, uint32_t after) {
+    uint32_t best = END;
+    for (uint32_t t = list.first; t != END; t = list.next[t]) {
+        if ((after == END || t > after) && t < best) {
+            best = t;
+        }
     }
-    return v * inv_n;
+    return best;
 }
 
 }  // namespace local_contrast
@@ -324,15 +335,36 @@ LRC_KERNEL(local_contrast_loss_sum, LocalContrastParams, SUM_THREADS) {
     }
 }
 
-// Grid (blocks, 2), 256 threads: zeros both gradient maps (view = blockIdx.y); the scatter then
-// writes the sampled pixels.
+// Grid (blocks, 2), 256 threads: zeros the gradient map of view blockIdx.y (the scatter then
+// writes the sampled pixels) and empties its pixel lists.
 LRC_KERNEL(local_contrast_zero, LocalContrastParams, ZERO_THREADS) {
-    float* out = blockIdx.y == 0 ? p.grad_q : p.grad_p;
+    const int view = blockIdx.y;
+    float* out = view == 0 ? p.grad_q : p.grad_p;
     const size_t len = static_cast<size_t>(p.images) * p.d * p.hw;
     const size_t step = static_cast<size_t>(gridDim.x) * blockDim.x;
-    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < len; i += step) {
+    const size_t first = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    for (size_t i = first; i < len; i += step) {
         out[i] = 0.0f;
     }
+    uint32_t* heads = p.heads + static_cast<size_t>(view) * p.images * p.hw;
+    const size_t pixels = static_cast<size_t>(p.images) * p.hw;
+    for (size_t i = first; i < pixels; i += step) {
+        heads[i] = END;
+    }
+}
+
+// Grid (ceil(samples / 256), 2 views), 256 threads, one thread per sample: pushes the sample onto
+// its pixel's list. Must run after local_contrast_zero.
+LRC_KERNEL(local_contrast_link, LocalContrastParams, SCATTER_THREADS) {
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= p.samples) {
+        return;
+    }
+    const int view = blockIdx.y;
+    const int img = image_of(p.sample_off, p.images, static_cast<uint32_t>(s));
+    const uint32_t pixel = p.idx[static_cast<size_t>(view) * p.samples + s];
+    uint32_t* head = p.heads + (static_cast<size_t>(view) * p.images + img) * p.hw + pixel;
+    p.next[static_cast<size_t>(view) * p.samples + s] = atomicExch(head, static_cast<uint32_t>(s));
 }
 
 // Grid (row blocks), 128 threads, one warp per region k of the block's image: the gradients of
@@ -462,65 +494,65 @@ LRC_KERNEL(local_contrast_mean_grads, LocalContrastParams, ROW_THREADS) {
     }
 }
 
-// Grid (ceil(samples / 256), 2 views), 256 threads, one thread per entry of the sorted sample
-// list: the first entry of each run of equal pixels sums the region-mean gradients of its run
-// (in sample order) and writes that pixel's gradient, through the backward of the on-the-fly
-// normalisation when it is on: dx = (v - y (y . v)) / |x| with y = x / |x|, or v / eps where
-// the norm was clamped (as ops::normalize). Must run after local_contrast_zero.
+// Grid (ceil(samples / 256), 2 views), 256 threads, one thread per sample: the smallest sample
+// of each pixel's list adds the region-mean gradients of the list's samples, in increasing sample
+// order, into the pixel's gradient (its own: no other thread writes that pixel), divides by the
+// samples per region, and applies the backward of the on-the-fly normalisation when it is on:
+// dx = (v - y (y . v)) / |x| with y = x / |x|, or v / eps where the norm was clamped (as
+// ops::normalize). Must run after local_contrast_link and local_contrast_mean_grads.
 LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
-    const int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= p.samples) {
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= p.samples) {
         return;
     }
     const int view = blockIdx.y;
-    const uint32_t* idx = p.idx + static_cast<size_t>(view) * p.samples;
-    const uint32_t* order = p.order + static_cast<size_t>(view) * p.samples;
-    const int img = image_of(p.sample_off, p.images, static_cast<uint32_t>(t));
+    const int img = image_of(p.sample_off, p.images, static_cast<uint32_t>(s));
+    const uint32_t pixel = p.idx[static_cast<size_t>(view) * p.samples + s];
+    PixelList list;
+    list.first = p.heads[(static_cast<size_t>(view) * p.images + img) * p.hw + pixel];
+    list.next = p.next + static_cast<size_t>(view) * p.samples;
+    if (next_member(list, END) != static_cast<uint32_t>(s)) {
+        return;  // another sample of this pixel writes it
+    }
     const uint32_t first_sample = p.sample_off[img];
-    const int end = static_cast<int>(p.sample_off[img + 1]);
-    const uint32_t pixel = idx[order[t]];
-    if (t > static_cast<int>(first_sample) && idx[order[t - 1]] == pixel) {
-        return;  // counted by the head of its run
-    }
-    int run_end = t + 1;
-    while (run_end < end && idx[order[run_end]] == pixel) {
-        ++run_end;
-    }
     const int n = static_cast<int>(p.per_region[img]);
     const int first_row = static_cast<int>(p.region_off[img]);
     const int d = p.d;
-    const float inv_n = 1.0f / static_cast<float>(n);
     const float* grads = p.mean_grads + static_cast<size_t>(view) * p.rows * d;
-    const size_t base = static_cast<size_t>(img) * d * p.hw + pixel;
-    float* out = view == 0 ? p.grad_q : p.grad_p;
+    float* out = (view == 0 ? p.grad_q : p.grad_p) + static_cast<size_t>(img) * d * p.hw + pixel;
+    // out starts at 0 (local_contrast_zero) and belongs to this thread alone.
+    for (uint32_t t = static_cast<uint32_t>(s); t != END; t = next_member(list, t)) {
+        const float* g = grads + static_cast<size_t>(first_row + static_cast<int>(t - first_sample) / n) * d;
+        for (int e = 0; e < d; ++e) {
+            out[static_cast<size_t>(e) * p.hw] += g[e];
+        }
+    }
+    const float inv_n = 1.0f / static_cast<float>(n);
     if (!p.normalize_pixels) {
         for (int e = 0; e < d; ++e) {
-            out[base + static_cast<size_t>(e) * p.hw] =
-                run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
+            out[static_cast<size_t>(e) * p.hw] *= inv_n;
         }
         return;
     }
-    const float* f = view == 0 ? p.f_q : p.f_p;
+    const float* x = (view == 0 ? p.f_q : p.f_p) + static_cast<size_t>(img) * d * p.hw + pixel;
     float sq = 0.0f;
     float dot = 0.0f;
     for (int e = 0; e < d; ++e) {
-        const float x = __ldg(f + base + static_cast<size_t>(e) * p.hw);
-        sq += x * x;
-        dot += x * run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
+        const float xe = __ldg(x + static_cast<size_t>(e) * p.hw);
+        sq += xe * xe;
+        dot += xe * (out[static_cast<size_t>(e) * p.hw] * inv_n);
     }
     const float norm = sqrtf(sq);
     if (norm > EPS) {
         const float inv = 1.0f / norm;
         const float c = dot * inv * inv;  // (y . v) / |x|
         for (int e = 0; e < d; ++e) {
-            const float x = __ldg(f + base + static_cast<size_t>(e) * p.hw);
-            const float v = run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n);
-            out[base + static_cast<size_t>(e) * p.hw] = (v - x * c) * inv;
+            const float v = out[static_cast<size_t>(e) * p.hw] * inv_n;
+            out[static_cast<size_t>(e) * p.hw] = (v - __ldg(x + static_cast<size_t>(e) * p.hw) * c) * inv;
         }
     } else {
         for (int e = 0; e < d; ++e) {
-            out[base + static_cast<size_t>(e) * p.hw] =
-                run_grad(grads, order, t, run_end, first_sample, first_row, n, d, e, inv_n) / EPS;
+            out[static_cast<size_t>(e) * p.hw] = out[static_cast<size_t>(e) * p.hw] * inv_n / EPS;
         }
     }
 }

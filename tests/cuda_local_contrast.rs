@@ -360,7 +360,7 @@ fn the_backward_pass_reads_the_upstream_gradient_on_the_device() {
         CudaStorage::from_host(&gpu, &fq).unwrap(),
         CudaStorage::from_host(&gpu, &fp).unwrap(),
     );
-    let (loss, saved) = local_contrast_forward(&q, &p, case.dims(), &samples, &cfg, true).unwrap();
+    let (loss, saved) = local_contrast_forward(&q, &p, case.dims(), &samples, &cfg).unwrap();
     assert_eq!(loss.len(), 1);
     let upstream = -0.6;
     let g = CudaStorage::full(&gpu, 1, upstream as f32).unwrap();

@@ -336,9 +336,7 @@ mod cuda {
         const OP: &str = "local_contrast";
         let qs = storage(OP, "f_q", tape.value(fq))?;
         let ps = storage(OP, "f_p", tape.value(fp))?;
-        // The per-pixel order of the samples is only read by the backward pass.
-        let for_backward = tape.grad_enabled() && (tape.requires_grad(fq) || tape.requires_grad(fp));
-        let (loss, saved) = local_contrast_forward(qs, ps, dims, samples, &cfg, for_backward)?;
+        let (loss, saved) = local_contrast_forward(qs, ps, dims, samples, &cfg)?;
         let shape = dims.to_vec();
         Ok(
             tape.record("local_contrast_loss", tensor(vec![1], loss), &[fq, fp], move |ctx| {

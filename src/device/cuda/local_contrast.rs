@@ -1,21 +1,18 @@
 //! The Local Region Contrast loss on the GPU: the host side of `kernels/local_contrast.cu`.
 //!
 //! One call of the loss uploads one table of 32-bit words built from the batch's
-//! [`RegionSamples`] ([`SampleTable`]): per-image region and sample offsets, the samples per
-//! region, the blocks of the row kernels (4 regions of one image each), the pixel indices of both
-//! views and, when a backward pass will follow, the samples of each image and view sorted by
-//! pixel. That upload is the batch's sample input (it lives on the
-//! host, drawn by the data pipeline) and happens once per forward call; the backward pass reuses
-//! the uploaded table, and reads the upstream gradient on the device. Nothing else crosses
-//! between host and device.
+//! [`RegionSamples`] ([`SampleTable`], a linear pass over the samples): per-image region and
+//! sample offsets, the samples per region, the blocks of the row kernels (4 regions of one image
+//! each) and the pixel indices of both views. That upload is the batch's sample input (it lives
+//! on the host, drawn by the data pipeline) and happens once per forward call; the backward pass
+//! reuses the uploaded table, and reads the upstream gradient on the device. Nothing else
+//! crosses between host and device.
 //!
 //! Limits: D <= [`MAX_CHANNELS`] (the row kernels hold a region mean in registers and static
 //! shared memory); K is unbounded (the K x K blocks are streamed 32 regions at a time), and so
 //! is N.
 
 use std::sync::Arc;
-
-use rayon::prelude::*;
 
 use super::call::{KernelCall, blocks_for};
 use super::launch::dim;
@@ -50,7 +47,8 @@ pub struct LocalContrastParams {
     pub per_region: u64,
     pub row_blocks: u64,
     pub idx: u64,
-    pub order: u64,
+    pub heads: u64,
+    pub next: u64,
     pub means: u64,
     pub mean_norms: u64,
     pub lse: u64,
@@ -72,9 +70,9 @@ pub struct LocalContrastParams {
     pub reserved: i32,
 }
 
-const _: () = assert!(size_of::<LocalContrastParams>() == 176);
-const _: () = assert!(std::mem::offset_of!(LocalContrastParams, images) == 136);
-const _: () = assert!(std::mem::offset_of!(LocalContrastParams, inv_temperature) == 164);
+const _: () = assert!(size_of::<LocalContrastParams>() == 184);
+const _: () = assert!(std::mem::offset_of!(LocalContrastParams, images) == 144);
+const _: () = assert!(std::mem::offset_of!(LocalContrastParams, inv_temperature) == 172);
 
 /// Word offsets of the parts of a [`SampleTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,30 +88,24 @@ pub struct TableLayout {
     pub row_blocks: usize,
     /// `2 * samples` words: pixel indices of the q view, then of the p view.
     pub idx: usize,
-    /// `2 * samples` words (sorted tables only): per image and view, the sample numbers ordered
-    /// by (pixel, sample number).
-    pub order: usize,
     /// Words in all.
     pub len: usize,
 }
 
 impl TableLayout {
-    fn of(images: usize, blocks: usize, samples: usize, sorted: bool) -> TableLayout {
+    fn of(images: usize, blocks: usize, samples: usize) -> TableLayout {
         let region_off = 0;
         let sample_off = images + 1;
         let per_region = 2 * (images + 1);
         let row_blocks = per_region + images;
         let idx = row_blocks + 2 * blocks;
-        let order = idx + 2 * samples;
-        let len = if sorted { order + 2 * samples } else { order };
         TableLayout {
             region_off,
             sample_off,
             per_region,
             row_blocks,
             idx,
-            order,
-            len,
+            len: idx + 2 * samples,
         }
     }
 }
@@ -131,15 +123,12 @@ pub struct SampleTable {
     pub row_blocks: usize,
     /// Images with at least one region (the loss averages over them).
     pub counted: usize,
-    /// Whether the sorted sample lists the backward pass needs are included.
-    pub sorted: bool,
     pub layout: TableLayout,
 }
 
 impl SampleTable {
-    /// The table of `samples` (one entry per image) for images of `hw` pixels; `sorted` adds the
-    /// per-pixel ordering the backward pass scatters by (a sort of each image's samples).
-    pub fn new(samples: &[RegionSamples], hw: usize, sorted: bool) -> Result<SampleTable> {
+    /// The table of `samples` (one entry per image) for images of `hw` pixels.
+    pub fn new(samples: &[RegionSamples], hw: usize) -> Result<SampleTable> {
         let images = samples.len();
         let rows: usize = samples.iter().map(RegionSamples::regions).sum();
         let total: usize = samples.iter().map(|s| s.q.len()).sum();
@@ -147,7 +136,7 @@ impl SampleTable {
         dim(OP, "regions of the batch", rows)?;
         dim(OP, "samples of the batch", 2 * total)?;
         dim(OP, "pixels per image", hw)?;
-        let layout = TableLayout::of(images, blocks, total, sorted);
+        let layout = TableLayout::of(images, blocks, total);
         let mut words = vec![0u32; layout.len];
         let (mut row, mut sample, mut block) = (0usize, 0usize, 0usize);
         for (i, s) in samples.iter().enumerate() {
@@ -185,26 +174,6 @@ impl SampleTable {
         }
         words[layout.region_off + images] = row as u32;
         words[layout.sample_off + images] = sample as u32;
-        if sorted {
-            let offsets: Vec<usize> = (0..=images).map(|i| words[layout.sample_off + i] as usize).collect();
-            let (head, order) = words.split_at_mut(layout.order);
-            let idx = &head[layout.idx..];
-            for view in 0..2 {
-                let view_idx = &idx[view * total..(view + 1) * total];
-                let view_order = &mut order[view * total..(view + 1) * total];
-                // Split the view's list into one slice per image, sorted in parallel.
-                let mut parts = Vec::with_capacity(images);
-                let mut rest = view_order;
-                for i in 0..images {
-                    let (part, tail) = std::mem::take(&mut rest).split_at_mut(offsets[i + 1] - offsets[i]);
-                    parts.push((offsets[i], part));
-                    rest = tail;
-                }
-                parts.into_par_iter().for_each(|(first, part)| {
-                    sort_by_pixel(&view_idx[first..first + part.len()], first, part);
-                });
-            }
-        }
         Ok(SampleTable {
             words,
             images,
@@ -212,7 +181,6 @@ impl SampleTable {
             samples: total,
             row_blocks: blocks,
             counted: samples.iter().filter(|s| s.regions() > 0).count(),
-            sorted,
             layout,
         })
     }
@@ -220,20 +188,6 @@ impl SampleTable {
     /// The words to upload.
     pub fn words(&self) -> &[u32] {
         &self.words
-    }
-}
-
-/// `out[i]` = the sample numbers `first + j` of `pixels[j]`, ordered by (pixel, number): equal
-/// pixels end up next to each other, in sample order.
-fn sort_by_pixel(pixels: &[u32], first: usize, out: &mut [u32]) {
-    let mut keys: Vec<u64> = pixels
-        .iter()
-        .enumerate()
-        .map(|(j, &px)| ((px as u64) << 32) | (first + j) as u64)
-        .collect();
-    keys.sort_unstable();
-    for (o, k) in out.iter_mut().zip(keys) {
-        *o = k as u32;
     }
 }
 
@@ -249,7 +203,6 @@ pub struct LocalContrastGeom {
     pub samples: usize,
     pub row_blocks: usize,
     pub counted: usize,
-    pub sorted: bool,
     pub temperature: f64,
     pub normalize_pixels: bool,
     pub renormalize_means: bool,
@@ -287,7 +240,6 @@ impl LocalContrastGeom {
             samples: table.samples,
             row_blocks: table.row_blocks,
             counted: table.counted,
-            sorted: table.sorted,
             temperature: cfg.temperature,
             normalize_pixels: cfg.normalize_pixels,
             renormalize_means: cfg.renormalize_means,
@@ -308,6 +260,16 @@ impl LocalContrastGeom {
     pub fn norms_len(&self) -> usize {
         2 * self.rows
     }
+
+    /// Words of the backward pass's pixel-list heads: one per pixel of both views.
+    pub fn heads_len(&self) -> usize {
+        2 * self.images * self.hw
+    }
+
+    /// Words of the backward pass's pixel-list links: one per sample of both views.
+    pub fn next_len(&self) -> usize {
+        2 * self.samples
+    }
 }
 
 /// Device addresses of the operands; those a pass does not use may be 0.
@@ -326,10 +288,12 @@ pub struct LocalContrastBuffers {
     pub row_loss: u64,
     /// The loss, 1 value.
     pub loss: u64,
-    /// Backward: the upstream gradient (1 value), scratch of `means_len` values, the gradients
-    /// of the embeddings (`embedding_len` each).
+    /// Backward: the upstream gradient (1 value), scratch of `means_len` values and of
+    /// `heads_len` and `next_len` words, the gradients of the embeddings (`embedding_len` each).
     pub grad_loss: u64,
     pub mean_grads: u64,
+    pub heads: u64,
+    pub next: u64,
     pub grad_q: u64,
     pub grad_p: u64,
 }
@@ -344,7 +308,8 @@ fn params(g: &LocalContrastGeom, layout: &TableLayout, a: &LocalContrastBuffers)
         per_region: word(layout.per_region),
         row_blocks: word(layout.row_blocks),
         idx: word(layout.idx),
-        order: if g.sorted { word(layout.order) } else { 0 },
+        heads: a.heads,
+        next: a.next,
         means: a.means,
         mean_norms: a.mean_norms,
         lse: a.lse,
@@ -369,7 +334,7 @@ fn params(g: &LocalContrastGeom, layout: &TableLayout, a: &LocalContrastBuffers)
 
 /// The table layout a geometry was made with.
 fn layout_of(g: &LocalContrastGeom) -> TableLayout {
-    TableLayout::of(g.images, g.row_blocks, g.samples, g.sorted)
+    TableLayout::of(g.images, g.row_blocks, g.samples)
 }
 
 /// The forward launches: region means (grid rows x 2 views), per-row log-sum-exp and loss
@@ -404,19 +369,15 @@ pub fn forward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<
     Ok(calls)
 }
 
-/// The backward launches: zero both gradient maps, the gradients of the region means (one warp
-/// per region, 4 regions of an image per block), and the deterministic scatter to the sampled pixels (one thread per sorted sample,
-/// both views). Reads what [`forward_calls`] wrote and the upstream gradient at `grad_loss`;
-/// writes `mean_grads`, `grad_q` and `grad_p`.
+/// The backward launches: zero both gradient maps and empty the pixel lists, link each sample
+/// onto its pixel's list, the gradients of the region means (one warp per region, 4 regions of
+/// an image per block), and the deterministic scatter to the sampled pixels (one thread per
+/// sample, both views). Reads what [`forward_calls`] wrote and the upstream gradient at
+/// `grad_loss`; writes `heads`, `next`, `mean_grads`, `grad_q` and `grad_p`.
 pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<Vec<KernelCall>> {
-    if !g.sorted && g.rows > 0 {
-        return Err(Error::Device(format!(
-            "{OP} backward: the sample table was built without the per-pixel order the scatter needs"
-        )));
-    }
     let p = params(g, &layout_of(g), a)?;
     let mut calls = Vec::new();
-    let len = g.embedding_len();
+    let len = g.embedding_len().max(g.images * g.hw);
     if len > 0 {
         let blocks = blocks_for(len, ZERO_THREADS as usize).min(ZERO_MAX_BLOCKS);
         calls.push(KernelCall::new(
@@ -428,6 +389,14 @@ pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result
         ));
     }
     if g.rows > 0 {
+        let sample_blocks = blocks_for(g.samples, SCATTER_THREADS as usize);
+        calls.push(KernelCall::new(
+            MODULE,
+            "local_contrast_link",
+            (sample_blocks, 2, 1),
+            SCATTER_THREADS,
+            &p,
+        ));
         calls.push(KernelCall::new(
             MODULE,
             "local_contrast_mean_grads",
@@ -438,7 +407,7 @@ pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result
         calls.push(KernelCall::new(
             MODULE,
             "local_contrast_scatter",
-            (blocks_for(g.samples, SCATTER_THREADS as usize), 2, 1),
+            (sample_blocks, 2, 1),
             SCATTER_THREADS,
             &p,
         ));
@@ -458,19 +427,16 @@ pub struct LocalContrastSaved {
 }
 
 /// The loss (a 1-element device buffer) of embeddings `f_q`, `f_p` of shape `dims`
-/// (`[B, D, H, W]`) over `samples`, and what its backward pass needs. `for_backward` includes
-/// the per-pixel sample order in the table (a host sort of each image's samples), which only the
-/// backward pass reads.
+/// (`[B, D, H, W]`) over `samples`, and what its backward pass needs.
 pub fn local_contrast_forward(
     f_q: &CudaStorage,
     f_p: &CudaStorage,
     dims: [usize; 4],
     samples: &[RegionSamples],
     cfg: &LocalLossConfig,
-    for_backward: bool,
 ) -> Result<(CudaStorage, LocalContrastSaved)> {
     let device = common_device(OP, &[f_q, f_p])?;
-    let table = SampleTable::new(samples, dims[2] * dims[3], for_backward)?;
+    let table = SampleTable::new(samples, dims[2] * dims[3])?;
     let g = LocalContrastGeom::new(dims, &table, cfg)?;
     check_len(OP, "f_q", f_q, g.embedding_len())?;
     check_len(OP, "f_p", f_p, g.embedding_len())?;
@@ -527,6 +493,8 @@ pub fn local_contrast_backward(
     let grad_q = CudaStorage::alloc(&device, g.embedding_len())?;
     let grad_p = CudaStorage::alloc(&device, g.embedding_len())?;
     let mean_grads = CudaStorage::alloc(&device, g.means_len())?;
+    let heads = CudaStorage::alloc(&device, g.heads_len())?;
+    let next = CudaStorage::alloc(&device, g.next_len())?;
     let a = LocalContrastBuffers {
         f_q: f_q.device_ptr(),
         f_p: f_p.device_ptr(),
@@ -536,6 +504,8 @@ pub fn local_contrast_backward(
         lse: saved.lse.device_ptr(),
         grad_loss: grad_loss.device_ptr(),
         mean_grads: mean_grads.device_ptr(),
+        heads: heads.device_ptr(),
+        next: next.device_ptr(),
         grad_q: grad_q.device_ptr(),
         grad_p: grad_p.device_ptr(),
         ..Default::default()
@@ -543,7 +513,7 @@ pub fn local_contrast_backward(
     let calls = backward_calls(g, &a)?;
     // SAFETY: the saved buffers were made by local_contrast_forward for this geometry and are
     // alive (held by `saved`); the embeddings and the upstream gradient were checked above;
-    // the outputs and the scratch have the lengths backward_calls documents. mean_grads returns
+    // the outputs and the scratch have the lengths backward_calls documents. The scratch returns
     // to the cache after this call, which is safe because later users queue behind these
     // kernels on the same stream.
     unsafe { device.run(&calls) }?;
@@ -551,12 +521,13 @@ pub fn local_contrast_backward(
 }
 
 /// Every kernel of `kernels/local_contrast.cu`.
-pub fn kernel_names() -> [&'static str; 6] {
+pub fn kernel_names() -> [&'static str; 7] {
     [
         "local_contrast_means",
         "local_contrast_rows",
         "local_contrast_loss_sum",
         "local_contrast_zero",
+        "local_contrast_link",
         "local_contrast_mean_grads",
         "local_contrast_scatter",
     ]
@@ -576,13 +547,13 @@ mod tests {
     }
 
     #[test]
-    fn the_table_holds_offsets_indices_and_per_pixel_order() {
+    fn the_table_holds_offsets_blocks_and_indices() {
         let samples = vec![
             set(2, 2, vec![5, 3, 3, 0], vec![1, 1, 2, 1]),
             RegionSamples::default(),
             set(1, 3, vec![7, 2, 7], vec![0, 0, 0]),
         ];
-        let t = SampleTable::new(&samples, 8, true).unwrap();
+        let t = SampleTable::new(&samples, 8).unwrap();
         assert_eq!((t.images, t.rows, t.samples, t.counted, t.row_blocks), (3, 3, 7, 2, 2));
         let w = t.words();
         let l = t.layout;
@@ -593,13 +564,8 @@ mod tests {
         assert_eq!(w[l.row_blocks..l.row_blocks + 4], [0, 0, 2, 0]);
         assert_eq!(w[l.idx..l.idx + 7], [5, 3, 3, 0, 7, 2, 7]);
         assert_eq!(w[l.idx + 7..l.idx + 14], [1, 1, 2, 1, 0, 0, 0]);
-        // q view: image 0 pixels 5,3,3,0 -> samples 3 (px 0), 1, 2 (px 3), 0 (px 5);
-        // image 2 pixels 7,2,7 (samples 4..7) -> 5 (px 2), 4, 6 (px 7).
-        assert_eq!(w[l.order..l.order + 7], [3, 1, 2, 0, 5, 4, 6]);
-        assert_eq!(w[l.order + 7..l.order + 14], [0, 1, 3, 2, 4, 5, 6]);
         assert_eq!(l.len, w.len());
-        let unsorted = SampleTable::new(&samples, 8, false).unwrap();
-        assert_eq!(unsorted.words(), &w[..l.order]);
+        assert_eq!(l.idx + 14, w.len());
     }
 
     #[test]
@@ -608,7 +574,7 @@ mod tests {
             .iter()
             .map(|&k| set(k, 1, vec![0; k], vec![0; k]))
             .collect();
-        let t = SampleTable::new(&sets, 4, false).unwrap();
+        let t = SampleTable::new(&sets, 4).unwrap();
         assert_eq!(t.row_blocks, 3 + 1 + 1);
         let w = &t.words()[t.layout.row_blocks..t.layout.row_blocks + 2 * t.row_blocks];
         assert_eq!(w, [0, 0, 0, 4, 0, 8, 2, 0, 3, 0]);
@@ -617,17 +583,17 @@ mod tests {
     #[test]
     fn bad_samples_are_refused() {
         let out_of_range = vec![set(1, 2, vec![0, 8], vec![0, 1])];
-        assert!(SampleTable::new(&out_of_range, 8, false).is_err());
+        assert!(SampleTable::new(&out_of_range, 8).is_err());
         let short = vec![set(2, 2, vec![0, 1, 2], vec![0, 1, 2, 3])];
-        assert!(SampleTable::new(&short, 8, false).is_err());
+        assert!(SampleTable::new(&short, 8).is_err());
         let no_samples = vec![set(1, 0, vec![], vec![])];
-        assert!(SampleTable::new(&no_samples, 8, false).is_err());
+        assert!(SampleTable::new(&no_samples, 8).is_err());
     }
 
     #[test]
     fn the_geometry_limits_channels_and_plans_no_empty_grid() {
         let samples = vec![RegionSamples::default(), RegionSamples::default()];
-        let t = SampleTable::new(&samples, 12, true).unwrap();
+        let t = SampleTable::new(&samples, 12).unwrap();
         let cfg = LocalLossConfig::default();
         assert!(LocalContrastGeom::new([2, MAX_CHANNELS + 1, 3, 4], &t, &cfg).is_err());
         assert!(LocalContrastGeom::new([3, 8, 3, 4], &t, &cfg).is_err());
@@ -655,11 +621,17 @@ mod tests {
     }
 
     #[test]
-    fn a_backward_pass_needs_a_sorted_table() {
-        let samples = vec![set(1, 1, vec![0], vec![1])];
-        let t = SampleTable::new(&samples, 4, false).unwrap();
+    fn a_batch_with_regions_plans_every_kernel() {
+        let samples = vec![set(5, 2, vec![0; 10], vec![1; 10])];
+        let t = SampleTable::new(&samples, 4).unwrap();
         let g = LocalContrastGeom::new([1, 3, 2, 2], &t, &LocalLossConfig::default()).unwrap();
-        assert!(backward_calls(&g, &LocalContrastBuffers::default()).is_err());
-        assert_eq!(forward_calls(&g, &LocalContrastBuffers::default()).unwrap().len(), 3);
+        let buffers = LocalContrastBuffers::default();
+        let mut calls = forward_calls(&g, &buffers).unwrap();
+        calls.extend(backward_calls(&g, &buffers).unwrap());
+        let names: Vec<&str> = calls.iter().map(|c| c.kernel).collect();
+        assert_eq!(names, kernel_names());
+        // Two row blocks for 5 regions; one thread per sample in each view.
+        assert_eq!(calls[1].grid, (2, 1, 1));
+        assert_eq!(calls[4].grid, (1, 2, 1));
     }
 }
