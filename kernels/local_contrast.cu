@@ -25,9 +25,12 @@
 //   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_link (ceil(samples/256), 2)
 //             x 256, local_contrast_mean_grads (row blocks) x 128, local_contrast_scatter
 //             (ceil(samples/256), 2) x 256
-// with row blocks = sum over images of ceil(K_b / 4).
+// with row blocks = sum over images of ceil(K_b / 4). Limits: D <= 128 (MAX_D, registers and
+// static shared memory of the row kernels); K and N are not limited (both are walked in chunks
+// of 32).
 //
-// Determinism: every float sum runs in a fixed order (no float atomics), so results are bitwise
+// Determinism: every float sum runs in a fixed order (no float atomics, whose results would
+// depend on scheduling; the price is one small linking kernel), so results are bitwise
 // reproducible. Samples are drawn with replacement, so several may hit one pixel (within a region
 // or, for arbitrary inputs, across regions). The scatter groups them without a sort: a linking
 // pass threads every sample onto a list per (view, image, pixel) with an integer atomicExch
