@@ -14,6 +14,9 @@
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
+#   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
+#   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
+#             (the same loss in plain PyTorch) on the same cases
 #   bench step torch.compile  the PyTorch step compiled (last: compiling takes a minute or more)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, what was skipped) and logs/ with the full output of every step.
@@ -24,7 +27,9 @@
 #
 # Environment: LRC_BUNDLE (default gpu-bundle), LRC_PYTHON (the python3 with torch; default
 # python3), LRC_TEST_TIMEOUT (seconds per test executable, default 150), LRC_BENCH_ARGS (shapes
-# for both benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32, depth 5).
+# for both convolution benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32,
+# depth 5), LRC_LOSS_BENCH_ARGS (options of both lrc-loss benchmarks; default their own cases,
+# batch 16, D 32 and 64, K 64 and 256, N 32, 256 x 256, with 20 repeats after 3 warm-up runs).
 set -uo pipefail
 
 usage() {
@@ -62,6 +67,8 @@ python="${LRC_PYTHON:-python3}"
 test_timeout="${LRC_TEST_TIMEOUT:-150}"
 bench_args="${LRC_BENCH_ARGS:---batch 16 --size 256 --base 32 --depth 5 --repeats 20 --warmup 3}"
 read -r -a bench_argv <<< "$bench_args"
+loss_bench_args="${LRC_LOSS_BENCH_ARGS:---repeats 20 --warmup 3}"
+read -r -a loss_bench_argv <<< "$loss_bench_args"
 
 if [[ ! -f "$bundle/bin.tar.xz" && ! -f "$bundle/bin/lrc" ]]; then
     echo "gpu-check: no bundle at $bundle (build it with scripts/gpu-bundle.sh, carry it, or set LRC_BUNDLE)" >&2
@@ -322,7 +329,8 @@ fi
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
     for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench lrc" "bench torch" \
-        "bench norm lrc" "bench norm torch" "bench step torch.compile"; do
+        "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
+        "bench step torch.compile"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -381,6 +389,21 @@ else
             step "memcheck step" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-step.log")} (logs/memcheck-step.log)"
         fi
     fi
+    if [[ -n "$sanitizer" ]] && enough "memcheck lrc-loss" 30; then
+        # Batch 3, 19 x 19 pixels, 5 and 33 channels, 1 and 37 regions of 3 samples: partial
+        # warps, partial 32-region chunks, a lone region.
+        timed "$logs/memcheck-lrc-loss.log" "$(min 120 "$(left)")" "$sanitizer" --tool memcheck --error-exitcode 3 \
+            "$bin/lrc" bench lrc-loss --batch 3 --size 19 --dims 5,33 --regions 1,37 --samples 3 \
+            --repeats 1 --warmup 0 --json "$logs/memcheck-lrc-loss.jsonl"
+        errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck-lrc-loss.log" | tail -n 1 | sed 's/^=* *//')"
+        if ((rc == 0)); then
+            step "memcheck lrc-loss" passed "$took" "${errors:-}"
+        else
+            failed=1
+            why="$(grep -a -m 1 '^error:' "$logs/memcheck-lrc-loss.log" | cut -c 1-200 | tr '|' '/')"
+            step "memcheck lrc-loss" "FAILED (exit $rc)" "$took" "${errors:+$errors; }${why:-$(last_line "$logs/memcheck-lrc-loss.log")} (logs/memcheck-lrc-loss.log)"
+        fi
+    fi
     torch_bench="$bundle/scripts/torch_reference.py"
     [[ -f "$torch_bench" ]] || torch_bench="$repo/scripts/torch_reference.py"
     step_argv=(--batch 16 --size 256 --base 32 --depth 5)
@@ -396,6 +419,24 @@ else
         "$bin/lrc" bench norm "${bench_argv[@]}" --json "$out/bench-norm-lrc.jsonl"
     bench_run "bench norm torch" 30 120 "$logs/bench-norm-torch.log" \
         "$python" "$torch_bench" --bench norm "${bench_argv[@]}" --json "$out/bench-norm-torch.jsonl"
+    # The fused LRC loss, lrc then plain PyTorch, on the cases of `lrc bench lrc-loss`.
+    for engine in lrc torch; do
+        name="bench lrc-loss $engine"
+        enough "$name" 45 || continue
+        log="$logs/bench-lrc-loss-$engine.log"
+        jsonl="$out/bench-lrc-loss-$engine.jsonl"
+        if [[ "$engine" == lrc ]]; then
+            timed "$log" "$(min 180 "$(left)")" "$bin/lrc" bench lrc-loss "${loss_bench_argv[@]}" --json "$jsonl"
+        else
+            timed "$log" "$(min 180 "$(left)")" "$python" "$torch_bench" --bench lrc-loss "${loss_bench_argv[@]}" --json "$jsonl"
+        fi
+        if ((rc == 0)); then
+            step "$name" passed "$took" "$(grep -ac '"bench": *"lrc-loss"' "$jsonl" 2> /dev/null) timings"
+        else
+            failed=1
+            step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") (logs/$(basename "$log"))"
+        fi
+    done
     # torch.compile last: its compilation alone takes a minute or more.
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
@@ -510,6 +551,43 @@ for k in keys:
 PY
 }
 
+# Medians per case and pass of the fused LRC loss against plain PyTorch, and the peak memory of
+# each beyond the two embedding maps; speed-up = PyTorch / lrc.
+loss_bench_table() {
+    python3 - "$out/bench-lrc-loss-lrc.jsonl" "$out/bench-lrc-loss-torch.jsonl" "$loss_bench_args" << 'PY'
+import json, os, sys
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    return [r for r in rows if r.get("bench") == "lrc-loss"]
+
+lrc, torch = read(sys.argv[1]), read(sys.argv[2])
+if not lrc and not torch:
+    sys.exit(0)
+ours = {(r["case"], r["pass"]): r for r in lrc}
+ref = {(r["case"], r["pass"]): r for r in torch}
+keys = list(dict.fromkeys((r["case"], r["pass"]) for r in lrc + torch))
+device = (lrc or torch)[0]["device"]
+print(f"## Benchmark: lrc-loss ({sys.argv[3]}), median ms, {device}\n")
+print("speed-up = PyTorch / lrc: above 1, lrc is faster. Peak: MiB of device memory beyond the two embedding maps.\n")
+print("| case | pass | torch ms | lrc ms | speed-up | torch peak MiB | lrc peak MiB | inputs MiB |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+def get(table, k, field):
+    v = table.get(k, {}).get(field)
+    return v if isinstance(v, (int, float)) else None
+def fmt(v, digits=4):
+    return "" if v is None else f"{v:.{digits}f}"
+for k in keys:
+    t, o = get(ref, k, "median_ms"), get(ours, k, "median_ms")
+    speed = f"{t / o:.2f}" if t and o else ""
+    inputs = get(ours, k, "inputs_mib") or get(ref, k, "inputs_mib")
+    print(f"| {k[0]} | {k[1]} | {fmt(t)} | {fmt(o)} | {speed} | {fmt(get(ref, k, 'peak_mib'), 1)} "
+          f"| {fmt(get(ours, k, 'peak_mib'), 1)} | {fmt(inputs, 1)} |")
+PY
+}
+
 {
     echo "# lrc GPU check"
     echo
@@ -537,6 +615,8 @@ PY
     table="$(bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(norm_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    table="$(loss_bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     if ((${#failures[@]})); then
         echo

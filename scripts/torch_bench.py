@@ -1,4 +1,4 @@
-"""PyTorch timings of what `lrc bench conv` and `lrc bench norm` time, for comparison.
+"""PyTorch timings of what `lrc bench conv`, `lrc bench norm` and `lrc bench lrc-loss` time, for comparison.
 
 --bench conv: the convolutions (cuDNN). Same layers, same passes (forward, backward-data,
 backward-weight), same statistics (median of warm repeats timed with CUDA events, TFLOP/s from
@@ -13,9 +13,20 @@ output (8 bytes per value forward, 12 backward), the "eff GB/s" of lrc's table.
     python3 scripts/torch_bench.py --bench conv|norm [--batch 16 --size 256 --base 32 --depth 5
         --repeats 20 --warmup 3 --json torch-bench-conv.jsonl]
 
-`bench_conv(args)` and `bench_norm(args)` take the parsed arguments (any missing one gets its
-default), so that scripts/torch_reference.py can dispatch `--bench conv|norm` here;
-`add_conv_args(parser)` adds them.
+--bench lrc-loss: the LRC local loss written plainly (gather / mean / bmm / logsumexp, autograd
+for the backward pass), on the cases of `lrc bench lrc-loss` (src/cli/bench/lrc_loss.rs): every
+D x K, raw embeddings normalised per sampled pixel inside the loss or unit ones, passes forward
+and forward_backward, median of warm repeats timed with CUDA events and the peak of CUDA memory
+beyond the two embedding maps; same table and JSON-lines fields. Before timing, the loss and its
+gradients are checked in float64 against `local_contrast` of scripts/torch_reference.py, which
+`lrc parity` checks against the CPU twin. Matmuls run in full FP32 (no TF32), as lrc's kernels.
+
+    python3 scripts/torch_bench.py --bench lrc-loss [--batch 16 --size 256 --dims 32,64
+        --regions 64,256 --samples 32 --repeats 20 --warmup 3 --json torch-bench-lrc-loss.jsonl]
+
+`bench_conv(args)`, `bench_norm(args)` and `bench_lrc_loss(args)` take the parsed arguments (any
+missing one gets its default), so that scripts/torch_reference.py can dispatch `--bench ...`
+here; `add_conv_args(parser)` (conv, norm) and `add_lrc_loss_args(parser)` add them.
 """
 
 import argparse
@@ -328,16 +339,283 @@ def bench_norm(args):
     return results
 
 
+LRC_DEFAULTS = {
+    "batch": 16,
+    "size": 256,
+    "dims": "32,64",
+    "regions": "64,256",
+    "samples": 32,
+    "temperature": 0.07,
+    "repeats": 20,
+    "warmup": 3,
+    "json": "torch-bench-lrc-loss.jsonl",
+    "device": "cuda",
+    "list": False,
+}
+
+LRC_PASSES = ("forward", "forward_backward")
+LRC_PIXELS = ("raw", "unit")
+
+
+def add_lrc_loss_args(parser):
+    """Adds the options of `lrc bench lrc-loss` to an argparse parser."""
+    d = LRC_DEFAULTS
+    parser.add_argument("--batch", type=int, default=d["batch"], help="images per batch")
+    parser.add_argument("--size", type=int, default=d["size"], help="height and width of the embedding maps")
+    parser.add_argument("--dims", default=d["dims"], help="embedding channels D, comma-separated")
+    parser.add_argument("--regions", default=d["regions"], help="regions per image K, comma-separated")
+    parser.add_argument("--samples", type=int, default=d["samples"], help="samples per region and view N")
+    parser.add_argument("--temperature", type=float, default=d["temperature"])
+    parser.add_argument("--repeats", type=int, default=d["repeats"], help="timed runs per case and pass")
+    parser.add_argument("--warmup", type=int, default=d["warmup"], help="untimed runs before them")
+    parser.add_argument("--json", default=d["json"], help="where to write the JSON lines")
+    parser.add_argument("--device", default=d["device"], help="cuda (timed with events) or cpu")
+    parser.add_argument("--list", action="store_true", help="print the cases and exit")
+
+
+def _ints(text):
+    if isinstance(text, (list, tuple)):
+        return [int(v) for v in text]
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def _grid(k):
+    """Rows and columns of the grid of region cells, as `grid` in src/cli/bench/lrc_loss.rs."""
+    cols = 1
+    while cols * cols < k:
+        cols += 1
+    return -(-k // cols), cols
+
+
+def lrc_cases(opt):
+    """The cases of `lrc bench lrc-loss`, in its order: D, then K, then raw / unit pixels."""
+    dims, regions = _ints(opt["dims"]), _ints(opt["regions"])
+    if min(opt["batch"], opt["samples"], opt["size"]) <= 0 or not dims or not regions:
+        raise ValueError("batch, size and samples must be positive, and --dims and --regions non-empty")
+    cases = []
+    for d in dims:
+        for k in regions:
+            rows, cols = _grid(k)
+            if d <= 0 or k <= 0 or rows > opt["size"] or cols > opt["size"]:
+                raise ValueError(
+                    f"D = {d} and K = {k} must be positive, and a {rows} x {cols} grid of regions must fit "
+                    f"{opt['size']} x {opt['size']} pixels"
+                )
+            for pixels in LRC_PIXELS:
+                cases.append(
+                    dict(
+                        name=f"d{d}-k{k}-{pixels}",
+                        batch=opt["batch"],
+                        d=d,
+                        regions=k,
+                        samples=opt["samples"],
+                        size=opt["size"],
+                        pixels=pixels,
+                    )
+                )
+    return cases
+
+
+def lrc_loss(torch, fq, fp, q_idx, p_idx, t, normalize_pixels, renormalize=False):
+    """The local loss of the CPU twin (src/ops/local_contrast.rs) written plainly, for batches
+    whose images all hold K regions of N samples: fq, fp [B, D, H, W]; q_idx, p_idx [B, K, N]
+    pixel indices. With normalize_pixels, each gathered pixel embedding is scaled to unit length
+    (F.normalize, eps 1e-12, as ops::normalize). Mean over regions, then over images."""
+    F = torch.nn.functional
+    b, d = fq.shape[:2]
+    k, n = q_idx.shape[1:]
+
+    def means(f, idx):
+        flat = f.reshape(b, d, -1)
+        g = torch.gather(flat, 2, idx.reshape(b, 1, k * n).expand(b, d, k * n))  # [B, D, K*N]
+        if normalize_pixels:
+            g = F.normalize(g, dim=1)
+        return g.reshape(b, d, k, n).mean(dim=3).transpose(1, 2)  # [B, K, D]
+
+    mq, mp = means(fq, q_idx), means(fp, p_idx)
+    if renormalize:
+        mq, mp = F.normalize(mq, dim=2), F.normalize(mp, dim=2)
+    qq = torch.bmm(mq, mq.transpose(1, 2)) / t
+    qp = torch.bmm(mq, mp.transpose(1, 2)) / t
+    eye = torch.eye(k, dtype=torch.bool, device=fq.device)
+    qq = qq.masked_fill(eye, float("-inf"))
+    lse = torch.logsumexp(torch.cat([qq, qp], dim=2), dim=2)  # [B, K]
+    return (lse - qp.diagonal(dim1=1, dim2=2)).mean(dim=1).mean()
+
+
+def grid_samples(torch, case, generator):
+    """Pixel indices [B, K, N] of both views: region r of an image is cell (r // cols, r % cols)
+    of the grid, N pixels drawn uniformly in it per view (as grid_samples in
+    src/cli/bench/lrc_loss.rs; the draws themselves differ)."""
+    rows, cols = _grid(case["regions"])
+    s, k, n, b = case["size"], case["regions"], case["samples"], case["batch"]
+    r = torch.arange(k)
+    y0, y1 = (r // cols) * s // rows, (r // cols + 1) * s // rows
+    x0, x1 = (r % cols) * s // cols, (r % cols + 1) * s // cols
+
+    def view():
+        u = torch.rand(b, k, n, 2, generator=generator, dtype=torch.float64)
+        y = y0[None, :, None] + (u[..., 0] * (y1 - y0)[None, :, None]).long()
+        x = x0[None, :, None] + (u[..., 1] * (x1 - x0)[None, :, None]).long()
+        return y * s + x
+
+    return view(), view()
+
+
+def check_lrc_loss(torch):
+    """lrc_loss against torch_reference.local_contrast (the loss `lrc parity` checks) in float64:
+    loss and gradients, with and without pixel normalisation and mean renormalisation. Raises
+    RuntimeError if they differ."""
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference
+
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(7)
+    b, d, h, w, k, n = 3, 5, 6, 7, 4, 3
+    q_idx = torch.randint(0, h * w, (b, k, n), generator=g)
+    p_idx = torch.randint(0, h * w, (b, k, n), generator=g)
+    q_idx[:, :, 1] = q_idx[:, :, 0]  # duplicates accumulate
+    for normalize_pixels in (False, True):
+        for renormalize in (False, True):
+            grads = []
+            for plain in (True, False):
+                gen = torch.Generator().manual_seed(11)
+                fq = torch.rand(b, d, h, w, generator=gen, dtype=torch.float64) * 2 - 1
+                fp = torch.rand(b, d, h, w, generator=gen, dtype=torch.float64) * 2 - 1
+                fq.requires_grad_(True)
+                fp.requires_grad_(True)
+                if plain:
+                    loss = lrc_loss(torch, fq, fp, q_idx, p_idx, 0.2, normalize_pixels, renormalize)
+                else:
+                    q, p = (F.normalize(fq, dim=1), F.normalize(fp, dim=1)) if normalize_pixels else (fq, fp)
+                    loss = torch_reference.local_contrast(q, p, q_idx, p_idx, 0.2, renormalize)
+                loss.backward()
+                grads.append((loss.detach(), fq.grad, fp.grad))
+            for a, r in zip(grads[0], grads[1]):
+                err = (a - r).abs().max().item()
+                if not err <= 1e-10 * max(1.0, r.abs().max().item()):
+                    raise RuntimeError(
+                        f"lrc_loss differs from torch_reference.local_contrast by {err:.3e} "
+                        f"(normalize_pixels {normalize_pixels}, renormalize {renormalize})"
+                    )
+
+
+def bench_lrc_loss(args):
+    """Times every case and pass; prints a table, writes JSON lines, returns the result dicts."""
+    opt = {k: getattr(args, k, v) for k, v in LRC_DEFAULTS.items()}
+    cases = lrc_cases(opt)
+    if opt["list"]:
+        for c in cases:
+            print(
+                f"{c['name']:<16} batch {c['batch']} D {c['d']} K {c['regions']} N {c['samples']} "
+                f"{c['size']}x{c['size']} {c['pixels']} pixels"
+            )
+        return []
+    if opt["repeats"] < 1:
+        raise ValueError("--repeats must be at least 1")
+
+    import torch
+
+    check_lrc_loss(torch)
+    on_cuda = opt["device"] == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA GPU (use --device cpu for a functional run)")
+    device = torch.device(opt["device"])
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device_name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    generator = torch.Generator(device="cpu").manual_seed(0xC0FFEE)
+    t = opt["temperature"]
+    print(
+        f"{device_name} (torch {torch.__version__}), batch {opt['batch']}, {opt['size']}x{opt['size']} pixels, "
+        f"N = {opt['samples']}, t = {t}, median of {opt['repeats']} runs"
+    )
+    algo = "eager"
+    print(f"{'case':<16} {'pass':<17} {'algo':<8} {'ms':>10} {'peak MiB':>10} {'input MiB':>10}")
+    mib = float(1 << 20)
+    results = []
+    with open(opt["json"], "w") as out:
+        for case in cases:
+            b, d, s = case["batch"], case["d"], case["size"]
+            q_idx, p_idx = (i.to(device) for i in grid_samples(torch, case, generator))
+            maps = []
+            for _ in range(2):
+                f = torch.rand(b, d, s, s, generator=generator) * 2 - 1
+                if case["pixels"] == "unit":
+                    f = torch.nn.functional.normalize(f, dim=1)
+                maps.append(f.to(device).requires_grad_(True))
+            fq, fp = maps
+            normalize_pixels = case["pixels"] == "raw"
+            inputs_mib = 2 * fq.numel() * 4 / mib
+            for pass_name in LRC_PASSES:
+
+                def fn():
+                    fq.grad = None
+                    fp.grad = None
+                    loss = lrc_loss(torch, fq, fp, q_idx, p_idx, t, normalize_pixels)
+                    if pass_name == "forward_backward":
+                        loss.backward()
+
+                times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
+                peak = None
+                if on_cuda:
+                    fq.grad = None
+                    fp.grad = None
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    before = torch.cuda.memory_allocated(device)
+                    fn()
+                    torch.cuda.synchronize()
+                    peak = (torch.cuda.max_memory_allocated(device) - before) / mib
+                ms = statistics.median(times)
+                peak_text = f"{peak:>10.1f}" if peak is not None else f"{'-':>10}"
+                print(f"{case['name']:<16} {pass_name:<17} {algo:<8} {ms:>10.4f} {peak_text} {inputs_mib:>10.1f}")
+                record = {
+                    "bench": "lrc-loss",
+                    "engine": "torch",
+                    "device": device_name,
+                    "case": case["name"],
+                    "pass": pass_name,
+                    "algo": algo,
+                    "batch": b,
+                    "d": d,
+                    "regions": case["regions"],
+                    "samples": case["samples"],
+                    "h": s,
+                    "w": s,
+                    "pixels": case["pixels"],
+                    "temperature": t,
+                    "median_ms": ms,
+                    "min_ms": min(times),
+                    "repeats": opt["repeats"],
+                    "peak_mib": peak,
+                    "inputs_mib": inputs_mib,
+                }
+                out.write(json.dumps(record) + "\n")
+                results.append(record)
+    print(f"JSON lines written to {opt['json']}")
+    return results
+
+
+BENCHES = {
+    "conv": (add_conv_args, bench_conv),
+    "norm": (add_conv_args, bench_norm),
+    "lrc-loss": (add_lrc_loss_args, bench_lrc_loss),
+}
+
+
 def main(argv=None):
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--bench", choices=sorted(BENCHES))
+    known, _ = first.parse_known_args(argv)
+    add_args, bench = BENCHES[known.bench or "conv"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", required=True, choices=["conv", "norm"], help="what to time")
-    add_conv_args(parser)
+    parser.add_argument("--bench", required=True, choices=sorted(BENCHES), help="what to time")
+    add_args(parser)
     args = parser.parse_args(argv)
     try:
-        if args.bench == "conv":
-            bench_conv(args)
-        elif args.bench == "norm":
-            bench_norm(args)
+        bench(args)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -97,7 +97,14 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
     // Dry runs leave the ignored (GPU) tests out.
     let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
     assert!(!log.contains("--include-ignored"), "{log}");
-    for step in ["memcheck", "bench lrc", "bench torch"] {
+    for step in [
+        "memcheck",
+        "memcheck lrc-loss",
+        "bench lrc",
+        "bench torch",
+        "bench lrc-loss lrc",
+        "bench lrc-loss torch",
+    ] {
         assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
     }
     assert!(row(&summary, "parity").contains("passed"), "{summary}");
@@ -248,6 +255,65 @@ fn a_full_run_compares_the_benchmarks() {
 }
 
 #[test]
+fn a_full_run_compares_the_lrc_loss_benchmarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    // Benchmarks that answer `bench lrc-loss` in the format of src/cli/bench/lrc_loss.rs and
+    // scripts/torch_bench.py: lrc 0.5 ms and 40 MiB, PyTorch 2 ms and 300 MiB.
+    let record = |engine: &str, ms: f64, peak: f64| {
+        format!(
+            r#"{{"bench":"lrc-loss","engine":"{engine}","device":"Fake H100","case":"d64-k256-raw","pass":"forward_backward","median_ms":{ms},"peak_mib":{peak},"inputs_mib":512.0}}"#
+        )
+    };
+    let answer = |line: String| {
+        format!(
+            "what=\"$*\"\nwhile (($#)); do [[ $1 == --json ]] && json=$2; shift; done\n\
+             [[ $what == *lrc-loss* ]] && echo '{line}' >> \"$json\" && exit 0\necho 'total x 1.0 ms'\n"
+        )
+    };
+    write_executable(
+        &bundle.join("bin/lrc"),
+        &format!(
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
+            answer(record("lrc", 0.5, 40.0))
+        ),
+    );
+    write_executable(
+        &python,
+        &format!(
+            "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n\
+             [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n{}",
+            answer(record("torch", 2.0, 300.0))
+        ),
+    );
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(output.status.success(), "{summary}");
+    assert!(
+        row(&summary, "memcheck lrc-loss").contains("ERROR SUMMARY: 0 errors"),
+        "{summary}"
+    );
+    assert!(row(&summary, "bench lrc-loss lrc").contains("| passed |"), "{summary}");
+    assert!(row(&summary, "bench lrc-loss torch").contains("1 timings"), "{summary}");
+    // Columns: case, pass, torch ms, lrc ms, speed-up, torch peak, lrc peak, inputs.
+    let cells: Vec<&str> = row(&summary, "d64-k256-raw").split('|').map(str::trim).collect();
+    assert_eq!(
+        cells[1..9],
+        [
+            "d64-k256-raw",
+            "forward_backward",
+            "2.0000",
+            "0.5000",
+            "4.00",
+            "300.0",
+            "40.0",
+            "512.0"
+        ],
+        "{summary}"
+    );
+}
+
+#[test]
 fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
     let dir = tempfile::tempdir().unwrap();
     let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
@@ -255,7 +321,15 @@ fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
     let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "0");
     assert!(output.status.success(), "{summary}");
     assert!(row(&summary, "fake_tests").contains("skipped (budget)"), "{summary}");
-    for step in ["parity", "memcheck", "bench lrc", "bench torch"] {
+    for step in [
+        "parity",
+        "memcheck",
+        "memcheck lrc-loss",
+        "bench lrc",
+        "bench torch",
+        "bench lrc-loss lrc",
+        "bench lrc-loss torch",
+    ] {
         assert!(row(&summary, step).contains("skipped (budget)"), "{summary}");
     }
     let skipped = summary.split("## Skipped").nth(1).expect("a Skipped section");

@@ -112,6 +112,7 @@ fn local_model_with_local_loss() {
             LocalLossConfig {
                 temperature: 0.1,
                 renormalize_means: false,
+                normalize_pixels: false,
             },
         )
     });

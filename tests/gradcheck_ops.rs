@@ -222,20 +222,56 @@ fn local_contrast_loss() {
             ..Default::default()
         },
     ];
-    for renormalize_means in [false, true] {
+    for (renormalize_means, normalize_pixels) in [(false, false), (true, false), (false, true), (true, true)] {
         let cfg = LocalLossConfig {
             temperature: 0.5,
             renormalize_means,
+            normalize_pixels,
         };
         assert_grads(
-            &format!("local_contrast renorm={renormalize_means}"),
+            &format!("local_contrast renorm={renormalize_means} normalize_pixels={normalize_pixels}"),
             &inputs,
             |t, v| {
+                // Fused: the loss normalises the sampled pixels itself.
+                if normalize_pixels {
+                    return t.local_contrast_loss(v[0], v[1], &sets, cfg);
+                }
                 let q = t.l2_normalize(v[0])?;
                 let p = t.l2_normalize(v[1])?;
                 t.local_contrast_loss(q, p, &sets, cfg)
             },
         );
+    }
+}
+
+#[test]
+fn fused_pixel_normalisation_equals_normalising_first() {
+    let inputs = [rand(&[2, 3, 4, 5], 38), rand(&[2, 3, 4, 5], 39)];
+    let sets = vec![samples(3, 4, 20, 3), samples(2, 2, 20, 4)];
+    let cfg = |normalize_pixels| LocalLossConfig {
+        temperature: 0.3,
+        renormalize_means: false,
+        normalize_pixels,
+    };
+    let run = |fused: bool| {
+        let mut t = Tape::new();
+        let (q, p) = (t.leaf(inputs[0].clone()), t.leaf(inputs[1].clone()));
+        let loss = if fused {
+            t.local_contrast_loss(q, p, &sets, cfg(true)).unwrap()
+        } else {
+            let (qn, pn) = (t.l2_normalize(q).unwrap(), t.l2_normalize(p).unwrap());
+            t.local_contrast_loss(qn, pn, &sets, cfg(false)).unwrap()
+        };
+        let grads = t.backward(loss).unwrap();
+        let value = t.value(loss).scalar().unwrap();
+        let gq = grads.get(q).unwrap().to_f64_vec().unwrap();
+        let gp = grads.get(p).unwrap().to_f64_vec().unwrap();
+        (value, gq, gp)
+    };
+    let (fused, separate) = (run(true), run(false));
+    assert!((fused.0 - separate.0).abs() < 1e-12, "{} vs {}", fused.0, separate.0);
+    for (a, b) in fused.1.iter().chain(&fused.2).zip(separate.1.iter().chain(&separate.2)) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 }
 

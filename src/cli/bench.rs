@@ -8,6 +8,7 @@
 //! `lrc bench norm` times instance norm + ReLU alone at the U-Net's layer shapes and reports the
 //! achieved memory bandwidth (see [`norm`]).
 
+pub mod lrc_loss;
 pub mod norm;
 pub mod step;
 
@@ -35,6 +36,8 @@ pub enum BenchWhat {
     Step(step::StepBenchArgs),
     /// Time instance norm + ReLU, forward and backward, at each level of the default U-Net.
     Norm(norm::NormBenchArgs),
+    /// Time the fused LRC local loss, forward and forward + backward, and its memory.
+    LrcLoss(lrc_loss::LrcLossBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +86,7 @@ pub fn run(what: BenchWhat) -> Result<()> {
         BenchWhat::Conv(args) => bench_conv(&args),
         BenchWhat::Step(args) => step::bench_step(&args),
         BenchWhat::Norm(args) => norm::bench_norm(&args),
+        BenchWhat::LrcLoss(args) => lrc_loss::run(&args),
     }
 }
 
@@ -246,7 +250,12 @@ fn run_pass(layer: &Layer, pass: &str, o: &Operands, algo: ConvAlgo) -> Result<(
 }
 
 /// Milliseconds of each timed run, measured on the device with events.
-fn time_runs(timer: &GpuTimer, warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+pub(super) fn time_runs(
+    timer: &GpuTimer,
+    warmup: usize,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
@@ -260,7 +269,7 @@ fn time_runs(timer: &GpuTimer, warmup: usize, repeats: usize, mut f: impl FnMut(
     Ok(times)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 1 {

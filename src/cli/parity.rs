@@ -149,6 +149,7 @@ pub fn export(path: &Path, seed: u64) -> Result<()> {
     let lcfg = LocalLossConfig {
         temperature: TEMPERATURE,
         renormalize_means: false,
+        normalize_pixels: false,
     };
     let (loss, out, _) = run(&mut store, &[x1.clone(), x2], |t, p, x| {
         let fq = local.forward_local(t, p, x[0])?;

@@ -35,6 +35,11 @@ pub struct LocalLossConfig {
     /// Rescale each region mean to unit length before the dot products. The thesis takes the
     /// plain mean of unit pixel embeddings (off); on makes the logits true cosines.
     pub renormalize_means: bool,
+    /// Normalise each sampled pixel embedding to unit length inside the loss (as
+    /// `ops::normalize`, eps 1e-12), so that `f_q`, `f_p` may be the raw embeddings and the
+    /// separate normalisation pass over every pixel disappears. Off: the inputs are taken as
+    /// they are (the models normalise them with `l2_normalize`), and normalising is not repeated.
+    pub normalize_pixels: bool,
 }
 
 impl Default for LocalLossConfig {
@@ -42,6 +47,7 @@ impl Default for LocalLossConfig {
         LocalLossConfig {
             temperature: 0.07,
             renormalize_means: false,
+            normalize_pixels: false,
         }
     }
 }
@@ -83,18 +89,65 @@ pub fn check_samples(f: &Tensor, samples: &[RegionSamples]) -> Result<[usize; 4]
 pub mod cpu {
     use super::*;
 
-    /// Region means `[K, D]` of the sampled pixel embeddings of one image (`f`: [D, H*W]).
-    fn region_means<T: Element>(f: &[T], d: usize, hw: usize, idx: &[u32], k: usize, n: usize) -> Vec<f64> {
+    use crate::ops::normalize::DEFAULT_EPS;
+
+    /// The length of the embedding of pixel `p` (`f`: [D, H*W]).
+    fn pixel_norm<T: Element>(f: &[T], d: usize, hw: usize, p: usize) -> f64 {
+        (0..d).map(|e| f[e * hw + p].as_f64().powi(2)).sum::<f64>().sqrt()
+    }
+
+    /// Region means `[K, D]` of the sampled pixel embeddings of one image (`f`: [D, H*W]), each
+    /// embedding first scaled to unit length when `normalize`.
+    fn region_means<T: Element>(
+        f: &[T],
+        d: usize,
+        hw: usize,
+        idx: &[u32],
+        k: usize,
+        n: usize,
+        normalize: bool,
+    ) -> Vec<f64> {
         let mut m = vec![0.0; k * d];
         for r in 0..k {
             for &p in &idx[r * n..(r + 1) * n] {
+                let p = p as usize;
+                let scale = if normalize {
+                    1.0 / pixel_norm(f, d, hw, p).max(DEFAULT_EPS)
+                } else {
+                    1.0
+                };
                 for e in 0..d {
-                    m[r * d + e] += f[e * hw + p as usize].as_f64();
+                    m[r * d + e] += f[e * hw + p].as_f64() * scale;
                 }
             }
             m[r * d..(r + 1) * d].iter_mut().for_each(|v| *v /= n as f64);
         }
         m
+    }
+
+    /// Adds to the gradient `g` at pixel `p` the contribution `v` of one sample (the gradient of
+    /// the sample's normalised or plain embedding), through the normalisation when `normalize`:
+    /// `(v - y (y . v)) / |x|`, or `v / eps` where the norm is clamped (as `ops::normalize`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_sample_grad<T: Element>(g: &mut [T], f: &[T], d: usize, hw: usize, p: usize, v: &[f64], normalize: bool) {
+        if !normalize {
+            for e in 0..d {
+                g[e * hw + p] += T::of(v[e]);
+            }
+            return;
+        }
+        let norm = pixel_norm(f, d, hw, p);
+        if norm > DEFAULT_EPS {
+            let y = |e: usize| f[e * hw + p].as_f64() / norm;
+            let dot: f64 = (0..d).map(|e| y(e) * v[e]).sum();
+            for e in 0..d {
+                g[e * hw + p] += T::of((v[e] - y(e) * dot) / norm);
+            }
+        } else {
+            for e in 0..d {
+                g[e * hw + p] += T::of(v[e] / DEFAULT_EPS);
+            }
+        }
     }
 
     fn normalize_rows(m: &mut [f64], d: usize) -> Vec<f64> {
@@ -132,8 +185,8 @@ pub mod cpu {
         grads: Option<(&mut [T], &mut [T])>,
     ) -> f64 {
         let (k, n, t) = (s.labels.len(), s.n, cfg.temperature);
-        let mut a = region_means(fq, d, hw, &s.q, k, n);
-        let mut b = region_means(fp, d, hw, &s.p, k, n);
+        let mut a = region_means(fq, d, hw, &s.q, k, n, cfg.normalize_pixels);
+        let mut b = region_means(fp, d, hw, &s.p, k, n, cfg.normalize_pixels);
         let (na, nb) = if cfg.renormalize_means {
             (normalize_rows(&mut a, d), normalize_rows(&mut b, d))
         } else {
@@ -194,13 +247,12 @@ pub mod cpu {
         }
         // Each sample contributes 1/N of its region mean; duplicates accumulate.
         let inv_n = 1.0 / n as f64;
+        da.iter_mut().chain(db.iter_mut()).for_each(|v| *v *= inv_n);
         for r in 0..k {
             for j in 0..n {
                 let (pq, pp) = (s.q[r * n + j] as usize, s.p[r * n + j] as usize);
-                for e in 0..d {
-                    gq[e * hw + pq] += T::of(da[r * d + e] * inv_n);
-                    gp[e * hw + pp] += T::of(db[r * d + e] * inv_n);
-                }
+                add_sample_grad(gq, fq, d, hw, pq, &da[r * d..(r + 1) * d], cfg.normalize_pixels);
+                add_sample_grad(gp, fp, d, hw, pp, &db[r * d..(r + 1) * d], cfg.normalize_pixels);
             }
         }
         loss
@@ -209,8 +261,9 @@ pub mod cpu {
 
 impl Tape {
     /// LRC's local contrastive loss of pixel embeddings `f_q`, `f_p` ([B, D, H, W], expected to
-    /// be unit vectors per pixel) over the sampled regions of each image, averaged over the
-    /// regions of an image and then over the images that have at least one region.
+    /// be unit vectors per pixel unless `cfg.normalize_pixels`) over the sampled regions of each
+    /// image, averaged over the regions of an image and then over the images that have at least
+    /// one region. On CUDA tensors it runs the fused kernels of `kernels/local_contrast.cu`.
     pub fn local_contrast_loss(
         &mut self,
         fq: Var,
@@ -234,7 +287,7 @@ impl Tape {
             )));
         }
         if !qv.is_cpu() {
-            return Err(super::cuda_missing("local_contrast"));
+            return cuda::record(self, fq, fp, [qv.shape()[0], d, h, w], samples, cfg);
         }
         let hw = h * w;
         let counted = samples.iter().filter(|s| !s.labels.is_empty()).count();
@@ -261,5 +314,39 @@ impl Tape {
                 Ok(vec![Some(Tensor::cpu(q.shape().to_vec(), gq)), Some(Tensor::cpu(p.shape().to_vec(), gp))])
             })
         }))
+    }
+}
+
+/// The CUDA branch: the fused kernels of `device::cuda::local_contrast`.
+mod cuda {
+    use super::super::conv::cuda::{storage, tensor};
+    use super::{LocalLossConfig, RegionSamples};
+    use crate::autograd::{Tape, Var};
+    use crate::device::cuda::local_contrast::{local_contrast_backward, local_contrast_forward};
+    use crate::error::Result;
+
+    pub(super) fn record(
+        tape: &mut Tape,
+        fq: Var,
+        fp: Var,
+        dims: [usize; 4],
+        samples: &[RegionSamples],
+        cfg: LocalLossConfig,
+    ) -> Result<Var> {
+        const OP: &str = "local_contrast";
+        let qs = storage(OP, "f_q", tape.value(fq))?;
+        let ps = storage(OP, "f_p", tape.value(fp))?;
+        let (loss, saved) = local_contrast_forward(qs, ps, dims, samples, &cfg)?;
+        let shape = dims.to_vec();
+        Ok(
+            tape.record("local_contrast_loss", tensor(vec![1], loss), &[fq, fp], move |ctx| {
+                const BACKWARD: &str = "local_contrast backward";
+                let qs = storage(BACKWARD, "f_q", ctx.input(0))?;
+                let ps = storage(BACKWARD, "f_p", ctx.input(1))?;
+                let gs = storage(BACKWARD, "loss gradient", ctx.grad)?;
+                let (gq, gp) = local_contrast_backward(&saved, qs, ps, gs)?;
+                Ok(vec![Some(tensor(shape.clone(), gq)), Some(tensor(shape.clone(), gp))])
+            }),
+        )
     }
 }

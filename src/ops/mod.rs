@@ -15,12 +15,3 @@ pub mod normalize;
 pub mod pointwise;
 pub mod pool;
 pub mod softmax;
-
-use crate::error::Error;
-
-/// The error for an op whose CUDA kernel is not part of this build yet.
-pub(crate) fn cuda_missing(op: &str) -> Error {
-    Error::Device(format!(
-        "{op} has no CUDA kernel in this build; run it on the CPU (--device cpu)"
-    ))
-}

@@ -410,6 +410,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     let lcfg = LocalLossConfig {
         temperature: cfg.temperature,
         renormalize_means: cfg.renormalize_means,
+        normalize_pixels: false,
     };
     let mut summary = PretrainSummary {
         steps: 0,

@@ -160,6 +160,12 @@ impl CachingAllocator {
         Ok(())
     }
 
+    /// Starts a new peak: `peak_bytes_in_use` becomes what is in use now.
+    pub(crate) fn reset_peak(&self) {
+        let mut pool = self.pool();
+        pool.stats.peak_bytes_in_use = pool.stats.bytes_in_use;
+    }
+
     pub(crate) fn stats(&self) -> AllocStats {
         self.pool().stats
     }

@@ -218,6 +218,12 @@ impl CudaDevice {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Restarts the allocator's peak (`AllocStats::peak_bytes_in_use`) from what is in use now,
+    /// so that the peak of one piece of work can be measured.
+    pub fn reset_peak_memory(&self) {
+        self.allocator.reset_peak();
+    }
+
     /// Gives cached free blocks back to the driver.
     pub fn empty_cache(&self) -> Result<()> {
         self.allocator.empty_cache()

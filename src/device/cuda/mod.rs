@@ -14,6 +14,7 @@ pub mod conv;
 pub mod gemm;
 mod kernel_timer;
 mod launch;
+pub mod local_contrast;
 pub mod loss;
 mod module_cache;
 pub mod norm;

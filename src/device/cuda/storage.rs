@@ -95,8 +95,9 @@ impl CudaStorage {
         Ok(storage)
     }
 
-    /// A copy of 32-bit integer data (class labels, bit masks) on the device, held as its bit
-    /// patterns; kernels read it as `uint32_t`.
+    /// A copy of 32-bit integer data (class labels, bit masks, indices, offsets) on the device,
+    /// held as its bit patterns: kernels read the block as `const uint32_t*`. Returns once `data`
+    /// has been read.
     pub fn from_host_u32(device: &Arc<CudaDevice>, data: &[u32]) -> Result<CudaStorage> {
         CudaStorage::from_host(device, bytemuck::cast_slice(data))
     }

@@ -1,0 +1,490 @@
+//! Parity of the fused LRC loss on a GPU (`Tape::local_contrast_loss` on CUDA tensors, which runs
+//! `kernels/local_contrast.cu`) with the same op on CPU f64 tensors holding the same f32 values:
+//! loss and both gradients, every combination of the fused pixel normalisation and the mean
+//! renormalisation, images with no region, a single region, duplicate samples, K = 512 with
+//! D = 128 (the sizes the issue names) and beyond, and the errors for what the kernels refuse.
+//! Every fresh device buffer is poisoned with NaN, and every pixel that no sample hits must get
+//! a gradient of exactly 0.
+//!
+//! Tolerances, from f32 rounding (unit roundoff u = 2^-24) on inputs with |x| <= 1, as in
+//! tests/emu_local_contrast.rs:
+//! - logit error e = (2D + 2N + 8) u / t (the region means' and one dot product's summation
+//!   error over t, every |mean| <= 1); loss atol = 2e + 2K u (a log-sum-exp of 2K - 1 terms
+//!   minus a logit, averaged), rtol 1e-6.
+//! - gradients: atol = 8 (e + K u) times the largest reference gradient (softmax weights off by
+//!   at most 2e relative, summed over 2K regions, through the normalisation Jacobians), rtol
+//!   1e-5.
+//!
+//! The GPU's expf / logf are within 2 ulp of the correctly rounded results, far inside e.
+//!
+//! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`. The last three need
+//! none: the kernels are compiled for every architecture, and `lrc bench lrc-loss` lists its
+//! cases anywhere and is a clear error without a GPU.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use lrc::device::cuda::local_contrast::{MAX_CHANNELS, kernel_names, local_contrast_backward, local_contrast_forward};
+use lrc::device::cuda::{CudaDevice, CudaStorage};
+use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
+use lrc::rng::Rng;
+use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
+use lrc::{Device, Tape, Tensor, Var, kernels};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn device() -> Arc<CudaDevice> {
+    let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
+    device.set_poison_fresh_buffers(true);
+    device
+}
+
+/// One test problem: `regions[i]` regions of `samples[i]` samples in image i.
+struct Case {
+    name: &'static str,
+    d: usize,
+    h: usize,
+    w: usize,
+    regions: Vec<usize>,
+    samples: Vec<usize>,
+    temperature: f64,
+    seed: u64,
+}
+
+impl Case {
+    fn dims(&self) -> [usize; 4] {
+        [self.regions.len(), self.d, self.h, self.w]
+    }
+
+    fn len(&self) -> usize {
+        self.regions.len() * self.d * self.h * self.w
+    }
+
+    fn logit_error(&self) -> f64 {
+        let n = *self.samples.iter().max().unwrap_or(&0) as f64;
+        (2.0 * self.d as f64 + 2.0 * n + 8.0) * U / self.temperature
+    }
+
+    fn max_regions(&self) -> f64 {
+        *self.regions.iter().max().unwrap_or(&0) as f64
+    }
+}
+
+/// Random samples of one image with duplicates inside a region and across regions.
+fn draw(rng: &mut Rng, k: usize, n: usize, hw: usize) -> RegionSamples {
+    let mut view = || {
+        let mut idx: Vec<u32> = (0..k * n).map(|_| rng.below(hw as u64) as u32).collect();
+        if k > 0 && n > 1 {
+            idx[1] = idx[0];
+        }
+        if k > 1 {
+            idx[n] = idx[0];
+        }
+        idx
+    };
+    let (q, p) = (view(), view());
+    RegionSamples {
+        labels: (1..=k as u32).collect(),
+        n,
+        q,
+        p,
+    }
+}
+
+/// Samples, f_q and f_p of a case: embeddings in [-1, 1), or unit vectors per pixel (rounded to
+/// f32) when the loss does not normalise them itself.
+fn inputs(case: &Case, unit: bool) -> (Vec<RegionSamples>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(case.seed);
+    let samples = case
+        .regions
+        .iter()
+        .zip(&case.samples)
+        .map(|(&k, &n)| draw(&mut rng, k, n, case.h * case.w))
+        .collect();
+    let hw = case.h * case.w;
+    let mut embeddings = || {
+        let mut f = uniform(&mut rng, case.len(), -1.0, 1.0);
+        if unit {
+            for img in f.chunks_mut(case.d * hw) {
+                for px in 0..hw {
+                    let norm = (0..case.d)
+                        .map(|e| (img[e * hw + px] as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    for e in 0..case.d {
+                        img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
+                    }
+                }
+            }
+        }
+        f
+    };
+    let fq = embeddings();
+    let fp = embeddings();
+    (samples, fq, fp)
+}
+
+/// Loss and gradients of `Tape::local_contrast_loss` with f_q, f_p as `device` tensors built
+/// from `f` (as f64 on the CPU, as f32 on CUDA).
+fn run(
+    device: &Device,
+    case: &Case,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+) -> (f64, Vec<f64>, Vec<f64>) {
+    let shape = case.dims().to_vec();
+    let tensor = |v: &[f32]| match device {
+        Device::Cpu => Tensor::from_vec(shape.clone(), widen(v)).unwrap(),
+        Device::Cuda(_) => Tensor::from_vec(shape.clone(), v.to_vec())
+            .unwrap()
+            .to_device(device)
+            .unwrap(),
+    };
+    let mut tape = Tape::new();
+    let q = tape.leaf(tensor(f[0]));
+    let p = tape.leaf(tensor(f[1]));
+    let loss = tape.local_contrast_loss(q, p, samples, cfg).unwrap();
+    assert_eq!(tape.value(loss).device(), *device);
+    assert_eq!(tape.value(loss).shape(), [1]);
+    let value = tape.value(loss).scalar().unwrap();
+    let grads = tape.backward(loss).unwrap();
+    let grad = |v: Var| {
+        let g = grads.get(v).unwrap();
+        assert_eq!(g.device(), *device);
+        g.to_f64_vec().unwrap()
+    };
+    (value, grad(q), grad(p))
+}
+
+fn sampled_mask(case: &Case, samples: &[RegionSamples], q_view: bool) -> Vec<bool> {
+    let hw = case.h * case.w;
+    let mut mask = vec![false; case.len()];
+    for (img, s) in samples.iter().enumerate() {
+        for &px in if q_view { &s.q } else { &s.p } {
+            for e in 0..case.d {
+                mask[(img * case.d + e) * hw + px as usize] = true;
+            }
+        }
+    }
+    mask
+}
+
+fn tolerances(case: &Case, largest_grad: f64) -> (Tolerance, Tolerance) {
+    let (e, k) = (case.logit_error(), case.max_regions());
+    (
+        Tolerance {
+            atol: 2.0 * e + 2.0 * k * U,
+            rtol: 1e-6,
+        },
+        Tolerance {
+            atol: 8.0 * (e + k * U) * largest_grad,
+            rtol: 1e-5,
+        },
+    )
+}
+
+/// The GPU against the CPU twin on one case with one configuration.
+fn check(gpu: &Arc<CudaDevice>, case: &Case, cfg: LocalLossConfig) {
+    let what = format!(
+        "{} (normalize_pixels {}, renormalize_means {})",
+        case.name, cfg.normalize_pixels, cfg.renormalize_means
+    );
+    let (samples, fq, fp) = inputs(case, !cfg.normalize_pixels);
+    let (want_loss, want_q, want_p) = run(&Device::Cpu, case, [&fq, &fp], &samples, cfg);
+    let (got_loss, got_q, got_p) = run(&Device::Cuda(gpu.clone()), case, [&fq, &fp], &samples, cfg);
+    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
+    let (loss_tol, grad_tol) = tolerances(case, largest);
+    let got_loss = [got_loss as f32];
+    assert_close(&format!("{what}: loss"), &got_loss, &[want_loss], loss_tol);
+    let mut ratio = 0.0f64;
+    for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
+        let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+        assert_close(&format!("{what}: grad_{view}"), &got, want, grad_tol);
+        ratio = ratio.max(worst(&got, want, grad_tol).ratio);
+        for (i, (&g, m)) in got.iter().zip(sampled_mask(case, &samples, view == "q")).enumerate() {
+            assert!(
+                m || g == 0.0,
+                "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
+            );
+        }
+    }
+    println!(
+        "{what}: loss {} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {ratio:.1e}",
+        got_loss[0],
+        worst(&got_loss, &[want_loss], loss_tol).ratio
+    );
+}
+
+fn check_all_options(case: &Case) {
+    let gpu = device();
+    for normalize_pixels in [false, true] {
+        for renormalize_means in [false, true] {
+            let cfg = LocalLossConfig {
+                temperature: case.temperature,
+                renormalize_means,
+                normalize_pixels,
+            };
+            check(&gpu, case, cfg);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn small_batches_with_empty_images_single_regions_and_chunk_boundaries() {
+    check_all_options(&Case {
+        name: "K = 6, 1, 0",
+        d: 19,
+        h: 5,
+        w: 7,
+        regions: vec![6, 1, 0],
+        samples: vec![5, 3, 4],
+        temperature: 0.3,
+        seed: 1,
+    });
+    check_all_options(&Case {
+        name: "K = 33, 32, 0; N = 33, 2, 1; D = 45",
+        d: 45,
+        h: 6,
+        w: 6,
+        regions: vec![33, 32, 0],
+        samples: vec![33, 2, 1],
+        temperature: 0.1,
+        seed: 2,
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_training_sized_batch() {
+    check_all_options(&Case {
+        name: "B = 4, D = 64, K = 64, 1, 0, 40, N = 32, 48 x 40",
+        d: 64,
+        h: 48,
+        w: 40,
+        regions: vec![64, 1, 0, 40],
+        samples: vec![32, 7, 3, 33],
+        temperature: 0.07,
+        seed: 3,
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_limits_k_512_and_d_128_and_more_regions_beyond() {
+    check_all_options(&Case {
+        name: "K = 512, 300; D = 128",
+        d: MAX_CHANNELS,
+        h: 64,
+        w: 64,
+        regions: vec![512, 300],
+        samples: vec![16, 5],
+        temperature: 0.07,
+        seed: 4,
+    });
+    // K is not bounded by the kernels (the K x K blocks are streamed 32 regions at a time).
+    let gpu = device();
+    let cfg = LocalLossConfig {
+        temperature: 0.2,
+        renormalize_means: false,
+        normalize_pixels: true,
+    };
+    check(
+        &gpu,
+        &Case {
+            name: "K = 700",
+            d: 32,
+            h: 40,
+            w: 40,
+            regions: vec![700],
+            samples: vec![4],
+            temperature: 0.2,
+            seed: 5,
+        },
+        cfg,
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn results_are_bitwise_reproducible() {
+    let gpu = Device::Cuda(device());
+    let case = Case {
+        name: "repeat",
+        d: 32,
+        h: 32,
+        w: 32,
+        regions: vec![100, 60],
+        samples: vec![32, 32],
+        temperature: 0.07,
+        seed: 6,
+    };
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: true,
+        normalize_pixels: true,
+    };
+    let (samples, fq, fp) = inputs(&case, false);
+    let first = run(&gpu, &case, [&fq, &fp], &samples, cfg);
+    for _ in 0..3 {
+        let again = run(&gpu, &case, [&fq, &fp], &samples, cfg);
+        assert_eq!(again.0.to_bits(), first.0.to_bits());
+        assert!(again.1.iter().zip(&first.1).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(again.2.iter().zip(&first.2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_backward_pass_reads_the_upstream_gradient_on_the_device() {
+    let gpu = device();
+    let case = Case {
+        name: "upstream",
+        d: 24,
+        h: 9,
+        w: 11,
+        regions: vec![12, 5],
+        samples: vec![6, 9],
+        temperature: 0.25,
+        seed: 7,
+    };
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: false,
+        normalize_pixels: true,
+    };
+    let (samples, fq, fp) = inputs(&case, false);
+    let (_, want_q, want_p) = run(&Device::Cpu, &case, [&fq, &fp], &samples, cfg);
+    let (q, p) = (
+        CudaStorage::from_host(&gpu, &fq).unwrap(),
+        CudaStorage::from_host(&gpu, &fp).unwrap(),
+    );
+    let (loss, saved) = local_contrast_forward(&q, &p, case.dims(), &samples, &cfg).unwrap();
+    assert_eq!(loss.len(), 1);
+    let upstream = -0.6;
+    let g = CudaStorage::full(&gpu, 1, upstream as f32).unwrap();
+    let (gq, gp) = local_contrast_backward(&saved, &q, &p, &g).unwrap();
+    let scaled = |v: &[f64]| v.iter().map(|x| x * upstream).collect::<Vec<f64>>();
+    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs())) * 0.6;
+    let (_, tol) = tolerances(&case, largest);
+    assert_close("grad_q x -0.6", &gq.to_host().unwrap(), &scaled(&want_q), tol);
+    assert_close("grad_p x -0.6", &gp.to_host().unwrap(), &scaled(&want_p), tol);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_forward_without_gradients_gives_the_same_loss() {
+    let gpu = Device::Cuda(device());
+    let case = Case {
+        name: "no grad",
+        d: 16,
+        h: 8,
+        w: 8,
+        regions: vec![9, 3],
+        samples: vec![4, 4],
+        temperature: 0.1,
+        seed: 8,
+    };
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: false,
+        normalize_pixels: false,
+    };
+    let (samples, fq, fp) = inputs(&case, true);
+    let (with_grad, _, _) = run(&gpu, &case, [&fq, &fp], &samples, cfg);
+    let mut tape = Tape::no_grad();
+    let shape = case.dims().to_vec();
+    let to_gpu = |v: &Vec<f32>| {
+        Tensor::from_vec(shape.clone(), v.clone())
+            .unwrap()
+            .to_device(&gpu)
+            .unwrap()
+    };
+    let q = tape.constant(to_gpu(&fq));
+    let p = tape.constant(to_gpu(&fp));
+    let loss = tape.local_contrast_loss(q, p, &samples, cfg).unwrap();
+    assert_eq!(tape.value(loss).scalar().unwrap().to_bits(), with_grad.to_bits());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn what_the_kernels_refuse_is_an_error() {
+    let gpu = Device::Cuda(device());
+    let samples = vec![draw(&mut Rng::new(9), 2, 3, 16)];
+    let cfg = LocalLossConfig::default();
+    let on_gpu = |d: usize| {
+        Tensor::from_vec(vec![1, d, 4, 4], vec![0.5f32; d * 16])
+            .unwrap()
+            .to_device(&gpu)
+            .unwrap()
+    };
+    // More channels than the kernels hold.
+    let mut tape = Tape::new();
+    let (q, p) = (tape.leaf(on_gpu(MAX_CHANNELS + 1)), tape.leaf(on_gpu(MAX_CHANNELS + 1)));
+    let err = tape.local_contrast_loss(q, p, &samples, cfg).unwrap_err();
+    assert!(err.to_string().contains("at most 128"), "{err}");
+    // One operand left on the CPU.
+    let mut tape = Tape::new();
+    let q = tape.leaf(on_gpu(8));
+    let p = tape.leaf(Tensor::from_vec(vec![1, 8, 4, 4], vec![0.5f32; 128]).unwrap());
+    let err = tape.local_contrast_loss(q, p, &samples, cfg).unwrap_err();
+    assert!(err.to_string().contains("CPU"), "{err}");
+    // A pixel index outside the image.
+    let mut bad = samples.clone();
+    bad[0].p[0] = 16;
+    let mut tape = Tape::new();
+    let (q, p) = (tape.leaf(on_gpu(8)), tape.leaf(on_gpu(8)));
+    assert!(tape.local_contrast_loss(q, p, &bad, cfg).is_err());
+}
+
+#[test]
+fn every_kernel_is_compiled_for_every_architecture() {
+    if !kernels::BUILT {
+        return;
+    }
+    let rows = kernels::parse_ptxas_report(kernels::PTXAS_REPORT).unwrap();
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort();
+    archs.dedup();
+    for name in kernel_names() {
+        for arch in &archs {
+            assert!(
+                rows.iter()
+                    .any(|r| r.module == "local_contrast" && r.kernel == name && r.arch == *arch),
+                "kernel {name} is launched but was not compiled for {arch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_lrc_loss_lists_its_cases_without_a_gpu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lrc"))
+        .args(["bench", "lrc-loss", "--list"])
+        .output()
+        .expect("run lrc");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // D in {32, 64} x K in {64, 256} x raw / unit pixels.
+    assert_eq!(text.lines().count(), 8, "{text}");
+    assert!(text.contains("d64-k256-raw") && text.contains("N 32 256x256"), "{text}");
+}
+
+#[test]
+fn bench_lrc_loss_without_a_gpu_is_a_clear_error() {
+    // SAFETY: only probes whether the driver library can be loaded.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lrc"))
+        .args(["bench", "lrc-loss", "--repeats", "1", "--json"])
+        .arg(dir.path().join("bench.jsonl"))
+        .output()
+        .expect("run lrc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

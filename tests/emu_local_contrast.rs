@@ -1,0 +1,594 @@
+//! Emulated parity of `kernels/local_contrast.cu` (the fused LRC loss, forward and backward)
+//! against its CPU twin (`Tape::local_contrast_loss`, evaluated in f64 on the same f32 inputs).
+//! The launches are planned by `lrc::device::cuda::local_contrast` on emulator addresses; every
+//! output and scratch buffer starts as NaN, and the gradient of every pixel no sample hits must
+//! come out exactly 0.
+//!
+//! Tolerances, from f32 rounding (unit roundoff u = 2^-24) on inputs with |x| <= 1:
+//! - a logit a.b / t carries the error of the region means (n terms each, plus the D terms of a
+//!   pixel norm when normalising) and of a D-term dot product: at most about (2D + 2n) u / t in
+//!   magnitude, since every |mean| <= 1 (before renormalisation; renormalising adds a few u).
+//!   Call that e. A log-sum-exp adds at most 2K u of summation error; a row loss is a
+//!   log-sum-exp minus a logit, and the image loss a mean of them: loss atol = 2e + 2K u.
+//! - the gradients are sums over 2K regions of softmax weights (relative error <= 2e) times
+//!   means, then pass through the normalisation Jacobians, whose cancellations leave the error
+//!   relative to the largest gradient rather than to each element: atol = 8 (e + K u) times the
+//!   largest reference gradient, plus rtol 1e-5. The factor 8 covers the three coefficients per
+//!   region pair and the (v - y (y . v)) / |x| steps. A wrong term (one region, one sample,
+//!   one channel) is off by O(1 / (K n)) of the largest gradient, far above these bounds.
+//!
+//! The emulator runs blocks one after another, so it shows no races between blocks: the kernels
+//! have none by construction (every output element has a single writer; see the .cu file), and
+//! the emulated atomicExch of the pixel lists links samples in one order only, where a GPU
+//! varies it: the result does not depend on that order (tests/cuda_local_contrast.rs checks
+//! bitwise repeatability on a GPU).
+
+use lrc::device::cuda::local_contrast::{
+    LocalContrastBuffers, LocalContrastGeom, MAX_CHANNELS, SampleTable, backward_calls, forward_calls,
+};
+use lrc::device::emu::{self, EmuMemory};
+use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
+use lrc::rng::Rng;
+use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
+use lrc::{Tape, Tensor};
+
+/// Whether the emulator can be built here; CI must be able to.
+fn emulator_available() -> bool {
+    if emu::compiler().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must have a C++ compiler to emulate the kernels"
+    );
+    eprintln!("skipped: no C++ compiler (set CXX)");
+    false
+}
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// One test problem: `regions[i]` regions of `samples[i]` samples in image i.
+struct Case {
+    name: &'static str,
+    d: usize,
+    h: usize,
+    w: usize,
+    regions: Vec<usize>,
+    samples: Vec<usize>,
+    temperature: f64,
+    seed: u64,
+}
+
+impl Case {
+    fn dims(&self) -> [usize; 4] {
+        [self.regions.len(), self.d, self.h, self.w]
+    }
+
+    fn len(&self) -> usize {
+        self.regions.len() * self.d * self.h * self.w
+    }
+}
+
+/// Random samples of one image with duplicates inside a region and across regions.
+fn draw(rng: &mut Rng, k: usize, n: usize, hw: usize) -> RegionSamples {
+    let mut view = || {
+        let mut idx: Vec<u32> = (0..k * n).map(|_| rng.below(hw as u64) as u32).collect();
+        if k > 0 && n > 1 {
+            idx[1] = idx[0];
+        }
+        if k > 1 {
+            idx[n] = idx[0];
+        }
+        idx
+    };
+    let (q, p) = (view(), view());
+    RegionSamples {
+        labels: (1..=k as u32).collect(),
+        n,
+        q,
+        p,
+    }
+}
+
+fn samples_of(case: &Case, rng: &mut Rng) -> Vec<RegionSamples> {
+    case.regions
+        .iter()
+        .zip(&case.samples)
+        .map(|(&k, &n)| draw(rng, k, n, case.h * case.w))
+        .collect()
+}
+
+/// Embeddings in [-1, 1), or unit vectors per pixel (rounded to f32) when the loss does not
+/// normalise them itself.
+fn embeddings(case: &Case, rng: &mut Rng, unit: bool) -> Vec<f32> {
+    let mut f = uniform(rng, case.len(), -1.0, 1.0);
+    if unit {
+        let hw = case.h * case.w;
+        for img in f.chunks_mut(case.d * hw) {
+            for px in 0..hw {
+                let norm = (0..case.d)
+                    .map(|e| (img[e * hw + px] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                for e in 0..case.d {
+                    img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
+                }
+            }
+        }
+    }
+    f
+}
+
+/// The CPU twin in f64: loss and the gradients of `grad` x loss.
+fn reference(
+    case: &Case,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+    grad: f64,
+) -> (f64, Vec<f64>, Vec<f64>) {
+    let mut tape = Tape::new();
+    let shape = case.dims().to_vec();
+    let q = tape.leaf(Tensor::from_vec(shape.clone(), widen(f[0])).unwrap());
+    let p = tape.leaf(Tensor::from_vec(shape, widen(f[1])).unwrap());
+    let loss = tape.local_contrast_loss(q, p, samples, cfg).unwrap();
+    let value = tape.value(loss).scalar().unwrap();
+    let grads = tape.backward(loss).unwrap();
+    let scaled = |v: lrc::Var| -> Vec<f64> {
+        grads
+            .get(v)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap()
+            .into_iter()
+            .map(|x| x * grad)
+            .collect()
+    };
+    (value, scaled(q), scaled(p))
+}
+
+/// The planned kernels on the emulator: loss and gradients for upstream gradient `grad`.
+fn emulate(
+    case: &Case,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+    grad: f32,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let table = SampleTable::new(samples, case.h * case.w).unwrap();
+    let g = LocalContrastGeom::new(case.dims(), &table, &cfg).unwrap();
+    let mut mem = EmuMemory::new();
+    let a = LocalContrastBuffers {
+        f_q: mem.upload(f[0]),
+        f_p: mem.upload(f[1]),
+        table: mem.upload(table.words()),
+        means: mem.alloc(g.means_len()),
+        mean_norms: mem.alloc(g.norms_len()),
+        lse: mem.alloc(g.rows),
+        row_loss: mem.alloc(g.rows),
+        loss: mem.alloc(1),
+        grad_loss: mem.upload(&[grad]),
+        mean_grads: mem.alloc(g.means_len()),
+        heads: mem.alloc(g.heads_len()),
+        next: mem.alloc(g.next_len()),
+        grad_q: mem.alloc(g.embedding_len()),
+        grad_p: mem.alloc(g.embedding_len()),
+    };
+    let mut calls = forward_calls(&g, &a).unwrap();
+    calls.extend(backward_calls(&g, &a).unwrap());
+    mem.run(&calls).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    (
+        mem.read::<f32>(a.loss, 1)[0],
+        mem.read(a.grad_q, g.embedding_len()),
+        mem.read(a.grad_p, g.embedding_len()),
+    )
+}
+
+/// Whether each element of a gradient map belongs to a sampled pixel of its image and view.
+fn sampled_mask(case: &Case, samples: &[RegionSamples], q_view: bool) -> Vec<bool> {
+    let hw = case.h * case.w;
+    let mut mask = vec![false; case.len()];
+    for (img, s) in samples.iter().enumerate() {
+        for &px in if q_view { &s.q } else { &s.p } {
+            for e in 0..case.d {
+                mask[(img * case.d + e) * hw + px as usize] = true;
+            }
+        }
+    }
+    mask
+}
+
+/// The logit error bound e of the module comment.
+fn logit_error(case: &Case) -> f64 {
+    let n = *case.samples.iter().max().unwrap_or(&0) as f64;
+    (2.0 * case.d as f64 + 2.0 * n + 8.0) * U / case.temperature
+}
+
+fn max_regions(case: &Case) -> f64 {
+    *case.regions.iter().max().unwrap_or(&0) as f64
+}
+
+/// Runs `case` with `cfg` on the emulator and checks it against the CPU twin; returns the worst
+/// ratios to tolerance (loss, gradients).
+fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSamples]) -> (f64, f64) {
+    let what = format!(
+        "{} (normalize_pixels {}, renormalize_means {})",
+        case.name, cfg.normalize_pixels, cfg.renormalize_means
+    );
+    let grad = 0.75;
+    let (want_loss, want_q, want_p) = reference(case, f, samples, cfg, grad);
+    let (got_loss, got_q, got_p) = emulate(case, f, samples, cfg, grad as f32);
+    let e = logit_error(case);
+    let k = max_regions(case);
+    let loss_tol = Tolerance {
+        atol: 2.0 * e + 2.0 * k * U,
+        rtol: 1e-6,
+    };
+    assert_close(&format!("{what}: loss"), &[got_loss], &[want_loss], loss_tol);
+    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
+    let grad_tol = Tolerance {
+        atol: 8.0 * (e + k * U) * largest,
+        rtol: 1e-5,
+    };
+    for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
+        assert_close(&format!("{what}: grad_{view}"), got, want, grad_tol);
+        let mask = sampled_mask(case, samples, view == "q");
+        for (i, (&g, &m)) in got.iter().zip(&mask).enumerate() {
+            assert!(
+                m || g == 0.0,
+                "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
+            );
+        }
+    }
+    let ratios = (
+        worst(&[got_loss], &[want_loss], loss_tol).ratio,
+        worst(&got_q, &want_q, grad_tol)
+            .ratio
+            .max(worst(&got_p, &want_p, grad_tol).ratio),
+    );
+    println!(
+        "{what}: loss {got_loss} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {:.1e} (largest |grad| {largest:.3e}, max |got| {:.3e})",
+        ratios.0,
+        ratios.1,
+        max_abs(&got_q).max(max_abs(&got_p))
+    );
+    ratios
+}
+
+/// Every combination of the two options on one case.
+fn check_all_options(case: &Case) {
+    for normalize_pixels in [false, true] {
+        let mut rng = Rng::new(case.seed);
+        let samples = samples_of(case, &mut rng);
+        let fq = embeddings(case, &mut rng, !normalize_pixels);
+        let fp = embeddings(case, &mut rng, !normalize_pixels);
+        for renormalize_means in [false, true] {
+            let cfg = LocalLossConfig {
+                temperature: case.temperature,
+                renormalize_means,
+                normalize_pixels,
+            };
+            check(case, cfg, [&fq, &fp], &samples);
+        }
+    }
+}
+
+#[test]
+fn mixed_region_counts_with_an_empty_image_and_a_single_region() {
+    if !emulator_available() {
+        return;
+    }
+    check_all_options(&Case {
+        name: "K = 6, 1, 0",
+        d: 19,
+        h: 5,
+        w: 7,
+        regions: vec![6, 1, 0],
+        samples: vec![5, 3, 4],
+        temperature: 0.3,
+        seed: 1,
+    });
+}
+
+#[test]
+fn region_and_sample_counts_across_chunk_boundaries() {
+    if !emulator_available() {
+        return;
+    }
+    // 33 regions: two 32-wide chunks in the row kernels; 32: exactly one. 33 samples: two
+    // 32-sample chunks in the means kernel. 45 channels: two per lane, the second partial.
+    check_all_options(&Case {
+        name: "K = 33, 32; N = 33, 2; D = 45",
+        d: 45,
+        h: 6,
+        w: 6,
+        regions: vec![33, 32],
+        samples: vec![33, 2],
+        temperature: 0.1,
+        seed: 2,
+    });
+}
+
+#[test]
+fn channels_at_the_limit() {
+    if !emulator_available() {
+        return;
+    }
+    check_all_options(&Case {
+        name: "D = 128",
+        d: MAX_CHANNELS,
+        h: 4,
+        w: 5,
+        regions: vec![3, 2],
+        samples: vec![4, 1],
+        temperature: 0.07,
+        seed: 3,
+    });
+}
+
+#[test]
+fn many_regions() {
+    if !emulator_available() {
+        return;
+    }
+    // K = 512 and D = 128, the sizes the issue asks for, with few samples and pixels so that
+    // the emulator stays quick.
+    let case = Case {
+        name: "K = 512, D = 128",
+        d: MAX_CHANNELS,
+        h: 16,
+        w: 16,
+        regions: vec![512],
+        samples: vec![2],
+        temperature: 0.5,
+        seed: 4,
+    };
+    let mut rng = Rng::new(case.seed);
+    let samples = samples_of(&case, &mut rng);
+    let fq = embeddings(&case, &mut rng, false);
+    let fp = embeddings(&case, &mut rng, false);
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: true,
+        normalize_pixels: true,
+    };
+    check(&case, cfg, [&fq, &fp], &samples);
+}
+
+#[test]
+fn a_batch_without_regions_has_zero_loss_and_gradients() {
+    if !emulator_available() {
+        return;
+    }
+    let case = Case {
+        name: "no regions",
+        d: 5,
+        h: 3,
+        w: 4,
+        regions: vec![0, 0],
+        samples: vec![0, 3],
+        temperature: 0.2,
+        seed: 5,
+    };
+    let mut rng = Rng::new(case.seed);
+    let samples = samples_of(&case, &mut rng);
+    let f = embeddings(&case, &mut rng, false);
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: false,
+        normalize_pixels: true,
+    };
+    let (loss, gq, gp) = emulate(&case, [&f, &f], &samples, cfg, 1.0);
+    assert_eq!(loss, 0.0);
+    assert!(gq.iter().chain(&gp).all(|&g| g == 0.0));
+}
+
+#[test]
+fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
+    if !emulator_available() {
+        return;
+    }
+    let case = Case {
+        name: "zero pixel",
+        d: 4,
+        h: 3,
+        w: 3,
+        regions: vec![3],
+        samples: vec![2],
+        temperature: 0.5,
+        seed: 6,
+    };
+    let mut rng = Rng::new(case.seed);
+    let samples = samples_of(&case, &mut rng);
+    let mut fq = embeddings(&case, &mut rng, false);
+    let fp = embeddings(&case, &mut rng, false);
+    // The first q sample's pixel has no direction: its norm is clamped to 1e-12 and its
+    // gradient is v / 1e-12 (as ops::normalize), some 1e12 times the others.
+    let zero_px = samples[0].q[0] as usize;
+    for e in 0..case.d {
+        fq[e * 9 + zero_px] = 0.0;
+    }
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: false,
+        normalize_pixels: true,
+    };
+    let (want_loss, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
+    let (got_loss, got_q, got_p) = emulate(&case, [&fq, &fp], &samples, cfg, 1.0);
+    let e = logit_error(&case);
+    let k = max_regions(&case);
+    let loss_tol = Tolerance {
+        atol: 2.0 * e + 2.0 * k * U,
+        rtol: 1e-6,
+    };
+    assert_close("zero pixel: loss", &[got_loss], &[want_loss], loss_tol);
+    // The gradients of the other pixels, then the clamped pixel's with its tolerance scaled by
+    // the same 1e12.
+    let is_zero_px = |i: usize| i % 9 == zero_px;
+    let split = |v: &[f64], clamped: bool| -> Vec<f64> {
+        v.iter()
+            .enumerate()
+            .filter(|&(i, _)| is_zero_px(i) == clamped)
+            .map(|(_, &x)| x)
+            .collect()
+    };
+    let split32 = |v: &[f32], clamped: bool| -> Vec<f32> {
+        v.iter()
+            .enumerate()
+            .filter(|&(i, _)| is_zero_px(i) == clamped)
+            .map(|(_, &x)| x)
+            .collect()
+    };
+    let others: Vec<f64> = split(&want_q, false)
+        .into_iter()
+        .chain(want_p.iter().copied())
+        .collect();
+    let largest = others.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let tol = Tolerance {
+        atol: 8.0 * (e + k * U) * largest,
+        rtol: 1e-5,
+    };
+    assert_close(
+        "zero pixel: grad_q elsewhere",
+        &split32(&got_q, false),
+        &split(&want_q, false),
+        tol,
+    );
+    assert_close("zero pixel: grad_p", &got_p, &want_p, tol);
+    let clamped_want = split(&want_q, true);
+    assert!(clamped_want.iter().any(|x| x.abs() > 1e6 * largest), "{clamped_want:?}");
+    let clamped_tol = Tolerance {
+        atol: tol.atol * 1e12,
+        rtol: tol.rtol,
+    };
+    assert_close(
+        "zero pixel: grad_q at the pixel",
+        &split32(&got_q, true),
+        &clamped_want,
+        clamped_tol,
+    );
+}
+
+#[test]
+fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
+    if !emulator_available() {
+        return;
+    }
+    // 9 pixels for 48 samples per view: most pixels are hit by several regions.
+    let case = Case {
+        name: "crowded pixels",
+        d: 7,
+        h: 3,
+        w: 3,
+        regions: vec![6, 2],
+        samples: vec![5, 9],
+        temperature: 0.2,
+        seed: 7,
+    };
+    let mut rng = Rng::new(case.seed);
+    let samples = samples_of(&case, &mut rng);
+    let fq = embeddings(&case, &mut rng, false);
+    let fp = embeddings(&case, &mut rng, false);
+    let cfg = LocalLossConfig {
+        temperature: case.temperature,
+        renormalize_means: true,
+        normalize_pixels: true,
+    };
+    let table = SampleTable::new(&samples, case.h * case.w).unwrap();
+    let g = LocalContrastGeom::new(case.dims(), &table, &cfg).unwrap();
+    let run = |reorder: bool| -> (Vec<f32>, Vec<f32>, usize) {
+        let mut mem = EmuMemory::new();
+        let a = LocalContrastBuffers {
+            f_q: mem.upload(&fq),
+            f_p: mem.upload(&fp),
+            table: mem.upload(table.words()),
+            means: mem.alloc(g.means_len()),
+            mean_norms: mem.alloc(g.norms_len()),
+            lse: mem.alloc(g.rows),
+            row_loss: mem.alloc(g.rows),
+            loss: mem.alloc(1),
+            grad_loss: mem.upload(&[1.0f32]),
+            mean_grads: mem.alloc(g.means_len()),
+            heads: mem.alloc(g.heads_len()),
+            next: mem.alloc(g.next_len()),
+            grad_q: mem.alloc(g.embedding_len()),
+            grad_p: mem.alloc(g.embedding_len()),
+        };
+        let mut calls = forward_calls(&g, &a).unwrap();
+        let backward = backward_calls(&g, &a).unwrap();
+        let link_end = backward.iter().position(|c| c.kernel == "local_contrast_link").unwrap() + 1;
+        calls.extend(backward[..link_end].iter().cloned());
+        mem.run(&calls).unwrap();
+        // Relink every list in increasing sample order, the reverse of what the emulated
+        // atomics left (each sample pushed itself in front of the ones before it).
+        let mut heads: Vec<u32> = mem.read(a.heads, g.heads_len());
+        let mut next: Vec<u32> = mem.read(a.next, g.next_len());
+        let mut longest = 0;
+        for view in 0..2 {
+            let next = &mut next[view * g.samples..(view + 1) * g.samples];
+            for head in &mut heads[view * g.images * g.hw..(view + 1) * g.images * g.hw] {
+                let mut members = Vec::new();
+                let mut t = *head;
+                while t != u32::MAX {
+                    members.push(t);
+                    t = next[t as usize];
+                }
+                assert!(members.windows(2).all(|w| w[0] > w[1]), "{members:?}");
+                longest = longest.max(members.len());
+                if reorder && !members.is_empty() {
+                    members.reverse();
+                    *head = members[0];
+                    for w in members.windows(2) {
+                        next[w[0] as usize] = w[1];
+                    }
+                    next[*members.last().unwrap() as usize] = u32::MAX;
+                }
+            }
+        }
+        mem.write(a.heads, &heads);
+        mem.write(a.next, &next);
+        mem.run(&backward[link_end..]).unwrap();
+        (
+            mem.read(a.grad_q, g.embedding_len()),
+            mem.read(a.grad_p, g.embedding_len()),
+            longest,
+        )
+    };
+    let (as_linked, reordered) = (run(false), run(true));
+    assert!(
+        as_linked.2 >= 5,
+        "the case must crowd pixels: longest list {}",
+        as_linked.2
+    );
+    for (view, a, b) in [("q", &as_linked.0, &reordered.0), ("p", &as_linked.1, &reordered.1)] {
+        let differs = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits());
+        assert_eq!(
+            differs,
+            None,
+            "grad_{view}: relinking changed element {differs:?}: {:?} vs {:?}",
+            differs.map(|i| a[i]),
+            differs.map(|i| b[i])
+        );
+    }
+    // And both are the gradients of the CPU twin.
+    let (_, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
+    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
+    let tol = Tolerance {
+        atol: 8.0 * (logit_error(&case) + max_regions(&case) * U) * largest,
+        rtol: 1e-5,
+    };
+    assert_close("crowded pixels: grad_q", &reordered.0, &want_q, tol);
+    assert_close("crowded pixels: grad_p", &reordered.1, &want_p, tol);
+}
+
+#[test]
+fn every_kernel_is_registered_with_the_emulator() {
+    if !emulator_available() {
+        return;
+    }
+    let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
+    for name in lrc::device::cuda::local_contrast::kernel_names() {
+        let entry = registered.iter().find(|(n, _)| n == name);
+        assert_eq!(entry.map(|e| e.1), Some(184), "{name}");
+    }
+}
