@@ -386,11 +386,6 @@ template <class T>
 inline T __ldg(const T* address) {
     return *address;
 }
-// CUDA's 16-byte vector type, for vectorised loads and stores.
-struct alignas(16) float4 {
-    float x, y, z, w;
-};
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline int min(int a, int b) { return std::min(a, b); }
 inline int max(int a, int b) { return std::max(a, b); }
 inline unsigned min(unsigned a, unsigned b) { return std::min(a, b); }
