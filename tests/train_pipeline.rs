@@ -215,7 +215,7 @@ fn finetuning_learns_resumes_and_predicts_in_the_input_geometry() {
     // Prediction: a mask with exactly the input's shape and affine, labels within the classes.
     let image = f.data.join("imagesTr/abdomen_003_0000.nii.gz");
     let mask = dir.path().join("mask.nii.gz");
-    lrc::cli::predict::run(&straight, &image, &mask, 4).unwrap();
+    lrc::cli::predict::run(&straight, &image, &mask, 4, &lrc::device::Device::Cpu).unwrap();
     let (vol, pred) = (read_volume(&image).unwrap(), read_labels(&mask).unwrap());
     assert_eq!(pred.geometry.dims, vol.geometry.dims);
     assert_eq!(pred.geometry.affine, vol.geometry.affine);

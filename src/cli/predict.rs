@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::data::nifti::{read_volume, write_mask};
 use crate::data::prep::PrepTransform;
 use crate::data::volume::{LabelVolume, Volume};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::train::finetune::Segmenter;
 
@@ -48,8 +49,10 @@ pub fn predict_file(seg: &Segmenter, input: &Path, output: &Path, batch: usize) 
 
 /// `input` and `output` are both files, or both folders (every NIfTI file of `input` is
 /// segmented into `output/CASE.nii.gz`). Returns the files written.
-pub fn run(model: &Path, input: &Path, output: &Path, batch: usize) -> Result<Vec<PathBuf>> {
-    let (seg, _) = Segmenter::load(model)?;
+pub fn run(model: &Path, input: &Path, output: &Path, batch: usize, device: &Device) -> Result<Vec<PathBuf>> {
+    let (mut seg, _) = Segmenter::load(model)?;
+    // Inference runs where the parameters are.
+    seg.params = seg.params.for_device(device)?;
     if input.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(input)
             .map_err(|e| Error::io(input, e))?
@@ -110,8 +113,8 @@ pub struct PredictArgs {
 
 /// Runs `lrc predict`.
 pub fn run_args(args: PredictArgs) -> Result<()> {
-    super::device::select(args.device.as_deref())?;
-    for f in run(&args.model, &args.input, &args.out, args.batch)? {
+    let device = super::device::select(args.device.as_deref())?;
+    for f in run(&args.model, &args.input, &args.out, args.batch, &device)? {
         println!("wrote {}", f.display());
     }
     Ok(())
