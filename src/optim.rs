@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::device::cuda::CudaStorage;
+use crate::device::cuda::optim::StepRule;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::tensor::{Element, Storage, Tensor};
@@ -53,6 +54,41 @@ impl OptimizerKind {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+        }
+    }
+}
+
+impl OptimizerKind {
+    /// What the fused CUDA launch applies at 1-based step `step` with rate `lr`; `first`: the
+    /// state buffers are fresh (SGD's momentum buffer then starts as the update itself).
+    pub fn step_rule(&self, lr: f64, step: u64, first: bool) -> StepRule {
+        match *self {
+            OptimizerKind::Sgd { momentum, weight_decay } => StepRule::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                first,
+            },
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | OptimizerKind::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => StepRule::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled: matches!(self, OptimizerKind::AdamW { .. }),
+                step,
+            },
         }
     }
 }
@@ -198,7 +234,7 @@ impl Optimizer {
     /// The CUDA step: every parameter with a gradient updated by fused multi-tensor launches
     /// (`kernels/optim.cu`), state buffers allocated on the device at the first step.
     fn step_cuda(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
-        use crate::device::cuda::optim::{StepRule, TensorSlot, multi_tensor_calls};
+        use crate::device::cuda::optim::{TensorSlot, multi_tensor_calls};
 
         let two_moments = !matches!(self.kind, OptimizerKind::Sgd { .. });
         // SGD's momentum buffers start as the first update: fresh ones go in launches of their own.
@@ -265,34 +301,7 @@ impl Optimizer {
         let Some(device) = device else { return Ok(()) };
         let mut calls = Vec::new();
         for (slots, first) in [(&fresh, true), (&warm, false)] {
-            let rule = match self.kind {
-                OptimizerKind::Sgd { momentum, weight_decay } => StepRule::Sgd {
-                    lr,
-                    momentum,
-                    weight_decay,
-                    first,
-                },
-                OptimizerKind::Adam {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                }
-                | OptimizerKind::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => StepRule::Adam {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    decoupled: matches!(self.kind, OptimizerKind::AdamW { .. }),
-                    step: self.step,
-                },
-            };
+            let rule = self.kind.step_rule(lr, self.step, first);
             calls.extend(multi_tensor_calls(slots, &rule)?);
         }
         // SAFETY: every address belongs to a CUDA tensor of the store or of this optimizer,

@@ -29,19 +29,6 @@ use lrc::ops::normalize::{DEFAULT_EPS, cpu as l2cpu};
 use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// The multiprocessors of an H100, so that plans split as they would there.
 const SMS: usize = 132;
 
@@ -156,7 +143,7 @@ fn gemm_tolerance(algo: GemmAlgo, c: &Case, a: &[f32], b: &[f32], bias: &[f32], 
 
 #[test]
 fn every_gemm_version_matches_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(41);
@@ -206,7 +193,7 @@ fn every_gemm_version_matches_the_cpu_twin() {
 
 #[test]
 fn column_sums_match_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(42);
@@ -257,7 +244,7 @@ fn l2_shapes() -> Vec<ChannelShape> {
 
 #[test]
 fn l2_normalisation_matches_the_cpu_twin_in_both_layouts() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(43);

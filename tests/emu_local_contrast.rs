@@ -32,19 +32,6 @@ use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
 use lrc::{Tape, Tensor};
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// One test problem: `regions[i]` regions of `samples[i]` samples in image i.
@@ -275,7 +262,7 @@ fn check_all_options(case: &Case) {
 
 #[test]
 fn mixed_region_counts_with_an_empty_image_and_a_single_region() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     check_all_options(&Case {
@@ -292,7 +279,7 @@ fn mixed_region_counts_with_an_empty_image_and_a_single_region() {
 
 #[test]
 fn region_and_sample_counts_across_chunk_boundaries() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // 33 regions: two 32-wide chunks in the row kernels; 32: exactly one. 33 samples: two
@@ -311,7 +298,7 @@ fn region_and_sample_counts_across_chunk_boundaries() {
 
 #[test]
 fn channels_at_the_limit() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     check_all_options(&Case {
@@ -328,7 +315,7 @@ fn channels_at_the_limit() {
 
 #[test]
 fn many_regions() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // K = 512 and D = 128, the sizes the issue asks for, with few samples and pixels so that
@@ -357,7 +344,7 @@ fn many_regions() {
 
 #[test]
 fn a_batch_without_regions_has_zero_loss_and_gradients() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let case = Case {
@@ -385,7 +372,7 @@ fn a_batch_without_regions_has_zero_loss_and_gradients() {
 
 #[test]
 fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let case = Case {
@@ -471,7 +458,7 @@ fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
 
 #[test]
 fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // 9 pixels for 48 samples per view: most pixels are hit by several regions.
@@ -583,7 +570,7 @@ fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
 
 #[test]
 fn every_kernel_is_registered_with_the_emulator() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));

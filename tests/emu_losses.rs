@@ -35,19 +35,6 @@ use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// The multiprocessors of an H100, so that GEMM plans split as they would there.
 const SMS: usize = 132;
 
@@ -83,7 +70,7 @@ fn report(what: &str, got: &[f32], want: &[f64], tol: Tolerance) {
 
 #[test]
 fn log_softmax_matches_the_cpu_twin_in_both_layouts() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(51);
@@ -126,7 +113,7 @@ fn log_softmax_matches_the_cpu_twin_in_both_layouts() {
 
 #[test]
 fn cross_entropy_matches_the_cpu_twin_in_both_layouts() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(52);
@@ -206,7 +193,7 @@ fn nce_cases(rng: &mut Rng) -> Vec<NceCase> {
 
 #[test]
 fn infonce_matches_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(53);
@@ -338,7 +325,7 @@ fn dice_scale(x: &[f32], t: &[u32], s: &ChannelShape, cfg: &DiceConfig) -> f64 {
 
 #[test]
 fn dice_matches_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(54);

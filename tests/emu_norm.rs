@@ -46,19 +46,6 @@ use norm_common::{BackwardReference, Case, ForwardReference, Inputs, case, input
 /// An H100's shared memory per block, for the planner's own choice.
 const H100_SHARED: usize = 227 * 1024;
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 fn cases() -> Vec<Case> {
     use Activation::*;
     vec![
@@ -252,7 +239,7 @@ fn check_backward(k: &Case, inp: &Inputs) {
 
 #[test]
 fn forward_matches_the_cpu_twin_for_every_launch() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     for (i, k) in cases().iter().enumerate() {
@@ -262,7 +249,7 @@ fn forward_matches_the_cpu_twin_for_every_launch() {
 
 #[test]
 fn backward_matches_the_cpu_twin_for_every_launch() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     for (i, k) in cases().iter().enumerate() {
@@ -290,7 +277,7 @@ fn a_naive_one_pass_variance_would_fail_the_large_mean_case() {
 
 #[test]
 fn activations_alone_match_the_cpu_twin_bit_for_bit() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(31);
@@ -363,7 +350,7 @@ fn every_norm_kernel_is_compiled_for_every_architecture_and_registered() {
             );
         }
     }
-    if emulator_available() {
+    if emu::available() {
         let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
         for name in lrc::device::cuda::norm::kernel_names() {
             assert!(registered.iter().any(|(n, _)| n == name), "{name} is not registered");

@@ -17,60 +17,9 @@ use lrc::rng::Rng;
 use lrc::tensor::Tensor;
 use lrc::testing::{Tolerance, assert_close, uniform, widen};
 
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 const LENS: [usize; 4] = [1, 33, 4097, 5000];
 const STEPS: u64 = 10;
 const TOL: Tolerance = Tolerance { atol: 2e-6, rtol: 2e-6 };
-
-fn rule(kind: OptimizerKind, lr: f64, step: u64) -> StepRule {
-    match kind {
-        OptimizerKind::Sgd { momentum, weight_decay } => StepRule::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-            first: step == 1,
-        },
-        OptimizerKind::Adam {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => StepRule::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            decoupled: false,
-            step,
-        },
-        OptimizerKind::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => StepRule::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            decoupled: true,
-            step,
-        },
-    }
-}
 
 fn check_optimizer(kind: OptimizerKind, lr: f64) {
     let mut rng = Rng::new(7);
@@ -99,7 +48,7 @@ fn check_optimizer(kind: OptimizerKind, lr: f64) {
             store.params_mut()[i].grad = Some(Tensor::from_vec(vec![g.len()], widen(&g)).unwrap());
         }
         cpu.step(&mut store, lr).unwrap();
-        let calls = multi_tensor_calls(&slots, &rule(kind, lr, step)).unwrap();
+        let calls = multi_tensor_calls(&slots, &kind.step_rule(lr, step, step == 1)).unwrap();
         mem.run(&calls).unwrap_or_else(|e| panic!("{e}"));
     }
     for (i, s) in slots.iter().enumerate() {
@@ -114,28 +63,28 @@ fn check_optimizer(kind: OptimizerKind, lr: f64) {
 
 #[test]
 fn sgd_with_momentum_and_weight_decay_matches_the_cpu() {
-    if emulator_available() {
+    if emu::available() {
         check_optimizer(OptimizerKind::sgd(0.9, 1e-4), 0.03);
     }
 }
 
 #[test]
 fn adam_matches_the_cpu() {
-    if emulator_available() {
+    if emu::available() {
         check_optimizer(OptimizerKind::adam(1e-4), 1e-3);
     }
 }
 
 #[test]
 fn adamw_matches_the_cpu() {
-    if emulator_available() {
+    if emu::available() {
         check_optimizer(OptimizerKind::adamw(1e-2), 1e-3);
     }
 }
 
 #[test]
 fn momentum_update_mixes_in_one_launch() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(3);
@@ -178,7 +127,7 @@ fn momentum_update_mixes_in_one_launch() {
 
 #[test]
 fn queue_write_wraps_around() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let (capacity, dim, rows) = (7, 5, 3);

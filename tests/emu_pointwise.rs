@@ -32,19 +32,6 @@ use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
 
 const U: f64 = 1.0 / 16_777_216.0;
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// Around the float4 width, the warp and the block, and several blocks' worth.
 const LENGTHS: [usize; 12] = [1, 3, 4, 5, 31, 33, 255, 257, 1024, 1029, 2051, 4100];
 
@@ -135,7 +122,7 @@ fn planners_vectorise_only_aligned_buffers_and_cap_the_grid() {
 
 #[test]
 fn add_sub_mul_match_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(1);
@@ -176,7 +163,7 @@ fn add_sub_mul_match_the_cpu_twin() {
 
 #[test]
 fn in_place_accumulation_adds_into_the_first_operand() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(2);
@@ -211,7 +198,7 @@ fn in_place_accumulation_adds_into_the_first_operand() {
 
 #[test]
 fn scale_and_add_scalar_match_the_cpu_twin_bit_for_bit() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(3);
@@ -253,7 +240,7 @@ fn scale_and_add_scalar_match_the_cpu_twin_bit_for_bit() {
 
 #[test]
 fn broadcast_scalar_reads_the_scalar_on_the_device() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut mem = EmuMemory::new();
@@ -303,7 +290,7 @@ fn sum_depth(calls: &[KernelCall], len: usize) -> usize {
 
 #[test]
 fn sum_is_within_its_rounding_bound() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(4);

@@ -30,19 +30,6 @@ use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
 
 const U: f64 = 1.0 / 16_777_216.0;
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// The worst ratio to tolerance of the comparisons of one test, printed at its end.
 #[derive(Default)]
 struct Report(f64);
@@ -119,7 +106,7 @@ const POOL_SHAPES: [[usize; 4]; 7] = [
 
 #[test]
 fn max_pool_forward_and_backward_match_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(21);
@@ -168,7 +155,7 @@ fn max_pool_forward_and_backward_match_the_cpu_twin() {
 
 #[test]
 fn max_pool_propagates_nan_as_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // One plane of 4 x 6: windows with a NaN first, last, twice, and none.
@@ -200,7 +187,7 @@ fn max_pool_propagates_nan_as_the_cpu_twin() {
 
 #[test]
 fn global_avg_pool_forward_matches_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(22);
@@ -248,7 +235,7 @@ fn global_avg_pool_forward_matches_the_cpu_twin() {
 
 #[test]
 fn global_avg_pool_backward_matches_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(23);
@@ -302,7 +289,7 @@ fn global_avg_pool_backward_matches_the_cpu_twin() {
 
 #[test]
 fn concat_and_split_match_the_cpu_twin() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(24);

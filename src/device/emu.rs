@@ -164,6 +164,20 @@ pub fn registered_kernels() -> Result<Vec<(String, usize)>, String> {
         .collect())
 }
 
+/// Whether emulated tests can run here: a C++ compiler is needed, and CI must have one (there a
+/// missing compiler fails the test instead of skipping it).
+pub fn available() -> bool {
+    if compiler().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI must have a C++ compiler to emulate the kernels"
+    );
+    eprintln!("skipped: no C++ compiler (set CXX)");
+    false
+}
+
 /// The C++ compiler, if one runs.
 pub fn compiler() -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
