@@ -10,10 +10,14 @@ mod alloc;
 pub mod call;
 mod context;
 pub mod conv;
+pub mod elastic;
+pub mod felzenszwalb;
 mod launch;
 mod module_cache;
 mod operand;
 pub mod params;
+pub mod radix_sort;
+pub mod region_sampling;
 mod storage;
 mod timer;
 
