@@ -16,8 +16,8 @@
 //
 // The merging pass. The sequential algorithm walks the sorted edges and merges the segments
 // (roots) a and b of edge e when w_e < min(thr_a, thr_b), thr = float32(int + k / size), int the
-// weight of the segment's last merge. A segment with thr <= w is thus frozen until it merges, and
-// a merge lifts thr above the current weight by k / size. Every decision depends on all earlier
+// weight of the segment's last merge. Weights only grow along the walk, so a segment with
+// thr <= w can never merge again, and a merge lifts thr above the current weight by k / size. Every decision depends on all earlier
 // ones touching the same segments, and a few large segments (air, a big organ) touch a long run
 // of edges: processing exactly in parallel takes thousands of dependent rounds per slice.
 //
@@ -43,8 +43,9 @@
 // little higher) than it is, for at most `window` edges, a weight span that is tiny where edges
 // are dense. With a window of one edge the algorithm is the sequential one. In a CPU model of
 // these kernels (tests/superpixel_support, which the emulated kernels match label for label) and
-// 768 windows, the labels agree with the exact ones to an adjusted Rand index of 0.999 or more on
-// CT-like slices of 256 and 512 pixels, within a few regions, and on the scikit-image fixtures.
+// 768 windows, the labels agree with the exact ones to an adjusted Rand index above 0.99 on every
+// CT-like slice of 256 and 512 pixels tried (mean 0.999), region counts within a few per cent,
+// and as closely on the scikit-image fixtures (tests/superpixel_gpu_model.rs).
 //
 // Within a window the latest merge touching each segment before each edge is found by sorting
 // the window's (root, position) incidences in shared memory (bitonic) and a segmented max-scan.

@@ -9,9 +9,11 @@
 #   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
-#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
+#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes;
+#             `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU, batch 32 at
+#             256 x 256 and 512 x 512)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
-# ratio, what was skipped) and logs/ with the full output of every step.
+# ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
 # --dry, or no nvidia-smi: runs only what needs no GPU (the tests without --include-ignored, the
 # parity check where python3 imports torch and safetensors) and reports the GPU steps as not run.
@@ -301,7 +303,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "bench lrc" "bench torch"; do
+    for s in memcheck "bench lrc" "bench torch" "bench superpixels"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -345,6 +347,16 @@ else
         else
             failed=1
             step "bench torch" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-torch.log") (logs/bench-torch.log)"
+        fi
+    fi
+    if enough "bench superpixels" 60; then
+        timed "$logs/bench-superpixels.log" "$(min 240 "$(left)")" "$bin/lrc" bench superpixels \
+            --json "$out/bench-superpixels.jsonl"
+        if ((rc == 0)); then
+            step "bench superpixels" passed "$took" "$(grep -a '^superpixels ' "$logs/bench-superpixels.log" | paste -sd ';' -)"
+        else
+            failed=1
+            step "bench superpixels" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-superpixels.log") (logs/bench-superpixels.log)"
         fi
     fi
 fi
@@ -396,6 +408,32 @@ print(row)
 PY
 }
 
+# Felzenszwalb throughput per slice size from the JSON lines of `lrc bench superpixels`.
+superpixel_table() {
+    python3 - "$out/bench-superpixels.jsonl" << 'PY'
+import json, os, sys
+
+path = sys.argv[1]
+rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+rows = [r for r in rows if r.get("bench") == "superpixels"]
+if not rows:
+    sys.exit(0)
+def fmt(v, d):
+    return "" if v is None else f"{v:.{d}f}"
+r0 = rows[0]
+print(f'## Benchmark: superpixels (Felzenszwalb, batch {r0["batch"]}, {r0["windows"]} windows), {r0["device"]}\n')
+print("slices/s; gpu = device time (events), e2e = host slices to host labels; cpu = the exact version on every core.\n")
+print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | mean ARI vs cpu | regions cpu | regions gpu |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    cpu, gpu = r.get("cpu_slices_per_s"), r.get("gpu_slices_per_s")
+    ratio = gpu / cpu if cpu and gpu else None
+    print(f'| {r["size"]} | {fmt(cpu, 1)} | {fmt(gpu, 1)} | {fmt(r.get("gpu_end_to_end_slices_per_s"), 1)} | '
+          f'{fmt(ratio, 1)} | {fmt(r.get("mean_ari_vs_cpu"), 4)} | {fmt(r.get("mean_regions_cpu"), 1)} | '
+          f'{fmt(r.get("mean_regions_gpu"), 1)} |')
+PY
+}
+
 {
     echo "# lrc GPU check"
     echo
@@ -419,6 +457,8 @@ PY
     echo "|---|---|---:|---|"
     printf '%s\n' "${step_rows[@]}"
     table="$(bench_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    table="$(superpixel_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     if ((${#failures[@]})); then
         echo

@@ -91,6 +91,46 @@ fn emu_felzenszwalb(
         .collect()
 }
 
+/// Every kernel the superpixel planners launch is compiled, for every architecture of the build,
+/// in the module the launch names.
+#[test]
+fn every_planned_kernel_was_compiled_for_every_architecture() {
+    if !lrc::kernels::BUILT {
+        return;
+    }
+    let p = FelzenszwalbParams {
+        scale: 100.0,
+        sigma: 0.8,
+        min_size: 20,
+    };
+    let mut calls = felzenszwalb_calls(SliceBatch { n: 2, h: 30, w: 40 }, &p, 64, 7, &FzBuffers::default()).unwrap();
+    let g = SamplingGeom {
+        n: 2,
+        pixels: 100,
+        max_label: 9,
+        samples: 4,
+        max_regions: Some(3),
+    };
+    calls.extend(sampling_calls(&g, 1, &SamplingBuffers::default()).unwrap());
+    calls.extend(field_calls(2, 10, 10, 5, 1.0, 1, 2, 3, 4).unwrap());
+    calls.extend(warp_calls(2, 10, 10, 1, 2, 3, 4, 5).unwrap());
+    let rows = lrc::kernels::parse_ptxas_report(lrc::kernels::PTXAS_REPORT).unwrap();
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort();
+    archs.dedup();
+    for call in &calls {
+        for arch in &archs {
+            assert!(
+                rows.iter()
+                    .any(|r| r.module == call.module && r.kernel == call.kernel && r.arch == *arch),
+                "{}::{} is launched but was not compiled for {arch}",
+                call.module,
+                call.kernel
+            );
+        }
+    }
+}
+
 #[test]
 fn radix_sort_orders_keys_and_keeps_ties_in_input_order() {
     if !emulator_available() {
@@ -131,24 +171,15 @@ fn radix_sort_orders_keys_and_keeps_ties_in_input_order() {
 
 /// Small images: random quantised levels (exact ties), values k/255, a CT-like slice.
 fn small_images(rng: &mut Rng) -> Vec<(String, usize, usize, Vec<f32>)> {
-    let mut out = Vec::new();
-    for (h, w) in [(9usize, 13usize)] {
-        let levels = 3 + rng.below(5);
-        out.push((
-            format!("levels{levels}_{h}x{w}"),
-            h,
-            w,
-            (0..h * w).map(|_| rng.below(levels) as f32 / levels as f32).collect(),
-        ));
-        out.push((
-            format!("u8_{h}x{w}"),
-            h,
-            w,
-            (0..h * w).map(|_| (rng.below(256) as f64 / 255.0) as f32).collect(),
-        ));
-    }
-    out.push(("ct_like_14x17".into(), 14, 17, ct_phantom_slice(14, 17, 15.0, rng)));
-    out
+    let (h, w) = (9, 13);
+    let levels = 3 + rng.below(5);
+    let quantised = (0..h * w).map(|_| rng.below(levels) as f32 / levels as f32).collect();
+    let u8_values = (0..h * w).map(|_| (rng.below(256) as f64 / 255.0) as f32).collect();
+    vec![
+        (format!("levels{levels}_{h}x{w}"), h, w, quantised),
+        (format!("u8_{h}x{w}"), h, w, u8_values),
+        ("ct_like_14x17".into(), 14, 17, ct_phantom_slice(14, 17, 15.0, rng)),
+    ]
 }
 
 #[test]

@@ -97,7 +97,7 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
     // Dry runs leave the ignored (GPU) tests out.
     let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
     assert!(!log.contains("--include-ignored"), "{log}");
-    for step in ["memcheck", "bench lrc", "bench torch"] {
+    for step in ["memcheck", "bench lrc", "bench torch", "bench superpixels"] {
         assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
     }
     assert!(row(&summary, "parity").contains("passed"), "{summary}");
@@ -175,10 +175,14 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         text + "echo 'total tf32-mma 2.0 ms'\n"
     };
     let lrc_bench = json_writer(&[record("lrc", "tf32-mma", 2.0), record("lrc", "fp32-tiled", 6.0)]);
+    // `lrc bench superpixels`: one size, the GPU at 400 slices/s, the CPU at 20.
+    let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0}"#;
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n\
+             if [[ $2 == superpixels ]]; then echo '{superpixels}' > \"$4\"; \
+             echo 'superpixels 256x256: gpu 400.0 slices/s'; exit 0; fi\n{}",
             lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
         ),
     );
@@ -245,6 +249,15 @@ fn a_full_run_compares_the_benchmarks() {
         summary.contains("| lrc fp32-tiled | ratio | lrc tf32-mma | ratio |"),
         "{summary}"
     );
+    assert!(
+        row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),
+        "{summary}"
+    );
+    // Size, cpu, gpu, end to end, gpu / cpu, ARI, regions cpu and gpu.
+    assert!(
+        summary.contains("| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 0.9991 | 60.0 | 61.0 |"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -255,7 +268,7 @@ fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
     let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "0");
     assert!(output.status.success(), "{summary}");
     assert!(row(&summary, "fake_tests").contains("skipped (budget)"), "{summary}");
-    for step in ["parity", "memcheck", "bench lrc", "bench torch"] {
+    for step in ["parity", "memcheck", "bench lrc", "bench torch", "bench superpixels"] {
         assert!(row(&summary, step).contains("skipped (budget)"), "{summary}");
     }
     let skipped = summary.split("## Skipped").nth(1).expect("a Skipped section");

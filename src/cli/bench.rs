@@ -3,7 +3,8 @@
 //! `lrc bench conv` times every convolution of the default U-Net (forward, backward-data and
 //! backward-weight) with CUDA events and prints the median of warm repeats and the achieved
 //! TFLOP/s, as a table and as JSON lines; `scripts/torch_bench.py --bench conv` prints the same
-//! for PyTorch (cuDNN) so that the two can be compared line by line.
+//! for PyTorch (cuDNN) so that the two can be compared line by line. `lrc bench superpixels`
+//! times Felzenszwalb on the CPU and the GPU ([`super::bench_superpixels`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -25,6 +26,8 @@ use crate::rng::Rng;
 pub enum BenchWhat {
     /// Time every convolution of the default U-Net: forward, backward-data, backward-weight.
     Conv(ConvBenchArgs),
+    /// Slices per second of Felzenszwalb superpixels, exact CPU version and GPU version.
+    Superpixels(super::bench_superpixels::SuperpixelBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +74,7 @@ pub struct ConvBenchArgs {
 pub fn run(what: BenchWhat) -> Result<()> {
     match what {
         BenchWhat::Conv(args) => bench_conv(&args),
+        BenchWhat::Superpixels(args) => super::bench_superpixels::bench_superpixels(&args),
     }
 }
 

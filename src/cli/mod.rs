@@ -1,6 +1,7 @@
 //! Command implementations behind the `lrc` CLI.
 
 pub mod bench;
+pub mod bench_superpixels;
 pub mod demo;
 pub mod device;
 pub mod eval;

@@ -78,7 +78,7 @@ pub fn field_calls(
     if n == 0 || h * w == 0 {
         return Ok(Vec::new());
     }
-    if taps % 2 == 0 {
+    if taps.is_multiple_of(2) {
         return Err(Error::shape(OP, format!("{taps} smoothing taps are not 2 r + 1")));
     }
     let grid = (blocks_for(h * w, THREADS as usize), 2 * n, 1);

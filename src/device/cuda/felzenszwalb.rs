@@ -252,7 +252,7 @@ pub fn felzenszwalb_calls(
     if n == 0 || pixels == 0 {
         return Ok(Vec::new());
     }
-    if taps % 2 == 0 {
+    if taps.is_multiple_of(2) {
         return Err(Error::shape(OP, format!("{taps} smoothing taps are not 2 r + 1")));
     }
     let (ni, h, w) = (
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn windows_and_merge_launch() {
-        assert_eq!(window_len(1_045_506, 512), 2042);
+        assert_eq!(window_len(1_045_506, 512), 2043);
         assert_eq!(window_len(1_045_506, DEFAULT_WINDOWS), 1362);
         assert_eq!(window_len(10, 512), 1);
         assert_eq!(window_len(10_000_000, 512), MAX_WINDOW);

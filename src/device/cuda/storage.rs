@@ -109,7 +109,7 @@ impl CudaStorage {
     /// The words copied to the host and read as `T` values (see [`CudaStorage::from_host_pod`]);
     /// waits for the work queued before it.
     pub fn to_host_pod<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
-        if (self.len * 4) % size_of::<T>().max(1) != 0 {
+        if !(self.len * 4).is_multiple_of(size_of::<T>().max(1)) {
             return Err(Error::Cuda(format!(
                 "{} words do not make whole {} values",
                 self.len,
