@@ -17,9 +17,11 @@
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases
+#   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
+#             batch 32 at 256 x 256 and 512 x 512)
 #   bench step torch.compile  the PyTorch step compiled (last: compiling takes a minute or more)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
-# ratio, what was skipped) and logs/ with the full output of every step.
+# ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
 # --dry, or no nvidia-smi: runs only what needs no GPU (the tests without --include-ignored, the
 # parity check where python3 imports torch and safetensors) and reports the GPU steps as not run.
@@ -298,7 +300,7 @@ bench_run() {
     enough "$name" "$need" || return 0
     timed "$log" "$(min "$limit" "$(left)")" "$@"
     if ((rc == 0)); then
-        step "$name" passed "$took" "$(grep -a -E '^(total|median)' "$log" | paste -sd ';' -)"
+        step "$name" passed "$took" "$(grep -a -E '^(total|median|superpixels )' "$log" | paste -sd ';' -)"
     else
         failed=1
         step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") ($(basename "$log"))"
@@ -330,7 +332,7 @@ fi
 if ((dry)); then
     for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
-        "bench step torch.compile"; do
+        "bench superpixels" "bench step torch.compile"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -437,6 +439,8 @@ else
             step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") (logs/$(basename "$log"))"
         fi
     done
+    bench_run "bench superpixels" 60 240 "$logs/bench-superpixels.log" \
+        "$bin/lrc" bench superpixels --json "$out/bench-superpixels.jsonl"
     # torch.compile last: its compilation alone takes a minute or more.
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
@@ -588,6 +592,32 @@ for k in keys:
 PY
 }
 
+# Felzenszwalb throughput per slice size from the JSON lines of `lrc bench superpixels`.
+superpixel_table() {
+    python3 - "$out/bench-superpixels.jsonl" << 'PY'
+import json, os, sys
+
+path = sys.argv[1]
+rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+rows = [r for r in rows if r.get("bench") == "superpixels"]
+if not rows:
+    sys.exit(0)
+def fmt(v, d):
+    return "" if v is None else f"{v:.{d}f}"
+r0 = rows[0]
+print(f'## Benchmark: superpixels (Felzenszwalb, batch {r0["batch"]}, {r0["windows"]} windows), {r0["device"]}\n')
+print("slices/s; gpu = device time (events), e2e = host slices to host labels; cpu = the exact version on every core.\n")
+print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | mean ARI vs cpu | regions cpu | regions gpu |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    cpu, gpu = r.get("cpu_slices_per_s"), r.get("gpu_slices_per_s")
+    ratio = gpu / cpu if cpu and gpu else None
+    print(f'| {r["size"]} | {fmt(cpu, 1)} | {fmt(gpu, 1)} | {fmt(r.get("gpu_end_to_end_slices_per_s"), 1)} | '
+          f'{fmt(ratio, 1)} | {fmt(r.get("mean_ari_vs_cpu"), 4)} | {fmt(r.get("mean_regions_cpu"), 1)} | '
+          f'{fmt(r.get("mean_regions_gpu"), 1)} |')
+PY
+}
+
 {
     echo "# lrc GPU check"
     echo
@@ -617,6 +647,8 @@ PY
     table="$(norm_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(loss_bench_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    table="$(superpixel_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     if ((${#failures[@]})); then
         echo

@@ -104,6 +104,7 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
         "bench torch",
         "bench lrc-loss lrc",
         "bench lrc-loss torch",
+        "bench superpixels",
     ] {
         assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
     }
@@ -182,10 +183,14 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         text + "echo 'total tf32-mma 2.0 ms'\n"
     };
     let lrc_bench = json_writer(&[record("lrc", "tf32-mma", 2.0), record("lrc", "fp32-tiled", 6.0)]);
+    // `lrc bench superpixels`: one size, the GPU at 400 slices/s, the CPU at 20.
+    let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0}"#;
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n\
+             if [[ $2 == superpixels ]]; then echo '{superpixels}' > \"$4\"; \
+             echo 'superpixels 256x256: gpu 400.0 slices/s'; exit 0; fi\n{}",
             lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
         ),
     );
@@ -250,6 +255,15 @@ fn a_full_run_compares_the_benchmarks() {
     );
     assert!(
         summary.contains("| lrc fp32-tiled | ratio | lrc tf32-mma | ratio |"),
+        "{summary}"
+    );
+    assert!(
+        row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),
+        "{summary}"
+    );
+    // Size, cpu, gpu, end to end, gpu / cpu, ARI, regions cpu and gpu.
+    assert!(
+        summary.contains("| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 0.9991 | 60.0 | 61.0 |"),
         "{summary}"
     );
 }
@@ -329,6 +343,7 @@ fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
         "bench torch",
         "bench lrc-loss lrc",
         "bench lrc-loss torch",
+        "bench superpixels",
     ] {
         assert!(row(&summary, step).contains("skipped (budget)"), "{summary}");
     }

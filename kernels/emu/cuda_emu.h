@@ -6,7 +6,8 @@
 // Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), float4, __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
-// (LRC_DYNAMIC_SHARED), float4 with make_float4, the kernel registry behind LRC_KERNEL, and the
+// (LRC_DYNAMIC_SHARED), float4 with make_float4, the correctly rounded float32/float64 intrinsics
+// (__dadd_rn, __fmul_rn, __double2float_rn, ...), the kernel registry behind LRC_KERNEL, and the
 // inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
@@ -409,5 +410,30 @@ inline float __uint_as_float(unsigned u) {
 inline int __float_as_int(float x) { return static_cast<int>(__float_as_uint(x)); }
 inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Correctly rounded arithmetic that the GPU code spells out to keep nvcc from fusing a multiply
+// and an add. The host compiler does not contract in ISO C++ mode (-std=c++20), so the plain
+// operators round each operation as the intrinsics do.
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __double2float_rn(double x) { return static_cast<float>(x); }
+inline long long __double_as_longlong(double x) {
+    long long i;
+    std::memcpy(&i, &x, 8);
+    return i;
+}
+inline double __longlong_as_double(long long i) {
+    double x;
+    std::memcpy(&x, &i, 8);
+    return x;
+}
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline int __ffs(int x) { return __builtin_ffs(x); }

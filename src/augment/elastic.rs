@@ -97,14 +97,21 @@ pub fn random_field(h: usize, w: usize, params: &ElasticParams, rng: &mut Rng) -
     if let Err(e) = params.validate() {
         panic!("{e}");
     }
-    let mut noise = || -> Vec<f32> { (0..h * w).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
-    let (mut dy, mut dx) = (noise(), noise());
+    let (mut dy, mut dx) = field_noise(h, w, rng);
     let kernel = gaussian_kernel_f32(params.sigma);
     rayon::join(
         || smooth_and_scale(&mut dy, h, w, &kernel, params.alpha),
         || smooth_and_scale(&mut dx, h, w, &kernel, params.alpha),
     );
     DisplacementField { h, w, dy, dx }
+}
+
+/// The raw noise of a field, uniform in [-1, 1): all `dy` values, then all `dx` values, drawn
+/// in that order from `rng` (the GPU version draws the same on the host).
+pub(crate) fn field_noise(h: usize, w: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+    let mut noise = || -> Vec<f32> { (0..h * w).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
+    let dy = noise();
+    (dy, noise())
 }
 
 /// Warp an image with bilinear interpolation; outside samples take the nearest edge pixel.
@@ -159,8 +166,9 @@ pub fn warp_nearest(labels: &[u16], h: usize, w: usize, field: &DisplacementFiel
     out
 }
 
-/// A normalised Gaussian of radius `int(4 * sigma + 0.5)`; `[1.0]` for sigma 0.
-fn gaussian_kernel_f32(sigma: f32) -> Vec<f32> {
+/// The taps that smooth a field: a normalised Gaussian of radius `int(4 * sigma + 0.5)` (summed
+/// in f64, narrowed to f32); `[1.0]` for sigma 0.
+pub fn gaussian_kernel_f32(sigma: f32) -> Vec<f32> {
     if sigma <= 0.0 {
         return vec![1.0];
     }

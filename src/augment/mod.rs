@@ -1,6 +1,7 @@
 //! Augmentations: elastic transform of a slice and its region map ([`elastic`]), intensity
-//! jitter for contrastive positives ([`intensity`]).
+//! jitter for contrastive positives ([`intensity`]); the elastic transform on a GPU ([`cuda`]).
 
+pub mod cuda;
 pub mod elastic;
 pub mod intensity;
 

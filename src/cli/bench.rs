@@ -6,11 +6,14 @@
 //! for PyTorch (cuDNN) so that the two can be compared line by line.
 //!
 //! `lrc bench norm` times instance norm + ReLU alone at the U-Net's layer shapes and reports the
-//! achieved memory bandwidth (see [`norm`]).
+//! achieved memory bandwidth (see [`norm`]); `lrc bench step` one whole training step
+//! ([`step`]); `lrc bench lrc-loss` the fused local loss ([`lrc_loss`]);
+//! `lrc bench superpixels` times Felzenszwalb on the CPU and the GPU (see [`superpixels`]).
 
 pub mod lrc_loss;
 pub mod norm;
 pub mod step;
+pub mod superpixels;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -38,6 +41,8 @@ pub enum BenchWhat {
     Norm(norm::NormBenchArgs),
     /// Time the fused LRC local loss, forward and forward + backward, and its memory.
     LrcLoss(lrc_loss::LrcLossBenchArgs),
+    /// Slices per second of Felzenszwalb superpixels, exact CPU version and GPU version.
+    Superpixels(superpixels::SuperpixelBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +92,7 @@ pub fn run(what: BenchWhat) -> Result<()> {
         BenchWhat::Step(args) => step::bench_step(&args),
         BenchWhat::Norm(args) => norm::bench_norm(&args),
         BenchWhat::LrcLoss(args) => lrc_loss::run(&args),
+        BenchWhat::Superpixels(args) => superpixels::bench_superpixels(&args),
     }
 }
 

@@ -3,6 +3,7 @@
 //! region boundaries over the CT.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
@@ -11,7 +12,10 @@ use crate::data::nifti::{VoxelType, read_volume, write_volume};
 use crate::data::orient::Reorientation;
 use crate::data::png::{SOFT_TISSUE, window};
 use crate::data::volume::{Geometry, Volume, dims_text};
+use crate::device::Device;
+use crate::device::cuda::CudaDevice;
 use crate::error::{Error, Result};
+use crate::superpixel::cuda::volume_regions_cuda;
 use crate::superpixel::overlay::{draw_boundaries, to_gray_u8, write_rgb_png};
 use crate::superpixel::{CleanupConfig, FelzenszwalbParams, SuperpixelConfig, volume_regions};
 
@@ -63,7 +67,8 @@ pub struct SuperpixelsArgs {
     /// Plain Felzenszwalb labels + 1 (as scikit-image gives them), without the CT clean-up.
     #[arg(long)]
     pub raw: bool,
-    /// cpu (the only one: there is no GPU Felzenszwalb yet).
+    /// cpu (the default: exact, scikit-image's labels) or cuda / cuda:N (the GPU Felzenszwalb:
+    /// close to the exact labels, not equal; the clean-up runs on the CPU either way).
     #[arg(long)]
     pub device: Option<String>,
 }
@@ -86,15 +91,12 @@ impl SuperpixelsArgs {
     }
 }
 
-/// Accepts only the CPU: `cuda` and `cuda:N` are refused with the reason.
-fn check_device(spec: Option<&str>) -> Result<()> {
-    match spec {
-        None | Some("cpu") => Ok(()),
-        Some(s) if s == "cuda" || s.starts_with("cuda:") => Err(Error::Device(format!(
-            "{s}: superpixels run on the CPU only (there is no GPU Felzenszwalb yet); use --device cpu \
-             or leave --device out"
-        ))),
-        Some(s) => Err(Error::config(format!("bad device '{s}': expected cpu, cuda or cuda:N"))),
+/// The GPU that segments, or `None` for the CPU: `cpu` (or nothing), `cuda` or `cuda:N` (an
+/// error that says why when that GPU cannot be used).
+fn open_device(spec: Option<&str>) -> Result<Option<Arc<CudaDevice>>> {
+    match Device::parse(spec.unwrap_or("cpu"))? {
+        Device::Cpu => Ok(None),
+        Device::Cuda(d) => Ok(Some(d)),
     }
 }
 
@@ -118,14 +120,30 @@ pub fn label_slices(
     raw: bool,
     slice: Option<usize>,
 ) -> Vec<u32> {
+    label_slices_on(None, normalised, dims, cfg, raw, slice).expect("the CPU path cannot fail")
+}
+
+/// [`label_slices`] with the segmentation on `gpu` when given ([`volume_regions_cuda`]).
+pub fn label_slices_on(
+    gpu: Option<&Arc<CudaDevice>>,
+    normalised: &[f32],
+    dims: [usize; 3],
+    cfg: &SuperpixelConfig,
+    raw: bool,
+    slice: Option<usize>,
+) -> Result<Vec<u32>> {
+    let regions = |volume: &[f32], dims: [usize; 3]| match gpu {
+        Some(d) => volume_regions_cuda(d, volume, dims, cfg, raw),
+        None => Ok(volume_regions(volume, dims, cfg, raw)),
+    };
     let Some(z) = slice else {
-        return volume_regions(normalised, dims, cfg, raw);
+        return regions(normalised, dims);
     };
     let plane = dims[1] * dims[2];
-    let one = volume_regions(&normalised[z * plane..(z + 1) * plane], [1, dims[1], dims[2]], cfg, raw);
+    let one = regions(&normalised[z * plane..(z + 1) * plane], [1, dims[1], dims[2]])?;
     let mut out = vec![0u32; normalised.len()];
     out[z * plane..(z + 1) * plane].copy_from_slice(&one);
-    out
+    Ok(out)
 }
 
 /// Writes a label map on `geometry` as int16 when every label fits (always, short of a
@@ -215,7 +233,7 @@ fn check_output_folder(path: &Path) -> Result<()> {
 
 /// Runs `lrc superpixels`.
 pub fn run(args: SuperpixelsArgs) -> Result<()> {
-    check_device(args.device.as_deref())?;
+    let gpu = open_device(args.device.as_deref())?;
     let cfg = args.config();
     cfg.validate()?;
     check_output_folder(&args.out)?;
@@ -239,7 +257,7 @@ pub fn run(args: SuperpixelsArgs) -> Result<()> {
         eprintln!("warning: {}: {why}", args.input.display());
     }
     let normalised = normalise_hu(&volume.data);
-    let labels = label_slices(&normalised, dims, &cfg, args.raw, args.slice);
+    let labels = label_slices_on(gpu.as_ref(), &normalised, dims, &cfg, args.raw, args.slice)?;
     let ty = write_label_map(&args.out, &labels, &volume.geometry)?;
     let png_slice = args.slice.unwrap_or(dims[0] / 2);
     let turned = match &args.png {
@@ -259,12 +277,16 @@ pub fn run(args: SuperpixelsArgs) -> Result<()> {
     );
     let mean = counted.iter().sum::<usize>() as f64 / counted.len().max(1) as f64;
     println!(
-        "superpixels: {} slice(s) of {} x {} from {} ({}), {min}-{max} regions per slice (mean {mean:.1}); \
+        "superpixels: {} slice(s) of {} x {} from {} ({}, {}), {min}-{max} regions per slice (mean {mean:.1}); \
          wrote {} ({ty}) in {:.1} s",
         counted.len(),
         dims[1],
         dims[2],
         args.input.display(),
+        match &gpu {
+            Some(d) => format!("GPU Felzenszwalb on {}", d.name()),
+            None => "exact Felzenszwalb on the CPU".to_string(),
+        },
         if args.raw {
             "raw Felzenszwalb labels + 1"
         } else {
@@ -353,9 +375,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_cpu_is_accepted() {
-        assert!(check_device(None).is_ok() && check_device(Some("cpu")).is_ok());
-        assert!(matches!(check_device(Some("cuda:1")), Err(Error::Device(_))));
-        assert!(matches!(check_device(Some("gpu")), Err(Error::Config(_))));
+    fn devices_are_cpu_or_cuda() {
+        assert!(open_device(None).unwrap().is_none());
+        assert!(open_device(Some("cpu")).unwrap().is_none());
+        assert!(matches!(open_device(Some("gpu")), Err(Error::Config(_))));
+        // A GPU that is not there is an error that says so, never a panic.
+        if let Err(e) = open_device(Some("cuda:7")) {
+            assert!(!e.to_string().is_empty());
+        }
     }
 }

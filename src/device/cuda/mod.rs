@@ -11,6 +11,8 @@ pub mod call;
 pub mod concat;
 mod context;
 pub mod conv;
+pub mod elastic;
+pub mod felzenszwalb;
 pub mod gemm;
 mod kernel_timer;
 mod launch;
@@ -23,7 +25,9 @@ pub mod optim;
 pub mod params;
 pub mod pointwise;
 pub mod pool;
+pub mod radix_sort;
 mod readback;
+pub mod region_sampling;
 mod storage;
 mod timer;
 

@@ -102,6 +102,34 @@ impl CudaStorage {
         CudaStorage::from_host(device, bytemuck::cast_slice(data))
     }
 
+    /// A copy of `data` stored as its 32-bit words: integer data (labels, indices as u32) or
+    /// float64 values (two words each). `T` must be a whole number of words.
+    pub fn from_host_pod<T: bytemuck::Pod>(device: &Arc<CudaDevice>, data: &[T]) -> Result<CudaStorage> {
+        let words: &[f32] = bytemuck::try_cast_slice(data).map_err(|e| {
+            Error::Cuda(format!(
+                "{} is not a whole number of 32-bit words: {e}",
+                std::any::type_name::<T>()
+            ))
+        })?;
+        CudaStorage::from_host(device, words)
+    }
+
+    /// The words copied to the host and read as `T` values (see [`CudaStorage::from_host_pod`]);
+    /// waits for the work queued before it.
+    pub fn to_host_pod<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
+        if !(self.len * 4).is_multiple_of(size_of::<T>().max(1)) {
+            return Err(Error::Cuda(format!(
+                "{} words do not make whole {} values",
+                self.len,
+                std::any::type_name::<T>()
+            )));
+        }
+        let host = self.to_host()?;
+        let mut out = vec![<T as bytemuck::Zeroable>::zeroed(); self.len * 4 / size_of::<T>().max(1)];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(bytemuck::cast_slice::<f32, u8>(&host));
+        Ok(out)
+    }
+
     /// The data copied to the host; waits for the work queued before it.
     pub fn to_host(&self) -> Result<Vec<f32>> {
         let mut host = vec![0.0f32; self.len];

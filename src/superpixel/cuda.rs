@@ -1,0 +1,166 @@
+//! The superpixel steps on a CUDA GPU, with host slices in and host results out:
+//! - [`felzenszwalb_batch_cuda`]: Felzenszwalb batched over slices, close to the exact CPU
+//!   [`felzenszwalb_batch`](super::felzenszwalb_batch) but not equal (kernels/felzenszwalb.cu
+//!   explains the difference);
+//! - [`regions_for_stack_cuda`], [`volume_regions_cuda`]: CT regions from the GPU segments; the
+//!   clean-up (body mask, relabelling) runs on the host, in parallel over slices, which is cheap
+//!   next to the segmentation;
+//! - [`sample_regions_cuda`]: the region sampling of the LRC loss, as
+//!   [`sample_regions`](super::sampling::sample_regions) in distribution.
+//!
+//! The device-level versions, which keep everything on the GPU, are in
+//! [`crate::device::cuda::felzenszwalb`] and [`crate::device::cuda::region_sampling`].
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::cleanup::{body_mask, clean_regions};
+use super::{FelzenszwalbParams, SuperpixelConfig};
+use crate::device::cuda::felzenszwalb::{self as fz, SliceBatch};
+use crate::device::cuda::region_sampling::{self, SamplingGeom};
+use crate::device::cuda::{CudaDevice, CudaStorage};
+use crate::error::{Error, Result};
+use crate::ops::local_contrast::RegionSamples;
+
+/// Slices segmented per GPU call by the helpers here: large enough to fill the GPU (one block
+/// per slice in the merging passes), small enough to bound the scratch memory (8 words per edge
+/// and 13 per pixel, about 45 bytes per edge: some 1.5 GB for 32 slices of 512 x 512).
+pub const SLICES_PER_CALL: usize = 32;
+
+fn whole_slices(op: &'static str, len: usize, h: usize, w: usize) -> Result<usize> {
+    let plane = h * w;
+    if plane == 0 {
+        return if len == 0 {
+            Ok(0)
+        } else {
+            Err(Error::shape(op, format!("{len} values for slices of 0 pixels")))
+        };
+    }
+    if !len.is_multiple_of(plane) {
+        return Err(Error::shape(op, format!("{len} values are not whole {h} x {w} slices")));
+    }
+    Ok(len / plane)
+}
+
+/// Felzenszwalb segments of the `h x w` slices stored one after another in `images`, on the GPU:
+/// per slice, labels `0..K-1` numbered by first pixel and K.
+pub fn felzenszwalb_batch_cuda(
+    device: &Arc<CudaDevice>,
+    images: &[f32],
+    h: usize,
+    w: usize,
+    params: &FelzenszwalbParams,
+) -> Result<Vec<(Vec<u32>, usize)>> {
+    let n = whole_slices("felzenszwalb", images.len(), h, w)?;
+    let plane = h * w;
+    let mut out = Vec::with_capacity(n);
+    for chunk in images.chunks((SLICES_PER_CALL * plane).max(1)) {
+        let batch = SliceBatch {
+            n: chunk.len() / plane,
+            h,
+            w,
+        };
+        let input = CudaStorage::from_host(device, chunk)?;
+        let result = fz::felzenszwalb(&input, batch, params, fz::DEFAULT_WINDOWS)?;
+        let labels: Vec<u32> = result.labels.to_host_pod()?;
+        let counts: Vec<u32> = result.counts.to_host_pod()?;
+        out.extend(labels.chunks(plane).zip(counts).map(|(l, k)| (l.to_vec(), k as usize)));
+    }
+    Ok(out)
+}
+
+/// [`regions_for_stack`](super::regions_for_stack) with the segmentation on the GPU: labels
+/// 1..=K inside the body, 0 elsewhere, per slice.
+pub fn regions_for_stack_cuda(
+    device: &Arc<CudaDevice>,
+    slices: &[f32],
+    h: usize,
+    w: usize,
+    cfg: &SuperpixelConfig,
+) -> Result<Vec<u16>> {
+    cfg.validate()?;
+    let segments = felzenszwalb_batch_cuda(device, slices, h, w, &cfg.felzenszwalb)?;
+    let plane = h * w;
+    let mut out = vec![0u16; slices.len()];
+    if plane == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(plane)
+        .zip(slices.par_chunks(plane))
+        .zip(segments.par_iter())
+        .for_each(|((dst, img), (labels, _))| {
+            let body = body_mask(img, h, w, &cfg.cleanup);
+            dst.copy_from_slice(&clean_regions(labels, &body, &cfg.cleanup));
+        });
+    Ok(out)
+}
+
+/// [`volume_regions`](super::volume_regions) with the segmentation on the GPU.
+pub fn volume_regions_cuda(
+    device: &Arc<CudaDevice>,
+    volume_zyx: &[f32],
+    dims: [usize; 3],
+    cfg: &SuperpixelConfig,
+    raw: bool,
+) -> Result<Vec<u32>> {
+    let [_, h, w] = dims;
+    if volume_zyx.len() != dims.iter().product::<usize>() {
+        return Err(Error::shape(
+            "superpixels",
+            format!("{} values for a volume of {dims:?}", volume_zyx.len()),
+        ));
+    }
+    if raw {
+        cfg.felzenszwalb.validate()?;
+        let segments = felzenszwalb_batch_cuda(device, volume_zyx, h, w, &cfg.felzenszwalb)?;
+        return Ok(segments
+            .into_iter()
+            .flat_map(|(labels, _)| labels.into_iter().map(|l| l + 1))
+            .collect());
+    }
+    Ok(regions_for_stack_cuda(device, volume_zyx, h, w, cfg)?
+        .into_iter()
+        .map(u32::from)
+        .collect())
+}
+
+/// [`sample_regions`](super::sampling::sample_regions) for `q_labels.len() / pixels` image pairs
+/// at once on the GPU, draws seeded by `seed`: the same regions (without `max_regions`), pixels
+/// drawn from the same distribution (a counter-based generator, not the CPU's stream).
+pub fn sample_regions_cuda(
+    device: &Arc<CudaDevice>,
+    q_labels: &[u16],
+    p_labels: &[u16],
+    pixels: usize,
+    samples: usize,
+    max_regions: Option<usize>,
+    seed: u64,
+) -> Result<Vec<RegionSamples>> {
+    const OP: &str = "region sampling";
+    if q_labels.len() != p_labels.len() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "query maps hold {} labels, positive maps {}",
+                q_labels.len(),
+                p_labels.len()
+            ),
+        ));
+    }
+    let n = whole_slices(OP, q_labels.len(), pixels, 1)?;
+    let max_label = q_labels.iter().chain(p_labels).copied().max().unwrap_or(0).max(1) as usize;
+    let geom = SamplingGeom {
+        n,
+        pixels,
+        max_label,
+        samples,
+        max_regions,
+    };
+    let upload = |m: &[u16]| {
+        let words: Vec<u32> = m.iter().map(|&l| u32::from(l)).collect();
+        CudaStorage::from_host_pod(device, &words)
+    };
+    let (q, p) = (upload(q_labels)?, upload(p_labels)?);
+    region_sampling::sample(&q, &p, &geom, seed)?.to_host()
+}
