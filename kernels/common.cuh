@@ -114,6 +114,35 @@ __device__ __forceinline__ float block_sum(float v) {
     return v;
 }
 
+// Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); `total` gets
+// the block's sum. Ends with a barrier, so it may be called again at once.
+__device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* total) {
+    __shared__ unsigned warp_sums[lrc::WARP];
+    const int lane = threadIdx.x % lrc::WARP;
+    const int warp = threadIdx.x / lrc::WARP;
+    const int warps = blockDim.x / lrc::WARP;
+    unsigned incl = v;
+    for (int off = 1; off < lrc::WARP; off *= 2) {
+        const unsigned other = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += other;
+    }
+    if (lane == lrc::WARP - 1) warp_sums[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned s = lane < warps ? warp_sums[lane] : 0u;
+        for (int off = 1; off < lrc::WARP; off *= 2) {
+            const unsigned other = __shfl_up_sync(0xffffffffu, s, off);
+            if (lane >= off) s += other;
+        }
+        warp_sums[lane] = s;  // inclusive prefix of the warp sums
+    }
+    __syncthreads();
+    const unsigned before = warp == 0 ? 0u : warp_sums[warp - 1];
+    *total = warp_sums[warps - 1];
+    __syncthreads();
+    return before + incl - v;
+}
+
 // float -> TF32 (10-bit mantissa), round to nearest with ties away from zero, as cuBLAS does.
 __device__ __forceinline__ uint32_t to_tf32(float x) {
 #ifdef LRC_EMULATE

@@ -203,33 +203,6 @@ __device__ __forceinline__ void unite(unsigned* parent, unsigned a, unsigned b) 
     }
 }
 
-// Exclusive prefix sum over the block; `total` gets the sum. Ends with a barrier.
-__device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* total) {
-    __shared__ unsigned warp_sums[lrc::WARP];
-    const int lane = threadIdx.x % lrc::WARP;
-    const int warp = threadIdx.x / lrc::WARP;
-    const int warps = blockDim.x / lrc::WARP;
-    unsigned incl = v;
-    for (int off = 1; off < lrc::WARP; off *= 2) {
-        const unsigned other = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += other;
-    }
-    if (lane == lrc::WARP - 1) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        unsigned s = lane < warps ? warp_sums[lane] : 0u;
-        for (int off = 1; off < lrc::WARP; off *= 2) {
-            const unsigned other = __shfl_up_sync(0xffffffffu, s, off);
-            if (lane >= off) s += other;
-        }
-        warp_sums[lane] = s;
-    }
-    __syncthreads();
-    const unsigned before = warp == 0 ? 0u : warp_sums[warp - 1];
-    *total = warp_sums[warps - 1];
-    __syncthreads();
-    return before + incl - v;
-}
 
 // A (segment starts here, max since the segment start) pair of the segmented max-scan.
 struct SegMax {
@@ -612,7 +585,7 @@ LRC_KERNEL(fz_label, FzMergeParams, fz::BLOCK_THREADS) {
         roots += r == static_cast<unsigned>(i);
     }
     unsigned total;
-    unsigned next = fz::block_exclusive_sum(roots, &total);
+    unsigned next = lrc::block_exclusive_sum(roots, &total);
     for (int i = begin; i < end; ++i) {
         if (labels[i] == static_cast<unsigned>(i)) rank[i] = next++;
     }

@@ -41,34 +41,6 @@ constexpr int SCAN_THREADS = 1024;
 
 __device__ __forceinline__ unsigned digit_of(unsigned key, int shift) { return (key >> shift) & (DIGITS - 1); }
 
-// Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); `total` gets
-// the block's sum. Ends with a barrier, so it may be called again at once.
-__device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* total) {
-    __shared__ unsigned warp_sums[lrc::WARP];
-    const int lane = threadIdx.x % lrc::WARP;
-    const int warp = threadIdx.x / lrc::WARP;
-    const int warps = blockDim.x / lrc::WARP;
-    unsigned incl = v;
-    for (int off = 1; off < lrc::WARP; off *= 2) {
-        const unsigned other = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += other;
-    }
-    if (lane == lrc::WARP - 1) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        unsigned s = lane < warps ? warp_sums[lane] : 0u;
-        for (int off = 1; off < lrc::WARP; off *= 2) {
-            const unsigned other = __shfl_up_sync(0xffffffffu, s, off);
-            if (lane >= off) s += other;
-        }
-        warp_sums[lane] = s;  // inclusive prefix of the warp sums
-    }
-    __syncthreads();
-    const unsigned before = warp == 0 ? 0u : warp_sums[warp - 1];
-    *total = warp_sums[warps - 1];
-    __syncthreads();
-    return before + incl - v;
-}
 
 }  // namespace radix
 
@@ -103,7 +75,7 @@ LRC_KERNEL(radix_scan, RadixPassParams, radix::SCAN_THREADS) {
     unsigned sum = 0;
     for (int i = begin; i < end; ++i) sum += counts[i];
     unsigned total;
-    unsigned running = radix::block_exclusive_sum(sum, &total);
+    unsigned running = lrc::block_exclusive_sum(sum, &total);
     for (int i = begin; i < end; ++i) {
         const unsigned c = counts[i];
         counts[i] = running;

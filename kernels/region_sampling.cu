@@ -59,33 +59,6 @@ __device__ __forceinline__ unsigned long long draw(unsigned long long seed, unsi
     return mix64(mix64(mix64(seed ^ image) ^ label) ^ counter);
 }
 
-// Exclusive prefix sum over the block; `total` gets the sum. Ends with a barrier.
-__device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* total) {
-    __shared__ unsigned warp_sums[lrc::WARP];
-    const int lane = threadIdx.x % lrc::WARP;
-    const int warp = threadIdx.x / lrc::WARP;
-    const int warps = blockDim.x / lrc::WARP;
-    unsigned incl = v;
-    for (int off = 1; off < lrc::WARP; off *= 2) {
-        const unsigned other = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += other;
-    }
-    if (lane == lrc::WARP - 1) warp_sums[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        unsigned s = lane < warps ? warp_sums[lane] : 0u;
-        for (int off = 1; off < lrc::WARP; off *= 2) {
-            const unsigned other = __shfl_up_sync(0xffffffffu, s, off);
-            if (lane >= off) s += other;
-        }
-        warp_sums[lane] = s;
-    }
-    __syncthreads();
-    const unsigned before = warp == 0 ? 0u : warp_sums[warp - 1];
-    *total = warp_sums[warps - 1];
-    __syncthreads();
-    return before + incl - v;
-}
 
 }  // namespace sampling
 
@@ -138,9 +111,9 @@ LRC_KERNEL(rs_select, RegionSampleParams, sampling::BLOCK_THREADS) {
         kept += l > 0 && count_q[l] > 0 && count_p[l] > 0;
     }
     unsigned total;
-    unsigned start_q = sampling::block_exclusive_sum(sum_q, &total);
-    unsigned start_p = sampling::block_exclusive_sum(sum_p, &total);
-    unsigned k = sampling::block_exclusive_sum(kept, &total);
+    unsigned start_q = lrc::block_exclusive_sum(sum_q, &total);
+    unsigned start_p = lrc::block_exclusive_sum(sum_p, &total);
+    unsigned k = lrc::block_exclusive_sum(kept, &total);
     const unsigned candidates = total;
     for (int l = begin; l < end; ++l) {
         if (l > 0 && count_q[l] > 0 && count_p[l] > 0) {
@@ -177,7 +150,7 @@ LRC_KERNEL(rs_select, RegionSampleParams, sampling::BLOCK_THREADS) {
         chosen += keep;
     }
     unsigned kept_total;
-    unsigned slot = sampling::block_exclusive_sum(chosen, &kept_total);
+    unsigned slot = lrc::block_exclusive_sum(chosen, &kept_total);
     for (int c = cbegin; c < cend; ++c) {
         bool keep = true;
         if (subset) {
