@@ -13,6 +13,7 @@ use crate::autograd::Tape;
 use crate::data::crop::{pad_to_multiple, unpad};
 use crate::data::intensity::Normalization;
 use crate::data::store::SliceStore;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::eval_clusters::eval_clusters;
 use crate::nn::{ContrastModel, ParamStore, UNetConfig};
@@ -221,7 +222,10 @@ pub fn slice_embeddings(
     let (padded, pad) = pad_to_multiple(image, h, w, unet.size_multiple(), pad_value);
     let mut tape = Tape::no_grad();
     let bound = params.bind_frozen(&mut tape);
-    let x = tape.constant(Tensor::from_vec(vec![1, 1, pad.padded_h, pad.padded_w], padded)?);
+    // The slice goes where the parameters are; the embeddings come back for clustering.
+    let device = params.params().first().map_or(Device::Cpu, |p| p.value.device());
+    let x = Tensor::from_vec(vec![1, 1, pad.padded_h, pad.padded_w], padded)?.to_device(&device)?;
+    let x = tape.constant(x);
     let e = model.forward_local(&mut tape, &bound, x)?;
     let value = tape.value(e);
     let d = value.shape()[1];
@@ -345,6 +349,7 @@ pub fn evaluate(args: &EvalClustersArgs) -> Result<ClusterReport> {
     if args.slices == 0 {
         return Err(Error::config("--slices must be at least 1"));
     }
+    let device = super::device::select(args.device.as_deref())?;
     let state = PretrainState::load(&args.model)?;
     if state.model.embed.is_none() {
         return Err(Error::Checkpoint {
@@ -376,7 +381,7 @@ pub fn evaluate(args: &EvalClustersArgs) -> Result<ClusterReport> {
         "lrc",
         state.step,
         &state.model,
-        &state.params,
+        &state.params.for_device(&device)?,
         &unet,
         &store,
         &slices,
@@ -389,7 +394,7 @@ pub fn evaluate(args: &EvalClustersArgs) -> Result<ClusterReport> {
             "random",
             0,
             &init.model,
-            &init.params,
+            &init.params.for_device(&device)?,
             &unet,
             &store,
             &slices,
@@ -442,7 +447,6 @@ fn display_name(path: &Path) -> String {
 
 /// Runs `lrc eval-clusters`.
 pub fn run(args: EvalClustersArgs) -> Result<()> {
-    super::device::select(args.device.as_deref())?;
     let start = std::time::Instant::now();
     let report = evaluate(&args)?;
     // The file first: printing can fail (a closed pipe), the result must not be lost with it.
