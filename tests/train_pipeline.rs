@@ -117,6 +117,28 @@ fn local_pretraining_loss_falls() {
 }
 
 #[test]
+fn fusing_the_pixel_normalization_into_the_loss_trains_the_same() {
+    // Normalising only the sampled pixels inside the loss is the same function as normalising
+    // every pixel first: the runs agree to rounding (f32 sums in another order), step by step.
+    let f = fixture();
+    for method in [Method::Local, Method::Joint] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = pretrain_config(method, 6);
+        c.log_every = 1;
+        let plain = pretrain(f.store.clone(), c.clone(), &run_opts(&dir.path().join("a.st"), None)).unwrap();
+        c.fuse_pixel_normalization = true;
+        let fused = pretrain(f.store.clone(), c, &run_opts(&dir.path().join("b.st"), None)).unwrap();
+        assert_eq!(plain.losses.len(), fused.losses.len());
+        for ((step, a), (_, b)) in plain.losses.iter().zip(&fused.losses) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{method:?} step {step}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn pretraining_resumes_step_for_step() {
     let f = fixture();
     for method in [Method::Global, Method::Local, Method::Joint] {

@@ -70,6 +70,10 @@ pub struct PretrainArgs {
     /// Renormalise LRC region means to unit length.
     #[arg(long)]
     pub renormalize_means: bool,
+    /// Normalise only the sampled pixels, inside the fused local loss (the same loss, one pass
+    /// over the embedding maps less).
+    #[arg(long)]
+    pub fuse_pixel_normalization: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 200)]
@@ -113,6 +117,7 @@ impl PretrainArgs {
         c.samples = self.samples;
         c.max_regions = self.max_regions;
         c.renormalize_means = self.renormalize_means;
+        c.fuse_pixel_normalization = self.fuse_pixel_normalization;
         c.checkpoint_every = self.checkpoint_every;
         c.log_every = self.log_every;
         c

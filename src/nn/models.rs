@@ -77,17 +77,28 @@ impl ContrastModel {
 
     /// `[B, C, H, W] -> [B, D, H, W]` unit pixel embeddings.
     pub fn forward_local(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<Var> {
+        self.forward_local_with(tape, p, x, true)
+    }
+
+    /// The pixel embeddings, normalised per pixel when `normalize` (the fused local loss can
+    /// normalise only the pixels it samples instead: `LocalLossConfig::normalize_pixels`).
+    pub fn forward_local_with(&self, tape: &mut Tape, p: &Bound, x: Var, normalize: bool) -> Result<Var> {
         let (Some(decoder), Some(embed)) = (&self.decoder, &self.embed) else {
             return Err(Error::config("this model has no local head"));
         };
         let feats = self.encoder.forward(tape, p, x)?;
         let f = decoder.forward(tape, p, &feats)?;
         let e = embed.forward(tape, p, f)?;
-        tape.l2_normalize(e)
+        if normalize { tape.l2_normalize(e) } else { Ok(e) }
     }
 
     /// Both heads from one encoder pass: (global vector, pixel embeddings).
     pub fn forward_both(&self, tape: &mut Tape, p: &Bound, x: Var) -> Result<(Var, Var)> {
+        self.forward_both_with(tape, p, x, true)
+    }
+
+    /// Both heads, the pixel embeddings normalised per pixel when `normalize`.
+    pub fn forward_both_with(&self, tape: &mut Tape, p: &Bound, x: Var, normalize: bool) -> Result<(Var, Var)> {
         let (Some(proj), Some(decoder), Some(embed)) = (&self.proj, &self.decoder, &self.embed) else {
             return Err(Error::config("this model lacks the global or the local head"));
         };
@@ -96,7 +107,8 @@ impl ContrastModel {
         let g = proj.forward(tape, p, pooled)?;
         let f = decoder.forward(tape, p, &feats)?;
         let e = embed.forward(tape, p, f)?;
-        Ok((g, tape.l2_normalize(e)?))
+        let e = if normalize { tape.l2_normalize(e)? } else { e };
+        Ok((g, e))
     }
 }
 

@@ -79,6 +79,10 @@ pub struct PretrainConfig {
     pub samples: usize,
     pub max_regions: Option<usize>,
     pub renormalize_means: bool,
+    /// Normalise only the sampled pixels, inside the fused local loss, instead of every pixel
+    /// before it (the same loss; it skips a pass over the embedding maps).
+    #[serde(default)]
+    pub fuse_pixel_normalization: bool,
     pub elastic_alpha: f32,
     pub elastic_sigma: f32,
     pub checkpoint_every: u64,
@@ -110,6 +114,7 @@ impl PretrainConfig {
             samples: 32,
             max_regions: None,
             renormalize_means: false,
+            fuse_pixel_normalization: false,
             elastic_alpha: elastic.alpha,
             elastic_sigma: elastic.sigma,
             checkpoint_every: 500,
@@ -410,7 +415,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     let lcfg = LocalLossConfig {
         temperature: cfg.temperature,
         renormalize_means: cfg.renormalize_means,
-        normalize_pixels: false,
+        normalize_pixels: cfg.fuse_pixel_normalization,
     };
     let mut summary = PretrainSummary {
         steps: 0,
@@ -421,6 +426,8 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     };
     let (mut window_sum, mut window_n) = (0.0, 0u64);
     let mut loss_reader = LossReader::new(&device)?;
+    // The per-pixel normalisation runs before the loss unless the loss does it on the samples.
+    let normalize = !cfg.fuse_pixel_normalization;
     while state.step < end {
         let step = state.step;
         let _step_range = profile::range("phase.step");
@@ -465,14 +472,14 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
                 }
                 Method::Local => {
                     let xp = tape.constant(x_pos.clone());
-                    let fq = state.model.forward_local(&mut tape, &bound, xq)?;
-                    let fp = state.model.forward_local(&mut tape, &bound, xp)?;
+                    let fq = state.model.forward_local_with(&mut tape, &bound, xq, normalize)?;
+                    let fp = state.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
                     tape.local_contrast_loss(fq, fp, &batch.samples, lcfg)?
                 }
                 Method::Joint => {
                     let xp = tape.constant(x_pos.clone());
-                    let (q, fq) = state.model.forward_both(&mut tape, &bound, xq)?;
-                    let fp = state.model.forward_local(&mut tape, &bound, xp)?;
+                    let (q, fq) = state.model.forward_both_with(&mut tape, &bound, xq, normalize)?;
+                    let fp = state.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
                     let lg = global_loss(&mut tape, q)?;
                     let ll = tape.local_contrast_loss(fq, fp, &batch.samples, lcfg)?;
                     tape.add(lg, ll)?
