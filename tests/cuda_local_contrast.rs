@@ -24,6 +24,7 @@
 use std::process::Command;
 use std::sync::Arc;
 
+use local_contrast_common::{Case, U, draw, sampled_mask};
 use lrc::device::cuda::local_contrast::{MAX_CHANNELS, kernel_names, local_contrast_backward, local_contrast_forward};
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
@@ -31,64 +32,12 @@ use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
 use lrc::{Device, Tape, Tensor, Var, kernels};
 
-const U: f64 = 1.0 / (1u64 << 24) as f64;
+mod local_contrast_common;
 
 fn device() -> Arc<CudaDevice> {
     let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     device.set_poison_fresh_buffers(true);
     device
-}
-
-/// One test problem: `regions[i]` regions of `samples[i]` samples in image i.
-struct Case {
-    name: &'static str,
-    d: usize,
-    h: usize,
-    w: usize,
-    regions: Vec<usize>,
-    samples: Vec<usize>,
-    temperature: f64,
-    seed: u64,
-}
-
-impl Case {
-    fn dims(&self) -> [usize; 4] {
-        [self.regions.len(), self.d, self.h, self.w]
-    }
-
-    fn len(&self) -> usize {
-        self.regions.len() * self.d * self.h * self.w
-    }
-
-    fn logit_error(&self) -> f64 {
-        let n = *self.samples.iter().max().unwrap_or(&0) as f64;
-        (2.0 * self.d as f64 + 2.0 * n + 8.0) * U / self.temperature
-    }
-
-    fn max_regions(&self) -> f64 {
-        *self.regions.iter().max().unwrap_or(&0) as f64
-    }
-}
-
-/// Random samples of one image with duplicates inside a region and across regions.
-fn draw(rng: &mut Rng, k: usize, n: usize, hw: usize) -> RegionSamples {
-    let mut view = || {
-        let mut idx: Vec<u32> = (0..k * n).map(|_| rng.below(hw as u64) as u32).collect();
-        if k > 0 && n > 1 {
-            idx[1] = idx[0];
-        }
-        if k > 1 {
-            idx[n] = idx[0];
-        }
-        idx
-    };
-    let (q, p) = (view(), view());
-    RegionSamples {
-        labels: (1..=k as u32).collect(),
-        n,
-        q,
-        p,
-    }
 }
 
 /// Samples, f_q and f_p of a case: embeddings in [-1, 1), or unit vectors per pixel (rounded to
@@ -155,19 +104,6 @@ fn run(
         g.to_f64_vec().unwrap()
     };
     (value, grad(q), grad(p))
-}
-
-fn sampled_mask(case: &Case, samples: &[RegionSamples], q_view: bool) -> Vec<bool> {
-    let hw = case.h * case.w;
-    let mut mask = vec![false; case.len()];
-    for (img, s) in samples.iter().enumerate() {
-        for &px in if q_view { &s.q } else { &s.p } {
-            for e in 0..case.d {
-                mask[(img * case.d + e) * hw + px as usize] = true;
-            }
-        }
-    }
-    mask
 }
 
 fn tolerances(case: &Case, largest_grad: f64) -> (Tolerance, Tolerance) {

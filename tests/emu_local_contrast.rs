@@ -23,6 +23,7 @@
 //! varies it: the result does not depend on that order (tests/cuda_local_contrast.rs checks
 //! bitwise repeatability on a GPU).
 
+use local_contrast_common::{Case, U, draw, sampled_mask};
 use lrc::device::cuda::local_contrast::{
     LocalContrastBuffers, LocalContrastGeom, MAX_CHANNELS, SampleTable, backward_calls, forward_calls,
 };
@@ -32,50 +33,7 @@ use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
 use lrc::{Tape, Tensor};
 
-const U: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// One test problem: `regions[i]` regions of `samples[i]` samples in image i.
-struct Case {
-    name: &'static str,
-    d: usize,
-    h: usize,
-    w: usize,
-    regions: Vec<usize>,
-    samples: Vec<usize>,
-    temperature: f64,
-    seed: u64,
-}
-
-impl Case {
-    fn dims(&self) -> [usize; 4] {
-        [self.regions.len(), self.d, self.h, self.w]
-    }
-
-    fn len(&self) -> usize {
-        self.regions.len() * self.d * self.h * self.w
-    }
-}
-
-/// Random samples of one image with duplicates inside a region and across regions.
-fn draw(rng: &mut Rng, k: usize, n: usize, hw: usize) -> RegionSamples {
-    let mut view = || {
-        let mut idx: Vec<u32> = (0..k * n).map(|_| rng.below(hw as u64) as u32).collect();
-        if k > 0 && n > 1 {
-            idx[1] = idx[0];
-        }
-        if k > 1 {
-            idx[n] = idx[0];
-        }
-        idx
-    };
-    let (q, p) = (view(), view());
-    RegionSamples {
-        labels: (1..=k as u32).collect(),
-        n,
-        q,
-        p,
-    }
-}
+mod local_contrast_common;
 
 fn samples_of(case: &Case, rng: &mut Rng) -> Vec<RegionSamples> {
     case.regions
@@ -171,30 +129,6 @@ fn emulate(
     )
 }
 
-/// Whether each element of a gradient map belongs to a sampled pixel of its image and view.
-fn sampled_mask(case: &Case, samples: &[RegionSamples], q_view: bool) -> Vec<bool> {
-    let hw = case.h * case.w;
-    let mut mask = vec![false; case.len()];
-    for (img, s) in samples.iter().enumerate() {
-        for &px in if q_view { &s.q } else { &s.p } {
-            for e in 0..case.d {
-                mask[(img * case.d + e) * hw + px as usize] = true;
-            }
-        }
-    }
-    mask
-}
-
-/// The logit error bound e of the module comment.
-fn logit_error(case: &Case) -> f64 {
-    let n = *case.samples.iter().max().unwrap_or(&0) as f64;
-    (2.0 * case.d as f64 + 2.0 * n + 8.0) * U / case.temperature
-}
-
-fn max_regions(case: &Case) -> f64 {
-    *case.regions.iter().max().unwrap_or(&0) as f64
-}
-
 /// Runs `case` with `cfg` on the emulator and checks it against the CPU twin; returns the worst
 /// ratios to tolerance (loss, gradients).
 fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSamples]) -> (f64, f64) {
@@ -205,8 +139,8 @@ fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSam
     let grad = 0.75;
     let (want_loss, want_q, want_p) = reference(case, f, samples, cfg, grad);
     let (got_loss, got_q, got_p) = emulate(case, f, samples, cfg, grad as f32);
-    let e = logit_error(case);
-    let k = max_regions(case);
+    let e = case.logit_error();
+    let k = case.max_regions();
     let loss_tol = Tolerance {
         atol: 2.0 * e + 2.0 * k * U,
         rtol: 1e-6,
@@ -402,8 +336,8 @@ fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
     };
     let (want_loss, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
     let (got_loss, got_q, got_p) = emulate(&case, [&fq, &fp], &samples, cfg, 1.0);
-    let e = logit_error(&case);
-    let k = max_regions(&case);
+    let e = case.logit_error();
+    let k = case.max_regions();
     let loss_tol = Tolerance {
         atol: 2.0 * e + 2.0 * k * U,
         rtol: 1e-6,
@@ -561,7 +495,7 @@ fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
     let (_, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
     let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
     let tol = Tolerance {
-        atol: 8.0 * (logit_error(&case) + max_regions(&case) * U) * largest,
+        atol: 8.0 * (case.logit_error() + case.max_regions() * U) * largest,
         rtol: 1e-5,
     };
     assert_close("crowded pixels: grad_q", &reordered.0, &want_q, tol);

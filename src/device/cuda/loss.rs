@@ -753,16 +753,6 @@ pub fn dice_backward_calls(
 // Wrappers on device storage.
 // ---------------------------------------------------------------------------------------------
 
-/// Runs planned calls.
-///
-/// # Safety
-/// Every address in `calls` must be a live block of `device` as large as the planner that made
-/// the calls requires, until the stream has run them.
-unsafe fn run(device: &CudaDevice, calls: &[KernelCall]) -> Result<()> {
-    // SAFETY: upheld by the caller.
-    unsafe { device.run(calls) }
-}
-
 /// `(y, norms)`: x normalised per position, and the clamped norms.
 pub fn l2_normalize(x: &CudaStorage, s: &ChannelShape, eps: f32) -> Result<(CudaStorage, CudaStorage)> {
     check_len("l2_normalize", "input", x, s.len())?;
@@ -772,7 +762,7 @@ pub fn l2_normalize(x: &CudaStorage, s: &ChannelShape, eps: f32) -> Result<(Cuda
     let layout = position_layout(s.channels, s.inner);
     let calls = l2_normalize_calls(layout, s, eps, x.device_ptr(), y.device_ptr(), norms.device_ptr())?;
     // SAFETY: x and y hold s.len() values, norms one per position.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok((y, norms))
 }
 
@@ -801,7 +791,7 @@ pub fn l2_normalize_backward(
         dx.device_ptr(),
     )?;
     // SAFETY: the lengths were checked above; dx is a fresh block of s.len() values.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok(dx)
 }
 
@@ -812,7 +802,7 @@ pub fn log_softmax(x: &CudaStorage, s: &ChannelShape) -> Result<CudaStorage> {
     let y = CudaStorage::alloc(&device, s.len())?;
     let calls = log_softmax_calls(position_layout(s.channels, s.inner), s, x.device_ptr(), y.device_ptr())?;
     // SAFETY: x and y hold s.len() values.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok(y)
 }
 
@@ -826,7 +816,7 @@ pub fn log_softmax_backward(y: &CudaStorage, dy: &CudaStorage, s: &ChannelShape)
     let layout = position_layout(s.channels, s.inner);
     let calls = log_softmax_backward_calls(layout, s, y.device_ptr(), dy.device_ptr(), dx.device_ptr())?;
     // SAFETY: y, dy and dx hold s.len() values.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok(dx)
 }
 
@@ -853,7 +843,7 @@ pub fn cross_entropy(x: &CudaStorage, targets: &CudaStorage, s: &ChannelShape) -
     // SAFETY: the lengths were checked above; lse, partial and loss are sized by the planner's
     // rules. The partial block returns to the cache after this call, which is safe because later
     // users queue behind these kernels on the same stream.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok((loss, lse))
 }
 
@@ -882,7 +872,7 @@ pub fn cross_entropy_backward(
         dx.device_ptr(),
     )?;
     // SAFETY: the lengths were checked above; dx is a fresh block of s.len() values.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok(dx)
 }
 
@@ -935,7 +925,7 @@ pub fn infonce(
     // SAFETY: the inputs' lengths were checked above and the outputs and scratch are allocated
     // to the sizes the planners document; scratch and row_loss return to the cache after this
     // call, which is safe because later users queue behind these kernels on the same stream.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok((loss, InfoNceSaved { probs, pos_probs }))
 }
 
@@ -989,7 +979,7 @@ pub fn infonce_backward(
     // SAFETY: the lengths were checked above; the gradients are fresh blocks of their operands'
     // sizes and the scratch holds the larger GEMM's partial sums. The two GEMMs run in turn on
     // one stream, so they may share the scratch.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok([dq, dk, dqueue])
 }
 
@@ -1019,7 +1009,7 @@ pub fn dice_loss(
     // SAFETY: the lengths were checked above; partial, coef and loss are sized as dice_calls
     // documents. The partial block returns to the cache after this call, which is safe because
     // later users queue behind these kernels on the same stream.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok((loss, coef))
 }
 
@@ -1049,7 +1039,7 @@ pub fn dice_loss_backward(
         dx.device_ptr(),
     )?;
     // SAFETY: the lengths were checked above; dx is a fresh block of s.len() values.
-    unsafe { run(&device, &calls) }?;
+    unsafe { device.run(&calls) }?;
     Ok(dx)
 }
 
