@@ -25,6 +25,7 @@ use lrc::device::cuda::loss::{self as device_loss, ChannelShape, InfoNceShape};
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::dice::{DiceConfig, cpu as dice_cpu};
 use lrc::ops::infonce::cpu as nce_cpu;
+use lrc::ops::labels::Labels;
 use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
 use lrc::tensor::{DType, Tensor};
@@ -409,4 +410,39 @@ fn mixed_devices_are_errors_not_panics() {
     let k = tape.constant(xc);
     let n = tape.constant(wg);
     assert!(tape.infonce(q, k, n, 0.1).is_err());
+}
+
+/// The batch's labels, given to Dice and cross-entropy as one `Labels`, cross to the device once,
+/// and the losses equal those of plain label slices (each of which is copied by its loss).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn shared_labels_cross_once() {
+    let dev = device();
+    let mut rng = Rng::new(77);
+    let shape = [2, 5, 9, 11];
+    let s = split(&shape);
+    let x = uniform(&mut rng, s.len(), -3.0, 3.0);
+    let t = targets(&mut rng, s.positions(), s.channels);
+    let (xg, _) = pair(&dev, &shape, &x);
+    let losses = |shared: bool| {
+        let mut tape = Tape::new();
+        let xv = tape.leaf(xg.clone());
+        let before = dev.transfers().to_device;
+        let (dice, ce) = if shared {
+            let labels = Labels::new(&t);
+            let dice = tape.dice_loss(xv, &labels, DiceConfig::default()).unwrap();
+            (dice, tape.cross_entropy(xv, &labels).unwrap())
+        } else {
+            let dice = tape.dice_loss(xv, &t, DiceConfig::default()).unwrap();
+            (dice, tape.cross_entropy(xv, &t).unwrap())
+        };
+        let copies = dev.transfers().to_device - before;
+        (copies, host(tape.value(dice)), host(tape.value(ce)))
+    };
+    let (shared_copies, dice_a, ce_a) = losses(true);
+    let (plain_copies, dice_b, ce_b) = losses(false);
+    assert_eq!(shared_copies, 1, "shared labels: host-to-device copies");
+    assert_eq!(plain_copies, 2, "plain label slices: host-to-device copies");
+    assert_eq!(dice_a, dice_b, "Dice with shared labels");
+    assert_eq!(ce_a, ce_b, "cross-entropy with shared labels");
 }

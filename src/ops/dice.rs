@@ -2,6 +2,7 @@
 //! `1 - (1/C') * sum_c 2 * sum(p_c * g_c) / (sum(p_c) + sum(g_c) + eps)`, sums over the whole
 //! batch and all pixels ("batch Dice"), C' the classes counted (background optional).
 
+use super::labels::LabelSource;
 use super::softmax::{check_targets, cpu::softmax};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
@@ -69,7 +70,7 @@ pub mod cpu {
 /// there.
 mod cuda {
     use super::super::conv::cuda::{storage, tensor};
-    use super::DiceConfig;
+    use super::{DiceConfig, LabelSource};
     use crate::device::cuda::CudaStorage;
     use crate::device::cuda::loss::{self, ChannelShape};
     use crate::error::Result;
@@ -91,13 +92,13 @@ mod cuda {
 
     pub(super) fn forward(
         x: &Tensor,
-        targets: &[u32],
+        targets: &(impl LabelSource + ?Sized),
         c: usize,
         inner: usize,
         cfg: &DiceConfig,
     ) -> Result<(Tensor, Saved)> {
         let xs = storage("dice_loss", "logits", x)?;
-        let targets = CudaStorage::from_host_u32(&xs.device(), targets)?;
+        let targets = targets.on_device(&xs.device())?;
         let (value, coef) = loss::dice_loss(xs, &targets, &shape(x, c, inner), cfg)?;
         Ok((tensor(vec![1], value), Saved { targets, coef }))
     }
@@ -119,10 +120,12 @@ mod cuda {
 
 impl Tape {
     /// Soft Dice loss of logits `[N, C, H, W]` against a label map (one class per pixel).
-    pub fn dice_loss(&mut self, logits: Var, targets: &[u32], cfg: DiceConfig) -> Result<Var> {
+    /// Labels passed as [`Labels`](super::labels::Labels) share one device copy with the other
+    /// losses of the step.
+    pub fn dice_loss(&mut self, logits: Var, targets: &(impl LabelSource + ?Sized), cfg: DiceConfig) -> Result<Var> {
         let _range = crate::profile::range("dice_loss");
         let xv = self.value(logits);
-        let (_, c, inner) = check_targets("dice_loss", xv, targets)?;
+        let (_, c, inner) = check_targets("dice_loss", xv, targets.host())?;
         if cfg.skip_background && c < 2 {
             return Err(Error::config("dice_loss: skipping the background leaves no class"));
         }
@@ -140,7 +143,7 @@ impl Tape {
             }));
         }
         let (loss, grad) = with_cpu_dtype!("dice_loss", [xv], T => {
-            let (l, g) = cpu::dice_loss(xv.as_slice::<T>()?, targets, c, inner, &cfg);
+            let (l, g) = cpu::dice_loss(xv.as_slice::<T>()?, targets.host(), c, inner, &cfg);
             (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
         });
         Ok(self.record("dice_loss", loss, &[logits], move |ctx| {

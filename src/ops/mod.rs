@@ -9,6 +9,7 @@ pub mod dice;
 pub mod gemm;
 pub mod infonce;
 pub mod instance_norm;
+pub mod labels;
 pub mod linear;
 pub mod local_contrast;
 pub mod normalize;

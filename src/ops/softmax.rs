@@ -1,6 +1,7 @@
 //! Softmax over the class axis (dim 1) of [N, C] or [N, C, H, W], log-softmax and
 //! cross-entropy against integer class targets.
 
+use super::labels::LabelSource;
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Tensor};
@@ -104,11 +105,12 @@ pub fn check_targets(op: &'static str, x: &Tensor, targets: &[u32]) -> Result<(u
     Ok((n, c, inner))
 }
 
-/// The CUDA branch: `device::cuda::loss`. The targets are uploaded by the op (they are the
-/// batch's labels, from the host); the loss stays on the device and its backward reads the
+/// The CUDA branch: `device::cuda::loss`. The targets come from the host (the batch's labels)
+/// and cross to the device through their [`LabelSource`]; the loss stays on the device and its backward reads the
 /// upstream gradient there.
 mod cuda {
     use super::super::conv::cuda::{storage, tensor};
+    use super::LabelSource;
     use crate::device::cuda::CudaStorage;
     use crate::device::cuda::loss::{self, ChannelShape};
     use crate::error::Result;
@@ -142,9 +144,14 @@ mod cuda {
         lse: CudaStorage,
     }
 
-    pub(super) fn cross_entropy(x: &Tensor, targets: &[u32], c: usize, inner: usize) -> Result<(Tensor, Saved)> {
+    pub(super) fn cross_entropy(
+        x: &Tensor,
+        targets: &(impl LabelSource + ?Sized),
+        c: usize,
+        inner: usize,
+    ) -> Result<(Tensor, Saved)> {
         let xs = storage("cross_entropy", "logits", x)?;
-        let targets = CudaStorage::from_host_u32(&xs.device(), targets)?;
+        let targets = targets.on_device(&xs.device())?;
         let (loss, lse) = loss::cross_entropy(xs, &targets, &shape(x, c, inner))?;
         Ok((tensor(vec![1], loss), Saved { targets, lse }))
     }
@@ -189,10 +196,12 @@ impl Tape {
     }
 
     /// Mean cross-entropy of logits `[N, C, ...]` against class indices, one per position.
-    pub fn cross_entropy(&mut self, logits: Var, targets: &[u32]) -> Result<Var> {
+    /// Labels passed as [`Labels`](super::labels::Labels) share one device copy with the other
+    /// losses of the step.
+    pub fn cross_entropy(&mut self, logits: Var, targets: &(impl LabelSource + ?Sized)) -> Result<Var> {
         let _range = crate::profile::range("cross_entropy");
         let xv = self.value(logits);
-        let (_, c, inner) = check_targets("cross_entropy", xv, targets)?;
+        let (_, c, inner) = check_targets("cross_entropy", xv, targets.host())?;
         if !xv.is_cpu() {
             let (loss, saved) = cuda::cross_entropy(xv, targets, c, inner)?;
             return Ok(self.record("cross_entropy", loss, &[logits], move |ctx| {
@@ -206,7 +215,7 @@ impl Tape {
             }));
         }
         let (loss, grad) = with_cpu_dtype!("cross_entropy", [xv], T => {
-            let (l, g) = cpu::cross_entropy(xv.as_slice::<T>()?, targets, c, inner);
+            let (l, g) = cpu::cross_entropy(xv.as_slice::<T>()?, targets.host(), c, inner);
             (Tensor::full(vec![1], l, xv.dtype()), Tensor::cpu(xv.shape().to_vec(), g))
         });
         Ok(self.record("cross_entropy", loss, &[logits], move |ctx| {

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::metrics::dice::{dice_per_class, mean_present};
 use crate::nn::{Branches, ParamStore, SegModel, UNetConfig};
 use crate::ops::dice::DiceConfig;
+use crate::ops::labels::Labels;
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::profile;
 use crate::rng::Rng;
@@ -438,20 +439,23 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             let step = (epoch * config.steps_per_epoch + s) as u64;
             let _step_range = profile::range("phase.step");
             let batch = batches.next(step)?;
-            let labels = batch
-                .labels
-                .as_ref()
-                .ok_or_else(|| Error::config("fine-tuning batch without labels"))?;
+            let labels = Labels::new(
+                batch
+                    .labels
+                    .as_ref()
+                    .ok_or_else(|| Error::config("fine-tuning batch without labels"))?,
+            );
             let mut tape = Tape::new();
             let bound = seg.params.bind(&mut tape);
             let loss = {
                 let _r = profile::range("phase.forward");
-                // The batch's one copy to the device.
+                // The batch's copies to the device: the images here, the labels once, by the
+                // first loss (the others share that copy).
                 let x = tape.constant(batch.x.to_device(&opts.device)?);
                 let logits = seg.model.forward(&mut tape, &bound, x)?;
-                let dice = tape.dice_loss(logits, labels, dice_cfg)?;
+                let dice = tape.dice_loss(logits, &labels, dice_cfg)?;
                 if config.ce_weight > 0.0 {
-                    let ce = tape.cross_entropy(logits, labels)?;
+                    let ce = tape.cross_entropy(logits, &labels)?;
                     let ce = tape.scale(ce, config.ce_weight)?;
                     tape.add(dice, ce)?
                 } else {
