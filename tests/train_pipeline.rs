@@ -261,3 +261,48 @@ fn a_pretraining_checkpoint_is_not_a_segmentation_model() {
         "{err}"
     );
 }
+
+/// Images of a batch are built in parallel from their own generators: the batch is the same
+/// with one thread or several, and image `i` does not depend on the batch size.
+#[test]
+fn batches_do_not_depend_on_the_threads_that_build_them() {
+    use lrc::augment::elastic::ElasticParams;
+    use lrc::augment::intensity::IntensityParams;
+    use lrc::train::batch::{Batch, BatchKind, BatchSpec, build_batch};
+
+    let store = &fixture().store;
+    let spec = |batch: usize| BatchSpec {
+        kind: BatchKind::Joint {
+            elastic: ElasticParams::default(),
+            intensity: IntensityParams::default(),
+            n: 4,
+            max_regions: Some(16),
+        },
+        batch,
+        crop: (32, 32),
+        pool: Arc::new((0..store.len()).collect()),
+        seed: 11,
+    };
+    let build = |threads: usize, batch: usize| -> Batch {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| build_batch(store, &spec(batch), 7)).unwrap()
+    };
+    let (one, three) = (build(1, 5), build(3, 5));
+    let values = |b: &Batch| {
+        (
+            b.x.to_f32_vec().unwrap(),
+            b.x_pos.as_ref().unwrap().to_f32_vec().unwrap(),
+        )
+    };
+    assert_eq!(values(&one), values(&three), "images built on 1 and 3 threads");
+    assert_eq!(one.samples, three.samples, "region samples built on 1 and 3 threads");
+    assert_eq!(one.cases, three.cases);
+    let two = build(2, 2);
+    let image = 32 * 32;
+    assert_eq!(
+        two.x.to_f32_vec().unwrap(),
+        values(&one).0[..2 * image],
+        "the first images of a larger batch"
+    );
+    assert_eq!(two.samples[..], one.samples[..2]);
+}

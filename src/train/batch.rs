@@ -1,12 +1,15 @@
 //! Batches for the three training stages, drawn from a slice store.
 //!
-//! A batch depends only on (seed, step): its generator is `Rng::new(seed).fork(step)`. So a
-//! resumed run sees exactly the batches an uninterrupted one would, and batches can be built
+//! A batch depends only on (seed, step): image `i` of step `step` draws from
+//! `Rng::new(seed).fork(step).fork(i)`. So a resumed run sees exactly the batches an
+//! uninterrupted one would, the images of a batch are built in parallel, and batches can be built
 //! ahead on a background thread ([`Prefetcher`]) without changing the result.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+
+use rayon::prelude::*;
 
 use crate::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
 use crate::augment::intensity::{IntensityParams, jitter};
@@ -118,74 +121,103 @@ fn has_two_regions(regions: &[u16]) -> bool {
     false
 }
 
-/// Builds the batch of training step `step`.
-pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Batch> {
-    let mut rng = Rng::new(spec.seed).fork(step);
+/// One image of a batch and what goes with it.
+struct Item {
+    case: i64,
+    x: Vec<f32>,
+    pos: Vec<f32>,
+    labels: Vec<u32>,
+    samples: Option<RegionSamples>,
+}
+
+/// Builds image `i` of a batch from its own generator (see [`build_batch`]).
+fn build_item(store: &SliceStore, spec: &BatchSpec, mut rng: Rng) -> Result<Item> {
     let (ch, cw) = spec.crop;
     let pad = store.pad_value();
-    let mut xs = Vec::with_capacity(spec.batch * ch * cw);
-    let mut pos = Vec::new();
-    let mut labels = Vec::new();
-    let mut samples = Vec::new();
-    let mut cases = Vec::with_capacity(spec.batch);
-    for _ in 0..spec.batch {
-        let wants_regions = matches!(spec.kind, BatchKind::Lrc { .. } | BatchKind::Joint { .. });
-        // A crop with fewer than two regions gives a local loss of exactly zero: draw again, a
-        // bounded number of times (checked here per crop rather than by scanning the whole
-        // store up front).
-        let mut attempts = 0;
-        let (view, crop) = loop {
-            let index = spec.pool[rng.below(spec.pool.len() as u64) as usize];
-            let view = store.slice(index);
-            let crop = random_crop(&mut rng, &view, ch, cw, pad);
-            attempts += 1;
-            if !wants_regions || attempts >= MAX_DRAWS || crop.regions.as_deref().is_some_and(has_two_regions) {
-                break (view, crop);
-            }
-        };
-        cases.push(view.case as i64);
-        match &spec.kind {
-            BatchKind::Segmentation => {
-                xs.extend_from_slice(&crop.image);
-                let l = crop
-                    .labels
-                    .as_ref()
-                    .ok_or_else(|| Error::config("slice without labels in a fine-tuning pool"))?;
-                labels.extend(l.iter().map(|&v| v as u32));
-            }
-            BatchKind::Moco { elastic, intensity } => {
-                let field = random_field(ch, cw, elastic, &mut rng);
-                xs.extend(jitter(&crop.image, intensity, &mut rng));
-                pos.extend(jitter(&warp_bilinear(&crop.image, ch, cw, &field), intensity, &mut rng));
-            }
-            BatchKind::Lrc {
-                elastic,
-                n,
-                max_regions,
-            }
-            | BatchKind::Joint {
-                elastic,
-                n,
-                max_regions,
-                ..
-            } => {
-                let regions = crop
-                    .regions
-                    .as_ref()
-                    .ok_or_else(|| Error::config("slice without regions in an LRC pool"))?;
-                let field = random_field(ch, cw, elastic, &mut rng);
-                let warped = warp_bilinear(&crop.image, ch, cw, &field);
-                let warped_regions = warp_nearest(regions, ch, cw, &field);
-                samples.push(sample_regions(regions, &warped_regions, *n, *max_regions, &mut rng));
-                if let BatchKind::Joint { intensity, .. } = &spec.kind {
-                    xs.extend(jitter(&crop.image, intensity, &mut rng));
-                    pos.extend(jitter(&warped, intensity, &mut rng));
-                } else {
-                    xs.extend_from_slice(&crop.image);
-                    pos.extend(warped);
-                }
+    let wants_regions = matches!(spec.kind, BatchKind::Lrc { .. } | BatchKind::Joint { .. });
+    // A crop with fewer than two regions gives a local loss of exactly zero: draw again, a
+    // bounded number of times (checked here per crop rather than by scanning the whole store up
+    // front).
+    let mut attempts = 0;
+    let (view, crop) = loop {
+        let index = spec.pool[rng.below(spec.pool.len() as u64) as usize];
+        let view = store.slice(index);
+        let crop = random_crop(&mut rng, &view, ch, cw, pad);
+        attempts += 1;
+        if !wants_regions || attempts >= MAX_DRAWS || crop.regions.as_deref().is_some_and(has_two_regions) {
+            break (view, crop);
+        }
+    };
+    let mut item = Item {
+        case: view.case as i64,
+        x: Vec::new(),
+        pos: Vec::new(),
+        labels: Vec::new(),
+        samples: None,
+    };
+    match &spec.kind {
+        BatchKind::Segmentation => {
+            let l = crop
+                .labels
+                .as_ref()
+                .ok_or_else(|| Error::config("slice without labels in a fine-tuning pool"))?;
+            item.labels = l.iter().map(|&v| v as u32).collect();
+            item.x = crop.image;
+        }
+        BatchKind::Moco { elastic, intensity } => {
+            let field = random_field(ch, cw, elastic, &mut rng);
+            item.x = jitter(&crop.image, intensity, &mut rng);
+            item.pos = jitter(&warp_bilinear(&crop.image, ch, cw, &field), intensity, &mut rng);
+        }
+        BatchKind::Lrc {
+            elastic,
+            n,
+            max_regions,
+        }
+        | BatchKind::Joint {
+            elastic,
+            n,
+            max_regions,
+            ..
+        } => {
+            let regions = crop
+                .regions
+                .as_ref()
+                .ok_or_else(|| Error::config("slice without regions in an LRC pool"))?;
+            let field = random_field(ch, cw, elastic, &mut rng);
+            let warped = warp_bilinear(&crop.image, ch, cw, &field);
+            let warped_regions = warp_nearest(regions, ch, cw, &field);
+            item.samples = Some(sample_regions(regions, &warped_regions, *n, *max_regions, &mut rng));
+            if let BatchKind::Joint { intensity, .. } = &spec.kind {
+                item.x = jitter(&crop.image, intensity, &mut rng);
+                item.pos = jitter(&warped, intensity, &mut rng);
+            } else {
+                item.x = crop.image;
+                item.pos = warped;
             }
         }
+    }
+    Ok(item)
+}
+
+/// Builds the batch of training step `step`. Image `i` draws from its own generator,
+/// `Rng::new(seed).fork(step).fork(i)`, so the images are built in parallel (cropping, elastic
+/// fields and warps are most of a step's host work) and the batch does not depend on the
+/// number of threads.
+pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Batch> {
+    let rng = Rng::new(spec.seed).fork(step);
+    let items: Vec<Item> = (0..spec.batch as u64)
+        .into_par_iter()
+        .map(|i| build_item(store, spec, rng.fork(i)))
+        .collect::<Result<_>>()?;
+    let (mut xs, mut pos, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut samples, mut cases) = (Vec::new(), Vec::with_capacity(items.len()));
+    for item in items {
+        xs.extend(item.x);
+        pos.extend(item.pos);
+        labels.extend(item.labels);
+        samples.extend(item.samples);
+        cases.push(item.case);
     }
     let b = spec.batch;
     Ok(Batch {
@@ -196,7 +228,11 @@ pub fn build_batch(store: &SliceStore, spec: &BatchSpec, step: u64) -> Result<Ba
             Some(to_tensor(pos, b, spec.crop)?)
         },
         samples,
-        labels: if labels.is_empty() { None } else { Some(labels) },
+        labels: if matches!(spec.kind, BatchKind::Segmentation) {
+            Some(labels)
+        } else {
+            None
+        },
         cases,
     })
 }
