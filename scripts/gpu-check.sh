@@ -12,6 +12,7 @@
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
+#   bench batch  `lrc bench batch`: the host's milliseconds per training batch, per stage
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
@@ -300,7 +301,7 @@ bench_run() {
     enough "$name" "$need" || return 0
     timed "$log" "$(min "$limit" "$(left)")" "$@"
     if ((rc == 0)); then
-        step "$name" passed "$took" "$(grep -a -E '^(total|median|superpixels )' "$log" | paste -sd ';' -)"
+        step "$name" passed "$took" "$(grep -a -E '^(total|median|superpixels |batch: )' "$log" | paste -sd ';' -)"
     else
         failed=1
         step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") ($(basename "$log"))"
@@ -330,7 +331,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench lrc" "bench torch" \
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench step torch.compile"; do
         step "$s" "not run (no GPU)" "" ""
@@ -413,6 +414,10 @@ else
         "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # The host's batch building on this machine's cores, to set beside the step: a GPU step
+    # faster than the slowest stage's batch would wait for its data.
+    bench_run "bench batch" 40 90 "$logs/bench-batch.log" \
+        "$bin/lrc" bench batch --repeats 5 --json "$out/bench-batch.jsonl"
     bench_run "bench lrc" 60 180 "$logs/bench-lrc.log" \
         "$bin/lrc" bench conv --algo all "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
     bench_run "bench torch" 60 180 "$logs/bench-torch.log" \

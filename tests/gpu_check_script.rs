@@ -105,6 +105,7 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
         "bench lrc-loss lrc",
         "bench lrc-loss torch",
         "bench superpixels",
+        "bench batch",
     ] {
         assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
     }

@@ -10,6 +10,7 @@
 //! ([`step`]); `lrc bench lrc-loss` the fused local loss ([`lrc_loss`]);
 //! `lrc bench superpixels` times Felzenszwalb on the CPU and the GPU (see [`superpixels`]).
 
+pub mod batch;
 pub mod lrc_loss;
 pub mod norm;
 pub mod step;
@@ -43,6 +44,8 @@ pub enum BenchWhat {
     LrcLoss(lrc_loss::LrcLossBenchArgs),
     /// Slices per second of Felzenszwalb superpixels, exact CPU version and GPU version.
     Superpixels(superpixels::SuperpixelBenchArgs),
+    /// Milliseconds per training batch built on the host, per stage, on one thread and on all.
+    Batch(batch::BatchBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +96,7 @@ pub fn run(what: BenchWhat) -> Result<()> {
         BenchWhat::Norm(args) => norm::bench_norm(&args),
         BenchWhat::LrcLoss(args) => lrc_loss::run(&args),
         BenchWhat::Superpixels(args) => superpixels::bench_superpixels(&args),
+        BenchWhat::Batch(args) => batch::bench_batch(&args),
     }
 }
 

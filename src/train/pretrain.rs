@@ -174,7 +174,8 @@ impl PretrainConfig {
         }
     }
 
-    fn batch_kind(&self) -> BatchKind {
+    /// What each pre-training batch holds for this configuration.
+    pub fn batch_kind(&self) -> BatchKind {
         let elastic = ElasticParams {
             alpha: self.elastic_alpha,
             sigma: self.elastic_sigma,
