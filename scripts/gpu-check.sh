@@ -11,11 +11,11 @@
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
+#   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
 #   bench batch  `lrc bench batch`: the host's milliseconds per training batch, per stage
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
-#   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases
 #   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
