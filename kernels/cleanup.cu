@@ -27,8 +27,10 @@
 //
 // Components. Union-find over the pixels of a slice, the larger root linked under the smaller
 // with atomicCAS (as in felzenszwalb.cu): every pixel joins its right and lower neighbours of the
-// same class in one pass (each thread retries its own union until it holds; no rounds, so nothing
-// needs a host read-back or a bound on iterations). A link always points at a smaller index, so
+// same class in one pass. Each thread retries its own union until its compare-and-swap holds; a
+// retry happens only when another thread linked a root meanwhile, which happens at most h * w - 1
+// times per slice, so the loop is bounded and there are no rounds: nothing needs a host read-back
+// or a device-side "done" flag. A link always points at a smaller index, so
 // the root of a component is its smallest pixel index, its first pixel in raster order: the CPU's
 // tie rule ("the first in raster order among equals") is the smallest root. cl_flatten then
 // writes every pixel's root (read-only walks, each thread storing only its own pixel, so what any

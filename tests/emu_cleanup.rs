@@ -9,10 +9,11 @@
 //! one larger than the slice (no core: the fallback to the candidates), fill_holes on and off,
 //! max_regions below the number of regions with ties in size (ties go to the smaller label),
 //! min_region_pixels dropping some; segments from the CPU Felzenszwalb of each slice and random
-//! segment maps (scattered labels anywhere below h * w, and equal-size tiles with permuted labels).
+//! segment maps (scattered labels anywhere below h * w, and equal-size tiles with permuted labels);
+//! and the segmentation and clean-up plans chained on the device, as the pipeline runs them.
 
 use lrc::device::cuda::cleanup::{CleanupBufferLens, CleanupBuffers, cleanup_calls, mask_address};
-use lrc::device::cuda::felzenszwalb::SliceBatch;
+use lrc::device::cuda::felzenszwalb::{self as fz, SliceBatch};
 use lrc::device::emu::{self, EmuMemory};
 use lrc::rng::Rng;
 use lrc::superpixel::cleanup::{CleanupConfig, body_mask, clean_regions};
@@ -414,4 +415,85 @@ fn labels_outside_the_plane_raise_the_status_and_get_no_region() {
     assert_eq!(got.status, 1);
     assert_eq!(got.labels[10], 0);
     assert!(got.labels.iter().enumerate().all(|(i, &l)| i == 10 || l == 1));
+}
+
+/// The two plans of `superpixel::cuda::regions_on_device` in one run: the emulated GPU
+/// Felzenszwalb's labels feed the clean-up on the device, which equals the CPU clean-up of them.
+#[test]
+fn segmentation_and_cleanup_chain_on_the_device() {
+    if !emulator_available() {
+        return;
+    }
+    let (n, h, w) = (2, 24, 31);
+    let mut rng = Rng::new(17);
+    let images: Vec<f32> = (0..n).flat_map(|_| ct_phantom_slice(h, w, 15.0, &mut rng)).collect();
+    let params = lrc::superpixel::FelzenszwalbParams {
+        scale: 100.0,
+        sigma: 0.8,
+        min_size: 10,
+    };
+    let batch = SliceBatch { n, h, w };
+    let taps = fz::smoothing_taps(params.sigma);
+    let fl = fz::FzBufferLens::new(batch, taps.len());
+    let cl = CleanupBufferLens::new(batch);
+    let mut mem = EmuMemory::new();
+    let images_at = mem.upload(&images);
+    let f = fz::FzBuffers {
+        images: images_at,
+        taps: mem.upload(&taps),
+        column_pass: mem.alloc(fl.column_pass),
+        smoothed: mem.alloc(fl.smoothed),
+        keys: mem.alloc(fl.keys),
+        vals: mem.alloc(fl.keys),
+        keys_tmp: mem.alloc(fl.keys),
+        vals_tmp: mem.alloc(fl.keys),
+        sort_counts: mem.alloc(fl.sort_counts),
+        parent: mem.alloc(fl.per_pixel),
+        size: mem.alloc(fl.per_pixel),
+        threshold: mem.alloc(fl.per_pixel),
+        merged_max: mem.alloc(fl.merged_max),
+        reserve: mem.alloc(fl.per_pixel),
+        claim: mem.alloc(fl.per_pixel),
+        list: mem.alloc(fl.list),
+        kept: mem.alloc(fl.kept),
+        labels: mem.alloc(fl.per_pixel),
+        counts: mem.alloc(fl.counts),
+    };
+    let c = CleanupBuffers {
+        images: images_at,
+        segments: f.labels,
+        masks: mem.alloc(cl.masks),
+        parent: mem.alloc(cl.per_pixel),
+        size: mem.alloc(cl.per_pixel),
+        best: mem.alloc(cl.best),
+        counts: mem.alloc(cl.per_pixel),
+        first: mem.alloc(cl.per_pixel),
+        keys: mem.alloc(cl.per_pixel),
+        vals: mem.alloc(cl.per_pixel),
+        sort_counts: mem.alloc(cl.sort_counts),
+        new_label: mem.alloc(cl.per_pixel),
+        labels: mem.alloc(cl.labels),
+        status: mem.alloc(cl.status),
+    };
+    let cfg = CleanupConfig {
+        min_region_pixels: 5,
+        ..CleanupConfig::default()
+    };
+    let mut calls = fz::felzenszwalb_calls(batch, &params, fz::DEFAULT_WINDOWS, taps.len(), &f).unwrap();
+    calls.extend(cleanup_calls(batch, &cfg, &c).unwrap());
+    mem.run(&calls).unwrap_or_else(|e| panic!("{e}"));
+    let segments: Vec<u32> = mem.read(f.labels, n * h * w);
+    let got: Vec<u16> = mem.read(c.labels, n * h * w);
+    let want: Vec<u16> = images
+        .chunks(h * w)
+        .zip(segments.chunks(h * w))
+        .flat_map(|(img, seg)| clean_regions(seg, &body_mask(img, h, w, &cfg), &cfg))
+        .collect();
+    if let Some(d) = first_difference(&got, &want, h, w) {
+        panic!("chained clean-up differs first at {d}");
+    }
+    assert!(
+        want.chunks(h * w).all(|l| l.iter().any(|&v| v > 2)),
+        "a few regions per slice"
+    );
 }
