@@ -19,7 +19,7 @@
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases
 #   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
-#             batch 32 at 256 x 256 and 512 x 512)
+#             batch 32 at 256 x 256 and 512 x 512, with and without the CT clean-up)
 #   bench step torch.compile  the PyTorch step compiled (last: compiling takes a minute or more)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
@@ -611,15 +611,21 @@ def fmt(v, d):
     return "" if v is None else f"{v:.{d}f}"
 r0 = rows[0]
 print(f'## Benchmark: superpixels (Felzenszwalb, batch {r0["batch"]}, {r0["windows"]} windows), {r0["device"]}\n')
-print("slices/s; gpu = device time (events), e2e = host slices to host labels; cpu = the exact version on every core.\n")
-print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | mean ARI vs cpu | regions cpu | regions gpu |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("slices/s; gpu = device time (events), e2e = host slices to host labels; cpu = the exact version on every core; "
+      "+clean = segmentation then the CT clean-up on the device; clean-up ms per batch; clean = cpu: the GPU clean-up "
+      "of the GPU's segments equals the CPU's.\n")
+print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | mean ARI vs cpu | regions cpu | regions gpu "
+      "| gpu+clean slices/s | clean-up gpu ms | clean-up cpu ms | clean = cpu |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for r in rows:
     cpu, gpu = r.get("cpu_slices_per_s"), r.get("gpu_slices_per_s")
     ratio = gpu / cpu if cpu and gpu else None
+    equal = r.get("cleanup_equal_to_cpu")
     print(f'| {r["size"]} | {fmt(cpu, 1)} | {fmt(gpu, 1)} | {fmt(r.get("gpu_end_to_end_slices_per_s"), 1)} | '
           f'{fmt(ratio, 1)} | {fmt(r.get("mean_ari_vs_cpu"), 4)} | {fmt(r.get("mean_regions_cpu"), 1)} | '
-          f'{fmt(r.get("mean_regions_gpu"), 1)} |')
+          f'{fmt(r.get("mean_regions_gpu"), 1)} | {fmt(r.get("gpu_with_cleanup_slices_per_s"), 1)} | '
+          f'{fmt(r.get("gpu_cleanup_ms"), 2)} | {fmt(r.get("cpu_cleanup_median_ms"), 1)} | '
+          f'{"" if equal is None else ("yes" if equal else "NO")} |')
 PY
 }
 

@@ -5,7 +5,13 @@
 //!   of slack below 7 regions, where 15% is less than one), on every scikit-image fixture and on
 //!   CT-like slices of 256 x 256 and 512 x 512 in batches of 32; and label for label equal to its
 //!   sequential CPU model (tests/superpixel_support), since the kernels' decisions do not depend
-//!   on scheduling. CT regions (GPU segments, host clean-up) close to the CPU's regions.
+//!   on scheduling.
+//! - The CT clean-up (kernels/cleanup.cu): on the GPU's segments of batches of 32 CT-like slices at
+//!   256 and 512, equal to the CPU clean-up of the same segments label for label, with the
+//!   default settings and with no opening, no hole filling, a binding cap and minimum; bad input
+//!   as errors or the status word. The whole GPU pipeline (segmentation and clean-up) against the
+//!   CPU pipeline: mean ARI >= 0.9 and region counts within 15%, as for the segments, and no region
+//!   outside the CPU's body mask.
 //! - The elastic transform: fields, warped images and warped labels equal to the CPU's bit for bit
 //!   (the same float operations in the same order, the noise from the same generator).
 //! - Region sampling: the CPU's regions, samples inside them, and uniform draws (chi-square, as
@@ -21,12 +27,12 @@ use rayon::prelude::*;
 
 use lrc::augment::cuda::{elastic_batch_cuda, fields_to_host, random_fields_cuda};
 use lrc::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
+use lrc::device::cuda::cleanup;
 use lrc::device::cuda::felzenszwalb::{self as fz, DEFAULT_WINDOWS, SliceBatch};
 use lrc::device::cuda::region_sampling::{self, SamplingGeom};
 use lrc::device::cuda::{CudaDevice, CudaStorage};
-use lrc::metrics::adjusted_rand_index;
 use lrc::rng::Rng;
-use lrc::superpixel::cleanup::body_mask;
+use lrc::superpixel::cleanup::{CleanupConfig, body_mask, clean_regions};
 use lrc::superpixel::cuda::{felzenszwalb_batch_cuda, regions_for_stack_cuda, sample_regions_cuda};
 use lrc::superpixel::phantom::ct_phantom_slice;
 use lrc::superpixel::sampling::sample_regions;
@@ -115,31 +121,133 @@ fn felzenszwalb_is_close_to_the_cpu_on_ct_batches_of_32_at_256_and_512() {
     }
 }
 
+/// The first pixel where two batches of label maps differ, as "slice s (y, x): got g, want w".
+fn first_difference(got: &[u16], want: &[u16], size: usize) -> Option<String> {
+    let i = got.iter().zip(want).position(|(a, b)| a != b)?;
+    let (s, p) = (i / (size * size), i % (size * size));
+    Some(format!(
+        "slice {s} (y {}, x {}): got {}, want {}",
+        p / size,
+        p % size,
+        got[i],
+        want[i]
+    ))
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn ct_regions_with_gpu_segments_are_close_to_the_cpu_regions() {
+fn gpu_cleanup_equals_the_cpu_cleanup_on_ct_batches_at_256_and_512() {
+    let device = device();
+    let default = SuperpixelConfig::default();
+    let variants = [
+        default.cleanup.clone(),
+        // No opening, no hole filling, a cap that binds and a minimum that drops regions.
+        CleanupConfig {
+            body_opening_radius: 0,
+            fill_holes: false,
+            min_region_pixels: 80,
+            max_regions: 12,
+            ..default.cleanup.clone()
+        },
+    ];
+    for size in [256, 512] {
+        let slices = ct_batch(size);
+        let stack: Vec<f32> = slices.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        let batch = SliceBatch {
+            n: slices.len(),
+            h: size,
+            w: size,
+        };
+        let images = CudaStorage::from_host(&device, &stack).unwrap();
+        // The GPU's own segments, as the pipeline feeds them.
+        let segments = fz::felzenszwalb(&images, batch, &default.felzenszwalb, DEFAULT_WINDOWS).unwrap();
+        let segments_host: Vec<u32> = segments.labels.to_host_pod().unwrap();
+        let plane = size * size;
+        for cfg in &variants {
+            let out = cleanup::clean(&images, &segments.labels, batch, cfg).expect("GPU clean-up");
+            assert_eq!(out.status.to_host_pod::<u32>().unwrap(), [0], "labels below h * w");
+            let gpu = out.labels_to_host(stack.len()).unwrap();
+            let cpu: Vec<u16> = stack
+                .par_chunks(plane)
+                .zip(segments_host.par_chunks(plane))
+                .flat_map_iter(|(img, seg)| clean_regions(seg, &body_mask(img, size, size, cfg), cfg))
+                .collect();
+            if let Some(d) = first_difference(&gpu, &cpu, size) {
+                panic!("{size} x {size}, {cfg:?}: GPU clean-up differs first at {d}");
+            }
+            let regions: usize = cpu.chunks(plane).map(|l| *l.iter().max().unwrap() as usize).sum();
+            println!(
+                "clean-up {size} x {size} r{} fill {}: equal, {regions} regions over {} slices",
+                cfg.body_opening_radius,
+                cfg.fill_holes,
+                slices.len()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_regions_are_close_to_the_cpu_regions_at_256_and_512() {
     let device = device();
     let cfg = SuperpixelConfig::default();
-    let size = 256;
-    let slices = ct_batch(size);
-    let stack: Vec<f32> = slices.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-    let gpu = regions_for_stack_cuda(&device, &stack, size, size, &cfg).unwrap();
-    let cpu = regions_for_stack(&stack, size, size, &cfg);
-    let plane = size * size;
-    let aris: Vec<f64> = (0..slices.len())
-        .map(|i| adjusted_rand_index(&cpu[i * plane..(i + 1) * plane], &gpu[i * plane..(i + 1) * plane]).unwrap())
-        .collect();
-    let mean = aris.iter().sum::<f64>() / aris.len() as f64;
-    println!("regions: mean ARI {mean:.4} over {} slices", aris.len());
-    assert!(mean >= 0.9, "mean ARI {mean:.4} of the cleaned regions");
-    // Outside the body (the mask is computed on the host either way) every label is 0.
-    for (i, (name, img)) in slices.iter().enumerate() {
-        let body = body_mask(img, size, size, &cfg.cleanup);
-        assert!(
-            (0..plane).all(|j| body[j] || gpu[i * plane + j] == 0),
-            "{name}: a region outside the body"
-        );
+    for size in [256, 512] {
+        let slices = ct_batch(size);
+        let stack: Vec<f32> = slices.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        // Segmentation and clean-up on the GPU, against both on the CPU.
+        let gpu = regions_for_stack_cuda(&device, &stack, size, size, &cfg).unwrap();
+        let cpu = regions_for_stack(&stack, size, size, &cfg);
+        let plane = size * size;
+        let wide = |l: &[u16]| l.iter().map(|&v| u32::from(v)).collect::<Vec<u32>>();
+        let results: Vec<Agreement> = slices
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let (c, g) = (&cpu[i * plane..(i + 1) * plane], &gpu[i * plane..(i + 1) * plane]);
+                let k_gpu = *g.iter().max().unwrap() as usize + 1;
+                Agreement::new(name, &wide(c), &wide(g), k_gpu)
+            })
+            .collect();
+        check_agreement(&format!("CT regions {size} x {size} (GPU)"), &results);
+        // The body mask is the CPU's exactly, so outside it every label is 0.
+        for (i, (name, img)) in slices.iter().enumerate() {
+            let body = body_mask(img, size, size, &cfg.cleanup);
+            assert!(
+                (0..plane).all(|j| body[j] || gpu[i * plane + j] == 0),
+                "{name}: a region outside the body"
+            );
+        }
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_cleanup_reports_bad_input_as_errors() {
+    let device = device();
+    let cfg = CleanupConfig::default();
+    let images = CudaStorage::from_host(&device, &[0.5; 12]).unwrap();
+    let segments = CudaStorage::from_host_u32(&device, &[0; 12]).unwrap();
+    let batch = SliceBatch { n: 1, h: 3, w: 4 };
+    assert!(cleanup::clean(&images, &segments, SliceBatch { n: 2, ..batch }, &cfg).is_err());
+    let capless = CleanupConfig {
+        max_regions: 0,
+        ..cfg.clone()
+    };
+    assert!(cleanup::clean(&images, &segments, batch, &capless).is_err());
+    // A label not below h * w raises the status word; its pixel gets no region.
+    let mut labels = [0u32; 12];
+    labels[5] = 12;
+    let segments = CudaStorage::from_host_u32(&device, &labels).unwrap();
+    let plain = CleanupConfig {
+        body_opening_radius: 0,
+        min_region_pixels: 1,
+        ..cfg
+    };
+    let out = cleanup::clean(&images, &segments, batch, &plain).unwrap();
+    assert_eq!(out.status.to_host_pod::<u32>().unwrap(), [1]);
+    let got = out.labels_to_host(12).unwrap();
+    assert_eq!(got[5], 0);
+    assert!(got.iter().enumerate().all(|(i, &l)| i == 5 || l == 1), "{got:?}");
 }
 
 #[test]

@@ -185,7 +185,7 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
     };
     let lrc_bench = json_writer(&[record("lrc", "tf32-mma", 2.0), record("lrc", "fp32-tiled", 6.0)]);
     // `lrc bench superpixels`: one size, the GPU at 400 slices/s, the CPU at 20.
-    let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0}"#;
+    let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0,"gpu_with_cleanup_slices_per_s":350.0,"gpu_cleanup_ms":11.43,"cpu_cleanup_median_ms":90.0,"cleanup_equal_to_cpu":true}"#;
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
@@ -262,9 +262,9 @@ fn a_full_run_compares_the_benchmarks() {
         row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),
         "{summary}"
     );
-    // Size, cpu, gpu, end to end, gpu / cpu, ARI, regions cpu and gpu.
+    // Size, cpu, gpu, end to end, gpu / cpu, ARI, regions cpu and gpu; with the clean-up.
     assert!(
-        summary.contains("| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 0.9991 | 60.0 | 61.0 |"),
+        summary.contains("| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 0.9991 | 60.0 | 61.0 | 350.0 | 11.43 | 90.0 | yes |"),
         "{summary}"
     );
 }

@@ -68,7 +68,8 @@ pub struct SuperpixelsArgs {
     #[arg(long)]
     pub raw: bool,
     /// cpu (the default: exact, scikit-image's labels) or cuda / cuda:N (the GPU Felzenszwalb:
-    /// close to the exact labels, not equal; the clean-up runs on the CPU either way).
+    /// close to the exact labels, not equal; then the GPU clean-up, equal to the CPU's on the
+    /// same segments).
     #[arg(long)]
     pub device: Option<String>,
 }

@@ -2,21 +2,20 @@
 //! - [`felzenszwalb_batch_cuda`]: Felzenszwalb batched over slices, close to the exact CPU
 //!   [`felzenszwalb_batch`](super::felzenszwalb_batch) but not equal (kernels/felzenszwalb.cu
 //!   explains the difference);
-//! - [`regions_for_stack_cuda`], [`volume_regions_cuda`]: CT regions from the GPU segments; the
-//!   clean-up (body mask, relabelling) runs on the host, in parallel over slices, which is cheap
-//!   next to the segmentation;
+//! - [`regions_for_stack_cuda`], [`volume_regions_cuda`]: CT regions, segmentation and clean-up
+//!   (body mask, relabelling) both on the GPU ([`regions_on_device`]); the clean-up equals the
+//!   CPU's on the same segments, label for label, and only the final u16 labels come back;
 //! - [`sample_regions_cuda`]: the region sampling of the LRC loss, as
 //!   [`sample_regions`](super::sampling::sample_regions) in distribution.
 //!
 //! The device-level versions, which keep everything on the GPU, are in
-//! [`crate::device::cuda::felzenszwalb`] and [`crate::device::cuda::region_sampling`].
+//! [`crate::device::cuda::felzenszwalb`], [`crate::device::cuda::cleanup`] and
+//! [`crate::device::cuda::region_sampling`].
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
-use super::cleanup::{body_mask, clean_regions};
 use super::{FelzenszwalbParams, SuperpixelConfig};
+use crate::device::cuda::cleanup::{self, CleanupOutput};
 use crate::device::cuda::felzenszwalb::{self as fz, SliceBatch};
 use crate::device::cuda::region_sampling::{self, SamplingGeom};
 use crate::device::cuda::{CudaDevice, CudaStorage};
@@ -25,7 +24,8 @@ use crate::ops::local_contrast::RegionSamples;
 
 /// Slices segmented per GPU call by the helpers here: large enough to fill the GPU (one block
 /// per slice in the merging passes), small enough to bound the scratch memory (8 words per edge
-/// and 13 per pixel, about 45 bytes per edge: some 1.5 GB for 32 slices of 512 x 512).
+/// and 13 per pixel, about 45 bytes per edge: some 1.5 GB for 32 slices of 512 x 512; the
+/// clean-up's 8.5 words per pixel, some 290 MB, reuse that memory once the segmentation is done).
 pub const SLICES_PER_CALL: usize = 32;
 
 fn whole_slices(op: &'static str, len: usize, h: usize, w: usize) -> Result<usize> {
@@ -70,8 +70,18 @@ pub fn felzenszwalb_batch_cuda(
     Ok(out)
 }
 
-/// [`regions_for_stack`](super::regions_for_stack) with the segmentation on the GPU: labels
-/// 1..=K inside the body, 0 elsewhere, per slice.
+/// Regions of a batch of normalised slices already on the device: Felzenszwalb segments, then
+/// the CT clean-up, both on the GPU. The labels stay on the device (u16, 1..=K inside the body,
+/// 0 elsewhere, two to a word; [`CleanupOutput::labels_to_host`] copies them back).
+pub fn regions_on_device(images: &CudaStorage, batch: SliceBatch, cfg: &SuperpixelConfig) -> Result<CleanupOutput> {
+    cfg.validate()?;
+    let segments = fz::felzenszwalb(images, batch, &cfg.felzenszwalb, fz::DEFAULT_WINDOWS)?;
+    cleanup::clean(images, &segments.labels, batch, &cfg.cleanup)
+}
+
+/// [`regions_for_stack`](super::regions_for_stack) on the GPU, segmentation and clean-up: labels
+/// 1..=K inside the body, 0 elsewhere, per slice. One copy back per batch of
+/// [`SLICES_PER_CALL`] slices: the final labels.
 pub fn regions_for_stack_cuda(
     device: &Arc<CudaDevice>,
     slices: &[f32],
@@ -80,23 +90,26 @@ pub fn regions_for_stack_cuda(
     cfg: &SuperpixelConfig,
 ) -> Result<Vec<u16>> {
     cfg.validate()?;
-    let segments = felzenszwalb_batch_cuda(device, slices, h, w, &cfg.felzenszwalb)?;
+    let n = whole_slices("superpixels", slices.len(), h, w)?;
     let plane = h * w;
-    let mut out = vec![0u16; slices.len()];
-    if plane == 0 {
+    let mut out = Vec::with_capacity(slices.len());
+    if n == 0 {
         return Ok(out);
     }
-    out.par_chunks_mut(plane)
-        .zip(slices.par_chunks(plane))
-        .zip(segments.par_iter())
-        .for_each(|((dst, img), (labels, _))| {
-            let body = body_mask(img, h, w, &cfg.cleanup);
-            dst.copy_from_slice(&clean_regions(labels, &body, &cfg.cleanup));
-        });
+    for chunk in slices.chunks(SLICES_PER_CALL * plane) {
+        let batch = SliceBatch {
+            n: chunk.len() / plane,
+            h,
+            w,
+        };
+        let input = CudaStorage::from_host(device, chunk)?;
+        out.extend(regions_on_device(&input, batch, cfg)?.labels_to_host(chunk.len())?);
+    }
     Ok(out)
 }
 
-/// [`volume_regions`](super::volume_regions) with the segmentation on the GPU.
+/// [`volume_regions`](super::volume_regions) on the GPU (segmentation and, unless `raw`, the
+/// clean-up).
 pub fn volume_regions_cuda(
     device: &Arc<CudaDevice>,
     volume_zyx: &[f32],

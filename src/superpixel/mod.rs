@@ -3,8 +3,8 @@
 //! [`felzenszwalb()`] reproduces scikit-image's segmentation label for label; [`cleanup`] turns
 //! the segments of a CT slice into training regions (body only, relabelled, capped);
 //! [`sampling`] draws the per-region pixel samples of the Local Region Contrast loss;
-//! [`overlay`] draws region boundaries over a slice; [`cuda`] runs the segmentation and the
-//! sampling on a GPU.
+//! [`overlay`] draws region boundaries over a slice; [`cuda`] runs the segmentation, the clean-up
+//! and the sampling on a GPU.
 //!
 //! Slices here are row-major `h x w` f32 images already normalised (HU window mapped to [0, 1]).
 

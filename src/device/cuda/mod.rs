@@ -8,6 +8,7 @@
 
 mod alloc;
 pub mod call;
+pub mod cleanup;
 pub mod concat;
 mod context;
 pub mod conv;
