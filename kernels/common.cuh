@@ -169,4 +169,32 @@ __device__ __forceinline__ void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&
 #endif
 }
 
+// Two floats -> BF16 (8-bit significand), round to nearest even, packed in one word: lo in the
+// low half, hi in the high half (the order mma reads consecutive k in).
+__device__ __forceinline__ uint32_t to_bf16x2(float lo, float hi) {
+#ifdef LRC_EMULATE
+    return emu::cvt_rn_bf16x2(hi, lo);
+#else
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// d += a * b on a 16x8x16 tile, BF16 inputs (two per register, lower k in the low half), FP32
+// accumulation. Fragment ownership, with g = lane / 4 and t = lane % 4, in pairs (k, k + 1):
+// a = {A[g][2t], A[g+8][2t], A[g][2t+8], A[g+8][2t+8]}, b = {B[2t][g], B[2t+8][g]},
+// d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef LRC_EMULATE
+    emu::mma_bf16_16x8x16(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 }  // namespace lrc

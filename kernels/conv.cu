@@ -12,13 +12,16 @@
 //                    [split][c_out][n] (and the bias gradient [split][c_out]) that
 //                    split_reduce adds in a fixed order, so results are deterministic.
 //
-// Two versions, side by side, selected by the host (ConvAlgo):
+// Versions, side by side, selected by the host (ConvAlgo):
 //   v1 (_fp32)  plain FP32 shared-memory tiles, 64x64x16, 4x4 outputs per thread, generic index
 //               math. The simple reference version.
-//   v2 (_tf32)  tensor cores through mma.sync m16n8k8 (TF32 inputs rounded with cvt.rna, FP32
-//               accumulation), 32-deep k tiles staged through registers so that the global loads
-//               of the next tile overlap the math of this one, per-thread precomputed gather
-//               addresses, and kernel sizes 1x1, 2x2, 3x3 specialised at compile time.
+//   v2          tensor cores through mma.sync with FP32 accumulation, 32-deep k tiles staged
+//               through registers so that the global loads of the next tile overlap the math of
+//               this one, per-thread precomputed gather addresses, and kernel sizes 1x1, 2x2, 3x3
+//               specialised at compile time. One code, two operand precisions:
+//     _tf32     m16n8k8, operands rounded to TF32 with cvt.rna (one value per 32-bit word);
+//     _bf16     m16n8k16, operands rounded to BF16 with cvt.rn.bf16x2 (two values per word).
+//               Tensors stay FP32 in memory either way; only the staged operands are rounded.
 
 #include "common.cuh"
 
@@ -319,7 +322,7 @@ LRC_KERNEL(conv_bwd_weight_fp32, ConvParams, v1::THREADS) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// v2: TF32 tensor cores (mma.sync m16n8k8).
+// v2: tensor cores (mma.sync), TF32 or BF16 operands.
 // ---------------------------------------------------------------------------------------------
 
 namespace v2 {
@@ -328,27 +331,52 @@ constexpr int BK = 32;  // one warp spans a k tile, which the K-major loaders re
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / WARP;
 
+// The operand precisions. Shared memory holds 32-bit words of PACK operand values each, pairs
+// consecutive along k (the lower k in the low half, as mma expects); one mma consumes 8 words of
+// k per row of A and column of B in both precisions, with the same fragment ownership in words:
+// a = {(g, w+t), (g+8, w+t), (g, w+t+4), (g+8, w+t+4)}, b = {(g, w+t), (g, w+t+4)} for
+// g = lane / 4, t = lane % 4 and word column w. So everything but the rounding and the mma is
+// shared. word(lo, hi) rounds the values of one word (hi unused when PACK is 1).
+struct Tf32 {
+    static constexpr int PACK = 1;
+    __device__ static uint32_t word(float lo, float) { return lrc::to_tf32(lo); }
+    __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+        lrc::mma_tf32_16x8x8(d, a, b);
+    }
+};
+struct Bf16 {
+    static constexpr int PACK = 2;
+    __device__ static uint32_t word(float lo, float hi) { return lrc::to_bf16x2(lo, hi); }
+    __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+        lrc::mma_bf16_16x8x16(d, a, b);
+    }
+};
+
 // How an operand tile is laid out in shared memory, chosen by the direction in which it is
-// contiguous in global memory. MN-major: [BK][ROWS + 8]; K-major: [ROWS][BK + 4]. The paddings
-// (row strides of 8 and 4 mod 32 words) make both the loader stores and the mma fragment loads
-// free of bank conflicts.
+// contiguous in global memory, in words of PACK values (WK = BK / PACK words along k). MN-major:
+// [WK][ROWS + 8]; K-major: [ROWS][WK + 4]. The paddings (row strides of 8 mod 32 words, and of
+// 4 mod 8) make both the loader stores and the mma fragment loads free of bank conflicts.
 enum class Major { MN, K };
 
-template <int ROWS, Major L>
+template <int ROWS, Major L, int PACK>
 struct Operand {
     static_assert(ROWS % 32 == 0, "tile rows must be a multiple of 32");
-    static constexpr int SIZE = (L == Major::MN) ? BK * (ROWS + 8) : ROWS * (BK + 4);
+    static constexpr int WK = BK / PACK;
+    static constexpr int SIZE = (L == Major::MN) ? WK * (ROWS + 8) : ROWS * (WK + 4);
     // The number of values each thread loads per k tile.
     static constexpr int LOADS = BK * ROWS / THREADS;
     static_assert(THREADS % ROWS == 0 || L == Major::K, "MN-major loader needs THREADS % ROWS == 0");
+    static_assert(LOADS % PACK == 0, "a thread's slots must pair up");
 
-    __device__ static int index(int row, int k) { return (L == Major::MN) ? k * (ROWS + 8) + row : row * (BK + 4) + k; }
+    // The word holding k (of PACK consecutive ones) of a row.
+    __device__ static int index(int row, int w) { return (L == Major::MN) ? w * (ROWS + 8) + row : row * (WK + 4) + w; }
     // Slot i of thread tid: MN-major threads own one row and step through k (a warp reads 32
-    // consecutive rows); K-major threads own one k (their lane) and step through rows (a warp
-    // reads 32 consecutive k of one row).
+    // consecutive rows), in runs of PACK consecutive k so that each word is one thread's; K-major
+    // threads own one k (their lane) and step through rows (a warp reads 32 consecutive k of one
+    // row), so with PACK 2 two lanes share each word.
     __device__ static int slot_row(int tid, int i) { return (L == Major::MN) ? tid % ROWS : tid / WARP + WARPS * i; }
     __device__ static int slot_k(int tid, int i) {
-        return (L == Major::MN) ? tid / ROWS + (THREADS / ROWS) * i : tid % WARP;
+        return (L == Major::MN) ? PACK * (tid / ROWS + (THREADS / ROWS) * (i / PACK)) + i % PACK : tid % WARP;
     }
 };
 
@@ -477,10 +505,10 @@ struct ImageByTap {
 };
 
 // Loads this thread's slots of one k tile of an operand into registers.
-template <int ROWS, class G>
+template <int ROWS, int PACK, class G>
 __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok, int row0, int rows, int k0, int k_end,
-                                          float (&r)[Operand<ROWS, G::LAYOUT>::LOADS]) {
-    using O = Operand<ROWS, G::LAYOUT>;
+                                          float (&r)[Operand<ROWS, G::LAYOUT, PACK>::LOADS]) {
+    using O = Operand<ROWS, G::LAYOUT, PACK>;
     const int tid = threadIdx.x;
     if constexpr (G::LAYOUT == Major::MN) {
 #pragma unroll
@@ -502,13 +530,29 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
     }
 }
 
-template <int ROWS, Major L>
-__device__ __forceinline__ void stash_tile(uint32_t* s, const float (&r)[Operand<ROWS, L>::LOADS]) {
-    using O = Operand<ROWS, L>;
+// Rounds this thread's slots to the precision M and stores them as words.
+template <class M, int ROWS, Major L>
+__device__ __forceinline__ void stash_tile(uint32_t* s, const float (&r)[Operand<ROWS, L, M::PACK>::LOADS]) {
+    using O = Operand<ROWS, L, M::PACK>;
     const int tid = threadIdx.x;
+    if constexpr (L == Major::K && M::PACK == 2) {
+        // A word's two values (k = 2j, 2j + 1 of a row) belong to lanes 2j and 2j + 1, so each
+        // lane converts two of its own values at once (slots i and i + 1: the same k, rows 8
+        // apart) and stores the halves apart; the two lanes of a word write its two halves.
+        uint16_t* halves = reinterpret_cast<uint16_t*>(s);
+        const int k = O::slot_k(tid, 0);
 #pragma unroll
-    for (int i = 0; i < O::LOADS; ++i) {
-        s[O::index(O::slot_row(tid, i), O::slot_k(tid, i))] = lrc::to_tf32(r[i]);
+        for (int i = 0; i < O::LOADS; i += 2) {
+            const uint32_t two = M::word(r[i], r[i + 1]);
+            halves[2 * O::index(O::slot_row(tid, i), k / 2) + k % 2] = static_cast<uint16_t>(two);
+            halves[2 * O::index(O::slot_row(tid, i + 1), k / 2) + k % 2] = static_cast<uint16_t>(two >> 16);
+        }
+    } else {
+        // Each word's values are this thread's consecutive slots.
+#pragma unroll
+        for (int i = 0; i < O::LOADS; i += M::PACK) {
+            s[O::index(O::slot_row(tid, i), O::slot_k(tid, i) / M::PACK)] = M::word(r[i], r[i + M::PACK - 1]);
+        }
     }
 }
 
@@ -527,12 +571,13 @@ struct Tile {
 // A slots (row slot_row(tid, i)), which backward-weight turns into the bias gradient. (A runtime
 // flag rather than a template parameter: a second instantiation would also double the shared
 // memory of the kernel that holds both.)
-template <class T, class GA, class GB>
+template <class T, class Math, class GA, class GB>
 __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, bool b_row_ok, int m0, int M, int n0, int N,
                          int k_begin, int k_end, float (&acc)[T::MT][T::NT][4], bool sum_a,
-                         float (&a_sum)[Operand<T::BM, GA::LAYOUT>::LOADS]) {
-    using OA = Operand<T::BM, GA::LAYOUT>;
-    using OB = Operand<T::BN, GB::LAYOUT>;
+                         float (&a_sum)[Operand<T::BM, GA::LAYOUT, Math::PACK>::LOADS]) {
+    constexpr int PACK = Math::PACK;
+    using OA = Operand<T::BM, GA::LAYOUT, PACK>;
+    using OB = Operand<T::BN, GB::LAYOUT, PACK>;
     __shared__ uint32_t sa[OA::SIZE];
     __shared__ uint32_t sb[OB::SIZE];
     float ra[OA::LOADS];
@@ -544,11 +589,11 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     const int g = lane / 4;
     const int t = lane % 4;
 
-    load_tile<T::BM>(p, ga, a_row_ok, m0, M, k_begin, k_end, ra);
-    load_tile<T::BN>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
+    load_tile<T::BM, PACK>(p, ga, a_row_ok, m0, M, k_begin, k_end, ra);
+    load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        stash_tile<T::BM, GA::LAYOUT>(sa, ra);
-        stash_tile<T::BN, GB::LAYOUT>(sb, rb);
+        stash_tile<Math, T::BM, GA::LAYOUT>(sa, ra);
+        stash_tile<Math, T::BN, GB::LAYOUT>(sb, rb);
         if (sum_a) {
 #pragma unroll
             for (int i = 0; i < OA::LOADS; ++i) {
@@ -558,32 +603,33 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
         __syncthreads();
         // The next tile's global loads are in flight while the tensor cores work on this one.
         if (k0 + BK < k_end) {
-            load_tile<T::BM>(p, ga, a_row_ok, m0, M, k0 + BK, k_end, ra);
-            load_tile<T::BN>(p, gb, b_row_ok, n0, N, k0 + BK, k_end, rb);
+            load_tile<T::BM, PACK>(p, ga, a_row_ok, m0, M, k0 + BK, k_end, ra);
+            load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k0 + BK, k_end, rb);
         }
+        // One mma per 8 words of k: 8 (TF32) or 16 (BF16) values.
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += 8) {
+        for (int w = 0; w < OA::WK; w += 8) {
             uint32_t af[T::MT][4];
             uint32_t bf[T::NT][2];
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {
                 const int row = wm + mt * 16 + g;
-                af[mt][0] = sa[OA::index(row, kk + t)];
-                af[mt][1] = sa[OA::index(row + 8, kk + t)];
-                af[mt][2] = sa[OA::index(row, kk + t + 4)];
-                af[mt][3] = sa[OA::index(row + 8, kk + t + 4)];
+                af[mt][0] = sa[OA::index(row, w + t)];
+                af[mt][1] = sa[OA::index(row + 8, w + t)];
+                af[mt][2] = sa[OA::index(row, w + t + 4)];
+                af[mt][3] = sa[OA::index(row + 8, w + t + 4)];
             }
 #pragma unroll
             for (int nt = 0; nt < T::NT; ++nt) {
                 const int col = wn + nt * 8 + g;
-                bf[nt][0] = sb[OB::index(col, kk + t)];
-                bf[nt][1] = sb[OB::index(col, kk + t + 4)];
+                bf[nt][0] = sb[OB::index(col, w + t)];
+                bf[nt][1] = sb[OB::index(col, w + t + 4)];
             }
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {
 #pragma unroll
                 for (int nt = 0; nt < T::NT; ++nt) {
-                    lrc::mma_tf32_16x8x8(acc[mt][nt], af[mt], bf[nt]);
+                    Math::mma(acc[mt][nt], af[mt], bf[nt]);
                 }
             }
         }
@@ -638,7 +684,7 @@ struct PlaneStore {
     }
 };
 
-template <class T, int KH, int KW>
+template <class T, class Math, int KH, int KW>
 __device__ void forward(const ConvParams& p) {
     const int M = p.n * p.h_out * p.w_out;
     const int N = p.c_out;
@@ -647,19 +693,20 @@ __device__ void forward(const ConvParams& p) {
     const int n0 = blockIdx.y * T::BN;
     using GA = ImageByOutputPixel<KH, KW>;
     GA ga;
-    const int a_row = m0 + Operand<T::BM, GA::LAYOUT>::slot_row(threadIdx.x, 0);
+    using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
+    const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
     const bool a_row_ok = a_row < M;
     if (a_row_ok) {
         ga.fix_row(p, a_row);
     }
     WeightByOutputChannel<KH, KW> gb;
     float acc[T::MT][T::NT][4] = {};
-    float unused[Operand<T::BM, GA::LAYOUT>::LOADS];
-    mainloop<T>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
+    float unused[OA::LOADS];
+    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
     epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h_out * p.w_out, p.c_out});
 }
 
-template <class T, int KH, int KW>
+template <class T, class Math, int KH, int KW>
 __device__ void backward_data(const ConvParams& p) {
     const int M = p.n * p.h * p.w;
     const int N = p.c_in;
@@ -668,15 +715,16 @@ __device__ void backward_data(const ConvParams& p) {
     const int n0 = blockIdx.y * T::BN;
     using GA = GradByInputPixel<KH, KW>;
     GA ga;
-    const int a_row = m0 + Operand<T::BM, GA::LAYOUT>::slot_row(threadIdx.x, 0);
+    using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
+    const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
     const bool a_row_ok = a_row < M;
     if (a_row_ok) {
         ga.fix_row(p, a_row);
     }
     WeightByInputChannel<KH, KW> gb;
     float acc[T::MT][T::NT][4] = {};
-    float unused[Operand<T::BM, GA::LAYOUT>::LOADS];
-    mainloop<T>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
+    float unused[OA::LOADS];
+    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
     epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h * p.w, p.c_in});
 }
 
@@ -686,7 +734,7 @@ struct PartialStore {
     __device__ void operator()(int m, int n, float v) const { out[static_cast<size_t>(m) * cols + n] = v; }
 };
 
-template <class T, int KH, int KW>
+template <class T, class Math, int KH, int KW>
 __device__ void backward_weight(const ConvParams& p) {
     const int M = p.c_out;
     const int N = p.c_in * p.kh * p.kw;
@@ -697,13 +745,13 @@ __device__ void backward_weight(const ConvParams& p) {
     const int m0 = blockIdx.y * T::BM;
     const int n0 = blockIdx.x * T::BN;
     using GA = GradByOutputChannel;
-    using OA = Operand<T::BM, GA::LAYOUT>;
+    using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     GA ga;
     ImageByTap<KH, KW> gb;
     float acc[T::MT][T::NT][4] = {};
     float a_sum[OA::LOADS] = {};
     const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
-    mainloop<T>(p, ga, gb, true, true, m0, M, n0, N, k_begin, k_end, acc, bias_block, a_sum);
+    mainloop<T, Math>(p, ga, gb, true, true, m0, M, n0, N, k_begin, k_end, acc, bias_block, a_sum);
     epilogue<T>(acc, m0, M, n0, N, PartialStore{p.out + static_cast<size_t>(split) * M * N, N});
     if (bias_block) {
         // Lane l of a warp summed k = l (mod 32) of its rows; add across the warp.
@@ -727,34 +775,39 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 
 }  // namespace v2
 
-// Kernel names: conv_<pass>_tf32_<kernel size>_<tile>; k1/k2/k3 are 1x1/2x2/3x3 specialisations,
-// kany reads the kernel size from the parameters. Forward and backward-data grids are
-// (ceil(M / 128), ceil(N / tile)); backward-weight grids (ceil(c_in*kh*kw / 128),
-// ceil(c_out / tile), splits). All take 256 threads.
-#define LRC_CONV_TF32(KS, KH, KW)                                                 \
-    LRC_KERNEL(conv_fwd_tf32_##KS##_n64, ConvParams, v2::THREADS, 2) {            \
-        v2::forward<v2::PixelTile64, KH, KW>(p);                                  \
-    }                                                                             \
-    LRC_KERNEL(conv_fwd_tf32_##KS##_n32, ConvParams, v2::THREADS, 2) {            \
-        v2::forward<v2::PixelTile32, KH, KW>(p);                                  \
-    }                                                                             \
-    LRC_KERNEL(conv_bwd_data_tf32_##KS##_n64, ConvParams, v2::THREADS, 2) {       \
-        v2::backward_data<v2::PixelTile64, KH, KW>(p);                            \
-    }                                                                             \
-    LRC_KERNEL(conv_bwd_data_tf32_##KS##_n32, ConvParams, v2::THREADS, 2) {       \
-        v2::backward_data<v2::PixelTile32, KH, KW>(p);                            \
-    }                                                                             \
-    LRC_KERNEL(conv_bwd_weight_tf32_##KS##_m64, ConvParams, v2::THREADS, 2) {     \
-        v2::backward_weight<v2::WeightTile64, KH, KW>(p);                         \
-    }                                                                             \
-    LRC_KERNEL(conv_bwd_weight_tf32_##KS##_m32, ConvParams, v2::THREADS, 2) {     \
-        v2::backward_weight<v2::WeightTile32, KH, KW>(p);                         \
+// Kernel names: conv_<pass>_<precision>_<kernel size>_<tile>; precision tf32 or bf16; k1/k2/k3
+// are 1x1/2x2/3x3 specialisations, kany reads the kernel size from the parameters. Forward and
+// backward-data grids are (ceil(M / 128), ceil(N / tile)); backward-weight grids
+// (ceil(c_in*kh*kw / 128), ceil(c_out / tile), splits). All take 256 threads.
+#define LRC_CONV_MMA(PREC, MATH, KS, KH, KW)                                          \
+    LRC_KERNEL(conv_fwd_##PREC##_##KS##_n64, ConvParams, v2::THREADS, 2) {            \
+        v2::forward<v2::PixelTile64, v2::MATH, KH, KW>(p);                            \
+    }                                                                                 \
+    LRC_KERNEL(conv_fwd_##PREC##_##KS##_n32, ConvParams, v2::THREADS, 2) {            \
+        v2::forward<v2::PixelTile32, v2::MATH, KH, KW>(p);                            \
+    }                                                                                 \
+    LRC_KERNEL(conv_bwd_data_##PREC##_##KS##_n64, ConvParams, v2::THREADS, 2) {       \
+        v2::backward_data<v2::PixelTile64, v2::MATH, KH, KW>(p);                      \
+    }                                                                                 \
+    LRC_KERNEL(conv_bwd_data_##PREC##_##KS##_n32, ConvParams, v2::THREADS, 2) {       \
+        v2::backward_data<v2::PixelTile32, v2::MATH, KH, KW>(p);                      \
+    }                                                                                 \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_##KS##_m64, ConvParams, v2::THREADS, 2) {     \
+        v2::backward_weight<v2::WeightTile64, v2::MATH, KH, KW>(p);                   \
+    }                                                                                 \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_##KS##_m32, ConvParams, v2::THREADS, 2) {     \
+        v2::backward_weight<v2::WeightTile32, v2::MATH, KH, KW>(p);                   \
     }
 
-LRC_CONV_TF32(k1, 1, 1)
-LRC_CONV_TF32(k2, 2, 2)
-LRC_CONV_TF32(k3, 3, 3)
-LRC_CONV_TF32(kany, 0, 0)
+// Every kernel size of one precision.
+#define LRC_CONV_MMA_SIZES(PREC, MATH)     \
+    LRC_CONV_MMA(PREC, MATH, k1, 1, 1)     \
+    LRC_CONV_MMA(PREC, MATH, k2, 2, 2)     \
+    LRC_CONV_MMA(PREC, MATH, k3, 3, 3)     \
+    LRC_CONV_MMA(PREC, MATH, kany, 0, 0)
+
+LRC_CONV_MMA_SIZES(tf32, Tf32)
+LRC_CONV_MMA_SIZES(bf16, Bf16)
 
 // ---------------------------------------------------------------------------------------------
 // Reductions that finish the backward passes.

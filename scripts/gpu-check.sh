@@ -8,13 +8,14 @@
 #   card      nvidia-smi: name, driver, memory
 #   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
-#   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, both algorithms
+#   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, every algorithm
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
 #   bench batch  `lrc bench batch`: the host's milliseconds per training batch, per stage
-#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN) on the same shapes
+#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN, TF32 and BF16) on the
+#             same shapes, each lrc version against cuDNN at its operand precision
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases
@@ -465,35 +466,48 @@ def read(path):
 lrc, torch = read(sys.argv[1]), read(sys.argv[2])
 if not lrc and not torch:
     sys.exit(0)
-algos = sorted({r["algo"] for r in lrc})
-ref = {(r["layer"], r["pass"]): r["median_ms"] for r in torch}
+# lrc's versions in the order of ConvAlgo::ALL (any other after them), each compared with cuDNN
+# at its operand precision; cuDNN has no plain FP32 run, so fp32-tiled is compared with TF32.
+ORDER = ["fp32-tiled", "tf32-mma", "bf16-mma"]
+PRECISION = {"bf16-mma": "bf16"}
+PRECISIONS = ["tf32", "bf16"]
+found = {r["algo"] for r in lrc}
+algos = [a for a in ORDER if a in found] + sorted(found - set(ORDER))
+# Older torch lines carry no precision: they are TF32.
+ref = {(r["layer"], r["pass"], r.get("precision", "tf32")): r["median_ms"] for r in torch}
 ours = {(r["layer"], r["pass"], r["algo"]): r["median_ms"] for r in lrc}
 keys = list(dict.fromkeys((r["layer"], r["pass"]) for r in (lrc or torch)))
 shape = {(r["layer"], r["pass"]): f'{r["n"]}x{r["c_in"]}x{r["h"]}x{r["w"]}>{r["c_out"]} k{r["kh"]}' for r in lrc + torch}
 device = (torch or lrc)[0]["device"]
 print(f"## Benchmark: conv ({sys.argv[3]}), median ms, {device}\n")
-print("ratio = lrc / PyTorch (cuDNN, TF32): above 1, lrc is slower.\n")
-head = "| layer | pass | shape | torch |" + "".join(f" lrc {a} | ratio |" for a in algos)
+print("ratio = lrc / PyTorch (cuDNN) at the same precision: TF32 for fp32-tiled and tf32-mma, BF16 for")
+print("bf16-mma (BF16 operands; cuDNN also reads and writes BF16 tensors, lrc FP32 ones). Above 1, lrc is slower.\n")
+head = "| layer | pass | shape |" + "".join(f" torch {p} |" for p in PRECISIONS)
+head += "".join(f" lrc {a} | ratio |" for a in algos)
 print(head)
-print("|" + "---|" * (4 + 2 * len(algos)))
+print("|" + "---|" * (3 + len(PRECISIONS) + 2 * len(algos)))
 def fmt(v):
     return "" if v is None else f"{v:.4f}"
 def ratio(a, b):
     return "" if a is None or not b else f"{a / b:.2f}"
 totals = {a: 0.0 for a in algos}
-total_ref = 0.0
+total_ref = {p: 0.0 for p in PRECISIONS}
 for k in keys:
-    t = ref.get(k)
-    total_ref += t or 0.0
-    row = f"| {k[0]} | {k[1]} | {shape[k]} | {fmt(t)} |"
+    row = f"| {k[0]} | {k[1]} | {shape[k]} |"
+    for p in PRECISIONS:
+        t = ref.get((k[0], k[1], p))
+        total_ref[p] += t or 0.0
+        row += f" {fmt(t)} |"
     for a in algos:
         v = ours.get((k[0], k[1], a))
         totals[a] += v or 0.0
-        row += f" {fmt(v)} | {ratio(v, t)} |"
+        row += f" {fmt(v)} | {ratio(v, ref.get((k[0], k[1], PRECISION.get(a, 'tf32'))))} |"
     print(row)
-row = f"| **total** | | | {fmt(total_ref) if torch else ''} |"
+has_ref = {p: any(key[2] == p for key in ref) for p in PRECISIONS}
+row = "| **total** | | |" + "".join(f" {fmt(total_ref[p]) if has_ref[p] else ''} |" for p in PRECISIONS)
 for a in algos:
-    row += f" {fmt(totals[a])} | {ratio(totals[a], total_ref) if torch else ''} |"
+    p = PRECISION.get(a, "tf32")
+    row += f" {fmt(totals[a])} | {ratio(totals[a], total_ref[p]) if has_ref[p] else ''} |"
 print(row)
 PY
 }

@@ -2,8 +2,14 @@
 
 --bench conv: the convolutions (cuDNN). Same layers, same passes (forward, backward-data,
 backward-weight), same statistics (median of warm repeats timed with CUDA events, TFLOP/s from
-2 x multiply-adds), same table and JSON-lines fields, with "engine": "torch". TF32 is allowed in
-cuDNN and matmuls, as the lrc default (tf32-mma) uses it.
+2 x multiply-adds), same table and JSON-lines fields, with "engine": "torch", at two operand
+precisions (--precisions, default both), each the reference of the lrc version at that precision:
+  tf32  "algo": "cudnn-tf32": FP32 tensors with TF32 allowed in cuDNN and matmuls (tf32-mma);
+  bf16  "algo": "cudnn-bf16": the same convolutions on BF16 copies of the tensors, as
+        torch.autocast hands them to cuDNN: BF16 operands and outputs, FP32 accumulation
+        (bf16-mma). lrc's bf16-mma rounds FP32 tensors as it stages them and writes FP32, so
+        cuDNN moves half the bytes: a strict reference where a layer is memory-bound.
+The casts are made once, outside the timed calls.
 
 --bench norm: torch.nn.functional.instance_norm (affine, eps 1e-5) followed by relu, forward and
 backward (autograd from the gradient of the ReLU output to x, weight and bias), one shape per
@@ -11,7 +17,7 @@ U-Net level, as `lrc bench norm`; GB/s counts one read of each input and one wri
 output (8 bytes per value forward, 12 backward), the "eff GB/s" of lrc's table.
 
     python3 scripts/torch_bench.py --bench conv|norm [--batch 16 --size 256 --base 32 --depth 5
-        --repeats 20 --warmup 3 --json torch-bench-conv.jsonl]
+        --repeats 20 --warmup 3 --precisions tf32,bf16 --json torch-bench-conv.jsonl]
 
 --bench lrc-loss: the LRC local loss written plainly (gather / mean / bmm / logsumexp, autograd
 for the backward pass), on the cases of `lrc bench lrc-loss` (src/cli/bench/lrc_loss.rs): every
@@ -47,9 +53,13 @@ DEFAULTS = {
     "json": None,
     "device": "cuda",
     "list": False,
+    "precisions": "tf32,bf16",
 }
 
 PASSES = ("forward", "backward_data", "backward_weight")
+
+# The operand precisions of --bench conv and the "algo" each is reported as (on the GPU).
+CONV_PRECISIONS = {"tf32": "cudnn-tf32", "bf16": "cudnn-bf16"}
 
 
 def add_conv_args(parser):
@@ -67,6 +77,20 @@ def add_conv_args(parser):
     )
     parser.add_argument("--device", default=DEFAULTS["device"], help="cuda (timed with events) or cpu")
     parser.add_argument("--list", action="store_true", help="print the convolutions and exit")
+    parser.add_argument(
+        "--precisions",
+        default=DEFAULTS["precisions"],
+        help="conv: operand precisions to time, comma-separated: tf32 (FP32 tensors, TF32 allowed), bf16",
+    )
+
+
+def conv_precisions(text):
+    """The precisions of --precisions, in the order given; raises ValueError for others."""
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    unknown = [p for p in names if p not in CONV_PRECISIONS]
+    if not names or unknown:
+        raise ValueError(f"--precisions takes a comma-separated subset of {', '.join(CONV_PRECISIONS)}")
+    return list(dict.fromkeys(names))
 
 
 def unet_convs(batch, size, base, depth, in_channels, classes):
@@ -166,6 +190,7 @@ def bench_conv(args):
         return []
     if opt["repeats"] < 1:
         raise ValueError("--repeats must be at least 1")
+    precisions = conv_precisions(opt["precisions"])
 
     import torch
 
@@ -183,13 +208,15 @@ def bench_conv(args):
         return (torch.rand(*shape, generator=generator) * 2 - 1).to(device=device, dtype=torch.float32)
 
     print(
-        f"{device_name} (torch {torch.__version__}, cuDNN TF32), batch {opt['batch']} size {opt['size']} "
-        f"base {opt['base']} depth {opt['depth']}, median of {opt['repeats']} runs"
+        f"{device_name} (torch {torch.__version__}, {'cuDNN' if on_cuda else 'CPU'} with "
+        f"{' and '.join(p.upper() for p in precisions)} "
+        f"operands), batch {opt['batch']} size {opt['size']} base {opt['base']} depth {opt['depth']}, "
+        f"median of {opt['repeats']} runs"
     )
-    algo = "cudnn-tf32" if on_cuda else "torch-cpu"
+    algos = {p: CONV_PRECISIONS[p] if on_cuda else f"torch-cpu-{p}" for p in precisions}
     print(f"{'layer':<12} {'pass':<15} {'shape':<22} {'algo':<10} {'ms':>10} {'TFLOP/s':>9}")
     results = []
-    total = 0.0
+    totals = dict.fromkeys(precisions, 0.0)
     with torch.no_grad(), open(opt["json"], "w") as out:
         for layer in layers:
             n, c_in, h, w_, c_out, k = (layer[key] for key in ("n", "c_in", "h", "w", "c_out", "k"))
@@ -200,12 +227,15 @@ def bench_conv(args):
                 weight = uniform(c_in, c_out, k, k)
             bias = uniform(c_out)
             dy = uniform(n, c_out, layer["h_out"], layer["w_out"])
+            fp32 = (x, weight, bias, dy)
+            operands = {p: fp32 if p == "tf32" else tuple(t.to(torch.bfloat16) for t in fp32) for p in precisions}
             shape = f"{n}x{c_in}x{h}x{w_}>{c_out} k{k}"
-            for pass_name in PASSES:
-                fn = _pass_fn(torch, layer, pass_name, x, weight, bias, dy)
+            for pass_name, precision in ((a, b) for a in PASSES for b in precisions):
+                algo = algos[precision]
+                fn = _pass_fn(torch, layer, pass_name, *operands[precision])
                 times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
                 ms = statistics.median(times)
-                total += ms
+                totals[precision] += ms
                 flop = 2.0 * layer["macs"]
                 tflops = flop / (ms * 1e-3) / 1e12
                 print(f"{layer['name']:<12} {pass_name:<15} {shape:<22} {algo:<10} {ms:>10.4f} {tflops:>9.2f}")
@@ -217,6 +247,7 @@ def bench_conv(args):
                     "kind": layer["kind"],
                     "pass": pass_name,
                     "algo": algo,
+                    "precision": precision,
                     "n": n,
                     "c_in": c_in,
                     "h": h,
@@ -236,7 +267,8 @@ def bench_conv(args):
                 }
                 out.write(json.dumps(record) + "\n")
                 results.append(record)
-    print(f"total {algo:<10} {total:>10.3f} ms")
+    for precision, total in totals.items():
+        print(f"total {algos[precision]:<10} {total:>10.3f} ms")
     print(f"JSON lines written to {opt['json']}")
     return results
 

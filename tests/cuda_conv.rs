@@ -3,9 +3,10 @@
 //! poisoned with NaN before the kernels run so that an element they fail to write fails the
 //! check. The transposed convolution is checked against a direct 7-loop definition.
 //!
-//! Tolerance per element: |got - want| <= atol + rtol * |want|, where atol scales with the size
-//! of the terms summed, sqrt(depth) * max|a| * max|b| (the typical magnitude of a sum of `depth`
-//! products with random signs):
+//! Tolerances per element, the worst element reported. FP32 and TF32 (and every bias gradient,
+//! an FP32 sum in all versions): |got - want| <= atol + rtol * |want|, where atol scales with the
+//! size of the terms summed, sqrt(depth) * max|a| * max|b| (the typical magnitude of a sum of
+//! `depth` products with random signs):
 //! - FP32: atol = 1e-5 * scale, rtol = 1e-5. Summing up to ~4600 terms in f32 gives a relative
 //!   error of about sqrt(depth) * 2^-24 ~ 4e-6 of the scale in practice (depth * 2^-24 ~ 3e-4 is
 //!   the never-reached worst case); an indexing error is of the order of the scale itself.
@@ -13,6 +14,17 @@
 //!   (relative error <= 2^-11), so each product is off by up to 2^-10 of itself; the errors of
 //!   `depth` products with random signs add to about 2^-11 * scale (std), 4 * 2^-10 of it is ~8
 //!   standard deviations, the margin needed over the ~10^5 elements checked.
+//! - BF16: a worst-case bound per element in S = sum of |a| |b| over its products (+ |bias|),
+//!   the reference evaluated on the inputs' magnitudes:
+//!   |got - want| <= (2u + u^2 + chain * 2^-23 * (1 + u)^2) * S with u = 2^-8, BF16's unit
+//!   roundoff (8-bit significands rounded to nearest even): each operand is off by at most u of
+//!   itself, each product by at most 2u + u^2 of itself, and each FP32 addition by at most 2^-24
+//!   of the running magnitude (2^-23 allows for tensor cores that truncate) along chains of at
+//!   most `chain = depth + ceil(depth / 32) + 1` additions (the k loop, at most one split
+//!   partial per 32-deep k tile, the bias). No correct kernel exceeds it, whatever order the
+//!   hardware sums in; it is loose enough to let a single term dropped from a long sum pass, so
+//!   `bf16_on_bf16_inputs_has_only_accumulation_error` runs the kernels again on inputs that are
+//!   BF16 values already, where the products are exact and the bound is chain * 2^-23 * S.
 //!
 //! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`.
 
@@ -50,17 +62,94 @@ fn max_abs(v: &[f32]) -> f64 {
     v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64))
 }
 
+/// The magnitudes, widened: the CPU twin on them gives sum |a| |b| per element.
+fn abs_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x.abs() as f64).collect()
+}
+
+/// The nearest BF16 value (round to nearest even), as cvt.rn.bf16x2.f32 rounds; finite inputs.
+fn to_bf16(x: f32) -> f32 {
+    let u = x.to_bits();
+    f32::from_bits(u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000)
+}
+
+fn bf16_values(v: &[f32]) -> Vec<f32> {
+    v.iter().copied().map(to_bf16).collect()
+}
+
+/// The rule of the FP32 and TF32 versions and of every bias gradient (see the top of the file).
 fn tolerance(algo: ConvAlgo, depth: usize, a_max: f64, b_max: f64) -> Tolerance {
     let scale = (depth.max(1) as f64).sqrt() * a_max * b_max;
     match algo {
-        ConvAlgo::Fp32Tiled => Tolerance {
-            atol: 1e-5 * scale,
-            rtol: 1e-5,
-        },
         ConvAlgo::Tf32Mma => Tolerance {
             atol: 4.0 * (-10f64).exp2() * scale,
             rtol: 5e-3,
         },
+        // bf16-mma's products are checked by `bf16_bound`; its bias gradient is an FP32 sum.
+        ConvAlgo::Fp32Tiled | ConvAlgo::Bf16Mma => Tolerance {
+            atol: 1e-5 * scale,
+            rtol: 1e-5,
+        },
+    }
+}
+
+/// The bound of the BF16 version relative to S (see the top of the file), for inputs in FP32 or
+/// already BF16.
+fn bf16_bound(depth: usize, bf16_inputs: bool) -> f64 {
+    let u = (-8f64).exp2();
+    let chain = depth + depth.div_ceil(32) + 1;
+    let accumulation = chain as f64 * (-23f64).exp2();
+    if bf16_inputs {
+        accumulation
+    } else {
+        2.0 * u + u * u + accumulation * (1.0 + u) * (1.0 + u)
+    }
+}
+
+/// Fails with the worst element unless |got - want| <= relative * scale everywhere (exact where
+/// the scale is zero; NaN always fails).
+fn assert_within(what: &str, got: &[f32], want: &[f64], scale: &[f64], relative: f64) {
+    assert_eq!(
+        (got.len(), scale.len()),
+        (want.len(), want.len()),
+        "{what}: lengths differ"
+    );
+    let (mut worst, mut at) = (0.0f64, 0);
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let err = (g as f64 - w).abs();
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else {
+            err / (relative * s).max(f64::MIN_POSITIVE)
+        };
+        if ratio > worst {
+            (worst, at) = (ratio, i);
+        }
+    }
+    assert!(
+        worst <= 1.0,
+        "{what}: worst element {at}: got {} want {} ({worst:.2} x the bound {relative:.3e} x {:.4e})",
+        got[at],
+        want[at],
+        scale[at]
+    );
+}
+
+/// What a pass's result is compared with: the f64 reference on the inputs, the same on their
+/// magnitudes, the products per element, and the largest magnitudes of the two operands.
+struct Expected<'a> {
+    want: &'a [f64],
+    magnitude: &'a [f64],
+    depth: usize,
+    a_max: f64,
+    b_max: f64,
+}
+
+/// Compares the result of `algo` with its reference by that version's rule.
+fn check(what: &str, algo: ConvAlgo, got: &[f32], e: &Expected) {
+    match algo {
+        ConvAlgo::Bf16Mma => assert_within(what, got, e.want, e.magnitude, bf16_bound(e.depth, false)),
+        _ => assert_close(what, got, e.want, tolerance(algo, e.depth, e.a_max, e.b_max)),
     }
 }
 
@@ -105,14 +194,21 @@ fn conv2d_forward_matches_the_cpu_twin() {
         let w = random(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
         let b = random(&mut rng, g.c_out);
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)));
+        let magnitude = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), Some(&abs_f64(&b)));
+        let expected = Expected {
+            want: &want,
+            magnitude: &magnitude,
+            depth: g.c_in * g.kh * g.kw,
+            a_max: max_abs(&x),
+            b_max: max_abs(&w),
+        };
         let (xd, wd, bd) = (upload(&device, &x), upload(&device, &w), upload(&device, &b));
         for algo in ConvAlgo::ALL {
             let y = conv2d_forward(&g, &xd, &wd, Some(&bd), algo)
                 .unwrap()
                 .to_host()
                 .unwrap();
-            let tol = tolerance(algo, g.c_in * g.kh * g.kw, max_abs(&x), max_abs(&w));
-            assert_close(&format!("forward {algo} {g:?}"), &y, &want, tol);
+            check(&format!("forward {algo} {g:?}"), algo, &y, &expected);
         }
         // Without a bias.
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), None);
@@ -134,11 +230,18 @@ fn conv2d_backward_data_matches_the_cpu_twin() {
         let dy = random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
         let w = random(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
         let want = cpu::backward_data(&g, &to_f64(&dy), &to_f64(&w));
+        let magnitude = cpu::backward_data(&g, &abs_f64(&dy), &abs_f64(&w));
+        let expected = Expected {
+            want: &want,
+            magnitude: &magnitude,
+            depth: g.c_out * g.kh * g.kw,
+            a_max: max_abs(&dy),
+            b_max: max_abs(&w),
+        };
         let (dyd, wd) = (upload(&device, &dy), upload(&device, &w));
         for algo in ConvAlgo::ALL {
             let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap().to_host().unwrap();
-            let tol = tolerance(algo, g.c_out * g.kh * g.kw, max_abs(&dy), max_abs(&w));
-            assert_close(&format!("backward-data {algo} {g:?}"), &dx, &want, tol);
+            check(&format!("backward-data {algo} {g:?}"), algo, &dx, &expected);
         }
     }
 }
@@ -155,18 +258,25 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
         let x = random(&mut rng, g.n * g.c_in * g.h * g.w);
         let dy = random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
         let (want_dw, want_db) = cpu::backward_weight(&g, &to_f64(&x), &to_f64(&dy));
+        let (magnitude, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
         let (xd, dyd) = (upload(&device, &x), upload(&device, &dy));
         let depth = g.n * g.h_out() * g.w_out();
+        let expected = Expected {
+            want: &want_dw,
+            magnitude: &magnitude,
+            depth,
+            a_max: max_abs(&x),
+            b_max: max_abs(&dy),
+        };
         for algo in ConvAlgo::ALL {
             let (dw, db) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
-            let tol = tolerance(algo, depth, max_abs(&x), max_abs(&dy));
-            assert_close(
+            check(
                 &format!("backward-weight dw {algo} {g:?}"),
+                algo,
                 &dw.to_host().unwrap(),
-                &want_dw,
-                tol,
+                &expected,
             );
-            // The bias gradient sums dy in FP32 in both versions.
+            // The bias gradient sums dy in FP32 in every version.
             let tol = tolerance(ConvAlgo::Fp32Tiled, depth, max_abs(&dy), 1.0);
             assert_close(
                 &format!("backward-weight db {algo} {g:?}"),
@@ -243,12 +353,8 @@ fn transposed_reference(
     (y, dx, dw, db)
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn conv_transpose2d_matches_its_definition() {
-    let device = device();
-    let mut rng = Rng::new(15);
-    let t = |n, c_in, h, w, c_out, k, stride, pad| ConvTransposeGeom {
+fn transposed([n, c_in, h, w, c_out]: [usize; 5], k: usize, stride: usize, pad: usize) -> ConvTransposeGeom {
+    ConvTransposeGeom {
         n,
         c_in,
         h,
@@ -258,18 +364,38 @@ fn conv_transpose2d_matches_its_definition() {
         kw: k,
         stride,
         pad,
-    };
+    }
+}
+
+fn abs_f32(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn conv_transpose2d_matches_its_definition() {
+    let device = device();
+    let mut rng = Rng::new(15);
     for g in [
-        t(3, 40, 5, 7, 20, 2, 2, 0),
-        t(1, 6, 4, 3, 70, 2, 2, 0),
-        t(2, 64, 8, 8, 32, 2, 2, 0),
-        t(2, 5, 4, 5, 4, 3, 2, 1),
+        transposed([3, 40, 5, 7, 20], 2, 2, 0),
+        transposed([1, 6, 4, 3, 70], 2, 2, 0),
+        transposed([2, 64, 8, 8, 32], 2, 2, 0),
+        transposed([2, 5, 4, 5, 4], 3, 2, 1),
     ] {
         let x = random(&mut rng, g.n * g.c_in * g.h * g.w);
         let w = random(&mut rng, g.c_in * g.c_out * g.kh * g.kw);
         let b = random(&mut rng, g.c_out);
         let dy = random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
         let (want_y, want_dx, want_dw, want_db) = transposed_reference(&g, &x, &w, &b, &dy);
+        let (scale_y, scale_dx, scale_dw, _) =
+            transposed_reference(&g, &abs_f32(&x), &abs_f32(&w), &abs_f32(&b), &abs_f32(&dy));
+        let expected = |want, magnitude, depth| Expected {
+            want,
+            magnitude,
+            depth,
+            a_max: 1.0,
+            b_max: 1.0,
+        };
         let (xd, wd, bd, dyd) = (
             upload(&device, &x),
             upload(&device, &w),
@@ -278,28 +404,25 @@ fn conv_transpose2d_matches_its_definition() {
         );
         for algo in ConvAlgo::ALL {
             let y = conv_transpose2d_forward(&g, &xd, &wd, Some(&bd), algo).unwrap();
-            let tol = tolerance(algo, g.c_in * g.kh * g.kw, 1.0, 1.0);
-            assert_close(
+            check(
                 &format!("transposed forward {algo} {g:?}"),
+                algo,
                 &y.to_host().unwrap(),
-                &want_y,
-                tol,
+                &expected(&want_y, &scale_y, g.c_in * g.kh * g.kw),
             );
             let dx = conv_transpose2d_backward_data(&g, &dyd, &wd, algo).unwrap();
-            let tol = tolerance(algo, g.c_out * g.kh * g.kw, 1.0, 1.0);
-            assert_close(
+            check(
                 &format!("transposed backward-data {algo} {g:?}"),
+                algo,
                 &dx.to_host().unwrap(),
-                &want_dx,
-                tol,
+                &expected(&want_dx, &scale_dx, g.c_out * g.kh * g.kw),
             );
             let (dw, db) = conv_transpose2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
-            let tol = tolerance(algo, g.n * g.h * g.w, 1.0, 1.0);
-            assert_close(
+            check(
                 &format!("transposed backward-weight {algo} {g:?}"),
+                algo,
                 &dw.to_host().unwrap(),
-                &want_dw,
-                tol,
+                &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
             );
             let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h_out() * g.w_out(), 1.0, 1.0);
             assert_close(
@@ -312,6 +435,122 @@ fn conv_transpose2d_matches_its_definition() {
     }
 }
 
+/// bf16-mma on inputs that are BF16 values already: the rounding of the operands changes
+/// nothing, so the results must match the CPU twin on those values to FP32 accumulation error
+/// alone (see the top of the file). Separates indexing errors from rounding.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_on_bf16_inputs_has_only_accumulation_error() {
+    let device = device();
+    let mut rng = Rng::new(18);
+    let algo = ConvAlgo::Bf16Mma;
+    let mut all = shapes();
+    all.push(geom([3, 8, 64, 48, 16], (3, 3), 1, 1));
+    for g in all {
+        let x = bf16_values(&random(&mut rng, g.n * g.c_in * g.h * g.w));
+        let w = bf16_values(&random(&mut rng, g.c_out * g.c_in * g.kh * g.kw));
+        let b = random(&mut rng, g.c_out);
+        let dy = bf16_values(&random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out()));
+        let (xd, wd, bd, dyd) = (
+            upload(&device, &x),
+            upload(&device, &w),
+            upload(&device, &b),
+            upload(&device, &dy),
+        );
+
+        let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)));
+        let scale = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), Some(&abs_f64(&b)));
+        let y = conv2d_forward(&g, &xd, &wd, Some(&bd), algo).unwrap();
+        let bound = bf16_bound(g.c_in * g.kh * g.kw, true);
+        assert_within(&format!("forward {g:?}"), &y.to_host().unwrap(), &want, &scale, bound);
+
+        let want = cpu::backward_data(&g, &to_f64(&dy), &to_f64(&w));
+        let scale = cpu::backward_data(&g, &abs_f64(&dy), &abs_f64(&w));
+        let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
+        let bound = bf16_bound(g.c_out * g.kh * g.kw, true);
+        assert_within(
+            &format!("backward-data {g:?}"),
+            &dx.to_host().unwrap(),
+            &want,
+            &scale,
+            bound,
+        );
+
+        let (want, _) = cpu::backward_weight(&g, &to_f64(&x), &to_f64(&dy));
+        let (scale, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
+        let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
+        let bound = bf16_bound(g.n * g.h_out() * g.w_out(), true);
+        assert_within(
+            &format!("backward-weight {g:?}"),
+            &dw.to_host().unwrap(),
+            &want,
+            &scale,
+            bound,
+        );
+    }
+    // The transposed convolution's forward pass (a strided backward-data pass with a bias).
+    let t = transposed([3, 40, 5, 7, 20], 2, 2, 0);
+    let x = bf16_values(&random(&mut rng, t.n * t.c_in * t.h * t.w));
+    let w = bf16_values(&random(&mut rng, t.c_in * t.c_out * 4));
+    let b = random(&mut rng, t.c_out);
+    let dy = vec![0.0; t.n * t.c_out * t.h_out() * t.w_out()];
+    let (want, ..) = transposed_reference(&t, &x, &w, &b, &dy);
+    let (scale, ..) = transposed_reference(&t, &abs_f32(&x), &abs_f32(&w), &abs_f32(&b), &dy);
+    let y = conv_transpose2d_forward(
+        &t,
+        &upload(&device, &x),
+        &upload(&device, &w),
+        Some(&upload(&device, &b)),
+        algo,
+    )
+    .unwrap();
+    let bound = bf16_bound(t.c_in * 4, true);
+    assert_within(
+        &format!("transposed forward {t:?}"),
+        &y.to_host().unwrap(),
+        &want,
+        &scale,
+        bound,
+    );
+}
+
+/// Each tensor-core version rounds its operands as documented (TF32: to nearest, ties away from
+/// zero; BF16: to nearest even): a 1x1 convolution of one channel with weight 1 copies each
+/// input, rounded, into the output (one exact product). The inputs 1 + k 2^-12 (scaled, both
+/// signs) include exact ties of TF32 (k = 2 mod 4) and of BF16 (k = 16, 48).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensor_core_operands_round_as_documented() {
+    let device = device();
+    let x: Vec<f32> = (0..64)
+        .map(|k| {
+            let v = (1.0 + k as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
+            if k % 2 == 1 { -v } else { v }
+        })
+        .collect();
+    let g = geom([1, 1, 1, x.len(), 1], (1, 1), 1, 0);
+    let to_tf32 = |v: f32| f32::from_bits(v.to_bits().wrapping_add(0x1000) & !0x1fff);
+    let (xd, wd) = (upload(&device, &x), upload(&device, &[1.0]));
+    for (algo, round) in [
+        (ConvAlgo::Tf32Mma, &to_tf32 as &dyn Fn(f32) -> f32),
+        (ConvAlgo::Bf16Mma, &to_bf16),
+    ] {
+        let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap().to_host().unwrap();
+        for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
+            assert_eq!(
+                got.to_bits(),
+                round(v).to_bits(),
+                "{algo}: input {i} = {v:e} gave {got:e}"
+            );
+        }
+    }
+}
+
+/// `ops` results on CUDA tensors as f32, for the comparisons.
+fn host(t: &lrc::Tensor) -> Vec<f32> {
+    t.to_f32_vec().unwrap()
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
@@ -322,51 +561,61 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
     let x = Tensor::uniform([g.n, g.c_in, g.h, g.w], -1.0, 1.0, DType::F32, &mut rng);
     let w = Tensor::uniform([g.c_out, g.c_in, 3, 3], -1.0, 1.0, DType::F32, &mut rng);
     let b = Tensor::uniform([g.c_out], -1.0, 1.0, DType::F32, &mut rng);
+    let dy = Tensor::uniform([g.n, g.c_out, g.h, g.w], -1.0, 1.0, DType::F32, &mut rng);
     let gpu = Device::Cuda(device.clone());
     let on_gpu = |t: &Tensor| t.to_device(&gpu).unwrap();
-    // The references run in f64 on the same values.
+    // The references run in f64 on the same values; the magnitudes (for bf16-mma's bound) too.
     let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let abs_of = |t: &Tensor| abs_f64(&host(t));
+    let want = lrc::ops::conv::forward(&f64_of(&x), &f64_of(&w), Some(&f64_of(&b)), 1, 1)
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    let want_dx = lrc::ops::conv::backward_data(&g, &f64_of(&dy), &f64_of(&w))
+        .unwrap()
+        .to_f64_vec()
+        .unwrap();
+    let (want_dw, want_db) = lrc::ops::conv::backward_weight(&g, &f64_of(&x), &f64_of(&dy)).unwrap();
+    let (want_dw, want_db) = (want_dw.to_f64_vec().unwrap(), want_db.to_f64_vec().unwrap());
+    let scale = cpu::forward(&g, &abs_of(&x), &abs_of(&w), Some(&abs_of(&b)));
+    let scale_dx = cpu::backward_data(&g, &abs_of(&dy), &abs_of(&w));
+    let (scale_dw, _) = cpu::backward_weight(&g, &abs_of(&x), &abs_of(&dy));
+    let expected = |want, magnitude, depth| Expected {
+        want,
+        magnitude,
+        depth,
+        a_max: 1.0,
+        b_max: 1.0,
+    };
     for algo in ConvAlgo::ALL {
         device.set_conv_algo(algo);
-        let want = lrc::ops::conv::forward(&f64_of(&x), &f64_of(&w), Some(&f64_of(&b)), 1, 1).unwrap();
         let got = lrc::ops::conv::forward(&on_gpu(&x), &on_gpu(&w), Some(&on_gpu(&b)), 1, 1).unwrap();
-        assert_eq!(got.shape(), want.shape());
+        assert_eq!(got.shape(), [g.n, g.c_out, g.h, g.w]);
         assert!(got.device().is_cuda());
-        let tol = tolerance(algo, g.c_in * 9, 1.0, 1.0);
-        assert_close(
+        check(
             &format!("ops forward {algo}"),
-            &got.to_f32_vec().unwrap(),
-            &want.to_f64_vec().unwrap(),
-            tol,
+            algo,
+            &host(&got),
+            &expected(&want, &scale, g.c_in * 9),
         );
 
-        let dy = Tensor::uniform(want.shape().to_vec(), -1.0, 1.0, DType::F32, &mut rng);
-        let want_dx = lrc::ops::conv::backward_data(&g, &f64_of(&dy), &f64_of(&w)).unwrap();
         let got_dx = lrc::ops::conv::backward_data(&g, &on_gpu(&dy), &on_gpu(&w)).unwrap();
-        let tol = tolerance(algo, g.c_out * 9, 1.0, 1.0);
-        assert_close(
+        check(
             &format!("ops backward-data {algo}"),
-            &got_dx.to_f32_vec().unwrap(),
-            &want_dx.to_f64_vec().unwrap(),
-            tol,
+            algo,
+            &host(&got_dx),
+            &expected(&want_dx, &scale_dx, g.c_out * 9),
         );
 
-        let (want_dw, want_db) = lrc::ops::conv::backward_weight(&g, &f64_of(&x), &f64_of(&dy)).unwrap();
         let (got_dw, got_db) = lrc::ops::conv::backward_weight(&g, &on_gpu(&x), &on_gpu(&dy)).unwrap();
-        let tol = tolerance(algo, g.n * g.h * g.w, 1.0, 1.0);
-        assert_close(
+        check(
             &format!("ops backward-weight {algo}"),
-            &got_dw.to_f32_vec().unwrap(),
-            &want_dw.to_f64_vec().unwrap(),
-            tol,
+            algo,
+            &host(&got_dw),
+            &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
         );
         let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h * g.w, 1.0, 1.0);
-        assert_close(
-            &format!("ops bias gradient {algo}"),
-            &got_db.to_f32_vec().unwrap(),
-            &want_db.to_f64_vec().unwrap(),
-            tol,
-        );
+        assert_close(&format!("ops bias gradient {algo}"), &host(&got_db), &want_db, tol);
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
     // Mixed devices are an error, not a crash.
@@ -395,6 +644,16 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
         [y, dx, dw, db].map(|t| t.to_f64_vec().unwrap())
     };
     let want = run(&|t: &Tensor| t.to_dtype(DType::F64).unwrap());
+    // The same layer by definition on the magnitudes: sum |a| |b| per element.
+    let t = transposed([3, 13, 5, 7, 6], 2, 2, 0);
+    let (scale_y, scale_dx, scale_dw, _) = transposed_reference(
+        &t,
+        &abs_f32(&host(&x)),
+        &abs_f32(&host(&w)),
+        &abs_f32(&host(&b)),
+        &abs_f32(&host(&dy)),
+    );
+    let scales = [scale_y, scale_dx, scale_dw];
     for algo in ConvAlgo::ALL {
         device.set_conv_algo(algo);
         let got = run(&|t: &Tensor| t.to_device(&gpu).unwrap());
@@ -403,9 +662,20 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
             .into_iter()
             .enumerate()
         {
-            let tol = tolerance(if name == "db" { ConvAlgo::Fp32Tiled } else { algo }, k, 1.0, 1.0);
+            let what = format!("ops conv_transpose2d {name} {algo}");
             let got32: Vec<f32> = got[i].iter().map(|&v| v as f32).collect();
-            assert_close(&format!("ops conv_transpose2d {name} {algo}"), &got32, &want[i], tol);
+            if name == "db" {
+                assert_close(&what, &got32, &want[i], tolerance(ConvAlgo::Fp32Tiled, k, 1.0, 1.0));
+            } else {
+                let expected = Expected {
+                    want: &want[i],
+                    magnitude: &scales[i],
+                    depth: k,
+                    a_max: 1.0,
+                    b_max: 1.0,
+                };
+                check(&what, algo, &got32, &expected);
+            }
         }
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
@@ -414,7 +684,8 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn unet_sized_layers_match_the_cpu_twin() {
-    // One full-width U-Net layer per tile configuration, at a reduced batch and size.
+    // One full-width U-Net layer per tile configuration, at a reduced batch and size, through
+    // both tensor-core precisions.
     let device = device();
     let mut rng = Rng::new(17);
     for g in [
@@ -427,29 +698,39 @@ fn unet_sized_layers_match_the_cpu_twin() {
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), None);
         let want_dx = cpu::backward_data(&g, &to_f64(&dy), &to_f64(&w));
         let (want_dw, _) = cpu::backward_weight(&g, &to_f64(&x), &to_f64(&dy));
+        let scale = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), None);
+        let scale_dx = cpu::backward_data(&g, &abs_f64(&dy), &abs_f64(&w));
+        let (scale_dw, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
+        let expected = |want, magnitude, depth| Expected {
+            want,
+            magnitude,
+            depth,
+            a_max: 1.0,
+            b_max: 1.0,
+        };
         let (xd, wd, dyd) = (upload(&device, &x), upload(&device, &w), upload(&device, &dy));
-        let algo = ConvAlgo::Tf32Mma;
-        let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap();
-        assert_close(
-            "forward",
-            &y.to_host().unwrap(),
-            &want,
-            tolerance(algo, g.c_in * 9, 1.0, 1.0),
-        );
-        let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
-        assert_close(
-            "backward-data",
-            &dx.to_host().unwrap(),
-            &want_dx,
-            tolerance(algo, g.c_out * 9, 1.0, 1.0),
-        );
-        let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
-        let depth = g.n * g.h * g.w;
-        assert_close(
-            "backward-weight",
-            &dw.to_host().unwrap(),
-            &want_dw,
-            tolerance(algo, depth, 1.0, 1.0),
-        );
+        for algo in [ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma] {
+            let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap();
+            check(
+                &format!("forward {algo}"),
+                algo,
+                &y.to_host().unwrap(),
+                &expected(&want, &scale, g.c_in * 9),
+            );
+            let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
+            check(
+                &format!("backward-data {algo}"),
+                algo,
+                &dx.to_host().unwrap(),
+                &expected(&want_dx, &scale_dx, g.c_out * 9),
+            );
+            let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
+            check(
+                &format!("backward-weight {algo}"),
+                algo,
+                &dw.to_host().unwrap(),
+                &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
+            );
+        }
     }
 }

@@ -169,10 +169,16 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         &tools.join("compute-sanitizer"),
         "#!/usr/bin/env bash\nshift 4\n\"$@\" || exit $?\necho '========= ERROR SUMMARY: 0 errors'\n",
     );
-    // One layer, one pass: lrc takes 2 ms (tf32-mma) and 6 ms (fp32-tiled), PyTorch 1 ms.
+    // One layer, one pass: lrc takes 2 ms (tf32-mma), 6 ms (fp32-tiled) and 1.5 ms (bf16-mma),
+    // PyTorch 1 ms with TF32 and 0.5 ms with BF16 operands.
     let record = |engine: &str, algo: &str, ms: f64| {
+        let precision = if algo == "cudnn-bf16" {
+            r#""precision":"bf16","#
+        } else {
+            ""
+        };
         format!(
-            r#"{{"bench":"conv","engine":"{engine}","device":"Fake H100","layer":"enc1.conv1","kind":"conv","pass":"forward","algo":"{algo}","n":16,"c_in":1,"h":256,"w":256,"c_out":32,"kh":3,"kw":3,"median_ms":{ms}}}"#
+            r#"{{"bench":"conv","engine":"{engine}","device":"Fake H100","layer":"enc1.conv1","kind":"conv","pass":"forward","algo":"{algo}",{precision}"n":16,"c_in":1,"h":256,"w":256,"c_out":32,"kh":3,"kw":3,"median_ms":{ms}}}"#
         )
     };
     let json_writer = |lines: &[String]| {
@@ -183,7 +189,11 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         }
         text + "echo 'total tf32-mma 2.0 ms'\n"
     };
-    let lrc_bench = json_writer(&[record("lrc", "tf32-mma", 2.0), record("lrc", "fp32-tiled", 6.0)]);
+    let lrc_bench = json_writer(&[
+        record("lrc", "tf32-mma", 2.0),
+        record("lrc", "bf16-mma", 1.5),
+        record("lrc", "fp32-tiled", 6.0),
+    ]);
     // `lrc bench superpixels`: one size, the GPU at 400 slices/s, the CPU at 20.
     let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0,"gpu_with_cleanup_slices_per_s":350.0,"gpu_cleanup_ms":11.43,"cpu_cleanup_median_ms":90.0,"cleanup_equal_to_cpu":true}"#;
     write_executable(
@@ -195,7 +205,7 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
             lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
         ),
     );
-    let torch_bench = json_writer(&[record("torch", "cudnn-tf32", 1.0)]);
+    let torch_bench = json_writer(&[record("torch", "cudnn-tf32", 1.0), record("torch", "cudnn-bf16", 0.5)]);
     write_executable(
         python,
         &format!(
@@ -238,25 +248,37 @@ fn a_full_run_compares_the_benchmarks() {
         row(&summary, "memcheck").contains("ERROR SUMMARY: 0 errors"),
         "{summary}"
     );
-    // Columns: layer, pass, shape, torch, then each lrc algorithm (sorted) and its ratio.
+    // Columns: layer, pass, shape, torch TF32 and BF16, then each lrc algorithm (in the order of
+    // ConvAlgo::ALL) and its ratio to cuDNN at the same precision (BF16 for bf16-mma).
     let cells: Vec<&str> = row(&summary, "enc1.conv1").split('|').map(str::trim).collect();
     assert_eq!(
-        cells[1..10],
+        cells[1..13],
         [
             "enc1.conv1",
             "forward",
             "16x1x256x256>32 k3",
             "1.0000",
+            "0.5000",
             "6.0000",
             "6.00",
             "2.0000",
             "2.00",
+            "1.5000",
+            "3.00",
             ""
         ]
     );
     assert!(
-        summary.contains("| lrc fp32-tiled | ratio | lrc tf32-mma | ratio |"),
+        summary.contains(
+            "| torch tf32 | torch bf16 | lrc fp32-tiled | ratio | lrc tf32-mma | ratio | lrc bf16-mma | ratio |"
+        ),
         "{summary}"
+    );
+    let conv_table = &summary[summary.find("## Benchmark: conv").expect("a conv table")..];
+    let total: Vec<&str> = row(conv_table, "**total**").split('|').map(str::trim).collect();
+    assert_eq!(
+        total[4..12],
+        ["1.0000", "0.5000", "6.0000", "6.00", "2.0000", "2.00", "1.5000", "3.00"]
     );
     assert!(
         row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),

@@ -3,6 +3,24 @@
 // every result with a direct double-precision definition of the convolution, with outputs
 // poisoned with NaN so that an element a kernel fails to write is caught.
 //
+// Tolerances, per element, with depth the number of products summed:
+//   fp32, tf32  atol + rtol |want| with atol scaled by sqrt(depth) (see check_spread below and
+//               tests/cuda_conv.rs).
+//   bf16        a bound in the scale S = sum of |a| |b| over the element's products (+ |bias|),
+//               computed exactly by the same definitions on the inputs' magnitudes:
+//                 |got - want| <= (2u + u^2 + chain 2^-23 (1 + u)^2) S,   u = 2^-8,
+//               u being BF16's unit roundoff (8-bit significand, round to nearest even): each
+//               operand is off by at most u of itself, so each product by at most 2u + u^2 of
+//               itself; each FP32 addition then errs by at most 2^-24 of the running magnitude
+//               (2^-23 if the tensor cores truncate), and no term passes through more than
+//               chain = depth + splits + 1 additions (at most one split per 32-deep k tile, one
+//               for the bias). A worst-case bound (to first order), so no correct kernel exceeds
+//               it whatever order it sums in; being loose, it would let a term dropped from a
+//               long sum pass. So every bf16 case runs again on inputs that are BF16 values
+//               already, where the products are exact and only the accumulation remains:
+//                 |got - want| <= chain 2^-23 S,
+//               which a dropped, doubled or misplaced term exceeds by orders of magnitude.
+//
 //   conv_emu_test PLAN_FILE      runs every case of the plan; exit status 0 when all pass
 //   conv_emu_test --kernels      lists the kernels it can run
 //
@@ -16,6 +34,7 @@
 // The kernels under test, compiled for the host.
 #include "../conv.cu"
 
+#include <cstring>
 #include <string>
 
 namespace {
@@ -112,29 +131,86 @@ void ref_backward_weight(const Geom& g, const std::vector<float>& x, const std::
 
 int failures = 0;
 
-// Same rule as tests/cuda_conv.rs: |got - want| <= atol + rtol |want| with atol scaled by the
-// size of the terms (sqrt(depth) * max|a| * max|b|, inputs here in [-1, 1)).
-void check(const std::string& what, const std::vector<float>& got, const std::vector<double>& want, int depth,
-           bool tf32) {
-    const double scale = std::sqrt(double(std::max(depth, 1)));
-    const double atol = tf32 ? 4.0 * std::ldexp(1.0, -10) * scale : 1e-5 * scale;
-    const double rtol = tf32 ? 5e-3 : 1e-5;
+// The operand precision of a kernel, from its name.
+enum class Precision { Fp32, Tf32, Bf16 };
+
+// Fails unless |got[i] - want[i]| <= tolerance(i) for every i; prints the worst element.
+template <class Tolerance>
+void check_each(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                Tolerance tolerance) {
     double worst = 0.0;
     size_t at = 0;
     bool bad = got.size() != want.size();
     for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
         const double err = std::fabs(double(got[i]) - want[i]);
-        const double tol = atol + rtol * std::fabs(want[i]);
-        const double ratio = std::isnan(err) ? INFINITY : err / tol;
+        const double ratio = std::isnan(err) ? INFINITY : err / tolerance(i);
         if (ratio > worst) {
             worst = ratio;
             at = i;
         }
     }
     bad = bad || !(worst <= 1.0);
-    std::printf("%-4s %-58s worst %.3f of tolerance at %zu (got %.7g want %.7g)\n", bad ? "FAIL" : "ok", what.c_str(),
+    std::printf("%-4s %-64s worst %.3f of tolerance at %zu (got %.7g want %.7g)\n", bad ? "FAIL" : "ok", what.c_str(),
                 worst, at, at < got.size() ? got[at] : 0.0, at < want.size() ? want[at] : 0.0);
     failures += bad;
+}
+
+// FP32 and TF32, the rule of tests/cuda_conv.rs: |got - want| <= atol + rtol |want| with atol
+// scaled by the size of the terms (sqrt(depth) * max|a| * max|b|, inputs here in [-1, 1)).
+void check_spread(const std::string& what, const std::vector<float>& got, const std::vector<double>& want, int depth,
+                  Precision precision) {
+    const bool tf32 = precision == Precision::Tf32;
+    const double scale = std::sqrt(double(std::max(depth, 1)));
+    const double atol = tf32 ? 4.0 * std::ldexp(1.0, -10) * scale : 1e-5 * scale;
+    const double rtol = tf32 ? 5e-3 : 1e-5;
+    check_each(what, got, want, [&](size_t i) { return atol + rtol * std::fabs(want[i]); });
+}
+
+// The longest chain of FP32 additions behind an element: its depth, the partial sums of a split
+// reduction (at most one per 32-deep k tile), the bias.
+int addition_chain(int depth) { return depth + (depth + 31) / 32 + 1; }
+
+// BF16 (see the top of this file): `magnitude` is S per element, `rounded_inputs` whether the
+// operands were BF16 values already.
+void check_bf16(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                const std::vector<double>& magnitude, int depth, bool rounded_inputs) {
+    const double u = std::ldexp(1.0, -8);
+    const double accumulation = addition_chain(depth) * std::ldexp(1.0, -23);
+    const double rel = rounded_inputs ? accumulation : 2 * u + u * u + accumulation * (1 + u) * (1 + u);
+    if (magnitude.size() != want.size()) {
+        std::printf("FAIL %s: no magnitude per element\n", what.c_str());
+        ++failures;
+        return;
+    }
+    // The smallest positive double keeps exact zeros (empty sums) exact.
+    check_each(what, got, want, [&](size_t i) { return std::max(rel * magnitude[i], 1e-300); });
+}
+
+// One comparison of a case: the magnitudes are used only for BF16.
+struct Checker {
+    Precision precision;
+    bool rounded_inputs;
+    std::string suffix() const { return rounded_inputs ? " (bf16 inputs)" : ""; }
+    void operator()(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                    const std::vector<double>& magnitude, int depth) const {
+        if (precision == Precision::Bf16) {
+            check_bf16(what + suffix(), got, want, magnitude, depth, rounded_inputs);
+        } else {
+            check_spread(what, got, want, depth, precision);
+        }
+    }
+};
+
+std::vector<float> magnitudes(const std::vector<float>& v) {
+    std::vector<float> m(v.size());
+    for (size_t i = 0; i < v.size(); ++i) m[i] = std::fabs(v[i]);
+    return m;
+}
+
+// The values rounded to BF16, as floats.
+std::vector<float> bf16_values(std::vector<float> v) {
+    for (float& x : v) x = emu::bf16_value(emu::cvt_rn_bf16(x));
+    return v;
 }
 
 using Kernel = void (*)(const ConvParams);
@@ -147,15 +223,16 @@ const struct {
     LRC_ENTRY(conv_fwd_fp32),
     LRC_ENTRY(conv_bwd_data_fp32),
     LRC_ENTRY(conv_bwd_weight_fp32),
-#define LRC_TF32_ENTRIES(KS)                                                                           \
-    LRC_ENTRY(conv_fwd_tf32_##KS##_n64), LRC_ENTRY(conv_fwd_tf32_##KS##_n32),                          \
-        LRC_ENTRY(conv_bwd_data_tf32_##KS##_n64), LRC_ENTRY(conv_bwd_data_tf32_##KS##_n32),            \
-        LRC_ENTRY(conv_bwd_weight_tf32_##KS##_m64), LRC_ENTRY(conv_bwd_weight_tf32_##KS##_m32)
-    LRC_TF32_ENTRIES(k1),
-    LRC_TF32_ENTRIES(k2),
-    LRC_TF32_ENTRIES(k3),
-    LRC_TF32_ENTRIES(kany),
-#undef LRC_TF32_ENTRIES
+#define LRC_MMA_ENTRIES(PREC, KS)                                                                      \
+    LRC_ENTRY(conv_fwd_##PREC##_##KS##_n64), LRC_ENTRY(conv_fwd_##PREC##_##KS##_n32),                  \
+        LRC_ENTRY(conv_bwd_data_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_##PREC##_##KS##_n32),    \
+        LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m64), LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m32)
+#define LRC_MMA_SIZES(PREC)                                                                            \
+    LRC_MMA_ENTRIES(PREC, k1), LRC_MMA_ENTRIES(PREC, k2), LRC_MMA_ENTRIES(PREC, k3), LRC_MMA_ENTRIES(PREC, kany)
+    LRC_MMA_SIZES(tf32),
+    LRC_MMA_SIZES(bf16),
+#undef LRC_MMA_SIZES
+#undef LRC_MMA_ENTRIES
 #undef LRC_ENTRY
 };
 
@@ -171,7 +248,11 @@ struct Plan {
     std::string kernel;
     unsigned gx, gy, gz;
     int split_len, splits;
-    bool tf32() const { return kernel.find("tf32") != std::string::npos; }
+    Precision precision() const {
+        if (kernel.find("_tf32_") != std::string::npos) return Precision::Tf32;
+        if (kernel.find("_bf16_") != std::string::npos) return Precision::Bf16;
+        return Precision::Fp32;
+    }
 };
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
@@ -216,11 +297,19 @@ void launch_backward_weight(const Plan& plan, ConvParams p, int m, int n) {
     emu::launch(dim3{unsigned(ceil_div(std::max(m * n, m), 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(s); });
 }
 
-void conv_case(const std::string& tag, const std::string& pass, const Geom& g, const Plan& plan) {
-    const auto x = random_vec(size_t(g.n) * g.c_in * g.h * g.w);
-    const auto w = random_vec(size_t(g.c_out) * g.c_in * g.kh * g.kw);
+// The operands of a case: uniform in [-1, 1), or those values rounded to BF16.
+std::vector<float> operand(size_t n, bool rounded) {
+    auto v = random_vec(n);
+    return rounded ? bf16_values(std::move(v)) : v;
+}
+
+void conv_case(const std::string& tag, const std::string& pass, const Geom& g, const Plan& plan, const Checker& check) {
+    const bool rounded = check.rounded_inputs;
+    const auto x = operand(size_t(g.n) * g.c_in * g.h * g.w, rounded);
+    const auto w = operand(size_t(g.c_out) * g.c_in * g.kh * g.kw, rounded);
     const auto b = random_vec(g.c_out);
-    const auto dy = random_vec(size_t(g.n) * g.c_out * g.h_out() * g.w_out());
+    const auto dy = operand(size_t(g.n) * g.c_out * g.h_out() * g.w_out(), rounded);
+    const auto ax = magnitudes(x), aw = magnitudes(w), ab = magnitudes(b), ady = magnitudes(dy);
     ConvParams p = params_of(g);
     if (pass == "forward") {
         auto y = poisoned(dy.size());
@@ -229,14 +318,15 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
         p.bias = b.data();
         p.out = y.data();
         launch(plan, p);
-        check(tag, y, ref_forward(g, x, w, b.data()), g.c_in * g.kh * g.kw, plan.tf32());
+        check(tag, y, ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
     } else if (pass == "backward_data") {
         auto dx = poisoned(x.size());
         p.dy = dy.data();
         p.weight = w.data();
         p.out = dx.data();
         launch(plan, p);
-        check(tag, dx, ref_backward_data(g, dy, w, nullptr), g.c_out * g.kh * g.kw, plan.tf32());
+        check(tag, dx, ref_backward_data(g, dy, w, nullptr), ref_backward_data(g, ady, aw, nullptr),
+              g.c_out * g.kh * g.kw);
     } else {
         auto dw = poisoned(w.size());
         auto db = poisoned(g.c_out);
@@ -245,70 +335,82 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
         p.out = dw.data();
         p.out_bias = db.data();
         launch_backward_weight(plan, p, g.c_out, g.c_in * g.kh * g.kw);
-        std::vector<double> want_dw, want_db;
+        std::vector<double> want_dw, want_db, scale_dw, scale_db;
         ref_backward_weight(g, x, dy, want_dw, want_db);
+        ref_backward_weight(g, ax, ady, scale_dw, scale_db);
         const int reduction = g.n * g.h_out() * g.w_out();
-        check(tag + " dw", dw, want_dw, reduction, plan.tf32());
-        // The bias gradient sums dy in FP32 in both versions.
-        check(tag + " db", db, want_db, reduction, false);
+        check(tag + " dw", dw, want_dw, scale_dw, reduction);
+        // The bias gradient sums dy in FP32 in every version.
+        check_spread(tag + " db" + check.suffix(), db, want_db, reduction, Precision::Fp32);
     }
 }
 
+// The transposed convolution t of weights w (c_in x c_out x kh x kw) by its definition, as
+// scatters: y = conv_transpose(x, w) + b, and for output gradient dy: dx, dw, db.
+struct TransposedReference {
+    std::vector<double> y, dx, dw, db;
+    TransposedReference(const Geom& t, int ho, int wo, const std::vector<float>& x, const std::vector<float>& w,
+                        const std::vector<float>& b, const std::vector<float>& dy)
+        : y(dy.size(), 0.0), dx(x.size(), 0.0), dw(w.size(), 0.0), db(t.c_out, 0.0) {
+        // y[i][co][iy*s - pad + ky][ix*s - pad + kx] += x[i][ci][iy][ix] w[ci][co][ky][kx]
+        for (int i = 0; i < t.n; ++i)
+            for (int ci = 0; ci < t.c_in; ++ci)
+                for (int iy = 0; iy < t.h; ++iy)
+                    for (int ix = 0; ix < t.w; ++ix)
+                        for (int co = 0; co < t.c_out; ++co)
+                            for (int ky = 0; ky < t.kh; ++ky)
+                                for (int kx = 0; kx < t.kw; ++kx) {
+                                    const int oy = iy * t.stride - t.pad + ky, ox = ix * t.stride - t.pad + kx;
+                                    if (oy < 0 || oy >= ho || ox < 0 || ox >= wo) continue;
+                                    const size_t xi = ((size_t(i) * t.c_in + ci) * t.h + iy) * t.w + ix;
+                                    const size_t wi = ((size_t(ci) * t.c_out + co) * t.kh + ky) * t.kw + kx;
+                                    const size_t yi = ((size_t(i) * t.c_out + co) * ho + oy) * wo + ox;
+                                    y[yi] += double(x[xi]) * w[wi];
+                                    dx[xi] += double(dy[yi]) * w[wi];
+                                    dw[wi] += double(dy[yi]) * x[xi];
+                                }
+        for (size_t e = 0; e < y.size(); ++e) y[e] += b[(e / (size_t(ho) * wo)) % t.c_out];
+        for (size_t e = 0; e < dy.size(); ++e) db[(e / (size_t(ho) * wo)) % t.c_out] += dy[e];
+    }
+};
+
 // A transposed convolution t (weights c_in x c_out x kh x kw) through the kernel planned for the
 // convolution it transposes, as conv.rs runs it, against a direct scatter definition.
-void transposed_case(const std::string& tag, const std::string& pass, const Geom& t, const Plan& plan) {
+void transposed_case(const std::string& tag, const std::string& pass, const Geom& t, const Plan& plan,
+                     const Checker& check) {
     const int ho = (t.h - 1) * t.stride + t.kh - 2 * t.pad, wo = (t.w - 1) * t.stride + t.kw - 2 * t.pad;
     const Geom conv{t.n, t.c_out, ho, wo, t.c_in, t.kh, t.kw, t.stride, t.pad};
-    const auto x = random_vec(size_t(t.n) * t.c_in * t.h * t.w);
-    const auto wt = random_vec(size_t(t.c_in) * t.c_out * t.kh * t.kw);
+    const bool rounded = check.rounded_inputs;
+    const auto x = operand(size_t(t.n) * t.c_in * t.h * t.w, rounded);
+    const auto wt = operand(size_t(t.c_in) * t.c_out * t.kh * t.kw, rounded);
     const auto b = random_vec(t.c_out);
-    const auto dy = random_vec(size_t(t.n) * t.c_out * ho * wo);
-
-    // y[i][co][iy*s - pad + ky][ix*s - pad + kx] += x[i][ci][iy][ix] w[ci][co][ky][kx]
-    std::vector<double> want_y(dy.size(), 0.0), want_dx(x.size(), 0.0), want_dw(wt.size(), 0.0),
-        want_db(t.c_out, 0.0);
-    for (int i = 0; i < t.n; ++i)
-        for (int ci = 0; ci < t.c_in; ++ci)
-            for (int iy = 0; iy < t.h; ++iy)
-                for (int ix = 0; ix < t.w; ++ix)
-                    for (int co = 0; co < t.c_out; ++co)
-                        for (int ky = 0; ky < t.kh; ++ky)
-                            for (int kx = 0; kx < t.kw; ++kx) {
-                                const int oy = iy * t.stride - t.pad + ky, ox = ix * t.stride - t.pad + kx;
-                                if (oy < 0 || oy >= ho || ox < 0 || ox >= wo) continue;
-                                const size_t xi = ((size_t(i) * t.c_in + ci) * t.h + iy) * t.w + ix;
-                                const size_t wi = ((size_t(ci) * t.c_out + co) * t.kh + ky) * t.kw + kx;
-                                const size_t yi = ((size_t(i) * t.c_out + co) * ho + oy) * wo + ox;
-                                want_y[yi] += double(x[xi]) * wt[wi];
-                                want_dx[xi] += double(dy[yi]) * wt[wi];
-                                want_dw[wi] += double(dy[yi]) * x[xi];
-                            }
-    for (size_t e = 0; e < want_y.size(); ++e) want_y[e] += b[(e / (size_t(ho) * wo)) % t.c_out];
-    for (size_t e = 0; e < dy.size(); ++e) want_db[(e / (size_t(ho) * wo)) % t.c_out] += dy[e];
+    const auto dy = operand(size_t(t.n) * t.c_out * ho * wo, rounded);
+    const TransposedReference want(t, ho, wo, x, wt, b, dy);
+    const TransposedReference scale(t, ho, wo, magnitudes(x), magnitudes(wt), magnitudes(b), magnitudes(dy));
 
     ConvParams p = params_of(conv);
     if (pass == "forward") {
-        auto y = poisoned(want_y.size());
+        auto y = poisoned(want.y.size());
         p.dy = x.data();
         p.weight = wt.data();
         p.bias = b.data();
         p.out = y.data();
         launch(plan, p);
-        check(tag, y, want_y, t.c_in * t.kh * t.kw, plan.tf32());
+        check(tag, y, want.y, scale.y, t.c_in * t.kh * t.kw);
     } else if (pass == "backward_data") {
         auto dx = poisoned(x.size());
         p.x = dy.data();
         p.weight = wt.data();
         p.out = dx.data();
         launch(plan, p);
-        check(tag, dx, want_dx, t.c_out * t.kh * t.kw, plan.tf32());
+        check(tag, dx, want.dx, scale.dx, t.c_out * t.kh * t.kw);
     } else {
         auto dw = poisoned(wt.size());
         p.x = dy.data();
         p.dy = x.data();
         p.out = dw.data();
         launch_backward_weight(plan, p, conv.c_out, conv.c_in * conv.kh * conv.kw);
-        check(tag + " dw", dw, want_dw, t.n * t.h * t.w, plan.tf32());
+        check(tag + " dw", dw, want.dw, scale.dw, t.n * t.h * t.w);
         // As channel_sums in conv.rs.
         auto per_image = poisoned(size_t(t.n) * t.c_out);
         auto db = poisoned(t.c_out);
@@ -316,8 +418,59 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
         emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
         SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
         emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
-        check(tag + " db", db, want_db, t.n * ho * wo, false);
+        check_spread(tag + " db" + check.suffix(), db, want.db, t.n * ho * wo, Precision::Fp32);
     }
+}
+
+// Operands round as documented: a 1x1 convolution of one channel with weight 1 copies each
+// input, rounded to the kernel's operand precision, into the output (one exact product). Inputs
+// 1 + k 2^-12 (scaled, both signs): exact ties of TF32 (k = 2 mod 4) and of BF16 (k = 16, 48).
+void rounding_case(const std::string& kernel, Precision precision) {
+    std::vector<float> x;
+    for (int k = 0; k < 64; ++k) {
+        const float v = std::ldexp(1.0f + std::ldexp(float(k), -12), k % 7 - 3);
+        x.push_back(k % 2 ? -v : v);
+    }
+    const Geom g{1, 1, 1, int(x.size()), 1, 1, 1, 1, 0};
+    const std::vector<float> w{1.0f};
+    auto y = poisoned(x.size());
+    ConvParams p = params_of(g);
+    p.x = x.data();
+    p.weight = w.data();
+    p.out = y.data();
+    launch(Plan{kernel, 1, 1, 1, 0, 1}, p);
+    size_t bad = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        const float want = precision == Precision::Bf16 ? emu::bf16_value(emu::cvt_rn_bf16(x[i]))
+                                                        : emu::as_float(emu::cvt_rna_tf32(x[i]));
+        bad += std::memcmp(&y[i], &want, 4) != 0;
+    }
+    std::printf("%-4s %-64s %zu of %zu operands rounded otherwise\n", bad ? "FAIL" : "ok",
+                ("rounding " + kernel).c_str(), bad, x.size());
+    failures += bad != 0;
+}
+
+// The emulated conversion itself, on values whose BF16 rounding is known: ties go to the even
+// neighbour, past the largest BF16 to infinity, NaN to the canonical NaN.
+void bf16_conversion_case() {
+    const struct {
+        float x;
+        uint16_t want;
+    } cases[] = {
+        {1.0f, 0x3f80},
+        {1.0f + 0x1p-8f, 0x3f80},            // tie, even below
+        {1.0f + 3 * 0x1p-8f, 0x3f82},        // tie, even above
+        {1.0f + 0x1p-8f + 0x1p-20f, 0x3f81}, // just past the tie
+        {-(1.0f + 3 * 0x1p-8f), 0xbf82},
+        {3.4e38f, 0x7f80},
+        {-0.0f, 0x8000},
+        {std::nanf(""), 0x7fff},
+    };
+    int bad = 0;
+    for (const auto& c : cases) bad += emu::cvt_rn_bf16(c.x) != c.want;
+    bad += emu::cvt_rn_bf16x2(2.0f, 1.0f) != 0x40003f80u;  // hi in the upper half
+    std::printf("%-4s %-64s %d wrong\n", bad ? "FAIL" : "ok", "cvt.rn.bf16(x2).f32 emulation", bad);
+    failures += bad != 0;
 }
 
 }  // namespace
@@ -345,14 +498,23 @@ int main(int argc, char** argv) {
                        &plan.gz, &plan.split_len, &plan.splits) == 18) {
         plan.kernel = kernel;
         const std::string tag = std::string(label) + " " + pass + " " + kernel;
-        if (std::string(kind) == "conv") {
-            conv_case(tag, pass, g, plan);
-        } else {
-            transposed_case(tag, pass, g, plan);
+        // BF16 kernels run twice: on FP32 inputs, and on inputs that are BF16 values already.
+        const Precision precision = plan.precision();
+        for (const bool rounded : {false, true}) {
+            if (rounded && precision != Precision::Bf16) continue;
+            const Checker check{precision, rounded};
+            if (std::string(kind) == "conv") {
+                conv_case(tag, pass, g, plan, check);
+            } else {
+                transposed_case(tag, pass, g, plan, check);
+            }
         }
         ++cases;
     }
     std::fclose(f);
+    bf16_conversion_case();
+    rounding_case("conv_fwd_tf32_k1_n32", Precision::Tf32);
+    rounding_case("conv_fwd_bf16_k1_n32", Precision::Bf16);
     if (cases == 0) {
         std::fprintf(stderr, "no cases in %s\n", argv[1]);
         return 2;

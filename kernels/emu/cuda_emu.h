@@ -309,6 +309,64 @@ inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_
     }
 }
 
+// cvt.rn.bf16.f32: the upper 16 bits of the float, rounded to nearest even; NaN becomes the
+// canonical NaN, and finite values past the largest BF16 round to infinity, as in IEEE.
+inline uint16_t cvt_rn_bf16(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return 0x7fffu;
+    }
+    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// cvt.rn.bf16x2.f32 d, hi, lo: hi in the upper half, lo in the lower.
+inline uint32_t cvt_rn_bf16x2(float hi, float lo) {
+    return (static_cast<uint32_t>(cvt_rn_bf16(hi)) << 16) | cvt_rn_bf16(lo);
+}
+
+// The float a BF16 value stands for (exact).
+inline float bf16_value(uint32_t bits16) { return as_float(bits16 << 16); }
+
+// mma.sync m16n8k16 .bf16 with FP32 accumulation, in the fragment layout of the PTX ISA
+// ("Matrix Fragments for mma.m16n8k16 with floating point type"): for g = lane / 4, t = lane % 4
+// and element e (low half 0, high half 1) of each register, A register r holds
+// A[g + 8 (r % 2)][2t + e + 8 (r / 2)], B register r holds B[2t + e + 8r][g]. A product of two
+// BF16 values (8-bit significands) is exact in FP32, so only the additions round; they run in k
+// order after the accumulator, one rounding each. The hardware's internal order and rounding of
+// the additions are not documented and may differ; the tests' tolerances cover any order.
+inline void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    int lane, parity;
+    WarpSlots& s = my_warp(lane, parity);
+    std::memcpy(s.a[parity][lane], a, sizeof(a));
+    std::memcpy(s.b[parity][lane], b, sizeof(b));
+    yield(State::AtWarpBarrier);
+    float A[16][16], B[16][8];
+    for (int l = 0; l < kWarp; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int r = 0; r < 4; ++r) {
+            for (int e = 0; e < 2; ++e) {
+                A[g + 8 * (r % 2)][2 * t + e + 8 * (r / 2)] = bf16_value((s.a[parity][l][r] >> (16 * e)) & 0xffffu);
+            }
+        }
+        for (int r = 0; r < 2; ++r) {
+            for (int e = 0; e < 2; ++e) {
+                B[2 * t + e + 8 * r][g] = bf16_value((s.b[parity][l][r] >> (16 * e)) & 0xffffu);
+            }
+        }
+    }
+    const int g = lane / 4, t = lane % 4;
+    const int rows[4] = {g, g, g + 8, g + 8};
+    const int cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int i = 0; i < 4; ++i) {
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) {
+            acc += A[rows[i]][k] * B[k][cols[i]];
+        }
+        d[i] = acc;
+    }
+}
+
 }  // namespace emu
 
 #define threadIdx (emu::current->index)

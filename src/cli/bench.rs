@@ -3,7 +3,8 @@
 //! `lrc bench conv` times every convolution of the default U-Net (forward, backward-data and
 //! backward-weight) with CUDA events and prints the median of warm repeats and the achieved
 //! TFLOP/s, as a table and as JSON lines; `scripts/torch_bench.py --bench conv` prints the same
-//! for PyTorch (cuDNN) so that the two can be compared line by line.
+//! for PyTorch (cuDNN, with TF32 and with BF16 operands) so that the two can be compared line by
+//! line, each lrc version with cuDNN at its precision.
 //!
 //! `lrc bench norm` times instance norm + ReLU alone at the U-Net's layer shapes and reports the
 //! achieved memory bandwidth (see [`norm`]); `lrc bench step` one whole training step
@@ -68,7 +69,7 @@ pub struct ConvBenchArgs {
     /// Output classes of the final 1x1 convolution.
     #[arg(long, default_value_t = 14)]
     pub classes: usize,
-    /// fp32-tiled, tf32-mma, or all (default: the device's, LRC_CONV_ALGO or tf32-mma).
+    /// fp32-tiled, tf32-mma, bf16-mma, or all (default: the device's, LRC_CONV_ALGO or tf32-mma).
     #[arg(long)]
     pub algo: Option<String>,
     /// Timed runs per pass; the median is reported.

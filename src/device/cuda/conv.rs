@@ -1,6 +1,6 @@
 //! Convolution and transposed convolution on the GPU: the host side of `kernels/conv.cu`.
 //!
-//! Every pass is an implicit GEMM (see the comment at the top of conv.cu). Two kernel versions
+//! Every pass is an implicit GEMM (see the comment at the top of conv.cu). The kernel versions
 //! are kept side by side and chosen per call with [`ConvAlgo`]. The backward-weight pass splits
 //! its long reduction (over every output pixel of the batch) across blocks and adds the partial
 //! sums in a fixed order, so its results are deterministic.
@@ -29,14 +29,20 @@ pub enum ConvAlgo {
     /// Tensor cores through `mma.sync` m16n8k8: TF32 inputs (10-bit mantissa, rounded to
     /// nearest), FP32 accumulation, as PyTorch does with `allow_tf32`.
     Tf32Mma = 1,
+    /// Tensor cores through `mma.sync` m16n8k16: the operands rounded to BF16 (8-bit
+    /// significand, round to nearest even) as they are staged, FP32 accumulation. Tensors stay
+    /// FP32 in memory: BF16 math on FP32 storage, the precision cuDNN computes in when fed BF16
+    /// operands (as under `torch.autocast`).
+    Bf16Mma = 2,
 }
 
 impl ConvAlgo {
     /// Every version, simplest first.
-    pub const ALL: [ConvAlgo; 2] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma];
+    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma];
 
     /// The version ops use unless told otherwise: tensor cores, expected to be several times
-    /// faster than the FP32 tiles on Hopper. Not yet measured against it.
+    /// faster than the FP32 tiles on Hopper. Not yet measured against them; bf16-mma, with half
+    /// the operand precision, has no measured speed advantage over it yet either.
     pub const DEFAULT: ConvAlgo = ConvAlgo::Tf32Mma;
 
     /// The environment variable that overrides [`ConvAlgo::DEFAULT`] when a device is opened.
@@ -47,6 +53,7 @@ impl ConvAlgo {
         match self {
             ConvAlgo::Fp32Tiled => "fp32-tiled",
             ConvAlgo::Tf32Mma => "tf32-mma",
+            ConvAlgo::Bf16Mma => "bf16-mma",
         }
     }
 
@@ -62,11 +69,10 @@ impl ConvAlgo {
     }
 
     pub(crate) fn from_index(i: u8) -> ConvAlgo {
-        if i == ConvAlgo::Fp32Tiled as u8 {
-            ConvAlgo::Fp32Tiled
-        } else {
-            ConvAlgo::Tf32Mma
-        }
+        ConvAlgo::ALL
+            .into_iter()
+            .find(|&a| a as u8 == i)
+            .unwrap_or(ConvAlgo::DEFAULT)
     }
 }
 
@@ -82,8 +88,10 @@ impl FromStr for ConvAlgo {
         match s.trim().to_ascii_lowercase().as_str() {
             "fp32-tiled" | "fp32" => Ok(ConvAlgo::Fp32Tiled),
             "tf32-mma" | "tf32" => Ok(ConvAlgo::Tf32Mma),
+            "bf16-mma" | "bf16" => Ok(ConvAlgo::Bf16Mma),
             other => Err(Error::config(format!(
-                "unknown convolution algorithm '{other}': expected one of fp32-tiled, tf32-mma"
+                "unknown convolution algorithm '{other}': expected one of {}",
+                ConvAlgo::ALL.map(ConvAlgo::name).join(", ")
             ))),
         }
     }
@@ -185,34 +193,45 @@ fn size_variant(g: &ConvGeom) -> usize {
     }
 }
 
-/// conv.cu's TF32 kernels by [pass][kernel size: k1, k2, k3, kany][wide tile, narrow tile].
-const TF32_KERNELS: [[[&str; 2]; 4]; 3] = [
-    [
-        ["conv_fwd_tf32_k1_n64", "conv_fwd_tf32_k1_n32"],
-        ["conv_fwd_tf32_k2_n64", "conv_fwd_tf32_k2_n32"],
-        ["conv_fwd_tf32_k3_n64", "conv_fwd_tf32_k3_n32"],
-        ["conv_fwd_tf32_kany_n64", "conv_fwd_tf32_kany_n32"],
-    ],
-    [
-        ["conv_bwd_data_tf32_k1_n64", "conv_bwd_data_tf32_k1_n32"],
-        ["conv_bwd_data_tf32_k2_n64", "conv_bwd_data_tf32_k2_n32"],
-        ["conv_bwd_data_tf32_k3_n64", "conv_bwd_data_tf32_k3_n32"],
-        ["conv_bwd_data_tf32_kany_n64", "conv_bwd_data_tf32_kany_n32"],
-    ],
-    [
-        ["conv_bwd_weight_tf32_k1_m64", "conv_bwd_weight_tf32_k1_m32"],
-        ["conv_bwd_weight_tf32_k2_m64", "conv_bwd_weight_tf32_k2_m32"],
-        ["conv_bwd_weight_tf32_k3_m64", "conv_bwd_weight_tf32_k3_m32"],
-        ["conv_bwd_weight_tf32_kany_m64", "conv_bwd_weight_tf32_kany_m32"],
-    ],
-];
+/// Tensor-core kernels of one precision by [pass][kernel size: k1, k2, k3, kany][wide tile,
+/// narrow tile], named `conv_<pass>_<precision>_<size>_<tile>` as conv.cu's LRC_CONV_MMA does.
+type MmaKernels = [[[&'static str; 2]; 4]; 3];
+
+macro_rules! mma_kernels {
+    ($precision:literal) => {
+        [
+            mma_kernels!(@pass "fwd", $precision, "n64", "n32"),
+            mma_kernels!(@pass "bwd_data", $precision, "n64", "n32"),
+            mma_kernels!(@pass "bwd_weight", $precision, "m64", "m32"),
+        ]
+    };
+    (@pass $pass:literal, $precision:literal, $wide:literal, $narrow:literal) => {
+        [
+            mma_kernels!(@size $pass, $precision, "k1", $wide, $narrow),
+            mma_kernels!(@size $pass, $precision, "k2", $wide, $narrow),
+            mma_kernels!(@size $pass, $precision, "k3", $wide, $narrow),
+            mma_kernels!(@size $pass, $precision, "kany", $wide, $narrow),
+        ]
+    };
+    (@size $pass:literal, $precision:literal, $size:literal, $wide:literal, $narrow:literal) => {
+        [
+            concat!("conv_", $pass, "_", $precision, "_", $size, "_", $wide),
+            concat!("conv_", $pass, "_", $precision, "_", $size, "_", $narrow),
+        ]
+    };
+}
+
+const TF32_KERNELS: MmaKernels = mma_kernels!("tf32");
+const BF16_KERNELS: MmaKernels = mma_kernels!("bf16");
 
 const FP32_KERNELS: [&str; 3] = ["conv_fwd_fp32", "conv_bwd_data_fp32", "conv_bwd_weight_fp32"];
 
 /// Every kernel of `kernels/conv.cu` this module may launch.
 pub fn kernel_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = FP32_KERNELS.to_vec();
-    names.extend(TF32_KERNELS.iter().flatten().flatten().copied());
+    for table in [&TF32_KERNELS, &BF16_KERNELS] {
+        names.extend(table.iter().flatten().flatten().copied());
+    }
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
@@ -226,31 +245,33 @@ struct Tiling {
 }
 
 /// The kernel for a pass whose GEMM has `cols` columns (forward, backward-data) or `rows` rows
-/// (backward-weight); the narrow TF32 tiles serve 32 or fewer.
+/// (backward-weight); the narrow tensor-core tiles serve 32 or fewer. Both tensor-core precisions
+/// share their tiles (conv.cu's v2).
 fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Tiling {
-    match algo {
-        ConvAlgo::Fp32Tiled => Tiling {
-            kernel: FP32_KERNELS[pass as usize],
-            rows: 64,
-            cols: 64,
-            depth: 16,
-        },
-        ConvAlgo::Tf32Mma => {
-            let narrow = narrow_dim <= 32;
-            let kernel = TF32_KERNELS[pass as usize][size_variant(g)][narrow as usize];
-            let (rows, cols) = match (pass, narrow) {
-                (ConvPass::BackwardWeight, false) => (64, 64),
-                (ConvPass::BackwardWeight, true) => (32, 128),
-                (_, false) => (128, 64),
-                (_, true) => (128, 32),
+    let table = match algo {
+        ConvAlgo::Fp32Tiled => {
+            return Tiling {
+                kernel: FP32_KERNELS[pass as usize],
+                rows: 64,
+                cols: 64,
+                depth: 16,
             };
-            Tiling {
-                kernel,
-                rows,
-                cols,
-                depth: 32,
-            }
         }
+        ConvAlgo::Tf32Mma => &TF32_KERNELS,
+        ConvAlgo::Bf16Mma => &BF16_KERNELS,
+    };
+    let narrow = narrow_dim <= 32;
+    let (rows, cols) = match (pass, narrow) {
+        (ConvPass::BackwardWeight, false) => (64, 64),
+        (ConvPass::BackwardWeight, true) => (32, 128),
+        (_, false) => (128, 64),
+        (_, true) => (128, 32),
+    };
+    Tiling {
+        kernel: table[pass as usize][size_variant(g)][narrow as usize],
+        rows,
+        cols,
+        depth: 32,
     }
 }
 
@@ -669,7 +690,10 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 2);
+        // The generated names follow conv.cu's pattern.
+        assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
+        assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
     }
 
     #[test]
@@ -679,6 +703,38 @@ mod tests {
             assert_eq!(ConvAlgo::from_index(algo as u8), algo);
         }
         assert!("winograd".parse::<ConvAlgo>().is_err());
+        assert_eq!("BF16".parse::<ConvAlgo>().unwrap(), ConvAlgo::Bf16Mma);
+    }
+
+    #[test]
+    fn both_tensor_core_precisions_launch_alike() {
+        let g = |c_in, c_out, k, stride, pad| ConvGeom {
+            n: 3,
+            c_in,
+            h: 17,
+            w: 12,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+        };
+        for geom in [
+            g(5, 37, 3, 1, 1),
+            g(64, 16, 1, 1, 0),
+            g(7, 130, 2, 2, 0),
+            g(4, 9, 5, 1, 2),
+        ] {
+            for pass in [ConvPass::Forward, ConvPass::BackwardData, ConvPass::BackwardWeight] {
+                let tf32 = plan(pass, &geom, ConvAlgo::Tf32Mma, 132);
+                let bf16 = plan(pass, &geom, ConvAlgo::Bf16Mma, 132);
+                assert_eq!(bf16.kernel, tf32.kernel.replace("_tf32_", "_bf16_"));
+                assert_eq!(
+                    (bf16.grid, bf16.split_len, bf16.splits),
+                    (tf32.grid, tf32.split_len, tf32.splits)
+                );
+            }
+        }
     }
 
     #[test]
