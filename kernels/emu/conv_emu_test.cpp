@@ -1,7 +1,11 @@
 // Runs the kernels of conv.cu on the CPU through cuda_emu.h, following launch plans made by the
 // Rust host code (src/device/cuda/conv.rs, written out by tests/cuda_emulated.rs), and compares
 // every result with a direct double-precision definition of the convolution, with outputs
-// poisoned with NaN so that an element a kernel fails to write is caught.
+// poisoned with NaN so that an element a kernel fails to write is caught. Every case runs under
+// the forward and the reverse schedule of cuda_emu.h, whose outputs must agree bit for bit (a
+// race between threads of a block, or a dependence on the order of blocks, would make them
+// differ); built with -fsanitize=address, every access is checked as well (the buffers are
+// exact-size heap vectors, dynamic shared memory exact-size in cuda_emu.h).
 //
 //   conv_emu_test PLAN_FILE      runs every case of the plan; exit status 0 when all pass
 //   conv_emu_test --kernels      lists the kernels it can run
@@ -17,6 +21,12 @@
 #include "../conv.cu"
 
 #include <string>
+
+#ifdef LRC_EMU_ASAN
+extern "C" const char* __asan_default_options() {
+    return "detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1";
+}
+#endif
 
 namespace {
 
@@ -137,6 +147,40 @@ void check(const std::string& what, const std::vector<float>& got, const std::ve
     failures += bad;
 }
 
+using Outputs = std::vector<std::vector<float>>;
+
+// The case running, for the launch labels that error reports name.
+std::string case_tag;
+void label_launch(const std::string& kernel) {
+    emu::launch_label =
+        case_tag + ": kernel " + kernel + (emu::reverse_schedule ? " (reverse schedule)" : " (forward schedule)");
+}
+
+// Runs `pass` (launches that return their outputs) under the forward and the reverse schedule;
+// the outputs must agree bit for bit. Returns the forward ones.
+template <class Pass>
+Outputs both_schedules(const std::string& tag, Pass pass) {
+    case_tag = tag;
+    emu::reverse_schedule = false;
+    Outputs forward = pass();
+    emu::reverse_schedule = true;
+    const Outputs reverse = pass();
+    emu::reverse_schedule = false;
+    for (size_t k = 0; k < forward.size(); ++k) {
+        const std::vector<float>& f = forward[k];
+        const std::vector<float>& r = reverse[k];
+        for (size_t i = 0; i < f.size(); ++i) {
+            if (std::memcmp(&f[i], &r[i], sizeof(float)) != 0) {
+                std::printf("FAIL %s: output %zu differs under the reverse schedule at %zu (%.9g forward, %.9g reverse)\n",
+                            tag.c_str(), k, i, f[i], r[i]);
+                ++failures;
+                break;
+            }
+        }
+    }
+    return forward;
+}
+
 using Kernel = void (*)(const ConvParams);
 
 const struct {
@@ -194,6 +238,7 @@ ConvParams params_of(const Geom& g) {
 
 void launch(const Plan& plan, const ConvParams& p) {
     const Kernel k = kernel_named(plan.kernel);
+    label_launch(plan.kernel);
     emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(p); });
 }
 
@@ -213,6 +258,7 @@ void launch_backward_weight(const Plan& plan, ConvParams p, int m, int n) {
     q.out_bias = p.out_bias ? partial_bias.data() : nullptr;
     launch(plan, q);
     SplitReduceParams s{partial.data(), p.out, q.out_bias, p.out_bias, m * n, p.out_bias ? m : 0, plan.splits, 0};
+    label_launch("split_reduce");
     emu::launch(dim3{unsigned(ceil_div(std::max(m * n, m), 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(s); });
 }
 
@@ -221,36 +267,48 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
     const auto w = random_vec(size_t(g.c_out) * g.c_in * g.kh * g.kw);
     const auto b = random_vec(g.c_out);
     const auto dy = random_vec(size_t(g.n) * g.c_out * g.h_out() * g.w_out());
-    ConvParams p = params_of(g);
+    const ConvParams p = params_of(g);
     if (pass == "forward") {
-        auto y = poisoned(dy.size());
-        p.x = x.data();
-        p.weight = w.data();
-        p.bias = b.data();
-        p.out = y.data();
-        launch(plan, p);
-        check(tag, y, ref_forward(g, x, w, b.data()), g.c_in * g.kh * g.kw, plan.tf32());
+        const Outputs out = both_schedules(tag, [&] {
+            auto y = poisoned(dy.size());
+            ConvParams q = p;
+            q.x = x.data();
+            q.weight = w.data();
+            q.bias = b.data();
+            q.out = y.data();
+            launch(plan, q);
+            return Outputs{y};
+        });
+        check(tag, out[0], ref_forward(g, x, w, b.data()), g.c_in * g.kh * g.kw, plan.tf32());
     } else if (pass == "backward_data") {
-        auto dx = poisoned(x.size());
-        p.dy = dy.data();
-        p.weight = w.data();
-        p.out = dx.data();
-        launch(plan, p);
-        check(tag, dx, ref_backward_data(g, dy, w, nullptr), g.c_out * g.kh * g.kw, plan.tf32());
+        const Outputs out = both_schedules(tag, [&] {
+            auto dx = poisoned(x.size());
+            ConvParams q = p;
+            q.dy = dy.data();
+            q.weight = w.data();
+            q.out = dx.data();
+            launch(plan, q);
+            return Outputs{dx};
+        });
+        check(tag, out[0], ref_backward_data(g, dy, w, nullptr), g.c_out * g.kh * g.kw, plan.tf32());
     } else {
-        auto dw = poisoned(w.size());
-        auto db = poisoned(g.c_out);
-        p.x = x.data();
-        p.dy = dy.data();
-        p.out = dw.data();
-        p.out_bias = db.data();
-        launch_backward_weight(plan, p, g.c_out, g.c_in * g.kh * g.kw);
+        const Outputs out = both_schedules(tag, [&] {
+            auto dw = poisoned(w.size());
+            auto db = poisoned(g.c_out);
+            ConvParams q = p;
+            q.x = x.data();
+            q.dy = dy.data();
+            q.out = dw.data();
+            q.out_bias = db.data();
+            launch_backward_weight(plan, q, g.c_out, g.c_in * g.kh * g.kw);
+            return Outputs{dw, db};
+        });
         std::vector<double> want_dw, want_db;
         ref_backward_weight(g, x, dy, want_dw, want_db);
         const int reduction = g.n * g.h_out() * g.w_out();
-        check(tag + " dw", dw, want_dw, reduction, plan.tf32());
+        check(tag + " dw", out[0], want_dw, reduction, plan.tf32());
         // The bias gradient sums dy in FP32 in both versions.
-        check(tag + " db", db, want_db, reduction, false);
+        check(tag + " db", out[1], want_db, reduction, false);
     }
 }
 
@@ -286,43 +344,61 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
     for (size_t e = 0; e < want_y.size(); ++e) want_y[e] += b[(e / (size_t(ho) * wo)) % t.c_out];
     for (size_t e = 0; e < dy.size(); ++e) want_db[(e / (size_t(ho) * wo)) % t.c_out] += dy[e];
 
-    ConvParams p = params_of(conv);
+    const ConvParams p = params_of(conv);
     if (pass == "forward") {
-        auto y = poisoned(want_y.size());
-        p.dy = x.data();
-        p.weight = wt.data();
-        p.bias = b.data();
-        p.out = y.data();
-        launch(plan, p);
-        check(tag, y, want_y, t.c_in * t.kh * t.kw, plan.tf32());
+        const Outputs out = both_schedules(tag, [&] {
+            auto y = poisoned(want_y.size());
+            ConvParams q = p;
+            q.dy = x.data();
+            q.weight = wt.data();
+            q.bias = b.data();
+            q.out = y.data();
+            launch(plan, q);
+            return Outputs{y};
+        });
+        check(tag, out[0], want_y, t.c_in * t.kh * t.kw, plan.tf32());
     } else if (pass == "backward_data") {
-        auto dx = poisoned(x.size());
-        p.x = dy.data();
-        p.weight = wt.data();
-        p.out = dx.data();
-        launch(plan, p);
-        check(tag, dx, want_dx, t.c_out * t.kh * t.kw, plan.tf32());
+        const Outputs out = both_schedules(tag, [&] {
+            auto dx = poisoned(x.size());
+            ConvParams q = p;
+            q.x = dy.data();
+            q.weight = wt.data();
+            q.out = dx.data();
+            launch(plan, q);
+            return Outputs{dx};
+        });
+        check(tag, out[0], want_dx, t.c_out * t.kh * t.kw, plan.tf32());
     } else {
-        auto dw = poisoned(wt.size());
-        p.x = dy.data();
-        p.dy = x.data();
-        p.out = dw.data();
-        launch_backward_weight(plan, p, conv.c_out, conv.c_in * conv.kh * conv.kw);
-        check(tag + " dw", dw, want_dw, t.n * t.h * t.w, plan.tf32());
-        // As channel_sums in conv.rs.
-        auto per_image = poisoned(size_t(t.n) * t.c_out);
-        auto db = poisoned(t.c_out);
-        PlaneSumParams ps{dy.data(), per_image.data(), t.n * t.c_out, ho * wo};
-        emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
-        SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
-        emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
-        check(tag + " db", db, want_db, t.n * ho * wo, false);
+        const Outputs out = both_schedules(tag, [&] {
+            auto dw = poisoned(wt.size());
+            ConvParams q = p;
+            q.x = dy.data();
+            q.dy = x.data();
+            q.out = dw.data();
+            launch_backward_weight(plan, q, conv.c_out, conv.c_in * conv.kh * conv.kw);
+            // As channel_sums in conv.rs.
+            auto per_image = poisoned(size_t(t.n) * t.c_out);
+            auto db = poisoned(t.c_out);
+            PlaneSumParams ps{dy.data(), per_image.data(), t.n * t.c_out, ho * wo};
+            label_launch("plane_sum");
+            emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
+            SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
+            label_launch("split_reduce");
+            emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
+            return Outputs{dw, db};
+        });
+        check(tag + " dw", out[0], want_dw, t.n * t.h * t.w, plan.tf32());
+        check(tag + " db", out[1], want_db, t.n * ho * wo, false);
     }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef LRC_EMU_ASAN
+    __asan_set_error_report_callback(
+        [](const char*) { std::fprintf(stderr, "conv_emu_test: the error is in %s\n", emu::where()); });
+#endif
     if (argc == 2 && std::string(argv[1]) == "--kernels") {
         for (const auto& k : KERNELS) std::printf("%s\n", k.name);
         return 0;
