@@ -54,16 +54,23 @@ fn in_ci() -> bool {
 pub fn checked_variant() -> Result<Variant, String> {
     static VARIANT: OnceLock<Result<Variant, String>> = OnceLock::new();
     VARIANT
-        .get_or_init(|| match address_sanitizer_works() {
-            Ok(()) => Ok(Variant::AddressSanitizer),
-            Err(why) if in_ci() => Err(format!("CI must run the emulator with AddressSanitizer: {why}")),
-            Err(why) => {
-                // Straight to the process's stderr: the test harness would capture eprintln!.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "warning: the kernel emulator runs without its memory checks (AddressSanitizer): {why}"
-                );
-                Ok(Variant::Plain)
+        .get_or_init(|| {
+            // An ASan runner built already shows that ASan works, without a probe.
+            let works = match built_runner(Variant::AddressSanitizer) {
+                Some(_) => Ok(()),
+                None => address_sanitizer_works(),
+            };
+            match works {
+                Ok(()) => Ok(Variant::AddressSanitizer),
+                Err(why) if in_ci() => Err(format!("CI must run the emulator with AddressSanitizer: {why}")),
+                Err(why) => {
+                    // Straight to the process's stderr: the test harness would capture eprintln!.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "warning: the kernel emulator runs without its memory checks (AddressSanitizer): {why}"
+                    );
+                    Ok(Variant::Plain)
+                }
             }
         })
         .clone()
@@ -140,6 +147,17 @@ pub fn test_runner(source: &Path, variant: Variant) -> Result<PathBuf, String> {
     build_runner(variant, &sources, &[source.to_path_buf()])
 }
 
+/// The folder of the runner of `variant` for the sources as they are now.
+fn runner_dir(variant: Variant, sources: &[PathBuf]) -> Result<PathBuf, String> {
+    Ok(std::env::temp_dir().join(format!("lrc-emu-runner-{}-{}", fingerprint(sources)?, variant.tag())))
+}
+
+/// The runner of `variant` if it is built already (then ASan need not be probed again).
+fn built_runner(variant: Variant) -> Option<PathBuf> {
+    let exe = runner_dir(variant, &runner_sources().ok()?).ok()?.join("runner");
+    exe.exists().then_some(exe)
+}
+
 /// A fresh folder under the system's temporary folder.
 pub(super) fn tempdir() -> Result<PathBuf, String> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -199,7 +217,7 @@ fn fingerprint(sources: &[PathBuf]) -> Result<String, String> {
 /// fingerprint of `sources` (everything the result depends on).
 fn build_runner(variant: Variant, sources: &[PathBuf], units: &[PathBuf]) -> Result<PathBuf, String> {
     let cxx = compiler().ok_or("no C++ compiler (set CXX)")?;
-    let dir = std::env::temp_dir().join(format!("lrc-emu-runner-{}-{}", fingerprint(sources)?, variant.tag()));
+    let dir = runner_dir(variant, sources)?;
     let exe = dir.join("runner");
     if exe.exists() {
         return Ok(exe);
