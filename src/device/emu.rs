@@ -6,7 +6,8 @@
 //! [`EmuMemory`], run them here and compare the results with the CPU twins. That checks the
 //! kernels' logic and the launch plans on machines without a GPU; it says nothing about speed.
 //!
-//! Every [`EmuMemory::run`] also checks what compute-sanitizer would on a GPU:
+//! Every [`EmuMemory::run`] also runs CPU counterparts of compute-sanitizer's memcheck and
+//! racecheck:
 //! - memory: the runner is built with AddressSanitizer and poisons every byte of the image that
 //!   is not inside a live allocation (allocations are exact in bytes, with a red zone of
 //!   [`RED_ZONE`] bytes before each one and after the last), and dynamic shared memory is exactly
@@ -19,7 +20,8 @@
 //!   byte, except in allocations made with [`EmuMemory::alloc_unordered`] /
 //!   [`EmuMemory::upload_unordered`], whose contents may legitimately depend on the order. A
 //!   thread that reads what another thread of its block writes with no barrier in between sees
-//!   the write under one schedule and not under the other.
+//!   the write under one schedule and not under the other. A difference is reported with the
+//!   first launch after which the images part (found by bisection on prefixes of the launches).
 //!
 //! Not seen: races between blocks of one launch (blocks still run one after another, only in
 //! two orders), and reads of static `__shared__` memory no thread of the block wrote.
