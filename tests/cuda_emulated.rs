@@ -3,7 +3,9 @@
 //! fragment layout), launched as the Rust host code plans them (`conv::plan`,
 //! `conv::transposed_plan`: kernel choice, grid, reduction splits), and checks every
 //! convolution kernel variant against a direct double-precision definition on awkward shapes,
-//! with NaN-poisoned outputs. Needs a C++20 compiler (`$CXX` or g++), not a GPU: it checks the
+//! with NaN-poisoned outputs, every case under both schedules of the emulator (forward and
+//! reverse, compared bit for bit) and, where libasan is available, with AddressSanitizer (as
+//! `lrc::device::emu` runs its jobs). Needs a C++20 compiler (`$CXX` or g++), not a GPU: it checks the
 //! kernels' logic and the launch plans, while tests/cuda_conv.rs checks them on the hardware.
 
 use std::collections::BTreeSet;
@@ -13,6 +15,7 @@ use std::process::Command;
 
 use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, plan, transposed_plan};
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
+use lrc::device::emu;
 use lrc::ops::conv::ConvGeom;
 
 fn compiler() -> Option<String> {
@@ -36,8 +39,17 @@ fn harness(dir: &Path) -> Option<PathBuf> {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = dir.join("conv_emu_test");
+    // With the emulator's memory checks (AddressSanitizer) where they run; the harness itself
+    // runs every case under both schedules.
+    let variant = if emu::checks_on() {
+        emu::checked_variant().unwrap_or_else(|e| panic!("{e}"))
+    } else {
+        emu::Variant::Plain
+    };
     let build = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", "-I"])
+        .args(["-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas"])
+        .args(emu::variant_flags(variant))
+        .arg("-I")
         .arg(root.join("kernels"))
         .arg("-o")
         .arg(&exe)

@@ -114,8 +114,10 @@ fn emulate(
         loss: mem.alloc(1),
         grad_loss: mem.upload(&[grad]),
         mean_grads: mem.alloc(g.means_len()),
-        heads: mem.alloc(g.heads_len()),
-        next: mem.alloc(g.next_len()),
+        // The pixel lists are linked with atomicExch, in an order that depends on the schedule;
+        // the scatter adds each list's members in sample order, so the gradients do not.
+        heads: mem.alloc_unordered(g.heads_len()),
+        next: mem.alloc_unordered(g.next_len()),
         grad_q: mem.alloc(g.embedding_len()),
         grad_p: mem.alloc(g.embedding_len()),
     };
@@ -430,8 +432,10 @@ fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
             loss: mem.alloc(1),
             grad_loss: mem.upload(&[1.0f32]),
             mean_grads: mem.alloc(g.means_len()),
-            heads: mem.alloc(g.heads_len()),
-            next: mem.alloc(g.next_len()),
+            // Linked in a schedule-dependent order (atomicExch); relinked below to show that
+            // the gradients do not depend on it.
+            heads: mem.alloc_unordered(g.heads_len()),
+            next: mem.alloc_unordered(g.next_len()),
             grad_q: mem.alloc(g.embedding_len()),
             grad_p: mem.alloc(g.embedding_len()),
         };

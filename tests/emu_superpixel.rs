@@ -69,14 +69,18 @@ fn emu_felzenszwalb(
         keys_tmp: mem.alloc(lens.keys),
         vals_tmp: mem.alloc(lens.keys),
         sort_counts: mem.alloc(lens.sort_counts),
-        parent: mem.alloc(lens.per_pixel),
+        // Union-find links made with atomicCAS in schedule order: the trees' shapes vary, their
+        // roots (each segment's first pixel) and so the labels do not.
+        parent: mem.alloc_unordered(lens.per_pixel),
         size: mem.alloc(lens.per_pixel),
         threshold: mem.alloc(lens.per_pixel),
         merged_max: mem.alloc(lens.merged_max),
         reserve: mem.alloc(lens.per_pixel),
         claim: mem.alloc(lens.per_pixel),
-        list: mem.alloc(lens.list),
-        kept: mem.alloc(lens.kept),
+        // The min_size pass's candidate lists, compacted through atomicAdd slots: their order
+        // varies, their membership does not, and every decision reads positions, not slots.
+        list: mem.alloc_unordered(lens.list),
+        kept: mem.alloc_unordered(lens.kept),
         labels: mem.alloc(lens.per_pixel),
         counts: mem.alloc(lens.counts),
     };

@@ -13,8 +13,25 @@
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
 // mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
 // to nearest with ties away from zero.
+//
+// Checks, the CPU counterparts of compute-sanitizer's memcheck and racecheck:
+// - Schedules: `emu::reverse_schedule` runs the blocks of a grid in reverse order and, at every
+//   phase between barriers, the threads of a block (so its warps too) from the last to the
+//   first. Code that reads what another thread of its block writes without a barrier in
+//   between, or that depends on the order of blocks, gives different results under the two
+//   schedules; the runner's caller compares them.
+// - Compiled with AddressSanitizer (-fsanitize=address), every access is checked: the runner
+//   poisons whatever in the memory image is not a live allocation, dynamic shared memory is
+//   exactly the bytes the launch asks for, static __shared__ arrays get ASan's global red zones,
+//   and the coroutine switches are announced to ASan (__sanitizer_*_switch_fiber) so that it
+//   follows the stacks. `emu::where()` names the launch, block and thread for a report.
+// - Each coroutine stack sits above a guard page: an overflow faults instead of corrupting.
+// Not seen: races between blocks of one launch (blocks run in turn, only their order is
+// reversed), and reads of static __shared__ memory no thread of the block wrote (it keeps what
+// the previous block left).
 #pragma once
 
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -25,7 +42,21 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
+#include <string>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LRC_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LRC_EMU_ASAN 1
+#endif
+#endif
+#ifdef LRC_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #define __global__
 #define __device__
@@ -46,42 +77,188 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 
 namespace emu {
 
+// Coroutine contexts. On x86-64 a switch saves the callee-saved registers and the floating-point
+// control words on the old stack and pops them from the new one: no system call (swapcontext
+// sets the signal mask on every switch, which cost as much as the kernels themselves), and
+// nothing for ASan to intercept (its swapcontext interceptor clears the target stack's shadow on
+// every switch). Elsewhere, ucontext.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+extern "C" void lrc_emu_switch(void** save_sp, void* load_sp);
+// Weak: every translation unit that includes this header defines it.
+asm(R"(
+    .text
+    .weak lrc_emu_switch
+    .type lrc_emu_switch, @function
+lrc_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size lrc_emu_switch, .-lrc_emu_switch
+)");
+// A context that starts `fn` on [stack, stack + bytes): the frame lrc_emu_switch pops, returning
+// into fn as if fn had been called (a null return address above it ends backtraces).
+inline void make_context(Context& c, char* stack, size_t bytes, void (*fn)()) {
+    auto* top = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t{15});
+    uint64_t* sp = top - 9;
+    uint32_t mxcsr;
+    uint16_t fpcw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpcw));
+    sp[0] = mxcsr | (static_cast<uint64_t>(fpcw) << 32);
+    for (int r = 1; r <= 6; ++r) sp[r] = 0;  // r15, r14, r13, r12, rbx, rbp
+    sp[7] = reinterpret_cast<uint64_t>(fn);
+    sp[8] = 0;
+    c.sp = sp;
+}
+inline void swap_context(Context& from, Context& to) { lrc_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc{};
+};
+inline void make_context(Context& c, char* stack, size_t bytes, void (*fn)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fn, 0);
+}
+inline void swap_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
 struct Thread {
-    ucontext_t context{};
+    Context context;
     dim3 index;
     State state = State::Runnable;
-    std::unique_ptr<char[]> stack;
+    char* stack = nullptr;       // from the stack pool
+    void* fake_stack = nullptr;  // ASan's record of this coroutine's stack
 };
 
 constexpr int kWarp = 32;
+constexpr int kMaxThreads = 1024;
 constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kGuardBytes = 4096;
 
 inline dim3 block_index, block_dim, grid_dim;
 inline std::vector<Thread> threads;
-inline ucontext_t scheduler;
+inline Context scheduler;
+// The running coroutine; null while the scheduler runs.
 inline Thread* current = nullptr;
 inline std::function<void()> body;
 inline long long barriers_passed = 0;
+// The order of blocks and threads (see the header comment).
+inline bool reverse_schedule = false;
+// What the caller launches, for error messages ("kernel NAME, launch 2 of 5").
+inline std::string launch_label;
 
 inline void reset_warp_slots();
 
+// Where the program is: launch, block and, inside a coroutine, thread. Writes into a static
+// buffer so that error paths (an ASan report callback) need not allocate.
+inline const char* where() {
+    static char text[512];
+    int used = std::snprintf(text, sizeof(text), "%s, block (%u,%u,%u)",
+                             launch_label.empty() ? "emulated launch" : launch_label.c_str(), block_index.x,
+                             block_index.y, block_index.z);
+    if (current != nullptr && used > 0 && static_cast<size_t>(used) < sizeof(text)) {
+        std::snprintf(text + used, sizeof(text) - used, ", thread %u", current->index.x);
+    }
+    return text;
+}
+
 inline void fail(const char* what) {
-    std::fprintf(stderr, "emulated kernel error: %s (block %u,%u,%u)\n", what, block_index.x, block_index.y,
-                 block_index.z);
+    std::fprintf(stderr, "emulated kernel error: %s (%s)\n", what, where());
     std::exit(2);
 }
 
-inline void yield(State s) {
-    current->state = s;
-    swapcontext(&current->context, &scheduler);
+// The coroutine stacks, mapped once for the largest block: each one sits above a PROT_NONE
+// guard page, so that an overflow faults at once.
+inline char* stack_of(int rank) {
+    static char* pool = [] {
+        const size_t total = kMaxThreads * (kStackBytes + kGuardBytes);
+        void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            std::fprintf(stderr, "emulator: cannot map the coroutine stacks\n");
+            std::exit(2);
+        }
+        char* base = static_cast<char*>(p);
+        for (int i = 0; i < kMaxThreads; ++i) {
+            mprotect(base + i * (kStackBytes + kGuardBytes), kGuardBytes, PROT_NONE);
+        }
+        return base;
+    }();
+    return pool + rank * (kStackBytes + kGuardBytes) + kGuardBytes;
 }
 
+// The scheduler's own stack, learnt from ASan on the first switch into a coroutine.
+inline const void* scheduler_stack_bottom = nullptr;
+inline size_t scheduler_stack_size = 0;
+inline void* scheduler_fake_stack = nullptr;
+
+// Scheduler -> coroutine `t`, until it yields.
+inline void switch_to(Thread& t) {
+    current = &t;
+#ifdef LRC_EMU_ASAN
+    __sanitizer_start_switch_fiber(&scheduler_fake_stack, t.stack, kStackBytes);
+#endif
+    swap_context(scheduler, t.context);
+#ifdef LRC_EMU_ASAN
+    __sanitizer_finish_switch_fiber(scheduler_fake_stack, nullptr, nullptr);
+#endif
+    current = nullptr;
+}
+
+// Coroutine -> scheduler; returns when the scheduler runs this thread again.
+inline void yield(State s) {
+    Thread* self = current;
+    self->state = s;
+#ifdef LRC_EMU_ASAN
+    __sanitizer_start_switch_fiber(&self->fake_stack, scheduler_stack_bottom, scheduler_stack_size);
+#endif
+    swap_context(self->context, scheduler);
+#ifdef LRC_EMU_ASAN
+    __sanitizer_finish_switch_fiber(self->fake_stack, nullptr, nullptr);
+#endif
+}
+
+// A coroutine's first frame. It never returns (the final switch leaves it), so it is kept
+// uninstrumented: no red zones of its own stay poisoned on the stack that the next block reuses.
+#ifdef LRC_EMU_ASAN
+__attribute__((no_sanitize_address))
+#endif
 inline void entry() {
+#ifdef LRC_EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
+#endif
     body();
     current->state = State::Done;
-    swapcontext(&current->context, &scheduler);
+#ifdef LRC_EMU_ASAN
+    // A null save slot tells ASan this coroutine ends.
+    __sanitizer_start_switch_fiber(nullptr, scheduler_stack_bottom, scheduler_stack_size);
+#endif
+    swap_context(current->context, scheduler);
 }
 
 inline int thread_rank(const Thread& t) { return static_cast<int>(t.index.x); }
@@ -95,18 +272,15 @@ inline void run_block() {
     for (int i = 0; i < n; ++i) {
         Thread& t = threads[i];
         t.index.x = i;
-        t.stack.reset(new char[kStackBytes]);
-        getcontext(&t.context);
-        t.context.uc_stack.ss_sp = t.stack.get();
-        t.context.uc_stack.ss_size = kStackBytes;
-        t.context.uc_link = nullptr;
-        makecontext(&t.context, entry, 0);
+        t.stack = stack_of(i);
+        make_context(t.context, t.stack, kStackBytes, entry);
     }
     for (;;) {
-        for (Thread& t : threads) {
+        // One phase: every runnable thread runs to its next barrier, in schedule order.
+        for (int k = 0; k < n; ++k) {
+            Thread& t = threads[reverse_schedule ? n - 1 - k : k];
             while (t.state == State::Runnable) {
-                current = &t;
-                swapcontext(&scheduler, &t.context);
+                switch_to(t);
             }
         }
         bool all_done = true;
@@ -152,20 +326,22 @@ inline void run_block() {
 
 inline void set_dynamic_shared(size_t bytes);
 
-// Runs the kernel call `f` over the grid, one block at a time, with `shared_bytes` of dynamic
-// shared memory (filled with NaN bytes, as real shared memory starts undefined).
+// Runs the kernel call `f` over the grid, one block at a time (in reverse order under
+// `reverse_schedule`), with `shared_bytes` of dynamic shared memory (filled with NaN bytes, as
+// real shared memory starts undefined).
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& f, size_t shared_bytes = 0) {
-    if (block.y != 1 || block.z != 1 || block.x % kWarp != 0 || block.x > 1024) {
+    if (block.y != 1 || block.z != 1 || block.x % kWarp != 0 || block.x > kMaxThreads) {
         fail("only 1-D blocks of whole warps, at most 1024 threads, are emulated");
     }
     set_dynamic_shared(shared_bytes);
     grid_dim = grid;
     block_dim = block;
     body = f;
+    const auto order = [](unsigned i, unsigned n) { return reverse_schedule ? n - 1 - i : i; };
     for (unsigned z = 0; z < grid.z; ++z) {
         for (unsigned y = 0; y < grid.y; ++y) {
             for (unsigned x = 0; x < grid.x; ++x) {
-                block_index = {x, y, z};
+                block_index = {order(x, grid.x), order(y, grid.y), order(z, grid.z)};
                 run_block();
             }
         }
@@ -232,15 +408,20 @@ inline void check_full_mask(unsigned mask) {
     }
 }
 
-// Dynamic shared memory of the running launch (LRC_DYNAMIC_SHARED), 16-byte aligned.
-inline std::vector<unsigned char> dynamic_shared_bytes;
+// Dynamic shared memory of the running launch (LRC_DYNAMIC_SHARED), 16-byte aligned and
+// exactly as long as the launch asked for: under ASan the first byte past it is poisoned.
+struct AlignedFree {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t{16}); }
+};
+inline std::unique_ptr<unsigned char[], AlignedFree> dynamic_shared_bytes;
 inline size_t dynamic_shared_size = 0;
 inline void set_dynamic_shared(size_t bytes) {
-    dynamic_shared_bytes.assign(bytes + 16, 0xff);
+    dynamic_shared_bytes.reset(static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t{16})));
+    std::memset(dynamic_shared_bytes.get(), 0xff, bytes);
     dynamic_shared_size = bytes;
 }
 inline void* dynamic_shared() {
-    return dynamic_shared_bytes.data();
+    return dynamic_shared_bytes.get();
 }
 
 // The kernels of every file, by name, for the runner (runner.cpp): LRC_KERNEL registers each one.

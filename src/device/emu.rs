@@ -4,33 +4,69 @@
 //!
 //! Tests plan launches with the same host functions the GPU path uses, on addresses of an
 //! [`EmuMemory`], run them here and compare the results with the CPU twins. That checks the
-//! kernels' logic and the launch plans on machines without a GPU; it says nothing about speed,
-//! and races between blocks cannot show (blocks run one after another).
+//! kernels' logic and the launch plans on machines without a GPU; it says nothing about speed.
+//!
+//! Every [`EmuMemory::run`] also runs CPU counterparts of compute-sanitizer's memcheck and
+//! racecheck:
+//! - memory: the runner is built with AddressSanitizer and poisons every byte of the image that
+//!   is not inside a live allocation (allocations are exact in bytes, with a red zone of
+//!   [`RED_ZONE`] bytes before each one and after the last), and dynamic shared memory is exactly
+//!   as long as the launch asks for, so a read or write out of bounds stops the run with ASan's
+//!   report, the kernel and launch named. Writes into red zones are also looked for in the
+//!   returned image, which catches them even without ASan.
+//! - races: the launches run twice, under the forward schedule (blocks and threads in index
+//!   order) and the reverse one (blocks in reverse order, and at every phase between barriers
+//!   the threads of a block from the last to the first), and the two images must agree byte for
+//!   byte, except in allocations made with [`EmuMemory::alloc_unordered`] /
+//!   [`EmuMemory::upload_unordered`], whose contents may legitimately depend on the order. A
+//!   thread that reads what another thread of its block writes with no barrier in between sees
+//!   the write under one schedule and not under the other. A difference is reported with the
+//!   first launch after which the images part (found by bisection on prefixes of the launches).
+//!
+//! Not seen: races between blocks of one launch (blocks still run one after another, only in
+//! two orders), and reads of static `__shared__` memory no thread of the block wrote.
+//!
+//! `LRC_EMU_CHECKS=off` runs the plain runner once, forward, for quick local runs (ignored in
+//! CI, where the checks always run). Without libasan the memory checks fall back to the red-zone
+//! comparison with one warning, except in CI, where that is an error.
 //!
 //! Needs a C++20 compiler (`$CXX`, else `g++`). The runner is built once per version of the
-//! kernel sources and kept under the system's temporary folder.
+//! kernel sources and variant, and kept under the system's temporary folder.
 
-use std::fmt::Write as _;
+mod image;
+mod runner;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use bytemuck::Pod;
 
 use super::cuda::KernelCall;
+pub use image::RED_ZONE;
+use image::{Allocation, FILL, Layout};
+pub use runner::{Variant, compiler, test_runner};
 
 /// Where the memory image is mapped in the runner: an address range x86-64 Linux leaves free
 /// (heaps sit near 0x5555_0000_0000, libraries and stacks near 0x7fff_0000_0000).
 pub const BASE: u64 = 0x2000_0000_0000;
 
-/// Allocations are aligned like the device allocator's.
-const ALIGN: usize = 256;
-
 /// A memory image for emulated launches: device addresses are `BASE` + offset.
-#[derive(Default)]
 pub struct EmuMemory {
     bytes: Vec<u8>,
+    layout: Layout,
+}
+
+impl Default for EmuMemory {
+    fn default() -> EmuMemory {
+        EmuMemory {
+            bytes: Vec::new(),
+            layout: Layout {
+                base: BASE,
+                allocations: Vec::new(),
+            },
+        }
+    }
 }
 
 impl EmuMemory {
@@ -38,23 +74,38 @@ impl EmuMemory {
         EmuMemory::default()
     }
 
-    fn reserve(&mut self, bytes: usize) -> u64 {
-        let start = self.bytes.len().div_ceil(ALIGN) * ALIGN;
-        // Fresh memory holds quiet NaNs (as f32), as the device's poisoned buffers do.
-        self.bytes.resize(start, 0xff);
-        self.bytes.resize(start + bytes.max(1), 0xff);
-        BASE + start as u64
+    fn reserve(&mut self, len: usize, ordered: bool) -> u64 {
+        let (start, image_len) = Layout::place(self.bytes.len(), len);
+        self.bytes.resize(image_len, FILL);
+        let addr = BASE + start as u64;
+        self.layout.allocations.push(Allocation { addr, len, ordered });
+        addr
     }
 
     /// `len` 32-bit words filled with NaN.
     pub fn alloc(&mut self, len: usize) -> u64 {
-        self.reserve(len * 4)
+        self.reserve(len * 4, true)
     }
 
     /// A copy of `data`.
     pub fn upload<T: Pod>(&mut self, data: &[T]) -> u64 {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let addr = self.reserve(bytes.len());
+        let addr = self.reserve(bytes.len(), true);
+        self.range_mut(addr, bytes.len()).copy_from_slice(bytes);
+        addr
+    }
+
+    /// As [`EmuMemory::alloc`], for a buffer whose contents legitimately depend on the order in
+    /// which threads and blocks run (slots claimed with atomics, float atomics): the schedules
+    /// are not compared on it. Every use says why the outputs do not depend on that order.
+    pub fn alloc_unordered(&mut self, len: usize) -> u64 {
+        self.reserve(len * 4, false)
+    }
+
+    /// As [`EmuMemory::upload`], for a buffer as in [`EmuMemory::alloc_unordered`].
+    pub fn upload_unordered<T: Pod>(&mut self, data: &[T]) -> u64 {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let addr = self.reserve(bytes.len(), false);
         self.range_mut(addr, bytes.len()).copy_from_slice(bytes);
         addr
     }
@@ -73,13 +124,14 @@ impl EmuMemory {
         out
     }
 
+    /// The offset of `len` bytes at `addr`, which must lie inside one allocation.
     fn offset(&self, addr: u64, len: usize) -> usize {
-        let start = addr.checked_sub(BASE).expect("an address of this memory") as usize;
         assert!(
-            start + len <= self.bytes.len(),
-            "{len} bytes at {addr:#x} run past the image"
+            self.layout.holding(addr, len).is_some(),
+            "{len} bytes at {addr:#x} are not inside one allocation (from {})",
+            self.layout.describe(addr)
         );
-        start
+        (addr - BASE) as usize
     }
 
     fn range_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
@@ -87,14 +139,113 @@ impl EmuMemory {
         &mut self.bytes[start..start + len]
     }
 
-    /// Runs `calls` in order on this memory.
+    /// Runs `calls` in order on this memory, under both schedules with the memory checks (see the
+    /// module documentation); the image left is the forward schedule's.
     pub fn run(&mut self, calls: &[KernelCall]) -> Result<(), String> {
-        let runner = runner()?;
+        self.run_on(runner()?, checks_on(), calls)
+    }
+
+    /// As [`EmuMemory::run`], on `runner` (one of [`test_runner`]), under both schedules when
+    /// `checked`, else the forward one alone.
+    pub fn run_on(&mut self, runner: &Path, checked: bool, calls: &[KernelCall]) -> Result<(), String> {
+        let mut images = self.run_images(runner, checked, calls)?;
+        if let [forward, reverse] = &images[..]
+            && let Some(difference) = self.layout.schedule_difference(forward, reverse)
+        {
+            return Err(format!(
+                "the emulated launches {} give different results when blocks and threads run in reverse \
+                 order (a race between threads of a block, or a dependence on the order of blocks){}: \
+                 {difference}. If this buffer's contents may depend on the order, allocate it with \
+                 EmuMemory::alloc_unordered and say why the outputs do not.",
+                launch_names(calls),
+                self.first_diverging_launch(runner, calls)
+            ));
+        }
+        self.bytes = images.swap_remove(0);
+        Ok(())
+    }
+
+    /// The images `calls` leave on this memory: forward, then reverse when `checked`.
+    fn run_images(&self, runner: &Path, checked: bool, calls: &[KernelCall]) -> Result<Vec<Vec<u8>>, String> {
+        let names = launch_names(calls);
+        let dir = runner::tempdir()?;
+        let job_path = dir.join("job.bin");
+        let result = self.job(calls).and_then(|job| {
+            fs::write(&job_path, &job).map_err(|e| format!("write {}: {e}", job_path.display()))?;
+            // Both schedules at once: they are independent processes.
+            let schedules: &[(&str, &[&str])] = if checked {
+                &[("forward", &[]), ("reverse", &["--reverse"])]
+            } else {
+                &[("forward", &[])]
+            };
+            let children: Vec<_> = schedules
+                .iter()
+                .map(|(name, args)| {
+                    let out = dir.join(format!("{name}.bin"));
+                    let child = Command::new(runner)
+                        .args(*args)
+                        .arg(&job_path)
+                        .arg(&out)
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .map_err(|e| format!("run {}: {e}", runner.display()));
+                    (*name, out, child)
+                })
+                .collect();
+            let mut images = Vec::new();
+            for (name, out, child) in children {
+                let output = child?
+                    .wait_with_output()
+                    .map_err(|e| format!("wait for {}: {e}", runner.display()))?;
+                images.push(self.result_of(name, &names, &output, fs::read(&out))?);
+            }
+            Ok(images)
+        });
+        let _ = fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Where the schedules of `calls` first part: the launch after which the images differ while
+    /// they agreed before it (found by bisection on prefixes), as " (first after launch 3 of 7,
+    /// NAME)", or nothing for a single launch.
+    fn first_diverging_launch(&self, runner: &Path, calls: &[KernelCall]) -> String {
+        if calls.len() < 2 {
+            return String::new();
+        }
+        let differs = |k: usize| match self.run_images(runner, true, &calls[..k]) {
+            Ok(images) => self.layout.schedule_difference(&images[0], &images[1]).is_some(),
+            Err(_) => true,
+        };
+        // Prefix `agree` gives equal images, prefix `differ` does not.
+        let (mut agree, mut differ) = (0, calls.len());
+        while differ - agree > 1 {
+            let mid = (agree + differ) / 2;
+            if differs(mid) {
+                differ = mid;
+            } else {
+                agree = mid;
+            }
+        }
+        format!(
+            " (first after launch {differ} of {}, {})",
+            calls.len(),
+            calls[differ - 1].kernel
+        )
+    }
+
+    /// The job file: image, allocations and launches, as runner.cpp reads them.
+    fn job(&self, calls: &[KernelCall]) -> Result<Vec<u8>, String> {
         let mut job = Vec::with_capacity(self.bytes.len() + 64 + calls.len() * 64);
-        job.extend_from_slice(b"LRCEMU01");
+        job.extend_from_slice(b"LRCEMU02");
         job.extend_from_slice(&BASE.to_le_bytes());
         job.extend_from_slice(&(self.bytes.len() as u64).to_le_bytes());
         job.extend_from_slice(&self.bytes);
+        job.extend_from_slice(&(self.layout.allocations.len() as u32).to_le_bytes());
+        for a in &self.layout.allocations {
+            job.extend_from_slice(&a.addr.to_le_bytes());
+            job.extend_from_slice(&(a.len as u64).to_le_bytes());
+        }
         job.extend_from_slice(&(calls.len() as u32).to_le_bytes());
         for call in calls {
             call.validate().map_err(|e| e.to_string())?;
@@ -107,45 +258,89 @@ impl EmuMemory {
             job.extend_from_slice(&(call.param_bytes().len() as u32).to_le_bytes());
             job.extend_from_slice(call.param_bytes());
         }
-        let dir = tempdir()?;
-        let job_path = dir.join("job.bin");
-        let out_path = dir.join("out.bin");
-        fs::write(&job_path, &job).map_err(|e| format!("write {}: {e}", job_path.display()))?;
-        let result = Command::new(runner)
-            .arg(&job_path)
-            .arg(&out_path)
-            .output()
-            .map_err(|e| format!("run {}: {e}", runner.display()))?;
-        let image = fs::read(&out_path);
-        let _ = fs::remove_dir_all(&dir);
-        if !result.status.success() {
-            let names: Vec<&str> = calls.iter().map(|c| c.kernel).collect();
+        Ok(job)
+    }
+
+    /// The image one schedule's run returned, or why there is none: the runner's failure with
+    /// its output (ASan's report names the address; we say which allocation it is near), or a
+    /// write into a red zone.
+    fn result_of(
+        &self,
+        schedule: &str,
+        names: &str,
+        output: &Output,
+        image: std::io::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, String> {
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let near = reported_address(&stderr)
+                .filter(|&addr| addr < BASE + self.bytes.len() as u64)
+                .map(|addr| format!("\nthe address reported, {addr:#x}, is {}", self.layout.describe(addr)))
+                .unwrap_or_default();
             return Err(format!(
-                "the emulated launches {names:?} failed ({}):\n{}{}",
-                result.status,
-                String::from_utf8_lossy(&result.stdout),
-                String::from_utf8_lossy(&result.stderr)
+                "the emulated launches {names} failed under the {schedule} schedule ({}):\n{}{stderr}{near}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
             ));
         }
         let image = image.map_err(|e| format!("read the emulator's output: {e}"))?;
         if image.len() != self.bytes.len() {
             return Err("the emulator returned an image of another size".into());
         }
-        self.bytes = image;
-        Ok(())
+        if let Some(write) = self.layout.red_zone_write(&self.bytes, &image) {
+            return Err(format!(
+                "the emulated launches {names} wrote out of bounds under the {schedule} schedule: {write}"
+            ));
+        }
+        Ok(image)
     }
 }
 
-fn tempdir() -> Result<PathBuf, String> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "lrc-emu-job-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    Ok(dir)
+/// The kernels of `calls` in order, runs of one kernel counted: [a, b x 12, c].
+fn launch_names(calls: &[KernelCall]) -> String {
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for call in calls {
+        match runs.last_mut() {
+            Some((name, count)) if *name == call.kernel => *count += 1,
+            _ => runs.push((call.kernel, 1)),
+        }
+    }
+    let named: Vec<String> = runs
+        .iter()
+        .map(|&(name, count)| {
+            if count > 1 {
+                format!("{name} x {count}")
+            } else {
+                name.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", named.join(", "))
+}
+
+/// The address in an AddressSanitizer report ("... on address 0x200000000500 at pc ...") when it
+/// lies in the emulated image.
+fn reported_address(report: &str) -> Option<u64> {
+    let at = report.find("on address 0x")? + "on address 0x".len();
+    let hex: String = report[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).ok().filter(|&a| a >= BASE)
+}
+
+/// Whether [`EmuMemory::run`] checks memory and schedules: yes unless `LRC_EMU_CHECKS=off`
+/// outside CI.
+pub fn checks_on() -> bool {
+    let off = std::env::var("LRC_EMU_CHECKS").as_deref() == Ok("off");
+    !off || std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The runner [`EmuMemory::run`] uses now (see [`checks_on`]), built on first use.
+pub fn runner() -> Result<&'static Path, String> {
+    let variant = if checks_on() {
+        runner::checked_variant()?
+    } else {
+        Variant::Plain
+    };
+    runner::runner(variant)
 }
 
 /// The kernels the runner has, with their parameter sizes in bytes.
@@ -178,136 +373,44 @@ pub fn available() -> bool {
     false
 }
 
-/// The C++ compiler, if one runs.
-pub fn compiler() -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let works = Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    works.then_some(cxx)
+/// The variant of the runner the memory checks use here: AddressSanitizer, or the plain runner
+/// where libasan is missing (outside CI). Test harnesses built from their own sources
+/// (tests/cuda_emulated.rs) compile with [`variant_flags`] of it.
+pub fn checked_variant() -> Result<Variant, String> {
+    runner::checked_variant()
 }
 
-/// The runner executable, built on first use.
-pub fn runner() -> Result<&'static Path, String> {
-    static RUNNER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    RUNNER.get_or_init(build_runner).as_deref().map_err(Clone::clone)
+/// The extra compiler flags of `variant`.
+pub fn variant_flags(variant: Variant) -> &'static [&'static str] {
+    variant.flags()
 }
 
-fn kernel_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Every source the runner is built from: kernels/*.cu, *.cuh and the emulator.
-fn runner_sources() -> Result<Vec<PathBuf>, String> {
-    let mut sources = Vec::new();
-    for dir in [kernel_dir(), kernel_dir().join("emu")] {
-        let entries = fs::read_dir(&dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if matches!(ext, "cu" | "cuh") || name == "cuda_emu.h" || name == "runner.cpp" {
-                sources.push(path);
-            }
-        }
+    #[test]
+    fn an_asan_report_address_is_found() {
+        let report = "==1==ERROR: AddressSanitizer: use-after-poison on address 0x200000000900 at pc 0x5 bp";
+        assert_eq!(reported_address(report), Some(0x2000_0000_0900));
+        assert_eq!(reported_address("SEGV on unknown address 0x000000000010"), None);
     }
-    sources.sort();
-    Ok(sources)
-}
 
-/// FNV-1a over the sources' names and contents: the runner is rebuilt when any changes.
-fn fingerprint(sources: &[PathBuf]) -> Result<String, String> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for path in sources {
-        let data = fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-        for byte in path
-            .file_name()
-            .unwrap_or_default()
-            .as_encoded_bytes()
-            .iter()
-            .chain(&data)
-        {
-            hash = (hash ^ *byte as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+    #[test]
+    fn runs_of_one_kernel_are_counted_in_the_launch_list() {
+        let call = |kernel| KernelCall::new("m", kernel, (1, 1, 1), 32, &0u64);
+        let calls = [call("a"), call("b"), call("b"), call("b"), call("a")];
+        assert_eq!(launch_names(&calls), "[a, b x 3, a]");
     }
-    let mut s = String::new();
-    let _ = write!(s, "{hash:016x}");
-    Ok(s)
-}
 
-fn build_runner() -> Result<PathBuf, String> {
-    let cxx = compiler().ok_or("no C++ compiler (set CXX)")?;
-    let sources = runner_sources()?;
-    let dir = std::env::temp_dir().join(format!("lrc-emu-runner-{}", fingerprint(&sources)?));
-    let exe = dir.join("runner");
-    if exe.exists() {
-        return Ok(exe);
+    #[test]
+    fn reads_and_writes_stay_inside_one_allocation() {
+        let mut mem = EmuMemory::new();
+        let a = mem.upload(&[1u32, 2, 3]);
+        let b = mem.alloc(2);
+        assert_eq!(mem.read::<u32>(a + 4, 2), vec![2, 3]);
+        assert!(b - a >= (12 + RED_ZONE) as u64 && b.is_multiple_of(256));
+        let past_end = std::panic::catch_unwind(|| mem.read::<u32>(a + 4, 3));
+        assert!(past_end.is_err(), "a read past an allocation's end is refused");
     }
-    // Build beside the final folder and rename it into place, so that processes building at the
-    // same time never see half a runner.
-    let staging = tempdir()?;
-    let emu_dir = kernel_dir().join("emu");
-    let units: Vec<&PathBuf> = sources
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-        .collect();
-    let compile = |source: &Path, object: &Path| -> Result<(), String> {
-        let out = Command::new(&cxx)
-            .args(["-std=c++20", "-O2", "-w", "-x", "c++", "-DLRC_EMULATE=1", "-include"])
-            .arg(emu_dir.join("cuda_emu.h"))
-            .arg("-I")
-            .arg(kernel_dir())
-            .arg("-c")
-            .arg(source)
-            .arg("-o")
-            .arg(object)
-            .output()
-            .map_err(|e| format!("run {cxx}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} does not compile for the emulator:\n{}",
-                source.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    let objects: Vec<PathBuf> = units
-        .iter()
-        .map(|s| staging.join(format!("{}.o", s.file_stem().unwrap_or_default().to_string_lossy())))
-        .collect();
-    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = units
-            .iter()
-            .zip(&objects)
-            .map(|(source, object)| scope.spawn(|| compile(source, object)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("compiler thread panicked".into())))
-            .collect()
-    });
-    results.into_iter().collect::<Result<Vec<()>, String>>()?;
-    let link = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-w", "-I"])
-        .arg(&emu_dir)
-        .arg(emu_dir.join("runner.cpp"))
-        .args(&objects)
-        .arg("-o")
-        .arg(staging.join("runner"))
-        .output()
-        .map_err(|e| format!("run {cxx}: {e}"))?;
-    if !link.status.success() {
-        return Err(format!(
-            "the emulator runner does not build:\n{}",
-            String::from_utf8_lossy(&link.stderr)
-        ));
-    }
-    if fs::rename(&staging, &dir).is_err() && !exe.exists() {
-        return Err(format!("cannot move the runner to {}", dir.display()));
-    }
-    let _ = fs::remove_dir_all(&staging);
-    Ok(exe)
 }

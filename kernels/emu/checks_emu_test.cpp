@@ -1,0 +1,81 @@
+// Kernels with planted bugs, for the tests of the emulator's own checks (tests/emu_checks.rs):
+// each one does what compute-sanitizer's memcheck or racecheck would report on a GPU, beside a
+// correct control. Built into a runner of their own (lrc::device::emu::test_runner), never into
+// the shipped one: kernels/*.cu all ship.
+#include "common.cuh"
+
+struct PlantedParams {
+    const float* in;
+    float* out;
+    int* counter;
+    int n;
+    int pad;
+};
+static_assert(sizeof(PlantedParams) == 32, "PlantedParams layout");
+
+namespace planted {
+__device__ __forceinline__ int global_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
+}  // namespace planted
+
+// Control: out = in.
+LRC_KERNEL(planted_copy, PlantedParams, 64) {
+    const int i = planted::global_index();
+    if (i < p.n) p.out[i] = p.in[i];
+}
+
+// The last thread reads in[n].
+LRC_KERNEL(planted_read_past_end, PlantedParams, 64) {
+    const int i = planted::global_index();
+    if (i < p.n) p.out[i] = p.in[i] + p.in[i + 1];
+}
+
+// One thread too many writes: out[n].
+LRC_KERNEL(planted_write_past_end, PlantedParams, 64) {
+    const int i = planted::global_index();
+    if (i <= p.n) p.out[i] = p.in[i < p.n ? i : 0];
+}
+
+// Dynamic shared memory of n floats, written at 1..n.
+LRC_KERNEL(planted_dynamic_shared_overrun, PlantedParams, 64) {
+    LRC_DYNAMIC_SHARED(float, s);
+    const int t = threadIdx.x;
+    if (t < p.n) s[t + 1] = p.in[t];
+    __syncthreads();
+    if (t < p.n) p.out[t] = s[t];
+}
+
+// A static shared array of 32 floats, written at 1..32.
+LRC_KERNEL(planted_static_shared_overrun, PlantedParams, 32) {
+    __shared__ float s[32];
+    const int t = threadIdx.x;
+    s[t + 1] = p.in[t];
+    __syncthreads();
+    p.out[t] = s[t];
+}
+
+// Thread 0 writes shared memory and thread 1 reads it with no barrier in between.
+LRC_KERNEL(planted_shared_race, PlantedParams, 64) {
+    __shared__ float s;
+    if (threadIdx.x == 0) s = p.in[blockIdx.x];
+    if (threadIdx.x == 1) p.out[blockIdx.x] = s;
+}
+
+// Control: the same with the barrier.
+LRC_KERNEL(planted_shared_with_barrier, PlantedParams, 64) {
+    __shared__ float s;
+    if (threadIdx.x == 0) s = p.in[blockIdx.x];
+    __syncthreads();
+    if (threadIdx.x == 1) p.out[blockIdx.x] = s;
+}
+
+// Every block writes out[0]: the last one to run wins.
+LRC_KERNEL(planted_last_block_wins, PlantedParams, 64) {
+    if (threadIdx.x == 0) p.out[0] = static_cast<float>(blockIdx.x);
+}
+
+// Each thread claims a slot of out with an atomic counter and writes its index there: out holds
+// 0..n-1 in an order that depends on the schedule, the final count does not.
+LRC_KERNEL(planted_claimed_slots, PlantedParams, 64) {
+    const int i = planted::global_index();
+    if (i < p.n) p.out[atomicAdd(p.counter, 1)] = static_cast<float>(i);
+}
