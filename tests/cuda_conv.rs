@@ -3,41 +3,50 @@
 //! poisoned with NaN before the kernels run so that an element they fail to write fails the
 //! check. The transposed convolution is checked against a direct 7-loop definition.
 //!
-//! Tolerances per element, the worst element reported. FP32 and TF32 (and every bias gradient,
-//! an FP32 sum in all versions): |got - want| <= atol + rtol * |want|, where atol scales with the
-//! size of the terms summed, sqrt(depth) * max|a| * max|b| (the typical magnitude of a sum of
-//! `depth` products with random signs):
-//! - FP32: atol = 1e-5 * scale, rtol = 1e-5. Summing up to ~4600 terms in f32 gives a relative
-//!   error of about sqrt(depth) * 2^-24 ~ 4e-6 of the scale in practice (depth * 2^-24 ~ 3e-4 is
-//!   the never-reached worst case); an indexing error is of the order of the scale itself.
-//! - TF32: atol = 4 * 2^-10 * scale, rtol = 5e-3. Each operand is rounded to 10 mantissa bits
-//!   (relative error <= 2^-11), so each product is off by up to 2^-10 of itself; the errors of
-//!   `depth` products with random signs add to about 2^-11 * scale (std), 4 * 2^-10 of it is ~8
-//!   standard deviations, the margin needed over the ~10^5 elements checked.
-//! - BF16: a worst-case bound per element in S = sum of |a| |b| over its products (+ |bias|),
-//!   the reference evaluated on the inputs' magnitudes:
-//!   |got - want| <= (2u + u^2 + chain * 2^-23 * (1 + u)^2) * S with u = 2^-8, BF16's unit
-//!   roundoff (8-bit significands rounded to nearest even): each operand is off by at most u of
-//!   itself, each product by at most 2u + u^2 of itself, and each FP32 addition by at most 2^-24
-//!   of the running magnitude (2^-23 allows for tensor cores that truncate) along chains of at
-//!   most `chain = depth + ceil(depth / 32) + 1` additions (the k loop, at most one split
-//!   partial per 32-deep k tile, the bias). No correct kernel exceeds it, whatever order the
-//!   hardware sums in; it is loose enough to let a single term dropped from a long sum pass, so
-//!   `bf16_on_bf16_inputs_has_only_accumulation_error` runs the kernels again on inputs that are
-//!   BF16 values already, where the products are exact and the bound is chain * 2^-23 * S.
+//! Tolerances per element, the worst element reported: |got - want| <= rel * S, with S the sum
+//! of |a| |b| over the element's products (+ |bias|), or of |dy| for a bias gradient, the
+//! reference evaluated on the inputs' magnitudes; so an element whose products are small or
+//! cancel has a small tolerance of its own. rel follows from the operand precision and `chain`,
+//! the longest run of FP32 roundings a term passes through on its way into the element:
+//! - FP32 (fp32-tiled): exact operands, rel = gamma(chain) = chain * 2^-24 / (1 - chain * 2^-24),
+//!   the bound of `chain` FP32 roundings (with or without FMA: an FMA rounds once per term, and
+//!   without FMA the first addition, 0 + product, is exact). The kernel sums an element's
+//!   products in one accumulator, one FMA per k of its block's range (the 16-deep k tiles
+//!   continue it, their zero padding adds exactly); a split backward-weight adds its `splits`
+//!   partials in split_reduce (splits - 1 roundings); the bias adds one:
+//!   `chain = L + (splits - 1) + 1` with L the split length (depth when unsplit), at most
+//!   depth + 1 since (splits - 1) * L < depth. The plan is `conv::plan`'s on this GPU.
+//! - TF32 (tf32-mma) and BF16 (bf16-mma): operands rounded to nearest, TF32 to 10-bit
+//!   significands (ties away, u = 2^-11), BF16 to 8-bit ones (ties to even, u = 2^-8); each
+//!   operand is off by at most u of itself, each product by at most 2u + u^2 of itself, and each
+//!   tensor-core addition by at most 2^-23 of the running magnitude (2^-24 rounding, 2^-23
+//!   allowing for tensor cores that truncate): rel = 2u + u^2 + chain * 2^-23 * (1 + u)^2 with
+//!   `chain = depth + ceil(depth / 32) + 1` (the k loop, at most one split partial per 32-deep
+//!   k tile, the bias). Dominated by 2u, this bound is loose enough to let a single term
+//!   dropped from a long sum pass, so `bf16_on_bf16_inputs_has_only_accumulation_error` runs the
+//!   BF16 kernels again on inputs that are BF16 values already, where the products are exact
+//!   and rel = chain * 2^-23.
+//! - Bias gradients, FP32 sums of dy in every version (no products): rel = gamma(chain) with
+//!   chain = ceil(values / lanes) + tree levels + (partials - 1). Backward-weight: each lane
+//!   sums every 32nd k of its block's range, warp_sum adds the lanes (5 levels), split_reduce
+//!   the splits; the transposed convolution's: each of plane_sum's 256 threads sums every 256th
+//!   value of a plane, block_sum adds them (two warp_sums, 10 levels), split_reduce the images.
+//!
+//! Worst-case bounds (first order for the tensor cores): no correct kernel exceeds them whatever
+//! order the hardware sums in. The same bounds are checked under emulation by
+//! kernels/emu/conv_emu_test.cpp.
 //!
 //! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`.
 
 use std::sync::Arc;
 
 use lrc::device::cuda::conv::{
-    conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward, conv2d_backward_data,
-    conv2d_backward_weight, conv2d_forward,
+    ConvLaunch, ConvPass, conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, plan, transposed_plan,
 };
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom, CudaDevice, CudaStorage};
 use lrc::ops::conv::{ConvGeom, cpu};
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close};
 
 fn device() -> Arc<CudaDevice> {
     let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
@@ -58,10 +67,6 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64))
-}
-
 /// The magnitudes, widened: the CPU twin on them gives sum |a| |b| per element.
 fn abs_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x.abs() as f64).collect()
@@ -77,37 +82,80 @@ fn bf16_values(v: &[f32]) -> Vec<f32> {
     v.iter().copied().map(to_bf16).collect()
 }
 
-/// The rule of the FP32 and TF32 versions and of every bias gradient (see the top of the file).
-fn tolerance(algo: ConvAlgo, depth: usize, a_max: f64, b_max: f64) -> Tolerance {
-    let scale = (depth.max(1) as f64).sqrt() * a_max * b_max;
-    match algo {
-        ConvAlgo::Tf32Mma => Tolerance {
-            atol: 4.0 * (-10f64).exp2() * scale,
-            rtol: 5e-3,
-        },
-        // bf16-mma's products are checked by `bf16_bound`; its bias gradient is an FP32 sum.
-        ConvAlgo::Fp32Tiled | ConvAlgo::Bf16Mma => Tolerance {
-            atol: 1e-5 * scale,
-            rtol: 1e-5,
-        },
-    }
+/// The relative error bound of `chain` FP32 roundings: chain * 2^-24 / (1 - chain * 2^-24).
+fn gamma(chain: usize) -> f64 {
+    let nu = chain as f64 * (-24f64).exp2();
+    nu / (1.0 - nu)
 }
 
-/// The bound of the BF16 version relative to S (see the top of the file), for inputs in FP32 or
-/// already BF16.
-fn bf16_bound(depth: usize, bf16_inputs: bool) -> f64 {
-    let u = (-8f64).exp2();
-    let chain = depth + depth.div_ceil(32) + 1;
+/// The bound of a result of `algo` relative to S (see the top of the file), its terms passing
+/// through at most `chain` FP32 roundings; `rounded_inputs`: the operands were BF16 values already.
+fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
+    let u = match algo {
+        ConvAlgo::Fp32Tiled => return gamma(chain),
+        ConvAlgo::Tf32Mma => (-11f64).exp2(),
+        ConvAlgo::Bf16Mma => (-8f64).exp2(),
+    };
     let accumulation = chain as f64 * (-23f64).exp2();
-    if bf16_inputs {
+    if rounded_inputs {
         accumulation
     } else {
         2.0 * u + u * u + accumulation * (1.0 + u) * (1.0 + u)
     }
 }
 
+/// How a pass's reduction is split: backward-weight's as `conv::plan` plans it on this GPU, one
+/// split for the other passes.
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    len: usize,
+    count: usize,
+}
+
+impl Split {
+    const NONE: Split = Split { len: 0, count: 1 };
+
+    fn of(launch: &ConvLaunch) -> Split {
+        Split {
+            len: launch.split_len,
+            count: launch.splits,
+        }
+    }
+
+    /// The k range one block sums for an element of `depth` products.
+    fn run(&self, depth: usize) -> usize {
+        if self.count > 1 { self.len.min(depth) } else { depth }
+    }
+
+    /// The longest chain of FP32 roundings behind an element of `depth` products computed by
+    /// `algo` (see the top of the file).
+    fn chain(&self, algo: ConvAlgo, depth: usize) -> usize {
+        match algo {
+            ConvAlgo::Fp32Tiled => self.run(depth) + (self.count - 1) + 1,
+            ConvAlgo::Tf32Mma | ConvAlgo::Bf16Mma => depth + depth.div_ceil(32) + 1,
+        }
+    }
+
+    /// The chain of the bias gradient summed beside a weight gradient of `depth` terms.
+    fn bias_gradient_chain(&self, depth: usize) -> usize {
+        sum_chain(self.run(depth), 32, 5, self.count)
+    }
+}
+
+/// The chain of a sum of `values` values (no products) spread over `lanes` sequential partial
+/// sums, combined by a tree `levels` deep, then `partials` such sums added in turn.
+fn sum_chain(values: usize, lanes: usize, levels: usize, partials: usize) -> usize {
+    values.div_ceil(lanes) + levels + (partials - 1)
+}
+
+/// The chain of a transposed convolution's bias gradient (`channel_sums`: plane_sum, then
+/// split_reduce over the images).
+fn channel_sum_chain(n: usize, plane: usize) -> usize {
+    sum_chain(plane, 256, 10, n)
+}
+
 /// Fails with the worst element unless |got - want| <= relative * scale everywhere (exact where
-/// the scale is zero; NaN always fails).
+/// the scale is zero; NaN always fails); prints the worst ratio.
 fn assert_within(what: &str, got: &[f32], want: &[f64], scale: &[f64], relative: f64) {
     assert_eq!(
         (got.len(), scale.len()),
@@ -133,24 +181,28 @@ fn assert_within(what: &str, got: &[f32], want: &[f64], scale: &[f64], relative:
         want[at],
         scale[at]
     );
+    println!("ok {what}: worst {worst:.3} of the bound");
 }
 
 /// What a pass's result is compared with: the f64 reference on the inputs, the same on their
-/// magnitudes, the products per element, and the largest magnitudes of the two operands.
+/// magnitudes (S per element), the products per element, and how the reduction was split.
 struct Expected<'a> {
     want: &'a [f64],
     magnitude: &'a [f64],
     depth: usize,
-    a_max: f64,
-    b_max: f64,
+    split: Split,
 }
 
-/// Compares the result of `algo` with its reference by that version's rule.
+/// Compares the result of `algo` with its reference within that version's bound.
 fn check(what: &str, algo: ConvAlgo, got: &[f32], e: &Expected) {
-    match algo {
-        ConvAlgo::Bf16Mma => assert_within(what, got, e.want, e.magnitude, bf16_bound(e.depth, false)),
-        _ => assert_close(what, got, e.want, tolerance(algo, e.depth, e.a_max, e.b_max)),
-    }
+    let relative = relative_bound(algo, e.split.chain(algo, e.depth), false);
+    assert_within(what, got, e.want, e.magnitude, relative);
+}
+
+/// Compares a bias gradient, an FP32 sum of dy whose roundings are `chain` deep, with its
+/// reference; `magnitude` is the sum of |dy|.
+fn check_bias_gradient(what: &str, got: &[f32], want: &[f64], magnitude: &[f64], chain: usize) {
+    assert_within(what, got, want, magnitude, gamma(chain));
 }
 
 fn geom([n, c_in, h, w, c_out]: [usize; 5], k: (usize, usize), stride: usize, pad: usize) -> ConvGeom {
@@ -199,8 +251,7 @@ fn conv2d_forward_matches_the_cpu_twin() {
             want: &want,
             magnitude: &magnitude,
             depth: g.c_in * g.kh * g.kw,
-            a_max: max_abs(&x),
-            b_max: max_abs(&w),
+            split: Split::NONE,
         };
         let (xd, wd, bd) = (upload(&device, &x), upload(&device, &w), upload(&device, &b));
         for algo in ConvAlgo::ALL {
@@ -212,12 +263,17 @@ fn conv2d_forward_matches_the_cpu_twin() {
         }
         // Without a bias.
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), None);
+        let magnitude = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), None);
         let y = conv2d_forward(&g, &xd, &wd, None, ConvAlgo::DEFAULT)
             .unwrap()
             .to_host()
             .unwrap();
-        let tol = tolerance(ConvAlgo::DEFAULT, g.c_in * g.kh * g.kw, max_abs(&x), max_abs(&w));
-        assert_close(&format!("forward without bias {g:?}"), &y, &want, tol);
+        let expected = Expected {
+            want: &want,
+            magnitude: &magnitude,
+            ..expected
+        };
+        check(&format!("forward without bias {g:?}"), ConvAlgo::DEFAULT, &y, &expected);
     }
 }
 
@@ -235,8 +291,7 @@ fn conv2d_backward_data_matches_the_cpu_twin() {
             want: &want,
             magnitude: &magnitude,
             depth: g.c_out * g.kh * g.kw,
-            a_max: max_abs(&dy),
-            b_max: max_abs(&w),
+            split: Split::NONE,
         };
         let (dyd, wd) = (upload(&device, &dy), upload(&device, &w));
         for algo in ConvAlgo::ALL {
@@ -258,17 +313,17 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
         let x = random(&mut rng, g.n * g.c_in * g.h * g.w);
         let dy = random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
         let (want_dw, want_db) = cpu::backward_weight(&g, &to_f64(&x), &to_f64(&dy));
-        let (magnitude, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
+        let (magnitude, magnitude_db) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
         let (xd, dyd) = (upload(&device, &x), upload(&device, &dy));
         let depth = g.n * g.h_out() * g.w_out();
-        let expected = Expected {
-            want: &want_dw,
-            magnitude: &magnitude,
-            depth,
-            a_max: max_abs(&x),
-            b_max: max_abs(&dy),
-        };
         for algo in ConvAlgo::ALL {
+            let split = Split::of(&plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors()));
+            let expected = Expected {
+                want: &want_dw,
+                magnitude: &magnitude,
+                depth,
+                split,
+            };
             let (dw, db) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
             check(
                 &format!("backward-weight dw {algo} {g:?}"),
@@ -276,13 +331,12 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
                 &dw.to_host().unwrap(),
                 &expected,
             );
-            // The bias gradient sums dy in FP32 in every version.
-            let tol = tolerance(ConvAlgo::Fp32Tiled, depth, max_abs(&dy), 1.0);
-            assert_close(
+            check_bias_gradient(
                 &format!("backward-weight db {algo} {g:?}"),
                 &db.to_host().unwrap(),
                 &want_db,
-                tol,
+                &magnitude_db,
+                split.bias_gradient_chain(depth),
             );
         }
     }
@@ -387,14 +441,13 @@ fn conv_transpose2d_matches_its_definition() {
         let b = random(&mut rng, g.c_out);
         let dy = random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
         let (want_y, want_dx, want_dw, want_db) = transposed_reference(&g, &x, &w, &b, &dy);
-        let (scale_y, scale_dx, scale_dw, _) =
+        let (scale_y, scale_dx, scale_dw, scale_db) =
             transposed_reference(&g, &abs_f32(&x), &abs_f32(&w), &abs_f32(&b), &abs_f32(&dy));
-        let expected = |want, magnitude, depth| Expected {
+        let expected = |want, magnitude, depth, split| Expected {
             want,
             magnitude,
             depth,
-            a_max: 1.0,
-            b_max: 1.0,
+            split,
         };
         let (xd, wd, bd, dyd) = (
             upload(&device, &x),
@@ -408,31 +461,43 @@ fn conv_transpose2d_matches_its_definition() {
                 &format!("transposed forward {algo} {g:?}"),
                 algo,
                 &y.to_host().unwrap(),
-                &expected(&want_y, &scale_y, g.c_in * g.kh * g.kw),
+                &expected(&want_y, &scale_y, g.c_in * g.kh * g.kw, Split::NONE),
             );
             let dx = conv_transpose2d_backward_data(&g, &dyd, &wd, algo).unwrap();
             check(
                 &format!("transposed backward-data {algo} {g:?}"),
                 algo,
                 &dx.to_host().unwrap(),
-                &expected(&want_dx, &scale_dx, g.c_out * g.kh * g.kw),
+                &expected(&want_dx, &scale_dx, g.c_out * g.kh * g.kw, Split::NONE),
             );
             let (dw, db) = conv_transpose2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
+            let split = Split::of(&transposed_plan(
+                ConvPass::BackwardWeight,
+                &g,
+                algo,
+                device.multiprocessors(),
+            ));
             check(
                 &format!("transposed backward-weight {algo} {g:?}"),
                 algo,
                 &dw.to_host().unwrap(),
-                &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
+                &expected(&want_dw, &scale_dw, g.n * g.h * g.w, split),
             );
-            let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h_out() * g.w_out(), 1.0, 1.0);
-            assert_close(
+            check_bias_gradient(
                 &format!("transposed bias gradient {algo} {g:?}"),
                 &db.to_host().unwrap(),
                 &want_db,
-                tol,
+                &scale_db,
+                channel_sum_chain(g.n, g.h_out() * g.w_out()),
             );
         }
     }
+}
+
+/// The bound of bf16-mma relative to S on operands that are BF16 values already.
+fn bf16_exact_products_bound(depth: usize) -> f64 {
+    let algo = ConvAlgo::Bf16Mma;
+    relative_bound(algo, Split::NONE.chain(algo, depth), true)
 }
 
 /// bf16-mma on inputs that are BF16 values already: the rounding of the operands changes
@@ -461,13 +526,13 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)));
         let scale = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), Some(&abs_f64(&b)));
         let y = conv2d_forward(&g, &xd, &wd, Some(&bd), algo).unwrap();
-        let bound = bf16_bound(g.c_in * g.kh * g.kw, true);
+        let bound = bf16_exact_products_bound(g.c_in * g.kh * g.kw);
         assert_within(&format!("forward {g:?}"), &y.to_host().unwrap(), &want, &scale, bound);
 
         let want = cpu::backward_data(&g, &to_f64(&dy), &to_f64(&w));
         let scale = cpu::backward_data(&g, &abs_f64(&dy), &abs_f64(&w));
         let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
-        let bound = bf16_bound(g.c_out * g.kh * g.kw, true);
+        let bound = bf16_exact_products_bound(g.c_out * g.kh * g.kw);
         assert_within(
             &format!("backward-data {g:?}"),
             &dx.to_host().unwrap(),
@@ -479,7 +544,7 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         let (want, _) = cpu::backward_weight(&g, &to_f64(&x), &to_f64(&dy));
         let (scale, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
         let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
-        let bound = bf16_bound(g.n * g.h_out() * g.w_out(), true);
+        let bound = bf16_exact_products_bound(g.n * g.h_out() * g.w_out());
         assert_within(
             &format!("backward-weight {g:?}"),
             &dw.to_host().unwrap(),
@@ -504,7 +569,7 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         algo,
     )
     .unwrap();
-    let bound = bf16_bound(t.c_in * 4, true);
+    let bound = bf16_exact_products_bound(t.c_in * 4);
     assert_within(
         &format!("transposed forward {t:?}"),
         &y.to_host().unwrap(),
@@ -579,16 +644,16 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
     let (want_dw, want_db) = (want_dw.to_f64_vec().unwrap(), want_db.to_f64_vec().unwrap());
     let scale = cpu::forward(&g, &abs_of(&x), &abs_of(&w), Some(&abs_of(&b)));
     let scale_dx = cpu::backward_data(&g, &abs_of(&dy), &abs_of(&w));
-    let (scale_dw, _) = cpu::backward_weight(&g, &abs_of(&x), &abs_of(&dy));
-    let expected = |want, magnitude, depth| Expected {
+    let (scale_dw, scale_db) = cpu::backward_weight(&g, &abs_of(&x), &abs_of(&dy));
+    let expected = |want, magnitude, depth, split| Expected {
         want,
         magnitude,
         depth,
-        a_max: 1.0,
-        b_max: 1.0,
+        split,
     };
     for algo in ConvAlgo::ALL {
         device.set_conv_algo(algo);
+        let split = Split::of(&plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors()));
         let got = lrc::ops::conv::forward(&on_gpu(&x), &on_gpu(&w), Some(&on_gpu(&b)), 1, 1).unwrap();
         assert_eq!(got.shape(), [g.n, g.c_out, g.h, g.w]);
         assert!(got.device().is_cuda());
@@ -596,7 +661,7 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops forward {algo}"),
             algo,
             &host(&got),
-            &expected(&want, &scale, g.c_in * 9),
+            &expected(&want, &scale, g.c_in * 9, Split::NONE),
         );
 
         let got_dx = lrc::ops::conv::backward_data(&g, &on_gpu(&dy), &on_gpu(&w)).unwrap();
@@ -604,7 +669,7 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops backward-data {algo}"),
             algo,
             &host(&got_dx),
-            &expected(&want_dx, &scale_dx, g.c_out * 9),
+            &expected(&want_dx, &scale_dx, g.c_out * 9, Split::NONE),
         );
 
         let (got_dw, got_db) = lrc::ops::conv::backward_weight(&g, &on_gpu(&x), &on_gpu(&dy)).unwrap();
@@ -612,10 +677,15 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
             &format!("ops backward-weight {algo}"),
             algo,
             &host(&got_dw),
-            &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
+            &expected(&want_dw, &scale_dw, g.n * g.h * g.w, split),
         );
-        let tol = tolerance(ConvAlgo::Fp32Tiled, g.n * g.h * g.w, 1.0, 1.0);
-        assert_close(&format!("ops bias gradient {algo}"), &host(&got_db), &want_db, tol);
+        check_bias_gradient(
+            &format!("ops bias gradient {algo}"),
+            &host(&got_db),
+            &want_db,
+            &scale_db,
+            split.bias_gradient_chain(g.n * g.h * g.w),
+        );
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
     // Mixed devices are an error, not a crash.
@@ -646,7 +716,7 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
     let want = run(&|t: &Tensor| t.to_dtype(DType::F64).unwrap());
     // The same layer by definition on the magnitudes: sum |a| |b| per element.
     let t = transposed([3, 13, 5, 7, 6], 2, 2, 0);
-    let (scale_y, scale_dx, scale_dw, _) = transposed_reference(
+    let (scale_y, scale_dx, scale_dw, scale_db) = transposed_reference(
         &t,
         &abs_f32(&host(&x)),
         &abs_f32(&host(&w)),
@@ -657,26 +727,43 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
     for algo in ConvAlgo::ALL {
         device.set_conv_algo(algo);
         let got = run(&|t: &Tensor| t.to_device(&gpu).unwrap());
-        // Terms per output: forward 13 (one tap each), dx 6 x 4, dw 3 x 5 x 7, db 3 x 10 x 14.
-        for (i, (name, k)) in [("forward", 13), ("dx", 24), ("dw", 105), ("db", 420)]
-            .into_iter()
-            .enumerate()
+        let got32 = |i: usize| -> Vec<f32> { got[i].iter().map(|&v| v as f32).collect() };
+        let dw_split = Split::of(&transposed_plan(
+            ConvPass::BackwardWeight,
+            &t,
+            algo,
+            device.multiprocessors(),
+        ));
+        // Terms per output: forward 13 (one tap each), dx 6 x 4, dw 3 x 5 x 7.
+        for (i, (name, k, split)) in [
+            ("forward", 13, Split::NONE),
+            ("dx", 24, Split::NONE),
+            ("dw", 105, dw_split),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            let what = format!("ops conv_transpose2d {name} {algo}");
-            let got32: Vec<f32> = got[i].iter().map(|&v| v as f32).collect();
-            if name == "db" {
-                assert_close(&what, &got32, &want[i], tolerance(ConvAlgo::Fp32Tiled, k, 1.0, 1.0));
-            } else {
-                let expected = Expected {
-                    want: &want[i],
-                    magnitude: &scales[i],
-                    depth: k,
-                    a_max: 1.0,
-                    b_max: 1.0,
-                };
-                check(&what, algo, &got32, &expected);
-            }
+            let expected = Expected {
+                want: &want[i],
+                magnitude: &scales[i],
+                depth: k,
+                split,
+            };
+            check(
+                &format!("ops conv_transpose2d {name} {algo}"),
+                algo,
+                &got32(i),
+                &expected,
+            );
         }
+        // db: 3 images of 10 x 14.
+        check_bias_gradient(
+            &format!("ops conv_transpose2d db {algo}"),
+            &got32(3),
+            &want[3],
+            &scale_db,
+            channel_sum_chain(3, 10 * 14),
+        );
     }
     device.set_conv_algo(ConvAlgo::DEFAULT);
 }
@@ -701,12 +788,11 @@ fn unet_sized_layers_match_the_cpu_twin() {
         let scale = cpu::forward(&g, &abs_f64(&x), &abs_f64(&w), None);
         let scale_dx = cpu::backward_data(&g, &abs_f64(&dy), &abs_f64(&w));
         let (scale_dw, _) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
-        let expected = |want, magnitude, depth| Expected {
+        let expected = |want, magnitude, depth, split| Expected {
             want,
             magnitude,
             depth,
-            a_max: 1.0,
-            b_max: 1.0,
+            split,
         };
         let (xd, wd, dyd) = (upload(&device, &x), upload(&device, &w), upload(&device, &dy));
         for algo in [ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma] {
@@ -715,21 +801,22 @@ fn unet_sized_layers_match_the_cpu_twin() {
                 &format!("forward {algo}"),
                 algo,
                 &y.to_host().unwrap(),
-                &expected(&want, &scale, g.c_in * 9),
+                &expected(&want, &scale, g.c_in * 9, Split::NONE),
             );
             let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap();
             check(
                 &format!("backward-data {algo}"),
                 algo,
                 &dx.to_host().unwrap(),
-                &expected(&want_dx, &scale_dx, g.c_out * 9),
+                &expected(&want_dx, &scale_dx, g.c_out * 9, Split::NONE),
             );
             let (dw, _) = conv2d_backward_weight(&g, &xd, &dyd, algo).unwrap();
+            let split = Split::of(&plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors()));
             check(
                 &format!("backward-weight {algo}"),
                 algo,
                 &dw.to_host().unwrap(),
-                &expected(&want_dw, &scale_dw, g.n * g.h * g.w),
+                &expected(&want_dw, &scale_dw, g.n * g.h * g.w, split),
             );
         }
     }

@@ -3,23 +3,38 @@
 // every result with a direct double-precision definition of the convolution, with outputs
 // poisoned with NaN so that an element a kernel fails to write is caught.
 //
-// Tolerances, per element, with depth the number of products summed:
-//   fp32, tf32  atol + rtol |want| with atol scaled by sqrt(depth) (see check_spread below and
-//               tests/cuda_conv.rs).
-//   bf16        a bound in the scale S = sum of |a| |b| over the element's products (+ |bias|),
-//               computed exactly by the same definitions on the inputs' magnitudes:
-//                 |got - want| <= (2u + u^2 + chain 2^-23 (1 + u)^2) S,   u = 2^-8,
-//               u being BF16's unit roundoff (8-bit significand, round to nearest even): each
-//               operand is off by at most u of itself, so each product by at most 2u + u^2 of
-//               itself; each FP32 addition then errs by at most 2^-24 of the running magnitude
-//               (2^-23 if the tensor cores truncate), and no term passes through more than
-//               chain = depth + splits + 1 additions (at most one split per 32-deep k tile, one
-//               for the bias). A worst-case bound (to first order), so no correct kernel exceeds
-//               it whatever order it sums in; being loose, it would let a term dropped from a
-//               long sum pass. So every bf16 case runs again on inputs that are BF16 values
-//               already, where the products are exact and only the accumulation remains:
-//                 |got - want| <= chain 2^-23 S,
-//               which a dropped, doubled or misplaced term exceeds by orders of magnitude.
+// Tolerances: every element within a worst-case bound of its own,
+//   |got - want| <= rel * S,
+// S being the sum of |a| |b| over the element's products (+ |bias|), or of |dy| for a bias
+// gradient, computed exactly by the same definitions on the inputs' magnitudes. So an element
+// whose products are small or cancel gets a small tolerance, and a term dropped, doubled or
+// misplaced shows even there. rel follows from the operand precision and the longest chain of
+// FP32 roundings any term passes through on its way into the element:
+//   fp32  operands exact; rel = gamma(chain) = chain 2^-24 / (1 - chain 2^-24), the bound of
+//         chain FP32 roundings (additions, with or without FMA: an FMA chain rounds once per
+//         term, and without FMA the first addition, 0 + product, is exact). fp32-tiled sums an
+//         element's products in one accumulator, one FMA per k of its block's range (the 16-deep
+//         k tiles continue it; their zero padding adds exactly); a split backward-weight adds
+//         the splits' partials in split_reduce (splits - 1 roundings); the bias is one more:
+//           chain = L + (splits - 1) + 1,  L = split_len (depth when unsplit),
+//         at most depth + 1 (L + splits - 1 <= depth since L (splits - 1) < depth).
+//   tf32  operands rounded to 10-bit significands (nearest, ties away), u = 2^-11;
+//   bf16  operands rounded to 8-bit significands (nearest even), u = 2^-8:
+//         each operand is off by at most u of itself, so each product by at most 2u + u^2 of
+//         itself, and each tensor-core addition errs by at most 2^-23 of the running magnitude
+//         (2^-24 when rounding, 2^-23 allowing for truncation):
+//           rel = 2u + u^2 + chain 2^-23 (1 + u)^2,  chain = depth + ceil(depth / 32) + 1
+//         (the k loop, at most one split partial per 32-deep k tile, the bias).
+//   bias gradients (FP32 sums of dy in every version, no products): rel = gamma(chain) with
+//         chain = ceil(values / lanes) + tree levels + (partials - 1): backward-weight's lanes
+//         sum every 32nd k of the block's range, warp_sum adds them (5 levels), split_reduce the
+//         splits; the transposed convolution's plane_sum has 256 threads sum every 256th value of
+//         a plane, block_sum adds them (two warp_sums, 10 levels), split_reduce the images.
+// Worst-case bounds (to first order for the tensor cores), so no correct kernel exceeds them
+// whatever order it sums in. The tensor-core bound is dominated by the rounding term 2u of S,
+// loose enough to let a small term dropped from a long sum pass; so every bf16 case runs again
+// on inputs that are BF16 values already, where the products are exact and only the
+// accumulation remains, rel = chain 2^-23.
 //
 //   conv_emu_test PLAN_FILE      runs every case of the plan; exit status 0 when all pass
 //   conv_emu_test --kernels      lists the kernels it can run
@@ -134,6 +149,18 @@ int failures = 0;
 // The operand precision of a kernel, from its name.
 enum class Precision { Fp32, Tf32, Bf16 };
 
+// A launch of a kernel as the host code plans it.
+struct Plan {
+    std::string kernel;
+    unsigned gx, gy, gz;
+    int split_len, splits;
+    Precision precision() const {
+        if (kernel.find("_tf32_") != std::string::npos) return Precision::Tf32;
+        if (kernel.find("_bf16_") != std::string::npos) return Precision::Bf16;
+        return Precision::Fp32;
+    }
+};
+
 // Fails unless |got[i] - want[i]| <= tolerance(i) for every i; prints the worst element.
 template <class Tolerance>
 void check_each(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
@@ -155,28 +182,27 @@ void check_each(const std::string& what, const std::vector<float>& got, const st
     failures += bad;
 }
 
-// FP32 and TF32, the rule of tests/cuda_conv.rs: |got - want| <= atol + rtol |want| with atol
-// scaled by the size of the terms (sqrt(depth) * max|a| * max|b|, inputs here in [-1, 1)).
-void check_spread(const std::string& what, const std::vector<float>& got, const std::vector<double>& want, int depth,
-                  Precision precision) {
-    const bool tf32 = precision == Precision::Tf32;
-    const double scale = std::sqrt(double(std::max(depth, 1)));
-    const double atol = tf32 ? 4.0 * std::ldexp(1.0, -10) * scale : 1e-5 * scale;
-    const double rtol = tf32 ? 5e-3 : 1e-5;
-    check_each(what, got, want, [&](size_t i) { return atol + rtol * std::fabs(want[i]); });
+// The relative error bound of `chain` FP32 roundings (additions, with or without FMA):
+// gamma = chain 2^-24 / (1 - chain 2^-24).
+double gamma_fp32(int chain) {
+    const double nu = chain * std::ldexp(1.0, -24);
+    return nu / (1.0 - nu);
 }
 
-// The longest chain of FP32 additions behind an element: its depth, the partial sums of a split
-// reduction (at most one per 32-deep k tile), the bias.
-int addition_chain(int depth) { return depth + (depth + 31) / 32 + 1; }
+// The bound of an element relative to its S (see the top of this file). FP32 operands are exact,
+// so only the accumulation errs; TF32 and BF16 operands are rounded with unit roundoff u, each
+// product then off by at most 2u + u^2 of itself, and the tensor cores' additions err by at most
+// 2^-23 each (allowing for truncation). `rounded_inputs`: the operands were BF16 values already.
+double relative_bound(Precision precision, int chain, bool rounded_inputs) {
+    if (precision == Precision::Fp32) return gamma_fp32(chain);
+    const double u = std::ldexp(1.0, precision == Precision::Tf32 ? -11 : -8);
+    const double accumulation = chain * std::ldexp(1.0, -23);
+    return rounded_inputs ? accumulation : 2 * u + u * u + accumulation * (1 + u) * (1 + u);
+}
 
-// BF16 (see the top of this file): `magnitude` is S per element, `rounded_inputs` whether the
-// operands were BF16 values already.
-void check_bf16(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
-                const std::vector<double>& magnitude, int depth, bool rounded_inputs) {
-    const double u = std::ldexp(1.0, -8);
-    const double accumulation = addition_chain(depth) * std::ldexp(1.0, -23);
-    const double rel = rounded_inputs ? accumulation : 2 * u + u * u + accumulation * (1 + u) * (1 + u);
+// Fails unless |got[i] - want[i]| <= rel * magnitude[i] for every i.
+void check_bound(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                 const std::vector<double>& magnitude, double rel) {
     if (magnitude.size() != want.size()) {
         std::printf("FAIL %s: no magnitude per element\n", what.c_str());
         ++failures;
@@ -186,18 +212,38 @@ void check_bf16(const std::string& what, const std::vector<float>& got, const st
     check_each(what, got, want, [&](size_t i) { return std::max(rel * magnitude[i], 1e-300); });
 }
 
-// One comparison of a case: the magnitudes are used only for BF16.
+// The k range one block sums for an element of a pass of `depth` products: the split's, when
+// backward-weight splits its reduction, else all of it.
+int split_run(int depth, const Plan& plan) { return plan.splits > 1 ? std::min(plan.split_len, depth) : depth; }
+
+// The longest chain of FP32 roundings a term passes through on its way into an element.
+// Tensor cores: at most depth additions, one split partial per 32-deep k tile, the bias.
+int mma_chain(int depth) { return depth + (depth + 31) / 32 + 1; }
+// fp32-tiled: one FMA per k of the block's range (the k tiles continue one accumulator; zero
+// padding adds exactly), splits - 1 additions in split_reduce (its first is 0 + partial), the bias.
+int tiled_chain(int depth, const Plan& plan) { return split_run(depth, plan) + (plan.splits - 1) + 1; }
+// A sum of `values` values (no products) spread over `lanes` sequential partial sums, combined
+// by a tree `levels` deep, then `partials` such sums added in turn by split_reduce.
+int sum_chain(int values, int lanes, int levels, int partials) {
+    return (values + lanes - 1) / lanes + levels + (partials - 1);
+}
+
+// The comparisons of one case: the kernel's precision and plan fix the bound of each element.
 struct Checker {
     Precision precision;
     bool rounded_inputs;
+    Plan plan;
     std::string suffix() const { return rounded_inputs ? " (bf16 inputs)" : ""; }
+    // A result with `depth` products per element.
     void operator()(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
                     const std::vector<double>& magnitude, int depth) const {
-        if (precision == Precision::Bf16) {
-            check_bf16(what + suffix(), got, want, magnitude, depth, rounded_inputs);
-        } else {
-            check_spread(what, got, want, depth, precision);
-        }
+        const int chain = precision == Precision::Fp32 ? tiled_chain(depth, plan) : mma_chain(depth);
+        check_bound(what + suffix(), got, want, magnitude, relative_bound(precision, chain, rounded_inputs));
+    }
+    // A bias gradient, an FP32 sum of dy in every version, its roundings `chain` deep.
+    void bias_gradient(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                       const std::vector<double>& magnitude, int chain) const {
+        check_bound(what + suffix(), got, want, magnitude, gamma_fp32(chain));
     }
 };
 
@@ -244,16 +290,6 @@ Kernel kernel_named(const std::string& name) {
     std::exit(2);
 }
 
-struct Plan {
-    std::string kernel;
-    unsigned gx, gy, gz;
-    int split_len, splits;
-    Precision precision() const {
-        if (kernel.find("_tf32_") != std::string::npos) return Precision::Tf32;
-        if (kernel.find("_bf16_") != std::string::npos) return Precision::Bf16;
-        return Precision::Fp32;
-    }
-};
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
@@ -340,8 +376,10 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
         ref_backward_weight(g, ax, ady, scale_dw, scale_db);
         const int reduction = g.n * g.h_out() * g.w_out();
         check(tag + " dw", dw, want_dw, scale_dw, reduction);
-        // The bias gradient sums dy in FP32 in every version.
-        check_spread(tag + " db" + check.suffix(), db, want_db, reduction, Precision::Fp32);
+        // In every version lane l of a warp sums k = l (mod 32) of the block's range, warp_sum
+        // adds the lanes (5 levels), split_reduce the splits.
+        check.bias_gradient(tag + " db", db, want_db, scale_db,
+                            sum_chain(split_run(reduction, plan), 32, 5, plan.splits));
     }
 }
 
@@ -418,7 +456,9 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
         emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
         SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
         emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
-        check_spread(tag + " db" + check.suffix(), db, want.db, t.n * ho * wo, Precision::Fp32);
+        // Each of plane_sum's 256 threads sums its share of a plane, block_sum adds them (two
+        // warp_sums, 10 levels), split_reduce the images.
+        check.bias_gradient(tag + " db", db, want.db, scale.db, sum_chain(ho * wo, 256, 10, t.n));
     }
 }
 
@@ -502,7 +542,7 @@ int main(int argc, char** argv) {
         const Precision precision = plan.precision();
         for (const bool rounded : {false, true}) {
             if (rounded && precision != Precision::Bf16) continue;
-            const Checker check{precision, rounded};
+            const Checker check{precision, rounded, plan};
             if (std::string(kind) == "conv") {
                 conv_case(tag, pass, g, plan, check);
             } else {
