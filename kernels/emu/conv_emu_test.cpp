@@ -1,7 +1,11 @@
 // Runs the kernels of conv.cu on the CPU through cuda_emu.h, following launch plans made by the
 // Rust host code (src/device/cuda/conv.rs, written out by tests/cuda_emulated.rs), and compares
 // every result with a direct double-precision definition of the convolution, with outputs
-// poisoned with NaN so that an element a kernel fails to write is caught.
+// poisoned with NaN so that an element a kernel fails to write is caught. Every case runs under
+// the forward and the reverse schedule of cuda_emu.h, whose outputs must agree bit for bit (a
+// race between threads of a block, or a dependence on the order of blocks, would make them
+// differ); built with -fsanitize=address, every access is checked as well (the buffers are
+// exact-size heap vectors, dynamic shared memory exact-size in cuda_emu.h).
 //
 // Tolerances: every element within a worst-case bound of its own,
 //   |got - want| <= rel * S,
@@ -51,6 +55,12 @@
 
 #include <cstring>
 #include <string>
+
+#ifdef LRC_EMU_ASAN
+extern "C" const char* __asan_default_options() {
+    return "detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1";
+}
+#endif
 
 namespace {
 
@@ -259,6 +269,40 @@ std::vector<float> bf16_values(std::vector<float> v) {
     return v;
 }
 
+using Outputs = std::vector<std::vector<float>>;
+
+// The case running, for the launch labels that error reports name.
+std::string case_tag;
+void label_launch(const std::string& kernel) {
+    emu::launch_label =
+        case_tag + ": kernel " + kernel + (emu::reverse_schedule ? " (reverse schedule)" : " (forward schedule)");
+}
+
+// Runs `pass` (launches that return their outputs) under the forward and the reverse schedule;
+// the outputs must agree bit for bit. Returns the forward ones.
+template <class Pass>
+Outputs both_schedules(const std::string& tag, Pass pass) {
+    case_tag = tag;
+    emu::reverse_schedule = false;
+    Outputs forward = pass();
+    emu::reverse_schedule = true;
+    const Outputs reverse = pass();
+    emu::reverse_schedule = false;
+    for (size_t k = 0; k < forward.size(); ++k) {
+        const std::vector<float>& f = forward[k];
+        const std::vector<float>& r = reverse[k];
+        for (size_t i = 0; i < f.size(); ++i) {
+            if (std::memcmp(&f[i], &r[i], sizeof(float)) != 0) {
+                std::printf("FAIL %s: output %zu differs under the reverse schedule at %zu (%.9g forward, %.9g reverse)\n",
+                            tag.c_str(), k, i, f[i], r[i]);
+                ++failures;
+                break;
+            }
+        }
+    }
+    return forward;
+}
+
 using Kernel = void (*)(const ConvParams);
 
 const struct {
@@ -311,6 +355,7 @@ ConvParams params_of(const Geom& g) {
 
 void launch(const Plan& plan, const ConvParams& p) {
     const Kernel k = kernel_named(plan.kernel);
+    label_launch(plan.kernel);
     emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(p); });
 }
 
@@ -330,6 +375,7 @@ void launch_backward_weight(const Plan& plan, ConvParams p, int m, int n) {
     q.out_bias = p.out_bias ? partial_bias.data() : nullptr;
     launch(plan, q);
     SplitReduceParams s{partial.data(), p.out, q.out_bias, p.out_bias, m * n, p.out_bias ? m : 0, plan.splits, 0};
+    label_launch("split_reduce");
     emu::launch(dim3{unsigned(ceil_div(std::max(m * n, m), 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(s); });
 }
 
@@ -346,39 +392,51 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
     const auto b = random_vec(g.c_out);
     const auto dy = operand(size_t(g.n) * g.c_out * g.h_out() * g.w_out(), rounded);
     const auto ax = magnitudes(x), aw = magnitudes(w), ab = magnitudes(b), ady = magnitudes(dy);
-    ConvParams p = params_of(g);
+    const ConvParams p = params_of(g);
     if (pass == "forward") {
-        auto y = poisoned(dy.size());
-        p.x = x.data();
-        p.weight = w.data();
-        p.bias = b.data();
-        p.out = y.data();
-        launch(plan, p);
-        check(tag, y, ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
+        const Outputs out = both_schedules(tag, [&] {
+            auto y = poisoned(dy.size());
+            ConvParams q = p;
+            q.x = x.data();
+            q.weight = w.data();
+            q.bias = b.data();
+            q.out = y.data();
+            launch(plan, q);
+            return Outputs{y};
+        });
+        check(tag, out[0], ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
     } else if (pass == "backward_data") {
-        auto dx = poisoned(x.size());
-        p.dy = dy.data();
-        p.weight = w.data();
-        p.out = dx.data();
-        launch(plan, p);
-        check(tag, dx, ref_backward_data(g, dy, w, nullptr), ref_backward_data(g, ady, aw, nullptr),
+        const Outputs out = both_schedules(tag, [&] {
+            auto dx = poisoned(x.size());
+            ConvParams q = p;
+            q.dy = dy.data();
+            q.weight = w.data();
+            q.out = dx.data();
+            launch(plan, q);
+            return Outputs{dx};
+        });
+        check(tag, out[0], ref_backward_data(g, dy, w, nullptr), ref_backward_data(g, ady, aw, nullptr),
               g.c_out * g.kh * g.kw);
     } else {
-        auto dw = poisoned(w.size());
-        auto db = poisoned(g.c_out);
-        p.x = x.data();
-        p.dy = dy.data();
-        p.out = dw.data();
-        p.out_bias = db.data();
-        launch_backward_weight(plan, p, g.c_out, g.c_in * g.kh * g.kw);
+        const Outputs out = both_schedules(tag, [&] {
+            auto dw = poisoned(w.size());
+            auto db = poisoned(g.c_out);
+            ConvParams q = p;
+            q.x = x.data();
+            q.dy = dy.data();
+            q.out = dw.data();
+            q.out_bias = db.data();
+            launch_backward_weight(plan, q, g.c_out, g.c_in * g.kh * g.kw);
+            return Outputs{dw, db};
+        });
         std::vector<double> want_dw, want_db, scale_dw, scale_db;
         ref_backward_weight(g, x, dy, want_dw, want_db);
         ref_backward_weight(g, ax, ady, scale_dw, scale_db);
         const int reduction = g.n * g.h_out() * g.w_out();
-        check(tag + " dw", dw, want_dw, scale_dw, reduction);
+        check(tag + " dw", out[0], want_dw, scale_dw, reduction);
         // In every version lane l of a warp sums k = l (mod 32) of the block's range, warp_sum
         // adds the lanes (5 levels), split_reduce the splits.
-        check.bias_gradient(tag + " db", db, want_db, scale_db,
+        check.bias_gradient(tag + " db", out[1], want_db, scale_db,
                             sum_chain(split_run(reduction, plan), 32, 5, plan.splits));
     }
 }
@@ -426,39 +484,53 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
     const TransposedReference want(t, ho, wo, x, wt, b, dy);
     const TransposedReference scale(t, ho, wo, magnitudes(x), magnitudes(wt), magnitudes(b), magnitudes(dy));
 
-    ConvParams p = params_of(conv);
+    const ConvParams p = params_of(conv);
     if (pass == "forward") {
-        auto y = poisoned(want.y.size());
-        p.dy = x.data();
-        p.weight = wt.data();
-        p.bias = b.data();
-        p.out = y.data();
-        launch(plan, p);
-        check(tag, y, want.y, scale.y, t.c_in * t.kh * t.kw);
+        const Outputs out = both_schedules(tag, [&] {
+            auto y = poisoned(want.y.size());
+            ConvParams q = p;
+            q.dy = x.data();
+            q.weight = wt.data();
+            q.bias = b.data();
+            q.out = y.data();
+            launch(plan, q);
+            return Outputs{y};
+        });
+        check(tag, out[0], want.y, scale.y, t.c_in * t.kh * t.kw);
     } else if (pass == "backward_data") {
-        auto dx = poisoned(x.size());
-        p.x = dy.data();
-        p.weight = wt.data();
-        p.out = dx.data();
-        launch(plan, p);
-        check(tag, dx, want.dx, scale.dx, t.c_out * t.kh * t.kw);
+        const Outputs out = both_schedules(tag, [&] {
+            auto dx = poisoned(x.size());
+            ConvParams q = p;
+            q.x = dy.data();
+            q.weight = wt.data();
+            q.out = dx.data();
+            launch(plan, q);
+            return Outputs{dx};
+        });
+        check(tag, out[0], want.dx, scale.dx, t.c_out * t.kh * t.kw);
     } else {
-        auto dw = poisoned(wt.size());
-        p.x = dy.data();
-        p.dy = x.data();
-        p.out = dw.data();
-        launch_backward_weight(plan, p, conv.c_out, conv.c_in * conv.kh * conv.kw);
-        check(tag + " dw", dw, want.dw, scale.dw, t.n * t.h * t.w);
-        // As channel_sums in conv.rs.
-        auto per_image = poisoned(size_t(t.n) * t.c_out);
-        auto db = poisoned(t.c_out);
-        PlaneSumParams ps{dy.data(), per_image.data(), t.n * t.c_out, ho * wo};
-        emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
-        SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
-        emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
+        const Outputs out = both_schedules(tag, [&] {
+            auto dw = poisoned(wt.size());
+            ConvParams q = p;
+            q.x = dy.data();
+            q.dy = x.data();
+            q.out = dw.data();
+            launch_backward_weight(plan, q, conv.c_out, conv.c_in * conv.kh * conv.kw);
+            // As channel_sums in conv.rs.
+            auto per_image = poisoned(size_t(t.n) * t.c_out);
+            auto db = poisoned(t.c_out);
+            PlaneSumParams ps{dy.data(), per_image.data(), t.n * t.c_out, ho * wo};
+            label_launch("plane_sum");
+            emu::launch(dim3{unsigned(t.n * t.c_out), 1, 1}, dim3{256, 1, 1}, [&] { plane_sum(ps); });
+            SplitReduceParams sr{per_image.data(), db.data(), nullptr, nullptr, t.c_out, 0, t.n, 0};
+            label_launch("split_reduce");
+            emu::launch(dim3{unsigned(ceil_div(t.c_out, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(sr); });
+            return Outputs{dw, db};
+        });
+        check(tag + " dw", out[0], want.dw, scale.dw, t.n * t.h * t.w);
         // Each of plane_sum's 256 threads sums its share of a plane, block_sum adds them (two
         // warp_sums, 10 levels), split_reduce the images.
-        check.bias_gradient(tag + " db", db, want.db, scale.db, sum_chain(ho * wo, 256, 10, t.n));
+        check.bias_gradient(tag + " db", out[1], want.db, scale.db, sum_chain(ho * wo, 256, 10, t.n));
     }
 }
 
@@ -516,6 +588,10 @@ void bf16_conversion_case() {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef LRC_EMU_ASAN
+    __asan_set_error_report_callback(
+        [](const char*) { std::fprintf(stderr, "conv_emu_test: the error is in %s\n", emu::where()); });
+#endif
     if (argc == 2 && std::string(argv[1]) == "--kernels") {
         for (const auto& k : KERNELS) std::printf("%s\n", k.name);
         return 0;
