@@ -19,9 +19,10 @@
 //!
 //! The emulator runs blocks one after another, so it shows no races between blocks: the kernels
 //! have none by construction (every output element has a single writer; see the .cu file), and
-//! the emulated atomicExch of the pixel lists links samples in one order only, where a GPU
-//! varies it: the result does not depend on that order (tests/cuda_local_contrast.rs checks
-//! bitwise repeatability on a GPU).
+//! the emulator runs every job under its forward and reverse schedules, which link the samples of
+//! the pixel lists (atomicExch) in opposite orders: the lists are declared unordered and every
+//! output must agree bit for bit between the two (tests/cuda_local_contrast.rs checks bitwise
+//! repeatability on a GPU).
 
 use local_contrast_common::{Case, U, draw, sampled_mask};
 use lrc::device::cuda::local_contrast::{
