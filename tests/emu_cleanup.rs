@@ -12,6 +12,8 @@
 //! segment maps (scattered labels anywhere below h * w, and equal-size tiles with permuted labels);
 //! and the segmentation and clean-up plans chained on the device, as the pipeline runs them.
 
+mod superpixel_support;
+
 use lrc::device::cuda::cleanup::{CleanupBufferLens, CleanupBuffers, cleanup_calls, mask_address};
 use lrc::device::cuda::felzenszwalb::{self as fz, SliceBatch};
 use lrc::device::emu::{self, EmuMemory};
@@ -19,6 +21,7 @@ use lrc::rng::Rng;
 use lrc::superpixel::cleanup::{CleanupConfig, body_mask, clean_regions};
 use lrc::superpixel::felzenszwalb;
 use lrc::superpixel::phantom::ct_phantom_slice;
+use superpixel_support::emu_fz_buffers;
 
 /// Whether the emulator can be built here; CI must be able to.
 fn emulator_available() -> bool {
@@ -434,31 +437,10 @@ fn segmentation_and_cleanup_chain_on_the_device() {
     };
     let batch = SliceBatch { n, h, w };
     let taps = fz::smoothing_taps(params.sigma);
-    let fl = fz::FzBufferLens::new(batch, taps.len());
     let cl = CleanupBufferLens::new(batch);
     let mut mem = EmuMemory::new();
     let images_at = mem.upload(&images);
-    let f = fz::FzBuffers {
-        images: images_at,
-        taps: mem.upload(&taps),
-        column_pass: mem.alloc(fl.column_pass),
-        smoothed: mem.alloc(fl.smoothed),
-        keys: mem.alloc(fl.keys),
-        vals: mem.alloc(fl.keys),
-        keys_tmp: mem.alloc(fl.keys),
-        vals_tmp: mem.alloc(fl.keys),
-        sort_counts: mem.alloc(fl.sort_counts),
-        parent: mem.alloc(fl.per_pixel),
-        size: mem.alloc(fl.per_pixel),
-        threshold: mem.alloc(fl.per_pixel),
-        merged_max: mem.alloc(fl.merged_max),
-        reserve: mem.alloc(fl.per_pixel),
-        claim: mem.alloc(fl.per_pixel),
-        list: mem.alloc(fl.list),
-        kept: mem.alloc(fl.kept),
-        labels: mem.alloc(fl.per_pixel),
-        counts: mem.alloc(fl.counts),
-    };
+    let f = emu_fz_buffers(&mut mem, images_at, batch, params.sigma);
     let c = CleanupBuffers {
         images: images_at,
         segments: f.labels,

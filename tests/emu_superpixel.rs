@@ -19,9 +19,7 @@ mod superpixel_support;
 
 use lrc::augment::elastic::{ElasticParams, gaussian_kernel_f32, random_field, warp_bilinear, warp_nearest};
 use lrc::device::cuda::elastic::{field_calls, warp_calls};
-use lrc::device::cuda::felzenszwalb::{
-    DEFAULT_WINDOWS, FzBufferLens, FzBuffers, SliceBatch, felzenszwalb_calls, smoothing_taps,
-};
+use lrc::device::cuda::felzenszwalb::{DEFAULT_WINDOWS, FzBuffers, SliceBatch, felzenszwalb_calls, smoothing_taps};
 use lrc::device::cuda::radix_sort::{count_words, segmented_sort_calls};
 use lrc::device::cuda::region_sampling::{SamplingBuffers, SamplingGeom, sampling_calls};
 use lrc::device::emu::{self, EmuMemory};
@@ -30,7 +28,8 @@ use lrc::superpixel::FelzenszwalbParams;
 use lrc::superpixel::phantom::ct_phantom_slice;
 use lrc::superpixel::sampling::sample_regions;
 use superpixel_support::{
-    Agreement, assert_numbered_by_first_pixel, check_agreement, cpu_segments, fixture_cases, model_felzenszwalb,
+    Agreement, assert_numbered_by_first_pixel, check_agreement, cpu_segments, emu_fz_buffers, fixture_cases,
+    model_felzenszwalb,
 };
 
 /// Whether the emulator can be built here; CI must be able to.
@@ -56,34 +55,10 @@ fn emu_felzenszwalb(
     windows: usize,
 ) -> Vec<(Vec<u32>, usize)> {
     let batch = SliceBatch { n, h, w };
-    let taps = smoothing_taps(params.sigma);
-    let lens = FzBufferLens::new(batch, taps.len());
     let mut mem = EmuMemory::new();
-    let b = FzBuffers {
-        images: mem.upload(images),
-        taps: mem.upload(&taps),
-        column_pass: mem.alloc(lens.column_pass),
-        smoothed: mem.alloc(lens.smoothed),
-        keys: mem.alloc(lens.keys),
-        vals: mem.alloc(lens.keys),
-        keys_tmp: mem.alloc(lens.keys),
-        vals_tmp: mem.alloc(lens.keys),
-        sort_counts: mem.alloc(lens.sort_counts),
-        // Union-find links made with atomicCAS in schedule order: the trees' shapes vary, their
-        // roots (each segment's first pixel) and so the labels do not.
-        parent: mem.alloc_unordered(lens.per_pixel),
-        size: mem.alloc(lens.per_pixel),
-        threshold: mem.alloc(lens.per_pixel),
-        merged_max: mem.alloc(lens.merged_max),
-        reserve: mem.alloc(lens.per_pixel),
-        claim: mem.alloc(lens.per_pixel),
-        // The min_size pass's candidate lists, compacted through atomicAdd slots: their order
-        // varies, their membership does not, and every decision reads positions, not slots.
-        list: mem.alloc_unordered(lens.list),
-        kept: mem.alloc_unordered(lens.kept),
-        labels: mem.alloc(lens.per_pixel),
-        counts: mem.alloc(lens.counts),
-    };
+    let images_at = mem.upload(images);
+    let b = emu_fz_buffers(&mut mem, images_at, batch, params.sigma);
+    let taps = smoothing_taps(params.sigma);
     let calls = felzenszwalb_calls(batch, params, windows, taps.len(), &b).expect("plan");
     mem.run(&calls).unwrap_or_else(|e| panic!("{e}"));
     let labels: Vec<u32> = mem.read(b.labels, n * h * w);

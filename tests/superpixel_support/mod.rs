@@ -6,6 +6,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use lrc::device::cuda::felzenszwalb::{FzBufferLens, FzBuffers, SliceBatch, smoothing_taps};
+use lrc::device::emu::EmuMemory;
 use lrc::metrics::adjusted_rand_index;
 use lrc::superpixel::FelzenszwalbParams;
 use lrc::superpixel::felzenszwalb::image_u8_as_f64;
@@ -368,4 +370,36 @@ pub fn synth_ct_slices(size: usize, per_region: usize) -> Vec<(String, Vec<f32>)
         }
     }
     out
+}
+
+/// The buffers of the GPU Felzenszwalb of `batch` in an emulator image, the slices at `images`
+/// (already there). The buffers the kernels fill in an order-dependent way are declared so.
+pub fn emu_fz_buffers(mem: &mut EmuMemory, images: u64, batch: SliceBatch, sigma: f64) -> FzBuffers {
+    let taps = smoothing_taps(sigma);
+    let lens = FzBufferLens::new(batch, taps.len());
+    FzBuffers {
+        images,
+        taps: mem.upload(&taps),
+        column_pass: mem.alloc(lens.column_pass),
+        smoothed: mem.alloc(lens.smoothed),
+        keys: mem.alloc(lens.keys),
+        vals: mem.alloc(lens.keys),
+        keys_tmp: mem.alloc(lens.keys),
+        vals_tmp: mem.alloc(lens.keys),
+        sort_counts: mem.alloc(lens.sort_counts),
+        // Union-find links made with atomicCAS in schedule order: the trees' shapes vary, their
+        // roots (each segment's first pixel) and so the labels do not.
+        parent: mem.alloc_unordered(lens.per_pixel),
+        size: mem.alloc(lens.per_pixel),
+        threshold: mem.alloc(lens.per_pixel),
+        merged_max: mem.alloc(lens.merged_max),
+        reserve: mem.alloc(lens.per_pixel),
+        claim: mem.alloc(lens.per_pixel),
+        // The min_size pass's candidate lists, compacted through atomicAdd slots: their order
+        // varies, their membership does not, and every decision reads positions, not slots.
+        list: mem.alloc_unordered(lens.list),
+        kept: mem.alloc_unordered(lens.kept),
+        labels: mem.alloc(lens.per_pixel),
+        counts: mem.alloc(lens.counts),
+    }
 }
