@@ -104,22 +104,9 @@ __device__ __forceinline__ void reset_forest(const CleanupParams& p, size_t at, 
     p.size[at] = 0;
 }
 
-// The root of x's tree, halving the path (links only ever point at ancestors; other threads may
-// be linking roots at the same time, hence the volatile reads).
-__device__ __forceinline__ unsigned find_root(unsigned* parent, unsigned x) {
-    volatile unsigned* vp = parent;
-    unsigned q = vp[x];
-    while (q != x) {
-        const unsigned g = vp[q];
-        if (g != q) vp[x] = g;
-        x = g;
-        q = vp[x];
-    }
-    return x;
-}
-
-// The root of x's tree without writing: for the pass where every thread stores its own pixel's
-// root, so that no stale halving can overwrite a root with an ancestor.
+// The root of x's tree without writing (lrc::find_root halves paths): for the pass where every
+// thread stores its own pixel's root, so that no stale halving can overwrite a root with an
+// ancestor.
 __device__ __forceinline__ unsigned walk_to_root(const unsigned* parent, unsigned x) {
     const volatile unsigned* vp = parent;
     unsigned q = vp[x];
@@ -128,21 +115,6 @@ __device__ __forceinline__ unsigned walk_to_root(const unsigned* parent, unsigne
         q = vp[x];
     }
     return x;
-}
-
-// Joins the trees of a and b, the larger root under the smaller.
-__device__ __forceinline__ void unite(unsigned* parent, unsigned a, unsigned b) {
-    for (;;) {
-        a = find_root(parent, a);
-        b = find_root(parent, b);
-        if (a == b) return;
-        if (a < b) {
-            const unsigned t = a;
-            a = b;
-            b = t;
-        }
-        if (atomicCAS(parent + a, a, b) == a) return;
-    }
 }
 
 __device__ __forceinline__ bool in_class(const unsigned char* mask, int i, int foreground) {
@@ -204,10 +176,10 @@ LRC_KERNEL(cl_union, CleanupParams, cleanup::THREADS) {
     unsigned* parent = p.parent + base;
     const int y = i / p.w, x = i % p.w;
     if (x + 1 < p.w && cleanup::in_class(mask, i + 1, p.foreground)) {
-        cleanup::unite(parent, static_cast<unsigned>(i), static_cast<unsigned>(i + 1));
+        lrc::unite(parent, static_cast<unsigned>(i), static_cast<unsigned>(i + 1));
     }
     if (y + 1 < p.h && cleanup::in_class(mask, i + p.w, p.foreground)) {
-        cleanup::unite(parent, static_cast<unsigned>(i), static_cast<unsigned>(i + p.w));
+        lrc::unite(parent, static_cast<unsigned>(i), static_cast<unsigned>(i + p.w));
     }
 }
 

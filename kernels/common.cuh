@@ -197,4 +197,38 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 #endif
 }
 
+// Union-find over a forest in global memory, shared by the Felzenszwalb merge and the clean-up's
+// connected components. Links only ever point a node at an ancestor, and roots are linked with a
+// compare-and-swap, so threads may find and unite concurrently; reads go through volatile because
+// other threads may be linking roots meanwhile.
+
+// The root of x's tree, halving the path on the way.
+__device__ __forceinline__ unsigned find_root(unsigned* parent, unsigned x) {
+    volatile unsigned* vp = parent;
+    unsigned p = vp[x];
+    while (p != x) {
+        const unsigned g = vp[p];
+        if (g != p) vp[x] = g;
+        x = g;
+        p = vp[x];
+    }
+    return x;
+}
+
+// Joins the trees of a and b, the larger root under the smaller (so a tree's root is its
+// smallest index); retries when another thread linked one of the roots first.
+__device__ __forceinline__ void unite(unsigned* parent, unsigned a, unsigned b) {
+    for (;;) {
+        a = find_root(parent, a);
+        b = find_root(parent, b);
+        if (a == b) return;
+        if (a < b) {
+            const unsigned t = a;
+            a = b;
+            b = t;
+        }
+        if (atomicCAS(parent + a, a, b) == a) return;
+    }
+}
+
 }  // namespace lrc

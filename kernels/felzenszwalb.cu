@@ -174,36 +174,6 @@ __device__ __forceinline__ double edge_weight(const double* img, int a, int b) {
     return __dsqrt_rn(__dmul_rn(d, d));
 }
 
-// The root of x's tree, halving the path. Reads through volatile: other threads of the block may
-// be linking roots at the same time; halving only ever points a node at an ancestor.
-__device__ __forceinline__ unsigned find_root(unsigned* parent, unsigned x) {
-    volatile unsigned* vp = parent;
-    unsigned p = vp[x];
-    while (p != x) {
-        const unsigned g = vp[p];
-        if (g != p) vp[x] = g;
-        x = g;
-        p = vp[x];
-    }
-    return x;
-}
-
-// Joins the trees of a and b, the larger root under the smaller.
-__device__ __forceinline__ void unite(unsigned* parent, unsigned a, unsigned b) {
-    for (;;) {
-        a = find_root(parent, a);
-        b = find_root(parent, b);
-        if (a == b) return;
-        if (a < b) {
-            const unsigned t = a;
-            a = b;
-            b = t;
-        }
-        if (atomicCAS(parent + a, a, b) == a) return;
-    }
-}
-
-
 // A (segment starts here, max since the segment start) pair of the segmented max-scan.
 struct SegMax {
     int head;
@@ -383,8 +353,8 @@ LRC_KERNEL(fz_merge, FzMergeParams, fz::BLOCK_THREADS, 1) {
         for (int i = threadIdx.x; i < m; i += blockDim.x) {
             int a, b;
             fz::edge_pixels(static_cast<int>(order[start + i]), p.h, p.w, a, b);
-            const unsigned x = fz::find_root(parent, a);
-            const unsigned y = fz::find_root(parent, b);
+            const unsigned x = lrc::find_root(parent, a);
+            const unsigned y = lrc::find_root(parent, b);
             ew[i] = fz::edge_weight(img, a, b);
             ex[i] = x;
             ey[i] = y;
@@ -453,19 +423,19 @@ LRC_KERNEL(fz_merge, FzMergeParams, fz::BLOCK_THREADS, 1) {
 
         // Apply the window's merges.
         for (int i = threadIdx.x; i < m; i += blockDim.x) {
-            if (merges[i]) fz::unite(parent, ex[i], ey[i]);
+            if (merges[i]) lrc::unite(parent, ex[i], ey[i]);
         }
         __syncthreads();
         for (int j = kbegin; j < kend; ++j) {
             const unsigned key = keys[j];
             const unsigned root = key >> fz::POS_BITS;
             if (key == fz::NONE || (j > 0 && (keys[j - 1] >> fz::POS_BITS) == root)) continue;
-            const unsigned r = fz::find_root(parent, root);
+            const unsigned r = lrc::find_root(parent, root);
             if (r != root) atomicAdd(size + r, size[root]);
         }
         for (int i = threadIdx.x; i < m; i += blockDim.x) {
             if (merges[i]) {
-                const unsigned r = fz::find_root(parent, ex[i]);
+                const unsigned r = lrc::find_root(parent, ex[i]);
                 atomicMax(merged_max + r, static_cast<unsigned long long>(__double_as_longlong(ew[i])) + 1ull);
             }
         }
@@ -513,8 +483,8 @@ LRC_KERNEL(fz_min_size, FzMergeParams, fz::BLOCK_THREADS) {
             const unsigned pos = first ? static_cast<unsigned>(s) : list[s];
             int a, b;
             fz::edge_pixels(static_cast<int>(order[pos]), p.h, p.w, a, b);
-            const unsigned x = fz::find_root(parent, a);
-            const unsigned y = fz::find_root(parent, b);
+            const unsigned x = lrc::find_root(parent, a);
+            const unsigned y = lrc::find_root(parent, b);
             const bool small_x = size[x] < min_size, small_y = size[y] < min_size;
             if (x == y || !(small_x || small_y)) continue;
             const unsigned slot = atomicAdd(&kept_count, 1u);
@@ -535,7 +505,7 @@ LRC_KERNEL(fz_min_size, FzMergeParams, fz::BLOCK_THREADS) {
             const bool ok_x = !(xs & fz::SMALL) || reserve[x] == pos;
             const bool ok_y = !(ys & fz::SMALL) || reserve[y] == pos;
             if (ok_x && ok_y) {
-                fz::unite(parent, x, y);
+                lrc::unite(parent, x, y);
                 kept_pos[s] = pos | fz::COMMITTED;
             }
         }
@@ -547,7 +517,7 @@ LRC_KERNEL(fz_min_size, FzMergeParams, fz::BLOCK_THREADS) {
             const unsigned ends[2] = {kept_x[s] & ~fz::SMALL, kept_y[s] & ~fz::SMALL};
             for (const unsigned r : ends) {
                 if (atomicExch(claim + r, 1u) != 0u) continue;
-                const unsigned root = fz::find_root(parent, r);
+                const unsigned root = lrc::find_root(parent, r);
                 if (root != r) atomicAdd(size + root, size[r]);
             }
         }
@@ -580,7 +550,7 @@ LRC_KERNEL(fz_label, FzMergeParams, fz::BLOCK_THREADS) {
     const int end = min(begin + per, plane);
     unsigned roots = 0;
     for (int i = begin; i < end; ++i) {
-        const unsigned r = fz::find_root(parent, i);
+        const unsigned r = lrc::find_root(parent, i);
         labels[i] = r;
         roots += r == static_cast<unsigned>(i);
     }

@@ -77,3 +77,29 @@ pub fn widen(v: &[f32]) -> Vec<f64> {
 pub fn max_abs(v: &[f32]) -> f64 {
     v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64))
 }
+
+/// Asserts that every `(module, kernel)` was compiled for every architecture of this build (as the
+/// ptxas report records it), naming each one that was not. Does nothing in a build without
+/// kernels.
+pub fn assert_compiled_for_every_arch<'a>(kernels: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    if !crate::kernels::BUILT {
+        return;
+    }
+    let rows = crate::kernels::parse_ptxas_report(crate::kernels::PTXAS_REPORT).expect("the ptxas report parses");
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort();
+    archs.dedup();
+    assert!(archs.contains(&"sm_90"), "no sm_90 code in {archs:?}");
+    let mut missing = Vec::new();
+    for (module, kernel) in kernels {
+        for arch in &archs {
+            if !rows
+                .iter()
+                .any(|r| r.module == module && r.kernel == kernel && r.arch == *arch)
+            {
+                missing.push(format!("{module}::{kernel} for {arch}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "launched but not compiled: {}", missing.join(", "));
+}

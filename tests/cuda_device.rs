@@ -7,6 +7,7 @@ use std::process::Command;
 use lrc::Device;
 use lrc::device::cuda::{CudaDevice, conv};
 use lrc::kernels;
+use lrc::testing::assert_compiled_for_every_arch;
 
 fn machine_has_driver() -> bool {
     // SAFETY: only probes whether the driver library can be loaded.
@@ -72,20 +73,7 @@ fn every_kernel_the_host_launches_was_compiled_for_every_architecture() {
     if !kernels::BUILT {
         return;
     }
-    let rows = kernels::parse_ptxas_report(kernels::PTXAS_REPORT).unwrap();
-    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
-    archs.sort();
-    archs.dedup();
-    assert!(archs.contains(&"sm_90"), "no sm_90 code in {archs:?}");
-    for name in conv::kernel_names() {
-        for arch in &archs {
-            assert!(
-                rows.iter()
-                    .any(|r| r.module == "conv" && r.kernel == name && r.arch == *arch),
-                "kernel {name} is launched but was not compiled for {arch}"
-            );
-        }
-    }
+    assert_compiled_for_every_arch(conv::kernel_names().into_iter().map(|name| ("conv", name)));
 }
 
 #[test]

@@ -29,7 +29,7 @@ use lrc::device::cuda::local_contrast::{MAX_CHANNELS, kernel_names, local_contra
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
+use lrc::testing::{Tolerance, assert_close, assert_compiled_for_every_arch, uniform, widen, worst};
 use lrc::{Device, Tape, Tensor, Var, kernels};
 
 mod local_contrast_common;
@@ -379,19 +379,7 @@ fn every_kernel_is_compiled_for_every_architecture() {
     if !kernels::BUILT {
         return;
     }
-    let rows = kernels::parse_ptxas_report(kernels::PTXAS_REPORT).unwrap();
-    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
-    archs.sort();
-    archs.dedup();
-    for name in kernel_names() {
-        for arch in &archs {
-            assert!(
-                rows.iter()
-                    .any(|r| r.module == "local_contrast" && r.kernel == name && r.arch == *arch),
-                "kernel {name} is launched but was not compiled for {arch}"
-            );
-        }
-    }
+    assert_compiled_for_every_arch(kernel_names().into_iter().map(|name| ("local_contrast", name)));
 }
 
 #[test]

@@ -21,6 +21,7 @@ use lrc::rng::Rng;
 use lrc::superpixel::cleanup::{CleanupConfig, body_mask, clean_regions};
 use lrc::superpixel::felzenszwalb;
 use lrc::superpixel::phantom::ct_phantom_slice;
+use lrc::testing::assert_compiled_for_every_arch;
 use superpixel_support::emu_fz_buffers;
 
 /// Whether the emulator can be built here; CI must be able to.
@@ -226,21 +227,7 @@ fn every_planned_kernel_was_compiled_for_every_architecture() {
         &CleanupBuffers::default(),
     )
     .unwrap();
-    let rows = lrc::kernels::parse_ptxas_report(lrc::kernels::PTXAS_REPORT).unwrap();
-    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
-    archs.sort();
-    archs.dedup();
-    for call in &calls {
-        for arch in &archs {
-            assert!(
-                rows.iter()
-                    .any(|r| r.module == call.module && r.kernel == call.kernel && r.arch == *arch),
-                "{}::{} is launched but was not compiled for {arch}",
-                call.module,
-                call.kernel
-            );
-        }
-    }
+    assert_compiled_for_every_arch(calls.iter().map(|c| (c.module, c.kernel)));
 }
 
 #[test]

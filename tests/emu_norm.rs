@@ -40,7 +40,7 @@ use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::activation::cpu as act_cpu;
 use lrc::ops::instance_norm::Activation;
 use lrc::rng::Rng;
-use lrc::testing::{assert_close, uniform, widen, worst};
+use lrc::testing::{assert_close, assert_compiled_for_every_arch, uniform, widen, worst};
 use norm_common::{BackwardReference, Case, ForwardReference, Inputs, case, inputs};
 
 /// An H100's shared memory per block, for the planner's own choice.
@@ -337,19 +337,11 @@ fn every_norm_kernel_is_compiled_for_every_architecture_and_registered() {
     if !lrc::kernels::BUILT {
         return;
     }
-    let rows = lrc::kernels::parse_ptxas_report(lrc::kernels::PTXAS_REPORT).unwrap();
-    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
-    archs.sort();
-    archs.dedup();
-    for name in lrc::device::cuda::norm::kernel_names() {
-        for arch in &archs {
-            assert!(
-                rows.iter()
-                    .any(|r| r.module == "norm" && r.kernel == name && r.arch == *arch),
-                "kernel {name} is launched but was not compiled for {arch}"
-            );
-        }
-    }
+    assert_compiled_for_every_arch(
+        lrc::device::cuda::norm::kernel_names()
+            .into_iter()
+            .map(|name| ("norm", name)),
+    );
     if emu::available() {
         let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
         for name in lrc::device::cuda::norm::kernel_names() {

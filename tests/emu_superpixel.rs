@@ -27,6 +27,7 @@ use lrc::rng::Rng;
 use lrc::superpixel::FelzenszwalbParams;
 use lrc::superpixel::phantom::ct_phantom_slice;
 use lrc::superpixel::sampling::sample_regions;
+use lrc::testing::assert_compiled_for_every_arch;
 use superpixel_support::{
     Agreement, assert_numbered_by_first_pixel, check_agreement, cpu_segments, emu_fz_buffers, fixture_cases,
     model_felzenszwalb,
@@ -93,21 +94,7 @@ fn every_planned_kernel_was_compiled_for_every_architecture() {
     calls.extend(sampling_calls(&g, 1, &SamplingBuffers::default()).unwrap());
     calls.extend(field_calls(2, 10, 10, 5, 1.0, 1, 2, 3, 4).unwrap());
     calls.extend(warp_calls(2, 10, 10, 1, 2, 3, 4, 5).unwrap());
-    let rows = lrc::kernels::parse_ptxas_report(lrc::kernels::PTXAS_REPORT).unwrap();
-    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
-    archs.sort();
-    archs.dedup();
-    for call in &calls {
-        for arch in &archs {
-            assert!(
-                rows.iter()
-                    .any(|r| r.module == call.module && r.kernel == call.kernel && r.arch == *arch),
-                "{}::{} is launched but was not compiled for {arch}",
-                call.module,
-                call.kernel
-            );
-        }
-    }
+    assert_compiled_for_every_arch(calls.iter().map(|c| (c.module, c.kernel)));
 }
 
 #[test]
