@@ -24,19 +24,6 @@ use lrc::superpixel::phantom::ct_phantom_slice;
 use lrc::testing::assert_compiled_for_every_arch;
 use superpixel_support::emu_fz_buffers;
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// What the emulated clean-up of a batch leaves: labels, body mask and the status word.
 struct EmuResult {
     labels: Vec<u16>,
@@ -232,7 +219,7 @@ fn every_planned_kernel_was_compiled_for_every_architecture() {
 
 #[test]
 fn phantom_slices_with_felzenszwalb_segments_equal_the_cpu() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(11);
@@ -252,7 +239,7 @@ fn phantom_slices_with_felzenszwalb_segments_equal_the_cpu() {
 
 #[test]
 fn random_segment_maps_equal_the_cpu() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(12);
@@ -270,7 +257,7 @@ fn random_segment_maps_equal_the_cpu() {
 
 #[test]
 fn equal_sizes_keep_the_smaller_labels() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(13);
@@ -289,7 +276,7 @@ fn equal_sizes_keep_the_smaller_labels() {
 
 #[test]
 fn degenerate_slices_equal_the_cpu() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(14);
@@ -317,7 +304,7 @@ fn degenerate_slices_equal_the_cpu() {
 
 #[test]
 fn bodies_at_the_border_with_holes_and_bridges_equal_the_cpu() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(15);
@@ -394,7 +381,7 @@ fn bodies_at_the_border_with_holes_and_bridges_equal_the_cpu() {
 
 #[test]
 fn labels_outside_the_plane_raise_the_status_and_get_no_region() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let (h, w) = (6, 7);
@@ -411,7 +398,7 @@ fn labels_outside_the_plane_raise_the_status_and_get_no_region() {
 /// Felzenszwalb's labels feed the clean-up on the device, which equals the CPU clean-up of them.
 #[test]
 fn segmentation_and_cleanup_chain_on_the_device() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let (n, h, w) = (2, 24, 31);

@@ -33,19 +33,6 @@ use superpixel_support::{
     model_felzenszwalb,
 };
 
-/// Whether the emulator can be built here; CI must be able to.
-fn emulator_available() -> bool {
-    if emu::compiler().is_some() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must have a C++ compiler to emulate the kernels"
-    );
-    eprintln!("skipped: no C++ compiler (set CXX)");
-    false
-}
-
 /// The emulated GPU Felzenszwalb of `n` slices: per slice, labels and K.
 fn emu_felzenszwalb(
     images: &[f32],
@@ -99,7 +86,7 @@ fn every_planned_kernel_was_compiled_for_every_architecture() {
 
 #[test]
 fn radix_sort_orders_keys_and_keeps_ties_in_input_order() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(4);
@@ -150,7 +137,7 @@ fn small_images(rng: &mut Rng) -> Vec<(String, usize, usize, Vec<f32>)> {
 
 #[test]
 fn one_edge_per_window_reproduces_the_cpu_labels_exactly() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(21);
@@ -179,7 +166,7 @@ fn one_edge_per_window_reproduces_the_cpu_labels_exactly() {
 
 #[test]
 fn window_merging_equals_its_sequential_model_for_any_window_size() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(99);
@@ -209,7 +196,7 @@ fn window_merging_equals_its_sequential_model_for_any_window_size() {
 
 #[test]
 fn default_windows_stay_close_to_the_cpu_on_small_fixtures() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut results = Vec::new();
@@ -230,7 +217,7 @@ fn default_windows_stay_close_to_the_cpu_on_small_fixtures() {
 
 #[test]
 fn default_windows_stay_close_to_the_cpu_on_ct_like_slices() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let mut rng = Rng::new(2026);
@@ -261,7 +248,7 @@ fn default_windows_stay_close_to_the_cpu_on_ct_like_slices() {
 
 #[test]
 fn elastic_fields_and_warps_equal_the_cpu_bit_for_bit() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     let (n, h, w) = (3, 17, 23);
@@ -388,7 +375,7 @@ fn emu_sample(q: &[u16], p: &[u16], g: &SamplingGeom, seed: u64) -> Vec<(Vec<u32
 
 #[test]
 fn sampling_keeps_the_cpu_regions_and_draws_inside_them_uniformly() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // Image 0: the maps above; image 1: the views swapped (regions 3 and 4 trade places).
@@ -432,7 +419,7 @@ fn sampling_keeps_the_cpu_regions_and_draws_inside_them_uniformly() {
 
 #[test]
 fn sampling_subset_is_at_most_max_regions_in_label_order() {
-    if !emulator_available() {
+    if !emu::available() {
         return;
     }
     // Nine regions present in both views (3 x 3 blocks of a 9 x 9 map), keep at most four.
