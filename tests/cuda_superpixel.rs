@@ -234,7 +234,8 @@ fn gpu_cleanup_reports_bad_input_as_errors() {
         ..cfg.clone()
     };
     assert!(cleanup::clean(&images, &segments, batch, &capless).is_err());
-    // A label not below h * w raises the status word; its pixel gets no region.
+    // A label not below h * w raises the status word, its pixel gets no region, and copying the
+    // labels back is an error.
     let mut labels = [0u32; 12];
     labels[5] = 12;
     let segments = CudaStorage::from_host_u32(&device, &labels).unwrap();
@@ -245,7 +246,9 @@ fn gpu_cleanup_reports_bad_input_as_errors() {
     };
     let out = cleanup::clean(&images, &segments, batch, &plain).unwrap();
     assert_eq!(out.status.to_host_pod::<u32>().unwrap(), [1]);
-    let got = out.labels_to_host(12).unwrap();
+    let err = out.labels_to_host(12).unwrap_err().to_string();
+    assert!(err.contains("not below the slice's pixel count"), "{err}");
+    let got: Vec<u16> = out.labels.to_host_pod().unwrap();
     assert_eq!(got[5], 0);
     assert!(got.iter().enumerate().all(|(i, &l)| i == 5 || l == 1), "{got:?}");
 }

@@ -304,9 +304,18 @@ pub struct CleanupOutput {
 }
 
 impl CleanupOutput {
-    /// The labels copied to the host: `pixels` u16 values (n x h x w).
+    /// The labels copied to the host: `pixels` u16 values (n x h x w). An error when the kernels
+    /// met a segment label out of range (the status word), rather than labels with holes.
     pub fn labels_to_host(&self, pixels: usize) -> Result<Vec<u16>> {
         let mut labels: Vec<u16> = self.labels.to_host_pod()?;
+        let status: Vec<u32> = self.status.to_host_pod()?;
+        if status.first().copied().unwrap_or(0) != 0 {
+            return Err(Error::Cuda(format!(
+                "{OP}: a segment label was not below the slice's pixel count (status {}); the \
+                 segmentation fed to the clean-up is broken",
+                status[0]
+            )));
+        }
         if labels.len() < pixels {
             return Err(Error::shape(
                 OP,
