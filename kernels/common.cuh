@@ -197,6 +197,31 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
 #endif
 }
 
+// One k tile of a thread's 4 x 4 register tile in the FP32 64 x 64 block tiles (conv v1, gemm):
+// acc[i][j] += as[kk][row + 16 i] * bs[kk][col + 16 j] over the tile's kk, one fmaf each in kk
+// order (the order the CPU error bounds assume).
+template <int BK, int AW, int BW>
+__device__ __forceinline__ void tile_fma_4x4(const float (&as)[BK][AW], const float (&bs)[BK][BW], int row, int col,
+                                             float (&acc)[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        float a[4];
+        float b[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            a[i] = as[kk][row + 16 * i];
+            b[i] = bs[kk][col + 16 * i];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+            }
+        }
+    }
+}
+
 // Union-find over a forest in global memory, shared by the Felzenszwalb merge and the clean-up's
 // connected components. Links only ever point a node at an ancestor, and roots are linked with a
 // compare-and-swap, so threads may find and unite concurrently; reads go through volatile because

@@ -219,23 +219,7 @@ __device__ void tiled_gemm(const P& prob, int m0, int n0, int k_begin, int k_end
             bs[kk][nn] = (n < prob.N && k < k_end) ? prob.b(k, n) : 0.0f;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float a[4];
-            float b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = as[kk][tm + 16 * i];
-                b[i] = bs[kk][tn + 16 * i];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-                }
-            }
-        }
+        lrc::tile_fma_4x4(as, bs, tm, tn, acc);
         __syncthreads();
     }
 }

@@ -154,23 +154,7 @@ __device__ void run(const GemmParams& p) {
             bs[kk][cc] = (col < p.n && kg < k_end) ? gemm::b_at<TB>(p, kg, col) : 0.0f;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float a[4];
-            float b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = as[kk][tr + 16 * i];
-                b[i] = bs[kk][tc + 16 * i];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-                }
-            }
-        }
+        lrc::tile_fma_4x4(as, bs, tr, tc, acc);
         __syncthreads();
     }
 #pragma unroll
