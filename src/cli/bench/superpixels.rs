@@ -68,16 +68,6 @@ pub struct SuperpixelBenchArgs {
     pub gpu: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
 /// The GPU columns of one size.
 struct GpuResult {
     device_ms: f64,
@@ -163,9 +153,9 @@ fn bench_gpu(
         })
         .transpose()?;
     Ok(GpuResult {
-        device_ms: median(device_ms),
-        with_cleanup_ms: median(with_cleanup_ms),
-        end_to_end_ms: median(end_to_end),
+        device_ms: super::median(device_ms),
+        with_cleanup_ms: super::median(with_cleanup_ms),
+        end_to_end_ms: super::median(end_to_end),
         mean_ari,
         mean_k: counts.iter().map(|&k| k as f64).sum::<f64>() / counts.len().max(1) as f64,
         cleanup_equal,
@@ -237,8 +227,8 @@ pub fn bench_superpixels(args: &SuperpixelBenchArgs) -> Result<()> {
             drop(regions);
             cpu_labels = Some(labels);
         }
-        let cpu_ms = (!cpu_ms.is_empty()).then(|| median(cpu_ms));
-        let cpu_cleanup_ms = (!cpu_cleanup_ms.is_empty()).then(|| median(cpu_cleanup_ms));
+        let cpu_ms = (!cpu_ms.is_empty()).then(|| super::median(cpu_ms));
+        let cpu_cleanup_ms = (!cpu_cleanup_ms.is_empty()).then(|| super::median(cpu_cleanup_ms));
         let cpu_k = cpu_labels
             .as_ref()
             .map(|l| l.iter().map(|(_, k)| *k as f64).sum::<f64>() / l.len() as f64);
