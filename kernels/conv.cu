@@ -11,6 +11,9 @@
 //                    A = dy, B = x as in forward; split over k into partial sums
 //                    [split][c_out][n] (and the bias gradient [split][c_out]) that
 //                    split_reduce adds in a fixed order, so results are deterministic.
+//   transposed forward by tap (tfwd, v1 and v2), when the kernel tiles the output (kh == kw ==
+//                    stride, no padding): one GEMM per tap, m = input pixel, n = c_out, k = c_in;
+//                    see its section after the v2 kernels.
 //
 // Versions, side by side, selected by the host (ConvAlgo):
 //   v1 (_fp32)  plain FP32 shared-memory tiles, 64x64x16, 4x4 outputs per thread, generic index
@@ -792,6 +795,156 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 
 LRC_CONV_MMA_SIZES(tf32, Tf32)
 LRC_CONV_MMA_SIZES(bf16, Bf16)
+
+// ---------------------------------------------------------------------------------------------
+// Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:
+// kh == kw == stride and no padding (the U-Net's 2x2 stride-2 upsampling; 1x1 stride 1). Each
+// output pixel (img, co, s*y + ty, s*x + tx) then meets exactly one tap (ty, tx) of every input
+// channel, at input pixel (y, x):
+//   tfwd   m = input pixel (img, y, x)   n = c_out   k = c_in   (grid z = tap (ty, tx))
+//          A = x, B = weight[ci][co][ty][tx], + bias[co], stored at (s*y + ty, s*x + tx).
+// The backward-data pass it replaces for these shapes runs k over (c_in, ky, kx) and finds a
+// matching tap in one k column of s*s: s*s times the multiply-adds. The parameters are the
+// replaced pass's ConvParams, those of the convolution this one transposes, so in these terms:
+// x = p.dy (n x p.c_out x p.h_out x p.w_out), weight = p.weight (p.c_out x p.c_in x kh x kw),
+// out = p.out (n x p.c_in x p.h x p.w): K = p.c_out, N = p.c_in, M = n * p.h_out * p.w_out.
+// Every output element is written once, by the block of its tap; no atomics.
+// ---------------------------------------------------------------------------------------------
+
+namespace tfwd {
+
+// The output element of row m (input pixel) and column c (output channel) for `tap`.
+struct TapStore {
+    float* out;
+    const float* bias;
+    int hw_in, w_in, stride, ty, tx, h_out, w_out, channels;
+    __device__ void operator()(int m, int c, float v) const {
+        const int img = m / hw_in;
+        const int pix = m - img * hw_in;
+        const int y = pix / w_in;
+        const int x = pix - y * w_in;
+        if (bias != nullptr) {
+            v += bias[c];
+        }
+        out[((static_cast<size_t>(img) * channels + c) * h_out + y * stride + ty) * w_out + x * stride + tx] = v;
+    }
+    __device__ static TapStore of(const ConvParams& p, int tap) {
+        const int ty = tap / p.kw;
+        return TapStore{p.out, p.bias, p.h_out * p.w_out, p.w_out, p.stride, ty, tap - ty * p.kw, p.h, p.w, p.c_in};
+    }
+};
+
+}  // namespace tfwd
+
+namespace v1 {
+
+// The per-tap GEMM of tap blockIdx.z; the loaders walk m (A) and n (B) fastest.
+struct TransposedForwardTap {
+    ConvParams p;
+    int M, N, K, tap;
+    tfwd::TapStore out;
+    static constexpr bool A_ALONG_K = false;
+    static constexpr bool B_ALONG_K = false;
+    __device__ explicit TransposedForwardTap(const ConvParams& q)
+        : p(q),
+          M(q.n * q.h_out * q.w_out),
+          N(q.c_in),
+          K(q.c_out),
+          tap(static_cast<int>(blockIdx.z)),
+          out(tfwd::TapStore::of(q, static_cast<int>(blockIdx.z))) {}
+    __device__ float a(int m, int k) const {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        return p.dy[(static_cast<size_t>(img) * K + k) * hw + pix];
+    }
+    __device__ float b(int k, int n) const {
+        return p.weight[(static_cast<size_t>(k) * N + n) * p.kh * p.kw + tap];
+    }
+    __device__ void store(int m, int n, float v) const { out(m, n, v); }
+};
+
+}  // namespace v1
+
+// Grid (ceil(n*h*w / 64), ceil(c_out / 64), kh*kw) in the transposed convolution's terms, 256
+// threads.
+LRC_KERNEL(conv_tfwd_fp32, ConvParams, v1::THREADS) {
+    v1::gemm_and_store<v1::TransposedForwardTap>(p);
+}
+
+namespace v2 {
+
+// The two gatherers offset their row pointers by 32-bit products (the host checks that one
+// image of x and the whole weight tensor have fewer than 2^31 elements): with 64-bit ones the
+// BF16 kernel of the wide tile spills.
+
+// A: x, rows = input pixels (contiguous along m), k = input channel.
+struct InputByPixel {
+    static constexpr Major LAYOUT = Major::MN;
+    const float* x_pix = nullptr;
+    __device__ void fix_row(const ConvParams& p, int m) {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        x_pix = p.dy + static_cast<size_t>(img) * p.c_out * hw + pix;
+    }
+    __device__ float at(const ConvParams& p, int k) const { return x_pix[k * p.h_out * p.w_out]; }
+};
+
+// B: weight[k][n][tap], rows = output channels, k = input channel. Neither direction is
+// contiguous (n steps by the tap count, k by c_out taps); a warp reading 32 consecutive n
+// touches kh*kw times the bytes it uses, which the other taps' blocks read from the caches.
+struct WeightOfTap {
+    static constexpr Major LAYOUT = Major::MN;
+    int tap = 0;
+    const float* w_n = nullptr;
+    __device__ void fix_row(const ConvParams& p, int n) {
+        w_n = p.weight + static_cast<size_t>(n) * p.kh * p.kw + tap;
+    }
+    __device__ float at(const ConvParams& p, int k) const { return w_n[k * p.c_in * p.kh * p.kw]; }
+};
+
+template <class T, class Math>
+__device__ void transposed_forward_by_tap(const ConvParams& p) {
+    const int M = p.n * p.h_out * p.w_out;
+    const int N = p.c_in;
+    const int K = p.c_out;
+    const int tap = blockIdx.z;
+    const int m0 = blockIdx.x * T::BM;
+    const int n0 = blockIdx.y * T::BN;
+    using OA = Operand<T::BM, InputByPixel::LAYOUT, Math::PACK>;
+    using OB = Operand<T::BN, WeightOfTap::LAYOUT, Math::PACK>;
+    InputByPixel ga;
+    const bool a_row_ok = m0 + OA::slot_row(threadIdx.x, 0) < M;
+    if (a_row_ok) {
+        ga.fix_row(p, m0 + OA::slot_row(threadIdx.x, 0));
+    }
+    WeightOfTap gb;
+    gb.tap = tap;
+    const bool b_row_ok = n0 + OB::slot_row(threadIdx.x, 0) < N;
+    if (b_row_ok) {
+        gb.fix_row(p, n0 + OB::slot_row(threadIdx.x, 0));
+    }
+    float acc[T::MT][T::NT][4] = {};
+    float unused[OA::LOADS];
+    mainloop<T, Math>(p, ga, gb, a_row_ok, b_row_ok, m0, M, n0, N, 0, K, acc, false, unused);
+    epilogue<T>(acc, m0, M, n0, N, tfwd::TapStore::of(p, tap));
+}
+
+}  // namespace v2
+
+// conv_tfwd_<precision>_<tile>: grid (ceil(n*h*w / 128), ceil(c_out / tile), kh*kw) in the
+// transposed convolution's terms, 256 threads.
+#define LRC_CONV_TFWD(PREC, MATH)                                                \
+    LRC_KERNEL(conv_tfwd_##PREC##_n64, ConvParams, v2::THREADS, 2) {             \
+        v2::transposed_forward_by_tap<v2::PixelTile64, v2::MATH>(p);             \
+    }                                                                            \
+    LRC_KERNEL(conv_tfwd_##PREC##_n32, ConvParams, v2::THREADS, 2) {             \
+        v2::transposed_forward_by_tap<v2::PixelTile32, v2::MATH>(p);             \
+    }
+
+LRC_CONV_TFWD(tf32, Tf32)
+LRC_CONV_TFWD(bf16, Bf16)
 
 // ---------------------------------------------------------------------------------------------
 // Reductions that finish the backward passes.

@@ -124,9 +124,15 @@ fn plan_file() -> String {
         ("5x3_n1_c4-10_8x7", conv([1, 4, 8, 7, 10], (5, 3), 1, 1)),
         ("3x3_n3_c4-8_23x21", conv([3, 4, 23, 21, 8], (3, 3), 1, 1)),
     ];
+    // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
+    // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
+    // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
     let transposed_shapes = [
         ("T2x2_n3_c40-20_5x7", transposed([3, 40, 5, 7, 20], 2, 2, 0)),
         ("T2x2_n1_c6-70_4x3", transposed([1, 6, 4, 3, 70], 2, 2, 0)),
+        ("T2x2_n3_c33-31_9x5", transposed([3, 33, 9, 5, 31], 2, 2, 0)),
+        ("T2x2_n1_c37-66_3x5", transposed([1, 37, 3, 5, 66], 2, 2, 0)),
+        ("T1x1_n2_c35-12_6x5", transposed([2, 35, 6, 5, 12], 1, 1, 0)),
         ("T3x3s2p1_n2_c5-4_4x5", transposed([2, 5, 4, 5, 4], 3, 2, 1)),
     ];
     let mut out = String::new();
@@ -179,6 +185,19 @@ fn launch_plans_split_and_cover_as_intended() {
         .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
+    // Every per-tap transposed forward kernel runs, and the overlapping 3x3 keeps backward-data.
+    for kernel in [
+        "conv_tfwd_fp32",
+        "conv_tfwd_tf32_n64",
+        "conv_tfwd_tf32_n32",
+        "conv_tfwd_bf16_n64",
+        "conv_tfwd_bf16_n32",
+    ] {
+        assert!(text.contains(kernel), "no case runs {kernel}");
+    }
+    for line in text.lines().filter(|l| l.contains(" transposed forward ")) {
+        assert_eq!(line.contains("_tfwd_"), !line.starts_with("T3x3"), "{line}");
+    }
     // Both tile widths of every TF32 pass appear.
     for kernel in [
         "fwd_tf32_k3_n64",

@@ -45,8 +45,10 @@
 //
 // A plan line: LABEL KIND PASS n c_in h w c_out kh kw stride pad KERNEL gx gy gz split_len splits
 // KIND is conv (geometry of a convolution) or transposed (of a transposed convolution, weights
-// c_in x c_out x kh x kw, run through the kernel planned for the convolution it transposes);
-// PASS is forward, backward_data or backward_weight.
+// c_in x c_out x kh x kw, run through the kernel planned for the convolution it transposes, or,
+// for a forward pass whose kernel tiles the output, through the per-tap kernels conv_tfwd_*,
+// whose elements sum c_in products: depth c_in in the chains above; every transposed forward
+// pass runs with and without a bias); PASS is forward, backward_data or backward_weight.
 #define LRC_EMULATE 1
 #include "cuda_emu.h"
 
@@ -321,6 +323,11 @@ const struct {
     LRC_MMA_ENTRIES(PREC, k1), LRC_MMA_ENTRIES(PREC, k2), LRC_MMA_ENTRIES(PREC, k3), LRC_MMA_ENTRIES(PREC, kany)
     LRC_MMA_SIZES(tf32),
     LRC_MMA_SIZES(bf16),
+    LRC_ENTRY(conv_tfwd_fp32),
+    LRC_ENTRY(conv_tfwd_tf32_n64),
+    LRC_ENTRY(conv_tfwd_tf32_n32),
+    LRC_ENTRY(conv_tfwd_bf16_n64),
+    LRC_ENTRY(conv_tfwd_bf16_n32),
 #undef LRC_MMA_SIZES
 #undef LRC_MMA_ENTRIES
 #undef LRC_ENTRY
@@ -486,17 +493,26 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
 
     const ConvParams p = params_of(conv);
     if (pass == "forward") {
-        const Outputs out = both_schedules(tag, [&] {
-            auto y = poisoned(want.y.size());
-            ConvParams q = p;
-            q.dy = x.data();
-            q.weight = wt.data();
-            q.bias = b.data();
-            q.out = y.data();
-            launch(plan, q);
-            return Outputs{y};
-        });
-        check(tag, out[0], want.y, scale.y, t.c_in * t.kh * t.kw);
+        // The per-tap kernels (tfwd) sum c_in products per element, the strided backward-data
+        // pass c_in x kh x kw (most of them zero); both run with and without a bias.
+        const int depth = plan.kernel.find("_tfwd_") != std::string::npos ? t.c_in : t.c_in * t.kh * t.kw;
+        const std::vector<float> no_bias(t.c_out, 0.0f);
+        const TransposedReference unbiased(t, ho, wo, x, wt, no_bias, dy);
+        const TransposedReference unbiased_scale(t, ho, wo, magnitudes(x), magnitudes(wt), no_bias, magnitudes(dy));
+        for (const bool biased : {true, false}) {
+            const std::string what = tag + (biased ? "" : " no bias");
+            const Outputs out = both_schedules(what, [&] {
+                auto y = poisoned(want.y.size());
+                ConvParams q = p;
+                q.dy = x.data();
+                q.weight = wt.data();
+                q.bias = biased ? b.data() : nullptr;
+                q.out = y.data();
+                launch(plan, q);
+                return Outputs{y};
+            });
+            check(what, out[0], biased ? want.y : unbiased.y, biased ? scale.y : unbiased_scale.y, depth);
+        }
     } else if (pass == "backward_data") {
         const Outputs out = both_schedules(tag, [&] {
             auto dx = poisoned(x.size());

@@ -162,6 +162,12 @@ impl ConvTransposeGeom {
     pub fn macs(&self) -> usize {
         self.n * self.c_in * self.h * self.w * self.c_out * self.kh * self.kw
     }
+
+    /// Whether the kernel's windows tile the output (kh == kw == stride, no padding), so that
+    /// each output pixel meets exactly one tap: the forward pass is then one GEMM per tap.
+    pub fn taps_tile_the_output(&self) -> bool {
+        self.pad == 0 && self.kh == self.stride && self.kw == self.stride
+    }
 }
 
 /// A pass of a convolution.
@@ -226,12 +232,22 @@ const BF16_KERNELS: MmaKernels = mma_kernels!("bf16");
 
 const FP32_KERNELS: [&str; 3] = ["conv_fwd_fp32", "conv_bwd_data_fp32", "conv_bwd_weight_fp32"];
 
+/// The transposed convolution's forward pass by tap (conv.cu's tfwd): FP32 tiles, and the
+/// tensor-core kernels [tf32, bf16][wide tile, narrow tile].
+const TFWD_FP32_KERNEL: &str = "conv_tfwd_fp32";
+const TFWD_MMA_KERNELS: [[&str; 2]; 2] = [
+    ["conv_tfwd_tf32_n64", "conv_tfwd_tf32_n32"],
+    ["conv_tfwd_bf16_n64", "conv_tfwd_bf16_n32"],
+];
+
 /// Every kernel of `kernels/conv.cu` this module may launch.
 pub fn kernel_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = FP32_KERNELS.to_vec();
     for table in [&TF32_KERNELS, &BF16_KERNELS] {
         names.extend(table.iter().flatten().flatten().copied());
     }
+    names.push(TFWD_FP32_KERNEL);
+    names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
@@ -289,14 +305,40 @@ pub(crate) fn split_plan(tiles: usize, r: usize, depth: usize, multiprocessors: 
 }
 
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
-/// transposes for the pass that computes the same thing (forward and backward-data swap).
+/// transposes for the pass that computes the same thing (forward and backward-data swap), except
+/// for a forward pass whose kernel tiles the output, which runs one GEMM per tap
+/// ([`tap_forward_plan`]). Every plan takes the `ConvParams` of the convolution it transposes.
 pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    if pass == ConvPass::Forward && g.taps_tile_the_output() {
+        return tap_forward_plan(g, algo);
+    }
     let conv_pass = match pass {
         ConvPass::Forward => ConvPass::BackwardData,
         ConvPass::BackwardData => ConvPass::Forward,
         ConvPass::BackwardWeight => ConvPass::BackwardWeight,
     };
     plan(conv_pass, &g.as_conv(), algo, multiprocessors)
+}
+
+/// The forward pass of a transposed convolution whose kernel tiles the output: grid (pixel
+/// tiles of the input, c_out tiles, taps), the tiles of the convolution kernels of `algo`
+/// (forward and backward-data's: 64 x 64 FP32; 128 pixels x 64, or x 32 for 32 channels or
+/// fewer, on the tensor cores). Each output pixel meets one tap, so the GEMM depth is c_in, not
+/// backward-data's c_in x taps, of whose columns only one in taps finds its pixel.
+fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
+    let narrow = g.c_out <= 32;
+    let (kernel, rows, cols) = match algo {
+        ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
+        ConvAlgo::Tf32Mma => (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 }),
+        ConvAlgo::Bf16Mma => (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 }),
+    };
+    let pixels = g.n * g.h * g.w;
+    ConvLaunch {
+        kernel,
+        grid: (pixels.div_ceil(rows), g.c_out.div_ceil(cols), g.kh * g.kw),
+        split_len: 0,
+        splits: 1,
+    }
 }
 
 /// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
@@ -574,6 +616,11 @@ pub fn conv_transpose2d_forward(
     }
     let device = common_device(OP, &operands)?;
     let conv = g.as_conv();
+    if g.taps_tile_the_output() {
+        // The per-tap kernels offset into one image of x and into the weights in 32 bits.
+        dim(OP, "c_in x h x w", g.c_in * g.h * g.w)?;
+        dim(OP, "weight size", g.c_in * g.c_out * g.kh * g.kw)?;
+    }
     let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
     if out.is_empty() {
         return Ok(out);
@@ -690,10 +737,11 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
+        assert!(names.contains(&"conv_tfwd_bf16_n32"));
     }
 
     #[test]
@@ -755,5 +803,121 @@ mod tests {
         assert_eq!((c.c_in, c.c_out, c.h, c.w), (32, 64, 14, 18));
         assert_eq!((c.h_out(), c.w_out()), (7, 9));
         assert_eq!(t.macs(), c.macs());
+    }
+
+    fn up(n: usize, c_in: usize, side: usize, c_out: usize) -> ConvTransposeGeom {
+        ConvTransposeGeom {
+            n,
+            c_in,
+            h: side,
+            w: side,
+            c_out,
+            kh: 2,
+            kw: 2,
+            stride: 2,
+            pad: 0,
+        }
+    }
+
+    #[test]
+    fn unet_up_convolutions_run_forward_by_tap() {
+        // The default U-Net's decoder (batch 16, 256 x 256, base 32, depth 5): 512 -> 256 at
+        // 16 x 16 up to 64 -> 32 at 128 x 128.
+        for (c_in, side) in [(512, 16), (256, 32), (128, 64), (64, 128)] {
+            let g = up(16, c_in, side, c_in / 2);
+            assert!(g.taps_tile_the_output());
+            let pixels = 16 * side * side;
+            for (algo, kernel, rows, cols) in [
+                (ConvAlgo::Fp32Tiled, "conv_tfwd_fp32", 64, 64),
+                (
+                    ConvAlgo::Tf32Mma,
+                    if c_in / 2 > 32 { "conv_tfwd_tf32_n64" } else { "conv_tfwd_tf32_n32" },
+                    128,
+                    if c_in / 2 > 32 { 64 } else { 32 },
+                ),
+                (
+                    ConvAlgo::Bf16Mma,
+                    if c_in / 2 > 32 { "conv_tfwd_bf16_n64" } else { "conv_tfwd_bf16_n32" },
+                    128,
+                    if c_in / 2 > 32 { 64 } else { 32 },
+                ),
+            ] {
+                let launch = transposed_plan(ConvPass::Forward, &g, algo, 132);
+                assert_eq!(launch.kernel, kernel);
+                assert_eq!(
+                    launch.grid,
+                    (pixels.div_ceil(rows), (c_in / 2).div_ceil(cols), 4),
+                    "{algo} {g:?}"
+                );
+                assert_eq!((launch.split_len, launch.splits), (0, 1));
+                // The backward passes keep the convolution's kernels.
+                let data = transposed_plan(ConvPass::BackwardData, &g, algo, 132);
+                assert_eq!(data, plan(ConvPass::Forward, &g.as_conv(), algo, 132));
+                let weight = transposed_plan(ConvPass::BackwardWeight, &g, algo, 132);
+                assert_eq!(weight, plan(ConvPass::BackwardWeight, &g.as_conv(), algo, 132));
+            }
+        }
+        // 1x1 stride 1 tiles its output too (one tap).
+        let one = ConvTransposeGeom {
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            ..up(3, 40, 5, 20)
+        };
+        let launch = transposed_plan(ConvPass::Forward, &one, ConvAlgo::Tf32Mma, 132);
+        assert_eq!((launch.kernel, launch.grid), ("conv_tfwd_tf32_n32", (1, 1, 1)));
+    }
+
+    #[test]
+    fn overlapping_or_gapped_transposed_kernels_keep_backward_data() {
+        for g in [
+            // 3x3 stride 2 pad 1: windows overlap.
+            ConvTransposeGeom {
+                kh: 3,
+                kw: 3,
+                pad: 1,
+                ..up(2, 5, 4, 4)
+            },
+            // 2x2 stride 2 with padding: the output is cropped.
+            ConvTransposeGeom { pad: 1, ..up(2, 8, 6, 6) },
+            // 2x2 stride 3: gaps between the windows, written by the bias alone.
+            ConvTransposeGeom { stride: 3, ..up(2, 8, 6, 6) },
+            // 4x4 stride 2: overlapping windows.
+            ConvTransposeGeom {
+                kh: 4,
+                kw: 4,
+                ..up(1, 8, 6, 6)
+            },
+            // 2x1 kernel, stride 2: not square.
+            ConvTransposeGeom { kw: 1, ..up(1, 8, 6, 6) },
+        ] {
+            assert!(!g.taps_tile_the_output(), "{g:?}");
+            for algo in ConvAlgo::ALL {
+                let launch = transposed_plan(ConvPass::Forward, &g, algo, 132);
+                assert_eq!(launch, plan(ConvPass::BackwardData, &g.as_conv(), algo, 132));
+                assert!(!launch.kernel.contains("tfwd"), "{}", launch.kernel);
+            }
+        }
+    }
+
+    #[test]
+    fn unet_decoder_tensor_core_work_drops_fourfold() {
+        // Tensor-core multiply-adds of the forward passes of the default U-Net's up
+        // convolutions, tiles padded (128 x 64 or 128 x 32 x 32-deep): the strided backward-data
+        // pass against the per-tap GEMMs. The numbers are those of docs/CUDA.md.
+        let padded = |m: usize, n: usize, k: usize, cols: usize| {
+            m.div_ceil(128) * 128 * n.div_ceil(cols) * cols * k.div_ceil(32) * 32
+        };
+        let (mut before, mut after, mut useful) = (0, 0, 0);
+        for (c_in, side) in [(512, 16), (256, 32), (128, 64), (64, 128)] {
+            let g = up(16, c_in, side, c_in / 2);
+            let cols = if g.c_out > 32 { 64 } else { 32 };
+            before += padded(g.n * g.h_out() * g.w_out(), g.c_out, g.c_in * 4, cols);
+            after += 4 * padded(g.n * g.h * g.w, g.c_out, g.c_in, cols);
+            useful += g.macs();
+        }
+        assert_eq!(after, useful, "the U-Net's shapes fill every tile");
+        assert_eq!(before, 4 * after);
+        assert_eq!(after, 8_589_934_592);
     }
 }
