@@ -455,13 +455,19 @@ fn conv_transpose2d_matches_its_definition() {
             upload(&device, &b),
             upload(&device, &dy),
         );
+        // Kernels that tile the output run forward by tap: c_in products per element.
+        let forward_depth = if g.taps_tile_the_output() {
+            g.c_in
+        } else {
+            g.c_in * g.kh * g.kw
+        };
         for algo in ConvAlgo::ALL {
             let y = conv_transpose2d_forward(&g, &xd, &wd, Some(&bd), algo).unwrap();
             check(
                 &format!("transposed forward {algo} {g:?}"),
                 algo,
                 &y.to_host().unwrap(),
-                &expected(&want_y, &scale_y, g.c_in * g.kh * g.kw, Split::NONE),
+                &expected(&want_y, &scale_y, forward_depth, Split::NONE),
             );
             let dx = conv_transpose2d_backward_data(&g, &dyd, &wd, algo).unwrap();
             check(
@@ -492,6 +498,68 @@ fn conv_transpose2d_matches_its_definition() {
             );
         }
     }
+}
+
+/// The forward pass of transposed convolutions whose kernel tiles the output (2x2 stride 2 as in
+/// the U-Net's decoder, 1x1) runs one GEMM per tap (`conv_tfwd_*`), c_in products per element:
+/// through the public op on CUDA tensors, with and without a bias, every version, against the
+/// definition in f64; bf16-mma also on inputs that are BF16 values already, where only the
+/// accumulation error remains (chain c_in + ceil(c_in / 32) + 1).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn conv_transpose2d_forward_by_tap_matches_its_definition() {
+    use lrc::ops::conv_transpose::forward;
+    use lrc::{DType, Device, Tensor};
+    let device = device();
+    let gpu = Device::Cuda(device.clone());
+    let mut rng = Rng::new(19);
+    for g in [
+        transposed([3, 33, 9, 5, 31], 2, 2, 0),
+        transposed([1, 37, 7, 3, 66], 2, 2, 0),
+        transposed([2, 64, 16, 16, 32], 2, 2, 0),
+        transposed([1, 256, 8, 8, 128], 2, 2, 0),
+        transposed([2, 35, 6, 5, 12], 1, 1, 0),
+    ] {
+        for bf16_inputs in [false, true] {
+            let round = |v: Vec<f32>| if bf16_inputs { bf16_values(&v) } else { v };
+            let x = round(random(&mut rng, g.n * g.c_in * g.h * g.w));
+            let w = round(random(&mut rng, g.c_in * g.c_out * g.kh * g.kw));
+            let b = random(&mut rng, g.c_out);
+            let zeros = vec![0.0; g.c_out];
+            let dy = vec![0.0; g.n * g.c_out * g.h_out() * g.w_out()];
+            let x_t = Tensor::from_vec(vec![g.n, g.c_in, g.h, g.w], x.clone()).unwrap();
+            let w_t = Tensor::from_vec(vec![g.c_in, g.c_out, g.kh, g.kw], w.clone()).unwrap();
+            let b_t = Tensor::from_vec(vec![g.c_out], b.clone()).unwrap();
+            let on_gpu = |t: &Tensor| t.to_device(&gpu).unwrap();
+            for algo in ConvAlgo::ALL {
+                if bf16_inputs && algo != ConvAlgo::Bf16Mma {
+                    continue;
+                }
+                device.set_conv_algo(algo);
+                let kernel = transposed_plan(ConvPass::Forward, &g, algo, device.multiprocessors()).kernel;
+                assert!(kernel.starts_with("conv_tfwd_"), "{kernel}");
+                for bias in [Some(&b), None] {
+                    let bias_values = bias.unwrap_or(&zeros);
+                    let (want, ..) = transposed_reference(&g, &x, &w, bias_values, &dy);
+                    let (scale, ..) = transposed_reference(&g, &abs_f32(&x), &abs_f32(&w), &abs_f32(bias_values), &dy);
+                    let y = forward(
+                        &on_gpu(&x_t),
+                        &on_gpu(&w_t),
+                        bias.map(|_| on_gpu(&b_t)).as_ref(),
+                        g.stride,
+                        0,
+                    )
+                    .unwrap();
+                    assert_eq!(y.shape(), [g.n, g.c_out, g.h_out(), g.w_out()]);
+                    assert!(y.device().is_cuda() && y.dtype() == DType::F32);
+                    let what = format!("{kernel} bias {} bf16 inputs {bf16_inputs} {g:?}", bias.is_some());
+                    let relative = relative_bound(algo, Split::NONE.chain(algo, g.c_in), bf16_inputs);
+                    assert_within(&what, &host(&y), &want, &scale, relative);
+                }
+            }
+        }
+    }
+    device.set_conv_algo(ConvAlgo::DEFAULT);
 }
 
 /// The bound of bf16-mma relative to S on operands that are BF16 values already.
@@ -553,7 +621,7 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
             bound,
         );
     }
-    // The transposed convolution's forward pass (a strided backward-data pass with a bias).
+    // The transposed convolution's forward pass (one GEMM per tap, with a bias).
     let t = transposed([3, 40, 5, 7, 20], 2, 2, 0);
     let x = bf16_values(&random(&mut rng, t.n * t.c_in * t.h * t.w));
     let w = bf16_values(&random(&mut rng, t.c_in * t.c_out * 4));
@@ -569,7 +637,7 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         algo,
     )
     .unwrap();
-    let bound = bf16_exact_products_bound(t.c_in * 4);
+    let bound = bf16_exact_products_bound(t.c_in);
     assert_within(
         &format!("transposed forward {t:?}"),
         &y.to_host().unwrap(),

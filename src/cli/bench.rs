@@ -409,6 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn the_benchmarked_up_convolutions_run_forward_by_tap() {
+        use crate::device::cuda::conv::{ConvPass, transposed_plan};
+        let layers = unet_convs(16, 256, 32, 5, 1, 14).unwrap();
+        let mut ups = 0;
+        for (name, layer) in &layers {
+            if let Layer::Transposed(g) = layer {
+                for algo in ConvAlgo::ALL {
+                    let kernel = transposed_plan(ConvPass::Forward, g, algo, 132).kernel;
+                    assert!(kernel.starts_with("conv_tfwd_"), "{name} {algo}: {kernel}");
+                }
+                ups += 1;
+            }
+        }
+        assert_eq!(ups, 4);
+    }
+
+    #[test]
     fn sizes_that_do_not_halve_cleanly_are_refused() {
         assert!(unet_convs(1, 100, 32, 5, 1, 2).is_err());
         assert!(unet_convs(1, 8, 32, 5, 1, 2).is_err());

@@ -827,20 +827,11 @@ mod tests {
             let g = up(16, c_in, side, c_in / 2);
             assert!(g.taps_tile_the_output());
             let pixels = 16 * side * side;
+            let (tile, cols) = if c_in / 2 > 32 { ("n64", 64) } else { ("n32", 32) };
             for (algo, kernel, rows, cols) in [
-                (ConvAlgo::Fp32Tiled, "conv_tfwd_fp32", 64, 64),
-                (
-                    ConvAlgo::Tf32Mma,
-                    if c_in / 2 > 32 { "conv_tfwd_tf32_n64" } else { "conv_tfwd_tf32_n32" },
-                    128,
-                    if c_in / 2 > 32 { 64 } else { 32 },
-                ),
-                (
-                    ConvAlgo::Bf16Mma,
-                    if c_in / 2 > 32 { "conv_tfwd_bf16_n64" } else { "conv_tfwd_bf16_n32" },
-                    128,
-                    if c_in / 2 > 32 { 64 } else { 32 },
-                ),
+                (ConvAlgo::Fp32Tiled, "conv_tfwd_fp32".to_string(), 64, 64),
+                (ConvAlgo::Tf32Mma, format!("conv_tfwd_tf32_{tile}"), 128, cols),
+                (ConvAlgo::Bf16Mma, format!("conv_tfwd_bf16_{tile}"), 128, cols),
             ] {
                 let launch = transposed_plan(ConvPass::Forward, &g, algo, 132);
                 assert_eq!(launch.kernel, kernel);
@@ -879,9 +870,15 @@ mod tests {
                 ..up(2, 5, 4, 4)
             },
             // 2x2 stride 2 with padding: the output is cropped.
-            ConvTransposeGeom { pad: 1, ..up(2, 8, 6, 6) },
+            ConvTransposeGeom {
+                pad: 1,
+                ..up(2, 8, 6, 6)
+            },
             // 2x2 stride 3: gaps between the windows, written by the bias alone.
-            ConvTransposeGeom { stride: 3, ..up(2, 8, 6, 6) },
+            ConvTransposeGeom {
+                stride: 3,
+                ..up(2, 8, 6, 6)
+            },
             // 4x4 stride 2: overlapping windows.
             ConvTransposeGeom {
                 kh: 4,
@@ -889,7 +886,10 @@ mod tests {
                 ..up(1, 8, 6, 6)
             },
             // 2x1 kernel, stride 2: not square.
-            ConvTransposeGeom { kw: 1, ..up(1, 8, 6, 6) },
+            ConvTransposeGeom {
+                kw: 1,
+                ..up(1, 8, 6, 6)
+            },
         ] {
             assert!(!g.taps_tile_the_output(), "{g:?}");
             for algo in ConvAlgo::ALL {
