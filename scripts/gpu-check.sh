@@ -21,7 +21,9 @@
 #             (the same loss in plain PyTorch) on the same cases
 #   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
 #             batch 32 at 256 x 256 and 512 x 512, with and without the CT clean-up)
-#   bench step torch.compile  the PyTorch step compiled (last: compiling takes a minute or more)
+#   bench step torch.compile  the PyTorch step compiled (compiling takes a minute or more)
+#   ncu step  Nsight Compute over one `lrc bench step` (same U-Net): per-kernel share, SM / memory /
+#             DRAM throughput against the card's peak, registers, occupancy (scripts/ncu_table.py)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
@@ -312,6 +314,8 @@ bench_run() {
 # --- parity -------------------------------------------------------------------------------------
 torch_ref="$bundle/scripts/torch_reference.py"
 [[ -f "$torch_ref" ]] || torch_ref="$repo/scripts/torch_reference.py"
+ncu_table="$bundle/scripts/ncu_table.py"
+[[ -f "$ncu_table" ]] || ncu_table="$repo/scripts/ncu_table.py"
 if ! "$python" -c 'import torch, safetensors' > /dev/null 2>&1; then
     skipped+=("parity: $python cannot import torch and safetensors")
     step parity "skipped (no torch)" "" ""
@@ -334,7 +338,7 @@ fi
 if ((dry)); then
     for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
-        "bench superpixels" "bench step torch.compile"; do
+        "bench superpixels" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -447,9 +451,28 @@ else
     done
     bench_run "bench superpixels" 60 240 "$logs/bench-superpixels.log" \
         "$bin/lrc" bench superpixels --json "$out/bench-superpixels.jsonl"
-    # torch.compile last: its compilation alone takes a minute or more.
+    # torch.compile near the end: its compilation alone takes a minute or more.
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # Nsight Compute over the kernels of one training step (the same U-Net), for the per-kernel
+    # table: throughput against the card's peaks, registers, occupancy. A diagnostic: when ncu
+    # cannot profile (no counters for this user, say) the check says so and does not fail.
+    ncu="$(command -v ncu || true)"
+    [[ -n "$ncu" || ! -x /usr/local/cuda/bin/ncu ]] || ncu=/usr/local/cuda/bin/ncu
+    if [[ -z "$ncu" ]]; then
+        skipped+=("ncu step: ncu not found")
+        step "ncu step" "skipped (no ncu)" "" ""
+    elif enough "ncu step" 90; then
+        timed "$logs/ncu-step.log" "$(min 180 "$(left)")" "$ncu" --csv --print-units base \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --log-file "$out/ncu-step.csv" \
+            "$bin/lrc" bench step "${step_argv[@]}" --repeats 1 --warmup 0 --json "$logs/ncu-step-bench.jsonl"
+        if ((rc == 0)) && [[ -s "$out/ncu-step.csv" ]]; then
+            step "ncu step" passed "$took" "$(grep -ac '"Duration"' "$out/ncu-step.csv") launches profiled"
+        else
+            step "ncu step" "no profile (exit $rc; the check does not fail on it)" "$took" \
+                "$(cat "$out/ncu-step.csv" "$logs/ncu-step.log" 2> /dev/null | grep -a -m 1 '==ERROR==' | cut -c 1-200 | tr '|' '/') (logs/ncu-step.log)"
+        fi
+    fi
 fi
 
 # --- summary ------------------------------------------------------------------------------------
@@ -675,6 +698,10 @@ PY
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(superpixel_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    if [[ -s "$out/ncu-step.csv" ]]; then
+        table="$(python3 "$ncu_table" "$out/ncu-step.csv" --top 25 2> /dev/null)"
+        [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    fi
     if ((${#failures[@]})); then
         echo
         echo "## Failed tests"

@@ -416,3 +416,79 @@ fn the_paths_compiled_into_the_tests_are_linked_to_this_tree_for_the_run() {
     assert!(!root.join("elsewhere").exists(), "{summary}");
     assert!(!root.join("target").exists(), "{summary}");
 }
+
+/// Nsight Compute's details page for three launches of two kernels, as `ncu --csv --print-units
+/// base` writes it, with ncu's own messages between the rows.
+const NCU_CSV: &str = r#"==PROF== Connected to process 4242 (/bundle/bin/lrc)
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","ns","2,000"
+"0","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Compute (SM) Throughput","%","50"
+"0","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Memory Throughput","%","20"
+"0","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","Launch Statistics","Registers Per Thread","register/thread","128"
+"1","4242","lrc","gpu","norm_forward","1","7","(256, 1, 1)","(64, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","us","1"
+"1","4242","lrc","gpu","norm_forward","1","7","(256, 1, 1)","(64, 1, 1)","0","9.0","GPU Speed Of Light Throughput","DRAM Throughput","%","80.5"
+==PROF== Profiling "conv_fwd_tf32_k3_n64": 0%....50%....100% - 9 passes
+"2","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","ns","4,000"
+"2","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Compute (SM) Throughput","%","70"
+"2","4242","lrc","gpu","conv_fwd_tf32_k3_n64","1","7","(256, 1, 1)","(512, 1, 1)","0","9.0","Occupancy","Achieved Occupancy","%","31.25"
+==PROF== Disconnected from process 4242
+"#;
+
+#[test]
+fn a_full_run_tables_the_ncu_profile_of_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    fs::create_dir_all(bundle.join("scripts")).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ncu_table.py"),
+        bundle.join("scripts/ncu_table.py"),
+    )
+    .unwrap();
+    fs::write(dir.path().join("ncu.csv"), NCU_CSV).unwrap();
+    // A fake ncu that profiles the step: it must be given the training step to run.
+    write_executable(
+        &tools.join("ncu"),
+        &format!(
+            "#!/usr/bin/env bash\nargs=\"$*\"\n[[ $args == *'bench step --batch 16 --size 256'* ]] || exit 7\n\
+             while (($#)); do [[ $1 == --log-file ]] && cp '{}' \"$2\"; shift; done\n",
+            dir.path().join("ncu.csv").display()
+        ),
+    );
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(output.status.success(), "{summary}");
+    assert!(row(&summary, "ncu step").contains("3 launches profiled"), "{summary}");
+    // conv: 6 us of 7 in two launches, SM 60% on average, 20% memory from one launch, 128
+    // registers, occupancy from one launch; norm: 1 us (given in us), DRAM 80.5%.
+    assert!(
+        summary.contains("| conv_fwd_tf32_k3_n64 | 2 | 0.006 | 3.0 | 85.7 | 60.0 | 20.0 |  | 128 | 31.2 |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| norm_forward | 1 | 0.001 | 1.0 | 14.3 |  |  | 80.5 |  |  |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("3 launches of 2 kernels, 0.007 ms in all"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_failed_ncu_profile_is_reported_without_failing_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    write_executable(
+        &tools.join("ncu"),
+        "#!/usr/bin/env bash\necho '==ERROR== ERR_NVGPUCTRPERM - no permission to access counters'\nexit 1\n",
+    );
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(output.status.success(), "{summary}");
+    let ncu = row(&summary, "ncu step");
+    assert!(
+        ncu.contains("no profile (exit 1") && ncu.contains("ERR_NVGPUCTRPERM"),
+        "{summary}"
+    );
+    assert!(!summary.contains("## Nsight Compute"), "{summary}");
+}
