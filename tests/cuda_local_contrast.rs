@@ -490,7 +490,8 @@ fn check_bf16_all_options(case: &Case) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn bf16_small_batches_with_empty_images_single_regions_and_odd_value_counts() {
-    // 3 x 19 x 35 and 3 x 45 x 36 x ... values: the first odd (a padding half in the last word).
+    // 3 x 19 x 35 = 1995 and 3 x 45 x 35 = 4725 values per map: odd, so the last word of each
+    // packed map holds one value and its padding half.
     let first = Case {
         name: "K = 6, 1, 0",
         d: 19,
