@@ -1,5 +1,5 @@
 // The Local Region Contrast loss (thesis section 3.1.2) of pixel embeddings f_q, f_p
-// (B x D x H x W, NCHW, float32), forward and backward, fused: the sampled pixels are gathered
+// (B x D x H x W, NCHW, FP32 or BF16), forward and backward, fused: the sampled pixels are gathered
 // straight from the embedding maps (optionally normalised to unit length on the fly), averaged
 // into region means, and the K x K blocks q.p / t and q.q / t are formed and reduced with an
 // online, max-shifted log-sum-exp without ever being stored. Memory beyond the inputs is
@@ -19,11 +19,21 @@
 //   L   = mean over images with K_b > 0 of (mean over k of l_k)
 // where a, b are the region means of the q and p views (unit length when renormalize_means).
 //
+// Input element type: the two kernels that read f_q / f_p (means, scatter) exist for FP32 and, with
+// the suffix _bf16, for BF16: one source, a template over the element reader (Fp32Embedding,
+// Bf16Embedding). BF16 maps are packed 16-bit values in NCHW order, two per 32-bit word (element
+// 2i in the low half of word i; an odd count's last word has an unused high half). A BF16 value
+// is the upper half of an FP32, so widening on load is exact, and everything after the load is
+// the FP32 arithmetic: on BF16-representable inputs both variants give the same bits. The
+// gradients grad_q / grad_p are FP32 whatever the input type: the autograd and the optimiser
+// work in FP32, and rounding a gradient that is scattered to a few sampled pixels to 8 bits
+// would save nothing worth its error (the maps are zeroed and written in FP32 either way).
+//
 // Launches (all kernels take LocalContrastParams):
-//   forward:  local_contrast_means (rows, 2) x 128, local_contrast_rows (row blocks) x 128,
+//   forward:  local_contrast_means[_bf16] (rows, 2) x 128, local_contrast_rows (row blocks) x 128,
 //             local_contrast_loss_sum 1 x 256
 //   backward: local_contrast_zero (blocks, 2) x 256, local_contrast_link (ceil(samples/256), 2)
-//             x 256, local_contrast_mean_grads (row blocks) x 128, local_contrast_scatter
+//             x 256, local_contrast_mean_grads (row blocks) x 128, local_contrast_scatter[_bf16]
 //             (ceil(samples/256), 2) x 256
 // with row blocks = sum over images of ceil(K_b / 4). Limits: D <= 128 (MAX_D, registers and
 // static shared memory of the row kernels); K and N are not limited (both are walked in chunks
@@ -42,8 +52,8 @@
 #include "common.cuh"
 
 struct LocalContrastParams {
-    const float* f_q;             // B x D x HW, raw (normalize_pixels) or unit embeddings
-    const float* f_p;
+    const void* f_q;              // B x D x HW, raw (normalize_pixels) or unit embeddings: FP32, or
+    const void* f_p;              //   packed BF16 for the _bf16 kernels
     const uint32_t* region_off;   // [images + 1]: first row of each image
     const uint32_t* sample_off;   // [images + 1]: first sample of each image (per view)
     const uint32_t* per_region;   // [images]: samples per region
@@ -164,6 +174,25 @@ __device__ __forceinline__ void stage_chunk(const RowBlock& r, int d, int stride
     }
 }
 
+// The readers of an embedding map, element i of the NCHW map at `base` as an FP32 value.
+struct Fp32Embedding {
+    const float* base;
+    __device__ __forceinline__ explicit Fp32Embedding(const void* map, size_t offset)
+        : base(static_cast<const float*>(map) + offset) {}
+    __device__ __forceinline__ float operator[](size_t i) const { return __ldg(base + i); }
+};
+
+// BF16 is the upper half of an FP32: widening is a shift, exact. A plain 16-bit load: with
+// __ldg (16- or 32-bit) ptxas 13.0 holds the scatter kernel to 32 registers for sm_80 and spills.
+struct Bf16Embedding {
+    const uint16_t* base;
+    __device__ __forceinline__ explicit Bf16Embedding(const void* map, size_t offset)
+        : base(static_cast<const uint16_t*>(map) + offset) {}
+    __device__ __forceinline__ float operator[](size_t i) const {
+        return __uint_as_float(static_cast<uint32_t>(base[i]) << 16);
+    }
+};
+
 // The list of samples on one pixel: `heads` for the pixel's view and image, `next` for the view.
 struct PixelList {
     uint32_t first;
@@ -185,10 +214,13 @@ __device__ __forceinline__ uint32_t next_member(const PixelList& list, uint32_t 
 
 using namespace local_contrast;
 
+namespace local_contrast {
+
 // Grid (rows, 2 views), 128 threads: the mean of one region's samples in one view. Samples are
 // staged 32 at a time as a [sample][channel] tile (odd row stride: no bank conflicts when one
 // thread per sample sums its squares); thread e then adds channel e over the samples in order.
-LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
+template <typename Embedding>
+__device__ __forceinline__ void region_means(const LocalContrastParams& p) {
     __shared__ float tile[MEAN_CHUNK * (MAX_D + 1)];
     __shared__ float inv_norm[MEAN_CHUNK];
     __shared__ float mean_norm;
@@ -201,7 +233,7 @@ LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
     const int n = static_cast<int>(p.per_region[img]);
     const uint32_t* idx = p.idx + static_cast<size_t>(view) * p.samples + p.sample_off[img] +
                           static_cast<size_t>(region) * n;
-    const float* f = (view == 0 ? p.f_q : p.f_p) + static_cast<size_t>(img) * d * p.hw;
+    const Embedding f(view == 0 ? p.f_q : p.f_p, static_cast<size_t>(img) * d * p.hw);
     const int e = threadIdx.x;
     float acc = 0.0f;
     for (int j0 = 0; j0 < n; j0 += MEAN_CHUNK) {
@@ -210,7 +242,7 @@ LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
         for (int i = threadIdx.x; i < chunk * d; i += blockDim.x) {
             const int j = i % chunk;
             const int c = i / chunk;
-            tile[j * stride + c] = __ldg(f + static_cast<size_t>(c) * p.hw + idx[j0 + j]);
+            tile[j * stride + c] = f[static_cast<size_t>(c) * p.hw + idx[j0 + j]];
         }
         __syncthreads();
         if (static_cast<int>(threadIdx.x) < chunk) {
@@ -247,6 +279,11 @@ LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) {
         p.mean_norms[static_cast<size_t>(view) * p.rows + row] = norm;
     }
 }
+
+}  // namespace local_contrast
+
+LRC_KERNEL(local_contrast_means, LocalContrastParams, MEAN_THREADS) { region_means<Fp32Embedding>(p); }
+LRC_KERNEL(local_contrast_means_bf16, LocalContrastParams, MEAN_THREADS) { region_means<Bf16Embedding>(p); }
 
 // Grid (row blocks), 128 threads, one warp per region k of the block's image. The block stages
 // the image's means 32 regions at a time in shared memory; lane j of each warp takes region
@@ -497,13 +534,16 @@ LRC_KERNEL(local_contrast_mean_grads, LocalContrastParams, ROW_THREADS) {
     }
 }
 
+namespace local_contrast {
+
 // Grid (ceil(samples / 256), 2 views), 256 threads, one thread per sample: the smallest sample
 // of each pixel's list adds the region-mean gradients of the list's samples, in increasing sample
 // order, into the pixel's gradient (its own: no other thread writes that pixel), divides by the
 // samples per region, and applies the backward of the on-the-fly normalisation when it is on:
 // dx = (v - y (y . v)) / |x| with y = x / |x|, or v / eps where the norm was clamped (as
 // ops::normalize). Must run after local_contrast_link and local_contrast_mean_grads.
-LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
+template <typename Embedding>
+__device__ __forceinline__ void scatter(const LocalContrastParams& p) {
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= p.samples) {
         return;
@@ -537,11 +577,11 @@ LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
         }
         return;
     }
-    const float* x = (view == 0 ? p.f_q : p.f_p) + static_cast<size_t>(img) * d * p.hw + pixel;
+    const Embedding x(view == 0 ? p.f_q : p.f_p, static_cast<size_t>(img) * d * p.hw + pixel);
     float sq = 0.0f;
     float dot = 0.0f;
     for (int e = 0; e < d; ++e) {
-        const float xe = __ldg(x + static_cast<size_t>(e) * p.hw);
+        const float xe = x[static_cast<size_t>(e) * p.hw];
         sq += xe * xe;
         dot += xe * (out[static_cast<size_t>(e) * p.hw] * inv_n);
     }
@@ -551,7 +591,7 @@ LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
         const float c = dot * inv * inv;  // (y . v) / |x|
         for (int e = 0; e < d; ++e) {
             const float v = out[static_cast<size_t>(e) * p.hw] * inv_n;
-            out[static_cast<size_t>(e) * p.hw] = (v - __ldg(x + static_cast<size_t>(e) * p.hw) * c) * inv;
+            out[static_cast<size_t>(e) * p.hw] = (v - x[static_cast<size_t>(e) * p.hw] * c) * inv;
         }
     } else {
         for (int e = 0; e < d; ++e) {
@@ -559,3 +599,8 @@ LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) {
         }
     }
 }
+
+}  // namespace local_contrast
+
+LRC_KERNEL(local_contrast_scatter, LocalContrastParams, SCATTER_THREADS) { scatter<Fp32Embedding>(p); }
+LRC_KERNEL(local_contrast_scatter_bf16, LocalContrastParams, SCATTER_THREADS) { scatter<Bf16Embedding>(p); }

@@ -1,5 +1,5 @@
-// Element-wise arithmetic and the full sum: the CUDA side of src/ops/pointwise.rs, planned by
-// src/device/cuda/pointwise.rs.
+// Element-wise arithmetic, the full sum and the FP32 -> BF16 conversion: the CUDA side of
+// src/ops/pointwise.rs, planned by src/device/cuda/pointwise.rs.
 //
 // Launch shape: 1-D grids of 256-thread blocks, capped by the planner, with grid-stride loops so
 // that one launch covers any length. When every buffer of a call starts on a 16-byte boundary the
@@ -62,6 +62,18 @@ struct SumParams {
 };
 static_assert(sizeof(SumParams) == 24, "SumParams must match its Rust mirror");
 static_assert(offsetof(SumParams, len) == 16, "SumParams must match its Rust mirror");
+
+// out = x rounded to BF16 (round to nearest even, NaN to the canonical NaN 0x7fff, as
+// cvt.rn.bf16x2.f32), packed two per word: element 2i in the low half of word i, element 2i + 1
+// in the high half; for an odd len the last word's high half is +0.
+struct ToBf16Params {
+    const float* x;
+    uint32_t* out;
+    int len;  // values of x; out holds ceil(len / 2) words
+    int reserved;
+};
+static_assert(sizeof(ToBf16Params) == 24, "ToBf16Params must match its Rust mirror");
+static_assert(offsetof(ToBf16Params, len) == 16, "ToBf16Params must match its Rust mirror");
 
 namespace pointwise {
 
@@ -169,5 +181,18 @@ LRC_KERNEL(sum_partial_f32, SumParams, pointwise::THREADS) {
     s = lrc::block_sum(s);
     if (threadIdx.x == 0) {
         p.out[blockIdx.x] = s;
+    }
+}
+
+// Grid min(ceil(words / 256), cap), 256 threads, one output word per thread and step of a
+// grid-stride loop (two loads, one store: memory-bound, like the element-wise kernels).
+LRC_KERNEL(bf16_from_f32, ToBf16Params, pointwise::THREADS) {
+    const size_t len = static_cast<size_t>(p.len);
+    const size_t words = (len + 1) / 2;
+    const size_t step = static_cast<size_t>(gridDim.x) * blockDim.x;
+    for (size_t w = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words; w += step) {
+        const float lo = p.x[2 * w];
+        const float hi = 2 * w + 1 < len ? p.x[2 * w + 1] : 0.0f;
+        p.out[w] = lrc::to_bf16x2(lo, hi);
     }
 }

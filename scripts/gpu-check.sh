@@ -18,7 +18,8 @@
 #             same shapes, each lrc version against cuDNN at its operand precision
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
-#             (the same loss in plain PyTorch) on the same cases
+#             (the same loss in plain PyTorch) on the same cases, FP32 and BF16 embeddings, each
+#             lrc type against PyTorch at the same type
 #   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
 #             batch 32 at 256 x 256 and 512 x 512, with and without the CT clean-up)
 #   bench step torch.compile  the PyTorch step compiled (compiling takes a minute or more)
@@ -35,7 +36,8 @@
 # python3), LRC_TEST_TIMEOUT (seconds per test executable, default 150), LRC_BENCH_ARGS (shapes
 # for both convolution benchmarks; default the U-Net of the thesis: batch 16, 256 x 256, base 32,
 # depth 5), LRC_LOSS_BENCH_ARGS (options of both lrc-loss benchmarks; default their own cases,
-# batch 16, D 32 and 64, K 64 and 256, N 32, 256 x 256, with 20 repeats after 3 warm-up runs).
+# batch 16, D 32 and 64, K 64 and 256, N 32, 256 x 256, FP32 and BF16 embeddings, with 20
+# repeats after 3 warm-up runs; --dtype f32|bf16 narrows both to one type).
 set -uo pipefail
 
 usage() {
@@ -597,8 +599,9 @@ for k in keys:
 PY
 }
 
-# Medians per case and pass of the fused LRC loss against plain PyTorch, and the peak memory of
-# each beyond the two embedding maps; speed-up = PyTorch / lrc.
+# Medians per case, pass and embedding type of the fused LRC loss against plain PyTorch at the
+# same type, and the peak memory of each beyond the two embedding maps; speed-up = PyTorch / lrc.
+# Records without a "dtype" (older benchmarks) are FP32.
 loss_bench_table() {
     python3 - "$out/bench-lrc-loss-lrc.jsonl" "$out/bench-lrc-loss-torch.jsonl" "$loss_bench_args" << 'PY'
 import json, os, sys
@@ -612,14 +615,18 @@ def read(path):
 lrc, torch = read(sys.argv[1]), read(sys.argv[2])
 if not lrc and not torch:
     sys.exit(0)
-ours = {(r["case"], r["pass"]): r for r in lrc}
-ref = {(r["case"], r["pass"]): r for r in torch}
-keys = list(dict.fromkeys((r["case"], r["pass"]) for r in lrc + torch))
+def key(r):
+    return (r["case"], r["pass"], r.get("dtype", "f32"))
+ours = {key(r): r for r in lrc}
+ref = {key(r): r for r in torch}
+keys = list(dict.fromkeys(key(r) for r in lrc + torch))
 device = (lrc or torch)[0]["device"]
 print(f"## Benchmark: lrc-loss ({sys.argv[3]}), median ms, {device}\n")
-print("speed-up = PyTorch / lrc: above 1, lrc is faster. Peak: MiB of device memory beyond the two embedding maps.\n")
-print("| case | pass | torch ms | lrc ms | speed-up | torch peak MiB | lrc peak MiB | inputs MiB |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("speed-up = PyTorch / lrc at the same embedding type (dtype): above 1, lrc is faster. Peak: MiB of device "
+      "memory beyond the two embedding maps (inputs, in that type); lrc's gradients are FP32 for either type, "
+      "PyTorch's of the embeddings' type.\n")
+print("| case | pass | dtype | torch ms | lrc ms | speed-up | torch peak MiB | lrc peak MiB | inputs MiB |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 def get(table, k, field):
     v = table.get(k, {}).get(field)
     return v if isinstance(v, (int, float)) else None
@@ -629,7 +636,7 @@ for k in keys:
     t, o = get(ref, k, "median_ms"), get(ours, k, "median_ms")
     speed = f"{t / o:.2f}" if t and o else ""
     inputs = get(ours, k, "inputs_mib") or get(ref, k, "inputs_mib")
-    print(f"| {k[0]} | {k[1]} | {fmt(t)} | {fmt(o)} | {speed} | {fmt(get(ref, k, 'peak_mib'), 1)} "
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(t)} | {fmt(o)} | {speed} | {fmt(get(ref, k, 'peak_mib'), 1)} "
           f"| {fmt(get(ours, k, 'peak_mib'), 1)} | {fmt(inputs, 1)} |")
 PY
 }

@@ -26,9 +26,16 @@ and forward_backward, median of warm repeats timed with CUDA events and the peak
 beyond the two embedding maps; same table and JSON-lines fields. Before timing, the loss and its
 gradients are checked in float64 against `local_contrast` of scripts/torch_reference.py, which
 `lrc parity` checks against the CPU twin. Matmuls run in full FP32 (no TF32), as lrc's kernels.
+--dtypes (default f32,bf16, as `lrc bench lrc-loss --dtype all`) picks the embedding type, one
+row each ("dtype" in the JSON lines): bf16 embeddings (leaf tensors, cast once outside the timed
+calls) are gathered in BF16 and upcast to FP32 right after the gather, as a PyTorch user keeping
+the loss's precision writes it (an all-BF16 loss would round the logits a.b / t to 8 bits, about
+0.05 at t = 0.07: not the computation lrc does); their gradients come back in BF16 (autograd
+gives a leaf its own dtype), where lrc's are FP32.
 
     python3 scripts/torch_bench.py --bench lrc-loss [--batch 16 --size 256 --dims 32,64
-        --regions 64,256 --samples 32 --repeats 20 --warmup 3 --json torch-bench-lrc-loss.jsonl]
+        --regions 64,256 --samples 32 --repeats 20 --warmup 3 --dtypes f32,bf16
+        --json torch-bench-lrc-loss.jsonl]
 
 `bench_conv(args)`, `bench_norm(args)` and `bench_lrc_loss(args)` take the parsed arguments (any
 missing one gets its default), so that scripts/torch_reference.py can dispatch `--bench ...`
@@ -383,9 +390,12 @@ LRC_DEFAULTS = {
     "json": "torch-bench-lrc-loss.jsonl",
     "device": "cuda",
     "list": False,
+    "dtypes": "f32,bf16",
 }
 
 LRC_PASSES = ("forward", "forward_backward")
+# The embedding types of --dtypes, by the names `lrc bench lrc-loss --dtype` uses.
+LRC_DTYPES = ("f32", "bf16")
 LRC_PIXELS = ("raw", "unit")
 
 
@@ -403,6 +413,16 @@ def add_lrc_loss_args(parser):
     parser.add_argument("--json", default=d["json"], help="where to write the JSON lines")
     parser.add_argument("--device", default=d["device"], help="cuda (timed with events) or cpu")
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
+    parser.add_argument("--dtypes", default=d["dtypes"], help="embedding types, comma-separated: f32, bf16")
+
+
+def lrc_dtypes(text):
+    """The embedding types of --dtypes, in the order given (`all` for both)."""
+    names = list(LRC_DTYPES) if str(text) == "all" else [v.strip() for v in str(text).split(",") if v.strip()]
+    bad = [n for n in names if n not in LRC_DTYPES]
+    if bad or not names:
+        raise ValueError(f"--dtypes takes f32 and bf16, comma-separated, not {text!r}")
+    return names
 
 
 def _ints(text):
@@ -460,6 +480,8 @@ def lrc_loss(torch, fq, fp, q_idx, p_idx, t, normalize_pixels, renormalize=False
     def means(f, idx):
         flat = f.reshape(b, d, -1)
         g = torch.gather(flat, 2, idx.reshape(b, 1, k * n).expand(b, d, k * n))  # [B, D, K*N]
+        if g.dtype in (torch.bfloat16, torch.float16):
+            g = g.float()  # FP32 arithmetic from the gathered values on, as lrc's kernels
         if normalize_pixels:
             g = F.normalize(g, dim=1)
         return g.reshape(b, d, k, n).mean(dim=3).transpose(1, 2)  # [B, K, D]
@@ -535,14 +557,16 @@ def check_lrc_loss(torch):
 
 
 def bench_lrc_loss(args):
-    """Times every case and pass; prints a table, writes JSON lines, returns the result dicts."""
+    """Times every case and pass at every embedding type; prints a table, writes JSON lines,
+    returns the result dicts."""
     opt = {k: getattr(args, k, v) for k, v in LRC_DEFAULTS.items()}
     cases = lrc_cases(opt)
+    dtypes = lrc_dtypes(opt["dtypes"])
     if opt["list"]:
         for c in cases:
             print(
                 f"{c['name']:<16} batch {c['batch']} D {c['d']} K {c['regions']} N {c['samples']} "
-                f"{c['size']}x{c['size']} {c['pixels']} pixels"
+                f"{c['size']}x{c['size']} {c['pixels']} pixels, {' and '.join(dtypes)}"
             )
         return []
     if opt["repeats"] < 1:
@@ -564,68 +588,74 @@ def bench_lrc_loss(args):
         f"N = {opt['samples']}, t = {t}, median of {opt['repeats']} runs"
     )
     algo = "eager"
-    print(f"{'case':<16} {'pass':<17} {'algo':<8} {'ms':>10} {'peak MiB':>10} {'input MiB':>10}")
+    print(f"{'case':<16} {'pass':<17} {'dtype':<6} {'algo':<8} {'ms':>10} {'peak MiB':>10} {'input MiB':>10}")
     mib = float(1 << 20)
     results = []
     with open(opt["json"], "w") as out:
         for case in cases:
             b, d, s = case["batch"], case["d"], case["size"]
             q_idx, p_idx = (i.to(device) for i in grid_samples(torch, case, generator))
-            maps = []
+            values = []
             for _ in range(2):
                 f = torch.rand(b, d, s, s, generator=generator) * 2 - 1
                 if case["pixels"] == "unit":
                     f = torch.nn.functional.normalize(f, dim=1)
-                maps.append(f.to(device).requires_grad_(True))
-            fq, fp = maps
+                values.append(f)
             normalize_pixels = case["pixels"] == "raw"
-            inputs_mib = 2 * fq.numel() * 4 / mib
-            for pass_name in LRC_PASSES:
+            for dtype_name in dtypes:
+                dtype = torch.float32 if dtype_name == "f32" else torch.bfloat16
+                fq, fp = (f.to(device=device, dtype=dtype).requires_grad_(True) for f in values)
+                inputs_mib = 2 * fq.numel() * fq.element_size() / mib
+                for pass_name in LRC_PASSES:
 
-                def fn():
-                    fq.grad = None
-                    fp.grad = None
-                    loss = lrc_loss(torch, fq, fp, q_idx, p_idx, t, normalize_pixels)
-                    if pass_name == "forward_backward":
-                        loss.backward()
+                    def fn():
+                        fq.grad = None
+                        fp.grad = None
+                        loss = lrc_loss(torch, fq, fp, q_idx, p_idx, t, normalize_pixels)
+                        if pass_name == "forward_backward":
+                            loss.backward()
 
-                times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
-                peak = None
-                if on_cuda:
-                    fq.grad = None
-                    fp.grad = None
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats(device)
-                    before = torch.cuda.memory_allocated(device)
-                    fn()
-                    torch.cuda.synchronize()
-                    peak = (torch.cuda.max_memory_allocated(device) - before) / mib
-                ms = statistics.median(times)
-                peak_text = f"{peak:>10.1f}" if peak is not None else f"{'-':>10}"
-                print(f"{case['name']:<16} {pass_name:<17} {algo:<8} {ms:>10.4f} {peak_text} {inputs_mib:>10.1f}")
-                record = {
-                    "bench": "lrc-loss",
-                    "engine": "torch",
-                    "device": device_name,
-                    "case": case["name"],
-                    "pass": pass_name,
-                    "algo": algo,
-                    "batch": b,
-                    "d": d,
-                    "regions": case["regions"],
-                    "samples": case["samples"],
-                    "h": s,
-                    "w": s,
-                    "pixels": case["pixels"],
-                    "temperature": t,
-                    "median_ms": ms,
-                    "min_ms": min(times),
-                    "repeats": opt["repeats"],
-                    "peak_mib": peak,
-                    "inputs_mib": inputs_mib,
-                }
-                out.write(json.dumps(record) + "\n")
-                results.append(record)
+                    times = _time(torch, fn, opt["warmup"], opt["repeats"], on_cuda)
+                    peak = None
+                    if on_cuda:
+                        fq.grad = None
+                        fp.grad = None
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats(device)
+                        before = torch.cuda.memory_allocated(device)
+                        fn()
+                        torch.cuda.synchronize()
+                        peak = (torch.cuda.max_memory_allocated(device) - before) / mib
+                    ms = statistics.median(times)
+                    peak_text = f"{peak:>10.1f}" if peak is not None else f"{'-':>10}"
+                    print(
+                        f"{case['name']:<16} {pass_name:<17} {dtype_name:<6} {algo:<8} {ms:>10.4f} {peak_text} "
+                        f"{inputs_mib:>10.1f}"
+                    )
+                    record = {
+                        "bench": "lrc-loss",
+                        "engine": "torch",
+                        "device": device_name,
+                        "case": case["name"],
+                        "pass": pass_name,
+                        "dtype": dtype_name,
+                        "algo": algo,
+                        "batch": b,
+                        "d": d,
+                        "regions": case["regions"],
+                        "samples": case["samples"],
+                        "h": s,
+                        "w": s,
+                        "pixels": case["pixels"],
+                        "temperature": t,
+                        "median_ms": ms,
+                        "min_ms": min(times),
+                        "repeats": opt["repeats"],
+                        "peak_mib": peak,
+                        "inputs_mib": inputs_mib,
+                    }
+                    out.write(json.dumps(record) + "\n")
+                    results.append(record)
     print(f"JSON lines written to {opt['json']}")
     return results
 

@@ -17,6 +17,14 @@
 //!
 //! The GPU's expf / logf are within 2 ulp of the correctly rounded results, far inside e.
 //!
+//! BF16 inputs (`local_contrast_bf16` on maps converted on the device by
+//! `pointwise::bf16_from_f32`; there is no BF16 tensor): the reference is the same CPU op in
+//! f64 on the inputs rounded to BF16 and widened, exactly the values the kernels load; from the
+//! load on the kernels do the FP32 arithmetic of the FP32 path, so the same tolerances apply
+//! (unit inputs are unit to BF16 precision only, |x| <= 1 + 2^-8: under 1 % on the bounds). On
+//! BF16-representable inputs the BF16 kernels must give the FP32 kernels' bits exactly, and on
+//! generic inputs a different loss.
+//!
 //! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`. The last three need
 //! none: the kernels are compiled for every architecture, and `lrc bench lrc-loss` lists its
 //! cases anywhere and is a clear error without a GPU.
@@ -25,7 +33,11 @@ use std::process::Command;
 use std::sync::Arc;
 
 use local_contrast_common::{Case, U, draw, sampled_mask};
-use lrc::device::cuda::local_contrast::{MAX_CHANNELS, kernel_names, local_contrast_backward, local_contrast_forward};
+use lrc::device::cuda::local_contrast::{
+    EmbeddingType, MAX_CHANNELS, all_kernel_names, local_contrast_backward, local_contrast_bf16,
+    local_contrast_forward, local_contrast_forward_as,
+};
+use lrc::device::cuda::pointwise::{bf16_from_f32, bf16_round};
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
@@ -379,7 +391,7 @@ fn every_kernel_is_compiled_for_every_architecture() {
     if !kernels::BUILT {
         return;
     }
-    assert_compiled_for_every_arch(kernel_names().into_iter().map(|name| ("local_contrast", name)));
+    assert_compiled_for_every_arch(all_kernel_names().into_iter().map(|name| ("local_contrast", name)));
 }
 
 #[test]
@@ -411,4 +423,199 @@ fn bench_lrc_loss_without_a_gpu_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.starts_with("error: "), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+fn rounded(f: &[f32]) -> Vec<f32> {
+    f.iter().map(|&x| bf16_round(x)).collect()
+}
+
+/// Loss and gradients of the fused loss on BF16 maps made on the device from `f`, for upstream
+/// gradient `grad`.
+fn run_bf16(
+    gpu: &Arc<CudaDevice>,
+    case: &Case,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+    grad: f32,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let to_bf16 = |v: &[f32]| bf16_from_f32(&CudaStorage::from_host(gpu, v).unwrap()).unwrap();
+    let (q, p) = (to_bf16(f[0]), to_bf16(f[1]));
+    assert_eq!(q.len(), case.len().div_ceil(2));
+    let g = CudaStorage::full(gpu, 1, grad).unwrap();
+    let (loss, gq, gp) = local_contrast_bf16(&q, &p, case.dims(), samples, &cfg, &g).unwrap();
+    (loss.to_host().unwrap()[0], gq.to_host().unwrap(), gp.to_host().unwrap())
+}
+
+/// The BF16 path against the CPU twin on the BF16-rounded inputs, every option.
+fn check_bf16_all_options(case: &Case) {
+    let gpu = device();
+    for normalize_pixels in [false, true] {
+        for renormalize_means in [false, true] {
+            let cfg = LocalLossConfig {
+                temperature: case.temperature,
+                renormalize_means,
+                normalize_pixels,
+            };
+            let what = format!(
+                "{} bf16 (normalize_pixels {normalize_pixels}, renormalize_means {renormalize_means})",
+                case.name
+            );
+            let (samples, fq, fp) = inputs(case, !normalize_pixels);
+            let (rq, rp) = (rounded(&fq), rounded(&fp));
+            let (want_loss, want_q, want_p) = run(&Device::Cpu, case, [&rq, &rp], &samples, cfg);
+            let (got_loss, got_q, got_p) = run_bf16(&gpu, case, [&fq, &fp], &samples, cfg, 1.0);
+            let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
+            let (loss_tol, grad_tol) = tolerances(case, largest);
+            assert_close(&format!("{what}: loss"), &[got_loss], &[want_loss], loss_tol);
+            let mut ratio = 0.0f64;
+            for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
+                assert_close(&format!("{what}: grad_{view}"), got, want, grad_tol);
+                ratio = ratio.max(worst(got, want, grad_tol).ratio);
+                for (i, (&g, m)) in got.iter().zip(sampled_mask(case, &samples, view == "q")).enumerate() {
+                    assert!(
+                        m || g == 0.0,
+                        "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
+                    );
+                }
+            }
+            println!(
+                "{what}: loss {got_loss} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {ratio:.1e}",
+                worst(&[got_loss], &[want_loss], loss_tol).ratio
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_small_batches_with_empty_images_single_regions_and_odd_value_counts() {
+    // 3 x 19 x 35 = 1995 and 3 x 45 x 35 = 4725 values per map: odd, so the last word of each
+    // packed map holds one value and its padding half.
+    let first = Case {
+        name: "K = 6, 1, 0",
+        d: 19,
+        h: 5,
+        w: 7,
+        regions: vec![6, 1, 0],
+        samples: vec![5, 3, 4],
+        temperature: 0.3,
+        seed: 1,
+    };
+    assert_eq!(first.len() % 2, 1);
+    check_bf16_all_options(&first);
+    check_bf16_all_options(&Case {
+        name: "K = 33, 32, 0; N = 33, 2, 1; D = 45",
+        d: 45,
+        h: 7,
+        w: 5,
+        regions: vec![33, 32, 0],
+        samples: vec![33, 2, 1],
+        temperature: 0.1,
+        seed: 2,
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_a_training_sized_batch_and_the_limits() {
+    check_bf16_all_options(&Case {
+        name: "B = 4, D = 64, K = 64, 1, 0, 40, N = 32, 48 x 40",
+        d: 64,
+        h: 48,
+        w: 40,
+        regions: vec![64, 1, 0, 40],
+        samples: vec![32, 7, 3, 33],
+        temperature: 0.07,
+        seed: 3,
+    });
+    check_bf16_all_options(&Case {
+        name: "K = 512, 300; D = 128",
+        d: MAX_CHANNELS,
+        h: 64,
+        w: 63,
+        regions: vec![512, 300],
+        samples: vec![16, 5],
+        temperature: 0.07,
+        seed: 4,
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_inputs_take_only_their_rounding_from_fp32() {
+    let gpu = device();
+    let case = Case {
+        name: "bf16 vs fp32",
+        d: 32,
+        h: 17,
+        w: 19,
+        regions: vec![40, 1, 0, 25],
+        samples: vec![12, 3, 5, 9],
+        temperature: 0.07,
+        seed: 10,
+    };
+    for normalize_pixels in [false, true] {
+        let cfg = LocalLossConfig {
+            temperature: case.temperature,
+            renormalize_means: true,
+            normalize_pixels,
+        };
+        let (samples, fq, fp) = inputs(&case, !normalize_pixels);
+        let (rq, rp) = (rounded(&fq), rounded(&fp));
+        // The FP32 kernels on the BF16 values, through the device wrappers as the BF16 path.
+        let fp32 = |q: &[f32], p: &[f32]| {
+            let (q, p) = (
+                CudaStorage::from_host(&gpu, q).unwrap(),
+                CudaStorage::from_host(&gpu, p).unwrap(),
+            );
+            let (loss, saved) = local_contrast_forward(&q, &p, case.dims(), &samples, &cfg).unwrap();
+            let g = CudaStorage::full(&gpu, 1, 1.0).unwrap();
+            let (gq, gp) = local_contrast_backward(&saved, &q, &p, &g).unwrap();
+            (loss.to_host().unwrap()[0], gq.to_host().unwrap(), gp.to_host().unwrap())
+        };
+        let on_rounded = fp32(&rq, &rp);
+        let bf16 = run_bf16(&gpu, &case, [&fq, &fp], &samples, cfg, 1.0);
+        assert_eq!(
+            bf16.0.to_bits(),
+            on_rounded.0.to_bits(),
+            "normalize_pixels {normalize_pixels}: loss"
+        );
+        for (view, a, b) in [("q", &bf16.1, &on_rounded.1), ("p", &bf16.2, &on_rounded.2)] {
+            let differs = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(differs, None, "normalize_pixels {normalize_pixels}: grad_{view}");
+        }
+        let generic = fp32(&fq, &fp);
+        assert_ne!(
+            generic.0.to_bits(),
+            bf16.0.to_bits(),
+            "normalize_pixels {normalize_pixels}: the loss"
+        );
+        println!(
+            "normalize_pixels {normalize_pixels}: loss fp32 {} bf16 {} (= fp32 on the rounded inputs)",
+            generic.0, bf16.0
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_maps_of_the_wrong_length_are_an_error() {
+    let gpu = device();
+    let samples = vec![draw(&mut Rng::new(9), 2, 3, 15)];
+    let cfg = LocalLossConfig::default();
+    // 1 x 3 x 3 x 5 = 45 values: 23 words of BF16. FP32 storage (45 words) is refused.
+    let f32_map = CudaStorage::from_host(&gpu, &[0.5f32; 45]).unwrap();
+    let err =
+        local_contrast_forward_as(EmbeddingType::Bf16, &f32_map, &f32_map, [1, 3, 3, 5], &samples, &cfg).unwrap_err();
+    assert!(err.to_string().contains("BF16"), "{err}");
+    let bf16_map = bf16_from_f32(&f32_map).unwrap();
+    assert_eq!(bf16_map.len(), 23);
+    let (loss, saved) =
+        local_contrast_forward_as(EmbeddingType::Bf16, &bf16_map, &bf16_map, [1, 3, 3, 5], &samples, &cfg).unwrap();
+    assert!(loss.to_host().unwrap()[0].is_finite());
+    let g = CudaStorage::full(&gpu, 1, 1.0).unwrap();
+    assert!(local_contrast_backward(&saved, &f32_map, &f32_map, &g).is_err());
+    let (gq, _) = local_contrast_backward(&saved, &bf16_map, &bf16_map, &g).unwrap();
+    assert_eq!(gq.len(), 45);
 }

@@ -17,6 +17,16 @@
 //!   region pair and the (v - y (y . v)) / |x| steps. A wrong term (one region, one sample,
 //!   one channel) is off by O(1 / (K n)) of the largest gradient, far above these bounds.
 //!
+//! BF16 inputs (the `_bf16` kernels, packed two values per word): the twin runs in f64 on the
+//! inputs rounded to BF16 (`half::bf16`, round to nearest even) and widened, which is exactly
+//! what the kernels load (widening BF16 to FP32 is exact). From the load on, the kernels do the
+//! same FP32 arithmetic as for FP32 inputs, so the same error analysis and the SAME tolerances
+//! apply: BF16 rounding is part of the inputs, not an error of the kernels. (Unit inputs, when
+//! the loss does not normalise, are unit only to BF16 precision after rounding, |x| <= 1 + 2^-8:
+//! a factor under 1.01 on the bounds.) Two stronger checks: on inputs that are already
+//! BF16-representable, the BF16 kernels give exactly the bits of the FP32 kernels (only the
+//! loading differs), and on generic inputs they do not (the rounding really happens).
+//!
 //! The emulator runs blocks one after another, so it shows no races between blocks: the kernels
 //! have none by construction (every output element has a single writer; see the .cu file), and
 //! the emulator runs every job under its forward and reverse schedules, which link the samples of
@@ -26,8 +36,9 @@
 
 use local_contrast_common::{Case, U, draw, sampled_mask};
 use lrc::device::cuda::local_contrast::{
-    LocalContrastBuffers, LocalContrastGeom, MAX_CHANNELS, SampleTable, backward_calls, forward_calls,
+    EmbeddingType, LocalContrastBuffers, LocalContrastGeom, MAX_CHANNELS, SampleTable, backward_calls, forward_calls,
 };
+use lrc::device::cuda::pointwise::{bf16_round, pack_bf16};
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
@@ -101,12 +112,35 @@ fn emulate(
     cfg: LocalLossConfig,
     grad: f32,
 ) -> (f32, Vec<f32>, Vec<f32>) {
+    emulate_as(EmbeddingType::F32, case, f, samples, cfg, grad)
+}
+
+/// The embeddings as the kernels of `input` read them: FP32 as they are, or rounded to BF16
+/// and packed two per word.
+fn upload_as(mem: &mut EmuMemory, input: EmbeddingType, f: &[f32]) -> u64 {
+    match input {
+        EmbeddingType::F32 => mem.upload(f),
+        EmbeddingType::Bf16 => mem.upload(&pack_bf16(f)),
+    }
+}
+
+/// [`emulate`] with the embeddings in element type `input` (rounded to BF16 for `Bf16`).
+fn emulate_as(
+    input: EmbeddingType,
+    case: &Case,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+    grad: f32,
+) -> (f32, Vec<f32>, Vec<f32>) {
     let table = SampleTable::new(samples, case.h * case.w).unwrap();
-    let g = LocalContrastGeom::new(case.dims(), &table, &cfg).unwrap();
+    let g = LocalContrastGeom::new(case.dims(), &table, &cfg)
+        .unwrap()
+        .with_input(input);
     let mut mem = EmuMemory::new();
     let a = LocalContrastBuffers {
-        f_q: mem.upload(f[0]),
-        f_p: mem.upload(f[1]),
+        f_q: upload_as(&mut mem, input, f[0]),
+        f_p: upload_as(&mut mem, input, f[1]),
         table: mem.upload(table.words()),
         means: mem.alloc(g.means_len()),
         mean_norms: mem.alloc(g.norms_len()),
@@ -132,16 +166,35 @@ fn emulate(
     )
 }
 
-/// Runs `case` with `cfg` on the emulator and checks it against the CPU twin; returns the worst
-/// ratios to tolerance (loss, gradients).
-fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSamples]) -> (f64, f64) {
+/// The values a BF16 map holds, widened back to FP32.
+fn rounded(f: &[f32]) -> Vec<f32> {
+    f.iter().map(|&x| bf16_round(x)).collect()
+}
+
+/// Runs `case` with `cfg` on the emulator, the embeddings in element type `input`, and checks it
+/// against the CPU twin (for BF16 on the BF16-rounded inputs, with the same tolerances: see the
+/// file's comment); returns the worst ratios to tolerance (loss, gradients).
+fn check_as(
+    input: EmbeddingType,
+    case: &Case,
+    cfg: LocalLossConfig,
+    f: [&[f32]; 2],
+    samples: &[RegionSamples],
+) -> (f64, f64) {
     let what = format!(
-        "{} (normalize_pixels {}, renormalize_means {})",
-        case.name, cfg.normalize_pixels, cfg.renormalize_means
+        "{} {} (normalize_pixels {}, renormalize_means {})",
+        case.name,
+        input.name(),
+        cfg.normalize_pixels,
+        cfg.renormalize_means
     );
     let grad = 0.75;
-    let (want_loss, want_q, want_p) = reference(case, f, samples, cfg, grad);
-    let (got_loss, got_q, got_p) = emulate(case, f, samples, cfg, grad as f32);
+    let (fq, fp) = match input {
+        EmbeddingType::F32 => (f[0].to_vec(), f[1].to_vec()),
+        EmbeddingType::Bf16 => (rounded(f[0]), rounded(f[1])),
+    };
+    let (want_loss, want_q, want_p) = reference(case, [&fq, &fp], samples, cfg, grad);
+    let (got_loss, got_q, got_p) = emulate_as(input, case, f, samples, cfg, grad as f32);
     let e = case.logit_error();
     let k = case.max_regions();
     let loss_tol = Tolerance {
@@ -181,6 +234,10 @@ fn check(case: &Case, cfg: LocalLossConfig, f: [&[f32]; 2], samples: &[RegionSam
 
 /// Every combination of the two options on one case.
 fn check_all_options(case: &Case) {
+    check_all_options_as(EmbeddingType::F32, case);
+}
+
+fn check_all_options_as(input: EmbeddingType, case: &Case) {
     for normalize_pixels in [false, true] {
         let mut rng = Rng::new(case.seed);
         let samples = samples_of(case, &mut rng);
@@ -192,7 +249,7 @@ fn check_all_options(case: &Case) {
                 renormalize_means,
                 normalize_pixels,
             };
-            check(case, cfg, [&fq, &fp], &samples);
+            check_as(input, case, cfg, [&fq, &fp], &samples);
         }
     }
 }
@@ -255,6 +312,18 @@ fn many_regions() {
     if !emu::available() {
         return;
     }
+    many_regions_as(EmbeddingType::F32);
+}
+
+#[test]
+fn bf16_inputs_with_many_regions() {
+    if !emu::available() {
+        return;
+    }
+    many_regions_as(EmbeddingType::Bf16);
+}
+
+fn many_regions_as(input: EmbeddingType) {
     // K = 512 and D = 128, the sizes the issue asks for, with few samples and pixels so that
     // the emulator stays quick.
     let case = Case {
@@ -276,7 +345,7 @@ fn many_regions() {
         renormalize_means: true,
         normalize_pixels: true,
     };
-    check(&case, cfg, [&fq, &fp], &samples);
+    check_as(input, &case, cfg, [&fq, &fp], &samples);
 }
 
 #[test]
@@ -513,8 +582,121 @@ fn every_kernel_is_registered_with_the_emulator() {
         return;
     }
     let registered = emu::registered_kernels().unwrap_or_else(|e| panic!("{e}"));
-    for name in lrc::device::cuda::local_contrast::kernel_names() {
-        let entry = registered.iter().find(|(n, _)| n == name);
+    for name in lrc::device::cuda::local_contrast::all_kernel_names() {
+        let entry = registered.iter().find(|(n, _)| *n == name);
         assert_eq!(entry.map(|e| e.1), Some(184), "{name}");
+    }
+}
+
+/// K = 6, 1, 0 (an image without regions, one with a single region), duplicate samples within
+/// and across regions, and 3 x 19 x 35 = 1995 values per map: odd, so the last word of each
+/// packed map holds one value and its padding half.
+fn small_mixed_case() -> Case {
+    Case {
+        name: "K = 6, 1, 0",
+        d: 19,
+        h: 5,
+        w: 7,
+        regions: vec![6, 1, 0],
+        samples: vec![5, 3, 4],
+        temperature: 0.3,
+        seed: 1,
+    }
+}
+
+#[test]
+fn bf16_inputs_with_mixed_region_counts_and_an_odd_value_count() {
+    if !emu::available() {
+        return;
+    }
+    let case = small_mixed_case();
+    assert_eq!(case.len() % 2, 1);
+    check_all_options_as(EmbeddingType::Bf16, &case);
+}
+
+#[test]
+fn bf16_inputs_across_chunk_boundaries_and_at_the_channel_limit() {
+    if !emu::available() {
+        return;
+    }
+    check_all_options_as(
+        EmbeddingType::Bf16,
+        &Case {
+            name: "K = 33, 1; N = 33, 2; D = 45",
+            d: 45,
+            h: 5,
+            w: 5,
+            regions: vec![33, 1],
+            samples: vec![33, 2],
+            temperature: 0.1,
+            seed: 12,
+        },
+    );
+    check_all_options_as(
+        EmbeddingType::Bf16,
+        &Case {
+            name: "D = 128",
+            d: MAX_CHANNELS,
+            h: 3,
+            w: 5,
+            regions: vec![3, 2, 0],
+            samples: vec![4, 1, 2],
+            temperature: 0.07,
+            seed: 13,
+        },
+    );
+}
+
+#[test]
+fn bf16_inputs_take_only_their_rounding_from_fp32() {
+    if !emu::available() {
+        return;
+    }
+    let case = small_mixed_case();
+    let bits = |r: &(f32, Vec<f32>, Vec<f32>)| -> Vec<u32> {
+        std::iter::once(r.0)
+            .chain(r.1.iter().copied())
+            .chain(r.2.iter().copied())
+            .map(f32::to_bits)
+            .collect()
+    };
+    for normalize_pixels in [false, true] {
+        let mut rng = Rng::new(case.seed);
+        let samples = samples_of(&case, &mut rng);
+        let fq = embeddings(&case, &mut rng, !normalize_pixels);
+        let fp = embeddings(&case, &mut rng, !normalize_pixels);
+        let cfg = LocalLossConfig {
+            temperature: case.temperature,
+            renormalize_means: true,
+            normalize_pixels,
+        };
+        let what = format!("normalize_pixels {normalize_pixels}");
+        // On BF16-representable inputs only the loading differs: the same bits.
+        let (rq, rp) = (rounded(&fq), rounded(&fp));
+        let fp32 = emulate_as(EmbeddingType::F32, &case, [&rq, &rp], &samples, cfg, 0.5);
+        let bf16 = emulate_as(EmbeddingType::Bf16, &case, [&rq, &rp], &samples, cfg, 0.5);
+        let (a, b) = (bits(&fp32), bits(&bf16));
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        assert_eq!(
+            first, None,
+            "{what}: BF16 and FP32 kernels differ on BF16 values at {first:?} (0: the loss)"
+        );
+        // On generic inputs the BF16 kernels see rounded values: the loss and gradients move.
+        let generic = emulate_as(EmbeddingType::F32, &case, [&fq, &fp], &samples, cfg, 0.5);
+        let from_generic = emulate_as(EmbeddingType::Bf16, &case, [&fq, &fp], &samples, cfg, 0.5);
+        assert_eq!(bits(&from_generic), b, "{what}: packing rounds the inputs once");
+        assert_ne!(generic.0.to_bits(), bf16.0.to_bits(), "{what}: the loss");
+        let moved = generic
+            .1
+            .iter()
+            .zip(&bf16.1)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        let hit = generic.1.iter().filter(|g| **g != 0.0).count();
+        assert!(moved * 2 > hit, "{what}: {moved} of {hit} sampled q gradients moved");
+        println!(
+            "{what}: loss fp32 {} bf16 {} (equal bits on BF16 inputs), {moved} of {hit} q gradients differ",
+            generic.0, bf16.0
+        );
     }
 }

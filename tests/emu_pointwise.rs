@@ -18,12 +18,15 @@
 //!   (the classic bound of recursive summation, to first order); atol is that bound, rtol 0.
 //!   With inputs in [0.5, 1.5) one missing or doubled element moves the sum by at least 0.5,
 //!   far beyond it.
+//! - bf16_from_f32: bit-exact against `pointwise::pack_bf16` (round to nearest even with
+//!   `half::bf16`, NaN to the canonical 0x7fff as `cvt.rn.bf16x2.f32`), the padding half of an
+//!   odd length's last word included.
 
 use lrc::Tensor;
 use lrc::device::cuda::KernelCall;
 use lrc::device::cuda::pointwise::{
-    BinaryOp, MAX_BLOCKS, SUM_MAX_BLOCKS, THREADS, UnaryOp, binary_calls, broadcast_calls, sum_calls, sum_scratch_len,
-    unary_calls,
+    BinaryOp, MAX_BLOCKS, SUM_MAX_BLOCKS, THREADS, UnaryOp, bf16_from_f32_calls, bf16_words, binary_calls,
+    broadcast_calls, pack_bf16, sum_calls, sum_scratch_len, unary_calls,
 };
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::pointwise as twin;
@@ -340,4 +343,72 @@ fn sum_is_within_its_rounding_bound() {
         );
     }
     report.print("sum_is_within_its_rounding_bound");
+}
+
+/// Values where rounding to BF16 can go wrong: ties of both parities, half an ulp and a bit
+/// either side, subnormals, signed zeros, infinities, overflow past the largest BF16, and NaNs of
+/// both signs with quiet and signalling payloads.
+fn bf16_edge_values() -> Vec<f32> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -1e-40,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc0_1234),
+    ];
+    for hi in [0x3f80u32, 0x3f81, 0xbf80, 0xbf81, 0x0000, 0x0001, 0x7f7f, 0xff7f] {
+        for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+            v.push(f32::from_bits(hi << 16 | lo));
+        }
+    }
+    v
+}
+
+#[test]
+fn bf16_from_f32_rounds_as_the_cpu_bit_for_bit() {
+    if !emu::available() {
+        return;
+    }
+    let mut rng = Rng::new(41);
+    let edges = bf16_edge_values();
+    for len in [1, 2, 3, 64, 511, 513, 1029, 4101] {
+        for cap in CAPS {
+            // The edge values first, then ordinary values and arbitrary bit patterns in turn.
+            let values: Vec<f32> = (0..len)
+                .map(|i| match edges.get(i) {
+                    Some(&x) => x,
+                    None if i % 2 == 0 => rng.range(-4.0, 4.0) as f32,
+                    None => f32::from_bits(rng.below(1 << 32) as u32),
+                })
+                .collect();
+            let mut mem = EmuMemory::new();
+            let x = mem.upload(&values);
+            let out = mem.alloc(bf16_words(len));
+            run(&mut mem, &bf16_from_f32_calls(len, x, out, cap).unwrap());
+            let got: Vec<u32> = mem.read(out, bf16_words(len));
+            let want = pack_bf16(&values);
+            if let Some(w) = (0..want.len()).find(|&w| got[w] != want[w]) {
+                let pair: Vec<u32> = values[2 * w..(2 * w + 2).min(len)]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                panic!(
+                    "len {len}, cap {cap}: word {w} is {:#010x}, want {:#010x} (inputs {pair:x?})",
+                    got[w], want[w]
+                );
+            }
+        }
+    }
+    println!(
+        "bf16_from_f32: bit-exact on {} edge values and random inputs",
+        edges.len()
+    );
 }

@@ -297,10 +297,19 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
     let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
     let tools = fake_gpu(dir.path(), &bundle, &python);
     // Benchmarks that answer `bench lrc-loss` in the format of src/cli/bench/lrc_loss.rs and
-    // scripts/torch_bench.py: lrc 0.5 ms and 40 MiB, PyTorch 2 ms and 300 MiB.
-    let record = |engine: &str, ms: f64, peak: f64| {
+    // scripts/torch_bench.py, one record per embedding type: FP32 lrc 0.5 ms and 40 MiB,
+    // PyTorch 2 ms and 300 MiB; BF16 (half the input bytes) lrc 0.4 ms and 41 MiB, PyTorch
+    // 1.2 ms and 200 MiB.
+    let record = |engine: &str, (ms, peak): (f64, f64), (bf16_ms, bf16_peak): (f64, f64)| {
+        let line = |dtype: &str, ms: f64, peak: f64, inputs: f64| {
+            format!(
+                r#"{{"bench":"lrc-loss","engine":"{engine}","device":"Fake H100","case":"d64-k256-raw","pass":"forward_backward","dtype":"{dtype}","median_ms":{ms},"peak_mib":{peak},"inputs_mib":{inputs:.1}}}"#
+            )
+        };
         format!(
-            r#"{{"bench":"lrc-loss","engine":"{engine}","device":"Fake H100","case":"d64-k256-raw","pass":"forward_backward","median_ms":{ms},"peak_mib":{peak},"inputs_mib":512.0}}"#
+            "{}\n{}",
+            line("f32", ms, peak, 512.0),
+            line("bf16", bf16_ms, bf16_peak, 256.0)
         )
     };
     let answer = |line: String| {
@@ -313,7 +322,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
         &bundle.join("bin/lrc"),
         &format!(
             "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
-            answer(record("lrc", 0.5, 40.0))
+            answer(record("lrc", (0.5, 40.0), (0.4, 41.0)))
         ),
     );
     write_executable(
@@ -321,7 +330,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
         &format!(
             "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n\
              [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n{}",
-            answer(record("torch", 2.0, 300.0))
+            answer(record("torch", (2.0, 300.0), (1.2, 200.0)))
         ),
     );
     let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
@@ -331,20 +340,42 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
         "{summary}"
     );
     assert!(row(&summary, "bench lrc-loss lrc").contains("| passed |"), "{summary}");
-    assert!(row(&summary, "bench lrc-loss torch").contains("1 timings"), "{summary}");
-    // Columns: case, pass, torch ms, lrc ms, speed-up, torch peak, lrc peak, inputs.
-    let cells: Vec<&str> = row(&summary, "d64-k256-raw").split('|').map(str::trim).collect();
+    assert!(row(&summary, "bench lrc-loss torch").contains("2 timings"), "{summary}");
+    // Columns: case, pass, dtype, torch ms, lrc ms, speed-up, torch peak, lrc peak, inputs; one
+    // row per embedding type, each lrc type against PyTorch at that type.
+    let rows: Vec<Vec<&str>> = summary
+        .lines()
+        .filter(|l| l.starts_with("| d64-k256-raw |"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{summary}");
     assert_eq!(
-        cells[1..9],
+        rows[0][1..10],
         [
             "d64-k256-raw",
             "forward_backward",
+            "f32",
             "2.0000",
             "0.5000",
             "4.00",
             "300.0",
             "40.0",
             "512.0"
+        ],
+        "{summary}"
+    );
+    assert_eq!(
+        rows[1][1..10],
+        [
+            "d64-k256-raw",
+            "forward_backward",
+            "bf16",
+            "1.2000",
+            "0.4000",
+            "3.00",
+            "200.0",
+            "41.0",
+            "256.0"
         ],
         "{summary}"
     );

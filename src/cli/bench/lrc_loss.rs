@@ -13,10 +13,16 @@
 //! lie close together as a superpixel's do; a region's q and p samples are drawn independently
 //! in its cell.
 //!
+//! Input element types (`--dtype f32|bf16|all`, default all, one row each): FP32 embeddings
+//! through the op, and BF16 embeddings (packed, two per word) through the device-level
+//! `local_contrast_bf16` / `local_contrast_forward_as`, since there is no BF16 tensor. The BF16
+//! maps are rounded from the same FP32 values once, before timing: their producer will be the
+//! BF16 activations of the model. The gradients are FP32 for both.
+//!
 //! Peak memory: the caching allocator's peak of bytes in use (whole size classes) during one
 //! forward (+ backward) pass, minus what was in use before it: the sample table, the region
-//! means and their gradients, and the two gradient maps of the backward pass. The inputs are
-//! the two embedding maps.
+//! means and their gradients, and the two gradient maps of the backward pass (FP32 for either
+//! input type). The inputs are the two embedding maps (half the bytes for BF16).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -26,7 +32,9 @@ use clap::Args;
 
 use super::{median, time_runs};
 use crate::device::Device;
-use crate::device::cuda::{CudaDevice, GpuTimer};
+use crate::device::cuda::local_contrast::{EmbeddingType, local_contrast_bf16, local_contrast_forward_as};
+use crate::device::cuda::pointwise::bf16_from_f32;
+use crate::device::cuda::{CudaDevice, CudaStorage, GpuTimer};
 use crate::error::{Error, Result};
 use crate::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use crate::rng::Rng;
@@ -64,9 +72,32 @@ pub struct LrcLossBenchArgs {
     /// Which GPU.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// Element type of the embeddings: f32, bf16, or all (both, one row each); --dtypes, as
+    /// scripts/torch_bench.py spells it, is the same option.
+    #[arg(long, alias = "dtypes", default_value = "all")]
+    pub dtype: String,
     /// Print the cases and exit (needs no GPU).
     #[arg(long)]
     pub list: bool,
+}
+
+/// The element types of `--dtype`: `f32`, `bf16`, a comma-separated list of them, or `all`
+/// (both, FP32 first).
+pub fn dtypes(arg: &str) -> Result<Vec<EmbeddingType>> {
+    if arg == "all" {
+        return Ok(EmbeddingType::ALL.to_vec());
+    }
+    let mut out = Vec::new();
+    for name in arg.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let t: EmbeddingType = name.parse()?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::config("--dtype needs f32, bf16 or all"));
+    }
+    Ok(out)
 }
 
 /// The passes timed per case.
@@ -93,9 +124,18 @@ impl LrcLossCase {
         format!("d{}-k{}-{}", self.d, self.regions, self.pixels)
     }
 
-    /// Bytes of the two embedding maps.
+    /// Bytes of the two embedding maps in FP32.
     pub fn input_bytes(&self) -> usize {
-        2 * self.batch * self.d * self.size * self.size * 4
+        self.input_bytes_as(EmbeddingType::F32)
+    }
+
+    /// Bytes of the two embedding maps in element type `dtype`.
+    pub fn input_bytes_as(&self, dtype: EmbeddingType) -> usize {
+        2 * dtype.bytes(self.batch * self.d * self.size * self.size)
+    }
+
+    pub fn dims(&self) -> [usize; 4] {
+        [self.batch, self.d, self.size, self.size]
     }
 }
 
@@ -170,8 +210,8 @@ pub fn grid_samples(case: &LrcLossCase, rng: &mut Rng) -> Vec<RegionSamples> {
         .collect()
 }
 
-/// Embeddings in [-1, 1), or those normalised per pixel for `unit` cases, on the device.
-fn embeddings(device: &Device, case: &LrcLossCase, rng: &mut Rng) -> Result<Tensor> {
+/// Embeddings in [-1, 1), or those normalised per pixel for `unit` cases.
+fn embeddings(case: &LrcLossCase, rng: &mut Rng) -> Vec<f32> {
     let hw = case.size * case.size;
     let mut f: Vec<f32> = (0..case.batch * case.d * hw)
         .map(|_| rng.range(-1.0, 1.0) as f32)
@@ -189,7 +229,47 @@ fn embeddings(device: &Device, case: &LrcLossCase, rng: &mut Rng) -> Result<Tens
             }
         }
     }
-    Tensor::from_vec(vec![case.batch, case.d, case.size, case.size], f)?.to_device(device)
+    f
+}
+
+/// One map of a case on the device, as the benchmarked pass of `dtype` takes it.
+enum Map {
+    F32(Tensor),
+    Bf16(CudaStorage),
+}
+
+fn upload(gpu: &std::sync::Arc<CudaDevice>, case: &LrcLossCase, f: &[f32], dtype: EmbeddingType) -> Result<Map> {
+    Ok(match dtype {
+        EmbeddingType::F32 => {
+            Map::F32(Tensor::from_vec(case.dims().to_vec(), f.to_vec())?.to_device(&Device::Cuda(gpu.clone()))?)
+        }
+        EmbeddingType::Bf16 => Map::Bf16(bf16_from_f32(&CudaStorage::from_host(gpu, f)?)?),
+    })
+}
+
+/// One pass: FP32 maps as a training step runs it (a tape, the loss and, for
+/// `forward_backward`, the gradients of both embedding maps); BF16 maps through the device-level
+/// functions, the upstream gradient `one` read on the device as the tape's would be.
+fn run_pass_on(
+    pass: &str,
+    maps: (&Map, &Map),
+    dims: [usize; 4],
+    samples: &[RegionSamples],
+    cfg: LocalLossConfig,
+    one: &CudaStorage,
+) -> Result<()> {
+    match maps {
+        (Map::F32(q), Map::F32(p)) => run_pass(pass, q, p, samples, cfg),
+        (Map::Bf16(q), Map::Bf16(p)) => {
+            if pass == "forward_backward" {
+                local_contrast_bf16(q, p, dims, samples, &cfg, one)?;
+            } else {
+                local_contrast_forward_as(EmbeddingType::Bf16, q, p, dims, samples, &cfg)?;
+            }
+            Ok(())
+        }
+        _ => Err(Error::config("lrc-loss bench: maps of two element types")),
+    }
 }
 
 /// One pass as a training step runs it: a tape, the loss and, for `forward_backward`, the
@@ -210,10 +290,12 @@ const MIB: f64 = (1 << 20) as f64;
 /// Runs `lrc bench lrc-loss`.
 pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
     let cases = cases(args)?;
+    let dtypes = dtypes(&args.dtype)?;
+    let dtype_names: Vec<&str> = dtypes.iter().map(|t| t.name()).collect();
     if args.list {
         for c in &cases {
             println!(
-                "{:<16} batch {} D {} K {} N {} {}x{} {} pixels",
+                "{:<16} batch {} D {} K {} N {} {}x{} {} pixels, {}",
                 c.name(),
                 c.batch,
                 c.d,
@@ -221,7 +303,8 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
                 c.samples,
                 c.size,
                 c.size,
-                c.pixels
+                c.pixels,
+                dtype_names.join(" and ")
             );
         }
         return Ok(());
@@ -230,7 +313,6 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
         return Err(Error::config("--repeats must be at least 1"));
     }
     let gpu = CudaDevice::open(args.gpu)?;
-    let device = Device::Cuda(gpu.clone());
     let file = File::create(&args.json).map_err(|e| Error::io(&args.json, e))?;
     let mut json = BufWriter::new(file);
     let timer = GpuTimer::new(&gpu)?;
@@ -248,58 +330,64 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
         args.repeats
     );
     println!(
-        "{:<16} {:<17} {:<8} {:>10} {:>10} {:>10}",
-        "case", "pass", "algo", "ms", "peak MiB", "input MiB"
+        "{:<16} {:<17} {:<6} {:<8} {:>10} {:>10} {:>10}",
+        "case", "pass", "dtype", "algo", "ms", "peak MiB", "input MiB"
     );
+    let one = CudaStorage::full(&gpu, 1, 1.0)?;
     for case in &cases {
         let samples = grid_samples(case, &mut rng);
-        let fq = embeddings(&device, case, &mut rng)?;
-        let fp = embeddings(&device, case, &mut rng)?;
+        let fq = embeddings(case, &mut rng);
+        let fp = embeddings(case, &mut rng);
         let cfg = LocalLossConfig {
             temperature: args.temperature,
             renormalize_means: false,
             normalize_pixels: case.pixels == "raw",
         };
-        for pass in PASSES {
-            let times = time_runs(&timer, args.warmup, args.repeats, || {
-                run_pass(pass, &fq, &fp, &samples, cfg)
-            })?;
-            gpu.synchronize()?;
-            gpu.reset_peak_memory();
-            let before = gpu.alloc_stats().bytes_in_use;
-            run_pass(pass, &fq, &fp, &samples, cfg)?;
-            gpu.synchronize()?;
-            let peak = gpu.alloc_stats().peak_bytes_in_use.saturating_sub(before) as f64 / MIB;
-            let inputs = case.input_bytes() as f64 / MIB;
-            let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
-            let ms = median(times);
-            println!(
-                "{:<16} {pass:<17} {:<8} {ms:>10.4} {peak:>10.1} {inputs:>10.1}",
-                case.name(),
-                "fused"
-            );
-            let line = serde_json::json!({
-                "bench": "lrc-loss",
-                "engine": "lrc",
-                "device": gpu.name(),
-                "case": case.name(),
-                "pass": pass,
-                "algo": "fused",
-                "batch": case.batch,
-                "d": case.d,
-                "regions": case.regions,
-                "samples": case.samples,
-                "h": case.size,
-                "w": case.size,
-                "pixels": case.pixels,
-                "temperature": args.temperature,
-                "median_ms": ms,
-                "min_ms": min_ms,
-                "repeats": args.repeats,
-                "peak_mib": peak,
-                "inputs_mib": inputs,
-            });
-            writeln!(json, "{line}").map_err(|e| Error::io(&args.json, e))?;
+        for &dtype in &dtypes {
+            let q = upload(&gpu, case, &fq, dtype)?;
+            let p = upload(&gpu, case, &fp, dtype)?;
+            for pass in PASSES {
+                let mut once = || run_pass_on(pass, (&q, &p), case.dims(), &samples, cfg, &one);
+                let times = time_runs(&timer, args.warmup, args.repeats, &mut once)?;
+                gpu.synchronize()?;
+                gpu.reset_peak_memory();
+                let before = gpu.alloc_stats().bytes_in_use;
+                once()?;
+                gpu.synchronize()?;
+                let peak = gpu.alloc_stats().peak_bytes_in_use.saturating_sub(before) as f64 / MIB;
+                let inputs = case.input_bytes_as(dtype) as f64 / MIB;
+                let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+                let ms = median(times);
+                println!(
+                    "{:<16} {pass:<17} {:<6} {:<8} {ms:>10.4} {peak:>10.1} {inputs:>10.1}",
+                    case.name(),
+                    dtype.name(),
+                    "fused"
+                );
+                let line = serde_json::json!({
+                    "bench": "lrc-loss",
+                    "engine": "lrc",
+                    "device": gpu.name(),
+                    "case": case.name(),
+                    "pass": pass,
+                    "dtype": dtype.name(),
+                    "algo": "fused",
+                    "batch": case.batch,
+                    "d": case.d,
+                    "regions": case.regions,
+                    "samples": case.samples,
+                    "h": case.size,
+                    "w": case.size,
+                    "pixels": case.pixels,
+                    "temperature": args.temperature,
+                    "median_ms": ms,
+                    "min_ms": min_ms,
+                    "repeats": args.repeats,
+                    "peak_mib": peak,
+                    "inputs_mib": inputs,
+                });
+                writeln!(json, "{line}").map_err(|e| Error::io(&args.json, e))?;
+            }
         }
     }
     json.flush().map_err(|e| Error::io(&args.json, e))?;
@@ -323,6 +411,7 @@ mod tests {
             warmup: 3,
             json: PathBuf::from("x.jsonl"),
             gpu: 0,
+            dtype: "all".into(),
             list: true,
         }
     }
@@ -364,6 +453,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dtype_all_is_fp32_then_bf16_and_halves_the_input_bytes() {
+        assert_eq!(dtypes("all").unwrap(), [EmbeddingType::F32, EmbeddingType::Bf16]);
+        assert_eq!(dtypes("bf16").unwrap(), [EmbeddingType::Bf16]);
+        assert_eq!(dtypes("bf16,f32").unwrap(), [EmbeddingType::Bf16, EmbeddingType::F32]);
+        assert!(dtypes("").is_err());
+        assert!(dtypes("f16").is_err());
+        let case = cases(&args()).unwrap()[0];
+        assert_eq!(2 * case.input_bytes_as(EmbeddingType::Bf16), case.input_bytes());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! reuses the uploaded table, and reads the upstream gradient on the device. Nothing else
 //! crosses between host and device.
 //!
+//! The embeddings may be FP32 or BF16 ([`EmbeddingType`]): BF16 maps are packed two values per
+//! 32-bit word (as `pointwise::bf16_from_f32` writes them) and read by the `_bf16` variants of
+//! the two kernels that load them; the arithmetic, the saved values and the gradients are FP32
+//! either way. [`local_contrast_bf16`] runs both passes on BF16 maps.
+//!
 //! Limits: D <= [`MAX_CHANNELS`] (the row kernels hold a region mean in registers and static
 //! shared memory); K is unbounded (the K x K blocks are streamed 32 regions at a time), and so
 //! is N.
@@ -73,6 +78,71 @@ pub struct LocalContrastParams {
 const _: () = assert!(size_of::<LocalContrastParams>() == 184);
 const _: () = assert!(std::mem::offset_of!(LocalContrastParams, images) == 144);
 const _: () = assert!(std::mem::offset_of!(LocalContrastParams, inv_temperature) == 172);
+
+/// The element type of the embedding maps f_q, f_p the kernels read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmbeddingType {
+    /// One FP32 value per word.
+    #[default]
+    F32,
+    /// BF16 values packed two per word, element 2i in the low half of word i (see
+    /// `pointwise::pack_bf16`); widened to FP32 on load, exactly.
+    Bf16,
+}
+
+impl EmbeddingType {
+    pub const ALL: [EmbeddingType; 2] = [EmbeddingType::F32, EmbeddingType::Bf16];
+
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingType::F32 => "f32",
+            EmbeddingType::Bf16 => "bf16",
+        }
+    }
+
+    /// 32-bit words of storage that hold `len` values.
+    pub fn words(self, len: usize) -> usize {
+        match self {
+            EmbeddingType::F32 => len,
+            EmbeddingType::Bf16 => len.div_ceil(2),
+        }
+    }
+
+    /// Bytes of `len` values.
+    pub fn bytes(self, len: usize) -> usize {
+        match self {
+            EmbeddingType::F32 => 4 * len,
+            EmbeddingType::Bf16 => 2 * len,
+        }
+    }
+
+    fn means_kernel(self) -> &'static str {
+        match self {
+            EmbeddingType::F32 => "local_contrast_means",
+            EmbeddingType::Bf16 => "local_contrast_means_bf16",
+        }
+    }
+
+    fn scatter_kernel(self) -> &'static str {
+        match self {
+            EmbeddingType::F32 => "local_contrast_scatter",
+            EmbeddingType::Bf16 => "local_contrast_scatter_bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for EmbeddingType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<EmbeddingType> {
+        match s {
+            "f32" | "fp32" => Ok(EmbeddingType::F32),
+            "bf16" => Ok(EmbeddingType::Bf16),
+            _ => Err(Error::config(format!("unknown embedding type {s:?} (f32 or bf16)"))),
+        }
+    }
+}
 
 /// Word offsets of the parts of a [`SampleTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,10 +276,12 @@ pub struct LocalContrastGeom {
     pub temperature: f64,
     pub normalize_pixels: bool,
     pub renormalize_means: bool,
+    /// The element type of f_q and f_p (FP32 unless set with [`LocalContrastGeom::with_input`]).
+    pub input: EmbeddingType,
 }
 
 impl LocalContrastGeom {
-    /// The geometry of embeddings `[images, d, h, w]` with the samples of `table`.
+    /// The geometry of FP32 embeddings `[images, d, h, w]` with the samples of `table`.
     pub fn new(dims: [usize; 4], table: &SampleTable, cfg: &LocalLossConfig) -> Result<LocalContrastGeom> {
         let [images, d, h, w] = dims;
         if images != table.images {
@@ -243,7 +315,19 @@ impl LocalContrastGeom {
             temperature: cfg.temperature,
             normalize_pixels: cfg.normalize_pixels,
             renormalize_means: cfg.renormalize_means,
+            input: EmbeddingType::F32,
         })
+    }
+
+    /// The same geometry with embeddings of element type `input`.
+    pub fn with_input(self, input: EmbeddingType) -> LocalContrastGeom {
+        LocalContrastGeom { input, ..self }
+    }
+
+    /// 32-bit words of each embedding map in its element type (the gradients are FP32:
+    /// [`LocalContrastGeom::embedding_len`] values).
+    pub fn embedding_words(&self) -> usize {
+        self.input.words(self.embedding_len())
     }
 
     /// Values of each embedding map (and of each gradient).
@@ -275,7 +359,7 @@ impl LocalContrastGeom {
 /// Device addresses of the operands; those a pass does not use may be 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LocalContrastBuffers {
-    /// Embeddings, `embedding_len` each.
+    /// Embeddings, `embedding_words` each (`embedding_len` values of the geometry's type).
     pub f_q: u64,
     pub f_p: u64,
     /// The uploaded [`SampleTable`].
@@ -346,7 +430,7 @@ pub fn forward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result<
     if g.rows > 0 {
         calls.push(KernelCall::new(
             MODULE,
-            "local_contrast_means",
+            g.input.means_kernel(),
             (g.rows, 2, 1),
             MEAN_THREADS,
             &p,
@@ -406,7 +490,7 @@ pub fn backward_calls(g: &LocalContrastGeom, a: &LocalContrastBuffers) -> Result
         ));
         calls.push(KernelCall::new(
             MODULE,
-            "local_contrast_scatter",
+            g.input.scatter_kernel(),
             (sample_blocks, 2, 1),
             SCATTER_THREADS,
             &p,
@@ -426,7 +510,7 @@ pub struct LocalContrastSaved {
     lse: CudaStorage,
 }
 
-/// The loss (a 1-element device buffer) of embeddings `f_q`, `f_p` of shape `dims`
+/// The loss (a 1-element device buffer) of FP32 embeddings `f_q`, `f_p` of shape `dims`
 /// (`[B, D, H, W]`) over `samples`, and what its backward pass needs.
 pub fn local_contrast_forward(
     f_q: &CudaStorage,
@@ -435,11 +519,24 @@ pub fn local_contrast_forward(
     samples: &[RegionSamples],
     cfg: &LocalLossConfig,
 ) -> Result<(CudaStorage, LocalContrastSaved)> {
+    local_contrast_forward_as(EmbeddingType::F32, f_q, f_p, dims, samples, cfg)
+}
+
+/// [`local_contrast_forward`] on embeddings of element type `input`: for BF16, `f_q` and `f_p`
+/// hold the packed values (`input.words(B * D * H * W)` words each).
+pub fn local_contrast_forward_as(
+    input: EmbeddingType,
+    f_q: &CudaStorage,
+    f_p: &CudaStorage,
+    dims: [usize; 4],
+    samples: &[RegionSamples],
+    cfg: &LocalLossConfig,
+) -> Result<(CudaStorage, LocalContrastSaved)> {
     let device = common_device(OP, &[f_q, f_p])?;
     let table = SampleTable::new(samples, dims[2] * dims[3])?;
-    let g = LocalContrastGeom::new(dims, &table, cfg)?;
-    check_len(OP, "f_q", f_q, g.embedding_len())?;
-    check_len(OP, "f_p", f_p, g.embedding_len())?;
+    let g = LocalContrastGeom::new(dims, &table, cfg)?.with_input(input);
+    check_input_len(OP, "f_q", f_q, &g)?;
+    check_input_len(OP, "f_p", f_p, &g)?;
     let uploaded = CudaStorage::from_host_u32(&device, table.words())?;
     let means = CudaStorage::alloc(&device, g.means_len())?;
     let mean_norms = CudaStorage::alloc(&device, g.norms_len())?;
@@ -458,7 +555,7 @@ pub fn local_contrast_forward(
         ..Default::default()
     };
     let calls = forward_calls(&g, &a)?;
-    // SAFETY: the embeddings hold embedding_len values (checked above), the table was uploaded
+    // SAFETY: the embeddings hold embedding_words words (checked above), the table was uploaded
     // from a SampleTable with this geometry (its indices checked against hw), and the outputs
     // were allocated with the lengths forward_calls documents. row_loss returns to the cache
     // when this function ends, which is safe because later users queue behind these kernels on
@@ -476,8 +573,18 @@ pub fn local_contrast_forward(
     ))
 }
 
-/// The gradients with respect to `f_q` and `f_p` of the loss of [`local_contrast_forward`],
-/// given its upstream gradient `grad_loss` (1 value, read on the device).
+/// `f_q` or `f_p` against the geometry: its words in the geometry's element type.
+fn check_input_len(op: &'static str, what: &str, f: &CudaStorage, g: &LocalContrastGeom) -> Result<()> {
+    match g.input {
+        EmbeddingType::F32 => check_len(op, what, f, g.embedding_words()),
+        EmbeddingType::Bf16 => check_len(op, &format!("{what} (packed BF16 words)"), f, g.embedding_words()),
+    }
+}
+
+/// The gradients with respect to `f_q` and `f_p` of the loss of [`local_contrast_forward`] (or
+/// [`local_contrast_forward_as`]), given its upstream gradient `grad_loss` (1 value, read on the
+/// device). `f_q`, `f_p` are the forward pass's embeddings, in its element type; the gradients
+/// are FP32 (`B * D * H * W` values each) whatever that type.
 pub fn local_contrast_backward(
     saved: &LocalContrastSaved,
     f_q: &CudaStorage,
@@ -487,8 +594,8 @@ pub fn local_contrast_backward(
     const BACKWARD: &str = "local_contrast backward";
     let g = &saved.geom;
     let device: Arc<CudaDevice> = common_device(BACKWARD, &[f_q, f_p, grad_loss, &saved.table])?;
-    check_len(BACKWARD, "f_q", f_q, g.embedding_len())?;
-    check_len(BACKWARD, "f_p", f_p, g.embedding_len())?;
+    check_input_len(BACKWARD, "f_q", f_q, g)?;
+    check_input_len(BACKWARD, "f_p", f_p, g)?;
     check_len(BACKWARD, "loss gradient", grad_loss, 1)?;
     let grad_q = CudaStorage::alloc(&device, g.embedding_len())?;
     let grad_p = CudaStorage::alloc(&device, g.embedding_len())?;
@@ -520,17 +627,47 @@ pub fn local_contrast_backward(
     Ok((grad_q, grad_p))
 }
 
-/// Every kernel of `kernels/local_contrast.cu`.
-pub fn kernel_names() -> [&'static str; 7] {
+/// The loss of BF16 embeddings and its gradients: [`local_contrast_forward_as`] and
+/// [`local_contrast_backward`] in one call, for upstream gradient `grad_loss` (1 value, read on
+/// the device). `f_q`, `f_p` hold `B * D * H * W` packed BF16 values (`pointwise::bf16_from_f32`
+/// makes them from FP32); returns the loss (1 value) and the FP32 gradients of both maps.
+pub fn local_contrast_bf16(
+    f_q: &CudaStorage,
+    f_p: &CudaStorage,
+    dims: [usize; 4],
+    samples: &[RegionSamples],
+    cfg: &LocalLossConfig,
+    grad_loss: &CudaStorage,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let (loss, saved) = local_contrast_forward_as(EmbeddingType::Bf16, f_q, f_p, dims, samples, cfg)?;
+    let (grad_q, grad_p) = local_contrast_backward(&saved, f_q, f_p, grad_loss)?;
+    Ok((loss, grad_q, grad_p))
+}
+
+/// The kernels of `kernels/local_contrast.cu` for embeddings of type `input`, in the order a
+/// forward and a backward pass launch them.
+pub fn kernel_names_for(input: EmbeddingType) -> [&'static str; 7] {
     [
-        "local_contrast_means",
+        input.means_kernel(),
         "local_contrast_rows",
         "local_contrast_loss_sum",
         "local_contrast_zero",
         "local_contrast_link",
         "local_contrast_mean_grads",
-        "local_contrast_scatter",
+        input.scatter_kernel(),
     ]
+}
+
+/// The kernels of a pass on FP32 embeddings.
+pub fn kernel_names() -> [&'static str; 7] {
+    kernel_names_for(EmbeddingType::F32)
+}
+
+/// Every kernel of `kernels/local_contrast.cu`: those of FP32 inputs, then the BF16 variants.
+pub fn all_kernel_names() -> Vec<&'static str> {
+    let mut names = kernel_names().to_vec();
+    names.extend([EmbeddingType::Bf16.means_kernel(), EmbeddingType::Bf16.scatter_kernel()]);
+    names
 }
 
 #[cfg(test)]
@@ -633,5 +770,36 @@ mod tests {
         // Two row blocks for 5 regions; one thread per sample in each view.
         assert_eq!(calls[1].grid, (2, 1, 1));
         assert_eq!(calls[4].grid, (1, 2, 1));
+    }
+
+    #[test]
+    fn bf16_inputs_change_only_the_kernels_that_load_them() {
+        let samples = vec![set(5, 2, vec![0; 10], vec![1; 10])];
+        let t = SampleTable::new(&samples, 4).unwrap();
+        let f32_geom = LocalContrastGeom::new([1, 3, 2, 2], &t, &LocalLossConfig::default()).unwrap();
+        let g = f32_geom.with_input(EmbeddingType::Bf16);
+        // 12 values: 6 words of BF16; the gradients stay 12 FP32 values.
+        assert_eq!(
+            (g.embedding_len(), g.embedding_words(), f32_geom.embedding_words()),
+            (12, 6, 12)
+        );
+        let buffers = LocalContrastBuffers::default();
+        let plan = |g: &LocalContrastGeom| {
+            let mut calls = forward_calls(g, &buffers).unwrap();
+            calls.extend(backward_calls(g, &buffers).unwrap());
+            calls
+        };
+        let (bf16, fp32) = (plan(&g), plan(&f32_geom));
+        let names: Vec<&str> = bf16.iter().map(|c| c.kernel).collect();
+        assert_eq!(names, kernel_names_for(EmbeddingType::Bf16));
+        assert_eq!(names[0], "local_contrast_means_bf16");
+        assert_eq!(names[6], "local_contrast_scatter_bf16");
+        for (a, b) in bf16.iter().zip(&fp32) {
+            assert_eq!((a.grid, a.block, a.param_bytes()), (b.grid, b.block, b.param_bytes()));
+        }
+        assert_eq!(all_kernel_names().len(), 9);
+        assert_eq!(EmbeddingType::Bf16.words(7), 4);
+        assert_eq!("bf16".parse::<EmbeddingType>().unwrap(), EmbeddingType::Bf16);
+        assert!("f16".parse::<EmbeddingType>().is_err());
     }
 }

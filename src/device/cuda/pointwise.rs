@@ -79,6 +79,61 @@ pub struct SumParams {
 const _: () = assert!(size_of::<SumParams>() == 24);
 const _: () = assert!(std::mem::offset_of!(SumParams, len) == 16);
 
+/// `ToBf16Params` of `kernels/pointwise.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ToBf16Params {
+    pub x: u64,
+    pub out: u64,
+    pub len: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(size_of::<ToBf16Params>() == 24);
+const _: () = assert!(std::mem::offset_of!(ToBf16Params, len) == 16);
+
+/// The BF16 bits of `x` as `bf16_from_f32` (PTX `cvt.rn.bf16x2.f32`) writes them: round to
+/// nearest even (`half::bf16::from_f32`, which also rounds overflow to infinity and keeps
+/// subnormals), and every NaN to the canonical NaN `0x7fff` (`half` would keep its sign and
+/// payload).
+pub fn bf16_bits(x: f32) -> u16 {
+    if x.is_nan() {
+        0x7fff
+    } else {
+        half::bf16::from_f32(x).to_bits()
+    }
+}
+
+/// The FP32 value of BF16 bits (exact: a BF16 is the upper half of an FP32).
+pub fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `x` rounded to BF16 and widened back, as the kernels reading BF16 see it.
+pub fn bf16_round(x: f32) -> f32 {
+    bf16_value(bf16_bits(x))
+}
+
+/// `values` as packed BF16, as `bf16_from_f32` writes them: element `2i` in the low half of word
+/// `i`, element `2i + 1` in the high half, an odd count's last high half `+0`.
+pub fn pack_bf16(values: &[f32]) -> Vec<u32> {
+    values
+        .chunks(2)
+        .map(|pair| bf16_bits(pair[0]) as u32 | (pair.get(1).map_or(0, |&hi| bf16_bits(hi) as u32) << 16))
+        .collect()
+}
+
+/// The first `len` values of packed BF16 `words`, widened to FP32.
+pub fn unpack_bf16(words: &[u32], len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| bf16_value((words[i / 2] >> (16 * (i % 2))) as u16))
+        .collect()
+}
+
+/// 32-bit words of `len` packed BF16 values.
+pub fn bf16_words(len: usize) -> usize {
+    len.div_ceil(2)
+}
+
 /// An element-wise operation on two tensors of one shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryOp {
@@ -253,6 +308,35 @@ pub fn sum_calls(len: usize, x: u64, partials: u64, out: u64, max_blocks: usize)
     ])
 }
 
+/// The launch that writes the `len` values at `x` rounded to BF16 and packed two per word into
+/// `out` ([`bf16_words`] words; see [`pack_bf16`]).
+pub fn bf16_from_f32_calls(len: usize, x: u64, out: u64, max_blocks: usize) -> Result<Vec<KernelCall>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let params = ToBf16Params {
+        x,
+        out,
+        len: dim("bf16_from_f32", "length", len)?,
+        reserved: 0,
+    };
+    let blocks = blocks_for(bf16_words(len), THREADS).min(max_blocks.max(1));
+    Ok(vec![call("bf16_from_f32", blocks, &params)])
+}
+
+/// `x` rounded to BF16 (round to nearest even), packed two values per 32-bit word of the result
+/// ([`bf16_words`]`(x.len())` words). There is no BF16 tensor type: the packed storage is what
+/// the kernels that read BF16 take (`device::cuda::local_contrast`).
+pub fn bf16_from_f32(x: &CudaStorage) -> Result<CudaStorage> {
+    let device = x.device();
+    let out = CudaStorage::alloc(&device, bf16_words(x.len()))?;
+    let calls = bf16_from_f32_calls(x.len(), x.device_ptr(), out.device_ptr(), MAX_BLOCKS)?;
+    // SAFETY: x holds x.len() values and out bf16_words(x.len()) words, the kernel writing every
+    // word; both stay alive until the kernel has run.
+    unsafe { device.run(&calls) }?;
+    Ok(out)
+}
+
 /// `a (op) b` for two storages of one length.
 pub fn binary(op: BinaryOp, a: &CudaStorage, b: &CudaStorage) -> Result<CudaStorage> {
     check_len(op.name(), "second operand", b, a.len())?;
@@ -323,4 +407,55 @@ pub fn sum_all(x: &CudaStorage) -> Result<CudaStorage> {
     // returns, which is safe because later users queue behind these kernels on the same stream.
     unsafe { device.run(&calls) }?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Round to nearest even on the bits (the rule of `cvt.rn.bf16.f32`), for values that are not
+    /// NaN.
+    fn round_nearest_even(x: f32) -> u16 {
+        let u = x.to_bits();
+        ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    }
+
+    #[test]
+    fn bf16_bits_round_to_nearest_even_and_canonicalise_nan() {
+        // Every upper half with the lower halves around the rounding boundary: exact, just
+        // below, at (a tie, both parities of the upper half) and just above half an ulp.
+        for hi in 0..=0xffffu32 {
+            for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                let x = f32::from_bits(hi << 16 | lo);
+                if x.is_nan() {
+                    assert_eq!(bf16_bits(x), 0x7fff, "{:#010x}", x.to_bits());
+                } else {
+                    assert_eq!(bf16_bits(x), round_nearest_even(x), "{:#010x}", x.to_bits());
+                }
+            }
+        }
+        // Ties go to the even upper half; past the largest BF16 to infinity.
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(bf16_bits(f32::MAX), 0x7f80);
+        assert_eq!(bf16_bits(-f32::MAX), 0xff80);
+        assert_eq!(bf16_round(1.0 + 1.0 / 512.0), 1.0);
+    }
+
+    #[test]
+    fn packing_puts_the_even_element_low_and_pads_an_odd_count_with_zero() {
+        let values = [1.0f32, -2.0, 0.5];
+        let words = pack_bf16(&values);
+        assert_eq!(words, [0xc000_3f80, 0x0000_3f00]);
+        assert_eq!(bf16_words(values.len()), words.len());
+        assert_eq!(unpack_bf16(&words, 3), values);
+    }
+
+    #[test]
+    fn the_conversion_plans_one_thread_per_word() {
+        assert!(bf16_from_f32_calls(0, 0, 0, MAX_BLOCKS).unwrap().is_empty());
+        let calls = bf16_from_f32_calls(513, 16, 32, MAX_BLOCKS).unwrap();
+        assert_eq!((calls[0].kernel, calls[0].grid), ("bf16_from_f32", (2, 1, 1)));
+        calls[0].validate().unwrap();
+    }
 }
