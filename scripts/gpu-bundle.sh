@@ -10,7 +10,8 @@
 #                    unit tests as unit-lib and unit-bin-<name>. Packed because every executable
 #                    that opens a GPU embeds the same fatbins (about 9 MiB): 118 MiB of executables
 #                    pack into about 6 MiB with a dictionary that spans several of them.
-# DIR/scripts/       gpu-check.sh, torch_reference.py, torch_bench.py and ncu_table.py of the same tree
+# DIR/scripts/       gpu-check.sh and the Python scripts it runs (PyTorch, Nsight Compute and
+#                    scikit-image benchmarks and tables), of the same tree
 # DIR/COMMIT         the commit (with -dirty when the tree had changes) and the build date
 # DIR/BUILD          key=value lines: the paths compiled into the tests (see below), toolchain
 # DIR/files/PATH     files of the build folder whose absolute PATH is compiled into the tests
@@ -134,7 +135,8 @@ while IFS=$'\t' read -r role name path; do
             ;;
     esac
 done <<< "$listing"
-cp scripts/gpu-check.sh scripts/torch_reference.py scripts/torch_bench.py scripts/ncu_table.py "$dir/scripts/"
+cp scripts/gpu-check.sh scripts/torch_reference.py scripts/torch_bench.py scripts/ncu_table.py \
+    scripts/bench_felzenszwalb_skimage.py scripts/felzenszwalb_fixtures.py "$dir/scripts/"
 plain_bytes="$(du -sb "$staging/bin" | cut -f 1)"
 count="$(find "$staging/bin" -type f | wc -l)"
 echo "gpu-bundle: packing $count executables" >&2

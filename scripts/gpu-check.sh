@@ -22,6 +22,8 @@
 #             lrc type against PyTorch at the same type
 #   bench superpixels  `lrc bench superpixels` (Felzenszwalb slices per second, GPU and CPU,
 #             batch 32 at 256 x 256 and 512 x 512, with and without the CT clean-up)
+#   bench superpixels skimage  scikit-image's felzenszwalb per slice at 256 and 512, one core
+#             (scripts/bench_felzenszwalb_skimage.py), for the GPU's speed-up over it
 #   bench step torch.compile  the PyTorch step compiled (compiling takes a minute or more)
 #   ncu step  Nsight Compute over one `lrc bench step` (same U-Net): per-kernel share, SM / memory /
 #             DRAM throughput against the card's peak, registers, occupancy (scripts/ncu_table.py)
@@ -306,7 +308,7 @@ bench_run() {
     enough "$name" "$need" || return 0
     timed "$log" "$(min "$limit" "$(left)")" "$@"
     if ((rc == 0)); then
-        step "$name" passed "$took" "$(grep -a -E '^(total|median|superpixels |batch: )' "$log" | paste -sd ';' -)"
+        step "$name" passed "$took" "$(grep -a -E '^(total|median|superpixels |batch: |slice )' "$log" | paste -sd ';' -)"
     else
         failed=1
         step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") ($(basename "$log"))"
@@ -318,6 +320,8 @@ torch_ref="$bundle/scripts/torch_reference.py"
 [[ -f "$torch_ref" ]] || torch_ref="$repo/scripts/torch_reference.py"
 ncu_table="$bundle/scripts/ncu_table.py"
 [[ -f "$ncu_table" ]] || ncu_table="$repo/scripts/ncu_table.py"
+skimage_bench="$bundle/scripts/bench_felzenszwalb_skimage.py"
+[[ -f "$skimage_bench" ]] || skimage_bench="$repo/scripts/bench_felzenszwalb_skimage.py"
 if ! "$python" -c 'import torch, safetensors' > /dev/null 2>&1; then
     skipped+=("parity: $python cannot import torch and safetensors")
     step parity "skipped (no torch)" "" ""
@@ -340,7 +344,7 @@ fi
 if ((dry)); then
     for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
-        "bench superpixels" "bench step torch.compile" "ncu step"; do
+        "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
     done
 else
@@ -453,6 +457,15 @@ else
     done
     bench_run "bench superpixels" 60 240 "$logs/bench-superpixels.log" \
         "$bin/lrc" bench superpixels --json "$out/bench-superpixels.jsonl"
+    # scikit-image on one core of this machine, per slice, for the GPU's speed-up over it.
+    if "$python" -c 'import skimage' > /dev/null 2>&1; then
+        bench_run "bench superpixels skimage" 30 120 "$logs/bench-superpixels-skimage.log" \
+            "$python" "$skimage_bench" --sizes 256,512 --repeats 5 --no-batch \
+            --json "$out/bench-superpixels-skimage.jsonl"
+    else
+        skipped+=("bench superpixels skimage: $python cannot import skimage")
+        step "bench superpixels skimage" "skipped (no scikit-image)" "" ""
+    fi
     # torch.compile near the end: its compilation alone takes a minute or more.
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
@@ -643,12 +656,15 @@ PY
 
 # Felzenszwalb throughput per slice size from the JSON lines of `lrc bench superpixels`.
 superpixel_table() {
-    python3 - "$out/bench-superpixels.jsonl" << 'PY'
+    python3 - "$out/bench-superpixels.jsonl" "$out/bench-superpixels-skimage.jsonl" << 'PY'
 import json, os, sys
 
-path = sys.argv[1]
-rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-rows = [r for r in rows if r.get("bench") == "superpixels"]
+def read(path, bench):
+    rows = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+    return [r for r in rows if r.get("bench") == bench]
+
+rows = read(sys.argv[1], "superpixels")
+skimage = {r["size"]: r for r in read(sys.argv[2], "superpixels-skimage")}
 if not rows:
     sys.exit(0)
 def fmt(v, d):
@@ -657,16 +673,20 @@ r0 = rows[0]
 print(f'## Benchmark: superpixels (Felzenszwalb, batch {r0["batch"]}, {r0["windows"]} windows), {r0["device"]}\n')
 print("slices/s; gpu = device time (events), e2e = host slices to host labels; cpu = the exact version on every core; "
       "+clean = segmentation then the CT clean-up on the device; clean-up ms per batch; clean = cpu: the GPU clean-up "
-      "of the GPU's segments equals the CPU's.\n")
-print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | mean ARI vs cpu | regions cpu | regions gpu "
+      "of the GPU's segments equals the CPU's; skimage = scikit-image on one core of the same machine, per slice "
+      "(the same parameters, a synthetic slice of the same kind).\n")
+print("| size | cpu slices/s | gpu slices/s | e2e slices/s | gpu / cpu | skimage slices/s | gpu / skimage "
+      "| mean ARI vs cpu | regions cpu | regions gpu "
       "| gpu+clean slices/s | clean-up gpu ms | clean-up cpu ms | clean = cpu |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for r in rows:
     cpu, gpu = r.get("cpu_slices_per_s"), r.get("gpu_slices_per_s")
     ratio = gpu / cpu if cpu and gpu else None
+    sk = skimage.get(r["size"], {}).get("slices_per_s")
+    sk_ratio = gpu / sk if sk and gpu else None
     equal = r.get("cleanup_equal_to_cpu")
     print(f'| {r["size"]} | {fmt(cpu, 1)} | {fmt(gpu, 1)} | {fmt(r.get("gpu_end_to_end_slices_per_s"), 1)} | '
-          f'{fmt(ratio, 1)} | {fmt(r.get("mean_ari_vs_cpu"), 4)} | {fmt(r.get("mean_regions_cpu"), 1)} | '
+          f'{fmt(ratio, 1)} | {fmt(sk, 2)} | {fmt(sk_ratio, 0)} | {fmt(r.get("mean_ari_vs_cpu"), 4)} | {fmt(r.get("mean_regions_cpu"), 1)} | '
           f'{fmt(r.get("mean_regions_gpu"), 1)} | {fmt(r.get("gpu_with_cleanup_slices_per_s"), 1)} | '
           f'{fmt(r.get("gpu_cleanup_ms"), 2)} | {fmt(r.get("cpu_cleanup_median_ms"), 1)} | '
           f'{"" if equal is None else ("yes" if equal else "NO")} |')

@@ -206,11 +206,15 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         ),
     );
     let torch_bench = json_writer(&[record("torch", "cudnn-tf32", 1.0), record("torch", "cudnn-bf16", 0.5)]);
+    // scripts/bench_felzenszwalb_skimage.py: scikit-image at 2 slices/s at 256 x 256.
+    let skimage = json_writer(&[r#"{"bench":"superpixels-skimage","size":256,"slices_per_s":2.0}"#.to_string()]);
     write_executable(
         python,
         &format!(
             "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n\
-             [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n{}",
+             [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n\
+             if [[ $1 == *bench_felzenszwalb_skimage.py ]]; then\n{}\nexit 0\nfi\n{}",
+            skimage.trim_start_matches("#!/usr/bin/env bash\n"),
             torch_bench.trim_start_matches("#!/usr/bin/env bash\n")
         ),
     );
@@ -284,9 +288,16 @@ fn a_full_run_compares_the_benchmarks() {
         row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),
         "{summary}"
     );
-    // Size, cpu, gpu, end to end, gpu / cpu, ARI, regions cpu and gpu; with the clean-up.
+    // Size, cpu, gpu, end to end, gpu / cpu, scikit-image and gpu / scikit-image, ARI, regions
+    // cpu and gpu; with the clean-up.
     assert!(
-        summary.contains("| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 0.9991 | 60.0 | 61.0 | 350.0 | 11.43 | 90.0 | yes |"),
+        summary.contains(
+            "| 256 | 20.0 | 400.0 | 300.0 | 20.0 | 2.00 | 200 | 0.9991 | 60.0 | 61.0 | 350.0 | 11.43 | 90.0 | yes |"
+        ),
+        "{summary}"
+    );
+    assert!(
+        row(&summary, "bench superpixels skimage").contains("| passed |"),
         "{summary}"
     );
 }
