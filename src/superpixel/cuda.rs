@@ -22,11 +22,28 @@ use crate::device::cuda::{CudaDevice, CudaStorage};
 use crate::error::{Error, Result};
 use crate::ops::local_contrast::RegionSamples;
 
-/// Slices segmented per GPU call by the helpers here: large enough to fill the GPU (one block
-/// per slice in the merging passes), small enough to bound the scratch memory (8 words per edge
-/// and 13 per pixel, about 45 bytes per edge: some 1.5 GB for 32 slices of 512 x 512; the
-/// clean-up's 8.5 words per pixel, some 290 MB, reuse that memory once the segmentation is done).
+/// The fewest slices segmented per GPU call by the helpers here, when that many are given.
 pub const SLICES_PER_CALL: usize = 32;
+
+/// Scratch bytes per pixel of a segmentation call: 8 words per edge (about 4 edges a pixel, the
+/// 8-connected ones) and 13 per pixel; the clean-up's 8.5 words per pixel reuse that memory.
+const SCRATCH_BYTES_PER_PIXEL: usize = (8 * 4 + 13) * 4;
+
+/// Slices per GPU call for `h x w` slices: one per multiprocessor, at least [`SLICES_PER_CALL`],
+/// since the merging passes run one block per slice and fewer slices leave multiprocessors idle
+/// (32 fill a quarter of an H100's 132); and at most what keeps the scratch within a quarter of
+/// the device's memory (about 47 MB a slice at 512 x 512, 6.2 GB for 132 slices).
+pub fn slices_per_call(multiprocessors: usize, total_memory: usize, h: usize, w: usize) -> usize {
+    let per_slice = (h * w).max(1) * SCRATCH_BYTES_PER_PIXEL;
+    multiprocessors
+        .max(SLICES_PER_CALL)
+        .min(total_memory / 4 / per_slice)
+        .max(1)
+}
+
+fn device_slices_per_call(device: &CudaDevice, h: usize, w: usize) -> usize {
+    slices_per_call(device.multiprocessors(), device.total_memory(), h, w)
+}
 
 fn whole_slices(op: &'static str, len: usize, h: usize, w: usize) -> Result<usize> {
     let plane = h * w;
@@ -55,7 +72,7 @@ pub fn felzenszwalb_batch_cuda(
     let n = whole_slices("felzenszwalb", images.len(), h, w)?;
     let plane = h * w;
     let mut out = Vec::with_capacity(n);
-    for chunk in images.chunks((SLICES_PER_CALL * plane).max(1)) {
+    for chunk in images.chunks((device_slices_per_call(device, h, w) * plane).max(1)) {
         let batch = SliceBatch {
             n: chunk.len() / plane,
             h,
@@ -80,8 +97,8 @@ pub fn regions_on_device(images: &CudaStorage, batch: SliceBatch, cfg: &Superpix
 }
 
 /// [`regions_for_stack`](super::regions_for_stack) on the GPU, segmentation and clean-up: labels
-/// 1..=K inside the body, 0 elsewhere, per slice. One copy back per batch of
-/// [`SLICES_PER_CALL`] slices: the final labels.
+/// 1..=K inside the body, 0 elsewhere, per slice. One copy back per call of
+/// [`slices_per_call`] slices: the final labels.
 pub fn regions_for_stack_cuda(
     device: &Arc<CudaDevice>,
     slices: &[f32],
@@ -96,7 +113,7 @@ pub fn regions_for_stack_cuda(
     if n == 0 {
         return Ok(out);
     }
-    for chunk in slices.chunks(SLICES_PER_CALL * plane) {
+    for chunk in slices.chunks((device_slices_per_call(device, h, w) * plane).max(1)) {
         let batch = SliceBatch {
             n: chunk.len() / plane,
             h,
@@ -176,4 +193,23 @@ pub fn sample_regions_cuda(
     };
     let (q, p) = (upload(q_labels)?, upload(p_labels)?);
     region_sampling::sample(&q, &p, &geom, seed)?.to_host()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: usize = 1 << 30;
+
+    #[test]
+    fn a_call_takes_a_slice_per_multiprocessor_within_a_quarter_of_the_memory() {
+        // H100: 132 multiprocessors, 80 GB; 512 x 512 slices take 47 MB of scratch each.
+        assert_eq!(slices_per_call(132, 80 * GIB, 512, 512), 132);
+        // Fewer multiprocessors still segment 32 slices a call.
+        assert_eq!(slices_per_call(16, 80 * GIB, 256, 256), SLICES_PER_CALL);
+        // An 8 GB card holds a quarter's worth: 2 GiB / (512 * 512 * 180 B) = 45 slices.
+        assert_eq!(slices_per_call(132, 8 * GIB, 512, 512), 45);
+        // A slice too large for the quarter still goes, alone.
+        assert_eq!(slices_per_call(132, GIB, 4096, 4096), 1);
+    }
 }

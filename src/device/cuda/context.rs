@@ -24,6 +24,7 @@ pub struct CudaDevice {
     name: String,
     compute_capability: (i32, i32),
     multiprocessors: usize,
+    total_memory: usize,
     max_shared_per_block: usize,
     stream: Arc<CudaStream>,
     allocator: CachingAllocator,
@@ -110,6 +111,7 @@ impl CudaDevice {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver_error("multiprocessor count"))?
             .max(1) as usize;
+        let total_memory = ctx.total_mem().map_err(driver_error("total memory"))?;
         let max_shared_per_block = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(driver_error("shared memory per block"))?
@@ -121,6 +123,7 @@ impl CudaDevice {
             name,
             compute_capability,
             multiprocessors,
+            total_memory,
             max_shared_per_block,
             allocator: CachingAllocator::new(ctx.clone(), stream.clone()),
             stream,
@@ -150,6 +153,11 @@ impl CudaDevice {
     /// Streaming multiprocessors; sizes the backward-weight split.
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
+    }
+
+    /// The device's memory in bytes; sizes the batches of work that may use much of it.
+    pub fn total_memory(&self) -> usize {
+        self.total_memory
     }
 
     /// The shared memory a block may use (static and dynamic together) once a kernel opts in:
