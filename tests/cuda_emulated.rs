@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, plan, transposed_plan};
+use lrc::device::cuda::conv_sm90;
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
 use lrc::device::emu;
 use lrc::ops::conv::ConvGeom;
@@ -105,14 +106,18 @@ fn line(out: &mut String, label: &str, kind: &str, pass: &str, d: [usize; 9], la
     let (gx, gy, gz) = launch.grid;
     let _ = writeln!(
         out,
-        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {}",
-        launch.kernel, launch.split_len, launch.splits
+        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {} {}",
+        launch.kernel,
+        launch.split_len,
+        launch.splits,
+        conv_sm90::shared_bytes(launch.kernel)
     );
 }
 
 /// The cases: every pass of every version on awkward shapes (odd sizes, batches of 1 and 3,
 /// channel counts off the tiles so that both tile widths run, 1x1, stride 2, an unspecialised
-/// kernel size), the generic TF32 kernels also on 3x3, and the transposed convolution.
+/// kernel size), the generic TF32 kernels also on 3x3, and the transposed convolution; the
+/// wgmma versions (v3) with their planned dynamic shared memory.
 fn plan_file() -> String {
     let shapes = [
         ("3x3_n2_c5-37_7x9", conv([2, 5, 7, 9, 37], (3, 3), 1, 1)),
@@ -176,15 +181,20 @@ fn launch_plans_split_and_cover_as_intended() {
     let splits: Vec<usize> = text
         .lines()
         .filter(|l| l.contains("backward_weight"))
-        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        // The splits field, before the shared-memory bytes that end the line.
+        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
-    // Both tile widths of every TF32 pass appear.
+    // Both tile widths of every TF32 pass appear, and the wgmma kernels.
     for kernel in [
         "fwd_tf32_k3_n64",
         "fwd_tf32_k3_n32",
         "bwd_data_tf32_k1_n64",
         "bwd_weight_tf32_k3_m32",
+        "fwd_wgmma_tf32_k3_n64",
+        "fwd_wgmma_tf32_kany_n64",
+        "bwd_data_wgmma_bf16_k2_n64",
+        "fwd_wgmma_bf16_k1_n64",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }
@@ -213,7 +223,7 @@ fn conv_kernels_match_the_definition_under_emulation() {
         .lines()
         .map(str::to_string)
         .collect();
-    for name in conv::kernel_names() {
+    for name in conv::kernel_names().into_iter().chain(conv_sm90::kernel_names()) {
         if name != "split_reduce" && name != "plane_sum" {
             assert!(harness_kernels.contains(name), "the harness cannot run {name}");
         }

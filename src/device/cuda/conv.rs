@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::call::{KernelCall, blocks_for};
+use super::conv_sm90;
 use super::launch::{Launch, dim};
 use super::operand::{check_len, common_device};
 use super::params::{ConvParams, PlaneSumParams, SplitReduceParams};
@@ -34,11 +35,25 @@ pub enum ConvAlgo {
     /// FP32 in memory: BF16 math on FP32 storage, the precision cuDNN computes in when fed BF16
     /// operands (as under `torch.autocast`).
     Bf16Mma = 2,
+    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8, sm_90a: compute capability 9.0 only)
+    /// for the forward and backward-data passes, TF32 operands rounded as in `tf32-mma`;
+    /// backward-weight runs the `tf32-mma` kernels.
+    Tf32Wgmma = 3,
+    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64n64k16), rounded as in `bf16-mma`;
+    /// backward-weight runs the `bf16-mma` kernels.
+    Bf16Wgmma = 4,
 }
 
 impl ConvAlgo {
-    /// Every version, simplest first.
-    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma];
+    /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
+    /// ([`ConvAlgo::runs_on`]).
+    pub const ALL: [ConvAlgo; 5] = [
+        ConvAlgo::Fp32Tiled,
+        ConvAlgo::Tf32Mma,
+        ConvAlgo::Bf16Mma,
+        ConvAlgo::Tf32Wgmma,
+        ConvAlgo::Bf16Wgmma,
+    ];
 
     /// The version ops use unless told otherwise: tensor cores, expected to be several times
     /// faster than the FP32 tiles on Hopper. Not yet measured against them; bf16-mma, with half
@@ -54,7 +69,25 @@ impl ConvAlgo {
             ConvAlgo::Fp32Tiled => "fp32-tiled",
             ConvAlgo::Tf32Mma => "tf32-mma",
             ConvAlgo::Bf16Mma => "bf16-mma",
+            ConvAlgo::Tf32Wgmma => "tf32-wgmma",
+            ConvAlgo::Bf16Wgmma => "bf16-wgmma",
         }
+    }
+
+    /// Whether this version runs sm_90a code (wgmma), which only compute capability 9.0 devices
+    /// execute.
+    pub fn needs_sm90a(self) -> bool {
+        matches!(self, ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma)
+    }
+
+    /// Whether this version runs on a device of compute capability `cc` (major, minor).
+    pub fn runs_on(self, cc: (i32, i32)) -> bool {
+        !self.needs_sm90a() || cc == (9, 0)
+    }
+
+    /// An error (never a panic) when `device` cannot run this version.
+    pub fn check_device(self, device: &CudaDevice) -> Result<()> {
+        conv_sm90::check_device(self, device)
     }
 
     /// `LRC_CONV_ALGO`, if set.
@@ -89,6 +122,8 @@ impl FromStr for ConvAlgo {
             "fp32-tiled" | "fp32" => Ok(ConvAlgo::Fp32Tiled),
             "tf32-mma" | "tf32" => Ok(ConvAlgo::Tf32Mma),
             "bf16-mma" | "bf16" => Ok(ConvAlgo::Bf16Mma),
+            "tf32-wgmma" => Ok(ConvAlgo::Tf32Wgmma),
+            "bf16-wgmma" => Ok(ConvAlgo::Bf16Wgmma),
             other => Err(Error::config(format!(
                 "unknown convolution algorithm '{other}': expected one of {}",
                 ConvAlgo::ALL.map(ConvAlgo::name).join(", ")
@@ -259,6 +294,22 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
+        ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
+            if let Some(kernel) = conv_sm90::kernel(algo, pass, size_variant(g)) {
+                return Tiling {
+                    kernel,
+                    rows: conv_sm90::TILE_ROWS,
+                    cols: conv_sm90::TILE_COLS,
+                    depth: conv_sm90::TILE_DEPTH,
+                };
+            }
+            // Passes v3 does not cover run v2 at the same precision.
+            if algo == ConvAlgo::Tf32Wgmma {
+                &TF32_KERNELS
+            } else {
+                &BF16_KERNELS
+            }
+        }
     };
     let narrow = narrow_dim <= 32;
     let (rows, cols) = match (pass, narrow) {
@@ -359,6 +410,13 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
 /// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
 /// plan was made for (callers check the storages against it).
 fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    if conv_sm90::is_kernel(plan.kernel) {
+        // v3 lives in its own module and stages its B operand in dynamic shared memory.
+        let call = KernelCall::new(conv_sm90::MODULE, plan.kernel, plan.grid, THREADS, p)
+            .with_shared(conv_sm90::shared_bytes(plan.kernel));
+        // SAFETY: as documented above.
+        return unsafe { device.run(&[call]) };
+    }
     let launch = Launch {
         grid: plan.grid,
         block: THREADS,
@@ -480,6 +538,7 @@ pub fn conv2d_forward(
         operands.push(b);
     }
     let device = common_device(OP, &operands)?;
+    algo.check_device(&device)?;
     let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
     if out.is_empty() {
         return Ok(out);
@@ -502,6 +561,7 @@ pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, alg
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     check_len(OP, "weight", w, g.c_out * g.c_in * g.kh * g.kw)?;
     let device = common_device(OP, &[dy, w])?;
+    algo.check_device(&device)?;
     let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
     if out.is_empty() {
         return Ok(out);
@@ -531,6 +591,7 @@ pub fn conv2d_backward_weight(
     check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     let device = common_device(OP, &[x, dy])?;
+    algo.check_device(&device)?;
     let (weight_len, reduction) = (g.c_out * g.c_in * g.kh * g.kw, g.n * g.h_out() * g.w_out());
     if weight_len == 0 || reduction == 0 {
         return Ok((
@@ -573,6 +634,7 @@ pub fn conv_transpose2d_forward(
         operands.push(b);
     }
     let device = common_device(OP, &operands)?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
     if out.is_empty() {
@@ -605,6 +667,7 @@ pub fn conv_transpose2d_backward_data(
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     check_len(OP, "weight", w, g.c_in * g.c_out * g.kh * g.kw)?;
     let device = common_device(OP, &[dy, w])?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
     if out.is_empty() {
@@ -636,6 +699,7 @@ pub fn conv_transpose2d_backward_weight(
     check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     let device = common_device(OP, &[x, dy])?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     let weight_len = g.c_in * g.c_out * g.kh * g.kw;
     let db = CudaStorage::zeros(&device, g.c_out)?;
@@ -704,6 +768,38 @@ mod tests {
         }
         assert!("winograd".parse::<ConvAlgo>().is_err());
         assert_eq!("BF16".parse::<ConvAlgo>().unwrap(), ConvAlgo::Bf16Mma);
+    }
+
+    #[test]
+    fn wgmma_algos_cover_two_passes_and_fall_back_to_v2() {
+        let g = ConvGeom {
+            n: 3,
+            c_in: 5,
+            h: 17,
+            w: 12,
+            c_out: 70,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        for (v3, v2) in [
+            (ConvAlgo::Tf32Wgmma, ConvAlgo::Tf32Mma),
+            (ConvAlgo::Bf16Wgmma, ConvAlgo::Bf16Mma),
+        ] {
+            let forward = plan(ConvPass::Forward, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(forward.kernel), "{forward:?}");
+            assert_eq!(forward.grid, ((3 * 17 * 12).div_ceil(128), 2, 1));
+            let data = plan(ConvPass::BackwardData, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(data.kernel) && data.kernel.contains("bwd_data"));
+            assert_eq!(
+                plan(ConvPass::BackwardWeight, &g, v3, 132),
+                plan(ConvPass::BackwardWeight, &g, v2, 132)
+            );
+            assert!(v3.needs_sm90a() && !v2.needs_sm90a());
+            assert!(v3.runs_on((9, 0)) && !v3.runs_on((8, 0)) && !v3.runs_on((10, 0)));
+            assert!(v2.runs_on((8, 6)));
+        }
     }
 
     #[test]

@@ -1,0 +1,337 @@
+// lrc-archs: 90a
+// (build.rs compiles this file for the architectures of the line above only: wgmma exists on
+// sm_90a alone, whose code runs on compute capability 9.0 devices only.)
+//
+// Convolution version 3: Hopper warpgroup MMA (wgmma.mma_async), for the forward and the
+// backward-data passes (the same implicit GEMMs as conv.cu, see its header: A = an im2col-style
+// gather of x or dy, rows = pixels; B = the weights, rows = channels, contiguous along k in the
+// forward pass). Backward-weight stays on v2 (conv.cu) under the same algorithm name.
+//
+// A block is two warpgroups (256 threads) computing 128 pixels x 64 channels, each warpgroup
+// 64 x 64 with wgmma m64n64 (k8 TF32 / k16 BF16) and FP32 accumulators:
+// - A goes from global memory straight into registers in the wgmma A fragment (a warp's
+//   lanes with the same k read 8 consecutive pixels), rounded to the operand precision; no
+//   shared memory (TF32 wgmma would need A K-major there, which the pixel-major gather is not).
+// - B is staged in shared memory, rounded, in the K-major no-swizzle layout of core matrices
+//   (8 rows x 16 bytes) that a matrix descriptor describes, with the core matrices along k
+//   spaced 32 + 128 / WK words apart (LBO) so that a warp's stores of 32 consecutive words of
+//   k hit 32 different banks.
+// - Pipeline: two shared-memory stages. Each k tile: stage B and the A fragments, barrier, issue
+//   the tile's wgmma (async) and commit, issue the next tile's global loads into registers
+//   (in flight while the tensor cores work), then wait for the group. A stage is rewritten
+//   two tiles later, after every warpgroup has waited for the group that read it (each waits
+//   before the barrier of the next tile); the A registers after this warpgroup's own wait.
+//   Weights are not copied with cp.async.bulk / TMA: their rows (c_in*kh*kw floats) are not
+//   16-byte aligned in general (c_in*9 for 3x3), and they are rounded on the way in anyway.
+// Rounding: both operands are rounded when staged, TF32 with cvt.rna (nearest, ties away) and
+// BF16 with cvt.rn (nearest even), exactly as v2, so the error bounds of v2 apply; the
+// hardware's reading of the top 19 bits of a TF32 word then changes nothing.
+// Determinism: each output element is one accumulator chain in k order; no atomics.
+
+#include "common.cuh"
+
+namespace v3 {
+
+using lrc::WARP;
+
+constexpr int THREADS = 256;  // two warpgroups
+constexpr int WARPGROUP = 128;
+constexpr int BM = 128;  // 64 pixels per warpgroup
+constexpr int BN = 64;   // wgmma n64
+constexpr int BK = 32;   // values of k per tile
+constexpr int STAGES = 2;
+
+// The operand precisions: values per 32-bit word, the rounding of a word, the wgmma.
+struct Tf32 {
+    static constexpr int PACK = 1;
+    __device__ static uint32_t word(float lo, float) { return lrc::to_tf32(lo); }
+    __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+        lrc::wgmma_tf32_m64n64k8(d, a, desc);
+    }
+};
+struct Bf16 {
+    static constexpr int PACK = 2;
+    __device__ static uint32_t word(float lo, float hi) { return lrc::to_bf16x2(lo, hi); }
+    __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+        lrc::wgmma_bf16_m64n64k16(d, a, desc);
+    }
+};
+
+// One shared-memory stage of B: BN rows x WK words of k, K-major core matrices; the core
+// matrix of rows 8j.. and words 4i.. starts at word i * LBO + j * SBO.
+template <class M>
+struct Stage {
+    static constexpr int WK = BK / M::PACK;
+    static constexpr int STEPS = WK / 8;  // one wgmma per 8 words (32 bytes) of k
+    static constexpr int LBO = 32 + 128 / WK;
+    static constexpr int SBO = (WK / 4 - 1) * LBO + 32;
+    static constexpr int WORDS = (BN / 8) * SBO;
+    static constexpr int BYTES = WORDS * 4;
+    static_assert(LBO % 4 == 0 && SBO % 4 == 0, "descriptor offsets are multiples of 16 bytes");
+    static_assert((BN * WK) % THREADS == 0, "the B tile divides among the threads");
+    // Words of B each thread stages per tile, and its A values (4 words per wgmma).
+    static constexpr int B_WORDS = BN * WK / THREADS;
+    static constexpr int A_WORDS = 4 * STEPS;
+    __device__ static int index(int n, int w) { return (w / 4) * LBO + (n / 8) * SBO + (n % 8) * 4 + w % 4; }
+};
+
+// The dynamic shared memory of a block (the host plans the same number: conv.rs).
+template <class M>
+constexpr int shared_bytes() {
+    return STAGES * Stage<M>::BYTES;
+}
+
+template <int KH, int KW>
+struct KernelSize {
+    int kh, kw;
+    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
+    __device__ int taps() const { return kh * kw; }
+};
+
+// Output pixel m of an n x channels x hw tensor, channel c (+ bias[c] when given).
+__device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int channels, int m, int c, float v) {
+    const int img = m / hw;
+    const int pix = m - img * hw;
+    if (p.bias != nullptr) {
+        v += p.bias[c];
+    }
+    p.out[(static_cast<size_t>(img) * channels + c) * hw + pix] = v;
+}
+
+// Forward: rows = output pixels, columns = c_out, k = (ci, ky, kx).
+template <int KH, int KW>
+struct Forward {
+    struct Row {
+        const float* img = nullptr;
+        int iy0 = 0, ix0 = 0;
+    };
+    __device__ static int rows(const ConvParams& p) { return p.n * p.h_out * p.w_out; }
+    __device__ static int cols(const ConvParams& p) { return p.c_out; }
+    __device__ static int depth(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
+    __device__ static Row row(const ConvParams& p, int m) {
+        const int hw = p.h_out * p.w_out;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        const int oy = pix / p.w_out;
+        const int ox = pix - oy * p.w_out;
+        return Row{p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w, oy * p.stride - p.pad, ox * p.stride - p.pad};
+    }
+    __device__ static float a(const ConvParams& p, const Row& r, int k) {
+        const KernelSize<KH, KW> ks(p);
+        const int ci = k / ks.taps();
+        const int t = k - ci * ks.taps();
+        const int ky = t / ks.kw;
+        const int iy = r.iy0 + ky;
+        const int ix = r.ix0 + t - ky * ks.kw;
+        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+            return 0.0f;
+        }
+        return r.img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
+    }
+    __device__ static float b(const ConvParams& p, int n, int k) {
+        return p.weight[static_cast<size_t>(n) * depth(p) + k];
+    }
+    __device__ static void store(const ConvParams& p, int m, int n, float v) {
+        plane_store(p, p.h_out * p.w_out, p.c_out, m, n, v);
+    }
+};
+
+// Backward-data: rows = input pixels, columns = c_in, k = (co, ky, kx); A = dy at the output
+// pixel whose window puts tap (ky, kx) on the input pixel, if there is one.
+template <int KH, int KW>
+struct BackwardData {
+    struct Row {
+        const float* img = nullptr;
+        int iy = 0, ix = 0;
+    };
+    __device__ static int rows(const ConvParams& p) { return p.n * p.h * p.w; }
+    __device__ static int cols(const ConvParams& p) { return p.c_in; }
+    __device__ static int depth(const ConvParams& p) { return p.c_out * KernelSize<KH, KW>(p).taps(); }
+    __device__ static Row row(const ConvParams& p, int m) {
+        const int hw = p.h * p.w;
+        const int img = m / hw;
+        const int pix = m - img * hw;
+        const int iy = pix / p.w;
+        return Row{p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out, iy, pix - iy * p.w};
+    }
+    __device__ static float a(const ConvParams& p, const Row& r, int k) {
+        const KernelSize<KH, KW> ks(p);
+        const int co = k / ks.taps();
+        const int t = k - co * ks.taps();
+        const int ky = t / ks.kw;
+        int ty = r.iy + p.pad - ky;
+        int tx = r.ix + p.pad - (t - ky * ks.kw);
+        if (ty < 0 || tx < 0) {
+            return 0.0f;
+        }
+        if (p.stride != 1) {
+            if (ty % p.stride != 0 || tx % p.stride != 0) {
+                return 0.0f;
+            }
+            ty /= p.stride;
+            tx /= p.stride;
+        }
+        if (ty >= p.h_out || tx >= p.w_out) {
+            return 0.0f;
+        }
+        return r.img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
+    }
+    __device__ static float b(const ConvParams& p, int n, int k) {
+        const KernelSize<KH, KW> ks(p);
+        const int co = k / ks.taps();
+        const int t = k - co * ks.taps();
+        return p.weight[(static_cast<size_t>(co) * p.c_in + n) * ks.taps() + t];
+    }
+    __device__ static void store(const ConvParams& p, int m, int n, float v) {
+        plane_store(p, p.h * p.w, p.c_in, m, n, v);
+    }
+};
+
+// The k of value j (of PACK per word) of this thread's A words of the tile at k0: word e is
+// register e % 4 of wgmma e / 4, at word column 8 (e / 4) + t + 4 ((e % 4) / 2), row half
+// (e % 2) (rows g and g + 8 of the warp's 16).
+template <class M>
+__device__ __forceinline__ int a_k(int k0, int t, int j) {
+    const int e = j / M::PACK;
+    const int w = 8 * (e / 4) + t + 4 * ((e % 4) / 2);
+    return k0 + w * M::PACK + j % M::PACK;
+}
+
+// Word q of this thread's B words: flat index tid + THREADS q over BN rows x WK words, words
+// fastest (a warp reads consecutive k of one or two rows).
+template <class M>
+__device__ __forceinline__ int b_row(int tid, int q) {
+    return (tid + THREADS * q) / Stage<M>::WK;
+}
+template <class M>
+__device__ __forceinline__ int b_word(int tid, int q) {
+    return (tid + THREADS * q) % Stage<M>::WK;
+}
+
+// Loads this thread's A and B values of the k tile at k0 (zero outside the GEMM).
+template <class P, class M>
+__device__ __forceinline__ void load_tile(const ConvParams& p, const typename P::Row (&rows)[2], const bool (&row_ok)[2],
+                                          int n0, int N, int K, int k0, int t,
+                                          float (&ra)[Stage<M>::A_WORDS * M::PACK],
+                                          float (&rb)[Stage<M>::B_WORDS * M::PACK]) {
+    using S = Stage<M>;
+#pragma unroll
+    for (int j = 0; j < S::A_WORDS * M::PACK; ++j) {
+        const int k = a_k<M>(k0, t, j);
+        const int h = (j / M::PACK) % 2;
+        ra[j] = (row_ok[h] && k < K) ? P::a(p, rows[h], k) : 0.0f;
+    }
+#pragma unroll
+    for (int q = 0; q < S::B_WORDS; ++q) {
+        const int n = n0 + b_row<M>(threadIdx.x, q);
+#pragma unroll
+        for (int v = 0; v < M::PACK; ++v) {
+            const int k = k0 + b_word<M>(threadIdx.x, q) * M::PACK + v;
+            rb[q * M::PACK + v] = (n < N && k < K) ? P::b(p, n, k) : 0.0f;
+        }
+    }
+}
+
+template <class P, class M>
+__device__ void conv_wgmma(const ConvParams& p) {
+    using S = Stage<M>;
+    LRC_DYNAMIC_SHARED(uint32_t, smem);
+    const int M_ = P::rows(p);
+    const int N = P::cols(p);
+    const int K = P::depth(p);
+    const int m0 = blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x;
+    const int lane = tid % WARP;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    // This thread's A rows: its warpgroup's 64, its warp's 16 of them, rows g and g + 8.
+    const int row0 = m0 + 64 * (tid / WARPGROUP) + 16 * ((tid / WARP) % 4) + g;
+    typename P::Row rows[2];
+    bool row_ok[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        row_ok[h] = row0 + 8 * h < M_;
+        if (row_ok[h]) {
+            rows[h] = P::row(p, row0 + 8 * h);
+        }
+    }
+    float ra[S::A_WORDS * M::PACK];
+    float rb[S::B_WORDS * M::PACK];
+    uint32_t af[S::STEPS][4];
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        acc[i] = 0.0f;
+    }
+    const uint32_t smem_base = lrc::shared_address(smem);
+    load_tile<P, M>(p, rows, row_ok, n0, N, K, 0, t, ra, rb);
+    int tile = 0;
+    for (int k0 = 0; k0 < K; k0 += BK, ++tile) {
+        const int stage = tile % STAGES;
+        uint32_t* sb = smem + stage * S::WORDS;
+#pragma unroll
+        for (int q = 0; q < S::B_WORDS; ++q) {
+            sb[S::index(b_row<M>(tid, q), b_word<M>(tid, q))] = M::word(rb[q * M::PACK], rb[q * M::PACK + M::PACK - 1]);
+        }
+#pragma unroll
+        for (int e = 0; e < S::A_WORDS; ++e) {
+            af[e / 4][e % 4] = M::word(ra[e * M::PACK], ra[e * M::PACK + M::PACK - 1]);
+        }
+        lrc::fence_proxy_async_shared();
+        __syncthreads();
+        lrc::wgmma_fence();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            lrc::wgmma_hold(acc[i]);
+        }
+        const uint32_t stage_addr = smem_base + stage * S::BYTES;
+#pragma unroll
+        for (int s = 0; s < S::STEPS; ++s) {
+            // wgmma s reads words 8s.. 8s + 7 of every row: core matrices 2s and 2s + 1 along k.
+            const uint64_t desc = lrc::wgmma_descriptor(stage_addr + 2 * s * S::LBO * 4, S::LBO * 4, S::SBO * 4);
+            M::mma(acc, af[s], desc);
+        }
+        lrc::wgmma_commit();
+        // The next tile's global loads are in flight while the tensor cores work on this one.
+        if (k0 + BK < K) {
+            load_tile<P, M>(p, rows, row_ok, n0, N, K, k0 + BK, t, ra, rb);
+        }
+        lrc::wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            lrc::wgmma_hold(acc[i]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const int m = row0 + 8 * ((i / 2) % 2);
+        const int n = n0 + 8 * (i / 4) + 2 * t + i % 2;
+        if (m < M_ && n < N) {
+            P::store(p, m, n, acc[i]);
+        }
+    }
+}
+
+}  // namespace v3
+
+// Kernel names: conv_<pass>_wgmma_<precision>_<kernel size>_n64 (sizes as v2: k1, k2, k3, kany).
+// Grids (ceil(M / 128), ceil(N / 64)), 256 threads, v3::shared_bytes<precision>() bytes of
+// dynamic shared memory.
+#define LRC_CONV_WGMMA(PREC, MATH, KS, KH, KW)                                    \
+    LRC_KERNEL(conv_fwd_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) {      \
+        v3::conv_wgmma<v3::Forward<KH, KW>, v3::MATH>(p);                          \
+    }                                                                              \
+    LRC_KERNEL(conv_bwd_data_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) { \
+        v3::conv_wgmma<v3::BackwardData<KH, KW>, v3::MATH>(p);                     \
+    }
+
+#define LRC_CONV_WGMMA_SIZES(PREC, MATH)   \
+    LRC_CONV_WGMMA(PREC, MATH, k1, 1, 1)   \
+    LRC_CONV_WGMMA(PREC, MATH, k2, 2, 2)   \
+    LRC_CONV_WGMMA(PREC, MATH, k3, 3, 3)   \
+    LRC_CONV_WGMMA(PREC, MATH, kany, 0, 0)
+
+LRC_CONV_WGMMA_SIZES(tf32, Tf32)
+LRC_CONV_WGMMA_SIZES(bf16, Bf16)
