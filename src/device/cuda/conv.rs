@@ -789,7 +789,7 @@ mod tests {
         ] {
             let forward = plan(ConvPass::Forward, &g, v3, 132);
             assert!(conv_sm90::is_kernel(forward.kernel), "{forward:?}");
-            assert_eq!(forward.grid, ((3 * 17 * 12).div_ceil(128), 2, 1));
+            assert_eq!(forward.grid, ((3 * 17 * 12usize).div_ceil(128), 2, 1));
             let data = plan(ConvPass::BackwardData, &g, v3, 132);
             assert!(conv_sm90::is_kernel(data.kernel) && data.kernel.contains("bwd_data"));
             assert_eq!(
