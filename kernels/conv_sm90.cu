@@ -2,27 +2,31 @@
 // (build.rs compiles this file for the architectures of the line above only: wgmma exists on
 // sm_90a alone, whose code runs on compute capability 9.0 devices only.)
 //
-// Convolution version 3: Hopper warpgroup MMA (wgmma.mma_async), for the forward and the
-// backward-data passes (the same implicit GEMMs as conv.cu, see its header: A = an im2col-style
-// gather of x or dy, rows = pixels; B = the weights, rows = channels, contiguous along k in the
-// forward pass). Backward-weight stays on v2 (conv.cu) under the same algorithm name.
+// Convolution version 3: Hopper warpgroup MMA (wgmma.mma_async) for all three passes, as the
+// implicit GEMMs of conv.cu (see its header) with one change: backward-weight is computed
+// transposed, rows = (ci, ky, kx) and columns = c_out, so that the long tap dimension fills the
+// 128-row tile and the weights' gradient dy is the K-major B operand. Rows are pixels (taps for
+// backward-weight), columns channels.
 //
-// A block is two warpgroups (256 threads) computing 128 pixels x 64 channels, each warpgroup
-// 64 x 64 with wgmma m64n64 (k8 TF32 / k16 BF16) and FP32 accumulators:
+// A block is two warpgroups (256 threads) computing 128 rows x 64 columns, each warpgroup 64 x 64
+// with wgmma m64n64 (k8 TF32 / k16 BF16) and FP32 accumulators:
 // - A goes from global memory straight into registers in the wgmma A fragment (a warp's
-//   lanes with the same k read 8 consecutive pixels), rounded to the operand precision; no
-//   shared memory (TF32 wgmma would need A K-major there, which the pixel-major gather is not).
-// - B is staged in shared memory, rounded, in the K-major no-swizzle layout of core matrices
-//   (8 rows x 16 bytes) that a matrix descriptor describes, with the core matrices along k
-//   spaced 32 + 128 / WK words apart (LBO) so that a warp's stores of 32 consecutive words of
-//   k hit 32 different banks.
+//   lanes with the same k read 8 consecutive rows), rounded to the operand precision; no
+//   shared memory (TF32 wgmma would need A K-major there, which the pixel-major gathers are not).
+// - B (weights; dy in backward-weight) is staged in shared memory, rounded, in the K-major
+//   no-swizzle layout of core matrices (8 rows x 16 bytes) that a matrix descriptor describes,
+//   with the core matrices along k spaced 32 + 128 / WK words apart (LBO) so that a warp's
+//   stores of consecutive words of k hit 32 different banks.
 // - Pipeline: two shared-memory stages. Each k tile: stage B and the A fragments, barrier, issue
 //   the tile's wgmma (async) and commit, issue the next tile's global loads into registers
 //   (in flight while the tensor cores work), then wait for the group. A stage is rewritten
 //   two tiles later, after every warpgroup has waited for the group that read it (each waits
 //   before the barrier of the next tile); the A registers after this warpgroup's own wait.
-//   Weights are not copied with cp.async.bulk / TMA: their rows (c_in*kh*kw floats) are not
-//   16-byte aligned in general (c_in*9 for 3x3), and they are rounded on the way in anyway.
+//   B is not copied with cp.async.bulk / TMA: weight rows (c_in*kh*kw floats) and dy rows
+//   (h_out*w_out) are not 16-byte aligned in general, and B is rounded on the way in anyway.
+// - Backward-weight splits its reduction over blocks (blockIdx.z) into partial sums that
+//   conv.cu's split_reduce adds in split order, as v2; the blocks of the first row tile also sum
+//   dy (FP32, each thread every 32nd k of the range, then across the lanes) for the bias.
 // Rounding: both operands are rounded when staged, TF32 with cvt.rna (nearest, ties away) and
 // BF16 with cvt.rn (nearest even), exactly as v2, so the error bounds of v2 apply; the
 // hardware's reading of the top 19 bits of a TF32 word then changes nothing.
@@ -98,9 +102,13 @@ __device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int cha
     p.out[(static_cast<size_t>(img) * channels + c) * hw + pix] = v;
 }
 
+// The problems: GEMM rows, columns, the k range a block sums, the gathers a (rows) and b
+// (columns), the store, and whether the block also sums b over k for a bias gradient.
+
 // Forward: rows = output pixels, columns = c_out, k = (ci, ky, kx).
 template <int KH, int KW>
 struct Forward {
+    static constexpr bool SUMS_B = false;
     struct Row {
         const float* img = nullptr;
         int iy0 = 0, ix0 = 0;
@@ -108,6 +116,8 @@ struct Forward {
     __device__ static int rows(const ConvParams& p) { return p.n * p.h_out * p.w_out; }
     __device__ static int cols(const ConvParams& p) { return p.c_out; }
     __device__ static int depth(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
+    __device__ static int k_begin(const ConvParams&) { return 0; }
+    __device__ static int k_end(const ConvParams& p) { return depth(p); }
     __device__ static Row row(const ConvParams& p, int m) {
         const int hw = p.h_out * p.w_out;
         const int img = m / hw;
@@ -141,6 +151,7 @@ struct Forward {
 // pixel whose window puts tap (ky, kx) on the input pixel, if there is one.
 template <int KH, int KW>
 struct BackwardData {
+    static constexpr bool SUMS_B = false;
     struct Row {
         const float* img = nullptr;
         int iy = 0, ix = 0;
@@ -148,6 +159,8 @@ struct BackwardData {
     __device__ static int rows(const ConvParams& p) { return p.n * p.h * p.w; }
     __device__ static int cols(const ConvParams& p) { return p.c_in; }
     __device__ static int depth(const ConvParams& p) { return p.c_out * KernelSize<KH, KW>(p).taps(); }
+    __device__ static int k_begin(const ConvParams&) { return 0; }
+    __device__ static int k_end(const ConvParams& p) { return depth(p); }
     __device__ static Row row(const ConvParams& p, int m) {
         const int hw = p.h * p.w;
         const int img = m / hw;
@@ -188,6 +201,54 @@ struct BackwardData {
     }
 };
 
+// Backward-weight, transposed so that the long tap dimension fills the 128 rows and c_out the 64
+// columns: rows = (ci, ky, kx), columns = c_out, k = (img, oy, ox) over this block's split
+// (blockIdx.z) of the reduction; A = x at the tap's input position of output pixel k, B = dy
+// (contiguous along k). Writes the partial sums [split][c_out][c_in*kh*kw] and, in the blocks
+// of the first row tile, the bias-gradient partials [split][c_out] (the sums of B over k).
+template <int KH, int KW>
+struct BackwardWeight {
+    static constexpr bool SUMS_B = true;
+    struct Row {
+        int ci = 0, ky = 0, kx = 0;
+    };
+    __device__ static int rows(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
+    __device__ static int cols(const ConvParams& p) { return p.c_out; }
+    __device__ static int k_begin(const ConvParams& p) { return blockIdx.z * p.split_len; }
+    __device__ static int k_end(const ConvParams& p) {
+        return min(k_begin(p) + p.split_len, p.n * p.h_out * p.w_out);
+    }
+    __device__ static Row row(const ConvParams& p, int m) {
+        const KernelSize<KH, KW> ks(p);
+        const int ci = m / ks.taps();
+        const int t = m - ci * ks.taps();
+        const int ky = t / ks.kw;
+        return Row{ci, ky, t - ky * ks.kw};
+    }
+    __device__ static float a(const ConvParams& p, const Row& r, int k) {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        const int pix = k - img * hw;
+        const int oy = pix / p.w_out;
+        const int iy = oy * p.stride - p.pad + r.ky;
+        const int ix = (pix - oy * p.w_out) * p.stride - p.pad + r.kx;
+        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+            return 0.0f;
+        }
+        return p.x[((static_cast<size_t>(img) * p.c_in + r.ci) * p.h + iy) * p.w + ix];
+    }
+    __device__ static float b(const ConvParams& p, int n, int k) {
+        const int hw = p.h_out * p.w_out;
+        const int img = k / hw;
+        return p.dy[(static_cast<size_t>(img) * p.c_out + n) * hw + (k - img * hw)];
+    }
+    __device__ static void store(const ConvParams& p, int m, int n, float v) {
+        const int taps = rows(p);
+        p.out[(static_cast<size_t>(blockIdx.z) * p.c_out + n) * taps + m] = v;
+    }
+};
+
 // The k of value j (of PACK per word) of this thread's A words of the tile at k0: word e is
 // register e % 4 of wgmma e / 4, at word column 8 (e / 4) + t + 4 ((e % 4) / 2), row half
 // (e % 2) (rows g and g + 8 of the warp's 16).
@@ -209,10 +270,10 @@ __device__ __forceinline__ int b_word(int tid, int q) {
     return (tid + THREADS * q) % Stage<M>::WK;
 }
 
-// Loads this thread's A and B values of the k tile at k0 (zero outside the GEMM).
+// Loads this thread's A and B values of the k tile at k0 (zero outside the GEMM and past k_end).
 template <class P, class M>
 __device__ __forceinline__ void load_tile(const ConvParams& p, const typename P::Row (&rows)[2], const bool (&row_ok)[2],
-                                          int n0, int N, int K, int k0, int t,
+                                          int n0, int N, int k_end, int k0, int t,
                                           float (&ra)[Stage<M>::A_WORDS * M::PACK],
                                           float (&rb)[Stage<M>::B_WORDS * M::PACK]) {
     using S = Stage<M>;
@@ -220,7 +281,7 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, const typename P:
     for (int j = 0; j < S::A_WORDS * M::PACK; ++j) {
         const int k = a_k<M>(k0, t, j);
         const int h = (j / M::PACK) % 2;
-        ra[j] = (row_ok[h] && k < K) ? P::a(p, rows[h], k) : 0.0f;
+        ra[j] = (row_ok[h] && k < k_end) ? P::a(p, rows[h], k) : 0.0f;
     }
 #pragma unroll
     for (int q = 0; q < S::B_WORDS; ++q) {
@@ -228,7 +289,7 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, const typename P:
 #pragma unroll
         for (int v = 0; v < M::PACK; ++v) {
             const int k = k0 + b_word<M>(threadIdx.x, q) * M::PACK + v;
-            rb[q * M::PACK + v] = (n < N && k < K) ? P::b(p, n, k) : 0.0f;
+            rb[q * M::PACK + v] = (n < N && k < k_end) ? P::b(p, n, k) : 0.0f;
         }
     }
 }
@@ -239,7 +300,8 @@ __device__ void conv_wgmma(const ConvParams& p) {
     LRC_DYNAMIC_SHARED(uint32_t, smem);
     const int M_ = P::rows(p);
     const int N = P::cols(p);
-    const int K = P::depth(p);
+    const int k_begin = P::k_begin(p);
+    const int K = P::k_end(p);
     const int m0 = blockIdx.x * BM;
     const int n0 = blockIdx.y * BN;
     const int tid = threadIdx.x;
@@ -265,10 +327,18 @@ __device__ void conv_wgmma(const ConvParams& p) {
     for (int i = 0; i < 32; ++i) {
         acc[i] = 0.0f;
     }
+    // Bias gradient: this thread's sums of its B values over k, one per value slot, so that each
+    // sums every 32nd k of the range (as v2 does; the error bound counts on that).
+    const bool sum_b = P::SUMS_B && p.out_bias != nullptr && blockIdx.x == 0;
+    float b_sum[S::B_WORDS * M::PACK];
+#pragma unroll
+    for (int i = 0; i < S::B_WORDS * M::PACK; ++i) {
+        b_sum[i] = 0.0f;
+    }
     const uint32_t smem_base = lrc::shared_address(smem);
-    load_tile<P, M>(p, rows, row_ok, n0, N, K, 0, t, ra, rb);
+    load_tile<P, M>(p, rows, row_ok, n0, N, K, k_begin, t, ra, rb);
     int tile = 0;
-    for (int k0 = 0; k0 < K; k0 += BK, ++tile) {
+    for (int k0 = k_begin; k0 < K; k0 += BK, ++tile) {
         const int stage = tile % STAGES;
         uint32_t* sb = smem + stage * S::WORDS;
 #pragma unroll
@@ -278,6 +348,12 @@ __device__ void conv_wgmma(const ConvParams& p) {
 #pragma unroll
         for (int e = 0; e < S::A_WORDS; ++e) {
             af[e / 4][e % 4] = M::word(ra[e * M::PACK], ra[e * M::PACK + M::PACK - 1]);
+        }
+        if (sum_b) {
+#pragma unroll
+            for (int i = 0; i < S::B_WORDS * M::PACK; ++i) {
+                b_sum[i] += rb[i];
+            }
         }
         lrc::fence_proxy_async_shared();
         __syncthreads();
@@ -312,19 +388,43 @@ __device__ void conv_wgmma(const ConvParams& p) {
             P::store(p, m, n, acc[i]);
         }
     }
+    if (sum_b) {
+        // The WK lanes of a row (all 32, or each half-warp) hold its values; add the PACK
+        // slots, then across those lanes. Every thread takes part in the shuffles.
+#pragma unroll
+        for (int q = 0; q < S::B_WORDS; ++q) {
+            float v = b_sum[q * M::PACK];
+#pragma unroll
+            for (int i = 1; i < M::PACK; ++i) {
+                v += b_sum[q * M::PACK + i];
+            }
+#pragma unroll
+            for (int offset = S::WK / 2; offset > 0; offset /= 2) {
+                v += __shfl_xor_sync(0xffffffffu, v, offset);
+            }
+            const int n = n0 + b_row<M>(tid, q);
+            if (b_word<M>(tid, q) == 0 && n < N) {
+                p.out_bias[static_cast<size_t>(blockIdx.z) * N + n] = v;
+            }
+        }
+    }
 }
 
 }  // namespace v3
 
-// Kernel names: conv_<pass>_wgmma_<precision>_<kernel size>_n64 (sizes as v2: k1, k2, k3, kany).
-// Grids (ceil(M / 128), ceil(N / 64)), 256 threads, v3::shared_bytes<precision>() bytes of
-// dynamic shared memory.
+// Kernel names: conv_<pass>_wgmma_<precision>_<kernel size>_<n64 | m64> (sizes as v2: k1, k2,
+// k3, kany; the tile of 64 output channels). Grids (ceil(M / 128), ceil(N / 64)) for forward and
+// backward-data, (ceil(c_in*kh*kw / 128), ceil(c_out / 64), splits) for backward-weight; 256
+// threads, v3::shared_bytes<precision>() bytes of dynamic shared memory.
 #define LRC_CONV_WGMMA(PREC, MATH, KS, KH, KW)                                    \
     LRC_KERNEL(conv_fwd_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) {      \
         v3::conv_wgmma<v3::Forward<KH, KW>, v3::MATH>(p);                          \
     }                                                                              \
     LRC_KERNEL(conv_bwd_data_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) { \
         v3::conv_wgmma<v3::BackwardData<KH, KW>, v3::MATH>(p);                     \
+    }                                                                              \
+    LRC_KERNEL(conv_bwd_weight_wgmma_##PREC##_##KS##_m64, ConvParams, v3::THREADS, 1) { \
+        v3::conv_wgmma<v3::BackwardWeight<KH, KW>, v3::MATH>(p);                   \
     }
 
 #define LRC_CONV_WGMMA_SIZES(PREC, MATH)   \

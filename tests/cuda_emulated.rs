@@ -195,6 +195,8 @@ fn launch_plans_split_and_cover_as_intended() {
         "fwd_wgmma_tf32_kany_n64",
         "bwd_data_wgmma_bf16_k2_n64",
         "fwd_wgmma_bf16_k1_n64",
+        "bwd_weight_wgmma_tf32_k3_m64",
+        "bwd_weight_wgmma_bf16_kany_m64",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

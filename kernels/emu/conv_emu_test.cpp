@@ -324,8 +324,9 @@ const struct {
     LRC_MMA_ENTRIES(PREC, k1), LRC_MMA_ENTRIES(PREC, k2), LRC_MMA_ENTRIES(PREC, k3), LRC_MMA_ENTRIES(PREC, kany)
     LRC_MMA_SIZES(tf32),
     LRC_MMA_SIZES(bf16),
-#define LRC_WGMMA_ENTRIES(PREC, KS) \
-    LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64)
+#define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
+    LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
+        LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64)
 #define LRC_WGMMA_SIZES(PREC) \
     LRC_WGMMA_ENTRIES(PREC, k1), LRC_WGMMA_ENTRIES(PREC, k2), LRC_WGMMA_ENTRIES(PREC, k3), LRC_WGMMA_ENTRIES(PREC, kany)
     LRC_WGMMA_SIZES(tf32),

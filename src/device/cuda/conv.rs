@@ -35,12 +35,10 @@ pub enum ConvAlgo {
     /// FP32 in memory: BF16 math on FP32 storage, the precision cuDNN computes in when fed BF16
     /// operands (as under `torch.autocast`).
     Bf16Mma = 2,
-    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8, sm_90a: compute capability 9.0 only)
-    /// for the forward and backward-data passes, TF32 operands rounded as in `tf32-mma`;
-    /// backward-weight runs the `tf32-mma` kernels.
+    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8, sm_90a: compute capability 9.0 only),
+    /// TF32 operands rounded as in `tf32-mma`, FP32 accumulation.
     Tf32Wgmma = 3,
-    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64n64k16), rounded as in `bf16-mma`;
-    /// backward-weight runs the `bf16-mma` kernels.
+    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64n64k16), rounded as in `bf16-mma`.
     Bf16Wgmma = 4,
 }
 
@@ -295,20 +293,13 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
         ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
-            if let Some(kernel) = conv_sm90::kernel(algo, pass, size_variant(g)) {
-                return Tiling {
-                    kernel,
-                    rows: conv_sm90::TILE_ROWS,
-                    cols: conv_sm90::TILE_COLS,
-                    depth: conv_sm90::TILE_DEPTH,
-                };
-            }
-            // Passes v3 does not cover run v2 at the same precision.
-            if algo == ConvAlgo::Tf32Wgmma {
-                &TF32_KERNELS
-            } else {
-                &BF16_KERNELS
-            }
+            let (rows, cols) = conv_sm90::tile(pass);
+            return Tiling {
+                kernel: conv_sm90::kernel(algo, pass, size_variant(g)).expect("a wgmma algorithm"),
+                rows,
+                cols,
+                depth: conv_sm90::TILE_DEPTH,
+            };
         }
     };
     let narrow = narrow_dim <= 32;
@@ -411,11 +402,8 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
 /// plan was made for (callers check the storages against it).
 fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
     if conv_sm90::is_kernel(plan.kernel) {
-        // v3 lives in its own module and stages its B operand in dynamic shared memory.
-        let call = KernelCall::new(conv_sm90::MODULE, plan.kernel, plan.grid, THREADS, p)
-            .with_shared(conv_sm90::shared_bytes(plan.kernel));
         // SAFETY: as documented above.
-        return unsafe { device.run(&[call]) };
+        return unsafe { run_sm90(device, plan.kernel, plan.grid, p) };
     }
     let launch = Launch {
         grid: plan.grid,
@@ -423,6 +411,23 @@ fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<(
     };
     // SAFETY: as documented above.
     unsafe { device.launch(MODULE, plan.kernel, launch, p) }
+}
+
+/// Runs a v3 kernel, which lives in its own module and stages its B operand in dynamic shared
+/// memory.
+///
+/// # Safety
+/// As for [`CudaDevice::launch`]: `p` holds live blocks large enough for `kernel` under `grid`.
+unsafe fn run_sm90(
+    device: &CudaDevice,
+    kernel: &'static str,
+    grid: (usize, usize, usize),
+    p: &ConvParams,
+) -> Result<()> {
+    let call =
+        KernelCall::new(conv_sm90::MODULE, kernel, grid, THREADS, p).with_shared(conv_sm90::shared_bytes(kernel));
+    // SAFETY: upheld by the caller.
+    unsafe { device.run(&[call]) }
 }
 
 /// dw (and db when `p.out_bias` is set) of the convolution with `p`'s geometry into `p.out` /
@@ -437,17 +442,30 @@ fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParam
     let mut q = *p;
     q.split_len = dim("conv2d backward", "split length", plan.split_len)?;
     q.splits = dim("conv2d backward", "splits", splits)?;
+    let sm90 = conv_sm90::is_kernel(kernel);
     if splits == 1 {
         // The only partial sum is the result.
         // SAFETY: as in run_single; out holds m*n values and out_bias m.
-        return unsafe { device.launch(MODULE, kernel, launch, &q) };
+        return unsafe {
+            if sm90 {
+                run_sm90(device, kernel, plan.grid, &q)
+            } else {
+                device.launch(MODULE, kernel, launch, &q)
+            }
+        };
     }
     let partial = CudaStorage::alloc(device, splits * m * n)?;
     let partial_bias = CudaStorage::alloc(device, if p.out_bias != 0 { splits * m } else { 0 })?;
     q.out = partial.device_ptr();
     q.out_bias = if p.out_bias != 0 { partial_bias.device_ptr() } else { 0 };
     // SAFETY: as in run_single; the partial blocks hold splits*m*n and splits*m values.
-    unsafe { device.launch(MODULE, kernel, launch, &q) }?;
+    unsafe {
+        if sm90 {
+            run_sm90(device, kernel, plan.grid, &q)
+        } else {
+            device.launch(MODULE, kernel, launch, &q)
+        }
+    }?;
     let reduce = SplitReduceParams {
         partial: partial.device_ptr(),
         out: p.out,
@@ -771,7 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn wgmma_algos_cover_two_passes_and_fall_back_to_v2() {
+    fn wgmma_algos_cover_every_pass() {
         let g = ConvGeom {
             n: 3,
             c_in: 5,
@@ -792,10 +810,11 @@ mod tests {
             assert_eq!(forward.grid, ((3 * 17 * 12usize).div_ceil(128), 2, 1));
             let data = plan(ConvPass::BackwardData, &g, v3, 132);
             assert!(conv_sm90::is_kernel(data.kernel) && data.kernel.contains("bwd_data"));
-            assert_eq!(
-                plan(ConvPass::BackwardWeight, &g, v3, 132),
-                plan(ConvPass::BackwardWeight, &g, v2, 132)
-            );
+            // Backward-weight: 128 taps x 64 output channels per block, split as v2's.
+            let weight = plan(ConvPass::BackwardWeight, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(weight.kernel) && weight.kernel.contains("bwd_weight"));
+            assert_eq!((weight.grid.0, weight.grid.1), ((5 * 9usize).div_ceil(128), 2));
+            assert_eq!(weight.grid.2, weight.splits);
             assert!(v3.needs_sm90a() && !v2.needs_sm90a());
             assert!(v3.runs_on((9, 0)) && !v3.runs_on((8, 0)) && !v3.runs_on((10, 0)));
             assert!(v2.runs_on((8, 6)));

@@ -1,7 +1,6 @@
 //! Version 3 of the convolutions: the Hopper warpgroup-MMA kernels of `kernels/conv_sm90.cu`
-//! (wgmma, compiled for sm_90a only, so they run on compute capability 9.0 devices alone). They
-//! cover the forward and backward-data passes; backward-weight runs the v2 kernels of the same
-//! precision under the same algorithm name (see [`super::conv::ConvAlgo`]).
+//! (wgmma, compiled for sm_90a only, so they run on compute capability 9.0 devices alone), for
+//! all three passes (see [`super::conv::ConvAlgo`]).
 
 use super::CudaDevice;
 use super::conv::{ConvAlgo, ConvPass};
@@ -10,30 +9,32 @@ use crate::error::{Error, Result};
 /// The kernel file, `kernels/conv_sm90.cu`.
 pub const MODULE: &str = "conv_sm90";
 
-/// Block tile: 128 pixels (two warpgroups of 64) x 64 channels, 32-deep k tiles.
+/// Block tile: 128 rows (two warpgroups of 64; pixels, or taps in backward-weight) x 64 channels,
+/// 32-deep k tiles.
 pub const TILE_ROWS: usize = 128;
 pub const TILE_COLS: usize = 64;
 pub const TILE_DEPTH: usize = 32;
 /// Shared-memory stages of the B operand (the weights).
 const STAGES: usize = 2;
 
-/// The kernels by [pass: forward, backward-data][kernel size: k1, k2, k3, kany], named
-/// `conv_<pass>_wgmma_<precision>_<size>_n64` as conv_sm90.cu's LRC_CONV_WGMMA does.
-type WgmmaKernels = [[&'static str; 4]; 2];
+/// The kernels by [pass: forward, backward-data, backward-weight][kernel size: k1, k2, k3, kany],
+/// named `conv_<pass>_wgmma_<precision>_<size>_<n64 | m64>` as conv_sm90.cu's LRC_CONV_WGMMA does.
+type WgmmaKernels = [[&'static str; 4]; 3];
 
 macro_rules! wgmma_kernels {
     ($precision:literal) => {
         [
-            wgmma_kernels!(@pass "fwd", $precision),
-            wgmma_kernels!(@pass "bwd_data", $precision),
+            wgmma_kernels!(@pass "fwd", $precision, "n64"),
+            wgmma_kernels!(@pass "bwd_data", $precision, "n64"),
+            wgmma_kernels!(@pass "bwd_weight", $precision, "m64"),
         ]
     };
-    (@pass $pass:literal, $precision:literal) => {
+    (@pass $pass:literal, $precision:literal, $tile:literal) => {
         [
-            concat!("conv_", $pass, "_wgmma_", $precision, "_k1_n64"),
-            concat!("conv_", $pass, "_wgmma_", $precision, "_k2_n64"),
-            concat!("conv_", $pass, "_wgmma_", $precision, "_k3_n64"),
-            concat!("conv_", $pass, "_wgmma_", $precision, "_kany_n64"),
+            concat!("conv_", $pass, "_wgmma_", $precision, "_k1_", $tile),
+            concat!("conv_", $pass, "_wgmma_", $precision, "_k2_", $tile),
+            concat!("conv_", $pass, "_wgmma_", $precision, "_k3_", $tile),
+            concat!("conv_", $pass, "_wgmma_", $precision, "_kany_", $tile),
         ]
     };
 }
@@ -50,19 +51,24 @@ pub fn kernel_names() -> Vec<&'static str> {
 }
 
 /// The v3 kernel of `pass` for a wgmma algorithm and kernel-size variant (0: 1x1, 1: 2x2,
-/// 2: 3x3, 3: any), or None where v3 has none (backward-weight, other algorithms).
+/// 2: 3x3, 3: any), or None for other algorithms.
 pub(crate) fn kernel(algo: ConvAlgo, pass: ConvPass, size_variant: usize) -> Option<&'static str> {
     let table = match algo {
         ConvAlgo::Tf32Wgmma => &TF32_KERNELS,
         ConvAlgo::Bf16Wgmma => &BF16_KERNELS,
         _ => return None,
     };
-    let pass = match pass {
-        ConvPass::Forward => 0,
-        ConvPass::BackwardData => 1,
-        ConvPass::BackwardWeight => return None,
-    };
-    Some(table[pass][size_variant])
+    Some(table[pass as usize][size_variant])
+}
+
+/// The block tile of `pass` in the planner's terms, (rows, columns): the GEMM of conv.cu's header
+/// (for backward-weight rows = c_out, columns = taps, which v3 computes transposed: its 128-row
+/// tile runs over the taps, its 64 columns over c_out).
+pub(crate) fn tile(pass: ConvPass) -> (usize, usize) {
+    match pass {
+        ConvPass::Forward | ConvPass::BackwardData => (TILE_ROWS, TILE_COLS),
+        ConvPass::BackwardWeight => (TILE_COLS, TILE_ROWS),
+    }
 }
 
 /// Whether `kernel` is one of this module's.
@@ -120,13 +126,16 @@ mod tests {
         let mut names = kernel_names();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 24);
         assert!(names.iter().all(|n| is_kernel(n)));
         assert_eq!(
             kernel(ConvAlgo::Bf16Wgmma, ConvPass::BackwardData, 1),
             Some("conv_bwd_data_wgmma_bf16_k2_n64")
         );
-        assert_eq!(kernel(ConvAlgo::Tf32Wgmma, ConvPass::BackwardWeight, 2), None);
+        assert_eq!(
+            kernel(ConvAlgo::Tf32Wgmma, ConvPass::BackwardWeight, 2),
+            Some("conv_bwd_weight_wgmma_tf32_k3_m64")
+        );
         assert_eq!(kernel(ConvAlgo::Tf32Mma, ConvPass::Forward, 2), None);
     }
 }
