@@ -339,6 +339,38 @@ __device__ __forceinline__ void wgmma_bf16_m64n64k16(float (&d)[32], const uint3
 #endif
 }
 
+// The same on a 64 x 32 tile: 16 accumulators a thread, register i holding
+// D[16 w + g + 8 ((i / 2) % 2)][8 (i / 4) + 2 t + i % 2].
+__device__ __forceinline__ void wgmma_tf32_m64n32k8(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Tf32, 32, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_bf16_m64n32k16(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Bf16, 32, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
 // Union-find over a forest in global memory, shared by the Felzenszwalb merge and the clean-up's
 // connected components. Links only ever point a node at an ancestor, and roots are linked with a
 // compare-and-swap, so threads may find and unite concurrently; reads go through volatile because

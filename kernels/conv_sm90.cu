@@ -9,7 +9,9 @@
 // backward-weight), columns channels.
 //
 // A block is two warpgroups (256 threads) computing 128 rows x 64 columns, each warpgroup 64 x 64
-// with wgmma m64n64 (k8 TF32 / k16 BF16) and FP32 accumulators:
+// with wgmma m64n64 (k8 TF32 / k16 BF16) and FP32 accumulators; or 128 x 32 with m64n32 where
+// the GEMM has 32 columns or fewer (the U-Net's first and last levels), so as not to compute
+// half a tile of zeros:
 // - A goes from global memory straight into registers in the wgmma A fragment (a warp's
 //   lanes with the same k read 8 consecutive rows), rounded to the operand precision; no
 //   shared memory (TF32 wgmma would need A K-major there, which the pixel-major gathers are not).
@@ -40,9 +42,9 @@ using lrc::WARP;
 
 constexpr int THREADS = 256;  // two warpgroups
 constexpr int WARPGROUP = 128;
-constexpr int BM = 128;  // 64 pixels per warpgroup
-constexpr int BN = 64;   // wgmma n64
+constexpr int BM = 128;  // 64 rows per warpgroup
 constexpr int BK = 32;   // values of k per tile
+// Columns per block (BN): 64 (wgmma n64), or 32 (n32) where the GEMM has 32 columns or fewer.
 constexpr int STAGES = 2;
 
 // The operand precisions: values per 32-bit word, the rounding of a word, the wgmma.
@@ -52,6 +54,9 @@ struct Tf32 {
     __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
         lrc::wgmma_tf32_m64n64k8(d, a, desc);
     }
+    __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+        lrc::wgmma_tf32_m64n32k8(d, a, desc);
+    }
 };
 struct Bf16 {
     static constexpr int PACK = 2;
@@ -59,12 +64,16 @@ struct Bf16 {
     __device__ static void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
         lrc::wgmma_bf16_m64n64k16(d, a, desc);
     }
+    __device__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+        lrc::wgmma_bf16_m64n32k16(d, a, desc);
+    }
 };
 
 // One shared-memory stage of B: BN rows x WK words of k, K-major core matrices; the core
 // matrix of rows 8j.. and words 4i.. starts at word i * LBO + j * SBO.
-template <class M>
+template <class M, int BN_>
 struct Stage {
+    static constexpr int BN = BN_;
     static constexpr int WK = BK / M::PACK;
     static constexpr int STEPS = WK / 8;  // one wgmma per 8 words (32 bytes) of k
     static constexpr int LBO = 32 + 128 / WK;
@@ -79,10 +88,10 @@ struct Stage {
     __device__ static int index(int n, int w) { return (w / 4) * LBO + (n / 8) * SBO + (n % 8) * 4 + w % 4; }
 };
 
-// The dynamic shared memory of a block (the host plans the same number: conv.rs).
-template <class M>
+// The dynamic shared memory of a block (the host plans the same number: conv_sm90.rs).
+template <class M, int BN>
 constexpr int shared_bytes() {
-    return STAGES * Stage<M>::BYTES;
+    return STAGES * Stage<M, BN>::BYTES;
 }
 
 template <int KH, int KW>
@@ -261,22 +270,20 @@ __device__ __forceinline__ int a_k(int k0, int t, int j) {
 
 // Word q of this thread's B words: flat index tid + THREADS q over BN rows x WK words, words
 // fastest (a warp reads consecutive k of one or two rows).
-template <class M>
+template <class S>
 __device__ __forceinline__ int b_row(int tid, int q) {
-    return (tid + THREADS * q) / Stage<M>::WK;
+    return (tid + THREADS * q) / S::WK;
 }
-template <class M>
+template <class S>
 __device__ __forceinline__ int b_word(int tid, int q) {
-    return (tid + THREADS * q) % Stage<M>::WK;
+    return (tid + THREADS * q) % S::WK;
 }
 
 // Loads this thread's A and B values of the k tile at k0 (zero outside the GEMM and past k_end).
-template <class P, class M>
+template <class P, class M, class S>
 __device__ __forceinline__ void load_tile(const ConvParams& p, const typename P::Row (&rows)[2], const bool (&row_ok)[2],
-                                          int n0, int N, int k_end, int k0, int t,
-                                          float (&ra)[Stage<M>::A_WORDS * M::PACK],
-                                          float (&rb)[Stage<M>::B_WORDS * M::PACK]) {
-    using S = Stage<M>;
+                                          int n0, int N, int k_end, int k0, int t, float (&ra)[S::A_WORDS * M::PACK],
+                                          float (&rb)[S::B_WORDS * M::PACK]) {
 #pragma unroll
     for (int j = 0; j < S::A_WORDS * M::PACK; ++j) {
         const int k = a_k<M>(k0, t, j);
@@ -285,18 +292,19 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, const typename P:
     }
 #pragma unroll
     for (int q = 0; q < S::B_WORDS; ++q) {
-        const int n = n0 + b_row<M>(threadIdx.x, q);
+        const int n = n0 + b_row<S>(threadIdx.x, q);
 #pragma unroll
         for (int v = 0; v < M::PACK; ++v) {
-            const int k = k0 + b_word<M>(threadIdx.x, q) * M::PACK + v;
+            const int k = k0 + b_word<S>(threadIdx.x, q) * M::PACK + v;
             rb[q * M::PACK + v] = (n < N && k < k_end) ? P::b(p, n, k) : 0.0f;
         }
     }
 }
 
-template <class P, class M>
+template <class P, class M, int BN>
 __device__ void conv_wgmma(const ConvParams& p) {
-    using S = Stage<M>;
+    using S = Stage<M, BN>;
+    constexpr int ACC = BN / 2;  // accumulators a thread
     LRC_DYNAMIC_SHARED(uint32_t, smem);
     const int M_ = P::rows(p);
     const int N = P::cols(p);
@@ -322,9 +330,9 @@ __device__ void conv_wgmma(const ConvParams& p) {
     float ra[S::A_WORDS * M::PACK];
     float rb[S::B_WORDS * M::PACK];
     uint32_t af[S::STEPS][4];
-    float acc[32];
+    float acc[ACC];
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < ACC; ++i) {
         acc[i] = 0.0f;
     }
     // Bias gradient: this thread's sums of its B values over k, one per value slot, so that each
@@ -336,14 +344,14 @@ __device__ void conv_wgmma(const ConvParams& p) {
         b_sum[i] = 0.0f;
     }
     const uint32_t smem_base = lrc::shared_address(smem);
-    load_tile<P, M>(p, rows, row_ok, n0, N, K, k_begin, t, ra, rb);
+    load_tile<P, M, S>(p, rows, row_ok, n0, N, K, k_begin, t, ra, rb);
     int tile = 0;
     for (int k0 = k_begin; k0 < K; k0 += BK, ++tile) {
         const int stage = tile % STAGES;
         uint32_t* sb = smem + stage * S::WORDS;
 #pragma unroll
         for (int q = 0; q < S::B_WORDS; ++q) {
-            sb[S::index(b_row<M>(tid, q), b_word<M>(tid, q))] = M::word(rb[q * M::PACK], rb[q * M::PACK + M::PACK - 1]);
+            sb[S::index(b_row<S>(tid, q), b_word<S>(tid, q))] = M::word(rb[q * M::PACK], rb[q * M::PACK + M::PACK - 1]);
         }
 #pragma unroll
         for (int e = 0; e < S::A_WORDS; ++e) {
@@ -359,7 +367,7 @@ __device__ void conv_wgmma(const ConvParams& p) {
         __syncthreads();
         lrc::wgmma_fence();
 #pragma unroll
-        for (int i = 0; i < 32; ++i) {
+        for (int i = 0; i < ACC; ++i) {
             lrc::wgmma_hold(acc[i]);
         }
         const uint32_t stage_addr = smem_base + stage * S::BYTES;
@@ -372,16 +380,16 @@ __device__ void conv_wgmma(const ConvParams& p) {
         lrc::wgmma_commit();
         // The next tile's global loads are in flight while the tensor cores work on this one.
         if (k0 + BK < K) {
-            load_tile<P, M>(p, rows, row_ok, n0, N, K, k0 + BK, t, ra, rb);
+            load_tile<P, M, S>(p, rows, row_ok, n0, N, K, k0 + BK, t, ra, rb);
         }
         lrc::wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < 32; ++i) {
+        for (int i = 0; i < ACC; ++i) {
             lrc::wgmma_hold(acc[i]);
         }
     }
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < ACC; ++i) {
         const int m = row0 + 8 * ((i / 2) % 2);
         const int n = n0 + 8 * (i / 4) + 2 * t + i % 2;
         if (m < M_ && n < N) {
@@ -402,8 +410,8 @@ __device__ void conv_wgmma(const ConvParams& p) {
             for (int offset = S::WK / 2; offset > 0; offset /= 2) {
                 v += __shfl_xor_sync(0xffffffffu, v, offset);
             }
-            const int n = n0 + b_row<M>(tid, q);
-            if (b_word<M>(tid, q) == 0 && n < N) {
+            const int n = n0 + b_row<S>(tid, q);
+            if (b_word<S>(tid, q) == 0 && n < N) {
                 p.out_bias[static_cast<size_t>(blockIdx.z) * N + n] = v;
             }
         }
@@ -412,20 +420,25 @@ __device__ void conv_wgmma(const ConvParams& p) {
 
 }  // namespace v3
 
-// Kernel names: conv_<pass>_wgmma_<precision>_<kernel size>_<n64 | m64> (sizes as v2: k1, k2,
-// k3, kany; the tile of 64 output channels). Grids (ceil(M / 128), ceil(N / 64)) for forward and
-// backward-data, (ceil(c_in*kh*kw / 128), ceil(c_out / 64), splits) for backward-weight; 256
-// threads, v3::shared_bytes<precision>() bytes of dynamic shared memory.
-#define LRC_CONV_WGMMA(PREC, MATH, KS, KH, KW)                                    \
-    LRC_KERNEL(conv_fwd_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) {      \
-        v3::conv_wgmma<v3::Forward<KH, KW>, v3::MATH>(p);                          \
-    }                                                                              \
-    LRC_KERNEL(conv_bwd_data_wgmma_##PREC##_##KS##_n64, ConvParams, v3::THREADS, 1) { \
-        v3::conv_wgmma<v3::BackwardData<KH, KW>, v3::MATH>(p);                     \
-    }                                                                              \
-    LRC_KERNEL(conv_bwd_weight_wgmma_##PREC##_##KS##_m64, ConvParams, v3::THREADS, 1) { \
-        v3::conv_wgmma<v3::BackwardWeight<KH, KW>, v3::MATH>(p);                   \
+// Kernel names: conv_<pass>_wgmma_<precision>_<kernel size>_<tile> (sizes as v2: k1, k2, k3,
+// kany; tile n64 / n32 for forward and backward-data, m64 / m32 for backward-weight: the output
+// channels per block). Grids (ceil(M / 128), ceil(N / BN)) for forward and backward-data,
+// (ceil(c_in*kh*kw / 128), ceil(c_out / BN), splits) for backward-weight; 256 threads,
+// v3::shared_bytes<precision, BN>() bytes of dynamic shared memory.
+#define LRC_CONV_WGMMA_TILE(PREC, MATH, KS, KH, KW, BN)                                          \
+    LRC_KERNEL(conv_fwd_wgmma_##PREC##_##KS##_n##BN, ConvParams, v3::THREADS, 1) {                \
+        v3::conv_wgmma<v3::Forward<KH, KW>, v3::MATH, BN>(p);                                      \
+    }                                                                                             \
+    LRC_KERNEL(conv_bwd_data_wgmma_##PREC##_##KS##_n##BN, ConvParams, v3::THREADS, 1) {           \
+        v3::conv_wgmma<v3::BackwardData<KH, KW>, v3::MATH, BN>(p);                                 \
+    }                                                                                             \
+    LRC_KERNEL(conv_bwd_weight_wgmma_##PREC##_##KS##_m##BN, ConvParams, v3::THREADS, 1) {         \
+        v3::conv_wgmma<v3::BackwardWeight<KH, KW>, v3::MATH, BN>(p);                               \
     }
+
+#define LRC_CONV_WGMMA(PREC, MATH, KS, KH, KW)       \
+    LRC_CONV_WGMMA_TILE(PREC, MATH, KS, KH, KW, 64) \
+    LRC_CONV_WGMMA_TILE(PREC, MATH, KS, KH, KW, 32)
 
 #define LRC_CONV_WGMMA_SIZES(PREC, MATH)   \
     LRC_CONV_WGMMA(PREC, MATH, k1, 1, 1)   \

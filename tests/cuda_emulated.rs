@@ -195,6 +195,9 @@ fn launch_plans_split_and_cover_as_intended() {
         "fwd_wgmma_tf32_kany_n64",
         "bwd_data_wgmma_bf16_k2_n64",
         "fwd_wgmma_bf16_k1_n64",
+        "fwd_wgmma_tf32_k3_n32",
+        "bwd_data_wgmma_bf16_k1_n32",
+        "bwd_weight_wgmma_tf32_k3_m32",
         "bwd_weight_wgmma_tf32_k3_m64",
         "bwd_weight_wgmma_bf16_kany_m64",
     ] {

@@ -326,7 +326,8 @@ const struct {
     LRC_MMA_SIZES(bf16),
 #define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
     LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
-        LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64)
+        LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \
+        LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n32), LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m32)
 #define LRC_WGMMA_SIZES(PREC) \
     LRC_WGMMA_ENTRIES(PREC, k1), LRC_WGMMA_ENTRIES(PREC, k2), LRC_WGMMA_ENTRIES(PREC, k3), LRC_WGMMA_ENTRIES(PREC, kany)
     LRC_WGMMA_SIZES(tf32),
@@ -367,8 +368,13 @@ ConvParams params_of(const Geom& g) {
 
 // The dynamic shared memory a kernel needs (the v3 wgmma kernels stage B there).
 unsigned shared_needed(const std::string& kernel) {
-    if (kernel.find("_wgmma_tf32_") != std::string::npos) return v3::shared_bytes<v3::Tf32>();
-    if (kernel.find("_wgmma_bf16_") != std::string::npos) return v3::shared_bytes<v3::Bf16>();
+    const bool narrow = kernel.size() > 2 && kernel.compare(kernel.size() - 2, 2, "32") == 0;
+    if (kernel.find("_wgmma_tf32_") != std::string::npos) {
+        return narrow ? v3::shared_bytes<v3::Tf32, 32>() : v3::shared_bytes<v3::Tf32, 64>();
+    }
+    if (kernel.find("_wgmma_bf16_") != std::string::npos) {
+        return narrow ? v3::shared_bytes<v3::Bf16, 32>() : v3::shared_bytes<v3::Bf16, 64>();
+    }
     return 0;
 }
 
@@ -749,8 +755,8 @@ int main(int argc, char** argv) {
     bf16_conversion_case();
     rounding_case("conv_fwd_tf32_k1_n32", Precision::Tf32);
     rounding_case("conv_fwd_bf16_k1_n32", Precision::Bf16);
-    rounding_case("conv_fwd_wgmma_tf32_k1_n64", Precision::Tf32);
-    rounding_case("conv_fwd_wgmma_bf16_k1_n64", Precision::Bf16);
+    rounding_case("conv_fwd_wgmma_tf32_k1_n32", Precision::Tf32);
+    rounding_case("conv_fwd_wgmma_bf16_k1_n32", Precision::Bf16);
     wgmma_emulation_case(emu::WgmmaType::Tf32);
     wgmma_emulation_case(emu::WgmmaType::Bf16);
     if (cases == 0) {

@@ -293,9 +293,10 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
         ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
-            let (rows, cols) = conv_sm90::tile(pass);
+            let narrow = narrow_dim <= conv_sm90::TILE_COLS_NARROW;
+            let (rows, cols) = conv_sm90::tile(pass, narrow);
             return Tiling {
-                kernel: conv_sm90::kernel(algo, pass, size_variant(g)).expect("a wgmma algorithm"),
+                kernel: conv_sm90::kernel(algo, pass, size_variant(g), narrow).expect("a wgmma algorithm"),
                 rows,
                 cols,
                 depth: conv_sm90::TILE_DEPTH,
@@ -810,7 +811,7 @@ mod tests {
             assert_eq!(forward.grid, ((3 * 17 * 12usize).div_ceil(128), 2, 1));
             let data = plan(ConvPass::BackwardData, &g, v3, 132);
             assert!(conv_sm90::is_kernel(data.kernel) && data.kernel.contains("bwd_data"));
-            // Backward-weight: 128 taps x 64 output channels per block, split as v2's.
+            // Backward-weight: 128 taps x 64 output channels per block (70 > 32), split as v2's.
             let weight = plan(ConvPass::BackwardWeight, &g, v3, 132);
             assert!(conv_sm90::is_kernel(weight.kernel) && weight.kernel.contains("bwd_weight"));
             assert_eq!((weight.grid.0, weight.grid.1), ((5 * 9usize).div_ceil(128), 2));
