@@ -86,9 +86,9 @@ pub fn is_kernel(kernel: &str) -> bool {
 }
 
 /// The dynamic shared memory a launch of `kernel` needs: the B stages of 64 or 32 rows, laid out
-/// as conv_sm90.cu's `v3::Stage` (words of k per row WK = 32 / values per word; core matrices 32
-/// + 128 / WK words apart along k, 8-row groups (WK / 4 - 1) LBO + 32 words apart). 0 for
-/// kernels of other modules.
+/// as conv_sm90.cu's `v3::Stage` (words of k per row WK = 32 / values per word; core matrices
+/// LBO = 32 + 128 / WK words apart along k, 8-row groups (WK / 4 - 1) LBO + 32 words apart). 0
+/// for kernels of other modules.
 pub fn shared_bytes(kernel: &str) -> usize {
     let find = |table: &WgmmaKernels| {
         table
