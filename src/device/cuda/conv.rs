@@ -35,10 +35,10 @@ pub enum ConvAlgo {
     /// FP32 in memory: BF16 math on FP32 storage, the precision cuDNN computes in when fed BF16
     /// operands (as under `torch.autocast`).
     Bf16Mma = 2,
-    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8, sm_90a: compute capability 9.0 only),
-    /// TF32 operands rounded as in `tf32-mma`, FP32 accumulation.
+    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8 / m64n32k8, sm_90a: compute capability
+    /// 9.0 only), TF32 operands rounded as in `tf32-mma`, FP32 accumulation.
     Tf32Wgmma = 3,
-    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64n64k16), rounded as in `bf16-mma`.
+    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64nNk16), rounded as in `bf16-mma`.
     Bf16Wgmma = 4,
 }
 
