@@ -437,6 +437,20 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
             return Outputs{y};
         });
         check(tag, out[0], ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
+        if (plan.kernel.find("_wgmma_") != std::string::npos) {
+            // v3 also without a bias (v1 and v2 are checked so on the GPU).
+            const Outputs plain = both_schedules(tag + " without bias", [&] {
+                auto y = poisoned(dy.size());
+                ConvParams q = p;
+                q.x = x.data();
+                q.weight = w.data();
+                q.out = y.data();
+                launch(plan, q);
+                return Outputs{y};
+            });
+            check(tag + " without bias", plain[0], ref_forward(g, x, w, nullptr), ref_forward(g, ax, aw, nullptr),
+                  g.c_in * g.kh * g.kw);
+        }
     } else if (pass == "backward_data") {
         const Outputs out = both_schedules(tag, [&] {
             auto dx = poisoned(x.size());
