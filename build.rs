@@ -2,6 +2,10 @@
 //! PTX for the newest) under `OUT_DIR`, and generates `kernels.rs`, which embeds the images and the
 //! ptxas resource report (registers, shared memory, stack, spills per kernel).
 //!
+//! A file may name its own targets in a line `// lrc-archs: 90a` among its first lines (the
+//! architecture-specific sm_90a of the wgmma kernels): it is compiled for those alone, with PTX
+//! for the newest, whatever `LRC_CUDA_ARCHS` says.
+//!
 //! nvcc is looked for in `$NVCC`, then `PATH`, then `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, then
 //! `./.cuda/toolkit/bin` (where `scripts/install-cuda-compiler.sh` puts it). With none that runs,
 //! or with `LRC_NO_CUDA=1`, the build warns once and produces a CPU-only engine whose CUDA backend
@@ -42,7 +46,9 @@ fn main() {
             for source in &sources {
                 let name = source.file_stem().unwrap().to_string_lossy().into_owned();
                 let image = out_dir.join(format!("{name}.fatbin"));
-                let ptxas_log = compile(&nvcc.path, &archs, source, &image, &manifest_dir.join("kernels"));
+                let own_archs = file_archs(source);
+                let file_targets = own_archs.as_ref().unwrap_or(&archs);
+                let ptxas_log = compile(&nvcc.path, file_targets, source, &image, &manifest_dir.join("kernels"));
                 for usage in parse_ptxas(&ptxas_log) {
                     let _ = writeln!(
                         report,
@@ -108,6 +114,29 @@ fn target_archs() -> Vec<String> {
         panic!("LRC_CUDA_ARCHS must be a comma-separated list like 80,90; got {list:?}");
     }
     archs
+}
+
+/// The architectures a kernel file names for itself in a `// lrc-archs: 90a, ...` line among
+/// its first 10 lines, if it does: digits with an optional architecture-specific `a` suffix.
+fn file_archs(source: &Path) -> Option<Vec<String>> {
+    let text = fs::read_to_string(source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
+    let list = text
+        .lines()
+        .take(10)
+        .find_map(|l| l.trim().strip_prefix("// lrc-archs:"))?;
+    let archs: Vec<String> = list
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let valid = |a: &String| {
+        let digits = a.strip_suffix('a').unwrap_or(a);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    if archs.is_empty() || !archs.iter().all(valid) {
+        panic!("{}: bad `// lrc-archs:` line {list:?}", source.display());
+    }
+    Some(archs)
 }
 
 /// The nvcc to use, or why there is none.
@@ -180,7 +209,10 @@ fn compile(nvcc: &Path, archs: &[String], source: &Path, image: &Path, include: 
     for arch in archs {
         cmd.arg("-gencode").arg(format!("arch=compute_{arch},code=sm_{arch}"));
     }
-    let newest = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).unwrap();
+    let newest = archs
+        .iter()
+        .max_by_key(|a| a.trim_end_matches('a').parse::<u32>().unwrap_or(0))
+        .unwrap();
     cmd.arg("-gencode")
         .arg(format!("arch=compute_{newest},code=compute_{newest}"));
     cmd.arg("-o").arg(image).arg(source);

@@ -222,6 +222,155 @@ __device__ __forceinline__ void tile_fma_4x4(const float (&as)[BK][AW], const fl
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Warpgroup MMA (wgmma), sm_90a only: the instructions exist for that target alone, so other
+// targets compile these to a trap (no kernel of theirs calls them). Collective over a warpgroup
+// (4 consecutive warps); asynchronous: an mma_async reads its A registers, its shared-memory B
+// operand and its accumulators at some point before the wait_group that covers its group
+// returns, so none of them may be written (nor the accumulators read) in between.
+// ---------------------------------------------------------------------------------------------
+
+#if defined(__CUDA_ARCH__) && !defined(LRC_EMULATE) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LRC_NO_WGMMA 1
+#endif
+
+// Orders this warpgroup's earlier register writes (accumulators, A fragments) before the
+// mma_async that follow; needed before the first mma_async after a commit_group.
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(LRC_EMULATE)
+    emu::wgmma_fence();
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Closes the group of mma_async issued since the last commit.
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(LRC_EMULATE)
+    emu::wgmma_commit();
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most PENDING committed groups of this warpgroup are still running.
+template <int PENDING>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(LRC_EMULATE)
+    emu::wgmma_wait(PENDING);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+#endif
+}
+
+// Makes this thread's generic-proxy writes to shared memory (st.shared) visible to the async
+// proxy that wgmma reads its shared-memory operands through; a barrier then publishes them.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if defined(LRC_EMULATE)
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Keeps the compiler from moving accesses of an accumulator across the wgmma fences and waits
+// (it does not know that the asynchronous mma_async owns the register until the wait).
+__device__ __forceinline__ void wgmma_hold(float& r) {
+#if !defined(LRC_EMULATE)
+    asm volatile("" : "+f"(r)::"memory");
+#endif
+}
+
+// The shared-state-space address of a pointer into shared memory.
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Matrix descriptor of a K-major operand without swizzle: start address, leading-dimension
+// byte offset (between core matrices adjacent along k) and stride-dimension byte offset
+// (between core matrices adjacent along m or n), each a multiple of 16 bytes, stored >> 4 in
+// bits 0-13, 16-29 and 32-45; base offset (bits 49-51) and swizzle mode (bits 62-63) zero.
+__device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t start, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+    return static_cast<uint64_t>((start >> 4) & 0x3fffu) | (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3fffu) << 16) |
+           (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3fffu) << 32);
+}
+
+// d += A * B on a 64 x 64 x 8 tile: TF32 A from registers (per warp w of the warpgroup, rows
+// 16 w.. in the mma.sync m16n8k8 A fragment), B (64 rows of n, 8 of k, K-major) from shared
+// memory through `desc`, FP32 accumulators: register i holds D[16 w + g + 8 ((i / 2) % 2)]
+// [8 (i / 4) + 2 t + i % 2], g = lane / 4, t = lane % 4. The hardware reads the top 19 bits of
+// each TF32 operand word (truncation): callers round first.
+__device__ __forceinline__ void wgmma_tf32_m64n64k8(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Tf32, 64, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+// As wgmma_tf32_m64n64k8 with BF16 operands, k = 16: each A and B word holds two values
+// consecutive along k, the lower k in the low half (the mma.sync m16n8k16 A fragment).
+__device__ __forceinline__ void wgmma_bf16_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Bf16, 64, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+// The same on a 64 x 32 tile: 16 accumulators a thread, register i holding
+// D[16 w + g + 8 ((i / 2) % 2)][8 (i / 4) + 2 t + i % 2].
+__device__ __forceinline__ void wgmma_tf32_m64n32k8(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Tf32, 32, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_bf16_m64n32k16(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#if defined(LRC_EMULATE)
+    emu::wgmma_async(emu::WgmmaType::Bf16, 32, d, a, desc, true);
+#elif defined(LRC_NO_WGMMA)
+    __trap();
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
 // Union-find over a forest in global memory, shared by the Felzenszwalb merge and the clean-up's
 // connected components. Links only ever point a node at an ancestor, and roots are linked with a
 // compare-and-swap, so threads may find and unite concurrently; reads go through volatile because

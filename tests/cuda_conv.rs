@@ -16,7 +16,7 @@
 //!   partials in split_reduce (splits - 1 roundings); the bias adds one:
 //!   `chain = L + (splits - 1) + 1` with L the split length (depth when unsplit), at most
 //!   depth + 1 since (splits - 1) * L < depth. The plan is `conv::plan`'s on this GPU.
-//! - TF32 (tf32-mma) and BF16 (bf16-mma): operands rounded to nearest, TF32 to 10-bit
+//! - TF32 (tf32-mma, tf32-wgmma) and BF16 (bf16-mma, bf16-wgmma): operands rounded to nearest, TF32 to 10-bit
 //!   significands (ties away, u = 2^-11), BF16 to 8-bit ones (ties to even, u = 2^-8); each
 //!   operand is off by at most u of itself, each product by at most 2u + u^2 of itself, and each
 //!   tensor-core addition by at most 2^-23 of the running magnitude (2^-24 rounding, 2^-23
@@ -36,6 +36,9 @@
 //! order the hardware sums in. The same bounds are checked under emulation by
 //! kernels/emu/conv_emu_test.cpp.
 //!
+//! The wgmma versions (v3) run on compute capability 9.0 alone: elsewhere the tests leave them
+//! out with a note (and check that asking for them is an error, not a panic).
+//!
 //! These tests need a CUDA GPU: `cargo test --release -- --include-ignored`.
 
 use std::sync::Arc;
@@ -52,6 +55,25 @@ fn device() -> Arc<CudaDevice> {
     let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
     device.set_poison_fresh_buffers(true);
     device
+}
+
+/// The versions this device runs (every one but the wgmma versions off compute capability 9.0),
+/// with a note for each one left out.
+fn algos(device: &CudaDevice) -> Vec<ConvAlgo> {
+    let cc = device.compute_capability();
+    ConvAlgo::ALL
+        .into_iter()
+        .filter(|algo| {
+            let runs = algo.runs_on(cc);
+            if !runs {
+                println!(
+                    "skipped {algo}: needs compute capability 9.0, this GPU is {}.{}",
+                    cc.0, cc.1
+                );
+            }
+            runs
+        })
+        .collect()
 }
 
 /// Uniform in [-1, 1): never all zeros, and max|value| is 1 to within rounding.
@@ -93,8 +115,8 @@ fn gamma(chain: usize) -> f64 {
 fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
     let u = match algo {
         ConvAlgo::Fp32Tiled => return gamma(chain),
-        ConvAlgo::Tf32Mma => (-11f64).exp2(),
-        ConvAlgo::Bf16Mma => (-8f64).exp2(),
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma => (-11f64).exp2(),
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma => (-8f64).exp2(),
     };
     let accumulation = chain as f64 * (-23f64).exp2();
     if rounded_inputs {
@@ -132,7 +154,10 @@ impl Split {
     fn chain(&self, algo: ConvAlgo, depth: usize) -> usize {
         match algo {
             ConvAlgo::Fp32Tiled => self.run(depth) + (self.count - 1) + 1,
-            ConvAlgo::Tf32Mma | ConvAlgo::Bf16Mma => depth + depth.div_ceil(32) + 1,
+            // v3 sums each element in one accumulator chain (per split) too, as v2.
+            ConvAlgo::Tf32Mma | ConvAlgo::Bf16Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
+                depth + depth.div_ceil(32) + 1
+            }
         }
     }
 
@@ -254,7 +279,7 @@ fn conv2d_forward_matches_the_cpu_twin() {
             split: Split::NONE,
         };
         let (xd, wd, bd) = (upload(&device, &x), upload(&device, &w), upload(&device, &b));
-        for algo in ConvAlgo::ALL {
+        for algo in algos(&device) {
             let y = conv2d_forward(&g, &xd, &wd, Some(&bd), algo)
                 .unwrap()
                 .to_host()
@@ -294,7 +319,7 @@ fn conv2d_backward_data_matches_the_cpu_twin() {
             split: Split::NONE,
         };
         let (dyd, wd) = (upload(&device, &dy), upload(&device, &w));
-        for algo in ConvAlgo::ALL {
+        for algo in algos(&device) {
             let dx = conv2d_backward_data(&g, &dyd, &wd, algo).unwrap().to_host().unwrap();
             check(&format!("backward-data {algo} {g:?}"), algo, &dx, &expected);
         }
@@ -316,7 +341,7 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
         let (magnitude, magnitude_db) = cpu::backward_weight(&g, &abs_f64(&x), &abs_f64(&dy));
         let (xd, dyd) = (upload(&device, &x), upload(&device, &dy));
         let depth = g.n * g.h_out() * g.w_out();
-        for algo in ConvAlgo::ALL {
+        for algo in algos(&device) {
             let split = Split::of(&plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors()));
             let expected = Expected {
                 want: &want_dw,
@@ -350,7 +375,7 @@ fn backward_weight_is_deterministic() {
     let g = geom([4, 16, 40, 40, 32], (3, 3), 1, 1);
     let x = upload(&device, &random(&mut rng, g.n * g.c_in * g.h * g.w));
     let dy = upload(&device, &random(&mut rng, g.n * g.c_out * g.h * g.w));
-    for algo in ConvAlgo::ALL {
+    for algo in algos(&device) {
         let (dw1, db1) = conv2d_backward_weight(&g, &x, &dy, algo).unwrap();
         let (dw2, db2) = conv2d_backward_weight(&g, &x, &dy, algo).unwrap();
         assert_eq!(dw1.to_host().unwrap(), dw2.to_host().unwrap(), "{algo}");
@@ -461,7 +486,7 @@ fn conv_transpose2d_matches_its_definition() {
         } else {
             g.c_in * g.kh * g.kw
         };
-        for algo in ConvAlgo::ALL {
+        for algo in algos(&device) {
             let y = conv_transpose2d_forward(&g, &xd, &wd, Some(&bd), algo).unwrap();
             check(
                 &format!("transposed forward {algo} {g:?}"),
@@ -574,6 +599,7 @@ fn conv_transpose2d_forward_by_tap_matches_its_definition() {
 }
 
 /// The bound of bf16-mma relative to S on operands that are BF16 values already.
+/// (The same bound holds for bf16-wgmma, whose elements are one accumulator chain as well.)
 fn bf16_exact_products_bound(depth: usize) -> f64 {
     let algo = ConvAlgo::Bf16Mma;
     relative_bound(algo, Split::NONE.chain(algo, depth), true)
@@ -586,8 +612,18 @@ fn bf16_exact_products_bound(depth: usize) -> f64 {
 #[ignore = "needs a CUDA GPU"]
 fn bf16_on_bf16_inputs_has_only_accumulation_error() {
     let device = device();
+    for algo in [ConvAlgo::Bf16Mma, ConvAlgo::Bf16Wgmma] {
+        if algo.runs_on(device.compute_capability()) {
+            bf16_on_bf16_inputs(&device, algo);
+        } else {
+            println!("skipped {algo}: needs compute capability 9.0");
+        }
+    }
+}
+
+/// The checks of `bf16_on_bf16_inputs_has_only_accumulation_error` for one BF16 version.
+fn bf16_on_bf16_inputs(device: &Arc<CudaDevice>, algo: ConvAlgo) {
     let mut rng = Rng::new(18);
-    let algo = ConvAlgo::Bf16Mma;
     let mut all = shapes();
     all.push(geom([3, 8, 64, 48, 16], (3, 3), 1, 1));
     for g in all {
@@ -596,10 +632,10 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         let b = random(&mut rng, g.c_out);
         let dy = bf16_values(&random(&mut rng, g.n * g.c_out * g.h_out() * g.w_out()));
         let (xd, wd, bd, dyd) = (
-            upload(&device, &x),
-            upload(&device, &w),
-            upload(&device, &b),
-            upload(&device, &dy),
+            upload(device, &x),
+            upload(device, &w),
+            upload(device, &b),
+            upload(device, &dy),
         );
 
         let want = cpu::forward(&g, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b)));
@@ -642,9 +678,9 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
     let (scale, ..) = transposed_reference(&t, &abs_f32(&x), &abs_f32(&w), &abs_f32(&b), &dy);
     let y = conv_transpose2d_forward(
         &t,
-        &upload(&device, &x),
-        &upload(&device, &w),
-        Some(&upload(&device, &b)),
+        &upload(device, &x),
+        &upload(device, &w),
+        Some(&upload(device, &b)),
         algo,
     )
     .unwrap();
@@ -678,7 +714,13 @@ fn tensor_core_operands_round_as_documented() {
     for (algo, round) in [
         (ConvAlgo::Tf32Mma, &to_tf32 as &dyn Fn(f32) -> f32),
         (ConvAlgo::Bf16Mma, &to_bf16),
+        (ConvAlgo::Tf32Wgmma, &to_tf32),
+        (ConvAlgo::Bf16Wgmma, &to_bf16),
     ] {
+        if !algo.runs_on(device.compute_capability()) {
+            println!("skipped {algo}: needs compute capability 9.0");
+            continue;
+        }
         let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap().to_host().unwrap();
         for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
             assert_eq!(
@@ -686,6 +728,41 @@ fn tensor_core_operands_round_as_documented() {
                 round(v).to_bits(),
                 "{algo}: input {i} = {v:e} gave {got:e}"
             );
+        }
+    }
+}
+
+/// The wgmma versions (v3) where they cannot run are an error naming what they need, never a
+/// panic; where they can, every pass runs (the other tests check the results).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wgmma_versions_run_on_compute_capability_9_0_only() {
+    let device = device();
+    let g = geom([1, 3, 9, 7, 5], (3, 3), 1, 1);
+    let mut rng = Rng::new(19);
+    let x = upload(&device, &random(&mut rng, g.n * g.c_in * g.h * g.w));
+    let w = upload(&device, &random(&mut rng, g.c_out * g.c_in * 9));
+    let dy = upload(&device, &random(&mut rng, g.n * g.c_out * g.h * g.w));
+    for algo in [ConvAlgo::Tf32Wgmma, ConvAlgo::Bf16Wgmma] {
+        for pass in [ConvPass::Forward, ConvPass::BackwardData, ConvPass::BackwardWeight] {
+            let launch = plan(pass, &g, algo, device.multiprocessors());
+            assert!(launch.kernel.contains("_wgmma_"), "{launch:?}");
+        }
+        let results = [
+            conv2d_forward(&g, &x, &w, None, algo).map(drop),
+            conv2d_backward_data(&g, &dy, &w, algo).map(drop),
+            conv2d_backward_weight(&g, &x, &dy, algo).map(drop),
+        ];
+        if algo.runs_on(device.compute_capability()) {
+            for r in results {
+                r.unwrap();
+            }
+        } else {
+            println!("skipped running {algo}: this GPU is not compute capability 9.0");
+            for r in results {
+                let e = r.expect_err("a wgmma version off sm_90 is an error").to_string();
+                assert!(e.contains("compute capability 9.0"), "{e}");
+            }
         }
     }
 }
@@ -730,7 +807,7 @@ fn ops_dispatch_runs_conv2d_on_cuda_tensors() {
         depth,
         split,
     };
-    for algo in ConvAlgo::ALL {
+    for algo in algos(&device) {
         device.set_conv_algo(algo);
         let split = Split::of(&plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors()));
         let got = lrc::ops::conv::forward(&on_gpu(&x), &on_gpu(&w), Some(&on_gpu(&b)), 1, 1).unwrap();
@@ -803,7 +880,7 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
         &abs_f32(&host(&dy)),
     );
     let scales = [scale_y, scale_dx, scale_dw];
-    for algo in ConvAlgo::ALL {
+    for algo in algos(&device) {
         device.set_conv_algo(algo);
         let got = run(&|t: &Tensor| t.to_device(&gpu).unwrap());
         let got32 = |i: usize| -> Vec<f32> { got[i].iter().map(|&v| v as f32).collect() };
@@ -851,7 +928,7 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
 #[ignore = "needs a CUDA GPU"]
 fn unet_sized_layers_match_the_cpu_twin() {
     // One full-width U-Net layer per tile configuration, at a reduced batch and size, through
-    // both tensor-core precisions.
+    // every tensor-core version this device runs.
     let device = device();
     let mut rng = Rng::new(17);
     for g in [
@@ -874,7 +951,7 @@ fn unet_sized_layers_match_the_cpu_twin() {
             split,
         };
         let (xd, wd, dyd) = (upload(&device, &x), upload(&device, &w), upload(&device, &dy));
-        for algo in [ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma] {
+        for algo in algos(&device).into_iter().filter(|&a| a != ConvAlgo::Fp32Tiled) {
             let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap();
             check(
                 &format!("forward {algo}"),

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use lrc::Device;
-use lrc::device::cuda::{CudaDevice, conv};
+use lrc::device::cuda::{CudaDevice, conv, conv_sm90};
 use lrc::kernels;
 use lrc::testing::assert_compiled_for_every_arch;
 
@@ -74,6 +74,26 @@ fn every_kernel_the_host_launches_was_compiled_for_every_architecture() {
         return;
     }
     assert_compiled_for_every_arch(conv::kernel_names().into_iter().map(|name| ("conv", name)));
+    // The wgmma kernels exist for sm_90a, the target their file names, and for nothing else.
+    assert_compiled_for_every_arch(
+        conv_sm90::kernel_names()
+            .into_iter()
+            .map(|name| (conv_sm90::MODULE, name)),
+    );
+    let rows = kernels::parse_ptxas_report(kernels::PTXAS_REPORT).unwrap();
+    let sm90_archs: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.module == conv_sm90::MODULE)
+        .map(|r| r.arch.as_str())
+        .collect();
+    assert!(
+        !sm90_archs.is_empty() && sm90_archs.iter().all(|a| *a == "sm_90a"),
+        "{sm90_archs:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r.module == conv_sm90::MODULE || r.arch != "sm_90a"),
+        "only conv_sm90 is built for sm_90a"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, plan, transposed_plan};
+use lrc::device::cuda::conv_sm90;
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
 use lrc::device::emu;
 use lrc::ops::conv::ConvGeom;
@@ -105,14 +106,19 @@ fn line(out: &mut String, label: &str, kind: &str, pass: &str, d: [usize; 9], la
     let (gx, gy, gz) = launch.grid;
     let _ = writeln!(
         out,
-        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {}",
-        launch.kernel, launch.split_len, launch.splits
+        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {} {}",
+        launch.kernel,
+        launch.split_len,
+        launch.splits,
+        conv_sm90::shared_bytes(launch.kernel)
     );
 }
 
 /// The cases: every pass of every version on awkward shapes (odd sizes, batches of 1 and 3,
 /// channel counts off the tiles so that both tile widths run, 1x1, stride 2, an unspecialised
-/// kernel size), the generic TF32 kernels also on 3x3, and the transposed convolution.
+/// kernel size), the generic TF32 kernels also on 3x3, and the transposed convolution; the
+/// wgmma versions (v3) with their planned dynamic shared memory (and their forward passes also
+/// without a bias).
 fn plan_file() -> String {
     let shapes = [
         ("3x3_n2_c5-37_7x9", conv([2, 5, 7, 9, 37], (3, 3), 1, 1)),
@@ -134,6 +140,9 @@ fn plan_file() -> String {
         ("T2x2_n1_c37-66_3x5", transposed([1, 37, 3, 5, 66], 2, 2, 0)),
         ("T1x1_n2_c35-12_6x5", transposed([2, 35, 6, 5, 12], 1, 1, 0)),
         ("T3x3s2p1_n2_c5-4_4x5", transposed([2, 5, 4, 5, 4], 3, 2, 1)),
+        // Overlapping 2x2 taps (stride 1): backward-data with the 2x2 kernels, which no other
+        // case runs since the U-Net's 2x2 stride 2 goes forward by tap.
+        ("T2x2s1_n2_c9-70_4x5", transposed([2, 9, 4, 5, 70], 2, 1, 0)),
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
@@ -143,7 +152,9 @@ fn plan_file() -> String {
                 // A small GPU, so that these shapes split their weight-gradient reduction.
                 let launch = plan(pass, g, algo, 4);
                 line(&mut out, label, "conv", name, d, &launch);
-                if launch.kernel.contains("_k3_") {
+                // The generic kernel size on 3x3 too (bf16-wgmma's on the 5x3 shape alone: it
+                // shares its code with tf32-wgmma's, and the emulation time is bounded).
+                if launch.kernel.contains("_k3_") && algo != ConvAlgo::Bf16Wgmma {
                     let generic = ConvLaunch {
                         kernel: Box::leak(launch.kernel.replace("_k3_", "_kany_").into_boxed_str()),
                         ..launch
@@ -182,10 +193,11 @@ fn launch_plans_split_and_cover_as_intended() {
     let splits: Vec<usize> = text
         .lines()
         .filter(|l| l.contains("backward_weight"))
-        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        // The splits field, before the shared-memory bytes that end the line.
+        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
-    // Every per-tap transposed forward kernel runs, and the overlapping 3x3 keeps backward-data.
+    // Every per-tap transposed forward kernel runs, and the overlapping kernels keep backward-data.
     for kernel in [
         "conv_tfwd_fp32",
         "conv_tfwd_tf32_n64",
@@ -196,14 +208,26 @@ fn launch_plans_split_and_cover_as_intended() {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }
     for line in text.lines().filter(|l| l.contains(" transposed forward ")) {
-        assert_eq!(line.contains("_tfwd_"), !line.starts_with("T3x3"), "{line}");
+        let overlapping = line.starts_with("T3x3") || line.starts_with("T2x2s1");
+        assert_eq!(line.contains("_tfwd_"), !overlapping, "{line}");
     }
-    // Both tile widths of every TF32 pass appear.
+    // Both tile widths of every TF32 pass appear, and the wgmma kernels.
     for kernel in [
         "fwd_tf32_k3_n64",
         "fwd_tf32_k3_n32",
         "bwd_data_tf32_k1_n64",
+        "bwd_data_tf32_k2_n64",
         "bwd_weight_tf32_k3_m32",
+        "fwd_wgmma_tf32_k3_n64",
+        "fwd_wgmma_tf32_kany_n64",
+        "bwd_data_wgmma_bf16_k2_n64",
+        "fwd_wgmma_bf16_k1_n64",
+        "fwd_wgmma_tf32_k3_n32",
+        "bwd_data_wgmma_bf16_k1_n32",
+        "bwd_weight_wgmma_tf32_k3_m32",
+        "bwd_weight_wgmma_tf32_k3_m64",
+        "bwd_weight_wgmma_tf32_kany_m64",
+        "bwd_data_wgmma_bf16_kany_n32",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }
@@ -215,16 +239,28 @@ fn conv_kernels_match_the_definition_under_emulation() {
     let Some(exe) = harness(dir.path()) else {
         return;
     };
-    let plans = dir.path().join("plans.txt");
-    std::fs::write(&plans, plan_file()).unwrap();
-    let run = Command::new(&exe)
-        .arg(&plans)
-        .output()
-        .expect("run the emulation harness");
-    let report = String::from_utf8_lossy(&run.stdout);
-    println!("{report}{}", String::from_utf8_lossy(&run.stderr));
-    assert!(run.status.success(), "kernels disagree with the definition:\n{report}");
-    assert!(report.contains("passed: 0 check(s) failed"));
+    // The cases in two halves (alternate lines), run by two processes at once.
+    let text = plan_file();
+    let runs: Vec<_> = (0..2)
+        .map(|half| {
+            let plans = dir.path().join(format!("plans{half}.txt"));
+            let lines: Vec<&str> = text.lines().skip(half).step_by(2).collect();
+            std::fs::write(&plans, lines.join("\n") + "\n").unwrap();
+            Command::new(&exe)
+                .arg(&plans)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run the emulation harness")
+        })
+        .collect();
+    for child in runs {
+        let run = child.wait_with_output().expect("wait for the emulation harness");
+        let report = String::from_utf8_lossy(&run.stdout);
+        println!("{report}{}", String::from_utf8_lossy(&run.stderr));
+        assert!(run.status.success(), "kernels disagree with the definition:\n{report}");
+        assert!(report.contains("passed: 0 check(s) failed"));
+    }
 
     // The harness can run every kernel the host code launches with ConvParams.
     let listed = Command::new(&exe).arg("--kernels").output().unwrap();
@@ -232,7 +268,7 @@ fn conv_kernels_match_the_definition_under_emulation() {
         .lines()
         .map(str::to_string)
         .collect();
-    for name in conv::kernel_names() {
+    for name in conv::kernel_names().into_iter().chain(conv_sm90::kernel_names()) {
         if name != "split_reduce" && name != "plane_sum" {
             assert!(harness_kernels.contains(name), "the harness cannot run {name}");
         }

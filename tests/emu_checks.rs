@@ -4,7 +4,9 @@
 //! one past an allocation's end, dynamic and static shared memory overruns (AddressSanitizer,
 //! with the kernel and launch named), a write past the end without ASan (the red zones), a
 //! shared-memory race and a dependence on the order of blocks (the forward and reverse
-//! schedules disagree), and a buffer declared unordered left out of that comparison.
+//! schedules disagree), a buffer declared unordered left out of that comparison, and the
+//! warpgroup-MMA (wgmma) rules: a missing wgmma.fence, a warpgroup that does not reach a
+//! collective together or with the same operands, a group never waited for.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -259,4 +261,36 @@ fn buffers_declared_unordered_are_left_out_of_the_comparison() {
     let mut slots: Vec<f32> = mem.read(p.out, n);
     slots.sort_by(f32::total_cmp);
     assert!(slots.iter().enumerate().all(|(i, &s)| s == i as f32), "{slots:?}");
+}
+
+/// One warpgroup's wgmma in `mode` (see planted_wgmma): the run's result and the 128 outputs.
+fn wgmma_run(mode: i32) -> (Result<(), String>, Vec<f32>) {
+    let mut mem = EmuMemory::new();
+    let mut p = buffers(&mut mem, 128);
+    p.pad = mode;
+    let call = call("planted_wgmma", 1, 128, p).with_shared(2048);
+    let result = mem.run_on(runner(Variant::Plain), true, &[call]);
+    let out = if result.is_ok() {
+        mem.read(p.out, 128)
+    } else {
+        Vec::new()
+    };
+    (result, out)
+}
+
+#[test]
+fn wgmma_used_right_multiplies_and_misuse_is_caught() {
+    if !emu::available() {
+        return;
+    }
+    let (result, out) = wgmma_run(0);
+    result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.iter().all(|&v| v == 8.0), "{out:?}");
+    expect_error(
+        wgmma_run(1).0,
+        &["wgmma.mma_async without a wgmma.fence", "planted_wgmma"],
+    );
+    expect_error(wgmma_run(2).0, &["different collectives or operands"]);
+    expect_error(wgmma_run(3).0, &["not committed or not waited for"]);
+    expect_error(wgmma_run(4).0, &["different collectives or operands"]);
 }

@@ -169,8 +169,9 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         &tools.join("compute-sanitizer"),
         "#!/usr/bin/env bash\nshift 4\n\"$@\" || exit $?\necho '========= ERROR SUMMARY: 0 errors'\n",
     );
-    // One layer, one pass: lrc takes 2 ms (tf32-mma), 6 ms (fp32-tiled) and 1.5 ms (bf16-mma),
-    // PyTorch 1 ms with TF32 and 0.5 ms with BF16 operands.
+    // One layer, one pass: lrc takes 2 ms (tf32-mma), 6 ms (fp32-tiled), 1.5 ms (bf16-mma),
+    // 1.2 ms (tf32-wgmma) and 0.8 ms (bf16-wgmma), PyTorch 1 ms with TF32 and 0.5 ms with BF16
+    // operands.
     let record = |engine: &str, algo: &str, ms: f64| {
         let precision = if algo == "cudnn-bf16" {
             r#""precision":"bf16","#
@@ -193,6 +194,8 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         record("lrc", "tf32-mma", 2.0),
         record("lrc", "bf16-mma", 1.5),
         record("lrc", "fp32-tiled", 6.0),
+        record("lrc", "bf16-wgmma", 0.8),
+        record("lrc", "tf32-wgmma", 1.2),
     ]);
     // `lrc bench superpixels`: one size, the GPU at 400 slices/s, the CPU at 20.
     let superpixels = r#"{"bench":"superpixels","device":"Fake H100","size":256,"batch":32,"windows":768,"cpu_slices_per_s":20.0,"gpu_slices_per_s":400.0,"gpu_end_to_end_slices_per_s":300.0,"mean_ari_vs_cpu":0.9991,"mean_regions_cpu":60.0,"mean_regions_gpu":61.0,"gpu_with_cleanup_slices_per_s":350.0,"gpu_cleanup_ms":11.43,"cpu_cleanup_median_ms":90.0,"cleanup_equal_to_cpu":true}"#;
@@ -253,10 +256,10 @@ fn a_full_run_compares_the_benchmarks() {
         "{summary}"
     );
     // Columns: layer, pass, shape, torch TF32 and BF16, then each lrc algorithm (in the order of
-    // ConvAlgo::ALL) and its ratio to cuDNN at the same precision (BF16 for bf16-mma).
+    // ConvAlgo::ALL) and its ratio to cuDNN at the same precision (BF16 for the bf16 versions).
     let cells: Vec<&str> = row(&summary, "enc1.conv1").split('|').map(str::trim).collect();
     assert_eq!(
-        cells[1..13],
+        cells[1..17],
         [
             "enc1.conv1",
             "forward",
@@ -269,20 +272,28 @@ fn a_full_run_compares_the_benchmarks() {
             "2.00",
             "1.5000",
             "3.00",
+            "1.2000",
+            "1.20",
+            "0.8000",
+            "1.60",
             ""
         ]
     );
     assert!(
         summary.contains(
-            "| torch tf32 | torch bf16 | lrc fp32-tiled | ratio | lrc tf32-mma | ratio | lrc bf16-mma | ratio |"
+            "| torch tf32 | torch bf16 | lrc fp32-tiled | ratio | lrc tf32-mma | ratio | lrc bf16-mma | ratio | \
+             lrc tf32-wgmma | ratio | lrc bf16-wgmma | ratio |"
         ),
         "{summary}"
     );
     let conv_table = &summary[summary.find("## Benchmark: conv").expect("a conv table")..];
     let total: Vec<&str> = row(conv_table, "**total**").split('|').map(str::trim).collect();
     assert_eq!(
-        total[4..12],
-        ["1.0000", "0.5000", "6.0000", "6.00", "2.0000", "2.00", "1.5000", "3.00"]
+        total[4..16],
+        [
+            "1.0000", "0.5000", "6.0000", "6.00", "2.0000", "2.00", "1.5000", "3.00", "1.2000", "1.20", "0.8000",
+            "1.60"
+        ]
     );
     assert!(
         row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),

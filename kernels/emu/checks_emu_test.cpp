@@ -79,3 +79,26 @@ LRC_KERNEL(planted_claimed_slots, PlantedParams, 64) {
     const int i = planted::global_index();
     if (i < p.n) p.out[atomicAdd(p.counter, 1)] = static_cast<float>(i);
 }
+
+// Warpgroup MMA used right (p.pad = 0) and wrongly: one warpgroup multiplies A = 1 (64 x 8, TF32
+// from registers) by B = 1 (64 x 8 in dynamic shared memory, 2048 bytes: core matrices 128 bytes
+// apart along k, 256 along n), so every thread's first accumulator is 8 (out[thread]). Misuses:
+// 1 an mma_async without wgmma.fence, 2 half the warpgroup skipping the fence, 3 the group never
+// waited for, 4 one thread giving another descriptor.
+LRC_KERNEL(planted_wgmma, PlantedParams, 128) {
+    LRC_DYNAMIC_SHARED(uint32_t, s);
+    const int t = threadIdx.x;
+    for (int i = t; i < 512; i += 128) s[i] = 0x3f800000u;
+    __syncthreads();
+    const uint32_t one = 0x3f800000u;
+    const uint32_t a[4] = {one, one, one, one};
+    float d[32] = {};
+    const uint32_t base = lrc::shared_address(s);
+    const bool odd_one = p.pad == 4 && t == 5;
+    const uint64_t desc = odd_one ? lrc::wgmma_descriptor(base, 256, 128) : lrc::wgmma_descriptor(base, 128, 256);
+    if (p.pad != 1 && (p.pad != 2 || t < 64)) lrc::wgmma_fence();
+    lrc::wgmma_tf32_m64n64k8(d, a, desc);
+    lrc::wgmma_commit();
+    if (p.pad != 3) lrc::wgmma_wait<0>();
+    p.out[t] = d[0];
+}

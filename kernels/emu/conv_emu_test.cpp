@@ -44,6 +44,7 @@
 //   conv_emu_test --kernels      lists the kernels it can run
 //
 // A plan line: LABEL KIND PASS n c_in h w c_out kh kw stride pad KERNEL gx gy gz split_len splits
+// [shared_bytes] (the dynamic shared memory of the launch; 0 when left out).
 // KIND is conv (geometry of a convolution) or transposed (of a transposed convolution, weights
 // c_in x c_out x kh x kw, run through the kernel planned for the convolution it transposes, or,
 // for a forward pass whose kernel tiles the output, through the per-tap kernels conv_tfwd_*,
@@ -54,6 +55,7 @@
 
 // The kernels under test, compiled for the host.
 #include "../conv.cu"
+#include "../conv_sm90.cu"
 
 #include <cstring>
 #include <string>
@@ -166,6 +168,7 @@ struct Plan {
     std::string kernel;
     unsigned gx, gy, gz;
     int split_len, splits;
+    unsigned shared_bytes = 0;
     Precision precision() const {
         if (kernel.find("_tf32_") != std::string::npos) return Precision::Tf32;
         if (kernel.find("_bf16_") != std::string::npos) return Precision::Bf16;
@@ -328,6 +331,16 @@ const struct {
     LRC_ENTRY(conv_tfwd_tf32_n32),
     LRC_ENTRY(conv_tfwd_bf16_n64),
     LRC_ENTRY(conv_tfwd_bf16_n32),
+#define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
+    LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
+        LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \
+        LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n32), LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m32)
+#define LRC_WGMMA_SIZES(PREC) \
+    LRC_WGMMA_ENTRIES(PREC, k1), LRC_WGMMA_ENTRIES(PREC, k2), LRC_WGMMA_ENTRIES(PREC, k3), LRC_WGMMA_ENTRIES(PREC, kany)
+    LRC_WGMMA_SIZES(tf32),
+    LRC_WGMMA_SIZES(bf16),
+#undef LRC_WGMMA_SIZES
+#undef LRC_WGMMA_ENTRIES
 #undef LRC_MMA_SIZES
 #undef LRC_MMA_ENTRIES
 #undef LRC_ENTRY
@@ -360,10 +373,29 @@ ConvParams params_of(const Geom& g) {
     return p;
 }
 
+// The dynamic shared memory a kernel needs (the v3 wgmma kernels stage B there).
+unsigned shared_needed(const std::string& kernel) {
+    const bool narrow = kernel.size() > 2 && kernel.compare(kernel.size() - 2, 2, "32") == 0;
+    if (kernel.find("_wgmma_tf32_") != std::string::npos) {
+        return narrow ? v3::shared_bytes<v3::Tf32, 32>() : v3::shared_bytes<v3::Tf32, 64>();
+    }
+    if (kernel.find("_wgmma_bf16_") != std::string::npos) {
+        return narrow ? v3::shared_bytes<v3::Bf16, 32>() : v3::shared_bytes<v3::Bf16, 64>();
+    }
+    return 0;
+}
+
 void launch(const Plan& plan, const ConvParams& p) {
     const Kernel k = kernel_named(plan.kernel);
     label_launch(plan.kernel);
-    emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(p); });
+    // The launch gets exactly what the host planned: too little shows as an overrun under ASan,
+    // and a plan that differs from the kernel's own number fails here.
+    if (plan.shared_bytes != shared_needed(plan.kernel)) {
+        std::printf("FAIL %s: the plan gives %u bytes of dynamic shared memory, the kernel needs %u\n",
+                    plan.kernel.c_str(), plan.shared_bytes, shared_needed(plan.kernel));
+        ++failures;
+    }
+    emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(p); }, plan.shared_bytes);
 }
 
 // As run_backward_weight in conv.rs: one split writes dw (and db) itself; more write partial
@@ -412,6 +444,20 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
             return Outputs{y};
         });
         check(tag, out[0], ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
+        if (plan.kernel.find("_wgmma_") != std::string::npos) {
+            // v3 also without a bias (v1 and v2 are checked so on the GPU).
+            const Outputs plain = both_schedules(tag + " without bias", [&] {
+                auto y = poisoned(dy.size());
+                ConvParams q = p;
+                q.x = x.data();
+                q.weight = w.data();
+                q.out = y.data();
+                launch(plan, q);
+                return Outputs{y};
+            });
+            check(tag + " without bias", plain[0], ref_forward(g, x, w, nullptr), ref_forward(g, ax, aw, nullptr),
+                  g.c_in * g.kh * g.kw);
+        }
     } else if (pass == "backward_data") {
         const Outputs out = both_schedules(tag, [&] {
             auto dx = poisoned(x.size());
@@ -566,7 +612,7 @@ void rounding_case(const std::string& kernel, Precision precision) {
     p.x = x.data();
     p.weight = w.data();
     p.out = y.data();
-    launch(Plan{kernel, 1, 1, 1, 0, 1}, p);
+    launch(Plan{kernel, 1, 1, 1, 0, 1, shared_needed(kernel)}, p);
     size_t bad = 0;
     for (size_t i = 0; i < x.size(); ++i) {
         const float want = precision == Precision::Bf16 ? emu::bf16_value(emu::cvt_rn_bf16(x[i]))
@@ -601,6 +647,88 @@ void bf16_conversion_case() {
     failures += bad != 0;
 }
 
+// The wgmma emulation itself against a plain matrix product: one warpgroup computes
+// D (64 x 64) = A (64 x 2kv) B^T with two m64n64 wgmma (kv = 8 TF32 or 16 BF16 values of k
+// each), A from registers in the fragment layout, B (64 rows x 2kv, K-major) in dynamic shared
+// memory without swizzle, its core matrices placed LBO = 144 bytes apart along k and SBO = 576
+// along n (4 core matrices along k take 3 LBO + 128), the second wgmma's matrix starting 2 LBO
+// further, so that a swapped or misread offset reads other words. Small integers: every product
+// and sum is exact. The same product with LBO and SBO swapped in the descriptor must come out
+// wrong.
+void wgmma_emulation_case(emu::WgmmaType type) {
+    const bool tf32 = type == emu::WgmmaType::Tf32;
+    const int kv = tf32 ? 8 : 16;  // values of k per wgmma
+    const int pack = tf32 ? 1 : 2;
+    constexpr uint32_t LBO = 144, SBO = 576;
+    const size_t bytes = 7 * SBO + 3 * LBO + 128;  // 8 core-matrix rows along n, 4 along k
+    std::vector<float> A(64 * 2 * kv), B(64 * 2 * kv);
+    for (size_t i = 0; i < A.size(); ++i) A[i] = float(int(i * 7 % 11) - 5);
+    for (size_t i = 0; i < B.size(); ++i) B[i] = float(int(i * 5 % 13) - 6);
+    // Values as words: TF32 the float itself, BF16 two per word (lower k low).
+    const auto word = [&](const std::vector<float>& m, int row, int w) -> uint32_t {
+        const int k = w * pack;
+        return tf32 ? emu::cvt_rna_tf32(m[row * 2 * kv + k])
+                    : emu::cvt_rn_bf16x2(m[row * 2 * kv + k + 1], m[row * 2 * kv + k]);
+    };
+    const auto run = [&](bool swap) {
+        std::vector<float> D(64 * 64, std::nanf(""));
+        emu::launch_label = "wgmma emulation check";
+        emu::launch(dim3{1, 1, 1}, dim3{128, 1, 1}, [&] {
+            auto* smem = static_cast<unsigned char*>(emu::dynamic_shared());
+            const int th = threadIdx.x;
+            if (th == 0) {
+                for (int n = 0; n < 64; ++n) {
+                    for (int w = 0; w < 16; ++w) {  // 16 words of k: 4 core matrices along k
+                        const uint32_t v = word(B, n, w);
+                        std::memcpy(smem + (w / 4) * LBO + (n / 8) * SBO + (n % 8) * 16 + (w % 4) * 4, &v, 4);
+                    }
+                }
+            }
+            __syncthreads();
+            const int warp = th / 32, g = (th % 32) / 4, t = th % 4;
+            uint32_t a[2][4];
+            for (int s = 0; s < 2; ++s) {
+                for (int r = 0; r < 4; ++r) {
+                    a[s][r] = word(A, 16 * warp + g + 8 * (r % 2), 8 * s + t + 4 * (r / 2));
+                }
+            }
+            float d[32] = {};
+            const uint32_t base = lrc::shared_address(smem);
+            lrc::wgmma_fence();
+            for (int s = 0; s < 2; ++s) {
+                const uint64_t desc = swap ? lrc::wgmma_descriptor(base + 2 * s * LBO, SBO, LBO)
+                                           : lrc::wgmma_descriptor(base + 2 * s * LBO, LBO, SBO);
+                if (tf32) {
+                    lrc::wgmma_tf32_m64n64k8(d, a[s], desc);
+                } else {
+                    lrc::wgmma_bf16_m64n64k16(d, a[s], desc);
+                }
+            }
+            lrc::wgmma_commit();
+            lrc::wgmma_wait<0>();
+            for (int i = 0; i < 32; ++i) {
+                D[(16 * warp + g + 8 * ((i / 2) % 2)) * 64 + 8 * (i / 4) + 2 * t + i % 2] = d[i];
+            }
+        }, bytes);
+        return D;
+    };
+    std::vector<double> want(64 * 64, 0.0);
+    for (int m = 0; m < 64; ++m)
+        for (int n = 0; n < 64; ++n)
+            for (int k = 0; k < 2 * kv; ++k) want[m * 64 + n] += double(A[m * 2 * kv + k]) * B[n * 2 * kv + k];
+    const auto mismatches = [&](const std::vector<float>& got) {
+        int bad = 0;
+        for (size_t i = 0; i < want.size(); ++i) bad += !(double(got[i]) == want[i]);
+        return bad;
+    };
+    const int bad = mismatches(run(false));
+    const int swapped = mismatches(run(true));
+    const bool ok = bad == 0 && swapped > 0;
+    std::printf("%-4s %-64s %d wrong; %d wrong with LBO and SBO swapped\n", ok ? "ok" : "FAIL",
+                tf32 ? "wgmma m64n64k8 tf32 emulation" : "wgmma m64n64k16 bf16 emulation", bad, swapped);
+    failures += !ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -622,12 +750,22 @@ int main(int argc, char** argv) {
         return 2;
     }
     char label[256], kind[32], pass[32], kernel[64];
-    Geom g{};
-    Plan plan{};
+    char text[1024];
     int cases = 0;
-    while (std::fscanf(f, "%255s %31s %31s %d %d %d %d %d %d %d %d %d %63s %u %u %u %d %d", label, kind, pass, &g.n,
-                       &g.c_in, &g.h, &g.w, &g.c_out, &g.kh, &g.kw, &g.stride, &g.pad, kernel, &plan.gx, &plan.gy,
-                       &plan.gz, &plan.split_len, &plan.splits) == 18) {
+    while (std::fgets(text, sizeof(text), f) != nullptr) {
+        Geom g{};
+        Plan plan{};
+        const int fields = std::sscanf(text, "%255s %31s %31s %d %d %d %d %d %d %d %d %d %63s %u %u %u %d %d %u", label,
+                                       kind, pass, &g.n, &g.c_in, &g.h, &g.w, &g.c_out, &g.kh, &g.kw, &g.stride, &g.pad,
+                                       kernel, &plan.gx, &plan.gy, &plan.gz, &plan.split_len, &plan.splits,
+                                       &plan.shared_bytes);
+        if (fields < 18) {
+            if (fields > 0) {
+                std::fprintf(stderr, "bad plan line: %s", text);
+                return 2;
+            }
+            continue;
+        }
         plan.kernel = kernel;
         const std::string tag = std::string(label) + " " + pass + " " + kernel;
         // BF16 kernels run twice: on FP32 inputs, and on inputs that are BF16 values already.
@@ -647,6 +785,10 @@ int main(int argc, char** argv) {
     bf16_conversion_case();
     rounding_case("conv_fwd_tf32_k1_n32", Precision::Tf32);
     rounding_case("conv_fwd_bf16_k1_n32", Precision::Bf16);
+    rounding_case("conv_fwd_wgmma_tf32_k1_n32", Precision::Tf32);
+    rounding_case("conv_fwd_wgmma_bf16_k1_n32", Precision::Bf16);
+    wgmma_emulation_case(emu::WgmmaType::Tf32);
+    wgmma_emulation_case(emu::WgmmaType::Bf16);
     if (cases == 0) {
         std::fprintf(stderr, "no cases in %s\n", argv[1]);
         return 2;

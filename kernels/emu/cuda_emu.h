@@ -13,6 +13,10 @@
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
 // mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
 // to nearest with ties away from zero.
+// wgmma (sm_90a warpgroup MMA, see the section "Warpgroup MMA" below): fence, mma_async with A in
+// registers and B in dynamic shared memory through a matrix descriptor, commit_group and
+// wait_group, asynchronous as on the hardware: a committed group runs when its warpgroup waits
+// for it, reading shared memory and the A registers then.
 //
 // Checks, the CPU counterparts of compute-sanitizer's memcheck and racecheck:
 // - Schedules: `emu::reverse_schedule` runs the blocks of a grid in reverse order and, at every
@@ -146,7 +150,7 @@ inline void make_context(Context& c, char* stack, size_t bytes, void (*fn)()) {
 inline void swap_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 #endif
 
-enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, AtGroupBarrier, Done };
 
 struct Thread {
     Context context;
@@ -174,6 +178,11 @@ inline bool reverse_schedule = false;
 inline std::string launch_label;
 
 inline void reset_warp_slots();
+// Warpgroup collectives (wgmma): run by the scheduler when all 128 threads of a warpgroup wait.
+constexpr int kWarpgroup = 128;
+inline void reset_warpgroups(int threads);
+inline void release_warpgroup(int group);
+inline void check_warpgroups_idle();
 
 // Where the program is: launch, block and, inside a coroutine, thread. Writes into a static
 // buffer so that error paths (an ASan report callback) need not allocate.
@@ -269,6 +278,7 @@ inline void run_block() {
     threads.clear();
     threads.resize(n);
     reset_warp_slots();
+    reset_warpgroups(n);
     for (int i = 0; i < n; ++i) {
         Thread& t = threads[i];
         t.index.x = i;
@@ -301,6 +311,28 @@ inline void run_block() {
         if (released) {
             continue;
         }
+        // Warpgroup collectives: all 128 threads must be waiting. One warpgroup at a time, the
+        // first in schedule order, so that the others stay behind: a warpgroup that runs ahead
+        // after its wait_group may overwrite shared memory that another one's pending wgmma has
+        // yet to read, as it may on the hardware.
+        for (int k = 0; k * kWarpgroup < n && !released; ++k) {
+            const int groups = (n + kWarpgroup - 1) / kWarpgroup;
+            const int g = reverse_schedule ? groups - 1 - k : k;
+            int waiting = 0;
+            for (int l = 0; l < kWarpgroup && g * kWarpgroup + l < n; ++l) {
+                waiting += threads[g * kWarpgroup + l].state == State::AtGroupBarrier;
+            }
+            if (waiting == kWarpgroup) {
+                release_warpgroup(g);
+                for (int l = 0; l < kWarpgroup; ++l) {
+                    threads[g * kWarpgroup + l].state = State::Runnable;
+                }
+                released = true;
+            }
+        }
+        if (released) {
+            continue;
+        }
         int live = 0, at_block = 0;
         for (const Thread& t : threads) {
             all_done = all_done && t.state == State::Done;
@@ -308,6 +340,7 @@ inline void run_block() {
             at_block += t.state == State::AtBlockBarrier;
         }
         if (all_done) {
+            check_warpgroups_idle();
             break;
         }
         if (at_block == live) {
@@ -319,7 +352,7 @@ inline void run_block() {
             ++barriers_passed;
             continue;
         }
-        fail("deadlock: divergent __syncthreads or a warp collective without all 32 lanes");
+        fail("deadlock: divergent __syncthreads, or a warp (warpgroup) collective without all 32 (128) threads");
     }
     threads.clear();
 }
@@ -548,6 +581,218 @@ inline void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], const uint32
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Warpgroup MMA (wgmma, sm_90a), per the PTX ISA section "Asynchronous Warpgroup Level Matrix
+// Multiply-Accumulate Instructions". A warpgroup is 4 consecutive warps (threads 128 g ..
+// 128 g + 127); every thread of it must reach each collective (fence, mma_async, commit_group,
+// wait_group) and all must agree on it, or the program stops with a message.
+// - mma_async queues the operation in the warpgroup's open group, remembering where each
+//   thread's accumulator and A registers are; commit_group closes the open group; wait_group N
+//   runs the oldest committed groups until at most N remain pending. Only then are shared
+//   memory, the A registers and the accumulators read and written, so a kernel that changes a
+//   stage, its A registers or reads its accumulators before waiting computes wrong results here
+//   as it may on the hardware.
+// - The PTX ISA asks for wgmma.fence before the first mma_async and whenever registers it uses
+//   were written since; here an mma_async must follow a fence issued after the last
+//   commit_group (the pattern fence, mma_async..., commit_group).
+// - A block must not end with wgmma operations open or pending.
+// Shapes: m64nNk8 .f32.tf32.tf32 and m64nNk16 .f32.bf16.bf16, A from registers (the fragment of
+// mma.sync m16n8k8 / m16n8k16 per warp, warp w of the group holding rows 16 w .. 16 w + 15), B
+// K-major in shared memory without swizzle, D the accumulator fragment: thread register
+// i holds D[16 w + g + 8 ((i / 2) % 2)][8 (i / 4) + 2 t + i % 2] for g = lane / 4, t = lane % 4.
+// Matrix descriptor (64 bits): start address >> 4 in bits 0-13, leading-dimension byte offset
+// >> 4 in bits 16-29, stride-dimension byte offset >> 4 in bits 32-45, base offset in bits
+// 49-51, swizzle mode in bits 62-63 (0: none, the only one emulated; base offset must be 0).
+// No-swizzle K-major layout: core matrices of 8 rows x 16 bytes, rows 16 bytes apart; the core
+// matrix holding B rows 8 j.. and k bytes 16 i.. starts at start + j SBO + i LBO (LBO: between
+// core matrices adjacent along k, SBO: adjacent along n).
+// TF32 operands are read as the hardware reads them: the top 19 bits of each 32-bit word.
+// Products are summed in k order onto the accumulator, one FP32 rounding each.
+
+enum class GroupOp { None, Fence, Mma, Commit, Wait };
+enum class WgmmaType { Tf32, Bf16 };
+
+struct GroupCall {
+    GroupOp op = GroupOp::None;
+    WgmmaType type = WgmmaType::Tf32;
+    int n = 0;
+    float* d = nullptr;
+    const uint32_t* a = nullptr;
+    uint64_t desc = 0;
+    bool scale_d = true;
+    int pending = 0;
+};
+
+struct WgmmaOp {
+    WgmmaType type;
+    int n;
+    uint64_t desc;
+    bool scale_d;
+    float* d[kWarpgroup];
+    const uint32_t* a[kWarpgroup];
+};
+
+struct Warpgroup {
+    std::vector<WgmmaOp> open;
+    std::vector<std::vector<WgmmaOp>> committed;
+    bool fenced = false;
+};
+inline std::vector<Warpgroup> warpgroups;
+inline GroupCall group_calls[kMaxThreads];
+
+inline void reset_warpgroups(int threads) {
+    warpgroups.assign((threads + kWarpgroup - 1) / kWarpgroup, Warpgroup{});
+}
+
+// The emulated shared-memory window: dynamic shared memory starts at shared address 0.
+inline uint32_t shared_address(const void* p) {
+    const auto* bytes = static_cast<const unsigned char*>(p);
+    const unsigned char* base = dynamic_shared_bytes.get();
+    if (base == nullptr || bytes < base || bytes > base + dynamic_shared_size) {
+        fail("__cvta_generic_to_shared: only dynamic shared memory has a shared address here");
+    }
+    return static_cast<uint32_t>(bytes - base);
+}
+
+// The 32-bit word at shared address `at` (4-byte aligned, inside dynamic shared memory).
+inline uint32_t shared_word(uint64_t at) {
+    if (at % 4 != 0 || at + 4 > dynamic_shared_size) {
+        fail("wgmma: a descriptor addresses a word outside dynamic shared memory");
+    }
+    uint32_t w;
+    std::memcpy(&w, dynamic_shared_bytes.get() + at, 4);
+    return w;
+}
+
+// Word kw (4 bytes each, 8 per row: 32 bytes of k) of row r of a K-major, no-swizzle B operand.
+inline uint32_t descriptor_word(uint64_t desc, int r, int kw) {
+    const uint64_t start = (desc & 0x3fffu) << 4;
+    const uint64_t lbo = ((desc >> 16) & 0x3fffu) << 4;
+    const uint64_t sbo = ((desc >> 32) & 0x3fffu) << 4;
+    return shared_word(start + (r / 8) * sbo + (r % 8) * 16 + (kw / 4) * lbo + (kw % 4) * 4);
+}
+
+inline void run_wgmma(const WgmmaOp& op) {
+    if ((op.desc >> 62) != 0 || ((op.desc >> 49) & 7u) != 0) {
+        fail("wgmma: only the no-swizzle layout with base offset 0 is emulated");
+    }
+    // A: 64 x 8 words; B: n x 8 words; both as floats along k (TF32: 8 values; BF16: 16).
+    const int kv = op.type == WgmmaType::Tf32 ? 8 : 16;
+    std::vector<float> A(64 * kv), B(static_cast<size_t>(op.n) * kv);
+    const auto put = [&](std::vector<float>& m, int row, int word, uint32_t bits) {
+        if (op.type == WgmmaType::Tf32) {
+            m[row * kv + word] = as_float(bits & ~0x1fffu);
+        } else {
+            m[row * kv + 2 * word] = as_float(bits << 16);
+            m[row * kv + 2 * word + 1] = as_float(bits & 0xffff0000u);
+        }
+    };
+    for (int th = 0; th < kWarpgroup; ++th) {
+        const int w = th / kWarp, g = (th % kWarp) / 4, t = th % 4;
+        for (int r = 0; r < 4; ++r) {
+            put(A, 16 * w + g + 8 * (r % 2), t + 4 * (r / 2), op.a[th][r]);
+        }
+    }
+    for (int r = 0; r < op.n; ++r) {
+        for (int kw = 0; kw < 8; ++kw) {
+            put(B, r, kw, descriptor_word(op.desc, r, kw));
+        }
+    }
+    for (int th = 0; th < kWarpgroup; ++th) {
+        const int w = th / kWarp, g = (th % kWarp) / 4, t = th % 4;
+        for (int i = 0; i < op.n / 2; ++i) {
+            const int row = 16 * w + g + 8 * ((i / 2) % 2);
+            const int col = 8 * (i / 4) + 2 * t + i % 2;
+            float acc = op.scale_d ? op.d[th][i] : 0.0f;
+            for (int k = 0; k < kv; ++k) {
+                acc += A[row * kv + k] * B[col * kv + k];
+            }
+            op.d[th][i] = acc;
+        }
+    }
+}
+
+// Runs the collective that every thread of warpgroup `group` is waiting at.
+inline void release_warpgroup(int group) {
+    const GroupCall& first = group_calls[group * kWarpgroup];
+    for (int l = 1; l < kWarpgroup; ++l) {
+        const GroupCall& c = group_calls[group * kWarpgroup + l];
+        if (c.op != first.op || c.type != first.type || c.n != first.n || c.desc != first.desc ||
+            c.scale_d != first.scale_d || c.pending != first.pending) {
+            fail("wgmma: the threads of a warpgroup reached different collectives or operands");
+        }
+    }
+    Warpgroup& wg = warpgroups[group];
+    switch (first.op) {
+        case GroupOp::Fence:
+            wg.fenced = true;
+            break;
+        case GroupOp::Mma: {
+            if (!wg.fenced) {
+                fail("wgmma.mma_async without a wgmma.fence since the last commit_group");
+            }
+            WgmmaOp op{first.type, first.n, first.desc, first.scale_d, {}, {}};
+            for (int l = 0; l < kWarpgroup; ++l) {
+                op.d[l] = group_calls[group * kWarpgroup + l].d;
+                op.a[l] = group_calls[group * kWarpgroup + l].a;
+            }
+            wg.open.push_back(op);
+            break;
+        }
+        case GroupOp::Commit:
+            wg.committed.push_back(std::move(wg.open));
+            wg.open.clear();
+            wg.fenced = false;
+            break;
+        case GroupOp::Wait:
+            while (static_cast<int>(wg.committed.size()) > first.pending) {
+                for (const WgmmaOp& op : wg.committed.front()) {
+                    run_wgmma(op);
+                }
+                wg.committed.erase(wg.committed.begin());
+            }
+            break;
+        case GroupOp::None:
+            fail("wgmma: internal error, a warpgroup released without a collective");
+    }
+}
+
+inline void check_warpgroups_idle() {
+    for (const Warpgroup& wg : warpgroups) {
+        if (!wg.open.empty() || !wg.committed.empty()) {
+            fail("a block ended with wgmma operations not committed or not waited for");
+        }
+    }
+}
+
+// The calling thread's part of a warpgroup collective.
+inline void group_collective(const GroupCall& call) {
+    if (block_dim.x % kWarpgroup != 0) {
+        fail("wgmma needs blocks of whole warpgroups (a multiple of 128 threads)");
+    }
+    group_calls[thread_rank(*current)] = call;
+    yield(State::AtGroupBarrier);
+}
+
+inline void wgmma_fence() { group_collective(GroupCall{GroupOp::Fence}); }
+inline void wgmma_commit() { group_collective(GroupCall{GroupOp::Commit}); }
+inline void wgmma_wait(int pending) {
+    GroupCall c{GroupOp::Wait};
+    c.pending = pending;
+    group_collective(c);
+}
+// d (n / 2 accumulators) += A (4 registers) * B (descriptor), when all threads have waited.
+inline void wgmma_async(WgmmaType type, int n, float* d, const uint32_t* a, uint64_t desc, bool scale_d) {
+    GroupCall c{GroupOp::Mma};
+    c.type = type;
+    c.n = n;
+    c.d = d;
+    c.a = a;
+    c.desc = desc;
+    c.scale_d = scale_d;
+    group_collective(c);
+}
+
 }  // namespace emu
 
 #define threadIdx (emu::current->index)
@@ -676,3 +921,5 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+// Shared addresses exist for dynamic shared memory only (see emu::shared_address).
+inline size_t __cvta_generic_to_shared(const void* p) { return emu::shared_address(p); }

@@ -69,7 +69,8 @@ pub struct ConvBenchArgs {
     /// Output classes of the final 1x1 convolution.
     #[arg(long, default_value_t = 14)]
     pub classes: usize,
-    /// fp32-tiled, tf32-mma, bf16-mma, or all (default: the device's, LRC_CONV_ALGO or tf32-mma).
+    /// fp32-tiled, tf32-mma, bf16-mma, tf32-wgmma, bf16-wgmma (compute capability 9.0 only), or all
+    /// (every one the device runs; default: the device's, LRC_CONV_ALGO or tf32-mma).
     #[arg(long)]
     pub algo: Option<String>,
     /// Timed runs per pass; the median is reported.
@@ -310,8 +311,22 @@ fn bench_conv(args: &ConvBenchArgs) -> Result<()> {
     }
     let device = CudaDevice::open(args.gpu)?;
     let algos: Vec<ConvAlgo> = match args.algo.as_deref() {
-        Some("all") => ConvAlgo::ALL.to_vec(),
-        Some(name) => vec![name.parse()?],
+        // Every version this device runs: the wgmma ones need compute capability 9.0.
+        Some("all") => ConvAlgo::ALL
+            .into_iter()
+            .filter(|algo| {
+                let runs = algo.runs_on(device.compute_capability());
+                if !runs {
+                    println!("skipping {algo}: it needs a compute capability 9.0 GPU (sm_90a)");
+                }
+                runs
+            })
+            .collect(),
+        Some(name) => {
+            let algo: ConvAlgo = name.parse()?;
+            algo.check_device(&device)?;
+            vec![algo]
+        }
         None => vec![device.conv_algo()],
     };
     let file = File::create(&args.json).map_err(|e| Error::io(&args.json, e))?;

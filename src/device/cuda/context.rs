@@ -118,6 +118,14 @@ impl CudaDevice {
             .max(0) as usize;
         let stream = ctx.new_stream().map_err(driver_error("create stream"))?;
         let conv_algo = ConvAlgo::from_env()?.unwrap_or(ConvAlgo::DEFAULT);
+        if !conv_algo.runs_on(compute_capability) {
+            return Err(Error::config(format!(
+                "{}={conv_algo} needs a compute capability 9.0 GPU (sm_90a); {name} is {}.{}",
+                ConvAlgo::ENV,
+                compute_capability.0,
+                compute_capability.1
+            )));
+        }
         Ok(CudaDevice {
             ordinal,
             name,

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::call::{KernelCall, blocks_for};
+use super::conv_sm90;
 use super::launch::{Launch, dim};
 use super::operand::{check_len, common_device};
 use super::params::{ConvParams, PlaneSumParams, SplitReduceParams};
@@ -34,11 +35,23 @@ pub enum ConvAlgo {
     /// FP32 in memory: BF16 math on FP32 storage, the precision cuDNN computes in when fed BF16
     /// operands (as under `torch.autocast`).
     Bf16Mma = 2,
+    /// Hopper warpgroup MMA (`wgmma.mma_async` m64n64k8 / m64n32k8, sm_90a: compute capability
+    /// 9.0 only), TF32 operands rounded as in `tf32-mma`, FP32 accumulation.
+    Tf32Wgmma = 3,
+    /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64nNk16), rounded as in `bf16-mma`.
+    Bf16Wgmma = 4,
 }
 
 impl ConvAlgo {
-    /// Every version, simplest first.
-    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Fp32Tiled, ConvAlgo::Tf32Mma, ConvAlgo::Bf16Mma];
+    /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
+    /// ([`ConvAlgo::runs_on`]).
+    pub const ALL: [ConvAlgo; 5] = [
+        ConvAlgo::Fp32Tiled,
+        ConvAlgo::Tf32Mma,
+        ConvAlgo::Bf16Mma,
+        ConvAlgo::Tf32Wgmma,
+        ConvAlgo::Bf16Wgmma,
+    ];
 
     /// The version ops use unless told otherwise: tensor cores, expected to be several times
     /// faster than the FP32 tiles on Hopper. Not yet measured against them; bf16-mma, with half
@@ -54,7 +67,25 @@ impl ConvAlgo {
             ConvAlgo::Fp32Tiled => "fp32-tiled",
             ConvAlgo::Tf32Mma => "tf32-mma",
             ConvAlgo::Bf16Mma => "bf16-mma",
+            ConvAlgo::Tf32Wgmma => "tf32-wgmma",
+            ConvAlgo::Bf16Wgmma => "bf16-wgmma",
         }
+    }
+
+    /// Whether this version runs sm_90a code (wgmma), which only compute capability 9.0 devices
+    /// execute.
+    pub fn needs_sm90a(self) -> bool {
+        matches!(self, ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma)
+    }
+
+    /// Whether this version runs on a device of compute capability `cc` (major, minor).
+    pub fn runs_on(self, cc: (i32, i32)) -> bool {
+        !self.needs_sm90a() || cc == (9, 0)
+    }
+
+    /// An error (never a panic) when `device` cannot run this version.
+    pub fn check_device(self, device: &CudaDevice) -> Result<()> {
+        conv_sm90::check_device(self, device)
     }
 
     /// `LRC_CONV_ALGO`, if set.
@@ -89,6 +120,8 @@ impl FromStr for ConvAlgo {
             "fp32-tiled" | "fp32" => Ok(ConvAlgo::Fp32Tiled),
             "tf32-mma" | "tf32" => Ok(ConvAlgo::Tf32Mma),
             "bf16-mma" | "bf16" => Ok(ConvAlgo::Bf16Mma),
+            "tf32-wgmma" => Ok(ConvAlgo::Tf32Wgmma),
+            "bf16-wgmma" => Ok(ConvAlgo::Bf16Wgmma),
             other => Err(Error::config(format!(
                 "unknown convolution algorithm '{other}': expected one of {}",
                 ConvAlgo::ALL.map(ConvAlgo::name).join(", ")
@@ -275,6 +308,16 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
+        ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
+            let narrow = narrow_dim <= conv_sm90::TILE_COLS_NARROW;
+            let (rows, cols) = conv_sm90::tile(pass, narrow);
+            return Tiling {
+                kernel: conv_sm90::kernel(algo, pass, size_variant(g), narrow).expect("a wgmma algorithm"),
+                rows,
+                cols,
+                depth: conv_sm90::TILE_DEPTH,
+            };
+        }
     };
     let narrow = narrow_dim <= 32;
     let (rows, cols) = match (pass, narrow) {
@@ -329,8 +372,14 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
     let narrow = g.c_out <= 32;
     let (kernel, rows, cols) = match algo {
         ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
-        ConvAlgo::Tf32Mma => (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 }),
-        ConvAlgo::Bf16Mma => (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 }),
+        // v3 has no per-tap pass: the wgmma versions run v2's at their precision (a quarter of
+        // the tensor-core work of v3's backward-data pass, which this one replaces).
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma => {
+            (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 })
+        }
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma => {
+            (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 })
+        }
     };
     let pixels = g.n * g.h * g.w;
     ConvLaunch {
@@ -401,12 +450,33 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
 /// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
 /// plan was made for (callers check the storages against it).
 fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    if conv_sm90::is_kernel(plan.kernel) {
+        // SAFETY: as documented above.
+        return unsafe { run_sm90(device, plan.kernel, plan.grid, p) };
+    }
     let launch = Launch {
         grid: plan.grid,
         block: THREADS,
     };
     // SAFETY: as documented above.
     unsafe { device.launch(MODULE, plan.kernel, launch, p) }
+}
+
+/// Runs a v3 kernel, which lives in its own module and stages its B operand in dynamic shared
+/// memory.
+///
+/// # Safety
+/// As for [`CudaDevice::launch`]: `p` holds live blocks large enough for `kernel` under `grid`.
+unsafe fn run_sm90(
+    device: &CudaDevice,
+    kernel: &'static str,
+    grid: (usize, usize, usize),
+    p: &ConvParams,
+) -> Result<()> {
+    let call =
+        KernelCall::new(conv_sm90::MODULE, kernel, grid, THREADS, p).with_shared(conv_sm90::shared_bytes(kernel));
+    // SAFETY: upheld by the caller.
+    unsafe { device.run(&[call]) }
 }
 
 /// dw (and db when `p.out_bias` is set) of the convolution with `p`'s geometry into `p.out` /
@@ -421,17 +491,30 @@ fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParam
     let mut q = *p;
     q.split_len = dim("conv2d backward", "split length", plan.split_len)?;
     q.splits = dim("conv2d backward", "splits", splits)?;
+    let sm90 = conv_sm90::is_kernel(kernel);
     if splits == 1 {
         // The only partial sum is the result.
         // SAFETY: as in run_single; out holds m*n values and out_bias m.
-        return unsafe { device.launch(MODULE, kernel, launch, &q) };
+        return unsafe {
+            if sm90 {
+                run_sm90(device, kernel, plan.grid, &q)
+            } else {
+                device.launch(MODULE, kernel, launch, &q)
+            }
+        };
     }
     let partial = CudaStorage::alloc(device, splits * m * n)?;
     let partial_bias = CudaStorage::alloc(device, if p.out_bias != 0 { splits * m } else { 0 })?;
     q.out = partial.device_ptr();
     q.out_bias = if p.out_bias != 0 { partial_bias.device_ptr() } else { 0 };
     // SAFETY: as in run_single; the partial blocks hold splits*m*n and splits*m values.
-    unsafe { device.launch(MODULE, kernel, launch, &q) }?;
+    unsafe {
+        if sm90 {
+            run_sm90(device, kernel, plan.grid, &q)
+        } else {
+            device.launch(MODULE, kernel, launch, &q)
+        }
+    }?;
     let reduce = SplitReduceParams {
         partial: partial.device_ptr(),
         out: p.out,
@@ -522,6 +605,7 @@ pub fn conv2d_forward(
         operands.push(b);
     }
     let device = common_device(OP, &operands)?;
+    algo.check_device(&device)?;
     let out = CudaStorage::alloc(&device, g.n * g.c_out * g.h_out() * g.w_out())?;
     if out.is_empty() {
         return Ok(out);
@@ -544,6 +628,7 @@ pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, alg
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     check_len(OP, "weight", w, g.c_out * g.c_in * g.kh * g.kw)?;
     let device = common_device(OP, &[dy, w])?;
+    algo.check_device(&device)?;
     let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
     if out.is_empty() {
         return Ok(out);
@@ -573,6 +658,7 @@ pub fn conv2d_backward_weight(
     check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     let device = common_device(OP, &[x, dy])?;
+    algo.check_device(&device)?;
     let (weight_len, reduction) = (g.c_out * g.c_in * g.kh * g.kw, g.n * g.h_out() * g.w_out());
     if weight_len == 0 || reduction == 0 {
         return Ok((
@@ -615,6 +701,7 @@ pub fn conv_transpose2d_forward(
         operands.push(b);
     }
     let device = common_device(OP, &operands)?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     if g.taps_tile_the_output() {
         // The per-tap kernels offset into one image of x and into the weights in 32 bits.
@@ -652,6 +739,7 @@ pub fn conv_transpose2d_backward_data(
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     check_len(OP, "weight", w, g.c_in * g.c_out * g.kh * g.kw)?;
     let device = common_device(OP, &[dy, w])?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     let out = CudaStorage::alloc(&device, g.n * g.c_in * g.h * g.w)?;
     if out.is_empty() {
@@ -683,6 +771,7 @@ pub fn conv_transpose2d_backward_weight(
     check_len(OP, "input", x, g.n * g.c_in * g.h * g.w)?;
     check_len(OP, "output gradient", dy, g.n * g.c_out * g.h_out() * g.w_out())?;
     let device = common_device(OP, &[x, dy])?;
+    algo.check_device(&device)?;
     let conv = g.as_conv();
     let weight_len = g.c_in * g.c_out * g.kh * g.kw;
     let db = CudaStorage::zeros(&device, g.c_out)?;
@@ -752,6 +841,39 @@ mod tests {
         }
         assert!("winograd".parse::<ConvAlgo>().is_err());
         assert_eq!("BF16".parse::<ConvAlgo>().unwrap(), ConvAlgo::Bf16Mma);
+    }
+
+    #[test]
+    fn wgmma_algos_cover_every_pass() {
+        let g = ConvGeom {
+            n: 3,
+            c_in: 5,
+            h: 17,
+            w: 12,
+            c_out: 70,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        for (v3, v2) in [
+            (ConvAlgo::Tf32Wgmma, ConvAlgo::Tf32Mma),
+            (ConvAlgo::Bf16Wgmma, ConvAlgo::Bf16Mma),
+        ] {
+            let forward = plan(ConvPass::Forward, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(forward.kernel), "{forward:?}");
+            assert_eq!(forward.grid, ((3 * 17 * 12usize).div_ceil(128), 2, 1));
+            let data = plan(ConvPass::BackwardData, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(data.kernel) && data.kernel.contains("bwd_data"));
+            // Backward-weight: 128 taps x 64 output channels per block (70 > 32), split as v2's.
+            let weight = plan(ConvPass::BackwardWeight, &g, v3, 132);
+            assert!(conv_sm90::is_kernel(weight.kernel) && weight.kernel.contains("bwd_weight"));
+            assert_eq!((weight.grid.0, weight.grid.1), ((5 * 9usize).div_ceil(128), 2));
+            assert_eq!(weight.grid.2, weight.splits);
+            assert!(v3.needs_sm90a() && !v2.needs_sm90a());
+            assert!(v3.runs_on((9, 0)) && !v3.runs_on((8, 0)) && !v3.runs_on((10, 0)));
+            assert!(v2.runs_on((8, 6)));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod cleanup;
 pub mod concat;
 mod context;
 pub mod conv;
+pub mod conv_sm90;
 pub mod elastic;
 pub mod felzenszwalb;
 pub mod gemm;
