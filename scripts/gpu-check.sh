@@ -235,6 +235,12 @@ if [[ ! -f "$repo/sample-ct/totalseg/dataset.json" ]]; then
     notes+=("sample-ct/ is not in this tree: the sample-CT tests ran with LRC_SKIP_SAMPLE_CT=1 and checked nothing")
 fi
 export RUST_BACKTRACE=1
+if ((!dry)); then
+    # The emulated kernel tests are CPU work that CI has done: the GPU's time goes to the same
+    # kernels on the hardware.
+    export LRC_EMULATOR=off
+    notes+=("the emulated kernel tests were skipped (LRC_EMULATOR=off): CI runs them; the GPU tests run the same kernels here")
+fi
 
 # --- tests --------------------------------------------------------------------------------------
 test_args=()

@@ -24,7 +24,8 @@ fn fake_test(passed: usize, failed: usize) -> String {
         .map(|i| format!("echo 'test case_{i} ... FAILED'\n"))
         .collect();
     format!(
-        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"running {} tests\"\n{failed_lines}\
+        "#!/usr/bin/env bash\necho \"args: $*\"\necho \"emulator: ${{LRC_EMULATOR:-on}}\"\n\
+         echo \"running {} tests\"\n{failed_lines}\
          echo \"test result: {verdict}. {passed} passed; {failed} failed; 2 ignored; 0 measured; 0 filtered out; \
          finished in 0.01s\"\nexit {}\n",
         passed + failed,
@@ -97,6 +98,8 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
     // Dry runs leave the ignored (GPU) tests out.
     let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
     assert!(!log.contains("--include-ignored"), "{log}");
+    // A dry run is where the emulated tests run (they need no GPU).
+    assert!(log.contains("emulator: on"), "{log}");
     for step in [
         "memcheck",
         "memcheck lrc-loss",
@@ -251,6 +254,9 @@ fn a_full_run_compares_the_benchmarks() {
     assert!(summary.contains("- card: Fake H100, 580.00, 81559 MiB"), "{summary}");
     let log = fs::read_to_string(dir.path().join("out/logs/test-fake_tests.log")).unwrap();
     assert!(log.contains("args: --include-ignored"), "{log}");
+    // On the GPU machine the emulated tests are left to CI.
+    assert!(log.contains("emulator: off"), "{log}");
+    assert!(summary.contains("emulated kernel tests were skipped"), "{summary}");
     assert!(
         row(&summary, "memcheck").contains("ERROR SUMMARY: 0 errors"),
         "{summary}"
