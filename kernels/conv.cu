@@ -27,59 +27,9 @@
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
 
 #include "common.cuh"
+#include "conv_gather.cuh"
 
 using lrc::WARP;
-
-// ---------------------------------------------------------------------------------------------
-// The three passes as gather functions, shared by both versions.
-// ---------------------------------------------------------------------------------------------
-
-namespace gather {
-
-// Kernel size, fixed at compile time when KH, KW > 0, else read from the parameters.
-template <int KH, int KW>
-struct KernelSize {
-    int kh, kw;
-    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
-    __device__ int taps() const { return kh * kw; }
-};
-
-// x at the input position of output pixel (oy0, ox0) = (oy*s - pad, ox*s - pad) seen through tap
-// (ky, kx) of input channel ci; zero in the padding.
-__device__ __forceinline__ float x_tap(const ConvParams& p, const float* x_img, int iy0, int ix0, int ci, int ky,
-                                       int kx) {
-    const int iy = iy0 + ky;
-    const int ix = ix0 + kx;
-    if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-        static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-        return 0.0f;
-    }
-    return x_img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
-}
-
-// dy seen from input pixel (iy, ix) through tap (ky, kx) of output channel co: the output pixel
-// whose window puts that tap on (iy, ix), if there is one.
-__device__ __forceinline__ float dy_tap(const ConvParams& p, const float* dy_img, int iy, int ix, int co, int ky,
-                                        int kx) {
-    int ty = iy + p.pad - ky;
-    int tx = ix + p.pad - kx;
-    if (ty < 0 || tx < 0) {
-        return 0.0f;
-    }
-    if (p.stride != 1) {
-        if (ty % p.stride != 0 || tx % p.stride != 0) {
-            return 0.0f;
-        }
-        ty /= p.stride;
-        tx /= p.stride;
-    }
-    if (ty >= p.h_out || tx >= p.w_out) {
-        return 0.0f;
-    }
-    return dy_img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
-}
-
-}  // namespace gather
 
 // ---------------------------------------------------------------------------------------------
 // v1: FP32 shared-memory tiles.

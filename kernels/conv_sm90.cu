@@ -35,9 +35,11 @@
 // Determinism: each output element is one accumulator chain in k order; no atomics.
 
 #include "common.cuh"
+#include "conv_gather.cuh"
 
 namespace v3 {
 
+using gather::KernelSize;
 using lrc::WARP;
 
 constexpr int THREADS = 256;  // two warpgroups
@@ -94,13 +96,6 @@ constexpr int shared_bytes() {
     return STAGES * Stage<M, BN>::BYTES;
 }
 
-template <int KH, int KW>
-struct KernelSize {
-    int kh, kw;
-    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
-    __device__ int taps() const { return kh * kw; }
-};
-
 // Output pixel m of an n x channels x hw tensor, channel c (+ bias[c] when given).
 __device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int channels, int m, int c, float v) {
     const int img = m / hw;
@@ -140,13 +135,7 @@ struct Forward {
         const int ci = k / ks.taps();
         const int t = k - ci * ks.taps();
         const int ky = t / ks.kw;
-        const int iy = r.iy0 + ky;
-        const int ix = r.ix0 + t - ky * ks.kw;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return 0.0f;
-        }
-        return r.img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
+        return gather::x_tap(p, r.img, r.iy0, r.ix0, ci, ky, t - ky * ks.kw);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         return p.weight[static_cast<size_t>(n) * depth(p) + k];
@@ -182,22 +171,7 @@ struct BackwardData {
         const int co = k / ks.taps();
         const int t = k - co * ks.taps();
         const int ky = t / ks.kw;
-        int ty = r.iy + p.pad - ky;
-        int tx = r.ix + p.pad - (t - ky * ks.kw);
-        if (ty < 0 || tx < 0) {
-            return 0.0f;
-        }
-        if (p.stride != 1) {
-            if (ty % p.stride != 0 || tx % p.stride != 0) {
-                return 0.0f;
-            }
-            ty /= p.stride;
-            tx /= p.stride;
-        }
-        if (ty >= p.h_out || tx >= p.w_out) {
-            return 0.0f;
-        }
-        return r.img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
+        return gather::dy_tap(p, r.img, r.iy, r.ix, co, ky, t - ky * ks.kw);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const KernelSize<KH, KW> ks(p);
@@ -239,13 +213,9 @@ struct BackwardWeight {
         const int img = k / hw;
         const int pix = k - img * hw;
         const int oy = pix / p.w_out;
-        const int iy = oy * p.stride - p.pad + r.ky;
-        const int ix = (pix - oy * p.w_out) * p.stride - p.pad + r.kx;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return 0.0f;
-        }
-        return p.x[((static_cast<size_t>(img) * p.c_in + r.ci) * p.h + iy) * p.w + ix];
+        const int ox = pix - oy * p.w_out;
+        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
+        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, r.ci, r.ky, r.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const int hw = p.h_out * p.w_out;
