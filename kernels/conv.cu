@@ -736,15 +736,7 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
         v2::backward_weight<v2::WeightTile32, v2::MATH, KH, KW>(p);                   \
     }
 
-// Every kernel size of one precision.
-#define LRC_CONV_MMA_SIZES(PREC, MATH)     \
-    LRC_CONV_MMA(PREC, MATH, k1, 1, 1)     \
-    LRC_CONV_MMA(PREC, MATH, k2, 2, 2)     \
-    LRC_CONV_MMA(PREC, MATH, k3, 3, 3)     \
-    LRC_CONV_MMA(PREC, MATH, kany, 0, 0)
-
-LRC_CONV_MMA_SIZES(tf32, Tf32)
-LRC_CONV_MMA_SIZES(bf16, Bf16)
+LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

@@ -1,7 +1,8 @@
-// The gathers of the convolution's implicit GEMMs (see conv.cu's comment): kernel sizes and the
-// values of x and dy that one tap of the kernel reads, zero outside the tensors. Shared by the
-// versions in conv.cu (v1, v2) and conv_sm90.cu (v3), which the emulator's conv harness includes
-// in one translation unit.
+// What the versions of the convolution in conv.cu (v1, v2) and conv_sm90.cu (v3) share: the
+// gathers of their implicit GEMMs (see conv.cu's comment), kernel sizes and the values of x and
+// dy that one tap of the kernel reads, zero outside the tensors; and the list of the tensor-core
+// versions' specialisations. The emulator's conv harness includes both files in one translation
+// unit.
 
 #pragma once
 
@@ -53,3 +54,17 @@ __device__ __forceinline__ float dy_tap(const ConvParams& p, const float* dy_img
 }
 
 }  // namespace gather
+
+// The specialisations of the tensor-core versions: X(PREC, MATH, KS, KH, KW) declares one
+// version's kernels for an operand precision (tf32 / bf16 in the kernel names, Tf32 / Bf16 the
+// version's math) and a kernel size (k1, k2, k3: 1x1, 2x2, 3x3 fixed at compile time; kany:
+// KH = KW = 0, read from the parameters).
+#define LRC_CONV_SIZES(X, PREC, MATH) \
+    X(PREC, MATH, k1, 1, 1)           \
+    X(PREC, MATH, k2, 2, 2)           \
+    X(PREC, MATH, k3, 3, 3)           \
+    X(PREC, MATH, kany, 0, 0)
+
+#define LRC_CONV_SPECIALISATIONS(X) \
+    LRC_CONV_SIZES(X, tf32, Tf32)   \
+    LRC_CONV_SIZES(X, bf16, Bf16)
