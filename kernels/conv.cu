@@ -52,18 +52,9 @@ struct Forward {
     __device__ explicit Forward(const ConvParams& q)
         : p(q), M(q.n * q.h_out * q.w_out), N(q.c_out), K(q.c_in * q.kh * q.kw) {}
     __device__ float a(int m, int k) const {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        const int taps = p.kh * p.kw;
-        const int ci = k / taps;
-        const int r = k - ci * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+        const gather::Window w = gather::window(p, m);
+        const auto t = gather::KernelSize<0, 0>(p).tap(k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
     __device__ float b(int k, int n) const { return p.weight[static_cast<size_t>(n) * K + k]; }
     __device__ void store(int m, int n, float v) const {
@@ -85,18 +76,9 @@ struct BackwardData {
     __device__ explicit BackwardData(const ConvParams& q)
         : p(q), M(q.n * q.h * q.w), N(q.c_in), K(q.c_out * q.kh * q.kw) {}
     __device__ float a(int m, int k) const {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int iy = pix / p.w;
-        const int ix = pix - iy * p.w;
-        const int taps = p.kh * p.kw;
-        const int co = k / taps;
-        const int r = k - co * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
-        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+        const gather::InputPixel px = gather::input_pixel(p, m);
+        const auto t = gather::KernelSize<0, 0>(p).tap(k);
+        return gather::dy_tap(p, px.dy_img, px.iy, px.ix, t.c, t.ky, t.kx);
     }
     __device__ float b(int k, int n) const {
         const int taps = p.kh * p.kw;
@@ -131,18 +113,9 @@ struct BackwardWeight {
         return p.dy[(static_cast<size_t>(img) * p.c_out + m) * hw + pix];
     }
     __device__ float b(int k, int n) const {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        const int taps = p.kh * p.kw;
-        const int ci = n / taps;
-        const int r = n - ci * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+        const gather::Window w = gather::window(p, k);
+        const auto t = gather::KernelSize<0, 0>(p).tap(n);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 
@@ -325,25 +298,11 @@ struct Operand {
 template <int KH, int KW>
 struct ImageByOutputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* x_img = nullptr;
-    int iy0 = 0, ix0 = 0;
-    __device__ void fix_row(const ConvParams& p, int m) {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        iy0 = oy * p.stride - p.pad;
-        ix0 = ox * p.stride - p.pad;
-    }
+    gather::Window w;
+    __device__ void fix_row(const ConvParams& p, int m) { w = gather::window(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int ci = k / ks.taps();
-        const int r = k - ci * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 
@@ -363,23 +322,11 @@ struct WeightByOutputChannel {
 template <int KH, int KW>
 struct GradByInputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* dy_img = nullptr;
-    int iy = 0, ix = 0;
-    __device__ void fix_row(const ConvParams& p, int m) {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        iy = pix / p.w;
-        ix = pix - iy * p.w;
-        dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
-    }
+    gather::InputPixel px;
+    __device__ void fix_row(const ConvParams& p, int m) { px = gather::input_pixel(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int co = k / ks.taps();
-        const int r = k - co * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(k);
+        return gather::dy_tap(p, px.dy_img, px.iy, px.ix, t.c, t.ky, t.kx);
     }
 };
 
@@ -419,25 +366,11 @@ struct GradByOutputChannel {
 template <int KH, int KW>
 struct ImageByTap {
     static constexpr Major LAYOUT = Major::K;
-    const float* x_img = nullptr;
-    int iy0 = 0, ix0 = 0;
-    __device__ void fix_k(const ConvParams& p, int k) {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        iy0 = oy * p.stride - p.pad;
-        ix0 = ox * p.stride - p.pad;
-    }
+    gather::Window w;
+    __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
     __device__ float at(const ConvParams& p, int n) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int ci = n / ks.taps();
-        const int r = n - ci * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(n);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 

@@ -10,13 +10,53 @@
 
 namespace gather {
 
+// Reduction index k = (c, ky, kx) over a channel's taps: its channel and kernel position.
+struct Tap {
+    int c = 0, ky = 0, kx = 0;
+};
+
 // Kernel size, fixed at compile time when KH, KW > 0, else read from the parameters.
 template <int KH, int KW>
 struct KernelSize {
     int kh, kw;
     __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
     __device__ int taps() const { return kh * kw; }
+    __device__ Tap tap(int k) const {
+        const int c = k / taps();
+        const int t = k - c * taps();
+        const int ky = t / kw;
+        return Tap{c, ky, t - ky * kw};
+    }
 };
+
+// What output pixel m (over n x h_out x w_out) reads of x: its image and the input position of
+// its window's top-left tap, (oy * stride - pad, ox * stride - pad).
+struct Window {
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
+};
+__device__ __forceinline__ Window window(const ConvParams& p, int m) {
+    const int hw = p.h_out * p.w_out;
+    const int img = m / hw;
+    const int pix = m - img * hw;
+    const int oy = pix / p.w_out;
+    const int ox = pix - oy * p.w_out;
+    return Window{p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w, oy * p.stride - p.pad, ox * p.stride - p.pad};
+}
+
+// Input pixel m (over n x h x w) as the backward-data gathers see it: the image of dy it reads
+// and its position (iy, ix).
+struct InputPixel {
+    const float* dy_img = nullptr;
+    int iy = 0, ix = 0;
+};
+__device__ __forceinline__ InputPixel input_pixel(const ConvParams& p, int m) {
+    const int hw = p.h * p.w;
+    const int img = m / hw;
+    const int pix = m - img * hw;
+    const int iy = pix / p.w;
+    return InputPixel{p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out, iy, pix - iy * p.w};
+}
 
 // x at the input position of output pixel (oy0, ox0) = (oy*s - pad, ox*s - pad) seen through tap
 // (ky, kx) of input channel ci; zero in the padding.

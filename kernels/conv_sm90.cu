@@ -113,29 +113,16 @@ __device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int cha
 template <int KH, int KW>
 struct Forward {
     static constexpr bool SUMS_B = false;
-    struct Row {
-        const float* img = nullptr;
-        int iy0 = 0, ix0 = 0;
-    };
+    using Row = gather::Window;
     __device__ static int rows(const ConvParams& p) { return p.n * p.h_out * p.w_out; }
     __device__ static int cols(const ConvParams& p) { return p.c_out; }
     __device__ static int depth(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
     __device__ static int k_begin(const ConvParams&) { return 0; }
     __device__ static int k_end(const ConvParams& p) { return depth(p); }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        return Row{p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w, oy * p.stride - p.pad, ox * p.stride - p.pad};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return gather::window(p, m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const KernelSize<KH, KW> ks(p);
-        const int ci = k / ks.taps();
-        const int t = k - ci * ks.taps();
-        const int ky = t / ks.kw;
-        return gather::x_tap(p, r.img, r.iy0, r.ix0, ci, ky, t - ky * ks.kw);
+        const auto t = KernelSize<KH, KW>(p).tap(k);
+        return gather::x_tap(p, r.x_img, r.iy0, r.ix0, t.c, t.ky, t.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         return p.weight[static_cast<size_t>(n) * depth(p) + k];
@@ -150,28 +137,16 @@ struct Forward {
 template <int KH, int KW>
 struct BackwardData {
     static constexpr bool SUMS_B = false;
-    struct Row {
-        const float* img = nullptr;
-        int iy = 0, ix = 0;
-    };
+    using Row = gather::InputPixel;
     __device__ static int rows(const ConvParams& p) { return p.n * p.h * p.w; }
     __device__ static int cols(const ConvParams& p) { return p.c_in; }
     __device__ static int depth(const ConvParams& p) { return p.c_out * KernelSize<KH, KW>(p).taps(); }
     __device__ static int k_begin(const ConvParams&) { return 0; }
     __device__ static int k_end(const ConvParams& p) { return depth(p); }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int iy = pix / p.w;
-        return Row{p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out, iy, pix - iy * p.w};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return gather::input_pixel(p, m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const KernelSize<KH, KW> ks(p);
-        const int co = k / ks.taps();
-        const int t = k - co * ks.taps();
-        const int ky = t / ks.kw;
-        return gather::dy_tap(p, r.img, r.iy, r.ix, co, ky, t - ky * ks.kw);
+        const auto t = KernelSize<KH, KW>(p).tap(k);
+        return gather::dy_tap(p, r.dy_img, r.iy, r.ix, t.c, t.ky, t.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const KernelSize<KH, KW> ks(p);
@@ -192,30 +167,17 @@ struct BackwardData {
 template <int KH, int KW>
 struct BackwardWeight {
     static constexpr bool SUMS_B = true;
-    struct Row {
-        int ci = 0, ky = 0, kx = 0;
-    };
+    using Row = gather::Tap;
     __device__ static int rows(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
     __device__ static int cols(const ConvParams& p) { return p.c_out; }
     __device__ static int k_begin(const ConvParams& p) { return blockIdx.z * p.split_len; }
     __device__ static int k_end(const ConvParams& p) {
         return min(k_begin(p) + p.split_len, p.n * p.h_out * p.w_out);
     }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const KernelSize<KH, KW> ks(p);
-        const int ci = m / ks.taps();
-        const int t = m - ci * ks.taps();
-        const int ky = t / ks.kw;
-        return Row{ci, ky, t - ky * ks.kw};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return KernelSize<KH, KW>(p).tap(m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, r.ci, r.ky, r.kx);
+        const gather::Window w = gather::window(p, k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, r.c, r.ky, r.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const int hw = p.h_out * p.w_out;
