@@ -27,59 +27,9 @@
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
 
 #include "common.cuh"
+#include "conv_gather.cuh"
 
 using lrc::WARP;
-
-// ---------------------------------------------------------------------------------------------
-// The three passes as gather functions, shared by both versions.
-// ---------------------------------------------------------------------------------------------
-
-namespace gather {
-
-// Kernel size, fixed at compile time when KH, KW > 0, else read from the parameters.
-template <int KH, int KW>
-struct KernelSize {
-    int kh, kw;
-    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
-    __device__ int taps() const { return kh * kw; }
-};
-
-// x at the input position of output pixel (oy0, ox0) = (oy*s - pad, ox*s - pad) seen through tap
-// (ky, kx) of input channel ci; zero in the padding.
-__device__ __forceinline__ float x_tap(const ConvParams& p, const float* x_img, int iy0, int ix0, int ci, int ky,
-                                       int kx) {
-    const int iy = iy0 + ky;
-    const int ix = ix0 + kx;
-    if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-        static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-        return 0.0f;
-    }
-    return x_img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
-}
-
-// dy seen from input pixel (iy, ix) through tap (ky, kx) of output channel co: the output pixel
-// whose window puts that tap on (iy, ix), if there is one.
-__device__ __forceinline__ float dy_tap(const ConvParams& p, const float* dy_img, int iy, int ix, int co, int ky,
-                                        int kx) {
-    int ty = iy + p.pad - ky;
-    int tx = ix + p.pad - kx;
-    if (ty < 0 || tx < 0) {
-        return 0.0f;
-    }
-    if (p.stride != 1) {
-        if (ty % p.stride != 0 || tx % p.stride != 0) {
-            return 0.0f;
-        }
-        ty /= p.stride;
-        tx /= p.stride;
-    }
-    if (ty >= p.h_out || tx >= p.w_out) {
-        return 0.0f;
-    }
-    return dy_img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
-}
-
-}  // namespace gather
 
 // ---------------------------------------------------------------------------------------------
 // v1: FP32 shared-memory tiles.
@@ -102,18 +52,9 @@ struct Forward {
     __device__ explicit Forward(const ConvParams& q)
         : p(q), M(q.n * q.h_out * q.w_out), N(q.c_out), K(q.c_in * q.kh * q.kw) {}
     __device__ float a(int m, int k) const {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        const int taps = p.kh * p.kw;
-        const int ci = k / taps;
-        const int r = k - ci * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+        const gather::Window w = gather::window(p, m);
+        const auto t = gather::KernelSize<0, 0>(p).tap(k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
     __device__ float b(int k, int n) const { return p.weight[static_cast<size_t>(n) * K + k]; }
     __device__ void store(int m, int n, float v) const {
@@ -135,18 +76,9 @@ struct BackwardData {
     __device__ explicit BackwardData(const ConvParams& q)
         : p(q), M(q.n * q.h * q.w), N(q.c_in), K(q.c_out * q.kh * q.kw) {}
     __device__ float a(int m, int k) const {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int iy = pix / p.w;
-        const int ix = pix - iy * p.w;
-        const int taps = p.kh * p.kw;
-        const int co = k / taps;
-        const int r = k - co * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
-        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+        const gather::InputPixel px = gather::input_pixel(p, m);
+        const auto t = gather::KernelSize<0, 0>(p).tap(k);
+        return gather::dy_tap(p, px.dy_img, px.iy, px.ix, t.c, t.ky, t.kx);
     }
     __device__ float b(int k, int n) const {
         const int taps = p.kh * p.kw;
@@ -181,18 +113,9 @@ struct BackwardWeight {
         return p.dy[(static_cast<size_t>(img) * p.c_out + m) * hw + pix];
     }
     __device__ float b(int k, int n) const {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        const int taps = p.kh * p.kw;
-        const int ci = n / taps;
-        const int r = n - ci * taps;
-        const int ky = r / p.kw;
-        const int kx = r - ky * p.kw;
-        const float* x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        return gather::x_tap(p, x_img, oy * p.stride - p.pad, ox * p.stride - p.pad, ci, ky, kx);
+        const gather::Window w = gather::window(p, k);
+        const auto t = gather::KernelSize<0, 0>(p).tap(n);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 
@@ -375,25 +298,11 @@ struct Operand {
 template <int KH, int KW>
 struct ImageByOutputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* x_img = nullptr;
-    int iy0 = 0, ix0 = 0;
-    __device__ void fix_row(const ConvParams& p, int m) {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        iy0 = oy * p.stride - p.pad;
-        ix0 = ox * p.stride - p.pad;
-    }
+    gather::Window w;
+    __device__ void fix_row(const ConvParams& p, int m) { w = gather::window(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int ci = k / ks.taps();
-        const int r = k - ci * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 
@@ -413,23 +322,11 @@ struct WeightByOutputChannel {
 template <int KH, int KW>
 struct GradByInputPixel {
     static constexpr Major LAYOUT = Major::MN;
-    const float* dy_img = nullptr;
-    int iy = 0, ix = 0;
-    __device__ void fix_row(const ConvParams& p, int m) {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        iy = pix / p.w;
-        ix = pix - iy * p.w;
-        dy_img = p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out;
-    }
+    gather::InputPixel px;
+    __device__ void fix_row(const ConvParams& p, int m) { px = gather::input_pixel(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int co = k / ks.taps();
-        const int r = k - co * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::dy_tap(p, dy_img, iy, ix, co, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(k);
+        return gather::dy_tap(p, px.dy_img, px.iy, px.ix, t.c, t.ky, t.kx);
     }
 };
 
@@ -469,25 +366,11 @@ struct GradByOutputChannel {
 template <int KH, int KW>
 struct ImageByTap {
     static constexpr Major LAYOUT = Major::K;
-    const float* x_img = nullptr;
-    int iy0 = 0, ix0 = 0;
-    __device__ void fix_k(const ConvParams& p, int k) {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        x_img = p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w;
-        iy0 = oy * p.stride - p.pad;
-        ix0 = ox * p.stride - p.pad;
-    }
+    gather::Window w;
+    __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
     __device__ float at(const ConvParams& p, int n) const {
-        const gather::KernelSize<KH, KW> ks(p);
-        const int ci = n / ks.taps();
-        const int r = n - ci * ks.taps();
-        const int ky = r / ks.kw;
-        const int kx = r - ky * ks.kw;
-        return gather::x_tap(p, x_img, iy0, ix0, ci, ky, kx);
+        const auto t = gather::KernelSize<KH, KW>(p).tap(n);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, t.c, t.ky, t.kx);
     }
 };
 
@@ -786,15 +669,7 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
         v2::backward_weight<v2::WeightTile32, v2::MATH, KH, KW>(p);                   \
     }
 
-// Every kernel size of one precision.
-#define LRC_CONV_MMA_SIZES(PREC, MATH)     \
-    LRC_CONV_MMA(PREC, MATH, k1, 1, 1)     \
-    LRC_CONV_MMA(PREC, MATH, k2, 2, 2)     \
-    LRC_CONV_MMA(PREC, MATH, k3, 3, 3)     \
-    LRC_CONV_MMA(PREC, MATH, kany, 0, 0)
-
-LRC_CONV_MMA_SIZES(tf32, Tf32)
-LRC_CONV_MMA_SIZES(bf16, Bf16)
+LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

@@ -35,9 +35,11 @@
 // Determinism: each output element is one accumulator chain in k order; no atomics.
 
 #include "common.cuh"
+#include "conv_gather.cuh"
 
 namespace v3 {
 
+using gather::KernelSize;
 using lrc::WARP;
 
 constexpr int THREADS = 256;  // two warpgroups
@@ -94,13 +96,6 @@ constexpr int shared_bytes() {
     return STAGES * Stage<M, BN>::BYTES;
 }
 
-template <int KH, int KW>
-struct KernelSize {
-    int kh, kw;
-    __device__ explicit KernelSize(const ConvParams& p) : kh(KH > 0 ? KH : p.kh), kw(KW > 0 ? KW : p.kw) {}
-    __device__ int taps() const { return kh * kw; }
-};
-
 // Output pixel m of an n x channels x hw tensor, channel c (+ bias[c] when given).
 __device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int channels, int m, int c, float v) {
     const int img = m / hw;
@@ -118,35 +113,16 @@ __device__ __forceinline__ void plane_store(const ConvParams& p, int hw, int cha
 template <int KH, int KW>
 struct Forward {
     static constexpr bool SUMS_B = false;
-    struct Row {
-        const float* img = nullptr;
-        int iy0 = 0, ix0 = 0;
-    };
+    using Row = gather::Window;
     __device__ static int rows(const ConvParams& p) { return p.n * p.h_out * p.w_out; }
     __device__ static int cols(const ConvParams& p) { return p.c_out; }
     __device__ static int depth(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
     __device__ static int k_begin(const ConvParams&) { return 0; }
     __device__ static int k_end(const ConvParams& p) { return depth(p); }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const int hw = p.h_out * p.w_out;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int oy = pix / p.w_out;
-        const int ox = pix - oy * p.w_out;
-        return Row{p.x + static_cast<size_t>(img) * p.c_in * p.h * p.w, oy * p.stride - p.pad, ox * p.stride - p.pad};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return gather::window(p, m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const KernelSize<KH, KW> ks(p);
-        const int ci = k / ks.taps();
-        const int t = k - ci * ks.taps();
-        const int ky = t / ks.kw;
-        const int iy = r.iy0 + ky;
-        const int ix = r.ix0 + t - ky * ks.kw;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return 0.0f;
-        }
-        return r.img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
+        const auto t = KernelSize<KH, KW>(p).tap(k);
+        return gather::x_tap(p, r.x_img, r.iy0, r.ix0, t.c, t.ky, t.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         return p.weight[static_cast<size_t>(n) * depth(p) + k];
@@ -161,43 +137,16 @@ struct Forward {
 template <int KH, int KW>
 struct BackwardData {
     static constexpr bool SUMS_B = false;
-    struct Row {
-        const float* img = nullptr;
-        int iy = 0, ix = 0;
-    };
+    using Row = gather::InputPixel;
     __device__ static int rows(const ConvParams& p) { return p.n * p.h * p.w; }
     __device__ static int cols(const ConvParams& p) { return p.c_in; }
     __device__ static int depth(const ConvParams& p) { return p.c_out * KernelSize<KH, KW>(p).taps(); }
     __device__ static int k_begin(const ConvParams&) { return 0; }
     __device__ static int k_end(const ConvParams& p) { return depth(p); }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const int hw = p.h * p.w;
-        const int img = m / hw;
-        const int pix = m - img * hw;
-        const int iy = pix / p.w;
-        return Row{p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out, iy, pix - iy * p.w};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return gather::input_pixel(p, m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const KernelSize<KH, KW> ks(p);
-        const int co = k / ks.taps();
-        const int t = k - co * ks.taps();
-        const int ky = t / ks.kw;
-        int ty = r.iy + p.pad - ky;
-        int tx = r.ix + p.pad - (t - ky * ks.kw);
-        if (ty < 0 || tx < 0) {
-            return 0.0f;
-        }
-        if (p.stride != 1) {
-            if (ty % p.stride != 0 || tx % p.stride != 0) {
-                return 0.0f;
-            }
-            ty /= p.stride;
-            tx /= p.stride;
-        }
-        if (ty >= p.h_out || tx >= p.w_out) {
-            return 0.0f;
-        }
-        return r.img[(static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx];
+        const auto t = KernelSize<KH, KW>(p).tap(k);
+        return gather::dy_tap(p, r.dy_img, r.iy, r.ix, t.c, t.ky, t.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const KernelSize<KH, KW> ks(p);
@@ -218,34 +167,17 @@ struct BackwardData {
 template <int KH, int KW>
 struct BackwardWeight {
     static constexpr bool SUMS_B = true;
-    struct Row {
-        int ci = 0, ky = 0, kx = 0;
-    };
+    using Row = gather::Tap;
     __device__ static int rows(const ConvParams& p) { return p.c_in * KernelSize<KH, KW>(p).taps(); }
     __device__ static int cols(const ConvParams& p) { return p.c_out; }
     __device__ static int k_begin(const ConvParams& p) { return blockIdx.z * p.split_len; }
     __device__ static int k_end(const ConvParams& p) {
         return min(k_begin(p) + p.split_len, p.n * p.h_out * p.w_out);
     }
-    __device__ static Row row(const ConvParams& p, int m) {
-        const KernelSize<KH, KW> ks(p);
-        const int ci = m / ks.taps();
-        const int t = m - ci * ks.taps();
-        const int ky = t / ks.kw;
-        return Row{ci, ky, t - ky * ks.kw};
-    }
+    __device__ static Row row(const ConvParams& p, int m) { return KernelSize<KH, KW>(p).tap(m); }
     __device__ static float a(const ConvParams& p, const Row& r, int k) {
-        const int hw = p.h_out * p.w_out;
-        const int img = k / hw;
-        const int pix = k - img * hw;
-        const int oy = pix / p.w_out;
-        const int iy = oy * p.stride - p.pad + r.ky;
-        const int ix = (pix - oy * p.w_out) * p.stride - p.pad + r.kx;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return 0.0f;
-        }
-        return p.x[((static_cast<size_t>(img) * p.c_in + r.ci) * p.h + iy) * p.w + ix];
+        const gather::Window w = gather::window(p, k);
+        return gather::x_tap(p, w.x_img, w.iy0, w.ix0, r.c, r.ky, r.kx);
     }
     __device__ static float b(const ConvParams& p, int n, int k) {
         const int hw = p.h_out * p.w_out;
@@ -440,11 +372,4 @@ __device__ void conv_wgmma(const ConvParams& p) {
     LRC_CONV_WGMMA_TILE(PREC, MATH, KS, KH, KW, 64) \
     LRC_CONV_WGMMA_TILE(PREC, MATH, KS, KH, KW, 32)
 
-#define LRC_CONV_WGMMA_SIZES(PREC, MATH)   \
-    LRC_CONV_WGMMA(PREC, MATH, k1, 1, 1)   \
-    LRC_CONV_WGMMA(PREC, MATH, k2, 2, 2)   \
-    LRC_CONV_WGMMA(PREC, MATH, k3, 3, 3)   \
-    LRC_CONV_WGMMA(PREC, MATH, kany, 0, 0)
-
-LRC_CONV_WGMMA_SIZES(tf32, Tf32)
-LRC_CONV_WGMMA_SIZES(bf16, Bf16)
+LRC_CONV_SPECIALISATIONS(LRC_CONV_WGMMA)

@@ -32,16 +32,19 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use local_contrast_common::{Case, U, draw, sampled_mask};
+use local_contrast_common::{
+    Case, Got, Want, all_options, as_loaded, assert_matches, describe, draw, inputs, limit_case, rounded, small_cases,
+    training_sized_case,
+};
 use lrc::device::cuda::local_contrast::{
     EmbeddingType, MAX_CHANNELS, all_kernel_names, local_contrast_backward, local_contrast_bf16,
     local_contrast_forward, local_contrast_forward_as,
 };
-use lrc::device::cuda::pointwise::{bf16_from_f32, bf16_round};
+use lrc::device::cuda::pointwise::bf16_from_f32;
 use lrc::device::cuda::{CudaDevice, CudaStorage};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, assert_compiled_for_every_arch, uniform, widen, worst};
+use lrc::testing::{assert_close, assert_compiled_for_every_arch, widen};
 use lrc::{Device, Tape, Tensor, Var, kernels};
 
 mod local_contrast_common;
@@ -52,48 +55,9 @@ fn device() -> Arc<CudaDevice> {
     device
 }
 
-/// Samples, f_q and f_p of a case: embeddings in [-1, 1), or unit vectors per pixel (rounded to
-/// f32) when the loss does not normalise them itself.
-fn inputs(case: &Case, unit: bool) -> (Vec<RegionSamples>, Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(case.seed);
-    let samples = case
-        .regions
-        .iter()
-        .zip(&case.samples)
-        .map(|(&k, &n)| draw(&mut rng, k, n, case.h * case.w))
-        .collect();
-    let hw = case.h * case.w;
-    let mut embeddings = || {
-        let mut f = uniform(&mut rng, case.len(), -1.0, 1.0);
-        if unit {
-            for img in f.chunks_mut(case.d * hw) {
-                for px in 0..hw {
-                    let norm = (0..case.d)
-                        .map(|e| (img[e * hw + px] as f64).powi(2))
-                        .sum::<f64>()
-                        .sqrt();
-                    for e in 0..case.d {
-                        img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
-                    }
-                }
-            }
-        }
-        f
-    };
-    let fq = embeddings();
-    let fp = embeddings();
-    (samples, fq, fp)
-}
-
 /// Loss and gradients of `Tape::local_contrast_loss` with f_q, f_p as `device` tensors built
 /// from `f` (as f64 on the CPU, as f32 on CUDA).
-fn run(
-    device: &Device,
-    case: &Case,
-    f: [&[f32]; 2],
-    samples: &[RegionSamples],
-    cfg: LocalLossConfig,
-) -> (f64, Vec<f64>, Vec<f64>) {
+fn run(device: &Device, case: &Case, f: [&[f32]; 2], samples: &[RegionSamples], cfg: LocalLossConfig) -> Want {
     let shape = case.dims().to_vec();
     let tensor = |v: &[f32]| match device {
         Device::Cpu => Tensor::from_vec(shape.clone(), widen(v)).unwrap(),
@@ -118,140 +82,60 @@ fn run(
     (value, grad(q), grad(p))
 }
 
-fn tolerances(case: &Case, largest_grad: f64) -> (Tolerance, Tolerance) {
-    let (e, k) = (case.logit_error(), case.max_regions());
-    (
-        Tolerance {
-            atol: 2.0 * e + 2.0 * k * U,
-            rtol: 1e-6,
-        },
-        Tolerance {
-            atol: 8.0 * (e + k * U) * largest_grad,
-            rtol: 1e-5,
-        },
-    )
-}
-
-/// The GPU against the CPU twin on one case with one configuration.
-fn check(gpu: &Arc<CudaDevice>, case: &Case, cfg: LocalLossConfig) {
-    let what = format!(
-        "{} (normalize_pixels {}, renormalize_means {})",
-        case.name, cfg.normalize_pixels, cfg.renormalize_means
-    );
+/// The kernels of `input` on the GPU against the CPU twin on one case with one configuration.
+fn check(input: EmbeddingType, gpu: &Arc<CudaDevice>, case: &Case, cfg: LocalLossConfig) {
     let (samples, fq, fp) = inputs(case, !cfg.normalize_pixels);
-    let (want_loss, want_q, want_p) = run(&Device::Cpu, case, [&fq, &fp], &samples, cfg);
-    let (got_loss, got_q, got_p) = run(&Device::Cuda(gpu.clone()), case, [&fq, &fp], &samples, cfg);
-    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
-    let (loss_tol, grad_tol) = tolerances(case, largest);
-    let got_loss = [got_loss as f32];
-    assert_close(&format!("{what}: loss"), &got_loss, &[want_loss], loss_tol);
-    let mut ratio = 0.0f64;
-    for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
-        let got: Vec<f32> = got.iter().map(|&x| x as f32).collect();
-        assert_close(&format!("{what}: grad_{view}"), &got, want, grad_tol);
-        ratio = ratio.max(worst(&got, want, grad_tol).ratio);
-        for (i, (&g, m)) in got.iter().zip(sampled_mask(case, &samples, view == "q")).enumerate() {
-            assert!(
-                m || g == 0.0,
-                "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
-            );
+    let (rq, rp) = (as_loaded(input, &fq), as_loaded(input, &fp));
+    let want = run(&Device::Cpu, case, [&rq, &rp], &samples, cfg);
+    let got: Got = match input {
+        EmbeddingType::F32 => {
+            let (loss, q, p) = run(&Device::Cuda(gpu.clone()), case, [&fq, &fp], &samples, cfg);
+            let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+            (loss as f32, narrow(q), narrow(p))
         }
-    }
-    println!(
-        "{what}: loss {} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {ratio:.1e}",
-        got_loss[0],
-        worst(&got_loss, &[want_loss], loss_tol).ratio
-    );
+        EmbeddingType::Bf16 => run_bf16(gpu, case, [&fq, &fp], &samples, cfg, 1.0),
+    };
+    assert_matches(&describe(case, input, cfg), case, &samples, &got, &want);
 }
 
-fn check_all_options(case: &Case) {
+/// Every combination of the two options on one case, the embeddings in element type `input`.
+fn check_all_options(input: EmbeddingType, case: &Case) {
     let gpu = device();
-    for normalize_pixels in [false, true] {
-        for renormalize_means in [false, true] {
-            let cfg = LocalLossConfig {
-                temperature: case.temperature,
-                renormalize_means,
-                normalize_pixels,
-            };
-            check(&gpu, case, cfg);
-        }
+    for cfg in all_options(case) {
+        check(input, &gpu, case, cfg);
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn small_batches_with_empty_images_single_regions_and_chunk_boundaries() {
-    check_all_options(&Case {
-        name: "K = 6, 1, 0",
-        d: 19,
-        h: 5,
-        w: 7,
-        regions: vec![6, 1, 0],
-        samples: vec![5, 3, 4],
-        temperature: 0.3,
-        seed: 1,
-    });
-    check_all_options(&Case {
-        name: "K = 33, 32, 0; N = 33, 2, 1; D = 45",
-        d: 45,
-        h: 6,
-        w: 6,
-        regions: vec![33, 32, 0],
-        samples: vec![33, 2, 1],
-        temperature: 0.1,
-        seed: 2,
-    });
+    for case in small_cases() {
+        check_all_options(EmbeddingType::F32, &case);
+    }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_training_sized_batch() {
-    check_all_options(&Case {
-        name: "B = 4, D = 64, K = 64, 1, 0, 40, N = 32, 48 x 40",
-        d: 64,
-        h: 48,
-        w: 40,
-        regions: vec![64, 1, 0, 40],
-        samples: vec![32, 7, 3, 33],
-        temperature: 0.07,
-        seed: 3,
-    });
+    check_all_options(EmbeddingType::F32, &training_sized_case());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_limits_k_512_and_d_128_and_more_regions_beyond() {
-    check_all_options(&Case {
-        name: "K = 512, 300; D = 128",
-        d: MAX_CHANNELS,
-        h: 64,
-        w: 64,
-        regions: vec![512, 300],
-        samples: vec![16, 5],
-        temperature: 0.07,
-        seed: 4,
-    });
+    check_all_options(EmbeddingType::F32, &limit_case());
     // K is not bounded by the kernels (the K x K blocks are streamed 32 regions at a time).
-    let gpu = device();
-    let cfg = LocalLossConfig {
+    let case = Case {
+        name: "K = 700",
+        d: 32,
+        h: 40,
+        w: 40,
+        regions: vec![700],
+        samples: vec![4],
         temperature: 0.2,
-        renormalize_means: false,
-        normalize_pixels: true,
+        seed: 5,
     };
-    check(
-        &gpu,
-        &Case {
-            name: "K = 700",
-            d: 32,
-            h: 40,
-            w: 40,
-            regions: vec![700],
-            samples: vec![4],
-            temperature: 0.2,
-            seed: 5,
-        },
-        cfg,
-    );
+    check(EmbeddingType::F32, &device(), &case, case.config(false, true));
 }
 
 #[test]
@@ -268,11 +152,7 @@ fn results_are_bitwise_reproducible() {
         temperature: 0.07,
         seed: 6,
     };
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: true,
-        normalize_pixels: true,
-    };
+    let cfg = case.config(true, true);
     let (samples, fq, fp) = inputs(&case, false);
     let first = run(&gpu, &case, [&fq, &fp], &samples, cfg);
     for _ in 0..3 {
@@ -297,11 +177,7 @@ fn the_backward_pass_reads_the_upstream_gradient_on_the_device() {
         temperature: 0.25,
         seed: 7,
     };
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: false,
-        normalize_pixels: true,
-    };
+    let cfg = case.config(false, true);
     let (samples, fq, fp) = inputs(&case, false);
     let (_, want_q, want_p) = run(&Device::Cpu, &case, [&fq, &fp], &samples, cfg);
     let (q, p) = (
@@ -315,7 +191,7 @@ fn the_backward_pass_reads_the_upstream_gradient_on_the_device() {
     let (gq, gp) = local_contrast_backward(&saved, &q, &p, &g).unwrap();
     let scaled = |v: &[f64]| v.iter().map(|x| x * upstream).collect::<Vec<f64>>();
     let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs())) * 0.6;
-    let (_, tol) = tolerances(&case, largest);
+    let (_, tol) = case.tolerances(largest);
     assert_close("grad_q x -0.6", &gq.to_host().unwrap(), &scaled(&want_q), tol);
     assert_close("grad_p x -0.6", &gp.to_host().unwrap(), &scaled(&want_p), tol);
 }
@@ -334,11 +210,7 @@ fn a_forward_without_gradients_gives_the_same_loss() {
         temperature: 0.1,
         seed: 8,
     };
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: false,
-        normalize_pixels: false,
-    };
+    let cfg = case.config(false, false);
     let (samples, fq, fp) = inputs(&case, true);
     let (with_grad, _, _) = run(&gpu, &case, [&fq, &fp], &samples, cfg);
     let mut tape = Tape::no_grad();
@@ -425,10 +297,6 @@ fn bench_lrc_loss_without_a_gpu_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
-fn rounded(f: &[f32]) -> Vec<f32> {
-    f.iter().map(|&x| bf16_round(x)).collect()
-}
-
 /// Loss and gradients of the fused loss on BF16 maps made on the device from `f`, for upstream
 /// gradient `grad`.
 fn run_bf16(
@@ -438,7 +306,7 @@ fn run_bf16(
     samples: &[RegionSamples],
     cfg: LocalLossConfig,
     grad: f32,
-) -> (f32, Vec<f32>, Vec<f32>) {
+) -> Got {
     let to_bf16 = |v: &[f32]| bf16_from_f32(&CudaStorage::from_host(gpu, v).unwrap()).unwrap();
     let (q, p) = (to_bf16(f[0]), to_bf16(f[1]));
     assert_eq!(q.len(), case.len().div_ceil(2));
@@ -447,98 +315,26 @@ fn run_bf16(
     (loss.to_host().unwrap()[0], gq.to_host().unwrap(), gp.to_host().unwrap())
 }
 
-/// The BF16 path against the CPU twin on the BF16-rounded inputs, every option.
-fn check_bf16_all_options(case: &Case) {
-    let gpu = device();
-    for normalize_pixels in [false, true] {
-        for renormalize_means in [false, true] {
-            let cfg = LocalLossConfig {
-                temperature: case.temperature,
-                renormalize_means,
-                normalize_pixels,
-            };
-            let what = format!(
-                "{} bf16 (normalize_pixels {normalize_pixels}, renormalize_means {renormalize_means})",
-                case.name
-            );
-            let (samples, fq, fp) = inputs(case, !normalize_pixels);
-            let (rq, rp) = (rounded(&fq), rounded(&fp));
-            let (want_loss, want_q, want_p) = run(&Device::Cpu, case, [&rq, &rp], &samples, cfg);
-            let (got_loss, got_q, got_p) = run_bf16(&gpu, case, [&fq, &fp], &samples, cfg, 1.0);
-            let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
-            let (loss_tol, grad_tol) = tolerances(case, largest);
-            assert_close(&format!("{what}: loss"), &[got_loss], &[want_loss], loss_tol);
-            let mut ratio = 0.0f64;
-            for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
-                assert_close(&format!("{what}: grad_{view}"), got, want, grad_tol);
-                ratio = ratio.max(worst(got, want, grad_tol).ratio);
-                for (i, (&g, m)) in got.iter().zip(sampled_mask(case, &samples, view == "q")).enumerate() {
-                    assert!(
-                        m || g == 0.0,
-                        "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
-                    );
-                }
-            }
-            println!(
-                "{what}: loss {got_loss} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {ratio:.1e}",
-                worst(&[got_loss], &[want_loss], loss_tol).ratio
-            );
-        }
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_small_batches_with_empty_images_single_regions_and_odd_value_counts() {
+    // The small cases with the chunk-boundary one on a 7 x 5 plane instead of 6 x 6: 3 x 19 x 35
+    // = 1995 and 3 x 45 x 35 = 4725 values per map, odd, so the last word of each packed map
+    // holds one value and its padding half.
+    let [first, chunks] = small_cases();
+    let cases = [first, chunks.on_plane(7, 5)];
+    for case in &cases {
+        assert_eq!(case.len() % 2, 1, "{}", case.name);
+        check_all_options(EmbeddingType::Bf16, case);
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn bf16_small_batches_with_empty_images_single_regions_and_odd_value_counts() {
-    // 3 x 19 x 35 = 1995 and 3 x 45 x 35 = 4725 values per map: odd, so the last word of each
-    // packed map holds one value and its padding half.
-    let first = Case {
-        name: "K = 6, 1, 0",
-        d: 19,
-        h: 5,
-        w: 7,
-        regions: vec![6, 1, 0],
-        samples: vec![5, 3, 4],
-        temperature: 0.3,
-        seed: 1,
-    };
-    assert_eq!(first.len() % 2, 1);
-    check_bf16_all_options(&first);
-    check_bf16_all_options(&Case {
-        name: "K = 33, 32, 0; N = 33, 2, 1; D = 45",
-        d: 45,
-        h: 7,
-        w: 5,
-        regions: vec![33, 32, 0],
-        samples: vec![33, 2, 1],
-        temperature: 0.1,
-        seed: 2,
-    });
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
 fn bf16_a_training_sized_batch_and_the_limits() {
-    check_bf16_all_options(&Case {
-        name: "B = 4, D = 64, K = 64, 1, 0, 40, N = 32, 48 x 40",
-        d: 64,
-        h: 48,
-        w: 40,
-        regions: vec![64, 1, 0, 40],
-        samples: vec![32, 7, 3, 33],
-        temperature: 0.07,
-        seed: 3,
-    });
-    check_bf16_all_options(&Case {
-        name: "K = 512, 300; D = 128",
-        d: MAX_CHANNELS,
-        h: 64,
-        w: 63,
-        regions: vec![512, 300],
-        samples: vec![16, 5],
-        temperature: 0.07,
-        seed: 4,
-    });
+    check_all_options(EmbeddingType::Bf16, &training_sized_case());
+    // The limit case on a 64 x 63 plane: an odd width.
+    check_all_options(EmbeddingType::Bf16, &limit_case().on_plane(64, 63));
 }
 
 #[test]
@@ -556,11 +352,7 @@ fn bf16_inputs_take_only_their_rounding_from_fp32() {
         seed: 10,
     };
     for normalize_pixels in [false, true] {
-        let cfg = LocalLossConfig {
-            temperature: case.temperature,
-            renormalize_means: true,
-            normalize_pixels,
-        };
+        let cfg = case.config(true, normalize_pixels);
         let (samples, fq, fp) = inputs(&case, !normalize_pixels);
         let (rq, rp) = (rounded(&fq), rounded(&fp));
         // The FP32 kernels on the BF16 values, through the device wrappers as the BF16 path.

@@ -34,56 +34,22 @@
 //! output must agree bit for bit between the two (tests/cuda_local_contrast.rs checks bitwise
 //! repeatability on a GPU).
 
-use local_contrast_common::{Case, U, draw, sampled_mask};
+use local_contrast_common::{
+    Case, Got, Want, all_options, as_loaded, assert_matches, describe, inputs, rounded, small_mixed_case,
+};
 use lrc::device::cuda::local_contrast::{
     EmbeddingType, LocalContrastBuffers, LocalContrastGeom, MAX_CHANNELS, SampleTable, backward_calls, forward_calls,
 };
-use lrc::device::cuda::pointwise::{bf16_round, pack_bf16};
+use lrc::device::cuda::pointwise::pack_bf16;
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
-use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
+use lrc::testing::{Tolerance, assert_close, widen};
 use lrc::{Tape, Tensor};
 
 mod local_contrast_common;
 
-fn samples_of(case: &Case, rng: &mut Rng) -> Vec<RegionSamples> {
-    case.regions
-        .iter()
-        .zip(&case.samples)
-        .map(|(&k, &n)| draw(rng, k, n, case.h * case.w))
-        .collect()
-}
-
-/// Embeddings in [-1, 1), or unit vectors per pixel (rounded to f32) when the loss does not
-/// normalise them itself.
-fn embeddings(case: &Case, rng: &mut Rng, unit: bool) -> Vec<f32> {
-    let mut f = uniform(rng, case.len(), -1.0, 1.0);
-    if unit {
-        let hw = case.h * case.w;
-        for img in f.chunks_mut(case.d * hw) {
-            for px in 0..hw {
-                let norm = (0..case.d)
-                    .map(|e| (img[e * hw + px] as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                for e in 0..case.d {
-                    img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
-                }
-            }
-        }
-    }
-    f
-}
-
 /// The CPU twin in f64: loss and the gradients of `grad` x loss.
-fn reference(
-    case: &Case,
-    f: [&[f32]; 2],
-    samples: &[RegionSamples],
-    cfg: LocalLossConfig,
-    grad: f64,
-) -> (f64, Vec<f64>, Vec<f64>) {
+fn reference(case: &Case, f: [&[f32]; 2], samples: &[RegionSamples], cfg: LocalLossConfig, grad: f64) -> Want {
     let mut tape = Tape::new();
     let shape = case.dims().to_vec();
     let q = tape.leaf(Tensor::from_vec(shape.clone(), widen(f[0])).unwrap());
@@ -105,13 +71,7 @@ fn reference(
 }
 
 /// The planned kernels on the emulator: loss and gradients for upstream gradient `grad`.
-fn emulate(
-    case: &Case,
-    f: [&[f32]; 2],
-    samples: &[RegionSamples],
-    cfg: LocalLossConfig,
-    grad: f32,
-) -> (f32, Vec<f32>, Vec<f32>) {
+fn emulate(case: &Case, f: [&[f32]; 2], samples: &[RegionSamples], cfg: LocalLossConfig, grad: f32) -> Got {
     emulate_as(EmbeddingType::F32, case, f, samples, cfg, grad)
 }
 
@@ -132,7 +92,7 @@ fn emulate_as(
     samples: &[RegionSamples],
     cfg: LocalLossConfig,
     grad: f32,
-) -> (f32, Vec<f32>, Vec<f32>) {
+) -> Got {
     let table = SampleTable::new(samples, case.h * case.w).unwrap();
     let g = LocalContrastGeom::new(case.dims(), &table, &cfg)
         .unwrap()
@@ -166,91 +126,28 @@ fn emulate_as(
     )
 }
 
-/// The values a BF16 map holds, widened back to FP32.
-fn rounded(f: &[f32]) -> Vec<f32> {
-    f.iter().map(|&x| bf16_round(x)).collect()
-}
-
 /// Runs `case` with `cfg` on the emulator, the embeddings in element type `input`, and checks it
 /// against the CPU twin (for BF16 on the BF16-rounded inputs, with the same tolerances: see the
 /// file's comment); returns the worst ratios to tolerance (loss, gradients).
-fn check_as(
+fn check(
     input: EmbeddingType,
     case: &Case,
     cfg: LocalLossConfig,
     f: [&[f32]; 2],
     samples: &[RegionSamples],
 ) -> (f64, f64) {
-    let what = format!(
-        "{} {} (normalize_pixels {}, renormalize_means {})",
-        case.name,
-        input.name(),
-        cfg.normalize_pixels,
-        cfg.renormalize_means
-    );
     let grad = 0.75;
-    let (fq, fp) = match input {
-        EmbeddingType::F32 => (f[0].to_vec(), f[1].to_vec()),
-        EmbeddingType::Bf16 => (rounded(f[0]), rounded(f[1])),
-    };
-    let (want_loss, want_q, want_p) = reference(case, [&fq, &fp], samples, cfg, grad);
-    let (got_loss, got_q, got_p) = emulate_as(input, case, f, samples, cfg, grad as f32);
-    let e = case.logit_error();
-    let k = case.max_regions();
-    let loss_tol = Tolerance {
-        atol: 2.0 * e + 2.0 * k * U,
-        rtol: 1e-6,
-    };
-    assert_close(&format!("{what}: loss"), &[got_loss], &[want_loss], loss_tol);
-    let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
-    let grad_tol = Tolerance {
-        atol: 8.0 * (e + k * U) * largest,
-        rtol: 1e-5,
-    };
-    for (view, got, want) in [("q", &got_q, &want_q), ("p", &got_p, &want_p)] {
-        assert_close(&format!("{what}: grad_{view}"), got, want, grad_tol);
-        let mask = sampled_mask(case, samples, view == "q");
-        for (i, (&g, &m)) in got.iter().zip(&mask).enumerate() {
-            assert!(
-                m || g == 0.0,
-                "{what}: grad_{view}[{i}] = {g} at a pixel no sample hits"
-            );
-        }
-    }
-    let ratios = (
-        worst(&[got_loss], &[want_loss], loss_tol).ratio,
-        worst(&got_q, &want_q, grad_tol)
-            .ratio
-            .max(worst(&got_p, &want_p, grad_tol).ratio),
-    );
-    println!(
-        "{what}: loss {got_loss} (want {want_loss:.7}), worst ratio to tolerance: loss {:.1e}, gradients {:.1e} (largest |grad| {largest:.3e}, max |got| {:.3e})",
-        ratios.0,
-        ratios.1,
-        max_abs(&got_q).max(max_abs(&got_p))
-    );
-    ratios
+    let (fq, fp) = (as_loaded(input, f[0]), as_loaded(input, f[1]));
+    let want = reference(case, [&fq, &fp], samples, cfg, grad);
+    let got = emulate_as(input, case, f, samples, cfg, grad as f32);
+    assert_matches(&describe(case, input, cfg), case, samples, &got, &want)
 }
 
-/// Every combination of the two options on one case.
-fn check_all_options(case: &Case) {
-    check_all_options_as(EmbeddingType::F32, case);
-}
-
-fn check_all_options_as(input: EmbeddingType, case: &Case) {
-    for normalize_pixels in [false, true] {
-        let mut rng = Rng::new(case.seed);
-        let samples = samples_of(case, &mut rng);
-        let fq = embeddings(case, &mut rng, !normalize_pixels);
-        let fp = embeddings(case, &mut rng, !normalize_pixels);
-        for renormalize_means in [false, true] {
-            let cfg = LocalLossConfig {
-                temperature: case.temperature,
-                renormalize_means,
-                normalize_pixels,
-            };
-            check_as(input, case, cfg, [&fq, &fp], &samples);
-        }
+/// Every combination of the two options on one case, the embeddings in element type `input`.
+fn check_all_options(input: EmbeddingType, case: &Case) {
+    for cfg in all_options(case) {
+        let (samples, fq, fp) = inputs(case, !cfg.normalize_pixels);
+        check(input, case, cfg, [&fq, &fp], &samples);
     }
 }
 
@@ -259,16 +156,7 @@ fn mixed_region_counts_with_an_empty_image_and_a_single_region() {
     if !emu::available() {
         return;
     }
-    check_all_options(&Case {
-        name: "K = 6, 1, 0",
-        d: 19,
-        h: 5,
-        w: 7,
-        regions: vec![6, 1, 0],
-        samples: vec![5, 3, 4],
-        temperature: 0.3,
-        seed: 1,
-    });
+    check_all_options(EmbeddingType::F32, &small_mixed_case());
 }
 
 #[test]
@@ -278,16 +166,19 @@ fn region_and_sample_counts_across_chunk_boundaries() {
     }
     // 33 regions: two 32-wide chunks in the row kernels; 32: exactly one. 33 samples: two
     // 32-sample chunks in the means kernel. 45 channels: two per lane, the second partial.
-    check_all_options(&Case {
-        name: "K = 33, 32; N = 33, 2; D = 45",
-        d: 45,
-        h: 6,
-        w: 6,
-        regions: vec![33, 32],
-        samples: vec![33, 2],
-        temperature: 0.1,
-        seed: 2,
-    });
+    check_all_options(
+        EmbeddingType::F32,
+        &Case {
+            name: "K = 33, 32; N = 33, 2; D = 45",
+            d: 45,
+            h: 6,
+            w: 6,
+            regions: vec![33, 32],
+            samples: vec![33, 2],
+            temperature: 0.1,
+            seed: 2,
+        },
+    );
 }
 
 #[test]
@@ -295,16 +186,19 @@ fn channels_at_the_limit() {
     if !emu::available() {
         return;
     }
-    check_all_options(&Case {
-        name: "D = 128",
-        d: MAX_CHANNELS,
-        h: 4,
-        w: 5,
-        regions: vec![3, 2],
-        samples: vec![4, 1],
-        temperature: 0.07,
-        seed: 3,
-    });
+    check_all_options(
+        EmbeddingType::F32,
+        &Case {
+            name: "D = 128",
+            d: MAX_CHANNELS,
+            h: 4,
+            w: 5,
+            regions: vec![3, 2],
+            samples: vec![4, 1],
+            temperature: 0.07,
+            seed: 3,
+        },
+    );
 }
 
 #[test]
@@ -336,16 +230,8 @@ fn many_regions_as(input: EmbeddingType) {
         temperature: 0.5,
         seed: 4,
     };
-    let mut rng = Rng::new(case.seed);
-    let samples = samples_of(&case, &mut rng);
-    let fq = embeddings(&case, &mut rng, false);
-    let fp = embeddings(&case, &mut rng, false);
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: true,
-        normalize_pixels: true,
-    };
-    check_as(input, &case, cfg, [&fq, &fp], &samples);
+    let (samples, fq, fp) = inputs(&case, false);
+    check(input, &case, case.config(true, true), [&fq, &fp], &samples);
 }
 
 #[test]
@@ -363,14 +249,8 @@ fn a_batch_without_regions_has_zero_loss_and_gradients() {
         temperature: 0.2,
         seed: 5,
     };
-    let mut rng = Rng::new(case.seed);
-    let samples = samples_of(&case, &mut rng);
-    let f = embeddings(&case, &mut rng, false);
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: false,
-        normalize_pixels: true,
-    };
+    let (samples, f, _) = inputs(&case, false);
+    let cfg = case.config(false, true);
     let (loss, gq, gp) = emulate(&case, [&f, &f], &samples, cfg, 1.0);
     assert_eq!(loss, 0.0);
     assert!(gq.iter().chain(&gp).all(|&g| g == 0.0));
@@ -391,29 +271,17 @@ fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
         temperature: 0.5,
         seed: 6,
     };
-    let mut rng = Rng::new(case.seed);
-    let samples = samples_of(&case, &mut rng);
-    let mut fq = embeddings(&case, &mut rng, false);
-    let fp = embeddings(&case, &mut rng, false);
+    let (samples, mut fq, fp) = inputs(&case, false);
     // The first q sample's pixel has no direction: its norm is clamped to 1e-12 and its
     // gradient is v / 1e-12 (as ops::normalize), some 1e12 times the others.
     let zero_px = samples[0].q[0] as usize;
     for e in 0..case.d {
         fq[e * 9 + zero_px] = 0.0;
     }
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: false,
-        normalize_pixels: true,
-    };
+    let cfg = case.config(false, true);
     let (want_loss, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
     let (got_loss, got_q, got_p) = emulate(&case, [&fq, &fp], &samples, cfg, 1.0);
-    let e = case.logit_error();
-    let k = case.max_regions();
-    let loss_tol = Tolerance {
-        atol: 2.0 * e + 2.0 * k * U,
-        rtol: 1e-6,
-    };
+    let (loss_tol, _) = case.tolerances(0.0);
     assert_close("zero pixel: loss", &[got_loss], &[want_loss], loss_tol);
     // The gradients of the other pixels, then the clamped pixel's with its tolerance scaled by
     // the same 1e12.
@@ -437,10 +305,7 @@ fn a_zero_embedding_takes_the_clamped_normalisation_gradient() {
         .chain(want_p.iter().copied())
         .collect();
     let largest = others.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let tol = Tolerance {
-        atol: 8.0 * (e + k * U) * largest,
-        rtol: 1e-5,
-    };
+    let (_, tol) = case.tolerances(largest);
     assert_close(
         "zero pixel: grad_q elsewhere",
         &split32(&got_q, false),
@@ -478,15 +343,8 @@ fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
         temperature: 0.2,
         seed: 7,
     };
-    let mut rng = Rng::new(case.seed);
-    let samples = samples_of(&case, &mut rng);
-    let fq = embeddings(&case, &mut rng, false);
-    let fp = embeddings(&case, &mut rng, false);
-    let cfg = LocalLossConfig {
-        temperature: case.temperature,
-        renormalize_means: true,
-        normalize_pixels: true,
-    };
+    let (samples, fq, fp) = inputs(&case, false);
+    let cfg = case.config(true, true);
     let table = SampleTable::new(&samples, case.h * case.w).unwrap();
     let g = LocalContrastGeom::new(case.dims(), &table, &cfg).unwrap();
     let run = |reorder: bool| -> (Vec<f32>, Vec<f32>, usize) {
@@ -568,10 +426,7 @@ fn the_gradients_do_not_depend_on_the_order_of_the_pixel_lists() {
     // And both are the gradients of the CPU twin.
     let (_, want_q, want_p) = reference(&case, [&fq, &fp], &samples, cfg, 1.0);
     let largest = want_q.iter().chain(&want_p).fold(0.0f64, |m, x| m.max(x.abs()));
-    let tol = Tolerance {
-        atol: 8.0 * (case.logit_error() + case.max_regions() * U) * largest,
-        rtol: 1e-5,
-    };
+    let (_, tol) = case.tolerances(largest);
     assert_close("crowded pixels: grad_q", &reordered.0, &want_q, tol);
     assert_close("crowded pixels: grad_p", &reordered.1, &want_p, tol);
 }
@@ -588,30 +443,16 @@ fn every_kernel_is_registered_with_the_emulator() {
     }
 }
 
-/// K = 6, 1, 0 (an image without regions, one with a single region), duplicate samples within
-/// and across regions, and 3 x 19 x 35 = 1995 values per map: odd, so the last word of each
-/// packed map holds one value and its padding half.
-fn small_mixed_case() -> Case {
-    Case {
-        name: "K = 6, 1, 0",
-        d: 19,
-        h: 5,
-        w: 7,
-        regions: vec![6, 1, 0],
-        samples: vec![5, 3, 4],
-        temperature: 0.3,
-        seed: 1,
-    }
-}
-
 #[test]
 fn bf16_inputs_with_mixed_region_counts_and_an_odd_value_count() {
     if !emu::available() {
         return;
     }
+    // 3 x 19 x 35 = 1995 values per map: odd, so the last word of each packed map holds one
+    // value and its padding half.
     let case = small_mixed_case();
     assert_eq!(case.len() % 2, 1);
-    check_all_options_as(EmbeddingType::Bf16, &case);
+    check_all_options(EmbeddingType::Bf16, &case);
 }
 
 #[test]
@@ -619,7 +460,7 @@ fn bf16_inputs_across_chunk_boundaries_and_at_the_channel_limit() {
     if !emu::available() {
         return;
     }
-    check_all_options_as(
+    check_all_options(
         EmbeddingType::Bf16,
         &Case {
             name: "K = 33, 1; N = 33, 2; D = 45",
@@ -632,7 +473,7 @@ fn bf16_inputs_across_chunk_boundaries_and_at_the_channel_limit() {
             seed: 12,
         },
     );
-    check_all_options_as(
+    check_all_options(
         EmbeddingType::Bf16,
         &Case {
             name: "D = 128",
@@ -653,7 +494,7 @@ fn bf16_inputs_take_only_their_rounding_from_fp32() {
         return;
     }
     let case = small_mixed_case();
-    let bits = |r: &(f32, Vec<f32>, Vec<f32>)| -> Vec<u32> {
+    let bits = |r: &Got| -> Vec<u32> {
         std::iter::once(r.0)
             .chain(r.1.iter().copied())
             .chain(r.2.iter().copied())
@@ -661,15 +502,8 @@ fn bf16_inputs_take_only_their_rounding_from_fp32() {
             .collect()
     };
     for normalize_pixels in [false, true] {
-        let mut rng = Rng::new(case.seed);
-        let samples = samples_of(&case, &mut rng);
-        let fq = embeddings(&case, &mut rng, !normalize_pixels);
-        let fp = embeddings(&case, &mut rng, !normalize_pixels);
-        let cfg = LocalLossConfig {
-            temperature: case.temperature,
-            renormalize_means: true,
-            normalize_pixels,
-        };
+        let (samples, fq, fp) = inputs(&case, !normalize_pixels);
+        let cfg = case.config(true, normalize_pixels);
         let what = format!("normalize_pixels {normalize_pixels}");
         // On BF16-representable inputs only the loading differs: the same bits.
         let (rq, rp) = (rounded(&fq), rounded(&fp));

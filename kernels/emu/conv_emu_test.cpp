@@ -322,10 +322,8 @@ const struct {
     LRC_ENTRY(conv_fwd_##PREC##_##KS##_n64), LRC_ENTRY(conv_fwd_##PREC##_##KS##_n32),                  \
         LRC_ENTRY(conv_bwd_data_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_##PREC##_##KS##_n32),    \
         LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m64), LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m32)
-#define LRC_MMA_SIZES(PREC)                                                                            \
-    LRC_MMA_ENTRIES(PREC, k1), LRC_MMA_ENTRIES(PREC, k2), LRC_MMA_ENTRIES(PREC, k3), LRC_MMA_ENTRIES(PREC, kany)
-    LRC_MMA_SIZES(tf32),
-    LRC_MMA_SIZES(bf16),
+#define LRC_MMA_ROW(PREC, MATH, KS, KH, KW) LRC_MMA_ENTRIES(PREC, KS),
+    LRC_CONV_SPECIALISATIONS(LRC_MMA_ROW)
     LRC_ENTRY(conv_tfwd_fp32),
     LRC_ENTRY(conv_tfwd_tf32_n64),
     LRC_ENTRY(conv_tfwd_tf32_n32),
@@ -335,13 +333,11 @@ const struct {
     LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
         LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \
         LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n32), LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m32)
-#define LRC_WGMMA_SIZES(PREC) \
-    LRC_WGMMA_ENTRIES(PREC, k1), LRC_WGMMA_ENTRIES(PREC, k2), LRC_WGMMA_ENTRIES(PREC, k3), LRC_WGMMA_ENTRIES(PREC, kany)
-    LRC_WGMMA_SIZES(tf32),
-    LRC_WGMMA_SIZES(bf16),
-#undef LRC_WGMMA_SIZES
+#define LRC_WGMMA_ROW(PREC, MATH, KS, KH, KW) LRC_WGMMA_ENTRIES(PREC, KS),
+    LRC_CONV_SPECIALISATIONS(LRC_WGMMA_ROW)
+#undef LRC_WGMMA_ROW
 #undef LRC_WGMMA_ENTRIES
-#undef LRC_MMA_SIZES
+#undef LRC_MMA_ROW
 #undef LRC_MMA_ENTRIES
 #undef LRC_ENTRY
 };
