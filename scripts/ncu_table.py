@@ -47,7 +47,7 @@ def launches(path):
     for r in csv.DictReader(rows):
         if "Kernel Name" not in r or "Metric Name" not in r:
             continue
-        name, metrics = found.setdefault(r.get("ID", ""), (r["Kernel Name"], {}))
+        _, metrics = found.setdefault(r.get("ID", ""), (r["Kernel Name"], {}))
         metrics[r["Metric Name"]] = (r.get("Metric Unit", ""), number(r.get("Metric Value", "")))
     return found
 

@@ -63,6 +63,40 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: Tolerance) {
     );
 }
 
+/// `len` values that probe a rounding to BF16: first those where it can go wrong (ties of both
+/// parities, half an ulp and a bit either side, subnormals, signed zeros, infinities, overflow
+/// past the largest BF16, NaNs of both signs with quiet and signalling payloads), then ordinary
+/// values in [-4, 4) and arbitrary bit patterns in turn.
+pub fn bf16_probe_values(rng: &mut Rng, len: usize) -> Vec<f32> {
+    let mut edges = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        -1e-40,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc0_1234),
+    ];
+    for hi in [0x3f80u32, 0x3f81, 0xbf80, 0xbf81, 0x0000, 0x0001, 0x7f7f, 0xff7f] {
+        for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+            edges.push(f32::from_bits(hi << 16 | lo));
+        }
+    }
+    (0..len)
+        .map(|i| match edges.get(i) {
+            Some(&x) => x,
+            None if i % 2 == 0 => rng.range(-4.0, 4.0) as f32,
+            None => f32::from_bits(rng.below(1 << 32) as u32),
+        })
+        .collect()
+}
+
 /// `len` values uniform in [lo, hi).
 pub fn uniform(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
     (0..len).map(|_| rng.range(lo, hi) as f32).collect()

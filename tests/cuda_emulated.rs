@@ -19,21 +19,12 @@ use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
 use lrc::device::emu;
 use lrc::ops::conv::ConvGeom;
 
-fn compiler() -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".to_string());
-    let works = Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    works.then_some(cxx)
-}
-
 /// Builds the harness, or says why not (None: no compiler outside CI).
 fn harness(dir: &Path) -> Option<PathBuf> {
     if !emu::available() {
         return None;
     }
-    let cxx = compiler().expect("emu::available found a C++ compiler");
+    let cxx = emu::compiler().expect("emu::available found a C++ compiler");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = dir.join("conv_emu_test");
     // With the emulator's memory checks (AddressSanitizer) where they run; the harness itself

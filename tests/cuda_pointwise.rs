@@ -24,7 +24,7 @@ use lrc::device::cuda::CudaStorage;
 use lrc::device::cuda::pointwise::{SUM_MAX_BLOCKS, THREADS, bf16_from_f32, pack_bf16, sum_calls};
 use lrc::ops::pointwise as ops;
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, uniform, widen};
+use lrc::testing::{Tolerance, assert_close, bf16_probe_values, uniform, widen};
 use lrc::{Device, Tape, Tensor};
 
 const U: f64 = 1.0 / 16_777_216.0;
@@ -200,24 +200,8 @@ fn sum_and_mean_are_within_their_bound_and_deterministic() {
 fn bf16_from_f32_rounds_as_the_cpu_bit_for_bit() {
     let gpu = device();
     let mut rng = Rng::new(43);
-    // Ties of both parities and half an ulp either side, subnormals, zeros, infinities, overflow
-    // and NaNs first, then ordinary values and arbitrary bit patterns.
-    let mut edges: Vec<f32> = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX];
-    edges.extend([f32::MIN_POSITIVE, f32::from_bits(1), -1e-40, f32::NAN, -f32::NAN]);
-    edges.extend([f32::from_bits(0x7f80_0001), f32::from_bits(0xffc0_1234)]);
-    for hi in [0x3f80u32, 0x3f81, 0xbf80, 0xbf81, 0x0000, 0x0001, 0x7f7f, 0xff7f] {
-        for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
-            edges.push(f32::from_bits(hi << 16 | lo));
-        }
-    }
     for len in LENGTHS {
-        let values: Vec<f32> = (0..len)
-            .map(|i| match edges.get(i) {
-                Some(&x) => x,
-                None if i % 2 == 0 => rng.range(-4.0, 4.0) as f32,
-                None => f32::from_bits(rng.below(1 << 32) as u32),
-            })
-            .collect();
+        let values = bf16_probe_values(&mut rng, len);
         let x = CudaStorage::from_host(&gpu, &values).unwrap();
         let got: Vec<u32> = bf16_from_f32(&x).unwrap().to_host_pod().unwrap();
         let want = pack_bf16(&values);

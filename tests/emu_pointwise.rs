@@ -31,7 +31,7 @@ use lrc::device::cuda::pointwise::{
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::pointwise as twin;
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, uniform, widen, worst};
+use lrc::testing::{Tolerance, assert_close, bf16_probe_values, uniform, widen, worst};
 
 const U: f64 = 1.0 / 16_777_216.0;
 
@@ -345,50 +345,15 @@ fn sum_is_within_its_rounding_bound() {
     report.print("sum_is_within_its_rounding_bound");
 }
 
-/// Values where rounding to BF16 can go wrong: ties of both parities, half an ulp and a bit
-/// either side, subnormals, signed zeros, infinities, overflow past the largest BF16, and NaNs of
-/// both signs with quiet and signalling payloads.
-fn bf16_edge_values() -> Vec<f32> {
-    let mut v = vec![
-        0.0,
-        -0.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::MAX,
-        -f32::MAX,
-        f32::MIN_POSITIVE,
-        f32::from_bits(1),
-        -1e-40,
-        f32::NAN,
-        -f32::NAN,
-        f32::from_bits(0x7f80_0001),
-        f32::from_bits(0xffc0_1234),
-    ];
-    for hi in [0x3f80u32, 0x3f81, 0xbf80, 0xbf81, 0x0000, 0x0001, 0x7f7f, 0xff7f] {
-        for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
-            v.push(f32::from_bits(hi << 16 | lo));
-        }
-    }
-    v
-}
-
 #[test]
 fn bf16_from_f32_rounds_as_the_cpu_bit_for_bit() {
     if !emu::available() {
         return;
     }
     let mut rng = Rng::new(41);
-    let edges = bf16_edge_values();
     for len in [1, 2, 3, 64, 511, 513, 1029, 4101] {
         for cap in CAPS {
-            // The edge values first, then ordinary values and arbitrary bit patterns in turn.
-            let values: Vec<f32> = (0..len)
-                .map(|i| match edges.get(i) {
-                    Some(&x) => x,
-                    None if i % 2 == 0 => rng.range(-4.0, 4.0) as f32,
-                    None => f32::from_bits(rng.below(1 << 32) as u32),
-                })
-                .collect();
+            let values = bf16_probe_values(&mut rng, len);
             let mut mem = EmuMemory::new();
             let x = mem.upload(&values);
             let out = mem.alloc(bf16_words(len));
@@ -407,8 +372,5 @@ fn bf16_from_f32_rounds_as_the_cpu_bit_for_bit() {
             }
         }
     }
-    println!(
-        "bf16_from_f32: bit-exact on {} edge values and random inputs",
-        edges.len()
-    );
+    println!("bf16_from_f32: bit-exact on the BF16 probe values (edge cases, then random) at every length and cap");
 }

@@ -330,7 +330,7 @@ fn reported_address(report: &str) -> Option<u64> {
 /// outside CI.
 pub fn checks_on() -> bool {
     let off = std::env::var("LRC_EMU_CHECKS").as_deref() == Ok("off");
-    !off || std::env::var("CI").as_deref() == Ok("true")
+    !off || runner::in_ci()
 }
 
 /// The runner [`EmuMemory::run`] uses now (see [`checks_on`]), built on first use.
@@ -364,7 +364,7 @@ pub fn registered_kernels() -> Result<Vec<(String, usize)>, String> {
 /// CI: the GPU check sets it, since CI has run them and the GPU machine's time is better spent on
 /// the same kernels in hardware.
 pub fn available() -> bool {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let ci = runner::in_ci();
     if !ci && std::env::var("LRC_EMULATOR").as_deref() == Ok("off") {
         eprintln!("skipped: emulation turned off (LRC_EMULATOR=off)");
         return false;

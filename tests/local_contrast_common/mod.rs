@@ -8,6 +8,7 @@
 use lrc::device::cuda::local_contrast::{EmbeddingType, MAX_CHANNELS};
 use lrc::device::cuda::pointwise::bf16_round;
 use lrc::ops::local_contrast::{LocalLossConfig, RegionSamples};
+use lrc::ops::normalize;
 use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, worst};
 
@@ -182,21 +183,12 @@ pub fn inputs(case: &Case, unit: bool) -> (Vec<RegionSamples>, Vec<f32>, Vec<f32
         .map(|(&k, &n)| draw(&mut rng, k, n, hw))
         .collect();
     let mut embeddings = || {
-        let mut f = uniform(&mut rng, case.len(), -1.0, 1.0);
+        let f = uniform(&mut rng, case.len(), -1.0, 1.0);
         if unit {
-            for img in f.chunks_mut(case.d * hw) {
-                for px in 0..hw {
-                    let norm = (0..case.d)
-                        .map(|e| (img[e * hw + px] as f64).powi(2))
-                        .sum::<f64>()
-                        .sqrt();
-                    for e in 0..case.d {
-                        img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
-                    }
-                }
-            }
+            normalize::cpu::forward(&f, case.d, hw, normalize::DEFAULT_EPS).0
+        } else {
+            f
         }
-        f
     };
     let fq = embeddings();
     let fp = embeddings();

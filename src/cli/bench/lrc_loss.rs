@@ -37,6 +37,7 @@ use crate::device::cuda::pointwise::bf16_from_f32;
 use crate::device::cuda::{CudaDevice, CudaStorage, GpuTimer};
 use crate::error::{Error, Result};
 use crate::ops::local_contrast::{LocalLossConfig, RegionSamples};
+use crate::ops::normalize;
 use crate::rng::Rng;
 use crate::{Tape, Tensor};
 
@@ -213,23 +214,14 @@ pub fn grid_samples(case: &LrcLossCase, rng: &mut Rng) -> Vec<RegionSamples> {
 /// Embeddings in [-1, 1), or those normalised per pixel for `unit` cases.
 fn embeddings(case: &LrcLossCase, rng: &mut Rng) -> Vec<f32> {
     let hw = case.size * case.size;
-    let mut f: Vec<f32> = (0..case.batch * case.d * hw)
+    let f: Vec<f32> = (0..case.batch * case.d * hw)
         .map(|_| rng.range(-1.0, 1.0) as f32)
         .collect();
     if case.pixels == "unit" {
-        for img in f.chunks_mut(case.d * hw) {
-            for px in 0..hw {
-                let norm = (0..case.d)
-                    .map(|e| (img[e * hw + px] as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                for e in 0..case.d {
-                    img[e * hw + px] = (img[e * hw + px] as f64 / norm) as f32;
-                }
-            }
-        }
+        normalize::cpu::forward(&f, case.d, hw, normalize::DEFAULT_EPS).0
+    } else {
+        f
     }
-    f
 }
 
 /// One map of a case on the device, as the benchmarked pass of `dtype` takes it.

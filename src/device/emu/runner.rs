@@ -45,7 +45,8 @@ pub fn compiler() -> Option<String> {
     works.then_some(cxx)
 }
 
-fn in_ci() -> bool {
+/// Whether this runs in CI, where the emulator must run, with its checks.
+pub(super) fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
