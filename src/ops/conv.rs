@@ -69,36 +69,129 @@ impl ConvGeom {
     }
 }
 
-/// Unfolds one (C, H, W) image into a (C*kh*kw, Ho*Wo) matrix of receptive fields.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col<T: Element>(
-    x: &[T],
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-    col: &mut [T],
-) {
-    for ci in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = (ci * kh + ky) * kw + kx;
-                let dst = &mut col[row * ho * wo..(row + 1) * ho * wo];
-                for oy in 0..ho {
-                    let iy = (oy * stride + ky) as isize - pad as isize;
-                    let line = &mut dst[oy * wo..(oy + 1) * wo];
+/// Output pixels lowered at a time. The GEMMs of a U-Net's wide layers (32 or 64 channels at
+/// 128 x 128 and up) ran at a fifth of the speed of the deep ones when whole images were
+/// lowered: the unfolded matrix no longer fits in cache and its power-of-two row stride maps
+/// every row of a packed panel to the same cache sets. Blocks of about this many pixels (whole
+/// output rows), rows padded by [`LOWERED_ROW_PAD`], run them as fast as the deep layers
+/// (docs/PERFORMANCE.md).
+const LOWERED_PIXELS: usize = 512;
+/// Elements added to each row of a lowered block, so that its row stride is no power of two.
+const LOWERED_ROW_PAD: usize = 16;
+/// Lowered blocks whose weight-gradient partials one task sums: a fixed number, so that the
+/// summation order, and so the result, does not depend on the number of threads.
+const BLOCKS_PER_PARTIAL: usize = 8;
+
+/// How one image's output rows are cut into lowered blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lowering {
+    /// Output rows per block (the last block may have fewer).
+    rows: usize,
+    blocks: usize,
+    /// Whole images per block of the weight gradient: more than one when an image has at most
+    /// half a block of pixels, so that the GEMM's reduction is long enough to pay for reading
+    /// and writing the c_out x depth gradient (the deepest U-Net layers: 8 x 8 pixels against a
+    /// 512 x 4608 gradient).
+    images: usize,
+    /// Rows of the lowered matrix: c_in * kh * kw.
+    depth: usize,
+    /// Row stride of a lowered block.
+    ld: usize,
+}
+
+impl Lowering {
+    fn of(g: &ConvGeom) -> Lowering {
+        let (ho, wo) = (g.h_out(), g.w_out());
+        let rows = (LOWERED_PIXELS / wo).clamp(1, ho.max(1));
+        let images = (LOWERED_PIXELS / (ho * wo)).clamp(1, g.n.max(1));
+        Lowering {
+            rows,
+            blocks: ho.div_ceil(rows),
+            images,
+            depth: g.c_in * g.kh * g.kw,
+            ld: (rows * wo).max(images * ho * wo) + LOWERED_ROW_PAD,
+        }
+    }
+
+    /// The weight gradient's blocks, in order: whole groups of `images` images, or blocks of
+    /// rows of one image.
+    fn weight_units(&self, g: &ConvGeom) -> Vec<WeightUnit> {
+        let ho = g.h_out();
+        if self.images > 1 {
+            return (0..g.n)
+                .step_by(self.images)
+                .map(|first| WeightUnit {
+                    first,
+                    images: self.images.min(g.n - first),
+                    rows: (0, ho),
+                })
+                .collect();
+        }
+        (0..g.n)
+            .flat_map(|i| {
+                (0..self.blocks).map(move |b| WeightUnit {
+                    first: i,
+                    images: 1,
+                    rows: self.rows_of(b, ho),
+                })
+            })
+            .collect()
+    }
+
+    /// Output rows `[oy0, oy1)` of block `b`.
+    fn rows_of(&self, b: usize, ho: usize) -> (usize, usize) {
+        (b * self.rows, ((b + 1) * self.rows).min(ho))
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.depth * self.ld
+    }
+}
+
+/// One lowered block of the weight gradient: output rows `rows` of `images` consecutive images
+/// from `first` (all rows when there are several).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WeightUnit {
+    first: usize,
+    images: usize,
+    rows: (usize, usize),
+}
+
+/// The columns `[lo, hi)` of a stride-1 output row that read inside an input row of width `w`
+/// at kernel column `kx` (the others read padding).
+fn inside_columns(w: usize, wo: usize, kx: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(kx).min(wo);
+    let hi = (w + pad).saturating_sub(kx).min(wo).max(lo);
+    (lo, hi)
+}
+
+/// Unfolds output rows `[oy0, oy1)` of one (C, H, W) image into the (C*kh*kw) x ((oy1 - oy0) *
+/// Wo) matrix of their receptive fields, rows `ld` apart.
+fn im2col_rows<T: Element>(x: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), col: &mut [T], ld: usize) {
+    let (h, w, wo) = (g.h, g.w, g.w_out());
+    for ci in 0..g.c_in {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (ci * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[row * ld..row * ld + (oy1 - oy0) * wo];
+                for (oy, line) in (oy0..oy1).zip(dst.chunks_exact_mut(wo)) {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= h as isize {
                         line.fill(T::zero());
                         continue;
                     }
                     let src = &x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
+                    if g.stride == 1 {
+                        let (lo, hi) = inside_columns(w, wo, kx, g.pad);
+                        line[..lo].fill(T::zero());
+                        if lo < hi {
+                            line[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
+                        }
+                        line[hi..].fill(T::zero());
+                        continue;
+                    }
                     for (ox, v) in line.iter_mut().enumerate() {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         *v = if ix < 0 || ix >= w as isize {
                             T::zero()
                         } else {
@@ -111,36 +204,33 @@ pub(crate) fn im2col<T: Element>(
     }
 }
 
-/// The adjoint of `im2col`: adds each column entry back into the (C, H, W) image.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn col2im<T: Element>(
-    col: &[T],
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-    x: &mut [T],
-) {
-    for ci in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = (ci * kh + ky) * kw + kx;
-                let src = &col[row * ho * wo..(row + 1) * ho * wo];
-                for oy in 0..ho {
-                    let iy = (oy * stride + ky) as isize - pad as isize;
+/// The adjoint of [`im2col_rows`]: adds each entry of the lowered block back into the (C, H, W)
+/// image.
+fn col2im_rows<T: Element>(col: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), ld: usize, x: &mut [T]) {
+    let (h, w, wo) = (g.h, g.w, g.w_out());
+    for ci in 0..g.c_in {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (ci * g.kh + ky) * g.kw + kx;
+                let src = &col[row * ld..row * ld + (oy1 - oy0) * wo];
+                for (oy, line) in (oy0..oy1).zip(src.chunks_exact(wo)) {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     let dst = &mut x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    for ox in 0..wo {
-                        let ix = (ox * stride + kx) as isize - pad as isize;
+                    if g.stride == 1 {
+                        let (lo, hi) = inside_columns(w, wo, kx, g.pad);
+                        if lo < hi {
+                            let dst = &mut dst[lo + kx - g.pad..hi + kx - g.pad];
+                            dst.iter_mut().zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
+                        }
+                        continue;
+                    }
+                    for (ox, v) in line.iter().enumerate() {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         if ix >= 0 && ix < w as isize {
-                            dst[ix as usize] += src[oy * wo + ox];
+                            dst[ix as usize] += *v;
                         }
                     }
                 }
@@ -149,60 +239,108 @@ pub(crate) fn col2im<T: Element>(
     }
 }
 
+/// Image `i` of a batch of `c`-channel images of `len` pixels a channel.
+fn image<T>(t: &[T], i: usize, c: usize, len: usize) -> &[T] {
+    &t[i * c * len..(i + 1) * c * len]
+}
+
 /// Whether per-sample work should run in parallel (else the GEMM inside parallelises).
 fn per_sample_parallel(n: usize) -> bool {
     n >= rayon::current_num_threads()
 }
 
+/// A pointer that tasks on several threads write through, each to elements no other touches.
+#[derive(Clone, Copy)]
+struct DisjointWrites<T>(*mut T);
+// SAFETY: only used for writes that the caller partitions between tasks (see its uses).
+unsafe impl<T: Send> Send for DisjointWrites<T> {}
+unsafe impl<T: Send> Sync for DisjointWrites<T> {}
+
 pub mod cpu {
     use super::*;
+    use crate::ops::gemm::{RowStrides, gemm_strided, gemm_to_ptr};
 
+    /// Every (image, block) pair is one task: their outputs are disjoint column ranges of the
+    /// image's (c_out, Ho*Wo) matrix, and each output element is one GEMM dot product, so the
+    /// result does not depend on the schedule.
     pub fn forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
         let (ho, wo) = (g.h_out(), g.w_out());
-        let (k, hw) = (g.c_in * g.kh * g.kw, ho * wo);
+        let hw = ho * wo;
         let mut y = vec![T::zero(); g.n * g.c_out * hw];
-        let outer = per_sample_parallel(g.n);
-        let run = |(i, yi): (usize, &mut [T])| {
-            let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
-            if g.is_pointwise() {
-                gemm_into(g.c_out, hw, k, w, false, xi, false, yi, false, !outer);
+        if g.is_pointwise() {
+            let outer = per_sample_parallel(g.n);
+            let run = |(i, yi): (usize, &mut [T])| {
+                let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
+                gemm_into(g.c_out, hw, g.c_in, w, false, xi, false, yi, false, !outer);
+            };
+            if outer {
+                y.par_chunks_mut(g.c_out * hw).enumerate().for_each(run);
             } else {
-                T::with_scratch(k * hw, |col| {
-                    im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, col);
-                    gemm_into(g.c_out, hw, k, w, false, col, false, yi, false, !outer);
-                });
+                y.chunks_mut(g.c_out * hw).enumerate().for_each(run);
             }
-            if let Some(b) = b {
-                for (co, plane) in yi.chunks_mut(hw).enumerate() {
-                    plane.iter_mut().for_each(|v| *v += b[co]);
-                }
-            }
-        };
-        if outer {
-            y.par_chunks_mut(g.c_out * hw).enumerate().for_each(run);
         } else {
-            y.chunks_mut(g.c_out * hw).enumerate().for_each(run);
+            let low = Lowering::of(g);
+            let out = DisjointWrites(y.as_mut_ptr());
+            (0..g.n * low.blocks).into_par_iter().for_each(|task| {
+                let (i, blk) = (task / low.blocks, task % low.blocks);
+                let rows = low.rows_of(blk, ho);
+                let cols = (rows.1 - rows.0) * wo;
+                let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
+                T::with_scratch(low.scratch_len(), |col| {
+                    im2col_rows(xi, g, rows, col, low.ld);
+                    let ld = RowStrides {
+                        a: low.depth,
+                        b: low.ld,
+                        c: hw,
+                    };
+                    let c = out;
+                    // SAFETY: this task alone writes columns [rows.0 * wo, + cols) of image i's
+                    // c_out x hw output, which lies inside `y` (still alive) and is no input.
+                    unsafe {
+                        let at = c.0.add(i * g.c_out * hw + rows.0 * wo);
+                        gemm_to_ptr(g.c_out, cols, low.depth, w, false, col, false, at, ld, false, false);
+                    }
+                });
+            });
+        }
+        if let Some(b) = b {
+            y.par_chunks_mut(hw).enumerate().for_each(|(plane, v)| {
+                let bias = b[plane % g.c_out];
+                v.iter_mut().for_each(|v| *v += bias);
+            });
         }
         y
     }
 
-    /// dL/dx from dL/dy.
+    /// dL/dx from dL/dy. A block's receptive fields overlap its neighbours', so the blocks of an
+    /// image run in order; images run in parallel when there are enough of them.
     pub fn backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         let (ho, wo) = (g.h_out(), g.w_out());
-        let (k, hw) = (g.c_in * g.kh * g.kw, ho * wo);
+        let hw = ho * wo;
         let plane = g.c_in * g.h * g.w;
         let mut dx = vec![T::zero(); g.n * plane];
         let outer = per_sample_parallel(g.n);
+        let low = Lowering::of(g);
         let run = |(i, dxi): (usize, &mut [T])| {
             let dyi = &dy[i * g.c_out * hw..(i + 1) * g.c_out * hw];
             if g.is_pointwise() {
-                gemm_into(k, hw, g.c_out, w, true, dyi, false, dxi, false, !outer);
-            } else {
-                T::with_scratch(k * hw, |col| {
-                    gemm_into(k, hw, g.c_out, w, true, dyi, false, col, false, !outer);
-                    col2im(col, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, dxi);
-                });
+                gemm_into(low.depth, hw, g.c_out, w, true, dyi, false, dxi, false, !outer);
+                return;
             }
+            T::with_scratch(low.scratch_len(), |col| {
+                for blk in 0..low.blocks {
+                    let rows = low.rows_of(blk, ho);
+                    let cols = (rows.1 - rows.0) * wo;
+                    let ld = RowStrides {
+                        a: low.depth,
+                        b: hw,
+                        c: low.ld,
+                    };
+                    let dy_block = &dyi[rows.0 * wo..];
+                    gemm_strided(low.depth, cols, g.c_out, w, true, dy_block, false, col, ld, false, !outer);
+                    col2im_rows(col, g, rows, low.ld, dxi);
+                }
+            });
         };
         if outer {
             dx.par_chunks_mut(plane).enumerate().for_each(run);
@@ -212,32 +350,70 @@ pub mod cpu {
         dx
     }
 
-    /// dL/dw (OIHW) and dL/db from dL/dy.
+    /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of [`BLOCKS_PER_PARTIAL`]
+    /// lowered blocks in order; the partials are then added in order, so CPU training is
+    /// bitwise reproducible (and resumable) on any number of threads.
     pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
         let (ho, wo) = (g.h_out(), g.w_out());
-        let (k, hw) = (g.c_in * g.kh * g.kw, ho * wo);
-        let per_sample = |i: usize, parallel_gemm: bool| -> Vec<T> {
-            let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
-            let dyi = &dy[i * g.c_out * hw..(i + 1) * g.c_out * hw];
-            let mut dw = vec![T::zero(); g.c_out * k];
+        let hw = ho * wo;
+        let low = Lowering::of(g);
+        let partial = |units: &[WeightUnit], parallel_gemm: bool| -> Vec<T> {
+            let mut dw = vec![T::zero(); g.c_out * low.depth];
             if g.is_pointwise() {
-                gemm_into(g.c_out, k, hw, dyi, false, xi, true, &mut dw, false, parallel_gemm);
-            } else {
-                T::with_scratch(k * hw, |col| {
-                    im2col(xi, g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.pad, ho, wo, col);
-                    gemm_into(g.c_out, k, hw, dyi, false, col, true, &mut dw, false, parallel_gemm);
-                });
+                let i = units[0].first;
+                let (xi, dyi) = (image(x, i, g.c_in, g.h * g.w), image(dy, i, g.c_out, hw));
+                gemm_into(g.c_out, low.depth, hw, dyi, false, xi, true, &mut dw, false, parallel_gemm);
+                return dw;
             }
+            // Several images' dy side by side (their planes are c_out * hw apart, not hw).
+            let mut dy_group = vec![T::zero(); if low.images > 1 { g.c_out * low.ld } else { 0 }];
+            T::with_scratch(low.scratch_len(), |col| {
+                for (u, unit) in units.iter().enumerate() {
+                    let cols = unit.images * (unit.rows.1 - unit.rows.0) * wo;
+                    for j in 0..unit.images {
+                        let xi = image(x, unit.first + j, g.c_in, g.h * g.w);
+                        im2col_rows(xi, g, unit.rows, &mut col[j * hw..], low.ld);
+                    }
+                    let (dy_block, ld_dy) = if unit.images == 1 {
+                        (&image(dy, unit.first, g.c_out, hw)[unit.rows.0 * wo..], hw)
+                    } else {
+                        for co in 0..g.c_out {
+                            for j in 0..unit.images {
+                                let plane = &dy[((unit.first + j) * g.c_out + co) * hw..][..hw];
+                                dy_group[co * low.ld + j * hw..][..hw].copy_from_slice(plane);
+                            }
+                        }
+                        (&dy_group[..], low.ld)
+                    };
+                    let ld = RowStrides {
+                        a: ld_dy,
+                        b: low.ld,
+                        c: low.depth,
+                    };
+                    gemm_strided(g.c_out, low.depth, cols, dy_block, false, col, true, &mut dw, ld, u > 0, parallel_gemm);
+                }
+            });
             dw
         };
-        // Per-sample partials summed in sample order: the result does not depend on how rayon
-        // schedules the work, so CPU training is bitwise reproducible (and resumable).
-        let partials: Vec<Vec<T>> = if per_sample_parallel(g.n) {
-            (0..g.n).into_par_iter().map(|i| per_sample(i, false)).collect()
+        let units = if g.is_pointwise() {
+            (0..g.n)
+                .map(|first| WeightUnit {
+                    first,
+                    images: 1,
+                    rows: (0, ho),
+                })
+                .collect()
         } else {
-            (0..g.n).map(|i| per_sample(i, true)).collect()
+            low.weight_units(g)
         };
-        let mut dw = vec![T::zero(); g.c_out * k];
+        let runs: Vec<&[WeightUnit]> =
+            units.chunks(if g.is_pointwise() { 1 } else { BLOCKS_PER_PARTIAL }).collect();
+        let partials: Vec<Vec<T>> = if runs.len() >= rayon::current_num_threads() {
+            runs.par_iter().map(|run| partial(run, false)).collect()
+        } else {
+            runs.iter().map(|run| partial(run, true)).collect()
+        };
+        let mut dw = vec![T::zero(); g.c_out * low.depth];
         for part in &partials {
             dw.iter_mut().zip(part).for_each(|(x, y)| *x += *y);
         }
@@ -357,5 +533,148 @@ impl Tape {
             }
             Ok(grads)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Calls `f(y index, x index, w index)` for every product of the convolution's definition:
+    /// y[i][co][oy][ox] = b[co] + sum over (ci, ky, kx) of x[i][ci][oy*s + ky - pad][ox*s + kx
+    /// - pad] w[co][ci][ky][kx], padding reading zero.
+    fn for_each_product(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
+        let (ho, wo) = (g.h_out(), g.w_out());
+        for i in 0..g.n {
+            for co in 0..g.c_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for ci in 0..g.c_in {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    f(
+                                        ((i * g.c_out + co) * ho + oy) * wo + ox,
+                                        ((i * g.c_in + ci) * g.h + iy as usize) * g.w + ix as usize,
+                                        ((co * g.c_in + ci) * g.kh + ky) * g.kw + kx,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
+        (0..len).map(|_| rng.range(-1.0, 1.0)).collect()
+    }
+
+    fn assert_near(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+        // Both sides sum the same products in f64, in different orders: at most a few ulps of
+        // the sum of |terms| (< 600 terms of magnitude < 1 here), far below 1e-12.
+        let (i, err) = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .enumerate()
+            .fold((0, 0.0), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+        assert!(err <= 1e-12, "{what}: element {i} got {} want {} (error {err:e})", got[i], want[i]);
+    }
+
+    /// Shapes whose output rows span several lowered blocks (with a short last one), rows
+    /// wider than a block, strides, paddings larger than the kernel reaches, and 1x1 kernels
+    /// that are not pointwise.
+    fn geometries() -> Vec<ConvGeom> {
+        let g = |n, c_in, h, w, c_out, kh, kw, stride, pad| ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+        };
+        vec![
+            g(3, 2, 41, 37, 3, 3, 3, 1, 1),  // 13 rows a block, 4 blocks, the last of 2 rows
+            g(1, 2, 5, 600, 2, 3, 3, 1, 1),  // a row wider than a block: one row a block
+            g(2, 3, 30, 30, 2, 2, 2, 2, 0),  // the U-Net's downsampling shape, strided
+            g(2, 2, 23, 19, 3, 3, 3, 2, 1),  // stride 2 with padding, odd sizes
+            g(1, 2, 9, 11, 2, 5, 3, 1, 2),   // non-square kernel
+            g(2, 1, 7, 6, 2, 3, 3, 1, 3),    // padding wider than the kernel reaches
+            g(2, 3, 12, 10, 2, 1, 1, 2, 0),  // 1x1 strided: lowered, not pointwise
+            g(2, 3, 31, 33, 4, 1, 1, 1, 0),  // pointwise
+            g(18, 2, 20, 26, 2, 3, 3, 1, 1), // more images than threads, 20 rows a block
+            g(2, 2, 100, 60, 2, 3, 3, 1, 1), // 13 blocks: two weight-gradient partials an image
+            g(7, 2, 9, 9, 3, 3, 3, 1, 1),    // weight gradient: 6 images a block, then 1
+            g(19, 2, 10, 20, 2, 3, 3, 1, 1), // 2 images a block, 10 blocks: two partials
+        ]
+    }
+
+    #[test]
+    fn lowered_blocks_match_the_definition_in_every_pass() {
+        let mut rng = Rng::new(11);
+        for g in geometries() {
+            let (ho, wo) = (g.h_out(), g.w_out());
+            let x = random(&mut rng, g.n * g.c_in * g.h * g.w);
+            let w = random(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
+            let b = random(&mut rng, g.c_out);
+            let dy = random(&mut rng, g.n * g.c_out * ho * wo);
+            let low = Lowering::of(&g);
+            let name = format!("{g:?} ({} blocks of {} rows, {} images a weight block)", low.blocks, low.rows, low.images);
+
+            // Forward, and the two backward passes as the adjoints of the same products.
+            let mut want_y: Vec<f64> = (0..dy.len()).map(|j| b[(j / (ho * wo)) % g.c_out]).collect();
+            let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+            for_each_product(&g, |yi, xi, wi| {
+                want_y[yi] += x[xi] * w[wi];
+                want_dx[xi] += dy[yi] * w[wi];
+                want_dw[wi] += dy[yi] * x[xi];
+            });
+            let want_db: Vec<f64> = (0..g.c_out)
+                .map(|co| (0..g.n).flat_map(|i| &dy[(i * g.c_out + co) * ho * wo..][..ho * wo]).sum())
+                .collect();
+            assert_near(&format!("forward {name}"), &cpu::forward(&g, &x, &w, Some(&b)), &want_y);
+            assert_near(&format!("backward-data {name}"), &cpu::backward_data(&g, &dy, &w), &want_dx);
+            let (dw, db) = cpu::backward_weight(&g, &x, &dy);
+            assert_near(&format!("backward-weight {name}"), &dw, &want_dw);
+            assert_near(&format!("bias gradient {name}"), &db, &want_db);
+        }
+    }
+
+    #[test]
+    fn blocks_cover_the_output_rows_once() {
+        for (ho, wo) in [(1, 1), (7, 600), (41, 37), (128, 128), (256, 256), (5, 512), (3, 513)] {
+            let g = ConvGeom {
+                n: 1,
+                c_in: 3,
+                h: ho,
+                w: wo,
+                c_out: 1,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let low = Lowering::of(&g);
+            let mut next = 0;
+            for b in 0..low.blocks {
+                let (oy0, oy1) = low.rows_of(b, ho);
+                assert_eq!(oy0, next, "{ho}x{wo}: block {b} starts at row {oy0}");
+                assert!(oy1 > oy0 && (oy1 - oy0) * wo <= LOWERED_PIXELS.max(wo), "{ho}x{wo}: block {b}");
+                next = oy1;
+            }
+            assert_eq!(next, ho, "{ho}x{wo}: blocks end at row {next}");
+            assert!(!low.ld.is_power_of_two(), "{ho}x{wo}: row stride {} is a power of two", low.ld);
+        }
     }
 }

@@ -23,35 +23,109 @@ pub fn gemm_into<T: Element>(
     accumulate: bool,
     parallel: bool,
 ) {
+    let rows = RowStrides {
+        a: if trans_a { m } else { k },
+        b: if trans_b { k } else { n },
+        c: n,
+    };
+    gemm_strided(m, n, k, a, trans_a, b, trans_b, c, rows, accumulate, parallel);
+}
+
+/// Row strides (leading dimensions, in elements) of the three row-major matrices of a GEMM as
+/// they are stored, so that a product can read and write blocks of larger matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowStrides {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+/// Elements a row-major `rows x cols` matrix with rows `ld` apart spans (0 when empty).
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+/// [`gemm_into`] on blocks of larger matrices: rows of `a`, `b` and `c` are `ld.a`, `ld.b` and
+/// `ld.c` elements apart.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    trans_a: bool,
+    b: &[T],
+    trans_b: bool,
+    c: &mut [T],
+    ld: RowStrides,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(ld.c >= n && c.len() >= span(m, n, ld.c), "gemm: c too short for its rows");
+    // SAFETY: `c` is exclusively borrowed and bounds the m x n matrix at `ld.c` (asserted).
+    unsafe { gemm_to_ptr(m, n, k, a, trans_a, b, trans_b, c.as_mut_ptr(), ld, accumulate, parallel) }
+}
+
+/// [`gemm_strided`] writing through a pointer, for callers that fill disjoint blocks of one
+/// output from several threads.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of the m x n matrix with rows `ld.c` apart, must not
+/// overlap `a` or `b`, and no other thread may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_to_ptr<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    trans_a: bool,
+    b: &[T],
+    trans_b: bool,
+    c: *mut T,
+    ld: RowStrides,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "gemm_into: slices too short"
+        ld.a >= a_cols && a.len() >= span(a_rows, a_cols, ld.a),
+        "gemm: a too short for its rows"
     );
+    assert!(
+        ld.b >= b_cols && b.len() >= span(b_rows, b_cols, ld.b),
+        "gemm: b too short for its rows"
+    );
+    assert!(ld.c >= n, "gemm: c rows overlap");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(T::zero());
+            for r in 0..m {
+                // SAFETY: row r of the m x n block at ld.c, valid by the caller's contract.
+                unsafe { std::slice::from_raw_parts_mut(c.add(r * ld.c), n) }.fill(T::zero());
+            }
         }
         return;
     }
-    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    let (a_rs, a_cs) = if trans_a { (1, ld.a as isize) } else { (ld.a as isize, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, ld.b as isize) } else { (ld.b as isize, 1) };
     let par = if parallel && m * n * k >= 1 << 15 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
     };
-    // SAFETY: the asserts above bound every index the strides reach; `c` does not alias `a`/`b`.
+    // SAFETY: the asserts above bound every index the strides reach in `a` and `b`; `c` is
+    // valid, unaliased and unshared by the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            ld.c as isize,
             accumulate,
             a.as_ptr(),
             a_cs,
