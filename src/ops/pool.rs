@@ -1,6 +1,7 @@
 //! 2x2 max pooling (stride 2, floor on odd sizes as torch) and global average pooling.
 
 use num_traits::Zero;
+use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
 use crate::device::cuda::CudaStorage;
@@ -43,24 +44,28 @@ pub fn max_pool2x2(x: &Tensor) -> Result<(Tensor, PoolArgmax)> {
     let (ho, wo) = (h / 2, w / 2);
     with_cpu_dtype!("max_pool2d", [x], T => {
         let xs = x.as_slice::<T>()?;
-        let mut y = Vec::with_capacity(n * c * ho * wo);
-        let mut arg = Vec::with_capacity(n * c * ho * wo);
-        for p in 0..n * c {
+        let mut y = vec![T::zero(); n * c * ho * wo];
+        let mut arg = vec![0u32; n * c * ho * wo];
+        // One plane per task: every output element reads its own window only.
+        let planes = y.par_chunks_mut(ho * wo).zip(arg.par_chunks_mut(ho * wo));
+        planes.enumerate().for_each(|(p, (y, arg))| {
+            let plane = &xs[p * h * w..(p + 1) * h * w];
             for oy in 0..ho {
+                let rows = [&plane[2 * oy * w..][..2 * wo], &plane[(2 * oy + 1) * w..][..2 * wo]];
                 for ox in 0..wo {
-                    let mut best = p * h * w + 2 * oy * w + 2 * ox;
+                    let (mut best, mut at) = (rows[0][2 * ox], 2 * oy * w + 2 * ox);
                     for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                        let i = p * h * w + (2 * oy + dy) * w + 2 * ox + dx;
+                        let v = rows[dy][2 * ox + dx];
                         // Strict comparison keeps the first maximum in raster order; NaN propagates.
-                        if xs[i] > xs[best] || xs[i].is_nan() {
-                            best = i;
+                        if v > best || v.is_nan() {
+                            (best, at) = (v, (2 * oy + dy) * w + 2 * ox + dx);
                         }
                     }
-                    y.push(xs[best]);
-                    arg.push(best as u32);
+                    y[oy * wo + ox] = best;
+                    arg[oy * wo + ox] = (p * h * w + at) as u32;
                 }
             }
-        }
+        });
         Ok((Tensor::cpu(vec![n, c, ho, wo], y), PoolArgmax::Host(arg)))
     })
 }
