@@ -157,12 +157,18 @@ struct WeightUnit {
     rows: (usize, usize),
 }
 
-/// The columns `[lo, hi)` of a stride-1 output row that read inside an input row of width `w`
-/// at kernel column `kx` (the others read padding).
-fn inside_columns(w: usize, wo: usize, kx: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(kx).min(wo);
-    let hi = (w + pad).saturating_sub(kx).min(wo).max(lo);
+/// The columns `[lo, hi)` of an output row that read inside an input row at kernel column `kx`
+/// (the others read padding): those with 0 <= ox * stride + kx - pad < w.
+fn inside_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
+    let wo = g.w_out();
+    let lo = pad_columns(g.pad.saturating_sub(kx), g.stride).min(wo);
+    let hi = pad_columns((g.w + g.pad).saturating_sub(kx), g.stride).min(wo).max(lo);
     (lo, hi)
+}
+
+/// The number of output columns ox >= 0 with ox * stride < `limit`.
+fn pad_columns(limit: usize, stride: usize) -> usize {
+    limit.div_ceil(stride)
 }
 
 /// Unfolds output rows `[oy0, oy1)` of one (C, H, W) image into the (C*kh*kw) x ((oy1 - oy0) *
@@ -181,22 +187,18 @@ fn im2col_rows<T: Element>(x: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), co
                         continue;
                     }
                     let src = &x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    if g.stride == 1 {
-                        let (lo, hi) = inside_columns(w, wo, kx, g.pad);
-                        line[..lo].fill(T::zero());
-                        if lo < hi {
-                            line[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
-                        }
-                        line[hi..].fill(T::zero());
+                    let (lo, hi) = inside_columns(g, kx);
+                    line[..lo].fill(T::zero());
+                    line[hi..].fill(T::zero());
+                    if lo == hi {
                         continue;
                     }
-                    for (ox, v) in line.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        *v = if ix < 0 || ix >= w as isize {
-                            T::zero()
-                        } else {
-                            src[ix as usize]
-                        };
+                    let first = lo * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        line[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        let taps = src[first..].iter().step_by(g.stride);
+                        line[lo..hi].iter_mut().zip(taps).for_each(|(v, x)| *v = *x);
                     }
                 }
             }
@@ -219,19 +221,17 @@ fn col2im_rows<T: Element>(col: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), 
                         continue;
                     }
                     let dst = &mut x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    if g.stride == 1 {
-                        let (lo, hi) = inside_columns(w, wo, kx, g.pad);
-                        if lo < hi {
-                            let dst = &mut dst[lo + kx - g.pad..hi + kx - g.pad];
-                            dst.iter_mut().zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
-                        }
+                    let (lo, hi) = inside_columns(g, kx);
+                    if lo == hi {
                         continue;
                     }
-                    for (ox, v) in line.iter().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if ix >= 0 && ix < w as isize {
-                            dst[ix as usize] += *v;
-                        }
+                    let first = lo * g.stride + kx - g.pad;
+                    if g.stride == 1 {
+                        let dst = &mut dst[first..first + hi - lo];
+                        dst.iter_mut().zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
+                    } else {
+                        let taps = dst[first..].iter_mut().step_by(g.stride);
+                        taps.zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
                     }
                 }
             }
