@@ -59,6 +59,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    lrc::cli::keep_freed_memory();
     let cli = Cli::parse();
     let result: lrc::Result<()> = match cli.command {
         Command::Demo(args) => lrc::cli::demo::run_args(args),

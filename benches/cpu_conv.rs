@@ -1,0 +1,96 @@
+//! The CPU convolutions of one U-Net training step, layer by layer: every 3x3 convolution of the
+//! default U-Net (base width 32, depth 5) at batch 4, 1 x 128 x 128 (the `cpu_step` bench's
+//! step), each pass timed alone (median of 5 after a warm-up), with GFLOP/s and the step's total.
+//! `RAYON_NUM_THREADS=1 cargo bench --bench cpu_conv` gives the single-thread table of
+//! docs/PERFORMANCE.md.
+
+use std::time::Instant;
+
+use lrc::nn::UNetConfig;
+use lrc::ops::conv::{ConvGeom, cpu};
+
+const BATCH: usize = 4;
+const SIZE: usize = 128;
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[2]
+}
+
+/// (c_in, c_out, size, how many such convolutions the U-Net has).
+fn unet_convs(cfg: &UNetConfig) -> Vec<(usize, usize, usize, usize)> {
+    let widths = cfg.widths();
+    let mut convs = Vec::new();
+    let mut c_in = cfg.in_channels;
+    for (level, &w) in widths.iter().enumerate() {
+        let size = SIZE >> level;
+        let decoder = level + 1 < widths.len();
+        convs.push((c_in, w, size, 1));
+        if decoder {
+            convs.push((2 * w, w, size, 1)); // after the skip concatenation
+        }
+        convs.push((w, w, size, if decoder { 2 } else { 1 }));
+        c_in = w;
+    }
+    convs
+}
+
+fn main() {
+    let cfg = UNetConfig::default();
+    println!(
+        "CPU 3x3 convolutions of one U-Net step (batch {BATCH}, {SIZE} x {SIZE}, base {}, depth {}), {} threads",
+        cfg.base_width,
+        cfg.depth,
+        rayon::current_num_threads()
+    );
+    println!("| c_in -> c_out | size | count | forward ms (GF/s) | backward-data ms (GF/s) | backward-weight ms (GF/s) |");
+    println!("|---|---|---|---|---|---|");
+    let mut total = [0.0; 3];
+    for (c_in, c_out, size, count) in unet_convs(&cfg) {
+        let g = ConvGeom {
+            n: BATCH,
+            c_in,
+            h: size,
+            w: size,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let x: Vec<f32> = (0..BATCH * c_in * size * size).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..c_out * c_in * 9).map(|i| (i % 5) as f32 * 0.1).collect();
+        let dy: Vec<f32> = (0..BATCH * c_out * size * size).map(|i| (i % 3) as f32 * 0.1).collect();
+        let times = [
+            median_ms(|| drop(std::hint::black_box(cpu::forward(&g, &x, &w, None)))),
+            median_ms(|| drop(std::hint::black_box(cpu::backward_data(&g, &dy, &w)))),
+            median_ms(|| drop(std::hint::black_box(cpu::backward_weight(&g, &x, &dy)))),
+        ];
+        let gflop = 2.0 * g.macs() as f64 / 1e9;
+        let cell = |ms: f64| format!("{ms:.1} ({:.0})", gflop / ms * 1e3);
+        println!(
+            "| {c_in} -> {c_out} | {size} | {count} | {} | {} | {} |",
+            cell(times[0]),
+            cell(times[1]),
+            cell(times[2])
+        );
+        for (t, ms) in total.iter_mut().zip(times) {
+            *t += ms * count as f64;
+        }
+    }
+    println!(
+        "per step: forward {:.0} ms, backward-data {:.0} ms, backward-weight {:.0} ms, all {:.0} ms",
+        total[0],
+        total[1],
+        total[2],
+        total.iter().sum::<f64>()
+    );
+}
