@@ -2,7 +2,8 @@
 //! default U-Net (base width 32, depth 5) at batch 4, 1 x 128 x 128 (the `cpu_step` bench's
 //! step), each pass timed alone (median of 5 after a warm-up), with GFLOP/s and the step's total.
 //! `RAYON_NUM_THREADS=1 cargo bench --bench cpu_conv` gives the single-thread table of
-//! docs/PERFORMANCE.md.
+//! docs/PERFORMANCE.md. Run as a test (`cargo test --all-targets`, without `--bench`), it times a
+//! U-Net 16 times smaller, so that CI runs the code without the minutes.
 
 use std::time::Instant;
 
@@ -10,7 +11,6 @@ use lrc::nn::UNetConfig;
 use lrc::ops::conv::{ConvGeom, cpu};
 
 const BATCH: usize = 4;
-const SIZE: usize = 128;
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
     f();
@@ -26,12 +26,12 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 }
 
 /// (c_in, c_out, size, how many such convolutions the U-Net has).
-fn unet_convs(cfg: &UNetConfig) -> Vec<(usize, usize, usize, usize)> {
+fn unet_convs(cfg: &UNetConfig, full_size: usize) -> Vec<(usize, usize, usize, usize)> {
     let widths = cfg.widths();
     let mut convs = Vec::new();
     let mut c_in = cfg.in_channels;
     for (level, &w) in widths.iter().enumerate() {
-        let size = SIZE >> level;
+        let size = full_size >> level;
         let decoder = level + 1 < widths.len();
         convs.push((c_in, w, size, 1));
         if decoder {
@@ -44,9 +44,19 @@ fn unet_convs(cfg: &UNetConfig) -> Vec<(usize, usize, usize, usize)> {
 }
 
 fn main() {
-    let cfg = UNetConfig::default();
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (cfg, size) = if benchmarking {
+        (UNetConfig::default(), 128)
+    } else {
+        let small = UNetConfig {
+            base_width: 8,
+            depth: 3,
+            ..UNetConfig::default()
+        };
+        (small, 32)
+    };
     println!(
-        "CPU 3x3 convolutions of one U-Net step (batch {BATCH}, {SIZE} x {SIZE}, base {}, depth {}), {} threads",
+        "CPU 3x3 convolutions of one U-Net step (batch {BATCH}, {size} x {size}, base {}, depth {}), {} threads",
         cfg.base_width,
         cfg.depth,
         rayon::current_num_threads()
@@ -54,7 +64,7 @@ fn main() {
     println!("| c_in -> c_out | size | count | forward ms (GF/s) | backward-data ms (GF/s) | backward-weight ms (GF/s) |");
     println!("|---|---|---|---|---|---|");
     let mut total = [0.0; 3];
-    for (c_in, c_out, size, count) in unet_convs(&cfg) {
+    for (c_in, c_out, size, count) in unet_convs(&cfg, size) {
         let g = ConvGeom {
             n: BATCH,
             c_in,

@@ -95,8 +95,10 @@ struct Lowering {
     images: usize,
     /// Rows of the lowered matrix: c_in * kh * kw.
     depth: usize,
-    /// Row stride of a lowered block.
+    /// Row stride of a lowered block of rows.
     ld: usize,
+    /// Row stride of a lowered block of the weight gradient (`images` images' pixels).
+    weight_ld: usize,
 }
 
 impl Lowering {
@@ -109,7 +111,8 @@ impl Lowering {
             blocks: ho.div_ceil(rows),
             images,
             depth: g.c_in * g.kh * g.kw,
-            ld: (rows * wo).max(images * ho * wo) + LOWERED_ROW_PAD,
+            ld: rows * wo + LOWERED_ROW_PAD,
+            weight_ld: (rows * wo).max(images * ho * wo) + LOWERED_ROW_PAD,
         }
     }
 
@@ -145,6 +148,10 @@ impl Lowering {
 
     fn scratch_len(&self) -> usize {
         self.depth * self.ld
+    }
+
+    fn weight_scratch_len(&self) -> usize {
+        self.depth * self.weight_ld
     }
 }
 
@@ -366,13 +373,13 @@ pub mod cpu {
                 return dw;
             }
             // Several images' dy side by side (their planes are c_out * hw apart, not hw).
-            let mut dy_group = vec![T::zero(); if low.images > 1 { g.c_out * low.ld } else { 0 }];
-            T::with_scratch(low.scratch_len(), |col| {
+            let mut dy_group = vec![T::zero(); if low.images > 1 { g.c_out * low.weight_ld } else { 0 }];
+            T::with_scratch(low.weight_scratch_len(), |col| {
                 for (u, unit) in units.iter().enumerate() {
                     let cols = unit.images * (unit.rows.1 - unit.rows.0) * wo;
                     for j in 0..unit.images {
                         let xi = image(x, unit.first + j, g.c_in, g.h * g.w);
-                        im2col_rows(xi, g, unit.rows, &mut col[j * hw..], low.ld);
+                        im2col_rows(xi, g, unit.rows, &mut col[j * hw..], low.weight_ld);
                     }
                     let (dy_block, ld_dy) = if unit.images == 1 {
                         (&image(dy, unit.first, g.c_out, hw)[unit.rows.0 * wo..], hw)
@@ -380,14 +387,14 @@ pub mod cpu {
                         for co in 0..g.c_out {
                             for j in 0..unit.images {
                                 let plane = &dy[((unit.first + j) * g.c_out + co) * hw..][..hw];
-                                dy_group[co * low.ld + j * hw..][..hw].copy_from_slice(plane);
+                                dy_group[co * low.weight_ld + j * hw..][..hw].copy_from_slice(plane);
                             }
                         }
-                        (&dy_group[..], low.ld)
+                        (&dy_group[..], low.weight_ld)
                     };
                     let ld = RowStrides {
                         a: ld_dy,
-                        b: low.ld,
+                        b: low.weight_ld,
                         c: low.depth,
                     };
                     gemm_strided(g.c_out, low.depth, cols, dy_block, false, col, true, &mut dw, ld, u > 0, parallel_gemm);
@@ -674,7 +681,9 @@ mod tests {
                 next = oy1;
             }
             assert_eq!(next, ho, "{ho}x{wo}: blocks end at row {next}");
-            assert!(!low.ld.is_power_of_two(), "{ho}x{wo}: row stride {} is a power of two", low.ld);
+            for ld in [low.ld, low.weight_ld] {
+                assert!(!ld.is_power_of_two(), "{ho}x{wo}: row stride {ld} is a power of two");
+            }
         }
     }
 }
