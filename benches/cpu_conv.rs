@@ -61,7 +61,9 @@ fn main() {
         cfg.depth,
         rayon::current_num_threads()
     );
-    println!("| c_in -> c_out | size | count | forward ms (GF/s) | backward-data ms (GF/s) | backward-weight ms (GF/s) |");
+    println!(
+        "| c_in -> c_out | size | count | forward ms (GF/s) | backward-data ms (GF/s) | backward-weight ms (GF/s) |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut total = [0.0; 3];
     for (c_in, c_out, size, count) in unet_convs(&cfg, size) {

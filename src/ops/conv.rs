@@ -344,7 +344,9 @@ pub mod cpu {
                         c: low.ld,
                     };
                     let dy_block = &dyi[rows.0 * wo..];
-                    gemm_strided(low.depth, cols, g.c_out, w, true, dy_block, false, col, ld, false, !outer);
+                    gemm_strided(
+                        low.depth, cols, g.c_out, w, true, dy_block, false, col, ld, false, !outer,
+                    );
                     col2im_rows(col, g, rows, low.ld, dxi);
                 }
             });
@@ -369,7 +371,18 @@ pub mod cpu {
             if g.is_pointwise() {
                 let i = units[0].first;
                 let (xi, dyi) = (image(x, i, g.c_in, g.h * g.w), image(dy, i, g.c_out, hw));
-                gemm_into(g.c_out, low.depth, hw, dyi, false, xi, true, &mut dw, false, parallel_gemm);
+                gemm_into(
+                    g.c_out,
+                    low.depth,
+                    hw,
+                    dyi,
+                    false,
+                    xi,
+                    true,
+                    &mut dw,
+                    false,
+                    parallel_gemm,
+                );
                 return dw;
             }
             // Several images' dy side by side (their planes are c_out * hw apart, not hw).
@@ -397,7 +410,19 @@ pub mod cpu {
                         b: low.weight_ld,
                         c: low.depth,
                     };
-                    gemm_strided(g.c_out, low.depth, cols, dy_block, false, col, true, &mut dw, ld, u > 0, parallel_gemm);
+                    gemm_strided(
+                        g.c_out,
+                        low.depth,
+                        cols,
+                        dy_block,
+                        false,
+                        col,
+                        true,
+                        &mut dw,
+                        ld,
+                        u > 0,
+                        parallel_gemm,
+                    );
                 }
             });
             dw
@@ -413,8 +438,9 @@ pub mod cpu {
         } else {
             low.weight_units(g)
         };
-        let runs: Vec<&[WeightUnit]> =
-            units.chunks(if g.is_pointwise() { 1 } else { BLOCKS_PER_PARTIAL }).collect();
+        let runs: Vec<&[WeightUnit]> = units
+            .chunks(if g.is_pointwise() { 1 } else { BLOCKS_PER_PARTIAL })
+            .collect();
         let partials: Vec<Vec<T>> = if runs.len() >= rayon::current_num_threads() {
             runs.par_iter().map(|run| partial(run, false)).collect()
         } else {
@@ -593,7 +619,12 @@ mod tests {
             .map(|(g, w)| (g - w).abs())
             .enumerate()
             .fold((0, 0.0), |best, (i, e)| if e > best.1 { (i, e) } else { best });
-        assert!(err <= 1e-12, "{what}: element {i} got {} want {} (error {err:e})", got[i], want[i]);
+        assert!(
+            err <= 1e-12,
+            "{what}: element {i} got {} want {} (error {err:e})",
+            got[i],
+            want[i]
+        );
     }
 
     /// Shapes whose output rows span several lowered blocks (with a short last one), rows
@@ -637,7 +668,10 @@ mod tests {
             let b = random(&mut rng, g.c_out);
             let dy = random(&mut rng, g.n * g.c_out * ho * wo);
             let low = Lowering::of(&g);
-            let name = format!("{g:?} ({} blocks of {} rows, {} images a weight block)", low.blocks, low.rows, low.images);
+            let name = format!(
+                "{g:?} ({} blocks of {} rows, {} images a weight block)",
+                low.blocks, low.rows, low.images
+            );
 
             // Forward, and the two backward passes as the adjoints of the same products.
             let mut want_y: Vec<f64> = (0..dy.len()).map(|j| b[(j / (ho * wo)) % g.c_out]).collect();
@@ -648,10 +682,18 @@ mod tests {
                 want_dw[wi] += dy[yi] * x[xi];
             });
             let want_db: Vec<f64> = (0..g.c_out)
-                .map(|co| (0..g.n).flat_map(|i| &dy[(i * g.c_out + co) * ho * wo..][..ho * wo]).sum())
+                .map(|co| {
+                    (0..g.n)
+                        .flat_map(|i| &dy[(i * g.c_out + co) * ho * wo..][..ho * wo])
+                        .sum()
+                })
                 .collect();
             assert_near(&format!("forward {name}"), &cpu::forward(&g, &x, &w, Some(&b)), &want_y);
-            assert_near(&format!("backward-data {name}"), &cpu::backward_data(&g, &dy, &w), &want_dx);
+            assert_near(
+                &format!("backward-data {name}"),
+                &cpu::backward_data(&g, &dy, &w),
+                &want_dx,
+            );
             let (dw, db) = cpu::backward_weight(&g, &x, &dy);
             assert_near(&format!("backward-weight {name}"), &dw, &want_dw);
             assert_near(&format!("bias gradient {name}"), &db, &want_db);
@@ -677,7 +719,10 @@ mod tests {
             for b in 0..low.blocks {
                 let (oy0, oy1) = low.rows_of(b, ho);
                 assert_eq!(oy0, next, "{ho}x{wo}: block {b} starts at row {oy0}");
-                assert!(oy1 > oy0 && (oy1 - oy0) * wo <= LOWERED_PIXELS.max(wo), "{ho}x{wo}: block {b}");
+                assert!(
+                    oy1 > oy0 && (oy1 - oy0) * wo <= LOWERED_PIXELS.max(wo),
+                    "{ho}x{wo}: block {b}"
+                );
                 next = oy1;
             }
             assert_eq!(next, ho, "{ho}x{wo}: blocks end at row {next}");

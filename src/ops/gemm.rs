@@ -42,7 +42,11 @@ pub struct RowStrides {
 
 /// Elements a row-major `rows x cols` matrix with rows `ld` apart spans (0 when empty).
 fn span(rows: usize, cols: usize, ld: usize) -> usize {
-    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols }
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
 }
 
 /// [`gemm_into`] on blocks of larger matrices: rows of `a`, `b` and `c` are `ld.a`, `ld.b` and
@@ -61,9 +65,26 @@ pub fn gemm_strided<T: Element>(
     accumulate: bool,
     parallel: bool,
 ) {
-    assert!(ld.c >= n && c.len() >= span(m, n, ld.c), "gemm: c too short for its rows");
+    assert!(
+        ld.c >= n && c.len() >= span(m, n, ld.c),
+        "gemm: c too short for its rows"
+    );
     // SAFETY: `c` is exclusively borrowed and bounds the m x n matrix at `ld.c` (asserted).
-    unsafe { gemm_to_ptr(m, n, k, a, trans_a, b, trans_b, c.as_mut_ptr(), ld, accumulate, parallel) }
+    unsafe {
+        gemm_to_ptr(
+            m,
+            n,
+            k,
+            a,
+            trans_a,
+            b,
+            trans_b,
+            c.as_mut_ptr(),
+            ld,
+            accumulate,
+            parallel,
+        )
+    }
 }
 
 /// [`gemm_strided`] writing through a pointer, for callers that fill disjoint blocks of one
@@ -109,8 +130,16 @@ pub unsafe fn gemm_to_ptr<T: Element>(
         }
         return;
     }
-    let (a_rs, a_cs) = if trans_a { (1, ld.a as isize) } else { (ld.a as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, ld.b as isize) } else { (ld.b as isize, 1) };
+    let (a_rs, a_cs) = if trans_a {
+        (1, ld.a as isize)
+    } else {
+        (ld.a as isize, 1)
+    };
+    let (b_rs, b_cs) = if trans_b {
+        (1, ld.b as isize)
+    } else {
+        (ld.b as isize, 1)
+    };
     let par = if parallel && m * n * k >= 1 << 15 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
