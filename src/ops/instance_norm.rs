@@ -34,6 +34,52 @@ impl Activation {
 pub mod cpu {
     use super::*;
 
+    /// Independent running sums: a plane's sums are no longer one chain of dependent f64
+    /// additions as long as the plane (the instance norm was bound by their latency).
+    const LANES: usize = 8;
+
+    /// Adds the lanes pairwise.
+    fn fold_lanes(acc: [f64; LANES]) -> f64 {
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    }
+
+    /// The f64 sum of `f(v)` over `values`, element i going to lane i % LANES.
+    pub(super) fn lane_sum<T: Copy>(values: &[T], f: impl Fn(T) -> f64) -> f64 {
+        let mut acc = [0.0; LANES];
+        let chunks = values.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a += f(v);
+            }
+        }
+        for (a, &v) in acc.iter_mut().zip(rest) {
+            *a += f(v);
+        }
+        fold_lanes(acc)
+    }
+
+    /// The two f64 sums of `f(a[i], b[i])`, laned as [`lane_sum`].
+    pub(super) fn lane_sums2<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> (f64, f64)) -> (f64, f64) {
+        let (mut acc0, mut acc1) = ([0.0; LANES], [0.0; LANES]);
+        let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+        let mut add = |lane: usize, x: A, y: B| {
+            let (u, v) = f(x, y);
+            acc0[lane] += u;
+            acc1[lane] += v;
+        };
+        for (ca, cb) in chunks_a.zip(chunks_b) {
+            for lane in 0..LANES {
+                add(lane, ca[lane], cb[lane]);
+            }
+        }
+        for (lane, (&x, &y)) in rest_a.iter().zip(rest_b).enumerate() {
+            add(lane, x, y);
+        }
+        (fold_lanes(acc0), fold_lanes(acc1))
+    }
+
     /// Returns `y` and, per plane, the mean and `1/sqrt(var + eps)` that the backward needs.
     pub fn forward<T: Element>(
         x: &[T],
@@ -52,8 +98,8 @@ pub mod cpu {
             .enumerate()
             .for_each(|(p, ((yp, xp), st))| {
                 // Two passes in f64: exact enough for f32 data and the f64 gradient checks.
-                let mean = xp.iter().map(|v| v.as_f64()).sum::<f64>() / hw as f64;
-                let var = xp.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / hw as f64;
+                let mean = lane_sum(xp, |v| v.as_f64()) / hw as f64;
+                let var = lane_sum(xp, |v| (v.as_f64() - mean).powi(2)) / hw as f64;
                 let inv = 1.0 / (var + eps).sqrt();
                 let (g, b) = (gamma[p % c].as_f64(), beta[p % c].as_f64());
                 for (o, &v) in yp.iter_mut().zip(xp) {
@@ -84,12 +130,10 @@ pub mod cpu {
             .enumerate()
             .map(|(p, (dxp, (xp, dyp)))| {
                 let (mu, iv, g) = (mean[p].as_f64(), inv[p].as_f64(), gamma[p % c].as_f64());
-                let (mut sum_dy, mut sum_dy_xhat) = (0.0, 0.0);
-                for (&xv, &d) in xp.iter().zip(dyp) {
+                let (sum_dy, sum_dy_xhat) = lane_sums2(xp, dyp, |xv, d| {
                     let xhat = (xv.as_f64() - mu) * iv;
-                    sum_dy += d.as_f64();
-                    sum_dy_xhat += d.as_f64() * xhat;
-                }
+                    (d.as_f64(), d.as_f64() * xhat)
+                });
                 for ((o, &xv), &d) in dxp.iter_mut().zip(xp).zip(dyp) {
                     let xhat = (xv.as_f64() - mu) * iv;
                     *o = T::of(g * iv / m * (m * d.as_f64() - sum_dy - xhat * sum_dy_xhat));
@@ -364,6 +408,22 @@ mod tests {
                 out
             };
             assert_eq!(run(true), run(false), "{act:?}");
+        }
+    }
+
+    /// Every element reaches exactly one lane, remainders included: the laned sums of exact
+    /// small integers (no rounding anywhere) equal the plain sums.
+    #[test]
+    fn lane_sums_add_every_element_once() {
+        for len in [0, 1, 7, 8, 9, 16, 17, 63, 1000] {
+            let a: Vec<f32> = (0..len).map(|i| (i * 7 % 13) as f32 - 6.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i * 5 % 11) as f32).collect();
+            let plain: f64 = a.iter().map(|&v| v as f64).sum();
+            assert_eq!(cpu::lane_sum(&a, |v| v as f64), plain, "length {len}");
+            let plain_ab: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let (s0, s1) = cpu::lane_sums2(&a, &b, |x, y| (y as f64, x as f64 * y as f64));
+            assert_eq!(s0, b.iter().map(|&v| v as f64).sum::<f64>(), "length {len}");
+            assert_eq!(s1, plain_ab, "length {len}");
         }
     }
 
