@@ -4,7 +4,7 @@
 //! Parameter names (stable; checkpoints and scripts/torch_reference.py rely on them):
 //! `{prefix}enc.{l}.conv{1,2}.{weight,bias}`, `{prefix}enc.{l}.norm{1,2}.{weight,bias}` for
 //! levels l = 0..depth-1 (the last one is the bottleneck), and for decoder levels
-//! l = depth-2..0: `{prefix}dec.{l}.up.{weight,bias}` (from width[l+1] to width[l]) followed by
+//! l = depth-2..0: `{prefix}dec.{l}.up.{weight,bias}` (from `width[l+1]` to `width[l]`) followed by
 //! `{prefix}dec.{l}.conv{1,2}` / `norm{1,2}` (conv1 reads the concatenation [skip, up]).
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,8 @@
 //! 2-D convolution (cross-correlation, as torch.nn.Conv2d), NCHW, weights OIHW.
 //!
-//! The CPU path lowers each sample to a GEMM through im2col; 1x1 stride-1 convolutions skip the
-//! lowering. `im2col`/`col2im` are shared with the transposed convolution.
+//! The CPU path lowers each image to GEMMs through im2col, a block of output rows at a time (see
+//! `LOWERED_PIXELS`); 1x1 stride-1 convolutions skip the lowering. The transposed convolution
+//! runs through these passes too (`ops::conv_transpose`).
 
 use rayon::prelude::*;
 
@@ -168,13 +169,15 @@ struct WeightUnit {
 /// (the others read padding): those with 0 <= ox * stride + kx - pad < w.
 fn inside_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
     let wo = g.w_out();
-    let lo = pad_columns(g.pad.saturating_sub(kx), g.stride).min(wo);
-    let hi = pad_columns((g.w + g.pad).saturating_sub(kx), g.stride).min(wo).max(lo);
+    let lo = columns_below(g.pad.saturating_sub(kx), g.stride).min(wo);
+    let hi = columns_below((g.w + g.pad).saturating_sub(kx), g.stride)
+        .min(wo)
+        .max(lo);
     (lo, hi)
 }
 
 /// The number of output columns ox >= 0 with ox * stride < `limit`.
-fn pad_columns(limit: usize, stride: usize) -> usize {
+fn columns_below(limit: usize, stride: usize) -> usize {
     limit.div_ceil(stride)
 }
 
@@ -187,6 +190,7 @@ fn im2col_rows<T: Element>(x: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), co
             for kx in 0..g.kw {
                 let row = (ci * g.kh + ky) * g.kw + kx;
                 let dst = &mut col[row * ld..row * ld + (oy1 - oy0) * wo];
+                let (lo, hi) = inside_columns(g, kx);
                 for (oy, line) in (oy0..oy1).zip(dst.chunks_exact_mut(wo)) {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= h as isize {
@@ -194,7 +198,6 @@ fn im2col_rows<T: Element>(x: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), co
                         continue;
                     }
                     let src = &x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    let (lo, hi) = inside_columns(g, kx);
                     line[..lo].fill(T::zero());
                     line[hi..].fill(T::zero());
                     if lo == hi {
@@ -222,13 +225,13 @@ fn col2im_rows<T: Element>(col: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), 
             for kx in 0..g.kw {
                 let row = (ci * g.kh + ky) * g.kw + kx;
                 let src = &col[row * ld..row * ld + (oy1 - oy0) * wo];
+                let (lo, hi) = inside_columns(g, kx);
                 for (oy, line) in (oy0..oy1).zip(src.chunks_exact(wo)) {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     let dst = &mut x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    let (lo, hi) = inside_columns(g, kx);
                     if lo == hi {
                         continue;
                     }
@@ -277,7 +280,7 @@ pub mod cpu {
         if g.is_pointwise() {
             let outer = per_sample_parallel(g.n);
             let run = |(i, yi): (usize, &mut [T])| {
-                let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
+                let xi = image(x, i, g.c_in, g.h * g.w);
                 gemm_into(g.c_out, hw, g.c_in, w, false, xi, false, yi, false, !outer);
             };
             if outer {
@@ -292,7 +295,7 @@ pub mod cpu {
                 let (i, blk) = (task / low.blocks, task % low.blocks);
                 let rows = low.rows_of(blk, ho);
                 let cols = (rows.1 - rows.0) * wo;
-                let xi = &x[i * g.c_in * g.h * g.w..(i + 1) * g.c_in * g.h * g.w];
+                let xi = image(x, i, g.c_in, g.h * g.w);
                 T::with_scratch(low.scratch_len(), |col| {
                     im2col_rows(xi, g, rows, col, low.ld);
                     let ld = RowStrides {
@@ -329,7 +332,7 @@ pub mod cpu {
         let outer = per_sample_parallel(g.n);
         let low = Lowering::of(g);
         let run = |(i, dxi): (usize, &mut [T])| {
-            let dyi = &dy[i * g.c_out * hw..(i + 1) * g.c_out * hw];
+            let dyi = image(dy, i, g.c_out, hw);
             if g.is_pointwise() {
                 gemm_into(low.depth, hw, g.c_out, w, true, dyi, false, dxi, false, !outer);
                 return;
@@ -359,7 +362,7 @@ pub mod cpu {
         dx
     }
 
-    /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of [`BLOCKS_PER_PARTIAL`]
+    /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of `BLOCKS_PER_PARTIAL`
     /// lowered blocks in order; the partials are then added in order, so CPU training is
     /// bitwise reproducible (and resumable) on any number of threads.
     pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {

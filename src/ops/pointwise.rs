@@ -97,7 +97,7 @@ pub fn ones_like(a: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Sum of all elements, as a tensor of shape [1] (accumulated in f64 on the CPU; on CUDA in f32
+/// Sum of all elements, as a tensor of shape `[1]` (accumulated in f64 on the CPU; on CUDA in f32
 /// by a fixed-order two-pass reduction, deterministic).
 pub fn sum_all(a: &Tensor) -> Result<Tensor> {
     if let Some(s) = a.cuda_storage() {
@@ -207,7 +207,7 @@ impl Tape {
         Ok(self.record("add_scalar", out, &[a], |ctx| Ok(vec![Some(ctx.grad.clone())])))
     }
 
-    /// Sum of all elements, shape [1].
+    /// Sum of all elements, shape `[1]`.
     pub fn sum(&mut self, a: Var) -> Result<Var> {
         let _range = crate::profile::range("sum");
         let out = sum_all(self.value(a))?;
@@ -216,7 +216,7 @@ impl Tape {
         }))
     }
 
-    /// Mean of all elements, shape [1].
+    /// Mean of all elements, shape `[1]`.
     pub fn mean(&mut self, a: Var) -> Result<Var> {
         let n = self.value(a).numel() as f64;
         let s = self.sum(a)?;

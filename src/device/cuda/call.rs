@@ -1,6 +1,6 @@
 //! [`KernelCall`]: one kernel launch described completely (kernel, grid, block, shared memory and
 //! the bytes of its parameter struct). Host code plans its launches as lists of these from device
-//! addresses and shapes alone; the device queues them ([`super::CudaDevice::run`]) and the CPU
+//! addresses and shapes alone; the device queues them (`CudaDevice::run`) and the CPU
 //! emulator runs the very same list ([`crate::device::emu`]), so the launch plans are checked
 //! without a GPU.
 

@@ -350,7 +350,7 @@ pub(crate) fn split_plan(tiles: usize, r: usize, depth: usize, multiprocessors: 
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
 /// transposes for the pass that computes the same thing (forward and backward-data swap), except
 /// for a forward pass whose kernel tiles the output, which runs one GEMM per tap
-/// ([`tap_forward_plan`]). Every plan takes the `ConvParams` of the convolution it transposes.
+/// (`tap_forward_plan`). Every plan takes the `ConvParams` of the convolution it transposes.
 pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
     if pass == ConvPass::Forward && g.taps_tile_the_output() {
         return tap_forward_plan(g, algo);

@@ -202,7 +202,7 @@ pub fn sampling_calls(g: &SamplingGeom, seed: u64, b: &SamplingBuffers) -> Resul
 #[derive(Clone, Debug)]
 pub struct DeviceRegionSamples {
     pub geom: SamplingGeom,
-    /// Per image, [`FIELDS`] rows of `max_label` words: label, q start, q count, p start, p count
+    /// Per image, `FIELDS` rows of `max_label` words: label, q start, q count, p start, p count
     /// of each kept region (the starts index the sorted pixel lists, which are not kept).
     pub regions: CudaStorage,
     /// Kept regions per image.
