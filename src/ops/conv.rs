@@ -703,6 +703,54 @@ mod tests {
         }
     }
 
+    /// Every pass gives the same bits on any number of threads: tasks write disjoint outputs or
+    /// partials summed in a fixed order, and a GEMM split over threads (one image, fewer tasks
+    /// than threads) splits its output, not its reduction.
+    #[test]
+    fn results_do_not_depend_on_the_number_of_threads() {
+        let mut rng = Rng::new(12);
+        let f32s = |rng: &mut Rng, len: usize| -> Vec<f32> { (0..len).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
+        let geometries = [
+            geometries()[0],
+            // One image: the GEMMs parallelise inside.
+            ConvGeom {
+                n: 1,
+                c_in: 8,
+                h: 40,
+                w: 40,
+                c_out: 8,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            },
+            geometries()[geometries().len() - 1],
+        ];
+        for g in geometries {
+            let x = f32s(&mut rng, g.n * g.c_in * g.h * g.w);
+            let w = f32s(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
+            let b = f32s(&mut rng, g.c_out);
+            let dy = f32s(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let (dw, db) = cpu::backward_weight(&g, &x, &dy);
+                    [
+                        cpu::forward(&g, &x, &w, Some(&b)),
+                        cpu::backward_data(&g, &dy, &w),
+                        dw,
+                        db,
+                    ]
+                    .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 5] {
+                assert!(run(threads) == one, "{g:?}: {threads} threads differ from one");
+            }
+        }
+    }
+
     #[test]
     fn blocks_cover_the_output_rows_once() {
         for (ho, wo) in [(1, 1), (7, 600), (41, 37), (128, 128), (256, 256), (5, 512), (3, 513)] {
