@@ -1,6 +1,9 @@
 //! The CPU convolutions of one U-Net training step, layer by layer: every 3x3 convolution of the
 //! default U-Net (base width 32, depth 5) at batch 4, 1 x 128 x 128 (the `cpu_step` bench's
-//! step), each pass timed alone (median of 5 after a warm-up), with GFLOP/s and the step's total.
+//! step), each pass timed alone (median of 5 after a warm-up), with GFLOP/s and the step's total,
+//! twice: as the engine runs them (`ops::conv::cpu`: Winograd where it applies) and lowered to
+//! GEMMs (`ops::conv::lowered`). GFLOP/s counts the direct convolution's 2 x multiply-adds in both
+//! tables, so Winograd's figures are effective rates.
 //! `RAYON_NUM_THREADS=1 cargo bench --bench cpu_conv` gives the single-thread table of
 //! docs/PERFORMANCE.md. Run as a test (`cargo test --all-targets`, without `--bench`), it times a
 //! U-Net 16 times smaller, so that CI runs the code without the minutes.
@@ -8,7 +11,7 @@
 use std::time::Instant;
 
 use lrc::nn::UNetConfig;
-use lrc::ops::conv::{ConvGeom, cpu};
+use lrc::ops::conv::{ConvGeom, cpu, lowered};
 
 const BATCH: usize = 4;
 
@@ -43,6 +46,10 @@ fn unet_convs(cfg: &UNetConfig, full_size: usize) -> Vec<(usize, usize, usize, u
     convs
 }
 
+type Forward = fn(&ConvGeom, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+type BackwardData = fn(&ConvGeom, &[f32], &[f32]) -> Vec<f32>;
+type BackwardWeight = fn(&ConvGeom, &[f32], &[f32]) -> (Vec<f32>, Vec<f32>);
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (cfg, size) = if benchmarking {
@@ -55,8 +62,35 @@ fn main() {
         };
         (small, 32)
     };
+    let algos: [(&str, Forward, BackwardData, BackwardWeight); 2] = [
+        (
+            "as the engine runs them (Winograd where it applies)",
+            cpu::forward,
+            cpu::backward_data,
+            cpu::backward_weight,
+        ),
+        (
+            "lowered to GEMMs",
+            lowered::forward,
+            lowered::backward_data,
+            lowered::backward_weight,
+        ),
+    ];
+    for (algo, forward, backward_data, backward_weight) in algos {
+        table(&cfg, size, algo, forward, backward_data, backward_weight);
+    }
+}
+
+fn table(
+    cfg: &UNetConfig,
+    size: usize,
+    algo: &str,
+    forward: Forward,
+    backward_data: BackwardData,
+    backward_weight: BackwardWeight,
+) {
     println!(
-        "CPU 3x3 convolutions of one U-Net step (batch {BATCH}, {size} x {size}, base {}, depth {}), {} threads",
+        "\nCPU 3x3 convolutions of one U-Net step {algo} (batch {BATCH}, {size} x {size}, base {}, depth {}), {} threads",
         cfg.base_width,
         cfg.depth,
         rayon::current_num_threads()
@@ -66,7 +100,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|");
     let mut total = [0.0; 3];
-    for (c_in, c_out, size, count) in unet_convs(&cfg, size) {
+    for (c_in, c_out, size, count) in unet_convs(cfg, size) {
         let g = ConvGeom {
             n: BATCH,
             c_in,
@@ -82,9 +116,9 @@ fn main() {
         let w: Vec<f32> = (0..c_out * c_in * 9).map(|i| (i % 5) as f32 * 0.1).collect();
         let dy: Vec<f32> = (0..BATCH * c_out * size * size).map(|i| (i % 3) as f32 * 0.1).collect();
         let times = [
-            median_ms(|| drop(std::hint::black_box(cpu::forward(&g, &x, &w, None)))),
-            median_ms(|| drop(std::hint::black_box(cpu::backward_data(&g, &dy, &w)))),
-            median_ms(|| drop(std::hint::black_box(cpu::backward_weight(&g, &x, &dy)))),
+            median_ms(|| drop(std::hint::black_box(forward(&g, &x, &w, None)))),
+            median_ms(|| drop(std::hint::black_box(backward_data(&g, &dy, &w)))),
+            median_ms(|| drop(std::hint::black_box(backward_weight(&g, &x, &dy)))),
         ];
         let gflop = 2.0 * g.macs() as f64 / 1e9;
         let cell = |ms: f64| format!("{ms:.1} ({:.0})", gflop / ms * 1e3);

@@ -1,16 +1,21 @@
 //! 2-D convolution (cross-correlation, as torch.nn.Conv2d), NCHW, weights OIHW.
 //!
 //! The CPU path lowers each image to GEMMs through im2col, a block of output rows at a time (see
-//! `LOWERED_PIXELS`); 1x1 stride-1 convolutions skip the lowering. The transposed convolution
-//! runs through these passes too (`ops::conv_transpose`).
+//! `LOWERED_PIXELS`); 1x1 stride-1 convolutions skip the lowering. In f32, 3x3 stride-1
+//! convolutions with enough channels run through Winograd F(2x2, 3x3) instead ([`winograd`]);
+//! f64, the precision of the gradient checks and of every GPU kernel's reference, always lowers,
+//! so the reference is the convolution's plain sum. The transposed convolution runs through these
+//! passes too (`ops::conv_transpose`).
 
 use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{DType, Element, Tensor};
 use crate::with_cpu_dtype;
+
+pub mod winograd;
 
 /// Geometry of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,7 +271,70 @@ struct DisjointWrites<T>(*mut T);
 unsafe impl<T: Send> Send for DisjointWrites<T> {}
 unsafe impl<T: Send> Sync for DisjointWrites<T> {}
 
+/// Independent partial sums of a bias-gradient plane: one dependent chain of additions per
+/// plane ran at a fraction of the machine's speed.
+const BIAS_LANES: usize = 8;
+
+/// dL/db: the sum of each output channel's gradient over the batch, each plane summed in
+/// [`BIAS_LANES`] lanes (element j in lane j % BIAS_LANES) and the planes added in order.
+fn bias_grad<T: Element>(g: &ConvGeom, dy: &[T]) -> Vec<T> {
+    let hw = g.h_out() * g.w_out();
+    let plane_sum = |plane: &[T]| {
+        let mut lanes = [T::zero(); BIAS_LANES];
+        let chunks = plane.chunks_exact(BIAS_LANES);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            lanes.iter_mut().zip(chunk).for_each(|(l, &v)| *l += v);
+        }
+        lanes.iter_mut().zip(rest).for_each(|(l, &v)| *l += v);
+        lanes.into_iter().fold(T::zero(), |s, l| s + l)
+    };
+    let mut db = vec![T::zero(); g.c_out];
+    for i in 0..g.n {
+        for (co, d) in db.iter_mut().enumerate() {
+            *d += plane_sum(&dy[(i * g.c_out + co) * hw..(i * g.c_out + co + 1) * hw]);
+        }
+    }
+    db
+}
+
+/// Whether the CPU runs this convolution through Winograd: f32 only (see the module's comment).
+fn prefers_winograd<T: Element>(g: &ConvGeom) -> bool {
+    T::DTYPE == DType::F32 && winograd::applies(g)
+}
+
+/// The CPU passes: Winograd where [`winograd::applies`] in f32, else the lowering
+/// ([`lowered`]).
 pub mod cpu {
+    use super::*;
+
+    pub fn forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+        if prefers_winograd::<T>(g) {
+            winograd::forward(g, x, w, b)
+        } else {
+            lowered::forward(g, x, w, b)
+        }
+    }
+
+    pub fn backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+        if prefers_winograd::<T>(g) {
+            winograd::backward_data(g, dy, w)
+        } else {
+            lowered::backward_data(g, dy, w)
+        }
+    }
+
+    pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
+        if prefers_winograd::<T>(g) {
+            winograd::backward_weight(g, x, dy)
+        } else {
+            lowered::backward_weight(g, x, dy)
+        }
+    }
+}
+
+/// The passes as im2col + GEMM, any geometry and precision.
+pub mod lowered {
     use super::*;
     use crate::ops::gemm::{RowStrides, gemm_strided, gemm_to_ptr};
 
@@ -453,14 +521,7 @@ pub mod cpu {
         for part in &partials {
             dw.iter_mut().zip(part).for_each(|(x, y)| *x += *y);
         }
-        let mut db = vec![T::zero(); g.c_out];
-        for i in 0..g.n {
-            for (co, d) in db.iter_mut().enumerate() {
-                let plane = &dy[(i * g.c_out + co) * hw..(i * g.c_out + co + 1) * hw];
-                *d += plane.iter().copied().sum::<T>();
-            }
-        }
-        (dw, db)
+        (dw, bias_grad(g, dy))
     }
 }
 
@@ -573,14 +634,14 @@ impl Tape {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::rng::Rng;
 
     /// Calls `f(y index, x index, w index)` for every product of the convolution's definition:
     /// y[i][co][oy][ox] = b[co] + sum over (ci, ky, kx) of x[i][ci][oy*s + ky - pad][ox*s + kx
     /// - pad] w[co][ci][ky][kx], padding reading zero.
-    fn for_each_product(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
+    pub(super) fn for_each_product(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
         let (ho, wo) = (g.h_out(), g.w_out());
         for i in 0..g.n {
             for co in 0..g.c_out {
@@ -608,11 +669,11 @@ mod tests {
         }
     }
 
-    fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
+    pub(super) fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
         (0..len).map(|_| rng.range(-1.0, 1.0)).collect()
     }
 
-    fn assert_near(what: &str, got: &[f64], want: &[f64]) {
+    pub(super) fn assert_near(what: &str, got: &[f64], want: &[f64]) {
         assert_eq!(got.len(), want.len(), "{what}: lengths differ");
         // Both sides sum the same products in f64, in different orders: at most a few ulps of
         // the sum of |terms| (< 600 terms of magnitude < 1 here), far below 1e-12.
@@ -725,21 +786,38 @@ mod tests {
                 pad: 1,
             },
             geometries()[geometries().len() - 1],
+            // Winograd in f32: nine blocks of 512 tiles, three weight-gradient partials.
+            ConvGeom {
+                n: 2,
+                c_in: 16,
+                h: 100,
+                w: 90,
+                c_out: 16,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            },
         ];
         for g in geometries {
             let x = f32s(&mut rng, g.n * g.c_in * g.h * g.w);
             let w = f32s(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
             let b = f32s(&mut rng, g.c_out);
             let dy = f32s(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
+            // The engine's choice (Winograd where it applies) and the lowering, both in f32.
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
                     let (dw, db) = cpu::backward_weight(&g, &x, &dy);
+                    let (lowered_dw, _) = lowered::backward_weight(&g, &x, &dy);
                     [
                         cpu::forward(&g, &x, &w, Some(&b)),
                         cpu::backward_data(&g, &dy, &w),
                         dw,
                         db,
+                        lowered::forward(&g, &x, &w, Some(&b)),
+                        lowered::backward_data(&g, &dy, &w),
+                        lowered_dw,
                     ]
                     .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
                 })
