@@ -132,45 +132,78 @@ impl<T: Element> Kernels<T> {
     }
 }
 
-/// Writes `G g G^T` of each of `count` kernels into `u[p * count + k]`, every element once.
-/// Kernels are transformed a [`RUN`] at a time, as arrays the compiler vectorises.
+/// Kernel runs a task of the weight transforms takes: below this many runs in all, the
+/// transforms run on the calling thread.
+const RUNS_PER_TASK: usize = 16;
+
+/// Writes `G g G^T` of each of `count` kernels into `u[p * count + k]`, every element once, a
+/// [`RUN`] of kernels at a time (in parallel when there are many).
+fn transform_weights<T: Element>(w: &[T], count: usize, u: &mut [std::mem::MaybeUninit<T>]) {
+    assert!(w.len() >= count * 9 && u.len() >= POINTS * count);
+    let out = DisjointWrites(u.as_mut_ptr());
+    let task = |first_run: usize| {
+        for k0 in (first_run * RUN..count).step_by(RUN).take(RUNS_PER_TASK) {
+            // SAFETY: `u` holds POINTS * count elements (asserted) and outlives the tasks; run
+            // [k0, k0 + RUN) is this task's alone, and its elements in each point's matrix are
+            // written by this call only.
+            unsafe { transform_kernel_run(w, count, k0, out) };
+        }
+    };
+    let tasks = count.div_ceil(RUN * RUNS_PER_TASK);
+    if tasks > 1 {
+        (0..tasks).into_par_iter().for_each(|t| task(t * RUNS_PER_TASK));
+    } else {
+        task(0);
+    }
+}
+
+/// [`transform_weights`] of kernels `[k0, k0 + RUN)` (fewer at the end) as arrays.
+///
+/// # Safety
+/// `u` must be valid for writes of `POINTS * count` elements, and no other thread may write the
+/// elements of these kernels during the call.
 #[inline(always)]
-fn transform_weights_portable<T: Element>(w: &[T], count: usize, u: &mut [std::mem::MaybeUninit<T>]) {
+unsafe fn transform_kernel_run_portable<T: Element>(
+    w: &[T],
+    count: usize,
+    k0: usize,
+    u: DisjointWrites<std::mem::MaybeUninit<T>>,
+) {
     let half = T::of(0.5);
+    let len = RUN.min(count - k0);
     let mut g = [[T::zero(); RUN]; 9];
+    for (l, kernel) in w[k0 * 9..(k0 + len) * 9].chunks_exact(9).enumerate() {
+        for (j, &v) in kernel.iter().enumerate() {
+            g[j][l] = v;
+        }
+    }
+    // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 of each kernel's rows.
     let mut t = [[[T::zero(); RUN]; 3]; 4];
-    for k0 in (0..count).step_by(RUN) {
-        let len = RUN.min(count - k0);
-        for (l, kernel) in w[k0 * 9..(k0 + len) * 9].chunks_exact(9).enumerate() {
-            for (j, &v) in kernel.iter().enumerate() {
-                g[j][l] = v;
-            }
+    for c in 0..3 {
+        let (g0, g1, g2) = (&g[c], &g[3 + c], &g[6 + c]);
+        for l in 0..len {
+            t[0][c][l] = g0[l];
+            t[1][c][l] = (g0[l] + g1[l] + g2[l]) * half;
+            t[2][c][l] = (g0[l] - g1[l] + g2[l]) * half;
+            t[3][c][l] = g2[l];
         }
-        // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2 of each kernel's rows.
-        for c in 0..3 {
-            let (g0, g1, g2) = (&g[c], &g[3 + c], &g[6 + c]);
-            for l in 0..len {
-                t[0][c][l] = g0[l];
-                t[1][c][l] = (g0[l] + g1[l] + g2[l]) * half;
-                t[2][c][l] = (g0[l] - g1[l] + g2[l]) * half;
-                t[3][c][l] = g2[l];
-            }
+    }
+    // (G g) G^T: the same combinations along each row.
+    for (a, [t0, t1, t2]) in t.iter().enumerate() {
+        // SAFETY: point (a, b)'s elements of these kernels, inside `u` and this call's alone
+        // (the caller's contract).
+        let row = |b: usize| unsafe { std::slice::from_raw_parts_mut(u.0.add((a * 4 + b) * count + k0), len) };
+        for (l, d) in row(0).iter_mut().enumerate() {
+            d.write(t0[l]);
         }
-        // (G g) G^T: the same combinations along each row.
-        for (a, [t0, t1, t2]) in t.iter().enumerate() {
-            let at = |b: usize| (a * 4 + b) * count + k0;
-            for (l, d) in u[at(0)..][..len].iter_mut().enumerate() {
-                d.write(t0[l]);
-            }
-            for (l, d) in u[at(1)..][..len].iter_mut().enumerate() {
-                d.write((t0[l] + t1[l] + t2[l]) * half);
-            }
-            for (l, d) in u[at(2)..][..len].iter_mut().enumerate() {
-                d.write((t0[l] - t1[l] + t2[l]) * half);
-            }
-            for (l, d) in u[at(3)..][..len].iter_mut().enumerate() {
-                d.write(t2[l]);
-            }
+        for (l, d) in row(1).iter_mut().enumerate() {
+            d.write((t0[l] + t1[l] + t2[l]) * half);
+        }
+        for (l, d) in row(2).iter_mut().enumerate() {
+            d.write((t0[l] - t1[l] + t2[l]) * half);
+        }
+        for (l, d) in row(3).iter_mut().enumerate() {
+            d.write(t2[l]);
         }
     }
 }
@@ -411,14 +444,22 @@ unsafe fn transform_outputs_portable<T: Element>(
 mod avx2 {
     use super::*;
 
+    /// # Safety
+    /// As [`super::transform_kernel_run_portable`].
     #[target_feature(enable = "avx2")]
-    pub(super) fn transform_weights<T: Element>(w: &[T], count: usize, u: &mut [std::mem::MaybeUninit<T>]) {
-        super::transform_weights_portable(w, count, u)
+    pub(super) unsafe fn transform_kernel_run<T: Element>(
+        w: &[T],
+        count: usize,
+        k0: usize,
+        u: DisjointWrites<std::mem::MaybeUninit<T>>,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { super::transform_kernel_run_portable(w, count, k0, u) }
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn untransform_weight_grads<T: Element>(du: &[T], count: usize) -> Vec<T> {
-        super::untransform_weight_grads_portable(du, count)
+    pub(super) fn untransform_kernel_run<T: Element>(du: &[T], count: usize, k0: usize, dw: &mut [T]) {
+        super::untransform_kernel_run_portable(du, count, k0, dw)
     }
 
     #[target_feature(enable = "avx2")]
@@ -465,13 +506,30 @@ fn has_avx2() -> bool {
     *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
 }
 
-fn transform_weights<T: Element>(w: &[T], count: usize, u: &mut [std::mem::MaybeUninit<T>]) {
+/// # Safety
+/// As [`transform_kernel_run_portable`].
+unsafe fn transform_kernel_run<T: Element>(
+    w: &[T],
+    count: usize,
+    k0: usize,
+    u: DisjointWrites<std::mem::MaybeUninit<T>>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time); the caller's contract.
+        return unsafe { avx2::transform_kernel_run(w, count, k0, u) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { transform_kernel_run_portable(w, count, k0, u) }
+}
+
+fn untransform_kernel_run<T: Element>(du: &[T], count: usize, k0: usize, dw: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { avx2::transform_weights(w, count, u) };
+        return unsafe { avx2::untransform_kernel_run(du, count, k0, dw) };
     }
-    transform_weights_portable(w, count, u)
+    untransform_kernel_run_portable(du, count, k0, dw)
 }
 
 fn transform_inputs<T: Element>(x: &[T], g: &ConvGeom, blk: &Blocking, range: (usize, usize), v: &mut [T]) {
@@ -511,7 +569,19 @@ unsafe fn transform_outputs<T: Element>(
     unsafe { transform_outputs_portable(m, g, blk, range, bias, y) }
 }
 
-/// Whether blocks run as parallel tasks (else each block's GEMMs parallelise inside).
+/// Runs `f(p, chunk p)` for the 16 points, on consecutive `len`-element chunks of `out`: in
+/// parallel over the points when `parallel` (few blocks: the deep layers, whose 16 GEMMs are
+/// too small to split well one by one), else in order.
+fn for_each_point<T: Element>(out: &mut [T], len: usize, parallel: bool, f: impl Fn(usize, &mut [T]) + Sync) {
+    let out = &mut out[..POINTS * len];
+    if parallel {
+        out.par_chunks_mut(len).enumerate().for_each(|(p, chunk)| f(p, chunk));
+    } else {
+        out.chunks_mut(len).enumerate().for_each(|(p, chunk)| f(p, chunk));
+    }
+}
+
+/// Whether blocks run as parallel tasks (else each block's 16 GEMMs run in parallel).
 fn blocks_in_parallel(blocks: usize) -> bool {
     blocks >= rayon::current_num_threads()
 }
@@ -559,7 +629,8 @@ fn transformed_forward<T: Element>(
         T::with_scratch(v_len + m_len, |scratch| {
             let (v, m) = scratch.split_at_mut(v_len);
             transform_inputs(x, g, &blk, range, v);
-            for p in 0..POINTS {
+            let v = &*v;
+            for_each_point(m, g.c_out * blk.ld, !outer, |p, m| {
                 let (u, transposed) = kernels.point(p, flipped);
                 let ld = RowStrides {
                     a: kernels.c_in,
@@ -574,12 +645,12 @@ fn transformed_forward<T: Element>(
                     transposed,
                     &v[p * g.c_in * blk.ld..],
                     false,
-                    &mut m[p * g.c_out * blk.ld..],
+                    m,
                     ld,
                     false,
-                    !outer,
+                    false,
                 );
-            }
+            });
             // SAFETY: `y` outlives the tasks; this block's tiles are written by this task alone.
             unsafe { transform_outputs(m, g, &blk, range, b, out) };
         });
@@ -638,7 +709,7 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
     );
     let blk = Blocking::new(g, tiles);
     let du_len = POINTS * g.c_out * g.c_in;
-    let partial = |blocks: std::ops::Range<usize>, parallel_gemm: bool| -> Vec<T> {
+    let partial = |blocks: std::ops::Range<usize>, parallel: bool| -> Vec<T> {
         let mut du = vec![T::zero(); du_len];
         let (v_len, m_len) = (POINTS * g.c_in * blk.ld, POINTS * g.c_out * blk.ld);
         T::with_scratch(v_len + m_len, |scratch| {
@@ -647,7 +718,8 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
                 let range = blk.range(b);
                 transform_inputs(x, g, &blk, range, v);
                 transform_output_grads(dy, g, &blk, range, m);
-                for p in 0..POINTS {
+                let (v, m) = (&*v, &*m);
+                for_each_point(&mut du, g.c_out * g.c_in, parallel, |p, du| {
                     let ld = RowStrides {
                         a: blk.ld,
                         b: blk.ld,
@@ -661,12 +733,12 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
                         false,
                         &v[p * g.c_in * blk.ld..],
                         true,
-                        &mut du[p * g.c_out * g.c_in..][..g.c_out * g.c_in],
+                        du,
                         ld,
                         k > 0,
-                        parallel_gemm,
+                        false,
                     );
-                }
+                });
             }
         });
         du
@@ -689,52 +761,56 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
 }
 
 /// `G^T dU G` of each of `count` kernels' 16 summed products (`du[p * count + k]`): the adjoint
-/// of [`transform_weights`], OIHW.
+/// of [`transform_weights`], OIHW, a [`RUN`] of kernels at a time (in parallel when there are
+/// many).
 fn untransform_weight_grads<T: Element>(du: &[T], count: usize) -> Vec<T> {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { avx2::untransform_weight_grads(du, count) };
-    }
-    untransform_weight_grads_portable(du, count)
-}
-
-/// [`untransform_weight_grads`] a [`RUN`] of kernels at a time, as arrays.
-#[inline(always)]
-fn untransform_weight_grads_portable<T: Element>(du: &[T], count: usize) -> Vec<T> {
-    let half = T::of(0.5);
+    assert!(du.len() >= POINTS * count);
     let mut dw = vec![T::zero(); count * 9];
-    // r[b][a]: column b of row a of G^T q.
-    let mut r = [[[T::zero(); RUN]; 3]; 4];
-    let mut out = [[T::zero(); RUN]; 9];
-    for k0 in (0..count).step_by(RUN) {
-        let len = RUN.min(count - k0);
-        let q = |a: usize, b: usize| &du[(a * 4 + b) * count + k0..][..len];
-        // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: G^T q down the columns...
-        for (b, [r0, r1, r2]) in r.iter_mut().enumerate() {
-            let (q0, q1, q2, q3) = (q(0, b), q(1, b), q(2, b), q(3, b));
-            for l in 0..len {
-                r0[l] = q0[l] + (q1[l] + q2[l]) * half;
-                r1[l] = (q1[l] - q2[l]) * half;
-                r2[l] = (q1[l] + q2[l]) * half + q3[l];
-            }
+    let task = |(t, chunk): (usize, &mut [T])| {
+        for (r, kernels) in chunk.chunks_mut(RUN * 9).enumerate() {
+            untransform_kernel_run(du, count, (t * RUNS_PER_TASK + r) * RUN, kernels);
         }
-        // ... then (G^T q) G along the rows.
-        for (a, row) in out.chunks_exact_mut(3).enumerate() {
-            let (r0, r1, r2, r3) = (&r[0][a], &r[1][a], &r[2][a], &r[3][a]);
-            for l in 0..len {
-                row[0][l] = r0[l] + (r1[l] + r2[l]) * half;
-                row[1][l] = (r1[l] - r2[l]) * half;
-                row[2][l] = (r1[l] + r2[l]) * half + r3[l];
-            }
-        }
-        for (l, kernel) in dw[k0 * 9..(k0 + len) * 9].chunks_exact_mut(9).enumerate() {
-            for (j, v) in kernel.iter_mut().enumerate() {
-                *v = out[j][l];
-            }
-        }
+    };
+    if count > RUN * RUNS_PER_TASK {
+        dw.par_chunks_mut(RUN * 9 * RUNS_PER_TASK).enumerate().for_each(task);
+    } else {
+        dw.chunks_mut(RUN * 9 * RUNS_PER_TASK).enumerate().for_each(task);
     }
     dw
+}
+
+/// [`untransform_weight_grads`] of kernels `[k0, k0 + dw.len() / 9)` into `dw`, as arrays.
+#[inline(always)]
+fn untransform_kernel_run_portable<T: Element>(du: &[T], count: usize, k0: usize, dw: &mut [T]) {
+    let half = T::of(0.5);
+    let len = dw.len() / 9;
+    let q = |a: usize, b: usize| &du[(a * 4 + b) * count + k0..][..len];
+    // G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]: G^T q down the columns (r[b][a]: column
+    // b of row a)...
+    let mut r = [[[T::zero(); RUN]; 3]; 4];
+    for (b, [r0, r1, r2]) in r.iter_mut().enumerate() {
+        let (q0, q1, q2, q3) = (q(0, b), q(1, b), q(2, b), q(3, b));
+        for l in 0..len {
+            r0[l] = q0[l] + (q1[l] + q2[l]) * half;
+            r1[l] = (q1[l] - q2[l]) * half;
+            r2[l] = (q1[l] + q2[l]) * half + q3[l];
+        }
+    }
+    // ... then (G^T q) G along the rows.
+    let mut out = [[T::zero(); RUN]; 9];
+    for (a, row) in out.chunks_exact_mut(3).enumerate() {
+        let (r0, r1, r2, r3) = (&r[0][a], &r[1][a], &r[2][a], &r[3][a]);
+        for l in 0..len {
+            row[0][l] = r0[l] + (r1[l] + r2[l]) * half;
+            row[1][l] = (r1[l] - r2[l]) * half;
+            row[2][l] = (r1[l] + r2[l]) * half + r3[l];
+        }
+    }
+    for (l, kernel) in dw.chunks_exact_mut(9).enumerate() {
+        for (j, v) in kernel.iter_mut().enumerate() {
+            *v = out[j][l];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -767,6 +843,7 @@ mod tests {
             (geom(2, 10, 9, 12, 8, 2), 5),   // padding 2: backward-data pads by 0
             (geom(2, 8, 1, 2, 11, 1), 1),    // 1 x 2 output: one tile, mostly padding
             (geom(1, 8, 5, 141, 9, 1), 100), // 71 tiles a row: two runs of at most 64 a row
+            (geom(1, 40, 6, 7, 33, 1), 5),   // 1320 kernels: the weight transforms in parallel tasks
             (
                 geom(2, 16, 20, 18, 17, 1),
                 default_block_tiles(&geom(2, 16, 20, 18, 17, 1)),
