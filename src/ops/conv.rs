@@ -669,6 +669,26 @@ pub(super) mod tests {
         }
     }
 
+    /// The convolution's output (with the bias) and, for the output gradient `dy`, the input and
+    /// weight gradients, each summed from the definition's products in f64.
+    pub(super) fn definition(
+        g: &ConvGeom,
+        x: &[f64],
+        w: &[f64],
+        b: &[f64],
+        dy: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let hw = g.h_out() * g.w_out();
+        let mut y: Vec<f64> = (0..dy.len()).map(|j| b[(j / hw) % g.c_out]).collect();
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        for_each_product(g, |yi, xi, wi| {
+            y[yi] += x[xi] * w[wi];
+            dx[xi] += dy[yi] * w[wi];
+            dw[wi] += dy[yi] * x[xi];
+        });
+        (y, dx, dw)
+    }
+
     pub(super) fn random(rng: &mut Rng, len: usize) -> Vec<f64> {
         (0..len).map(|_| rng.range(-1.0, 1.0)).collect()
     }
@@ -738,13 +758,7 @@ pub(super) mod tests {
             );
 
             // Forward, and the two backward passes as the adjoints of the same products.
-            let mut want_y: Vec<f64> = (0..dy.len()).map(|j| b[(j / (ho * wo)) % g.c_out]).collect();
-            let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-            for_each_product(&g, |yi, xi, wi| {
-                want_y[yi] += x[xi] * w[wi];
-                want_dx[xi] += dy[yi] * w[wi];
-                want_dw[wi] += dy[yi] * x[xi];
-            });
+            let (want_y, want_dx, want_dw) = definition(&g, &x, &w, &b, &dy);
             let want_db: Vec<f64> = (0..g.c_out)
                 .map(|co| {
                     (0..g.n)

@@ -815,7 +815,7 @@ fn untransform_kernel_run_portable<T: Element>(du: &[T], count: usize, k0: usize
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_near, for_each_product, random};
+    use super::super::tests::{assert_near, definition, random};
     use super::*;
     use crate::rng::Rng;
 
@@ -878,13 +878,7 @@ mod tests {
             let w = random(&mut rng, g.c_out * g.c_in * 9);
             let b = random(&mut rng, g.c_out);
             let dy = random(&mut rng, g.n * g.c_out * ho * wo);
-            let mut want_y: Vec<f64> = (0..dy.len()).map(|j| b[(j / (ho * wo)) % g.c_out]).collect();
-            let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-            for_each_product(&g, |yi, xi, wi| {
-                want_y[yi] += x[xi] * w[wi];
-                want_dx[xi] += dy[yi] * w[wi];
-                want_dw[wi] += dy[yi] * x[xi];
-            });
+            let (want_y, want_dx, want_dw) = definition(&g, &x, &w, &b, &dy);
             let name = format!("{g:?} in blocks of {tiles} tiles");
             let y = forward_in_blocks(&g, tiles, &x, &w, Some(&b));
             assert_near(&format!("forward {name}"), &y, &want_y);
@@ -958,13 +952,7 @@ mod tests {
             // The definition on the f32-rounded inputs, in f64.
             let back = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
             let (x, w, b, dy) = (back(&xf), back(&wf), back(&bf), back(&dyf));
-            let mut want_y: Vec<f64> = (0..dy.len()).map(|j| b[(j / (ho * wo)) % g.c_out]).collect();
-            let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-            for_each_product(&g, |yi, xi, wi| {
-                want_y[yi] += x[xi] * w[wi];
-                want_dx[xi] += dy[yi] * w[wi];
-                want_dw[wi] += dy[yi] * x[xi];
-            });
+            let (want_y, want_dx, want_dw) = definition(&g, &x, &w, &b, &dy);
             let kernel_sum =
                 |co: usize, ci: usize| -> f64 { w[(co * g.c_in + ci) * 9..][..9].iter().map(|v| v.abs()).sum() };
             let name = format!("{g:?} in blocks of {tiles} tiles");
