@@ -6,7 +6,9 @@
 #
 # Steps, in order, each with a timeout and skipped when the budget (default 420 s) runs short:
 #   card      nvidia-smi: name, driver, memory
-#   tests     every test executable of the bundle with --include-ignored (the GPU tests too)
+#   tests     every test executable of the bundle with --include-ignored (the GPU tests too); the
+#             first two that fail run again with CUDA_LAUNCH_BLOCKING=1 (own logs, 90 s at most),
+#             so that a kernel fault names its launch
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, every algorithm
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
@@ -247,6 +249,7 @@ test_args=()
 ((dry)) || test_args=(--include-ignored)
 total_passed=0
 total_failed=0
+blocking_reruns=0
 total_ignored=0
 for exe in "$bin"/*; do
     name="$(basename "$exe")"
@@ -284,6 +287,16 @@ for exe in "$bin"/*; do
     fi
     test_rows+=("| $name | ${passed:-} | ${nfailed:-} | ${ignored:-} | $took | $status |")
     say "  $status: ${passed:-?} passed, ${nfailed:-?} failed, ${ignored:-?} ignored (${took}s)"
+    # A kernel fault surfaces at the next wait on the stream, under whichever launch comes then;
+    # with launches made synchronous the failing launch reports it under its own name. The first
+    # two failing executables only, at most 90 s each, so that the benchmarks keep their time.
+    if [[ "$status" != ok ]] && ((!dry && blocking_reruns < 2 && $(left) > 120)); then
+        blocking_reruns=$((blocking_reruns + 1))
+        blocking_log="$logs/test-$name-launch-blocking.log"
+        say "  rerunning $name with CUDA_LAUNCH_BLOCKING=1 (log: $blocking_log)"
+        timed "$blocking_log" "$(min 90 $(($(left) - 30)))" env CUDA_LAUNCH_BLOCKING=1 "$exe" "${test_args[@]}"
+        notes+=("$name failed: rerun with CUDA_LAUNCH_BLOCKING=1 in logs/$(basename "$blocking_log") (exit $rc, ${took}s)")
+    fi
 done
 
 # The last line a failed step printed, for the summary; the whole output is in its log.

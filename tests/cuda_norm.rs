@@ -131,6 +131,35 @@ fn fused_norm_and_activation_match_the_cpu_twin() {
     }
 }
 
+/// Without opting in, a block may use 48 KiB of static and dynamic shared memory together, so a
+/// block kernel (which declares some static scratch) asked for a little under 48 KiB of dynamic
+/// memory needs the opt-in too; a launch that only opted in above 48 KiB fails on the hardware.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_launches_with_just_under_48_kib_of_dynamic_shared_memory_run() {
+    let device = device();
+    let limit = 48 * 1024;
+    for pass in [NormPass::Forward, NormPass::Backward] {
+        // The first plane length (a multiple of 4, so read in packs of 4) whose block launch
+        // asks for dynamic shared memory within 128 bytes below 48 KiB: more than 48 KiB less
+        // the block kernels' static scratch (128 bytes forward, 256 backward; ptxas report).
+        let plane = (1024..200_000)
+            .step_by(4)
+            .find(|&len| {
+                let (launch, vec) = launch_for(&device, pass, len);
+                let shared = launch.shared_bytes(pass, len, vec);
+                matches!(launch, NormLaunch::Block { .. }) && shared > limit - 128 && shared <= limit
+            })
+            .unwrap_or_else(|| panic!("no {pass:?} plane asks for just under 48 KiB"));
+        let (launch, vec) = launch_for(&device, pass, plane);
+        println!(
+            "{pass:?}: plane of {plane} on {launch:?}, {} bytes of dynamic shared memory",
+            launch.shared_bytes(pass, plane, vec)
+        );
+        check_case(&device, &case(1, 2, plane, Activation::Relu), 40);
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn results_are_deterministic() {

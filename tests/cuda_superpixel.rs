@@ -93,32 +93,70 @@ fn felzenszwalb_is_close_to_the_cpu_on_ct_batches_of_32_at_256_and_512() {
     let device = device();
     let p = SuperpixelConfig::default().felzenszwalb;
     for size in [256, 512] {
-        let slices = ct_batch(size);
-        let stack: Vec<f32> = slices.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-        let input = CudaStorage::from_host(&device, &stack).unwrap();
-        let batch = SliceBatch {
-            n: slices.len(),
-            h: size,
-            w: size,
-        };
-        let out = fz::felzenszwalb(&input, batch, &p, DEFAULT_WINDOWS).expect("GPU Felzenszwalb");
-        let labels: Vec<u32> = out.labels.to_host_pod().unwrap();
-        let counts: Vec<u32> = out.counts.to_host_pod().unwrap();
-        // The model and the exact segmentation of each slice, in parallel (a few seconds each at 512).
-        let results: Vec<Agreement> = slices
-            .par_iter()
-            .enumerate()
-            .map(|(i, (name, img))| {
-                let got = &labels[i * size * size..(i + 1) * size * size];
-                assert_numbered_by_first_pixel(name, got, counts[i] as usize);
-                let (model, _) = model_felzenszwalb(img, size, size, &p, DEFAULT_WINDOWS);
-                assert_eq!(got, &model[..], "{name}: GPU differs from its model");
-                let (exact, _) = cpu_segments(img, size, size, &p);
-                Agreement::new(name, &exact, got, counts[i] as usize)
-            })
-            .collect();
-        check_agreement(&format!("CT-like {size} x {size} (GPU)"), &results);
+        check_gpu_segments(&device, &ct_batch(size), size, &p);
     }
+}
+
+/// Segments square `size` x `size` slices on the GPU and checks each against its model (equal)
+/// and against the exact CPU segmentation (close, by ARI and region count).
+fn check_gpu_segments(device: &Arc<CudaDevice>, slices: &[(String, Vec<f32>)], size: usize, p: &FelzenszwalbParams) {
+    let stack: Vec<f32> = slices.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    let input = CudaStorage::from_host(device, &stack).unwrap();
+    let batch = SliceBatch {
+        n: slices.len(),
+        h: size,
+        w: size,
+    };
+    let out = fz::felzenszwalb(&input, batch, p, DEFAULT_WINDOWS).expect("GPU Felzenszwalb");
+    let labels: Vec<u32> = out.labels.to_host_pod().unwrap();
+    let counts: Vec<u32> = out.counts.to_host_pod().unwrap();
+    // The model and the exact segmentation of each slice, in parallel (a few seconds each at 512).
+    let results: Vec<Agreement> = slices
+        .par_iter()
+        .enumerate()
+        .map(|(i, (name, img))| {
+            let got = &labels[i * size * size..(i + 1) * size * size];
+            assert_numbered_by_first_pixel(name, got, counts[i] as usize);
+            let (model, _) = model_felzenszwalb(img, size, size, p, DEFAULT_WINDOWS);
+            assert_eq!(got, &model[..], "{name}: GPU differs from its model");
+            let (exact, _) = cpu_segments(img, size, size, p);
+            Agreement::new(name, &exact, got, counts[i] as usize)
+        })
+        .collect();
+    check_agreement(&format!("CT-like {size} x {size} (GPU)"), &results);
+}
+
+/// `fz_merge` declares 272 bytes of static shared memory (ptxas report), so windows whose
+/// dynamic shared memory falls within 256 bytes under 48 KiB need the opt-in as well (static and
+/// dynamic together may not pass 48 KiB without it): the first square slice size that asks for
+/// that (443 x 443 with the default windows), against the CPU as above.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn felzenszwalb_runs_with_merge_windows_just_under_48_kib_of_shared_memory() {
+    let device = device();
+    let p = SuperpixelConfig::default().felzenszwalb;
+    let limit = 48 * 1024;
+    let merge_shared = |size: usize| {
+        let batch = SliceBatch { n: 1, h: size, w: size };
+        fz::merge_launch(fz::window_len(batch.edges(), DEFAULT_WINDOWS)).1
+    };
+    let size = (64..1024)
+        .find(|&size| (limit - 256 + 1..=limit).contains(&merge_shared(size)))
+        .expect("a slice size whose merge windows ask for just under 48 KiB");
+    println!(
+        "{size} x {size}: {} bytes of dynamic shared memory per merge block",
+        merge_shared(size)
+    );
+    let mut rng = Rng::new(443);
+    let slices: Vec<(String, Vec<f32>)> = (0..4)
+        .map(|i| {
+            (
+                format!("ellipses_{size}#{i}"),
+                ct_phantom_slice(size, size, 15.0, &mut rng),
+            )
+        })
+        .collect();
+    check_gpu_segments(&device, &slices, size, &p);
 }
 
 /// The first pixel where two batches of label maps differ, as "slice s (y, x): got g, want w".

@@ -249,8 +249,15 @@ impl CudaDevice {
         &self.allocator
     }
 
-    /// Kernel `name` of `kernels/<module>.cu`, loaded on first use.
-    pub(crate) fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
-        self.modules.function(self.stream.context(), module, name)
+    /// Kernel `name` of `kernels/<module>.cu`, loaded on first use, ready to launch with
+    /// `dynamic_shared` bytes of dynamic shared memory (opting in when it needs to).
+    pub(crate) fn function(
+        &self,
+        module: &'static str,
+        name: &'static str,
+        dynamic_shared: u32,
+    ) -> Result<CudaFunction> {
+        self.modules
+            .function(self.stream.context(), module, name, dynamic_shared)
     }
 }

@@ -1,6 +1,5 @@
 //! Typed kernel launches: one `#[repr(C)]` parameter struct per kernel, passed by value.
 
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::CudaDevice;
@@ -47,7 +46,7 @@ impl CudaDevice {
         params: &P,
     ) -> Result<()> {
         let cfg = launch.config(kernel)?;
-        let function = self.function(module, kernel)?;
+        let function = self.function(module, kernel, cfg.shared_mem_bytes)?;
         self.timed_launch(kernel, || {
             let mut builder = self.stream().launch_builder(&function);
             builder.arg(params);
@@ -77,16 +76,7 @@ impl CudaDevice {
     pub(crate) unsafe fn run(&self, calls: &[KernelCall]) -> Result<()> {
         for call in calls {
             call.validate()?;
-            let function = self.function(call.module, call.kernel)?;
-            if call.shared_bytes > 48 * 1024 {
-                // Above 48 KiB a kernel must opt in to its dynamic shared memory.
-                function
-                    .set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        call.shared_bytes as i32,
-                    )
-                    .map_err(|e| Error::Cuda(format!("{}: shared memory opt-in: {e}", call.kernel)))?;
-            }
+            let function = self.function(call.module, call.kernel, call.shared_bytes)?;
             let (x, y, z) = call.grid;
             let cfg = LaunchConfig {
                 grid_dim: (x as u32, y as u32, z as u32),
