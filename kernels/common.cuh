@@ -16,7 +16,7 @@
 #ifdef LRC_EMULATE
 #define LRC_KERNEL(NAME, PARAMS, ...)                              \
     extern "C" void NAME(const PARAMS p);                          \
-    static emu::Registration NAME##_registration(#NAME, NAME);     \
+    static emu::Registration NAME##_registration(#NAME, NAME, emu::launch_bound_threads(__VA_ARGS__)); \
     extern "C" void NAME(const PARAMS p)
 #define LRC_DYNAMIC_SHARED(TYPE, NAME) TYPE* NAME = static_cast<TYPE*>(emu::dynamic_shared())
 #else

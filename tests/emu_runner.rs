@@ -75,3 +75,21 @@ fn a_failing_launch_reports_the_kernel() {
     let err = mem.run(&[bad]).expect_err("a parameter size mismatch is an error");
     assert!(err.contains("plane_sum") && err.contains("parameter bytes"), "{err}");
 }
+
+#[test]
+fn a_launch_wider_than_the_kernels_launch_bounds_is_refused() {
+    if !emu::available() {
+        return;
+    }
+    let (n, c, plane) = (1, 2, 8);
+    let mut mem = EmuMemory::new();
+    let x = mem.upload(&vec![1.0f32; n * c * plane]);
+    let scratch = mem.alloc(n * c);
+    let out = mem.alloc(c);
+    let mut calls = channel_sum_calls(n, c, plane, x, scratch, out).expect("plan");
+    mem.run(&calls).unwrap_or_else(|e| panic!("the plan as made runs: {e}"));
+    // plane_sum is declared with __launch_bounds__(256): on the GPU a wider block fails to launch.
+    calls[0].block = 512;
+    let err = mem.run(&calls).expect_err("a block wider than the launch bounds is an error");
+    assert!(err.contains("__launch_bounds__ allow 256"), "{err}");
+}

@@ -461,16 +461,21 @@ inline void* dynamic_shared() {
 struct KernelEntry {
     const char* name;
     size_t param_bytes;
+    // The first argument of its __launch_bounds__: a launch with more threads per block fails
+    // on the GPU (CUDA_ERROR_INVALID_VALUE), so the runner refuses it too.
+    unsigned max_threads;
     std::function<void(const unsigned char*)> call;
 };
+// The maximum threads per block of a __launch_bounds__(max_threads[, min_blocks[, max_cluster]]).
+constexpr unsigned launch_bound_threads(unsigned max_threads, unsigned = 0, unsigned = 0) { return max_threads; }
 inline std::vector<KernelEntry>& registry() {
     static std::vector<KernelEntry> entries;
     return entries;
 }
 struct Registration {
     template <class P>
-    Registration(const char* name, void (*kernel)(const P)) {
-        registry().push_back({name, sizeof(P), [kernel](const unsigned char* bytes) {
+    Registration(const char* name, void (*kernel)(const P), unsigned max_threads) {
+        registry().push_back({name, sizeof(P), max_threads, [kernel](const unsigned char* bytes) {
                                   P p;
                                   std::memcpy(static_cast<void*>(&p), bytes, sizeof(P));
                                   kernel(p);

@@ -155,6 +155,10 @@ int main(int argc, char** argv) {
             die(name + ": the host passed " + std::to_string(params.size()) + " parameter bytes, the kernel takes " +
                 std::to_string(k.param_bytes));
         }
+        if (block.x > k.max_threads) {
+            die(name + ": launched with " + std::to_string(block.x) + " threads per block, its __launch_bounds__ allow " +
+                std::to_string(k.max_threads));
+        }
         emu::launch_label = "kernel " + name + " (launch " + std::to_string(i + 1) + " of " +
                             std::to_string(launches) + (emu::reverse_schedule ? ", reverse schedule)" : ")");
         emu::launch(grid, block, [&] { k.call(params.data()); }, shared);
