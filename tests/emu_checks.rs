@@ -129,6 +129,17 @@ fn a_write_one_past_the_end_is_caught() {
 }
 
 #[test]
+fn a_misaligned_vector_load_is_caught() {
+    let Some(runner) = asan_runner() else { return };
+    let mut mem = EmuMemory::new();
+    let p = buffers(&mut mem, 64);
+    expect_error(
+        mem.run_on(runner, true, &[call("planted_misaligned_float4", 1, 64, p)]),
+        &["misaligned address", "float4", "requires 16 byte alignment"],
+    );
+}
+
+#[test]
 fn a_write_past_the_end_is_caught_without_asan_by_the_red_zones() {
     if !emu::available() {
         return;

@@ -90,6 +90,8 @@ fn a_launch_wider_than_the_kernels_launch_bounds_is_refused() {
     mem.run(&calls).unwrap_or_else(|e| panic!("the plan as made runs: {e}"));
     // plane_sum is declared with __launch_bounds__(256): on the GPU a wider block fails to launch.
     calls[0].block = 512;
-    let err = mem.run(&calls).expect_err("a block wider than the launch bounds is an error");
+    let err = mem
+        .run(&calls)
+        .expect_err("a block wider than the launch bounds is an error");
     assert!(err.contains("__launch_bounds__ allow 256"), "{err}");
 }

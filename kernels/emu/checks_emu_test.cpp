@@ -35,6 +35,16 @@ LRC_KERNEL(planted_write_past_end, PlantedParams, 64) {
     if (i <= p.n) p.out[i] = p.in[i < p.n ? i : 0];
 }
 
+// float4 loads one float past the input's start: 4-byte aligned, not 16 (on the GPU: a
+// misaligned address error).
+LRC_KERNEL(planted_misaligned_float4, PlantedParams, 64) {
+    const int i = planted::global_index();
+    if (4 * i + 8 <= p.n) {
+        const float4 v = reinterpret_cast<const float4*>(p.in + 1)[i];
+        p.out[i] = v.x + v.y + v.z + v.w;
+    }
+}
+
 // Dynamic shared memory of n floats, written at 1..n.
 LRC_KERNEL(planted_dynamic_shared_overrun, PlantedParams, 64) {
     LRC_DYNAMIC_SHARED(float, s);

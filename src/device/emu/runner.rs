@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     Plain,
-    /// With `-fsanitize=address`: every access of a kernel is checked.
+    /// With `-fsanitize=address,alignment`: every access of a kernel is checked, for its bounds
+    /// and for its type's alignment (a misaligned `float4` load faults on the GPU; x86 would not
+    /// notice).
     AddressSanitizer,
 }
 
@@ -30,7 +32,12 @@ impl Variant {
     pub(super) fn flags(self) -> &'static [&'static str] {
         match self {
             Variant::Plain => &[],
-            Variant::AddressSanitizer => &["-fsanitize=address", "-fno-omit-frame-pointer", "-g1"],
+            Variant::AddressSanitizer => &[
+                "-fsanitize=address,alignment",
+                "-fno-sanitize-recover=alignment",
+                "-fno-omit-frame-pointer",
+                "-g1",
+            ],
         }
     }
 }
@@ -77,7 +84,8 @@ pub fn checked_variant() -> Result<Variant, String> {
         .clone()
 }
 
-/// Compiles, links and runs a program that uses ASan's interface (libasan and its header).
+/// Compiles, links and runs a program that uses ASan's interface (libasan and its header), with
+/// the checked runner's flags (the alignment checks need libubsan as well).
 fn address_sanitizer_works() -> Result<(), String> {
     let cxx = compiler().ok_or("no C++ compiler (set CXX)")?;
     let dir = tempdir()?;
@@ -90,14 +98,16 @@ fn address_sanitizer_works() -> Result<(), String> {
         .map_err(|e| format!("write {}: {e}", source.display()))
         .and_then(|()| {
             let build = Command::new(&cxx)
-                .args(["-fsanitize=address", "-o"])
+                .args(Variant::AddressSanitizer.flags())
+                .arg("-o")
                 .arg(&exe)
                 .arg(&source)
                 .output()
                 .map_err(|e| format!("run {cxx}: {e}"))?;
             if !build.status.success() {
                 return Err(format!(
-                    "{cxx} -fsanitize=address fails: {}",
+                    "{cxx} {} fails: {}",
+                    Variant::AddressSanitizer.flags().join(" "),
                     String::from_utf8_lossy(&build.stderr).trim()
                 ));
             }
@@ -150,7 +160,11 @@ pub fn test_runner(source: &Path, variant: Variant) -> Result<PathBuf, String> {
 
 /// The folder of the runner of `variant` for the sources as they are now.
 fn runner_dir(variant: Variant, sources: &[PathBuf]) -> Result<PathBuf, String> {
-    Ok(std::env::temp_dir().join(format!("lrc-emu-runner-{}-{}", fingerprint(sources)?, variant.tag())))
+    Ok(std::env::temp_dir().join(format!(
+        "lrc-emu-runner-{}-{}",
+        fingerprint(sources, variant.flags())?,
+        variant.tag()
+    )))
 }
 
 /// The runner of `variant` if it is built already (then ASan need not be probed again).
@@ -194,9 +208,13 @@ fn runner_sources() -> Result<Vec<PathBuf>, String> {
     Ok(sources)
 }
 
-/// FNV-1a over the sources' names and contents: the runner is rebuilt when any changes.
-fn fingerprint(sources: &[PathBuf]) -> Result<String, String> {
+/// FNV-1a over the sources' names and contents and the variant's compiler flags: the runner is
+/// rebuilt when any changes.
+fn fingerprint(sources: &[PathBuf], flags: &[&str]) -> Result<String, String> {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in flags.iter().flat_map(|f| f.bytes().chain([0])) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+    }
     for path in sources {
         let data = fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
         for byte in path
