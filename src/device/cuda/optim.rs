@@ -149,6 +149,7 @@ pub fn multi_tensor_calls(slots: &[TensorSlot], rule: &StepRule) -> Result<Vec<K
             s.len
         )));
     }
+    check_disjoint_writes(slots)?;
     let limit = (i32::MAX as usize) - CHUNK;
     let mut calls = Vec::new();
     let mut group: Vec<&TensorSlot> = Vec::new();
@@ -195,6 +196,27 @@ pub fn multi_tensor_calls(slots: &[TensorSlot], rule: &StepRule) -> Result<Vec<K
     Ok(calls)
 }
 
+/// Checks that no two slots write the same memory (a tensor listed twice, tied weights, shared
+/// state): the kernel's blocks update their elements without atomics, so on the GPU two
+/// concurrent updates of one element would lose one (the emulator, running blocks in turn,
+/// would apply both).
+fn check_disjoint_writes(slots: &[TensorSlot]) -> Result<()> {
+    let mut ranges: Vec<(u64, u64)> = slots
+        .iter()
+        .filter(|s| s.len > 0)
+        .flat_map(|s| [s.param, s.state1, s.state2].map(|a| (a, a + 4 * s.len as u64)))
+        .filter(|&(a, _)| a != 0)
+        .collect();
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        return Err(Error::Cuda(format!(
+            "optimizer step: two tensors written by one step overlap (at {:#x} and {:#x})",
+            w[0].0, w[1].0
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `rows` rows of `dim` values from `src` into the ring buffer `queue` (`capacity` rows)
 /// starting at row `row`, wrapping around.
 pub fn queue_write_calls(
@@ -237,19 +259,25 @@ pub fn queue_write_calls(
 mod tests {
     use super::*;
 
-    fn slot(len: usize) -> TensorSlot {
+    /// Slot `i` of `len` values, its four buffers apart from every other slot's.
+    fn slot_at(i: u64, len: usize) -> TensorSlot {
+        let base = 0x1000_0000 + i * 0x10_0000;
         TensorSlot {
-            param: 1,
-            grad: 2,
-            state1: 3,
-            state2: 4,
+            param: base,
+            grad: base + 0x4_0000,
+            state1: base + 0x8_0000,
+            state2: base + 0xc_0000,
             len,
         }
     }
 
+    fn slot(len: usize) -> TensorSlot {
+        slot_at(0, len)
+    }
+
     #[test]
     fn launches_hold_at_most_max_tensors() {
-        let slots: Vec<TensorSlot> = (0..200).map(|i| slot(i % 7)).collect();
+        let slots: Vec<TensorSlot> = (0..200).map(|i| slot_at(i as u64, i % 7)).collect();
         let calls = multi_tensor_calls(&slots, &StepRule::Lerp { m: 0.9 }).unwrap();
         // 200 slots less the empty ones (every 7th): 171, so two launches.
         assert_eq!(calls.len(), 2);
@@ -275,5 +303,22 @@ mod tests {
         };
         assert!(multi_tensor_calls(&[s], &rule).is_err());
         assert!(multi_tensor_calls(&[s], &StepRule::Lerp { m: 0.5 }).is_ok());
+    }
+
+    #[test]
+    fn tensors_written_twice_are_an_error() {
+        let rule = StepRule::Lerp { m: 0.5 };
+        let (a, b) = (slot_at(0, 100), slot_at(1, 100));
+        assert!(multi_tensor_calls(&[a, b], &rule).is_ok());
+        // The same parameter twice (tied weights), and a parameter overlapping another's state.
+        assert!(multi_tensor_calls(&[a, a], &rule).is_err());
+        let overlapping = TensorSlot {
+            param: a.state1 + 4 * 99,
+            ..b
+        };
+        assert!(multi_tensor_calls(&[a, overlapping], &rule).is_err());
+        // Empty tensors write nothing; a shared gradient is only read.
+        assert!(multi_tensor_calls(&[a, TensorSlot { len: 0, ..a }], &rule).is_ok());
+        assert!(multi_tensor_calls(&[a, TensorSlot { grad: a.grad, ..b }], &rule).is_ok());
     }
 }
