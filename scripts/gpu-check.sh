@@ -89,7 +89,10 @@ fi
 bundle="$(cd "$bundle" && pwd -P)"
 mkdir -p "$out" || exit 2
 out="$(cd "$out" && pwd -P)"
+# What a previous check left: appended JSON lines would mix runs, and a skipped step would show
+# the old figures as this run's.
 rm -rf "$out/logs" "$out/summary.md"
+rm -f "$out"/*.jsonl "$out/ncu-step.csv" "$out/parity.safetensors"
 mkdir -p "$out/logs"
 logs="$out/logs"
 
@@ -443,7 +446,7 @@ else
     bench_run "bench step lrc" 30 120 "$logs/bench-step-lrc.log" \
         "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
-        "$python" "$torch_bench" --bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+        "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The host's batch building on this machine's cores, to set beside the step: a GPU step
     # faster than the slowest stage's batch would wait for its data.
     bench_run "bench batch" 40 90 "$logs/bench-batch.log" \
@@ -487,7 +490,7 @@ else
     fi
     # torch.compile near the end: its compilation alone takes a minute or more.
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
-        "$python" "$torch_bench" --bench step --compile "${step_argv[@]}" --json "$out/bench-step.jsonl"
+        "$python" "$torch_bench" --bench step --compile --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # Nsight Compute over the kernels of one training step (the same U-Net), for the per-kernel
     # table: throughput against the card's peaks, registers, occupancy. A diagnostic: when ncu
     # cannot profile (no counters for this user, say) the check says so and does not fail.
