@@ -10,8 +10,9 @@
 //! 0, +-1 and +-1/2, so the rounding stays close to the direct sum's (the tests bound it).
 //!
 //! Tiles of all images are numbered in one sequence (image, tile row, tile column) and cut into
-//! blocks of [`Blocking::tiles`]: one block's transformed inputs and products stay in cache, and
-//! small deep-layer images share a block, so their GEMMs are not starved of columns.
+//! blocks of 64 to 1024 tiles (`Blocking::tiles`): one block's transformed inputs and products
+//! stay in cache, and small deep-layer images share a block, so their GEMMs are not starved of
+//! columns.
 
 use rayon::prelude::*;
 
@@ -46,7 +47,7 @@ pub fn takes(g: &ConvGeom) -> bool {
 }
 
 /// Whether the engine runs this convolution through Winograd: it [`takes`] it, with enough
-/// channels on both sides ([`MIN_CHANNELS`]).
+/// channels on both sides (16, `MIN_CHANNELS`).
 pub fn applies(g: &ConvGeom) -> bool {
     takes(g) && g.c_in.min(g.c_out) >= MIN_CHANNELS
 }
