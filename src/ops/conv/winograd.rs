@@ -124,12 +124,12 @@ impl<T: Element> Kernels<T> {
     }
 
     /// Point `p`'s matrix as a GEMM's left operand (c_out x c_in, rows c_in apart) or, for
-    /// backward-data's kernels (flipped, channel axes swapped), point FLIP(p)'s read transposed
-    /// (c_in x c_out, the same storage); the second value says which.
-    fn point(&self, p: usize, flipped: bool) -> (&[T], bool) {
+    /// backward-data's kernels (flipped, channel axes swapped), point FLIP(p)'s, which the GEMM
+    /// reads transposed (c_in x c_out, the same storage).
+    fn point(&self, p: usize, flipped: bool) -> &[T] {
         let p = if flipped { FLIP[p / 4] * 4 + FLIP[p % 4] } else { p };
         let n = self.c_out * self.c_in;
-        (&self.u[p * n..][..n], flipped)
+        &self.u[p * n..][..n]
     }
 }
 
@@ -632,7 +632,6 @@ fn transformed_forward<T: Element>(
             transform_inputs(x, g, &blk, range, v);
             let v = &*v;
             for_each_point(m, g.c_out * blk.ld, !outer, |p, m| {
-                let (u, transposed) = kernels.point(p, flipped);
                 let ld = RowStrides {
                     a: kernels.c_in,
                     b: blk.ld,
@@ -642,8 +641,8 @@ fn transformed_forward<T: Element>(
                     g.c_out,
                     cols,
                     g.c_in,
-                    u,
-                    transposed,
+                    kernels.point(p, flipped),
+                    flipped,
                     &v[p * g.c_in * blk.ld..],
                     false,
                     m,
@@ -668,27 +667,20 @@ fn transformed_forward<T: Element>(
 /// swapped (the same transformed kernels, read transposed at mirrored points), padded by 2 -
 /// pad, which gives back the input's size.
 pub fn backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
-    let adjoint = ConvGeom {
-        c_in: g.c_out,
-        c_out: g.c_in,
-        ..*g
-    };
-    backward_data_in_blocks(g, default_block_tiles(&adjoint), dy, w)
+    // The adjoint convolution has the same two channel counts, so the same default blocks.
+    backward_data_in_blocks(g, default_block_tiles(g), dy, w)
 }
 
 /// [`backward_data`] in blocks of at most `tiles` tiles.
 fn backward_data_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, dy: &[T], w: &[T]) -> Vec<T> {
     assert!(takes(g), "winograd::backward_data: {g:?} is not a convolution it takes");
     let adjoint = ConvGeom {
-        n: g.n,
         c_in: g.c_out,
         h: g.h_out(),
         w: g.w_out(),
         c_out: g.c_in,
-        kh: 3,
-        kw: 3,
-        stride: 1,
         pad: 2 - g.pad,
+        ..*g
     };
     debug_assert_eq!((adjoint.h_out(), adjoint.w_out()), (g.h, g.w));
     transformed_forward(&adjoint, tiles, dy, &Kernels::of(w, g.c_out, g.c_in), true, None)
@@ -753,11 +745,14 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
     } else {
         runs.into_iter().map(|r| partial(r, true)).collect()
     };
-    let mut partials = partials.into_iter();
-    let mut du = partials.next().expect("a convolution has at least one tile");
-    for part in partials {
-        du.iter_mut().zip(&part).for_each(|(s, p)| *s += *p);
-    }
+    // An empty batch has no blocks, and a zero gradient.
+    let du = partials
+        .into_iter()
+        .reduce(|mut du, part| {
+            du.iter_mut().zip(&part).for_each(|(s, p)| *s += *p);
+            du
+        })
+        .unwrap_or_else(|| vec![T::zero(); du_len]);
     (untransform_weight_grads(&du, g.c_out * g.c_in), super::bias_grad(g, dy))
 }
 
@@ -865,6 +860,18 @@ mod tests {
         }
         assert!(seen.iter().all(|&s| s == 1));
         assert_eq!(blk.locate(7 * 5 + 6), (1, 1, 1));
+    }
+
+    /// An empty batch gives empty outputs and zero weight and bias gradients, as the lowering does.
+    #[test]
+    fn an_empty_batch_gives_empty_outputs_and_zero_gradients() {
+        let g = geom(0, 16, 6, 5, 17, 1);
+        let w = vec![1.0f32; 17 * 16 * 9];
+        assert!(forward(&g, &[], &w, None).is_empty());
+        assert!(backward_data(&g, &[], &w).is_empty());
+        let (dw, db) = backward_weight::<f32>(&g, &[], &[]);
+        assert!(dw.len() == w.len() && dw.iter().all(|&v| v == 0.0));
+        assert!(db.len() == 17 && db.iter().all(|&v| v == 0.0));
     }
 
     /// In f64 the transforms are exact to rounding, so every pass must equal the definition to
