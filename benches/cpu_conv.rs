@@ -7,11 +7,16 @@
 //! `RAYON_NUM_THREADS=1 cargo bench --bench cpu_conv` gives the single-thread table of
 //! docs/PERFORMANCE.md. Run as a test (`cargo test --all-targets`, without `--bench`), it times a
 //! U-Net 16 times smaller, so that CI runs the code without the minutes.
+//!
+//! `cargo bench --bench cpu_conv -- --sweep` instead prints, for square 3x3 convolutions of c
+//! channels in and out at sizes 8-128 (batch `SWEEP_BATCH`, default 4), the lowering's time over
+//! Winograd's for each pass (above 1: Winograd faster): the measurements behind
+//! `winograd::applies`.
 
 use std::time::Instant;
 
 use lrc::nn::UNetConfig;
-use lrc::ops::conv::{ConvGeom, cpu, lowered};
+use lrc::ops::conv::{ConvGeom, cpu, lowered, winograd};
 
 const BATCH: usize = 4;
 
@@ -51,6 +56,9 @@ type BackwardData = fn(&ConvGeom, &[f32], &[f32]) -> Vec<f32>;
 type BackwardWeight = fn(&ConvGeom, &[f32], &[f32]) -> (Vec<f32>, Vec<f32>);
 
 fn main() {
+    if std::env::args().any(|a| a == "--sweep") {
+        return sweep();
+    }
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (cfg, size) = if benchmarking {
         (UNetConfig::default(), 128)
@@ -139,4 +147,51 @@ fn table(
         total[2],
         total.iter().sum::<f64>()
     );
+}
+
+/// The lowering's time over Winograd's, per pass, on a grid of sizes and channel counts.
+fn sweep() {
+    let n: usize = std::env::var("SWEEP_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCH);
+    println!(
+        "lowered / Winograd time (forward / backward-data / backward-weight), batch {n}, {} threads",
+        rayon::current_num_threads()
+    );
+    println!("| size \\ c | 16 | 32 | 64 | 128 | 256 |");
+    println!("|---|---|---|---|---|---|");
+    for size in [8usize, 16, 32, 64, 128] {
+        let mut cells = Vec::new();
+        for c in [16usize, 32, 64, 128, 256] {
+            let g = ConvGeom {
+                n,
+                c_in: c,
+                h: size,
+                w: size,
+                c_out: c,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            };
+            // Skip the shapes that would take minutes.
+            if 2 * g.macs() > 3_000_000_000 {
+                cells.push("-".to_string());
+                continue;
+            }
+            let x: Vec<f32> = (0..n * c * size * size).map(|i| (i % 7) as f32 * 0.1).collect();
+            let w: Vec<f32> = (0..c * c * 9).map(|i| (i % 5) as f32 * 0.1).collect();
+            let r = [
+                median_ms(|| drop(std::hint::black_box(lowered::forward(&g, &x, &w, None))))
+                    / median_ms(|| drop(std::hint::black_box(winograd::forward(&g, &x, &w, None)))),
+                median_ms(|| drop(std::hint::black_box(lowered::backward_data(&g, &x, &w))))
+                    / median_ms(|| drop(std::hint::black_box(winograd::backward_data(&g, &x, &w)))),
+                median_ms(|| drop(std::hint::black_box(lowered::backward_weight(&g, &x, &x))))
+                    / median_ms(|| drop(std::hint::black_box(winograd::backward_weight(&g, &x, &x)))),
+            ];
+            cells.push(format!("{:.2} / {:.2} / {:.2}", r[0], r[1], r[2]));
+        }
+        println!("| {size} | {} |", cells.join(" | "));
+    }
 }

@@ -288,6 +288,13 @@ __device__ __forceinline__ void wgmma_hold(float& r) {
 #endif
 }
 
+// The same for a register of the A fragment, which mma_async also reads asynchronously.
+__device__ __forceinline__ void wgmma_hold(uint32_t& r) {
+#if !defined(LRC_EMULATE)
+    asm volatile("" : "+r"(r)::"memory");
+#endif
+}
+
 // The shared-state-space address of a pointer into shared memory.
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -297,11 +297,17 @@ __device__ void conv_wgmma(const ConvParams& p) {
         }
         lrc::fence_proxy_async_shared();
         __syncthreads();
-        lrc::wgmma_fence();
+        // Pin the operand registers before the fence, which orders only register writes issued
+        // ahead of it: the A words' conversions and the accumulators must not sink past it.
 #pragma unroll
         for (int i = 0; i < ACC; ++i) {
             lrc::wgmma_hold(acc[i]);
         }
+#pragma unroll
+        for (int e = 0; e < S::A_WORDS; ++e) {
+            lrc::wgmma_hold(af[e / 4][e % 4]);
+        }
+        lrc::wgmma_fence();
         const uint32_t stage_addr = smem_base + stage * S::BYTES;
 #pragma unroll
         for (int s = 0; s < S::STEPS; ++s) {
@@ -315,9 +321,14 @@ __device__ void conv_wgmma(const ConvParams& p) {
             load_tile<P, M, S>(p, rows, row_ok, n0, N, K, k0 + BK, t, ra, rb);
         }
         lrc::wgmma_wait<0>();
+        // And after the wait: the next tile's A words must not be written before it.
 #pragma unroll
         for (int i = 0; i < ACC; ++i) {
             lrc::wgmma_hold(acc[i]);
+        }
+#pragma unroll
+        for (int e = 0; e < S::A_WORDS; ++e) {
+            lrc::wgmma_hold(af[e / 4][e % 4]);
         }
     }
 #pragma unroll

@@ -95,12 +95,12 @@ impl Preset {
             pretrain_batch: 8,
             queue: 256,
             samples: 16,
-            epochs: 12,
+            epochs: 40,
             steps_per_epoch: 15,
             finetune_batch: 4,
             finetune_lr: 2e-3,
             regions: vec![Region::Abdomen],
-            patience: 5,
+            patience: 10,
             cluster_slices: 6,
         }
     }

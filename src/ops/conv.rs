@@ -84,9 +84,23 @@ impl ConvGeom {
 const LOWERED_PIXELS: usize = 512;
 /// Elements added to each row of a lowered block, so that its row stride is no power of two.
 const LOWERED_ROW_PAD: usize = 16;
-/// Lowered blocks whose weight-gradient partials one task sums: a fixed number, so that the
-/// summation order, and so the result, does not depend on the number of threads.
+/// Largest lowered block (elements) whose backward-data GEMMs run one per thread when images do
+/// not fill the threads: measured at batch 1 on 2 threads, grouping cut 128 x 128 x 16 from 2.9
+/// to 2.0 ms and 64 x 64 x 64 from 2.7 to 2.0 ms (blocks of 76K and 304K elements), and slowed
+/// 32 x 32 x 128 from 1.9 to 3.2 ms (608K), where one buffer with the GEMM split inside stays.
+const GROUPED_SCRATCH: usize = 1 << 19;
+/// Most lowered blocks whose weight-gradient partials one task sums.
 const BLOCKS_PER_PARTIAL: usize = 8;
+/// Fewest weight-gradient partials when there are blocks enough: a small layer's few blocks
+/// would otherwise all fall into one task and run on one thread.
+const MIN_WEIGHT_PARTIALS: usize = 8;
+
+/// Blocks each weight-gradient partial sums: at most `most`, fewer when that would leave fewer
+/// than [`MIN_WEIGHT_PARTIALS`] partials. It depends on the geometry alone, so the summation
+/// order, and so the result, does not depend on the number of threads.
+pub(crate) fn blocks_per_partial(blocks: usize, most: usize) -> usize {
+    blocks.div_ceil(MIN_WEIGHT_PARTIALS).clamp(1, most)
+}
 
 /// How one image's output rows are cut into lowered blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,32 +236,42 @@ fn im2col_rows<T: Element>(x: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), co
 }
 
 /// The adjoint of [`im2col_rows`]: adds each entry of the lowered block back into the (C, H, W)
-/// image.
-fn col2im_rows<T: Element>(col: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), ld: usize, x: &mut [T]) {
+/// image, its channels in parallel when `parallel` (when images do not run in parallel).
+fn col2im_rows<T: Element>(col: &[T], g: &ConvGeom, rows: (usize, usize), ld: usize, x: &mut [T], parallel: bool) {
+    let plane = g.h * g.w;
+    if parallel {
+        x.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, xc)| col2im_channel(col, g, rows, ld, ci, xc));
+    } else {
+        x.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, xc)| col2im_channel(col, g, rows, ld, ci, xc));
+    }
+}
+
+/// [`col2im_rows`] for input channel `ci`, whose plane is `x`: channels touch disjoint planes, so
+/// they can run in parallel with the same additions in the same order.
+fn col2im_channel<T: Element>(col: &[T], g: &ConvGeom, (oy0, oy1): (usize, usize), ld: usize, ci: usize, x: &mut [T]) {
     let (h, w, wo) = (g.h, g.w, g.w_out());
-    for ci in 0..g.c_in {
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (ci * g.kh + ky) * g.kw + kx;
-                let src = &col[row * ld..row * ld + (oy1 - oy0) * wo];
-                let (lo, hi) = inside_columns(g, kx);
-                for (oy, line) in (oy0..oy1).zip(src.chunks_exact(wo)) {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let dst = &mut x[(ci * h + iy as usize) * w..(ci * h + iy as usize + 1) * w];
-                    if lo == hi {
-                        continue;
-                    }
-                    let first = lo * g.stride + kx - g.pad;
-                    if g.stride == 1 {
-                        let dst = &mut dst[first..first + hi - lo];
-                        dst.iter_mut().zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
-                    } else {
-                        let taps = dst[first..].iter_mut().step_by(g.stride);
-                        taps.zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
-                    }
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let row = (ci * g.kh + ky) * g.kw + kx;
+            let src = &col[row * ld..row * ld + (oy1 - oy0) * wo];
+            let (lo, hi) = inside_columns(g, kx);
+            for (oy, line) in (oy0..oy1).zip(src.chunks_exact(wo)) {
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                if iy < 0 || iy >= h as isize || lo == hi {
+                    continue;
+                }
+                let dst = &mut x[iy as usize * w..(iy as usize + 1) * w];
+                let first = lo * g.stride + kx - g.pad;
+                if g.stride == 1 {
+                    let dst = &mut dst[first..first + hi - lo];
+                    dst.iter_mut().zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
+                } else {
+                    let taps = dst[first..].iter_mut().step_by(g.stride);
+                    taps.zip(&line[lo..hi]).for_each(|(d, v)| *d += *v);
                 }
             }
         }
@@ -391,7 +415,11 @@ pub mod lowered {
     }
 
     /// dL/dx from dL/dy. A block's receptive fields overlap its neighbours', so the blocks of an
-    /// image run in order; images run in parallel when there are enough of them.
+    /// image are added into dx in order; images run in parallel when there are enough of them.
+    /// Otherwise an image's blocks go in groups of one per thread: their GEMMs (independent)
+    /// run in parallel, then each is added in order, channels in parallel (for blocks up to
+    /// [`GROUPED_SCRATCH`]; wider ones split each GEMM instead). Either way every dx
+    /// element receives the same additions in the same order, whatever the thread count.
     pub fn backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         let (ho, wo) = (g.h_out(), g.w_out());
         let hw = ho * wo;
@@ -399,39 +427,96 @@ pub mod lowered {
         let mut dx = vec![T::zero(); g.n * plane];
         let outer = per_sample_parallel(g.n);
         let low = Lowering::of(g);
-        let run = |(i, dxi): (usize, &mut [T])| {
-            let dyi = image(dy, i, g.c_out, hw);
-            if g.is_pointwise() {
-                gemm_into(low.depth, hw, g.c_out, w, true, dyi, false, dxi, false, !outer);
-                return;
-            }
-            T::with_scratch(low.scratch_len(), |col| {
-                for blk in 0..low.blocks {
-                    let rows = low.rows_of(blk, ho);
-                    let cols = (rows.1 - rows.0) * wo;
-                    let ld = RowStrides {
-                        a: low.depth,
-                        b: hw,
-                        c: low.ld,
-                    };
-                    let dy_block = &dyi[rows.0 * wo..];
-                    gemm_strided(
-                        low.depth, cols, g.c_out, w, true, dy_block, false, col, ld, false, !outer,
-                    );
-                    col2im_rows(col, g, rows, low.ld, dxi);
-                }
-            });
+        // dy rows of block `blk` times w^T into `col`, the GEMM split over threads if `parallel`.
+        let lower_block = |dyi: &[T], blk: usize, col: &mut [T], parallel: bool| {
+            let rows = low.rows_of(blk, ho);
+            let ld = RowStrides {
+                a: low.depth,
+                b: hw,
+                c: low.ld,
+            };
+            let cols = (rows.1 - rows.0) * wo;
+            gemm_strided(
+                low.depth,
+                cols,
+                g.c_out,
+                w,
+                true,
+                &dyi[rows.0 * wo..],
+                false,
+                col,
+                ld,
+                false,
+                parallel,
+            );
         };
-        if outer {
-            dx.par_chunks_mut(plane).enumerate().for_each(run);
+        if g.is_pointwise() {
+            let run = |(i, dxi): (usize, &mut [T])| {
+                gemm_into(
+                    low.depth,
+                    hw,
+                    g.c_out,
+                    w,
+                    true,
+                    image(dy, i, g.c_out, hw),
+                    false,
+                    dxi,
+                    false,
+                    !outer,
+                );
+            };
+            if outer {
+                dx.par_chunks_mut(plane).enumerate().for_each(run);
+            } else {
+                dx.chunks_mut(plane).enumerate().for_each(run);
+            }
+        } else if outer {
+            dx.par_chunks_mut(plane).enumerate().for_each(|(i, dxi)| {
+                let dyi = image(dy, i, g.c_out, hw);
+                T::with_scratch(low.scratch_len(), |col| {
+                    for blk in 0..low.blocks {
+                        lower_block(dyi, blk, col, false);
+                        col2im_rows(col, g, low.rows_of(blk, ho), low.ld, dxi, false);
+                    }
+                });
+            });
+        } else if low.scratch_len() > GROUPED_SCRATCH {
+            // Wide lowered blocks: one buffer, the GEMM split inside (several would leave cache).
+            for (i, dxi) in dx.chunks_mut(plane).enumerate() {
+                let dyi = image(dy, i, g.c_out, hw);
+                T::with_scratch(low.scratch_len(), |col| {
+                    for blk in 0..low.blocks {
+                        lower_block(dyi, blk, col, true);
+                        col2im_rows(col, g, low.rows_of(blk, ho), low.ld, dxi, false);
+                    }
+                });
+            }
         } else {
-            dx.chunks_mut(plane).enumerate().for_each(run);
+            let group = rayon::current_num_threads().clamp(1, low.blocks);
+            let mut cols: Vec<Vec<T>> = (0..group).map(|_| vec![T::zero(); low.scratch_len()]).collect();
+            for (i, dxi) in dx.chunks_mut(plane).enumerate() {
+                let dyi = image(dy, i, g.c_out, hw);
+                for first in (0..low.blocks).step_by(group) {
+                    let count = group.min(low.blocks - first);
+                    if count == 1 {
+                        lower_block(dyi, first, &mut cols[0], true);
+                    } else {
+                        cols[..count]
+                            .par_iter_mut()
+                            .enumerate()
+                            .for_each(|(j, col)| lower_block(dyi, first + j, col, false));
+                    }
+                    for (j, col) in cols[..count].iter().enumerate() {
+                        col2im_rows(col, g, low.rows_of(first + j, ho), low.ld, dxi, true);
+                    }
+                }
+            }
         }
         dx
     }
 
-    /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of `BLOCKS_PER_PARTIAL`
-    /// lowered blocks in order; the partials are then added in order, so CPU training is
+    /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of lowered blocks in order (a
+    /// length fixed by [`blocks_per_partial`]); the partials are then added in order, so CPU training is
     /// bitwise reproducible (and resumable) on any number of threads.
     pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
         let (ho, wo) = (g.h_out(), g.w_out());
@@ -510,7 +595,11 @@ pub mod lowered {
             low.weight_units(g)
         };
         let runs: Vec<&[WeightUnit]> = units
-            .chunks(if g.is_pointwise() { 1 } else { BLOCKS_PER_PARTIAL })
+            .chunks(if g.is_pointwise() {
+                1
+            } else {
+                blocks_per_partial(units.len(), BLOCKS_PER_PARTIAL)
+            })
             .collect();
         let partials: Vec<Vec<T>> = if runs.len() >= rayon::current_num_threads() {
             runs.par_iter().map(|run| partial(run, false)).collect()
@@ -800,7 +889,20 @@ pub(super) mod tests {
                 pad: 1,
             },
             geometries()[geometries().len() - 1],
-            // Winograd in f32: nine blocks of 512 tiles, three weight-gradient partials.
+            // Few blocks: one per weight-gradient partial (five of 64 Winograd tiles, six
+            // lowered blocks).
+            ConvGeom {
+                n: 3,
+                c_in: 16,
+                h: 20,
+                w: 20,
+                c_out: 16,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            },
+            // Winograd: nine blocks of 512 tiles, five weight-gradient partials.
             ConvGeom {
                 n: 2,
                 c_in: 16,
@@ -818,22 +920,30 @@ pub(super) mod tests {
             let w = f32s(&mut rng, g.c_out * g.c_in * g.kh * g.kw);
             let b = f32s(&mut rng, g.c_out);
             let dy = f32s(&mut rng, g.n * g.c_out * g.h_out() * g.w_out());
-            // The engine's choice (Winograd where it applies) and the lowering, both in f32.
+            // The lowering and, where it takes the geometry, Winograd, both in f32.
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 pool.install(|| {
-                    let (dw, db) = cpu::backward_weight(&g, &x, &dy);
-                    let (lowered_dw, _) = lowered::backward_weight(&g, &x, &dy);
-                    [
-                        cpu::forward(&g, &x, &w, Some(&b)),
-                        cpu::backward_data(&g, &dy, &w),
-                        dw,
-                        db,
+                    let (dw, db) = lowered::backward_weight(&g, &x, &dy);
+                    let mut passes = vec![
                         lowered::forward(&g, &x, &w, Some(&b)),
                         lowered::backward_data(&g, &dy, &w),
-                        lowered_dw,
-                    ]
-                    .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+                        dw,
+                        db,
+                    ];
+                    if winograd::takes(&g) {
+                        let (dw, db) = winograd::backward_weight(&g, &x, &dy);
+                        passes.extend([
+                            winograd::forward(&g, &x, &w, Some(&b)),
+                            winograd::backward_data(&g, &dy, &w),
+                            dw,
+                            db,
+                        ]);
+                    }
+                    passes
+                        .iter()
+                        .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+                        .collect::<Vec<_>>()
                 })
             };
             let one = run(1);

@@ -31,8 +31,8 @@ const MAX_BLOCK_TILES: usize = 1024;
 /// Elements added to each row of a block's matrices, so that its row stride is no power of two
 /// (the lowering's reason, `super::LOWERED_ROW_PAD`).
 const ROW_PAD: usize = 16;
-/// Blocks whose weight-gradient partials one task sums, a fixed number for a result that does
-/// not depend on the number of threads (as `super::BLOCKS_PER_PARTIAL`).
+/// Most blocks whose weight-gradient partials one task sums (fewer for small layers, by
+/// `super::blocks_per_partial`, which depends on the geometry alone).
 const BLOCKS_PER_PARTIAL: usize = 4;
 /// Fewest channels on each side for Winograd to pay on the CPU: with fewer, the GEMMs'
 /// reductions are too short to pay for the transforms' extra memory traffic (8 -> 8 and 8 -> 16
@@ -46,10 +46,21 @@ pub fn takes(g: &ConvGeom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad <= 2
 }
 
+/// Work below which the lowering is faster, in `c^2 * pixels` (`c` the smaller channel count,
+/// `pixels` the batch's output pixels), i.e. `c * sqrt(pixels)` of 3072. Winograd's transforms
+/// cost per tile and channel, its GEMMs per tile and channel pair, and its transform loops
+/// vectorise along a tile row: few channels, small images or small batches leave the transforms
+/// the larger part. Measured (2 threads, c_in = c_out, each pass): break-even near
+/// `c * sqrt(pixels)` = 2048 (batch 4: 8 x 8 at 256 channels, 16 x 16 at 64, 32 x 32 at 32,
+/// 64 x 64 at 16), the lowering up to 2.7x faster below it, Winograd 1.1-1.6x faster from 4096
+/// up (docs/PERFORMANCE.md).
+const MIN_WORK: usize = 3072 * 3072;
+
 /// Whether the engine runs this convolution through Winograd: it [`takes`] it, with enough
-/// channels on both sides (16, `MIN_CHANNELS`).
+/// channels on both sides (16, `MIN_CHANNELS`) and enough work ([`MIN_WORK`]).
 pub fn applies(g: &ConvGeom) -> bool {
-    takes(g) && g.c_in.min(g.c_out) >= MIN_CHANNELS
+    let c = g.c_in.min(g.c_out);
+    takes(g) && c >= MIN_CHANNELS && c * c * g.n * g.h_out() * g.w_out() >= MIN_WORK
 }
 
 /// How the batch's output tiles are numbered and cut into blocks.
@@ -691,7 +702,16 @@ fn backward_data_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, dy: &[T], w: 
 /// tiles), then `G^T . G` back to 3 x 3. Each task sums a fixed run of blocks in order and the
 /// partials are added in order, so the result does not depend on the number of threads.
 pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
-    backward_weight_in_blocks(g, default_block_tiles(g), x, dy)
+    backward_weight_in_blocks(g, weight_block_tiles(g), x, dy)
+}
+
+/// Tiles a block of the weight gradient holds: the default, or fewer (down to
+/// [`MIN_BLOCK_TILES`]) when the batch has too few tiles for `super::MIN_WEIGHT_PARTIALS`
+/// partials, which are its only parallelism besides the 16 small point GEMMs.
+fn weight_block_tiles(g: &ConvGeom) -> usize {
+    let total = g.n * g.h_out().div_ceil(2) * g.w_out().div_ceil(2);
+    let spread = total.div_ceil(super::MIN_WEIGHT_PARTIALS).max(MIN_BLOCK_TILES);
+    default_block_tiles(g).min(spread)
 }
 
 /// [`backward_weight`] in blocks of at most `tiles` tiles.
@@ -736,9 +756,10 @@ fn backward_weight_in_blocks<T: Element>(g: &ConvGeom, tiles: usize, x: &[T], dy
         });
         du
     };
+    let per_partial = super::blocks_per_partial(blk.blocks, BLOCKS_PER_PARTIAL);
     let runs: Vec<std::ops::Range<usize>> = (0..blk.blocks)
-        .step_by(BLOCKS_PER_PARTIAL)
-        .map(|b| b..(b + BLOCKS_PER_PARTIAL).min(blk.blocks))
+        .step_by(per_partial)
+        .map(|b| b..(b + per_partial).min(blk.blocks))
         .collect();
     let partials: Vec<Vec<T>> = if blocks_in_parallel(runs.len()) {
         runs.into_par_iter().map(|r| partial(r, false)).collect()
