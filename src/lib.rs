@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod output;
 pub mod plot;
 pub mod profile;
 pub mod rng;

@@ -280,3 +280,33 @@ fn user_errors_are_reported_not_panicked() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nodir"), "{stderr}");
 }
+
+/// The output is never the input, and a smoothing beyond any slice is refused, not attempted.
+#[test]
+fn the_input_is_never_overwritten_and_sigma_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let ct = write_phantom(dir.path());
+    let before = std::fs::read(&ct).unwrap();
+    let same = dir.path().join("./ct.nii.gz");
+    let out = lrc(&["superpixels", "-i", s(&ct), "-o", s(&same), "--device", "cpu"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is also an input"), "{stderr}");
+    assert_eq!(std::fs::read(&ct).unwrap(), before);
+    let regions = dir.path().join("regions.nii.gz");
+    let out = lrc(&[
+        "superpixels",
+        "-i",
+        s(&ct),
+        "-o",
+        s(&regions),
+        "--sigma",
+        "1e20",
+        "--device",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("sigma must be at most") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -383,3 +383,32 @@ fn zscore_normalisation_is_fitted_on_foreground_and_stored() {
     assert_eq!(store.config().normalization, n);
     assert_eq!(store.pad_value(), n.value(-1000.0));
 }
+
+/// A damaged record (dims that overflow, or that disagree with the file) and a damaged
+/// normalisation in store.json are named, with what is wrong.
+#[test]
+fn damaged_store_records_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_synth(&tmp.path().join("ds"), 1, Region::Abdomen);
+    let out = tmp.path().join("store");
+    write_store(&ds, &out, &PrepConfig::default(), &opts(1, false)).unwrap();
+    let cases = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(cases.lines().next().unwrap()).unwrap();
+    for slices in [1_000_000_000u64, 7] {
+        record["slices"] = slices.into();
+        std::fs::write(out.join("cases.jsonl"), format!("{record}\n")).unwrap();
+        let err = SliceStore::open(&out).err().expect("must fail").to_string();
+        assert!(err.contains("cases.jsonl") && err.contains("is damaged"), "{err}");
+    }
+    std::fs::write(out.join("cases.jsonl"), cases).unwrap();
+    SliceStore::open(&out).unwrap();
+    let header = std::fs::read_to_string(out.join("store.json")).unwrap();
+    let mut h: serde_json::Value = serde_json::from_str(&header).unwrap();
+    let norm = h["config"]["normalization"].as_object_mut().unwrap();
+    let (lo, hi) = (norm["lo"].clone(), norm["hi"].clone());
+    norm.insert("lo".into(), hi);
+    norm.insert("hi".into(), lo);
+    std::fs::write(out.join("store.json"), h.to_string()).unwrap();
+    let err = SliceStore::open(&out).err().expect("must fail").to_string();
+    assert!(err.contains("store.json"), "{err}");
+}

@@ -212,3 +212,40 @@ fn dataset_is_written_in_the_nnunet_layout() {
     assert!(synth_case(&bad, 0).unwrap_err().to_string().contains("--slices"));
     assert!("pelvis".parse::<Region>().is_err());
 }
+
+/// `write_dataset` rewrites its own earlier output (finished or interrupted) but refuses a
+/// folder holding anything else, such as a user's dataset.
+#[test]
+fn a_foreign_folder_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DatasetOptions {
+        cases: 1,
+        unlabeled: false,
+        threads: 1,
+        preview: false,
+        progress: false,
+    };
+    let small = SynthConfig {
+        slices: 8,
+        size: 64,
+        ..cfg(Region::Abdomen, 1)
+    };
+    let ours = dir.path().join("ours");
+    write_dataset(&small, &ours, &opts).unwrap();
+    write_dataset(&small, &ours, &opts).unwrap();
+    // Interrupted before its dataset.json: only the folders it makes.
+    let partial = dir.path().join("partial");
+    std::fs::create_dir_all(partial.join("imagesTr")).unwrap();
+    write_dataset(&small, &partial, &opts).unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("dataset.json"), br#"{"name": "my hospital's CT"}"#).unwrap();
+    let err = write_dataset(&small, &theirs, &opts)
+        .expect_err("must fail")
+        .to_string();
+    assert!(err.contains("holds no dataset written by `lrc synth`"), "{err}");
+    assert_eq!(
+        std::fs::read(theirs.join("dataset.json")).unwrap(),
+        br#"{"name": "my hospital's CT"}"#
+    );
+}

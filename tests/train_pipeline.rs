@@ -306,3 +306,123 @@ fn batches_do_not_depend_on_the_threads_that_build_them() {
     );
     assert_eq!(two.samples[..], one.samples[..2]);
 }
+
+/// Mistakes that would lose work are refused before any training: an output that is an input,
+/// an output that is a folder, a resume with nothing to resume, a finished run whose model is
+/// gone, a loss that stops being finite, a learning rate that is no number.
+#[test]
+fn outputs_that_would_lose_work_are_refused() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |out: &Path, resume: bool| FinetuneOptions {
+        out: out.to_path_buf(),
+        resume,
+        metrics: None,
+        quiet: true,
+        stop_after: None,
+        device: lrc::device::Device::Cpu,
+    };
+    let err = |r: lrc::Result<lrc::train::finetune::FinetuneSummary>| r.expect_err("must fail").to_string();
+    // The fine-tuned model over its own initialisation.
+    let local = dir.path().join("local.st");
+    std::fs::write(&local, b"pre-trained").unwrap();
+    let mut cfg = finetune_config(1);
+    cfg.init.local = Some(local.clone());
+    let e = err(finetune(
+        f.store.clone(),
+        cfg,
+        &opts(&dir.path().join("./local.st"), false),
+    ));
+    assert!(e.contains("is also an input"), "{e}");
+    assert_eq!(std::fs::read(&local).unwrap(), b"pre-trained");
+    // A folder for a file.
+    let e = err(finetune(f.store.clone(), finetune_config(1), &opts(dir.path(), false)));
+    assert!(e.contains("is a folder"), "{e}");
+    // --resume where the model exists but its state does not.
+    let lone = dir.path().join("lone.st");
+    std::fs::write(&lone, b"someone's model").unwrap();
+    let e = err(finetune(f.store.clone(), finetune_config(1), &opts(&lone, true)));
+    assert!(e.contains("nothing to resume"), "{e}");
+    assert_eq!(std::fs::read(&lone).unwrap(), b"someone's model");
+    // A finished run whose model was deleted: resuming must not report a write it never made.
+    let done = dir.path().join("done.st");
+    finetune(f.store.clone(), finetune_config(1), &opts(&done, true)).unwrap();
+    std::fs::remove_file(&done).unwrap();
+    let e = err(finetune(f.store.clone(), finetune_config(1), &opts(&done, true)));
+    assert!(e.contains("is missing"), "{e}");
+    // A learning rate that is no number, and one that makes the loss blow up.
+    let mut cfg = finetune_config(1);
+    cfg.lr = f64::NAN;
+    let e = err(finetune(f.store.clone(), cfg, &opts(&dir.path().join("nan.st"), false)));
+    assert!(e.contains("learning rate must be positive"), "{e}");
+    let mut cfg = finetune_config(1);
+    cfg.lr = 1e30;
+    let e = err(finetune(
+        f.store.clone(),
+        cfg,
+        &opts(&dir.path().join("huge.st"), false),
+    ));
+    assert!(e.contains("the loss became"), "{e}");
+    // Pre-training: at least two regions for a contrast.
+    let mut cfg = pretrain_config(Method::Local, 1);
+    cfg.max_regions = Some(1);
+    let e = pretrain(f.store.clone(), cfg, &run_opts(&dir.path().join("p.st"), None))
+        .expect_err("must fail")
+        .to_string();
+    assert!(e.contains("--max-regions must be at least 2"), "{e}");
+}
+
+/// `lrc predict` never writes over its input, and refuses a folder where two files name one case.
+#[test]
+fn prediction_never_overwrites_an_input() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.st");
+    let opts = FinetuneOptions {
+        out: model.clone(),
+        resume: false,
+        metrics: None,
+        quiet: true,
+        stop_after: None,
+        device: lrc::device::Device::Cpu,
+    };
+    finetune(f.store.clone(), finetune_config(1), &opts).unwrap();
+    let cpu = lrc::device::Device::Cpu;
+    let image = dir.path().join("ct.nii.gz");
+    std::fs::copy(f.data.join("imagesTr/abdomen_003_0000.nii.gz"), &image).unwrap();
+    let before = std::fs::read(&image).unwrap();
+    let e = lrc::cli::predict::run(&model, &image, &image, 4, &cpu)
+        .expect_err("must fail")
+        .to_string();
+    assert!(e.contains("is also an input"), "{e}");
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+    // b_0000.nii.gz and b.nii.gz are both case "b".
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(&image, input.join("b_0000.nii.gz")).unwrap();
+    std::fs::copy(&image, input.join("b.nii.gz")).unwrap();
+    let e = lrc::cli::predict::run(&model, &input, &dir.path().join("out"), 4, &cpu)
+        .expect_err("must fail")
+        .to_string();
+    assert!(e.contains("name the same case"), "{e}");
+    assert!(!dir.path().join("out/b.nii.gz").exists());
+    // A model whose preprocessing record was damaged (an inverted intensity window) is
+    // refused when loaded, not used to normalise.
+    let (tensors, mut meta) = lrc::checkpoint::load(&model).unwrap();
+    let mut prep: serde_json::Value = serde_json::from_str(&meta["prep"]).unwrap();
+    let norm = prep["normalization"].as_object_mut().unwrap();
+    let (lo, hi) = (norm["lo"].clone(), norm["hi"].clone());
+    norm.insert("lo".into(), hi);
+    norm.insert("hi".into(), lo);
+    meta.insert("prep".into(), prep.to_string());
+    let damaged = dir.path().join("damaged.st");
+    let tensors: Vec<(String, lrc::tensor::Tensor)> = tensors.into_iter().collect();
+    lrc::checkpoint::save(&damaged, &tensors, &meta).unwrap();
+    let e = lrc::cli::predict::run(&damaged, &image, &dir.path().join("m2.nii.gz"), 4, &cpu)
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        e.contains("damaged.st") && e.contains("preprocessing record is unusable"),
+        "{e}"
+    );
+}

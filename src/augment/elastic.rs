@@ -35,12 +35,21 @@ impl Default for ElasticParams {
 }
 
 impl ElasticParams {
-    /// Check that alpha and sigma are finite and non-negative.
+    /// Check that alpha and sigma are finite and non-negative, sigma at most
+    /// [`MAX_SIGMA`](crate::superpixel::felzenszwalb::MAX_SIGMA) pixels (its kernel reaches 4
+    /// sigma).
     pub fn validate(&self) -> crate::Result<()> {
+        use crate::superpixel::felzenszwalb::MAX_SIGMA;
         if !(self.alpha.is_finite() && self.alpha >= 0.0 && self.sigma.is_finite() && self.sigma >= 0.0) {
             return Err(crate::Error::config(format!(
                 "elastic alpha and sigma must be finite and >= 0, got {} and {}",
                 self.alpha, self.sigma
+            )));
+        }
+        if f64::from(self.sigma) > MAX_SIGMA {
+            return Err(crate::Error::config(format!(
+                "elastic sigma must be at most {MAX_SIGMA} pixels (the smoothing reaches 4 sigma), got {}",
+                self.sigma
             )));
         }
         Ok(())

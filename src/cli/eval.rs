@@ -319,6 +319,19 @@ fn list_unpaired(what: &str, files: &[PathBuf]) {
 
 /// Runs `lrc eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    let path = json_path(&args);
+    // Every file the evaluation may read: the masks of both folders and the label file.
+    let mut inputs: Vec<std::path::PathBuf> = [&args.pred, &args.truth]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())))
+        .collect();
+    inputs.extend(args.labels.clone());
+    inputs.push(args.truth.join("dataset.json"));
+    inputs.push(args.truth.join("../dataset.json"));
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(|p| p.as_path()).collect();
+    crate::output::refuse_overwriting_input(&path, &inputs)?;
+    crate::output::check_writable(&path)?;
     let eval = evaluate(&args)?;
     let report = &eval.report;
     list_unpaired("prediction(s) without a reference mask", &report.unpaired_predictions);
@@ -341,7 +354,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         eprintln!("warning: the masks hold no foreground label and no dataset.json names one: nothing to score");
     }
     // The file first: printing can fail (a closed pipe), the result must not be lost with it.
-    let path = json_path(&args);
     let text = serde_json::to_string_pretty(report).map_err(|e| Error::format(&path, e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
     print!("{}", eval.table.to_text());

@@ -448,9 +448,19 @@ fn display_name(path: &Path) -> String {
 /// Runs `lrc eval-clusters`.
 pub fn run(args: EvalClustersArgs) -> Result<()> {
     let start = std::time::Instant::now();
+    let path = json_path(&args);
+    crate::output::refuse_overwriting_input(
+        &path,
+        &[
+            &args.model,
+            &args.data,
+            &args.data.join("store.json"),
+            &args.data.join("cases.jsonl"),
+        ],
+    )?;
+    crate::output::check_writable(&path)?;
     let report = evaluate(&args)?;
     // The file first: printing can fail (a closed pipe), the result must not be lost with it.
-    let path = json_path(&args);
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::format(&path, e.to_string()))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
     println!(

@@ -33,7 +33,7 @@ pub fn case_name(path: &Path) -> String {
 /// The segmentation of a volume on its own grid: prepared as the model's training data was,
 /// segmented slice by slice, resampled back.
 pub fn predict_volume(seg: &Segmenter, volume: &Volume, batch: usize) -> Result<LabelVolume> {
-    let transform = PrepTransform::new(&volume.geometry, seg.prep.spacing);
+    let transform = PrepTransform::checked(&volume.geometry, seg.prep.spacing)?;
     let mut prepared = transform.image_to_prepared(&volume.data);
     seg.prep.normalization.apply(&mut prepared);
     let [z, h, w] = transform.prepared.dims;
@@ -44,12 +44,18 @@ pub fn predict_volume(seg: &Segmenter, volume: &Volume, batch: usize) -> Result<
 
 /// Segments one volume and writes the mask (uint8, the input's shape and affine).
 pub fn predict_file(seg: &Segmenter, input: &Path, output: &Path, batch: usize) -> Result<()> {
-    write_mask(output, &predict_volume(seg, &read_volume(input)?, batch)?)
+    let volume = read_volume(input)?;
+    let mask = predict_volume(seg, &volume, batch).map_err(|e| match e {
+        Error::Config(msg) => Error::format(input, msg),
+        e => e,
+    })?;
+    write_mask(output, &mask)
 }
 
 /// `input` and `output` are both files, or both folders (every NIfTI file of `input` is
 /// segmented into `output/CASE.nii.gz`). Returns the files written.
 pub fn run(model: &Path, input: &Path, output: &Path, batch: usize, device: &Device) -> Result<Vec<PathBuf>> {
+    crate::output::refuse_overwriting_input(output, &[input, model])?;
     let (mut seg, _) = Segmenter::load(model)?;
     // Inference runs where the parameters are.
     seg.params = seg.params.for_device(device)?;
@@ -62,6 +68,22 @@ pub fn run(model: &Path, input: &Path, output: &Path, batch: usize, device: &Dev
         files.sort();
         if files.is_empty() {
             return Err(Error::format(input, "holds no .nii or .nii.gz files"));
+        }
+        // Two inputs of one case name (`a_0000.nii.gz` and `a.nii.gz`, `b.nii` and `b.nii.gz`)
+        // would write one mask over the other.
+        let mut by_case: std::collections::BTreeMap<String, &PathBuf> = std::collections::BTreeMap::new();
+        for f in &files {
+            if let Some(first) = by_case.insert(case_name(f), f) {
+                return Err(Error::format(
+                    input,
+                    format!(
+                        "{} and {} name the same case {:?}, whose mask would be written twice: rename one",
+                        first.display(),
+                        f.display(),
+                        case_name(f)
+                    ),
+                ));
+            }
         }
         std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
         let mut written = Vec::new();

@@ -238,8 +238,10 @@ pub fn run(args: SuperpixelsArgs) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
     check_output_folder(&args.out)?;
+    crate::output::refuse_overwriting_input(&args.out, &[&args.input])?;
     if let Some(png) = &args.png {
         check_output_folder(png)?;
+        crate::output::refuse_overwriting_input(png, &[&args.input, &args.out])?;
     }
     let start = std::time::Instant::now();
     let volume = read_volume(&args.input)?;

@@ -88,7 +88,28 @@ pub struct PrepTransform {
     pub prepared: Geometry,
 }
 
+/// Most voxels a prepared volume may have (4 GiB of f32): a target spacing far finer than the
+/// data's would otherwise ask for more memory than a machine has.
+pub const MAX_PREPARED_VOXELS: usize = 1 << 30;
+
 impl PrepTransform {
+    /// [`PrepTransform::new`], or an error when the prepared grid would exceed
+    /// [`MAX_PREPARED_VOXELS`].
+    pub fn checked(original: &Geometry, spacing: [f64; 3]) -> Result<PrepTransform> {
+        let t = PrepTransform::new(original, spacing);
+        let voxels = t.prepared.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if voxels.is_none_or(|v| v > MAX_PREPARED_VOXELS) {
+            return Err(Error::config(format!(
+                "resampling {} voxels of {:?} mm to {:?} mm gives {}, more than the {MAX_PREPARED_VOXELS} a prepared volume may have: use a coarser spacing",
+                super::volume::dims_text(original.dims),
+                original.spacing,
+                spacing,
+                super::volume::dims_text(t.prepared.dims)
+            )));
+        }
+        Ok(t)
+    }
+
     /// The transform for a volume on `original` prepared at `spacing` (z, y, x).
     pub fn new(original: &Geometry, spacing: [f64; 3]) -> PrepTransform {
         let reorientation = Reorientation::to_canonical(&original.affine);
@@ -195,7 +216,7 @@ pub fn preprocess_volume(volume: &Volume, labels: Option<&LabelVolume>, cfg: &Pr
             ),
         ));
     }
-    let transform = PrepTransform::new(&volume.geometry, cfg.spacing);
+    let transform = PrepTransform::checked(&volume.geometry, cfg.spacing)?;
     let mut image = transform.image_to_prepared(&volume.data);
     cfg.normalization.apply(&mut image);
     let labels = labels.map(|l| transform.labels_to_prepared(&l.data));

@@ -57,6 +57,18 @@ impl StoredConfig {
         }
     }
 
+    /// Checks the spacing and normalisation as [`PrepConfig::validate`] does (a checkpoint or
+    /// store file carries them, and may have been edited).
+    pub fn validate(&self) -> Result<()> {
+        PrepConfig {
+            spacing: self.spacing,
+            normalization: self.normalization,
+            check_ct: self.check_ct,
+            regions: None,
+        }
+        .validate()
+    }
+
     /// Whether a store written with `self` can be continued with `other`.
     fn compatible(&self, other: &StoredConfig) -> bool {
         self.spacing == other.spacing && self.normalization == other.normalization && self.regions == other.regions
@@ -97,9 +109,13 @@ pub struct CaseRecord {
 }
 
 impl CaseRecord {
-    fn expected_len(&self) -> u64 {
-        let n = (self.slices * self.height * self.width) as u64;
-        n * 4 + if self.regions_offset.is_some() { n * 2 } else { 0 } + if self.labels_offset.is_some() { n } else { 0 }
+    /// Bytes the record's planes take, or `None` when the dims overflow (a damaged record).
+    fn expected_len(&self) -> Option<u64> {
+        let n = (self.slices as u64)
+            .checked_mul(self.height as u64)?
+            .checked_mul(self.width as u64)?;
+        let per_voxel = 4 + if self.regions_offset.is_some() { 2 } else { 0 } + u64::from(self.labels_offset.is_some());
+        n.checked_mul(per_voxel)
     }
 }
 
@@ -297,7 +313,10 @@ fn write_case_file(dir: &Path, case: &CaseSource, p: &PreparedCase) -> Result<Ca
             .unwrap_or_default(),
         transform: p.prepared.transform.clone(),
     };
-    let file_len = record.expected_len();
+    // The planes were just built in memory, so their byte count fits.
+    let file_len = record
+        .expected_len()
+        .expect("the planes of a prepared case fit in memory");
     Ok(CaseRecord { file_len, ..record })
 }
 
@@ -552,16 +571,36 @@ impl SliceStore {
         }
         let dir = dir.as_ref().to_path_buf();
         let header = read_header(&dir.join(STORE_JSON))?;
+        header
+            .config
+            .validate()
+            .map_err(|e| Error::format(dir.join(STORE_JSON), e.to_string()))?;
         let (records, _) = read_records(&dir.join(CASES_JSONL))?;
         let mut cases = Vec::with_capacity(records.len());
         for record in records {
             let path = dir.join(&record.file);
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-            if len != record.file_len || record.expected_len() != record.file_len {
+            if len != record.file_len {
                 return Err(Error::format(
                     &path,
                     format!("case file holds {len} bytes, its record says {}", record.file_len),
+                ));
+            }
+            if record.expected_len() != Some(record.file_len) {
+                return Err(Error::format(
+                    dir.join(CASES_JSONL),
+                    format!(
+                        "the record of case {:?} is damaged: {} slices of {} x {} with its planes need {}, its file holds {} bytes",
+                        record.name,
+                        record.slices,
+                        record.height,
+                        record.width,
+                        record
+                            .expected_len()
+                            .map_or("more bytes than a file can hold".to_string(), |n| format!("{n} bytes")),
+                        record.file_len
+                    ),
                 ));
             }
             // SAFETY: the store's files are written once (temporary name + rename) and never

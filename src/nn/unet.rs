@@ -38,6 +38,9 @@ impl Default for UNetConfig {
     }
 }
 
+/// Most channels of any level (the thesis' U-Net reaches 512).
+pub const MAX_WIDTH: usize = 8192;
+
 impl UNetConfig {
     pub fn widths(&self) -> Vec<usize> {
         (0..self.depth)
@@ -51,8 +54,15 @@ impl UNetConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.depth == 0 || self.depth > 10 || self.base_width == 0 || self.in_channels == 0 || self.max_width == 0 {
-            return Err(Error::config(format!("invalid U-Net configuration {self:?}")));
+        let widths_ok = [self.base_width, self.max_width, self.in_channels]
+            .iter()
+            .all(|&w| (1..=MAX_WIDTH).contains(&w));
+        if self.depth == 0 || self.depth > 10 || !widths_ok {
+            return Err(Error::config(format!(
+                "invalid U-Net: depth {} (1 to 10), base width {}, widest level {} and input channels {} \
+                 (each 1 to {MAX_WIDTH})",
+                self.depth, self.base_width, self.max_width, self.in_channels
+            )));
         }
         Ok(())
     }

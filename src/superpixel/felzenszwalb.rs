@@ -45,8 +45,11 @@ impl Default for FelzenszwalbParams {
     }
 }
 
+/// Largest smoothing sigma, in pixels.
+pub const MAX_SIGMA: f64 = 100.0;
+
 impl FelzenszwalbParams {
-    /// Check that the parameters are usable: finite scale, finite non-negative sigma.
+    /// Check that the parameters are usable: finite scale, finite sigma in [0, [`MAX_SIGMA`]].
     pub fn validate(&self) -> crate::Result<()> {
         if !self.scale.is_finite() {
             return Err(crate::Error::config(format!(
@@ -57,6 +60,14 @@ impl FelzenszwalbParams {
         if !(self.sigma.is_finite() && self.sigma >= 0.0) {
             return Err(crate::Error::config(format!(
                 "felzenszwalb sigma must be finite and >= 0, got {}",
+                self.sigma
+            )));
+        }
+        // The smoothing kernel reaches 4 sigma to each side: far past any slice above this, and
+        // its length would not fit in memory long before sigma stops being finite.
+        if self.sigma > MAX_SIGMA {
+            return Err(crate::Error::config(format!(
+                "felzenszwalb sigma must be at most {MAX_SIGMA} pixels (the smoothing reaches 4 sigma), got {}",
                 self.sigma
             )));
         }

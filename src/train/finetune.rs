@@ -111,6 +111,24 @@ impl FinetuneConfig {
                 self.unet.size_multiple()
             )));
         }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config(format!(
+                "the learning rate must be positive, got {}",
+                self.lr
+            )));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(format!(
+                "weight decay must be >= 0, got {}",
+                self.weight_decay
+            )));
+        }
+        if !(self.ce_weight.is_finite() && self.ce_weight >= 0.0) {
+            return Err(Error::config(format!(
+                "the cross-entropy weight must be >= 0, got {}",
+                self.ce_weight
+            )));
+        }
         Ok(())
     }
 }
@@ -228,8 +246,10 @@ impl Segmenter {
         let config: FinetuneConfig = serde_json::from_str(field("config")?).map_err(|e| parse_err("config", e))?;
         let classes: usize = field("classes")?.parse().map_err(|_| bad("bad class count".into()))?;
         let label_names = serde_json::from_str(field("label_names")?).map_err(|e| parse_err("label_names", e))?;
-        let prep = serde_json::from_str(field("prep")?).map_err(|e| parse_err("prep", e))?;
-        let mut seg = Segmenter::build(config, classes, label_names, prep)?;
+        let prep: StoredConfig = serde_json::from_str(field("prep")?).map_err(|e| parse_err("prep", e))?;
+        prep.validate()
+            .map_err(|e| bad(format!("its preprocessing record is unusable: {e}")))?;
+        let mut seg = Segmenter::build(config, classes, label_names, prep).map_err(|e| bad(e.to_string()))?;
         super::pretrain::fill(&mut seg.params, tensors, "model/").map_err(|e| bad(e.to_string()))?;
         Ok((seg, meta))
     }
@@ -238,6 +258,14 @@ impl Segmenter {
     pub fn segment(&self, slices: &[&[f32]], h: usize, w: usize, batch: usize) -> Result<Vec<Vec<u8>>> {
         let pad = self.prep.normalization.air();
         segment_slices(&self.model, &self.params, slices, h, w, batch, pad)
+    }
+}
+
+/// A pre-trained checkpoint whose tensors do not fit the model being fine-tuned.
+fn init_mismatch(path: &Path, e: Error) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: format!("{e}: fine-tune with the U-Net options (--base, --depth) it was pre-trained with"),
     }
 }
 
@@ -250,11 +278,14 @@ fn initialise(seg: &mut Segmenter, init: &Init) -> Result<()> {
             ));
         }
         let (tensors, _) = checkpoint::load(path)?;
-        let n = seg.params.load_named(
-            tensors.iter().map(|(k, v)| (k.as_str(), v)),
-            "model/enc.",
-            "global.enc.",
-        )?;
+        let n = seg
+            .params
+            .load_named(
+                tensors.iter().map(|(k, v)| (k.as_str(), v)),
+                "model/enc.",
+                "global.enc.",
+            )
+            .map_err(|e| init_mismatch(path, e))?;
         if n == 0 {
             return Err(Error::Checkpoint {
                 path: path.clone(),
@@ -265,8 +296,11 @@ fn initialise(seg: &mut Segmenter, init: &Init) -> Result<()> {
     if let Some(path) = &init.local {
         let (tensors, _) = checkpoint::load(path)?;
         let named = || tensors.iter().map(|(k, v)| (k.as_str(), v));
-        let n = seg.params.load_named(named(), "model/enc.", "local.enc.")?
-            + seg.params.load_named(named(), "model/dec.", "local.dec.")?;
+        let n = seg
+            .params
+            .load_named(named(), "model/enc.", "local.enc.")
+            .and_then(|a| Ok(a + seg.params.load_named(named(), "model/dec.", "local.dec.")?))
+            .map_err(|e| init_mismatch(path, e))?;
         if !tensors.keys().any(|k| k.starts_with("model/dec.")) || n == 0 {
             return Err(Error::Checkpoint {
                 path: path.clone(),
@@ -346,6 +380,13 @@ pub fn validation_dice(seg: &Segmenter, store: &SliceStore, cases: &[usize], bat
 /// Fine-tunes on `store` and returns the learning curve.
 pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneOptions) -> Result<FinetuneSummary> {
     config.validate()?;
+    let inits: Vec<&Path> = [&config.init.global, &config.init.local]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    crate::output::refuse_overwriting_input(&opts.out, &inits)?;
+    crate::output::check_writable(&opts.out)?;
     let (train, val) = split_cases(&store, config.train_cases, config.val_cases)?;
     let classes = store
         .label_names()
@@ -377,6 +418,16 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
     let mut records: Vec<EpochRecord> = Vec::new();
     let (mut best, mut best_epoch, mut epoch0) = (f64::NEG_INFINITY, 0usize, 0usize);
     let state_file = state_path(&opts.out);
+    if opts.resume && !state_file.exists() && opts.out.exists() {
+        return Err(Error::Checkpoint {
+            path: opts.out.clone(),
+            msg: format!(
+                "exists, but its run state {} does not, so there is nothing to resume; \
+                 train without --resume to replace it, or write elsewhere",
+                state_file.display()
+            ),
+        });
+    }
     if opts.resume && state_file.exists() {
         let (tensors, meta) = checkpoint::load(&state_file)?;
         let (s, meta) = Segmenter::from_parts(&state_file, &tensors, meta, STATE_KIND)?;
@@ -477,6 +528,13 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             }
             // Read once the whole step is queued: the GPU keeps working meanwhile.
             let value = loss_reader.value()?;
+            if !value.is_finite() {
+                return Err(Error::config(format!(
+                    "the loss became {value} at step {}: lower the learning rate, or look for \
+                     non-finite values in the store's images",
+                    step + 1
+                )));
+            }
             loss_sum += value;
             log.step(step + 1, &format!("loss {value:.4}"));
             log.record("step", &[("step", (step + 1).into()), ("loss", value.into())])?;
@@ -526,6 +584,16 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
         checkpoint::save(&state_file, &tensors, &meta)?;
     }
     log.finish();
+    if !opts.out.exists() {
+        return Err(Error::Checkpoint {
+            path: opts.out.clone(),
+            msg: format!(
+                "is missing, though its run state {} says the run is done (best epoch {best_epoch}); \
+                 the best model cannot be rebuilt from the state: remove the state to train again",
+                state_file.display()
+            ),
+        });
+    }
     Ok(FinetuneSummary {
         init: config.init.name().to_string(),
         epochs: records,

@@ -53,6 +53,11 @@ impl Method {
     }
 }
 
+/// Largest MoCo queue (keys), feature size (projection or pixel embedding) and samples per region.
+pub const MAX_QUEUE: usize = 1 << 20;
+pub const MAX_FEATURES: usize = 4096;
+pub const MAX_SAMPLES: usize = 4096;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PretrainConfig {
     pub method: Method,
@@ -126,6 +131,31 @@ impl PretrainConfig {
         self.unet.validate()?;
         if self.steps == 0 || self.batch == 0 || self.crop == 0 || self.lr <= 0.0 || !self.lr.is_finite() {
             return Err(Error::config("steps, batch, crop and lr must be positive"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(format!(
+                "weight decay must be >= 0, got {}",
+                self.weight_decay
+            )));
+        }
+        // Caps far above any useful setting, so that a mistyped size is an error rather than
+        // an allocation the machine cannot make.
+        for (name, value, most) in [
+            ("--queue", self.queue, MAX_QUEUE),
+            ("the projection size", self.proj_dim, MAX_FEATURES),
+            ("--embed-dim", self.embed_dim, MAX_FEATURES),
+            ("--samples", self.samples, MAX_SAMPLES),
+        ] {
+            if value > most {
+                return Err(Error::config(format!(
+                    "{name} {value} is more than the {most} supported"
+                )));
+            }
+        }
+        if self.max_regions.is_some_and(|k| k < 2) {
+            return Err(Error::config(
+                "--max-regions must be at least 2: the local loss contrasts each region with the others",
+            ));
         }
         if !self.crop.is_multiple_of(self.unet.size_multiple()) {
             return Err(Error::config(format!(
@@ -308,7 +338,7 @@ impl PretrainState {
             .get("step")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("no step".into()))?;
-        let mut state = PretrainState::new(config)?;
+        let mut state = PretrainState::new(config).map_err(|e| bad(e.to_string()))?;
         fill(&mut state.params, &tensors, "model/").map_err(|e| bad(e.to_string()))?;
         if let Some(key) = &mut state.key {
             fill(key, &tensors, "key/").map_err(|e| bad(e.to_string()))?;
@@ -380,6 +410,7 @@ pub struct RunOptions {
 
 /// Trains until `config.steps` (or from the checkpoint at `opts.out` when resuming).
 pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOptions) -> Result<PretrainSummary> {
+    crate::output::check_writable(&opts.out)?;
     let mut state = if opts.resume && opts.out.exists() {
         let s = PretrainState::load(&opts.out)?;
         if s.config != config {
@@ -508,7 +539,8 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         let loss_value = loss_reader.value()?;
         if !loss_value.is_finite() {
             return Err(Error::config(format!(
-                "the loss became {loss_value} at step {step}; lower the learning rate"
+                "the loss became {loss_value} at step {}: lower the learning rate, or look for non-finite values in the store's images",
+                step + 1
             )));
         }
         state.step += 1;

@@ -173,11 +173,49 @@ pub fn case_name(region: Region, i: usize) -> String {
 
 /// Writes `opts.cases` phantoms in the nnU-Net v2 layout: `imagesTr/NAME_0000.nii.gz`
 /// (int16 HU), `labelsTr/NAME.nii.gz` (uint8, unless unlabeled) and `dataset.json`.
+/// The start of the `name` of every dataset.json this module writes.
+const DATASET_NAME_PREFIX: &str = "lrc synthetic";
+
+/// An error when `out` holds anything but an earlier synthetic dataset, finished (its
+/// dataset.json is ours) or interrupted (only the folders this module makes): it is rewritten
+/// case by case, and a user's data there would be overwritten.
+fn check_output_folder(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(()); // missing: created below; a file: creating the folders reports it
+    };
+    let names: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    if names
+        .iter()
+        .all(|n| ["imagesTr", "labelsTr", "preview"].iter().any(|ours| n == ours))
+    {
+        return Ok(());
+    }
+    let json = out.join("dataset.json");
+    let ours = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| {
+            v.get("name")
+                .and_then(|n| n.as_str())
+                .map(|n| n.starts_with(DATASET_NAME_PREFIX))
+        })
+        .unwrap_or(false);
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::format(
+            out,
+            "exists, is not empty and holds no dataset written by `lrc synth`: choose another output folder",
+        ))
+    }
+}
+
 pub fn write_dataset(cfg: &SynthConfig, out: &Path, opts: &DatasetOptions) -> Result<()> {
     cfg.validate()?;
     if opts.cases == 0 {
         return Err(Error::config("--cases must be at least 1"));
     }
+    check_output_folder(out)?;
     let images = out.join("imagesTr");
     let labels = out.join("labelsTr");
     let preview = out.join("preview");
@@ -218,7 +256,7 @@ pub fn write_dataset(cfg: &SynthConfig, out: &Path, opts: &DatasetOptions) -> Re
     let label_names: &[&str] = if opts.unlabeled { &names[..1] } else { names };
     write_dataset_json(
         &out.join("dataset.json"),
-        &format!("lrc synthetic {} phantoms (seed {})", cfg.region, cfg.seed),
+        &format!("{DATASET_NAME_PREFIX} {} phantoms (seed {})", cfg.region, cfg.seed),
         label_names,
         opts.cases,
     )
