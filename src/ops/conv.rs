@@ -418,7 +418,7 @@ pub mod lowered {
     /// image are added into dx in order; images run in parallel when there are enough of them.
     /// Otherwise an image's blocks go in groups of one per thread: their GEMMs (independent)
     /// run in parallel, then each is added in order, channels in parallel (for blocks up to
-    /// [`GROUPED_SCRATCH`]; wider ones split each GEMM instead). Either way every dx
+    /// `GROUPED_SCRATCH`; wider ones split each GEMM instead). Either way every dx
     /// element receives the same additions in the same order, whatever the thread count.
     pub fn backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         let (ho, wo) = (g.h_out(), g.w_out());
@@ -516,7 +516,7 @@ pub mod lowered {
     }
 
     /// dL/dw (OIHW) and dL/db from dL/dy. Each task sums one run of lowered blocks in order (a
-    /// length fixed by [`blocks_per_partial`]); the partials are then added in order, so CPU training is
+    /// length fixed by `blocks_per_partial`); the partials are then added in order, so CPU training is
     /// bitwise reproducible (and resumable) on any number of threads.
     pub fn backward_weight<T: Element>(g: &ConvGeom, x: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
         let (ho, wo) = (g.h_out(), g.w_out());

@@ -57,7 +57,7 @@ pub fn takes(g: &ConvGeom) -> bool {
 const MIN_WORK: usize = 3072 * 3072;
 
 /// Whether the engine runs this convolution through Winograd: it [`takes`] it, with enough
-/// channels on both sides (16, `MIN_CHANNELS`) and enough work ([`MIN_WORK`]).
+/// channels on both sides (16, `MIN_CHANNELS`) and enough work (`MIN_WORK`).
 pub fn applies(g: &ConvGeom) -> bool {
     let c = g.c_in.min(g.c_out);
     takes(g) && c >= MIN_CHANNELS && c * c * g.n * g.h_out() * g.w_out() >= MIN_WORK
