@@ -412,3 +412,13 @@ fn damaged_store_records_are_named() {
     let err = SliceStore::open(&out).err().expect("must fail").to_string();
     assert!(err.contains("store.json"), "{err}");
 }
+
+/// A volume given where the dataset folder belongs is named as such.
+#[test]
+fn a_file_for_the_input_folder_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ct.nii.gz");
+    std::fs::write(&file, b"x").unwrap();
+    let err = discover(&file).expect_err("must fail").to_string();
+    assert!(err.contains("ct.nii.gz") && err.contains("is a file"), "{err}");
+}

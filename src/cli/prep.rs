@@ -142,11 +142,16 @@ pub fn run(args: PrepArgs) -> Result<()> {
     let summary = match store::write_store(&dataset, &args.out, &cfg, &opts) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "prep stopped: the store at {} keeps every case finished so far; fix or remove the \
-                 file below (or pass --skip-bad) and rerun the same command to resume",
-                args.out.display()
-            );
+            // The resume hint only where a store exists and a case failed (a settings error
+            // or a foreign output folder is fixed otherwise).
+            let case_error = matches!(e, Error::Format { .. } | Error::Io { .. });
+            if case_error && args.out.join("cases.jsonl").is_file() {
+                eprintln!(
+                    "prep stopped: the store at {} keeps every case finished so far; fix or remove the \
+                     file below (or pass --skip-bad) and rerun the same command to resume",
+                    args.out.display()
+                );
+            }
             return Err(e);
         }
     };

@@ -57,6 +57,12 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 /// case must have `labelsTr/CASE` + ending (a missing one surfaces as that case's read error).
 /// Otherwise: every `.nii` / `.nii.gz` directly in `dir`, unlabelled. No volume is an error.
 pub fn discover(dir: &Path) -> Result<Dataset> {
+    if dir.is_file() {
+        return Err(Error::format(
+            dir,
+            "is a file: give the folder that holds the volumes (nnU-Net layout or plain .nii / .nii.gz files)",
+        ));
+    }
     if !dir.is_dir() {
         return Err(Error::io(
             dir,

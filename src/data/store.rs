@@ -239,7 +239,12 @@ fn prepare_case(case: &CaseSource, cfg: &PrepConfig) -> Result<PreparedCase> {
         }
         None => None,
     };
-    let prepared = prep::preprocess_volume(&volume, labels.as_ref(), cfg)?;
+    // A volume the settings cannot prepare (its grid at the target spacing too large) is
+    // named like one that cannot be read.
+    let prepared = prep::preprocess_volume(&volume, labels.as_ref(), cfg).map_err(|e| match e {
+        Error::Config(msg) => Error::format(&case.image, msg),
+        e => e,
+    })?;
     let regions = match &cfg.regions {
         None => None,
         Some(f) => {
