@@ -143,6 +143,15 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         device: device.clone(),
     };
     let summary = pretrain(store, args.config(), &opts)?;
+    if summary.steps == 0 {
+        println!(
+            "pretrain {:?}: {} has run all {} steps already; nothing to do",
+            args.method,
+            args.out.display(),
+            args.steps
+        );
+        return Ok(());
+    }
     println!(
         "pretrain {:?}: {} steps in {:.1}s, loss {:.4} -> {:.4}; wrote {}",
         args.method,

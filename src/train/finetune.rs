@@ -434,7 +434,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
         if s.config != config {
             return Err(Error::Checkpoint {
                 path: state_file,
-                msg: "was written with another configuration; resume with the same options".into(),
+                msg: super::resume::refused(&super::resume::differences(&s.config, &config)),
             });
         }
         seg = s;
@@ -504,7 +504,15 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 // first loss (the others share that copy).
                 let x = tape.constant(batch.x.to_device(&opts.device)?);
                 let logits = seg.model.forward(&mut tape, &bound, x)?;
-                let dice = tape.dice_loss(logits, &labels, dice_cfg)?;
+                let dice = tape.dice_loss(logits, &labels, dice_cfg).map_err(|e| match e {
+                    // The classes come from the store's records; labels beyond them mean the
+                    // store's label planes do not match its records.
+                    Error::Shape { ref detail, .. } if detail.contains("out of range") => Error::format(
+                        store.dir(),
+                        format!("{e}: the store's label planes disagree with its records; prepare it again"),
+                    ),
+                    e => e,
+                })?;
                 if config.ce_weight > 0.0 {
                     let ce = tape.cross_entropy(logits, &labels)?;
                     let ce = tape.scale(ce, config.ce_weight)?;

@@ -7,3 +7,4 @@ pub mod log;
 pub mod moco;
 pub mod pretrain;
 pub mod readback;
+pub mod resume;

@@ -412,11 +412,14 @@ pub struct RunOptions {
 pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOptions) -> Result<PretrainSummary> {
     crate::output::check_writable(&opts.out)?;
     let mut state = if opts.resume && opts.out.exists() {
-        let s = PretrainState::load(&opts.out)?;
+        let mut s = PretrainState::load(&opts.out)?;
+        // How often the run logs and saves does not change what it computes.
+        s.config.log_every = config.log_every;
+        s.config.checkpoint_every = config.checkpoint_every;
         if s.config != config {
             return Err(Error::Checkpoint {
                 path: opts.out.clone(),
-                msg: "was written with another configuration; resume with the same options or write elsewhere".into(),
+                msg: super::resume::refused(&super::resume::differences(&s.config, &config)),
             });
         }
         s
