@@ -20,7 +20,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::config(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    // One temporary name per target: what a killed write left behind is overwritten by the
+    // next write of the same file and renamed away, instead of piling up under process ids.
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     file.sync_all().map_err(|e| Error::io(&tmp, e))?;
@@ -95,6 +97,21 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_write_leaves_nothing_after_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        // What a write killed before its rename leaves.
+        std::fs::write(dir.path().join(".m.safetensors.tmp"), b"half").unwrap();
+        write_atomic(&path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("m.safetensors")]);
+    }
 
     #[test]
     fn round_trip_keeps_values_shapes_and_metadata() {

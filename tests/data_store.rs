@@ -422,3 +422,17 @@ fn a_file_for_the_input_folder_is_named() {
     let err = discover(&file).expect_err("must fail").to_string();
     assert!(err.contains("ct.nii.gz") && err.contains("is a file"), "{err}");
 }
+
+/// A run killed while writing the store's header leaves only its temporary file; the folder is
+/// still taken as the store's, not as a foreign one.
+#[test]
+fn a_header_write_killed_before_its_rename_does_not_block_the_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_synth(&tmp.path().join("ds"), 1, Region::Abdomen);
+    let out = tmp.path().join("store");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(".store.json.tmp"), b"{\"form").unwrap();
+    write_store(&ds, &out, &PrepConfig::default(), &opts(1, false)).unwrap();
+    assert!(!out.join(".store.json.tmp").exists());
+    SliceStore::open(&out).unwrap();
+}

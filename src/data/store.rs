@@ -152,13 +152,6 @@ fn json_err(path: &Path, e: serde_json::Error) -> Error {
     Error::format(path, format!("invalid JSON: {e}"))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// The config of an existing store at `dir`, or `None` when there is none.
 pub fn existing_config(dir: &Path) -> Result<Option<StoredConfig>> {
     let path = dir.join(STORE_JSON);
@@ -347,7 +340,11 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
         }
     } else {
         if dir.exists() {
-            let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            // What a run killed while writing the header leaves does not make the folder foreign.
+            let leftover = format!(".{STORE_JSON}.tmp");
+            let mut entries = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter(|e| e.as_ref().map_or(true, |e| e.file_name().to_string_lossy() != leftover));
             if entries.next().is_some() {
                 return Err(Error::config(format!(
                     "{} exists, is not empty and is not a slice store: choose another output folder",
@@ -364,7 +361,7 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
             source: dataset.root.clone(),
         };
         let text = serde_json::to_string_pretty(&header).map_err(|e| json_err(&header_path, e))?;
-        write_atomic(&header_path, text.as_bytes())?;
+        crate::checkpoint::write_atomic(&header_path, text.as_bytes())?;
     }
     let cases_dir = dir.join(CASES_DIR);
     std::fs::create_dir_all(&cases_dir).map_err(|e| Error::io(&cases_dir, e))?;
