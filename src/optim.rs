@@ -36,6 +36,18 @@ pub enum OptimizerKind {
     },
 }
 
+/// An error unless the learning rate is positive and the weight decay non-negative, both
+/// finite: the checks every training configuration makes before any step.
+pub fn check_rates(lr: f64, weight_decay: f64) -> Result<()> {
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::config(format!("the learning rate must be positive, got {lr}")));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(Error::config(format!("weight decay must be >= 0, got {weight_decay}")));
+    }
+    Ok(())
+}
+
 impl OptimizerKind {
     pub fn sgd(momentum: f64, weight_decay: f64) -> Self {
         OptimizerKind::Sgd { momentum, weight_decay }

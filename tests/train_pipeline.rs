@@ -435,3 +435,38 @@ fn prediction_never_overwrites_an_input() {
         "{e}"
     );
 }
+
+/// Label planes holding a value their case record does not list (a damaged store) stop
+/// fine-tuning with an error naming the store and the case, before any loss sees them.
+#[test]
+fn labels_beyond_the_records_name_the_store() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("store");
+    std::fs::create_dir_all(copy.join("cases")).unwrap();
+    for name in ["store.json", "cases.jsonl"] {
+        std::fs::copy(f.store.dir().join(name), copy.join(name)).unwrap();
+    }
+    for record in f.store.cases() {
+        let mut bytes = std::fs::read(f.store.dir().join(&record.file)).unwrap();
+        let offset = record.labels_offset.expect("a labelled store") as usize;
+        bytes[offset..].fill(200);
+        std::fs::write(copy.join(&record.file), bytes).unwrap();
+    }
+    let store = Arc::new(SliceStore::open(&copy).unwrap());
+    let opts = FinetuneOptions {
+        out: dir.path().join("m.st"),
+        resume: false,
+        metrics: None,
+        quiet: true,
+        stop_after: None,
+        device: lrc::device::Device::Cpu,
+    };
+    let e = finetune(store, finetune_config(1), &opts)
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        e.contains("store") && e.contains("holds label 200") && e.contains("damaged"),
+        "{e}"
+    );
+}

@@ -666,6 +666,11 @@ impl SliceStore {
         self.cases.iter().map(|c| &c.record).collect()
     }
 
+    /// The record of case `case` (an index into [`SliceStore::cases`]).
+    pub fn case_record(&self, case: usize) -> &CaseRecord {
+        &self.cases[case].record
+    }
+
     /// The range of global slice indices of case `case`.
     pub fn case_range(&self, case: usize) -> std::ops::Range<usize> {
         self.starts[case]..self.starts[case + 1]

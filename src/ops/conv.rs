@@ -470,47 +470,45 @@ pub mod lowered {
             } else {
                 dx.chunks_mut(plane).enumerate().for_each(run);
             }
-        } else if outer {
-            dx.par_chunks_mut(plane).enumerate().for_each(|(i, dxi)| {
+        } else if outer || low.scratch_len() > GROUPED_SCRATCH {
+            // One image's blocks in order through one buffer: images in parallel, or (wide
+            // blocks, where several buffers would leave the cache) each GEMM split inside.
+            let blocks_in_order = |(i, dxi): (usize, &mut [T])| {
                 let dyi = image(dy, i, g.c_out, hw);
                 T::with_scratch(low.scratch_len(), |col| {
                     for blk in 0..low.blocks {
-                        lower_block(dyi, blk, col, false);
+                        lower_block(dyi, blk, col, !outer);
                         col2im_rows(col, g, low.rows_of(blk, ho), low.ld, dxi, false);
                     }
                 });
-            });
-        } else if low.scratch_len() > GROUPED_SCRATCH {
-            // Wide lowered blocks: one buffer, the GEMM split inside (several would leave cache).
-            for (i, dxi) in dx.chunks_mut(plane).enumerate() {
-                let dyi = image(dy, i, g.c_out, hw);
-                T::with_scratch(low.scratch_len(), |col| {
-                    for blk in 0..low.blocks {
-                        lower_block(dyi, blk, col, true);
-                        col2im_rows(col, g, low.rows_of(blk, ho), low.ld, dxi, false);
-                    }
-                });
+            };
+            if outer {
+                dx.par_chunks_mut(plane).enumerate().for_each(blocks_in_order);
+            } else {
+                dx.chunks_mut(plane).enumerate().for_each(blocks_in_order);
             }
         } else {
             let group = rayon::current_num_threads().clamp(1, low.blocks);
-            let mut cols: Vec<Vec<T>> = (0..group).map(|_| vec![T::zero(); low.scratch_len()]).collect();
-            for (i, dxi) in dx.chunks_mut(plane).enumerate() {
-                let dyi = image(dy, i, g.c_out, hw);
-                for first in (0..low.blocks).step_by(group) {
-                    let count = group.min(low.blocks - first);
-                    if count == 1 {
-                        lower_block(dyi, first, &mut cols[0], true);
-                    } else {
-                        cols[..count]
-                            .par_iter_mut()
-                            .enumerate()
-                            .for_each(|(j, col)| lower_block(dyi, first + j, col, false));
-                    }
-                    for (j, col) in cols[..count].iter().enumerate() {
-                        col2im_rows(col, g, low.rows_of(first + j, ho), low.ld, dxi, true);
+            T::with_scratch(group * low.scratch_len(), |buffers| {
+                let mut cols: Vec<&mut [T]> = buffers.chunks_mut(low.scratch_len()).collect();
+                for (i, dxi) in dx.chunks_mut(plane).enumerate() {
+                    let dyi = image(dy, i, g.c_out, hw);
+                    for first in (0..low.blocks).step_by(group) {
+                        let count = group.min(low.blocks - first);
+                        if count == 1 {
+                            lower_block(dyi, first, cols[0], true);
+                        } else {
+                            cols[..count]
+                                .par_iter_mut()
+                                .enumerate()
+                                .for_each(|(j, col)| lower_block(dyi, first + j, col, false));
+                        }
+                        for (j, col) in cols[..count].iter().enumerate() {
+                            col2im_rows(col, g, low.rows_of(first + j, ho), low.ld, dxi, true);
+                        }
                     }
                 }
-            }
+            });
         }
         dx
     }

@@ -35,8 +35,9 @@ pub mod cpu {
         y
     }
 
-    /// Softmax of one image (`c` planes of `inner` values), block by block; `visit(start, len)`
-    /// runs after each block of `ys` is written, while it is still in cache.
+    /// Softmax of one image (`c` planes of `inner` values), block by block; `visit(start, ys)`
+    /// runs after the block of pixels from `start` is written into `ys` (the whole image), while
+    /// it is still in cache.
     pub(crate) fn softmax_image<T: Element>(
         xs: &[T],
         ys: &mut [T],

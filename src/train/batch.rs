@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
 use crate::augment::intensity::{IntensityParams, jitter};
 use crate::data::crop::random_crop;
-use crate::data::store::SliceStore;
+use crate::data::store::{SliceStore, SliceView};
 use crate::error::{Error, Result};
 use crate::ops::local_contrast::RegionSamples;
 use crate::rng::Rng;
@@ -130,6 +130,29 @@ struct Item {
     samples: Option<RegionSamples>,
 }
 
+/// An error naming the store and case when `labels` (a crop of `view`) hold a value its case
+/// record does not list: the store's label planes are damaged, and the class count the model
+/// was built with (from the records) would not cover them.
+fn check_declared_labels(store: &SliceStore, view: &SliceView, labels: &[u8]) -> Result<()> {
+    let record = store.case_record(view.case);
+    let mut declared = [false; 256];
+    declared[0] = true;
+    for &l in &record.labels_present {
+        declared[l as usize] = true;
+    }
+    match labels.iter().find(|&&l| !declared[l as usize]) {
+        None => Ok(()),
+        Some(&bad) => Err(Error::format(
+            store.dir(),
+            format!(
+                "slice {} of case {:?} holds label {bad}, which its record does not list ({:?}): \
+                 the store's label planes are damaged; prepare it again",
+                view.z, record.name, record.labels_present
+            ),
+        )),
+    }
+}
+
 /// Builds image `i` of a batch from its own generator (see [`build_batch`]).
 fn build_item(store: &SliceStore, spec: &BatchSpec, mut rng: Rng) -> Result<Item> {
     let (ch, cw) = spec.crop;
@@ -161,6 +184,7 @@ fn build_item(store: &SliceStore, spec: &BatchSpec, mut rng: Rng) -> Result<Item
                 .labels
                 .as_ref()
                 .ok_or_else(|| Error::config("slice without labels in a fine-tuning pool"))?;
+            check_declared_labels(store, &view, l)?;
             item.labels = l.iter().map(|&v| v as u32).collect();
             item.x = crop.image;
         }

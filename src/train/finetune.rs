@@ -111,18 +111,7 @@ impl FinetuneConfig {
                 self.unet.size_multiple()
             )));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config(format!(
-                "the learning rate must be positive, got {}",
-                self.lr
-            )));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config(format!(
-                "weight decay must be >= 0, got {}",
-                self.weight_decay
-            )));
-        }
+        crate::optim::check_rates(self.lr, self.weight_decay)?;
         if !(self.ce_weight.is_finite() && self.ce_weight >= 0.0) {
             return Err(Error::config(format!(
                 "the cross-entropy weight must be >= 0, got {}",
@@ -504,15 +493,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 // first loss (the others share that copy).
                 let x = tape.constant(batch.x.to_device(&opts.device)?);
                 let logits = seg.model.forward(&mut tape, &bound, x)?;
-                let dice = tape.dice_loss(logits, &labels, dice_cfg).map_err(|e| match e {
-                    // The classes come from the store's records; labels beyond them mean the
-                    // store's label planes do not match its records.
-                    Error::Shape { ref detail, .. } if detail.contains("out of range") => Error::format(
-                        store.dir(),
-                        format!("{e}: the store's label planes disagree with its records; prepare it again"),
-                    ),
-                    e => e,
-                })?;
+                let dice = tape.dice_loss(logits, &labels, dice_cfg)?;
                 if config.ce_weight > 0.0 {
                     let ce = tape.cross_entropy(logits, &labels)?;
                     let ce = tape.scale(ce, config.ce_weight)?;
@@ -536,13 +517,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             }
             // Read once the whole step is queued: the GPU keeps working meanwhile.
             let value = loss_reader.value()?;
-            if !value.is_finite() {
-                return Err(Error::config(format!(
-                    "the loss became {value} at step {}: lower the learning rate, or look for \
-                     non-finite values in the store's images",
-                    step + 1
-                )));
-            }
+            super::check_loss(value, step + 1)?;
             loss_sum += value;
             log.step(step + 1, &format!("loss {value:.4}"));
             log.record("step", &[("step", (step + 1).into()), ("loss", value.into())])?;

@@ -129,15 +129,10 @@ impl PretrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.unet.validate()?;
-        if self.steps == 0 || self.batch == 0 || self.crop == 0 || self.lr <= 0.0 || !self.lr.is_finite() {
-            return Err(Error::config("steps, batch, crop and lr must be positive"));
+        if self.steps == 0 || self.batch == 0 || self.crop == 0 {
+            return Err(Error::config("steps, batch and crop must be positive"));
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::config(format!(
-                "weight decay must be >= 0, got {}",
-                self.weight_decay
-            )));
-        }
+        crate::optim::check_rates(self.lr, self.weight_decay)?;
         // Caps far above any useful setting, so that a mistyped size is an error rather than
         // an allocation the machine cannot make.
         for (name, value, most) in [
@@ -540,12 +535,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         }
         // Read once the whole step is queued: the GPU keeps working meanwhile.
         let loss_value = loss_reader.value()?;
-        if !loss_value.is_finite() {
-            return Err(Error::config(format!(
-                "the loss became {loss_value} at step {}: lower the learning rate, or look for non-finite values in the store's images",
-                step + 1
-            )));
-        }
+        super::check_loss(loss_value, step + 1)?;
         state.step += 1;
         summary.steps += 1;
         summary.first_loss.get_or_insert(loss_value);
