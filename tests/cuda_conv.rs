@@ -51,10 +51,11 @@ use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom, CudaDevice, CudaStorage};
 use lrc::ops::conv::{ConvGeom, cpu};
 use lrc::rng::Rng;
 
-fn device() -> Arc<CudaDevice> {
-    let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
-    device.set_poison_fresh_buffers(true);
-    device
+mod cuda_common;
+use cuda_common::{TestDevice, exclusive_device};
+
+fn device() -> TestDevice {
+    exclusive_device(ConvAlgo::DEFAULT)
 }
 
 /// The versions this device runs (every one but the wgmma versions off compute capability 9.0),
@@ -595,7 +596,6 @@ fn conv_transpose2d_forward_by_tap_matches_its_definition() {
             }
         }
     }
-    device.set_conv_algo(ConvAlgo::DEFAULT);
 }
 
 /// The bound of bf16-mma relative to S on operands that are BF16 values already.
@@ -921,7 +921,6 @@ fn ops_dispatch_runs_conv_transpose2d_on_cuda_tensors() {
             channel_sum_chain(3, 10 * 14),
         );
     }
-    device.set_conv_algo(ConvAlgo::DEFAULT);
 }
 
 #[test]

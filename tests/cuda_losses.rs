@@ -22,7 +22,7 @@ use std::sync::Arc;
 use lrc::autograd::Tape;
 use lrc::device::Device;
 use lrc::device::cuda::loss::{self as device_loss, ChannelShape, InfoNceShape};
-use lrc::device::cuda::{CudaDevice, CudaStorage};
+use lrc::device::cuda::{ConvAlgo, CudaDevice, CudaStorage};
 use lrc::ops::dice::{DiceConfig, cpu as dice_cpu};
 use lrc::ops::infonce::cpu as nce_cpu;
 use lrc::ops::labels::Labels;
@@ -31,10 +31,12 @@ use lrc::rng::Rng;
 use lrc::tensor::{DType, Tensor};
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
 
-fn device() -> Arc<CudaDevice> {
-    let device = CudaDevice::open(0).unwrap_or_else(|e| panic!("these tests need a CUDA GPU: {e}"));
-    device.set_poison_fresh_buffers(true);
-    device
+mod cuda_common;
+use cuda_common::{TestDevice, exclusive_device};
+
+/// The device alone: `shared_labels_cross_once` counts its host-to-device copies.
+fn device() -> TestDevice {
+    exclusive_device(ConvAlgo::DEFAULT)
 }
 
 /// The same f32 values as a CUDA tensor and as a CPU f64 tensor.

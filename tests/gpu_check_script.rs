@@ -65,6 +65,10 @@ fn run_dry(root: &Path, bundle: &Path, python: &Path) -> (Output, String) {
         .current_dir(root)
         .env("LRC_BUNDLE", bundle)
         .env("LRC_PYTHON", python)
+        // A full check exports these for the test executables it runs, this one too: the run
+        // under test must not inherit them.
+        .env_remove("LRC_EMULATOR")
+        .env_remove("LRC_SKIP_SAMPLE_CT")
         .output()
         .expect("run bash");
     let summary = fs::read_to_string(out_dir.join("summary.md")).unwrap_or_else(|e| {
@@ -238,6 +242,10 @@ fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &st
         .env("PATH", path)
         .env("LRC_BUNDLE", bundle)
         .env("LRC_PYTHON", python)
+        // A full check exports these for the test executables it runs, this one too: the run
+        // under test must not inherit them.
+        .env_remove("LRC_EMULATOR")
+        .env_remove("LRC_SKIP_SAMPLE_CT")
         .output()
         .expect("run bash");
     let summary = fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
