@@ -3,12 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+
+/// A checkpoint's string metadata.
+pub type Metadata = BTreeMap<String, String>;
 
 /// Writes `bytes` to `path` atomically: a sibling temporary file is written, synced and renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -33,29 +36,110 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves tensors (copied to the host) with string metadata.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (Dtype::F32, bytemuck::cast_slice(&t.to_f32_vec()?).to_vec()),
-            DType::F64 => (Dtype::F64, bytemuck::cast_slice(&t.to_f64_vec()?).to_vec()),
-        };
-        owned.push((name.clone(), dtype, t.shape().to_vec(), bytes));
-    }
-    let views: Vec<(String, TensorView)> = owned
-        .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(*d, s.clone(), b).map_err(|e| Error::config(e.to_string()))?,
-            ))
+    Snapshot::take(path, tensors, metadata)?.write()
+}
+
+/// A tensor's values on the host, in its own type.
+enum HostData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// What [`save`] writes, gathered on the host (from any device) so that another thread can
+/// encode and write it.
+pub struct Snapshot {
+    path: PathBuf,
+    tensors: Vec<(String, Vec<usize>, HostData)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// Copies `tensors` to the host.
+    pub fn take(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<Snapshot> {
+        let tensors = tensors
+            .iter()
+            .map(|(name, t)| {
+                let data = match t.dtype() {
+                    DType::F32 => HostData::F32(t.to_f32_vec()?),
+                    DType::F64 => HostData::F64(t.to_f64_vec()?),
+                };
+                Ok((name.clone(), t.shape().to_vec(), data))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Snapshot {
+            path: path.to_path_buf(),
+            tensors,
+            metadata: metadata.clone(),
         })
-        .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
-        path: path.into(),
-        msg: e.to_string(),
-    })?;
-    write_atomic(path, &bytes)
+    }
+
+    /// Encodes the snapshot as safetensors and writes it atomically.
+    pub fn write(&self) -> Result<()> {
+        let views: Vec<(String, TensorView)> = self
+            .tensors
+            .iter()
+            .map(|(name, shape, data)| {
+                let (dtype, bytes): (Dtype, &[u8]) = match data {
+                    HostData::F32(v) => (Dtype::F32, bytemuck::cast_slice(v)),
+                    HostData::F64(v) => (Dtype::F64, bytemuck::cast_slice(v)),
+                };
+                let view = TensorView::new(dtype, shape.clone(), bytes).map_err(|e| Error::config(e.to_string()))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<_>>()?;
+        let meta: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })?;
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+/// Writes checkpoints on a background thread while training goes on: the tensors are copied to
+/// the host on the caller's thread (the device stays there), then encoded, written and synced
+/// behind it. One write at a time, in the order asked, so a run's files become durable in the
+/// order it saves them (a fine-tuning run's best model before the state that names it). A
+/// failed write is reported by the next `save` or by `wait`; dropping the writer waits too.
+#[derive(Default)]
+pub struct BackgroundWriter {
+    pending: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl BackgroundWriter {
+    pub fn new() -> BackgroundWriter {
+        BackgroundWriter::default()
+    }
+
+    /// Starts writing `tensors` and `metadata` to `path` once the previous write is done.
+    pub fn save(
+        &mut self,
+        path: &Path,
+        tensors: &[(String, Tensor)],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let snapshot = Snapshot::take(path, tensors, metadata)?;
+        self.wait()?;
+        self.pending = Some(std::thread::spawn(move || snapshot.write()));
+        Ok(())
+    }
+
+    /// Waits for the write in progress, if any, and returns its result.
+    pub fn wait(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(Error::config("the checkpoint writer thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        // An error here has no caller left to report to; the write itself is atomic.
+        let _ = self.wait();
+    }
 }
 
 /// Tensors and metadata of a safetensors file. F32 and F64 tensors load as such; other
@@ -128,6 +212,33 @@ mod tests {
         assert_eq!(t["b"].as_slice::<f64>().unwrap(), &[0.125]);
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_background_writer_writes_in_order_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |step: usize| BTreeMap::from([("step".to_string(), step.to_string())]);
+        let mut writer = BackgroundWriter::new();
+        let path = dir.path().join("state.safetensors");
+        for step in 0..4 {
+            let t = Tensor::from_vec(vec![3], vec![step as f32; 3]).unwrap();
+            writer.save(&path, &[("t".into(), t)], &meta(step)).unwrap();
+        }
+        writer.wait().unwrap();
+        // The last save is what the file holds, and it is whole.
+        let (t, m) = load(&path).unwrap();
+        assert_eq!((m, t["t"].as_slice::<f32>().unwrap()), (meta(3), &[3.0f32; 3][..]));
+        // A write that cannot happen (its folder is a file) is reported, naming the path.
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, b"x").unwrap();
+        let t = Tensor::from_vec(vec![1], vec![1.0f32]).unwrap();
+        writer
+            .save(&blocked.join("m.safetensors"), &[("t".into(), t)], &meta(0))
+            .unwrap();
+        let err = writer.wait().unwrap_err();
+        assert!(err.to_string().contains(&blocked.display().to_string()), "{err}");
+        // Once reported, the failure is gone: the writer goes on.
+        writer.wait().unwrap();
     }
 
     #[test]

@@ -43,6 +43,22 @@ pub fn refuse_overwriting_input(output: &Path, inputs: &[&Path]) -> Result<()> {
     }
 }
 
+/// An error when a training run would replace the earlier work at any of `outputs` (a model, its
+/// run state) without being told: a run that exists is continued with --resume or replaced with
+/// --overwrite, so that a repeated or mistyped command never discards a finished model.
+pub fn refuse_replacing_run(outputs: &[&Path], resume: bool, overwrite: bool) -> Result<()> {
+    if resume || overwrite {
+        return Ok(());
+    }
+    match outputs.iter().find(|p| p.exists()) {
+        Some(existing) => Err(Error::format(
+            existing,
+            "exists: continue its run with --resume, replace it with --overwrite, or write elsewhere",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An error unless a file can be written at `path`: it is no folder, its folder exists or can
 /// be made, and a file can be created there (tried with a probe file, removed at once).
 pub fn check_writable(path: &Path) -> Result<()> {
@@ -87,6 +103,20 @@ mod tests {
         // A new file beside it, and a file in a missing folder, are fine.
         refuse_overwriting_input(&dir.join("mask.nii.gz"), &[&input]).unwrap();
         refuse_overwriting_input(&dir.join("missing/mask.nii.gz"), &[&input]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_existing_run_is_replaced_only_when_told() {
+        let dir = scratch("replace");
+        let (model, state) = (dir.join("m.safetensors"), dir.join("m.safetensors.state"));
+        refuse_replacing_run(&[&model, &state], false, false).unwrap();
+        // Either file of the run is enough to refuse, and the error names that file.
+        std::fs::write(&state, b"x").unwrap();
+        let err = refuse_replacing_run(&[&model, &state], false, false).unwrap_err();
+        assert!(err.to_string().contains("m.safetensors.state"), "{err}");
+        refuse_replacing_run(&[&model, &state], true, false).unwrap();
+        refuse_replacing_run(&[&model, &state], false, true).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -63,13 +63,19 @@ fn setup() -> Setup {
     };
     write_store(&discover(&data).unwrap(), &store, &cfg, &StoreOptions::default()).unwrap();
     let model = dir.path().join("m.safetensors");
-    check_ok(&lrc(&[
+    check_ok(&lrc(&pretrain_args(&store, &model, &[])));
+    Setup { dir, store, model }
+}
+
+/// `lrc pretrain local` of the 2-step checkpoint, with `extra` options.
+fn pretrain_args<'a>(store: &'a Path, model: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "pretrain",
         "local",
         "--data",
-        s(&store),
+        s(store),
         "-o",
-        s(&model),
+        s(model),
         "--steps",
         "2",
         "--batch",
@@ -84,8 +90,34 @@ fn setup() -> Setup {
         "4",
         "--device",
         "cpu",
-    ]));
-    Setup { dir, store, model }
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A repeated pre-training command must not discard the finished run: without --resume or
+/// --overwrite it is an error naming the file, and the checkpoint stays as it was.
+#[test]
+fn a_second_run_into_the_same_output_needs_resume_or_overwrite() {
+    let st = setup();
+    let before = std::fs::read(&st.model).unwrap();
+    let again = lrc(&pretrain_args(&st.store, &st.model, &[]));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success(),
+        "a repeated run replaced {}",
+        st.model.display()
+    );
+    assert!(
+        stderr.contains(s(&st.model)) && stderr.contains("--resume") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&st.model).unwrap(), before, "the checkpoint changed");
+    let resumed = check_ok(&lrc(&pretrain_args(&st.store, &st.model, &["--resume"])));
+    assert!(resumed.contains("nothing to do"), "{resumed}");
+    check_ok(&lrc(&pretrain_args(&st.store, &st.model, &["--overwrite"])));
+    let both = lrc(&pretrain_args(&st.store, &st.model, &["--resume", "--overwrite"]));
+    assert!(!both.status.success(), "--resume with --overwrite was accepted");
 }
 
 fn read_json(path: &Path) -> Value {

@@ -34,6 +34,9 @@ pub struct FinetuneArgs {
     /// Continue the run whose state is in OUT.state.
     #[arg(long)]
     pub resume: bool,
+    /// Replace an existing OUT and OUT.state (without this, an existing one is an error).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// One U-Net instead of the two-branch combined model (no --global then).
     #[arg(long)]
     pub single_branch: bool,
@@ -109,6 +112,8 @@ impl FinetuneArgs {
 pub fn run(args: FinetuneArgs) -> Result<()> {
     let device = super::device::select(args.device.as_deref())?;
     crate::profile::enable_for(args.profile, &device);
+    let state = crate::train::finetune::state_path(&args.out);
+    crate::output::refuse_replacing_run(&[&args.out, &state], args.resume, args.overwrite)?;
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = FinetuneOptions {
         out: args.out.clone(),

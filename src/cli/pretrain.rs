@@ -25,6 +25,9 @@ pub struct PretrainArgs {
     /// Continue the run saved in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Replace an existing --out (without this, an existing one is an error).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     #[arg(long, default_value_t = 16)]
@@ -133,6 +136,7 @@ pub fn metrics_beside(out: &std::path::Path) -> PathBuf {
 pub fn run(args: PretrainArgs) -> Result<()> {
     let device = super::device::select(args.device.as_deref())?;
     crate::profile::enable_for(args.profile, &device);
+    crate::output::refuse_replacing_run(&[&args.out], args.resume, args.overwrite)?;
     let store = Arc::new(SliceStore::open(&args.data)?);
     let opts = RunOptions {
         out: args.out.clone(),

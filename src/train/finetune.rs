@@ -18,7 +18,7 @@ use super::infer::segment_slices;
 use super::log::RunLog;
 use super::readback::LossReader;
 use crate::autograd::Tape;
-use crate::checkpoint;
+use crate::checkpoint::{self, BackgroundWriter};
 use crate::data::store::{SliceStore, StoredConfig};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -206,9 +206,18 @@ impl Segmenter {
     }
 
     pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
+        checkpoint::save(path, &self.tensors(), &self.model_metadata(extra))
+    }
+
+    /// [`Segmenter::save`] through a background writer.
+    pub fn save_with(&self, writer: &mut BackgroundWriter, path: &Path, extra: &[(&str, String)]) -> Result<()> {
+        writer.save(path, &self.tensors(), &self.model_metadata(extra))
+    }
+
+    fn model_metadata(&self, extra: &[(&str, String)]) -> BTreeMap<String, String> {
         let mut meta = self.metadata(MODEL_KIND);
         meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        checkpoint::save(path, &self.tensors(), &meta)
+        meta
     }
 
     /// Loads a model written by `lrc finetune`; anything else is an error naming the file.
@@ -328,7 +337,8 @@ pub struct FinetuneOptions {
     pub device: Device,
 }
 
-fn state_path(out: &Path) -> PathBuf {
+/// Where a run writing `out` keeps its resumable state: `OUT.state`.
+pub fn state_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".state");
     PathBuf::from(s)
@@ -405,6 +415,8 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
     )?;
     let mut optimizer = Optimizer::new(OptimizerKind::adam(config.weight_decay));
     let mut records: Vec<EpochRecord> = Vec::new();
+    // Each epoch's saves are written behind the next epoch's steps.
+    let mut writer = BackgroundWriter::new();
     let (mut best, mut best_epoch, mut epoch0) = (f64::NEG_INFINITY, 0usize, 0usize);
     let state_file = state_path(&opts.out);
     if opts.resume && !state_file.exists() && opts.out.exists() {
@@ -412,7 +424,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             path: opts.out.clone(),
             msg: format!(
                 "exists, but its run state {} does not, so there is nothing to resume; \
-                 train without --resume to replace it, or write elsewhere",
+                 replace it with --overwrite, or write elsewhere",
                 state_file.display()
             ),
         });
@@ -529,10 +541,12 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
             validation_dice(&seg, &store, &val, config.batch)?
         };
         let improved = val.is_empty() || val_dice > best;
+        let checkpoint_range = profile::range("phase.checkpoint");
         if improved {
             best = val_dice;
             best_epoch = epoch + 1;
-            seg.save(
+            seg.save_with(
+                &mut writer,
                 &opts.out,
                 &[("epoch", (epoch + 1).to_string()), ("val_dice", val_dice.to_string())],
             )?;
@@ -564,8 +578,10 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
         meta.insert("best_epoch".into(), best_epoch.to_string());
         meta.insert("opt_step".into(), optimizer.step.to_string());
         meta.insert("records".into(), serde_json::to_string(&records).expect("serialises"));
-        checkpoint::save(&state_file, &tensors, &meta)?;
+        writer.save(&state_file, &tensors, &meta)?;
+        drop(checkpoint_range);
     }
+    writer.wait()?;
     log.finish();
     if !opts.out.exists() {
         return Err(Error::Checkpoint {

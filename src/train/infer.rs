@@ -1,6 +1,8 @@
 //! Whole-slice segmentation with a trained model: pad each slice to the U-Net's multiple, run
 //! batches without gradients, take the arg-max class, cut the padding away.
 
+use rayon::prelude::*;
+
 use crate::autograd::Tape;
 use crate::data::crop::{pad_to_multiple, unpad};
 use crate::device::Device;
@@ -39,21 +41,28 @@ pub fn segment_slices(
         let logits = model.forward(&mut tape, &bound, x)?;
         let l = tape.value(logits).to_f32_vec()?;
         let c = model.classes;
-        for i in 0..chunk.len() {
-            let plane = &l[i * c * ph * pw..(i + 1) * c * ph * pw];
-            let labels: Vec<u8> = (0..ph * pw)
-                .map(|j| {
-                    let mut best = 0;
-                    for k in 1..c {
-                        if plane[k * ph * pw + j] > plane[best * ph * pw + j] {
-                            best = k;
-                        }
-                    }
-                    best as u8
-                })
-                .collect();
-            out.push(unpad(&labels, &pad));
-        }
+        // The arg-max of each slice on its own core.
+        let labelled: Vec<Vec<u8>> = l
+            .par_chunks(c * ph * pw)
+            .map(|logits| unpad(&arg_max_class(logits, c, ph * pw), &pad))
+            .collect();
+        out.extend(labelled);
     }
     Ok(out)
+}
+
+/// The class of the largest logit at each of `plane` pixels of one image's `classes` planes
+/// (the first class on ties).
+fn arg_max_class(logits: &[f32], classes: usize, plane: usize) -> Vec<u8> {
+    (0..plane)
+        .map(|j| {
+            let mut best = 0;
+            for k in 1..classes {
+                if logits[k * plane + j] > logits[best * plane + j] {
+                    best = k;
+                }
+            }
+            best as u8
+        })
+        .collect()
 }

@@ -20,7 +20,7 @@ use super::readback::LossReader;
 use crate::augment::elastic::ElasticParams;
 use crate::augment::intensity::IntensityParams;
 use crate::autograd::Tape;
-use crate::checkpoint;
+use crate::checkpoint::{self, BackgroundWriter};
 use crate::data::store::SliceStore;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -287,6 +287,18 @@ impl PretrainState {
 
     /// Writes the state atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let (tensors, meta) = self.contents()?;
+        checkpoint::save(path, &tensors, &meta)
+    }
+
+    /// [`PretrainState::save`] through a background writer.
+    pub fn save_with(&self, writer: &mut BackgroundWriter, path: &Path) -> Result<()> {
+        let (tensors, meta) = self.contents()?;
+        writer.save(path, &tensors, &meta)
+    }
+
+    /// The tensors and metadata of the checkpoint.
+    fn contents(&self) -> Result<(Vec<(String, Tensor)>, checkpoint::Metadata)> {
         let mut tensors: Vec<(String, Tensor)> = self
             .params
             .params()
@@ -314,7 +326,7 @@ impl PretrainState {
             ),
             ("step".to_string(), self.step.to_string()),
         ]);
-        checkpoint::save(path, &tensors, &meta)
+        Ok((tensors, meta))
     }
 
     /// Reads a state written by [`PretrainState::save`].
@@ -456,6 +468,8 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     };
     let (mut window_sum, mut window_n) = (0.0, 0u64);
     let mut loss_reader = LossReader::new(&device)?;
+    // Checkpoints are written behind the following steps.
+    let mut writer = BackgroundWriter::new();
     // The per-pixel normalisation runs before the loss unless the loss does it on the samples.
     let normalize = !cfg.fuse_pixel_normalization;
     while state.step < end {
@@ -565,9 +579,10 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         }
         if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == end {
             let _r = profile::range("phase.checkpoint");
-            state.save(&opts.out)?;
+            state.save_with(&mut writer, &opts.out)?;
         }
     }
+    writer.wait()?;
     log.finish();
     summary.seconds = log.elapsed_s();
     Ok(summary)
