@@ -15,6 +15,9 @@
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
+#   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
+#             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
+#             from four initialisations, prediction, evaluation, plots); its tables in the summary
 #   bench batch  `lrc bench batch`: the host's milliseconds per training batch, per stage
 #   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN, TF32 and BF16) on the
 #             same shapes, each lrc version against cuDNN at its operand precision
@@ -92,7 +95,7 @@ out="$(cd "$out" && pwd -P)"
 # What a previous check left: appended JSON lines would mix runs, and a skipped step would show
 # the old figures as this run's.
 rm -rf "$out/logs" "$out/summary.md"
-rm -f "$out"/*.jsonl "$out/ncu-step.csv" "$out/parity.safetensors"
+rm -f "$out"/*.jsonl "$out/ncu-step.csv" "$out/parity.safetensors" "$out/demo-tables.md" "$out/demo-results.json"
 mkdir -p "$out/logs"
 logs="$out/logs"
 
@@ -364,7 +367,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench batch" "bench lrc" "bench torch" \
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "demo quick" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -447,6 +450,21 @@ else
         "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # The whole pipeline on this GPU, end to end: a failure here is a failure of the check.
+    if enough "demo quick" 90; then
+        demo_dir="$(mktemp -d)"
+        timed "$logs/demo-quick.log" "$(min 300 "$(left)")" "$bin/lrc" demo --quick --device cuda --profile -o "$demo_dir"
+        if ((rc == 0)) && [[ -f "$demo_dir/results/tables.md" ]]; then
+            cp "$demo_dir/results/tables.md" "$out/demo-tables.md"
+            cp "$demo_dir/results/results.json" "$out/demo-results.json" 2> /dev/null
+            step "demo quick" passed "$took" \
+                "$(grep -a -E '^\[demo\] +(loss|done)' "$logs/demo-quick.log" | sed -e 's/^\[demo\] *//' -e 's/; results in .*//' | tr '|' '/' | paste -sd ';' -)"
+        else
+            failed=1
+            step "demo quick" "FAILED (exit $rc)" "$took" "$(last_line "$logs/demo-quick.log") (logs/demo-quick.log)"
+        fi
+        rm -rf "$demo_dir"
+    fi
     # The host's batch building on this machine's cores, to set beside the step: a GPU step
     # faster than the slowest stage's batch would wait for its data.
     bench_run "bench batch" 40 90 "$logs/bench-batch.log" \
@@ -740,6 +758,12 @@ PY
     printf '%s\n' "${step_rows[@]}"
     table="$(step_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
+    if [[ -s "$out/demo-tables.md" ]]; then
+        # shellcheck disable=SC2016 # backquotes for Markdown, not a command
+        printf '\n## Demo: `lrc demo --quick` on this GPU\n\n'
+        # The demo's own headings become bold lines here, below this section's heading.
+        sed 's/^#\+ \(.*\)$/**\1**/' "$out/demo-tables.md"
+    fi
     table="$(bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(norm_table)"

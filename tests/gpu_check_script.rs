@@ -113,6 +113,7 @@ fn a_dry_run_reports_the_tests_and_leaves_the_gpu_steps_out() {
         "bench lrc-loss torch",
         "bench superpixels",
         "bench batch",
+        "demo quick",
     ] {
         assert!(row(&summary, step).contains("not run (no GPU)"), "{summary}");
     }
@@ -209,7 +210,7 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n\
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}[[ $1 == bench ]] || exit 9\n\
              if [[ $2 == superpixels ]]; then echo '{superpixels}' > \"$4\"; \
              echo 'superpixels 256x256: gpu 400.0 slices/s'; exit 0; fi\n{}",
             lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
@@ -230,6 +231,13 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
     );
     tools
 }
+
+/// A fake `lrc demo --quick ... -o DIR` for the fake `lrc`s: its tables, and the lines the check
+/// quotes.
+const FAKE_DEMO: &str = "if [[ $1 == demo ]]; then while (($#)); do [[ $1 == -o ]] && o=$2; shift; done; \
+    mkdir -p \"$o/results\"; printf 'Table 4.1 - fake\\n\\n| model | AMI |\\n|---|---|\\n| LRC | 0.2 |\\n' \
+    > \"$o/results/tables.md\"; echo '[demo]   loss 0.5 -> 0.25 in 1s'; \
+    echo \"[demo] done in 2s; results in $o/results\"; exit 0; fi\n";
 
 fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &str) -> (Output, String) {
     let out_dir = root.join("out");
@@ -325,6 +333,41 @@ fn a_full_run_compares_the_benchmarks() {
         row(&summary, "bench superpixels skimage").contains("| passed |"),
         "{summary}"
     );
+    // The demo: passed, its losses quoted (without its temporary folder), its tables copied.
+    let demo = row(&summary, "demo quick");
+    assert!(
+        demo.contains("| passed |") && demo.contains("loss 0.5 -> 0.25 in 1s;done in 2s |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("## Demo: `lrc demo --quick` on this GPU\n\nTable 4.1 - fake\n\n| model | AMI |"),
+        "{summary}"
+    );
+    assert!(dir.path().join("out/demo-tables.md").is_file());
+}
+
+#[test]
+fn a_failing_demo_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    // The same fake lrc, but its demo stops with an error.
+    let lrc = bundle.join("bin/lrc");
+    let text = fs::read_to_string(&lrc).unwrap().replacen(
+        "#!/usr/bin/env bash\n",
+        "#!/usr/bin/env bash\n[[ $1 == demo ]] && echo 'error: fine-tuning failed' && exit 1\n",
+        1,
+    );
+    write_executable(&lrc, &text);
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(!output.status.success(), "{summary}");
+    assert!(summary.contains("- result: FAILED"), "{summary}");
+    let demo = row(&summary, "demo quick");
+    assert!(
+        demo.contains("FAILED (exit 1)") && demo.contains("error: fine-tuning failed"),
+        "{summary}"
+    );
+    assert!(!summary.contains("## Demo:"), "{summary}");
 }
 
 #[test]
@@ -357,7 +400,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n[[ $1 == bench ]] || exit 9\n{}",
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}[[ $1 == bench ]] || exit 9\n{}",
             answer(record("lrc", (0.5, 40.0), (0.4, 41.0)))
         ),
     );
@@ -434,6 +477,7 @@ fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
         "bench lrc-loss lrc",
         "bench lrc-loss torch",
         "bench superpixels",
+        "demo quick",
     ] {
         assert!(row(&summary, step).contains("skipped (budget)"), "{summary}");
     }
