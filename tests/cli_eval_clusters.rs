@@ -95,6 +95,36 @@ fn pretrain_args<'a>(store: &'a Path, model: &'a Path, extra: &[&'a str]) -> Vec
     args
 }
 
+/// A store whose images hold NaN (damaged on disk) is an error naming the store, case and slice,
+/// not a k-means failure.
+#[test]
+fn a_damaged_image_names_the_store() {
+    let st = setup();
+    let store = lrc::data::store::SliceStore::open(&st.store).unwrap();
+    for record in store.cases() {
+        let path = st.store.join(&record.file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let image_bytes = record.slices * record.height * record.width * 4;
+        bytes[..image_bytes].fill(0xFF); // every image value a NaN
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let out = lrc(&[
+        "eval-clusters",
+        "--model",
+        s(&st.model),
+        "--data",
+        s(&st.store),
+        "--slices",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(s(&st.store)) && stderr.contains("slice") && stderr.contains("non-finite value"),
+        "{stderr}"
+    );
+}
+
 /// A repeated pre-training command must not discard the finished run: without --resume or
 /// --overwrite it is an error naming the file, and the checkpoint stays as it was.
 #[test]

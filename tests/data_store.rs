@@ -321,6 +321,17 @@ fn empty_missing_and_malformed_folders_are_named() {
     .unwrap();
     let e = discover(&two).unwrap_err().to_string();
     assert!(e.contains("dataset.json") && e.contains("region-based"), "{e}");
+    // A file_ending that matches none of the files is named with the file that sets it.
+    std::fs::write(
+        two.join("dataset.json"),
+        r#"{"labels": {"background": 0, "liver": 1}, "file_ending": ".nii"}"#,
+    )
+    .unwrap();
+    let e = discover(&two).unwrap_err().to_string();
+    assert!(
+        e.contains("CASE_0000.nii ") && e.contains("file_ending") && e.contains("dataset.json"),
+        "{e}"
+    );
     // A missing label file surfaces as that case's read error.
     std::fs::remove_file(two.join("dataset.json")).unwrap();
     std::fs::create_dir_all(two.join("labelsTr")).unwrap();

@@ -287,7 +287,21 @@ pub fn score_model(
     let mut scores = Vec::with_capacity(slices.len());
     for s in slices {
         let view = store.slice(s.index);
+        // Name what is damaged before k-means meets it: the store's image, or the model.
+        let where_ = format!("case {} slice {}", s.case, s.z);
+        if view.image.iter().any(|v| !v.is_finite()) {
+            return Err(Error::format(
+                store.dir(),
+                format!("{where_}: the image holds a non-finite value; the store is damaged (prepare it again)"),
+            ));
+        }
         let (emb, d) = slice_embeddings(model, params, unet, view.image, view.h, view.w, store.pad_value())?;
+        if emb.iter().any(|v| !v.is_finite()) {
+            return Err(Error::config(format!(
+                "{name}: non-finite pixel embeddings on {where_} of {}; its weights are damaged",
+                store.dir().display()
+            )));
+        }
         let c = eval_clusters(&emb, d, view.h, view.w, &s.regions, seed)?;
         scores.push(SliceScore {
             case: s.case.clone(),

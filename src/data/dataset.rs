@@ -82,12 +82,17 @@ pub fn discover(dir: &Path) -> Result<Dataset> {
         plain_cases(dir)?
     };
     if cases.is_empty() {
+        let msg = match (images.is_dir(), ending.as_deref()) {
+            (true, Some(ending)) => format!(
+                "no volumes named CASE_0000{ending} (the file_ending of {}); check that it matches the files",
+                json_path.display()
+            ),
+            _ => "no NIfTI volumes found (expected imagesTr/CASE_0000.nii.gz in the nnU-Net layout, \
+                  or .nii / .nii.gz files in a plain folder)"
+                .to_string(),
+        };
         let where_ = if images.is_dir() { images } else { dir.to_path_buf() };
-        return Err(Error::format(
-            where_,
-            "no NIfTI volumes found (expected imagesTr/CASE_0000.nii.gz in the nnU-Net layout, \
-             or .nii / .nii.gz files in a plain folder)",
-        ));
+        return Err(Error::format(where_, msg));
     }
     Ok(Dataset {
         root: dir.to_path_buf(),

@@ -564,8 +564,13 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 ("val_dice", val_dice.into()),
             ],
         )?;
+        let validation = if val.is_empty() {
+            "no validation cases: keeping the latest epoch".to_string()
+        } else {
+            format!("val dice {val_dice:.4} (best {best:.4} @ {best_epoch})")
+        };
         log.line(&format!(
-            "{name} epoch {}/{} loss {train_loss:.4} val dice {val_dice:.4} (best {best:.4} @ {best_epoch}) {:.1}s",
+            "{name} epoch {}/{} loss {train_loss:.4} {validation} {:.1}s",
             epoch + 1,
             config.epochs,
             log.elapsed_s()
