@@ -298,6 +298,7 @@ struct Operand {
 template <int KH, int KW>
 struct ImageByOutputPixel {
     static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = false;
     gather::Window w;
     __device__ void fix_row(const ConvParams& p, int m) { w = gather::window(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
@@ -322,6 +323,7 @@ struct WeightByOutputChannel {
 template <int KH, int KW>
 struct GradByInputPixel {
     static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = false;
     gather::InputPixel px;
     __device__ void fix_row(const ConvParams& p, int m) { px = gather::input_pixel(p, m); }
     __device__ float at(const ConvParams& p, int k) const {
@@ -374,6 +376,100 @@ struct ImageByTap {
     }
 };
 
+// Tap-major gatherers (the _k3t kernels): the reduction runs k = (tap, c) with the channel
+// fastest, for a channel count that is a multiple of BK, so every 32-deep k tile lies within one
+// tap (ky, kx). An A row then decodes the tap, checks the bounds and forms its address once per
+// tile (`tile`), and each of its slots is one load at a fixed channel offset; the channel-major
+// order (c, ky, kx) above decodes and checks every element. The same products, summed in
+// another order.
+
+// Forward A: x by output pixel, k = (tap, ci).
+template <int KH, int KW>
+struct ImageByOutputPixelTapMajor {
+    static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
+    static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = true;
+    gather::Window w;
+    __device__ void fix_row(const ConvParams& p, int m) { w = gather::window(p, m); }
+    // This row's value of channel c0 for the tile at k0, where its tap reads the padding: null.
+    __device__ const float* tile(const ConvParams& p, int k0) const {
+        const int tap = k0 / p.c_in;
+        const int c0 = k0 - tap * p.c_in;
+        const int ky = tap / KW;
+        const int iy = w.iy0 + ky;
+        const int ix = w.ix0 + tap - ky * KW;
+        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+            return nullptr;
+        }
+        return w.x_img + (static_cast<size_t>(c0) * p.h + iy) * p.w + ix;
+    }
+    // From one channel to the next.
+    __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
+};
+
+// Forward B: weight[n][ci][ky][kx] with k = (tap, ci).
+template <int KH, int KW>
+struct WeightByOutputChannelTapMajor {
+    static constexpr Major LAYOUT = Major::K;
+    const float* w_k = nullptr;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        const int tap = k / p.c_in;
+        const int c = k - tap * p.c_in;
+        w_k = p.weight + c * (KH * KW) + tap;
+    }
+    __device__ float at(const ConvParams& p, int n) const {
+        return w_k[static_cast<size_t>(n) * p.c_in * (KH * KW)];
+    }
+};
+
+// Backward-data A: dy by input pixel, k = (tap, co).
+template <int KH, int KW>
+struct GradByInputPixelTapMajor {
+    static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
+    static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = true;
+    gather::InputPixel px;
+    __device__ void fix_row(const ConvParams& p, int m) { px = gather::input_pixel(p, m); }
+    // The output pixel whose window puts this tile's tap on this row's input pixel, at channel
+    // co0; null where there is none.
+    __device__ const float* tile(const ConvParams& p, int k0) const {
+        const int tap = k0 / p.c_out;
+        const int co0 = k0 - tap * p.c_out;
+        const int ky = tap / KW;
+        int ty = px.iy + p.pad - ky;
+        int tx = px.ix + p.pad - (tap - ky * KW);
+        if (ty < 0 || tx < 0) {
+            return nullptr;
+        }
+        if (p.stride != 1) {
+            if (ty % p.stride != 0 || tx % p.stride != 0) {
+                return nullptr;
+            }
+            ty /= p.stride;
+            tx /= p.stride;
+        }
+        if (ty >= p.h_out || tx >= p.w_out) {
+            return nullptr;
+        }
+        return px.dy_img + (static_cast<size_t>(co0) * p.h_out + ty) * p.w_out + tx;
+    }
+    __device__ static int channel_stride(const ConvParams& p) { return p.h_out * p.w_out; }
+};
+
+// Backward-data B: weight[co][n][ky][kx] with k = (tap, co).
+template <int KH, int KW>
+struct WeightByInputChannelTapMajor {
+    static constexpr Major LAYOUT = Major::K;
+    const float* w_k = nullptr;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        const int tap = k / p.c_out;
+        const int co = k - tap * p.c_out;
+        w_k = p.weight + static_cast<size_t>(co) * p.c_in * (KH * KW) + tap;
+    }
+    __device__ float at(const ConvParams&, int n) const { return w_k[static_cast<size_t>(n) * (KH * KW)]; }
+};
+
 // Loads this thread's slots of one k tile of an operand into registers.
 template <int ROWS, int PACK, class G>
 __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok, int row0, int rows, int k0, int k_end,
@@ -381,10 +477,33 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
     using O = Operand<ROWS, G::LAYOUT, PACK>;
     const int tid = threadIdx.x;
     if constexpr (G::LAYOUT == Major::MN) {
+        if constexpr (G::TAP_MAJOR) {
+            // Whole tiles of one tap (the host plans these kernels for channel counts that are
+            // multiples of BK): one bounds check and address per tile, then fixed offsets.
+            const float* v = row_ok ? g.tile(p, k0) : nullptr;
+            if (v == nullptr) {
 #pragma unroll
-        for (int i = 0; i < O::LOADS; ++i) {
-            const int k = k0 + O::slot_k(tid, i);
-            r[i] = (row_ok && k < k_end) ? g.at(p, k) : 0.0f;
+                for (int i = 0; i < O::LOADS; ++i) {
+                    r[i] = 0.0f;
+                }
+            } else {
+                // Walk from slot to slot: the steps between this thread's channels are a few
+                // constants, where 16 precomputed offsets would cost 16 registers.
+                const int stride = G::channel_stride(p);
+                v += O::slot_k(tid, 0) * stride;
+                r[0] = *v;
+#pragma unroll
+                for (int i = 1; i < O::LOADS; ++i) {
+                    v += (O::slot_k(tid, i) - O::slot_k(tid, i - 1)) * stride;
+                    r[i] = *v;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < O::LOADS; ++i) {
+                const int k = k0 + O::slot_k(tid, i);
+                r[i] = (row_ok && k < k_end) ? g.at(p, k) : 0.0f;
+            }
         }
     } else {
         const int k = k0 + O::slot_k(tid, 0);
@@ -554,14 +673,13 @@ struct PlaneStore {
     }
 };
 
-template <class T, class Math, int KH, int KW>
-__device__ void forward(const ConvParams& p) {
+template <class T, class Math, class GA, class GB>
+__device__ void forward_by(const ConvParams& p) {
     const int M = p.n * p.h_out * p.w_out;
     const int N = p.c_out;
     const int K = p.c_in * p.kh * p.kw;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
-    using GA = ImageByOutputPixel<KH, KW>;
     GA ga;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
@@ -569,7 +687,7 @@ __device__ void forward(const ConvParams& p) {
     if (a_row_ok) {
         ga.fix_row(p, a_row);
     }
-    WeightByOutputChannel<KH, KW> gb;
+    GB gb;
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
     mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
@@ -577,13 +695,17 @@ __device__ void forward(const ConvParams& p) {
 }
 
 template <class T, class Math, int KH, int KW>
-__device__ void backward_data(const ConvParams& p) {
+__device__ void forward(const ConvParams& p) {
+    forward_by<T, Math, ImageByOutputPixel<KH, KW>, WeightByOutputChannel<KH, KW>>(p);
+}
+
+template <class T, class Math, class GA, class GB>
+__device__ void backward_data_by(const ConvParams& p) {
     const int M = p.n * p.h * p.w;
     const int N = p.c_in;
     const int K = p.c_out * p.kh * p.kw;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
-    using GA = GradByInputPixel<KH, KW>;
     GA ga;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
@@ -591,11 +713,16 @@ __device__ void backward_data(const ConvParams& p) {
     if (a_row_ok) {
         ga.fix_row(p, a_row);
     }
-    WeightByInputChannel<KH, KW> gb;
+    GB gb;
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
     mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
     epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h * p.w, p.c_in});
+}
+
+template <class T, class Math, int KH, int KW>
+__device__ void backward_data(const ConvParams& p) {
+    backward_data_by<T, Math, GradByInputPixel<KH, KW>, WeightByInputChannel<KH, KW>>(p);
 }
 
 struct PartialStore {
@@ -670,6 +797,29 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
     }
 
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
+
+// Tap-major 3x3 forward and backward-data (tf32-mma-tap, bf16-mma-tap), for a reduction channel
+// count (c_in forward, c_out backward-data) that is a multiple of 32; grids and tiles as above.
+#define LRC_CONV_MMA_TAP(PREC, MATH)                                                                          \
+    LRC_KERNEL(conv_fwd_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                      \
+        v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
+                       v2::WeightByOutputChannelTapMajor<3, 3>>(p);                                          \
+    }                                                                                                         \
+    LRC_KERNEL(conv_fwd_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                      \
+        v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
+                       v2::WeightByOutputChannelTapMajor<3, 3>>(p);                                          \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                 \
+        v2::backward_data_by<v2::PixelTile64, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
+                             v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                 \
+        v2::backward_data_by<v2::PixelTile32, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
+                             v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
+    }
+
+LRC_CONV_MMA_TAP(tf32, Tf32)
+LRC_CONV_MMA_TAP(bf16, Bf16)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:
@@ -756,6 +906,7 @@ namespace v2 {
 // A: x, rows = input pixels (contiguous along m), k = input channel.
 struct InputByPixel {
     static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = false;
     const float* x_pix = nullptr;
     __device__ void fix_row(const ConvParams& p, int m) {
         const int hw = p.h_out * p.w_out;
@@ -771,6 +922,7 @@ struct InputByPixel {
 // touches kh*kw times the bytes it uses, which the other taps' blocks read from the caches.
 struct WeightOfTap {
     static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = false;
     int tap = 0;
     const float* w_n = nullptr;
     __device__ void fix_row(const ConvParams& p, int n) {

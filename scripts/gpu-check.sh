@@ -546,8 +546,8 @@ if not lrc and not torch:
     sys.exit(0)
 # lrc's versions in the order of ConvAlgo::ALL (any other after them), each compared with cuDNN
 # at its operand precision; cuDNN has no plain FP32 run, so fp32-tiled is compared with TF32.
-ORDER = ["fp32-tiled", "tf32-mma", "bf16-mma", "tf32-wgmma", "bf16-wgmma"]
-PRECISION = {"bf16-mma": "bf16", "bf16-wgmma": "bf16"}
+ORDER = ["fp32-tiled", "tf32-mma", "bf16-mma", "tf32-wgmma", "bf16-wgmma", "tf32-mma-tap", "bf16-mma-tap"]
+PRECISION = {"bf16-mma": "bf16", "bf16-wgmma": "bf16", "bf16-mma-tap": "bf16"}
 PRECISIONS = ["tf32", "bf16"]
 found = {r["algo"] for r in lrc}
 algos = [a for a in ORDER if a in found] + sorted(found - set(ORDER))
@@ -558,8 +558,8 @@ keys = list(dict.fromkeys((r["layer"], r["pass"]) for r in (lrc or torch)))
 shape = {(r["layer"], r["pass"]): f'{r["n"]}x{r["c_in"]}x{r["h"]}x{r["w"]}>{r["c_out"]} k{r["kh"]}' for r in lrc + torch}
 device = (torch or lrc)[0]["device"]
 print(f"## Benchmark: conv ({sys.argv[3]}), median ms, {device}\n")
-print("ratio = lrc / PyTorch (cuDNN) at the same precision: TF32 for fp32-tiled, tf32-mma and tf32-wgmma, BF16")
-print("for bf16-mma and bf16-wgmma (BF16 operands; cuDNN also reads and writes BF16 tensors, lrc FP32 ones).")
+print("ratio = lrc / PyTorch (cuDNN) at the same precision: TF32 for fp32-tiled and the tf32 versions, BF16")
+print("for the bf16 versions (BF16 operands; cuDNN also reads and writes BF16 tensors, lrc FP32 ones).")
 print("Above 1, lrc is slower. The wgmma versions run on compute capability 9.0 only.\n")
 head = "| layer | pass | shape |" + "".join(f" torch {p} |" for p in PRECISIONS)
 head += "".join(f" lrc {a} | ratio |" for a in algos)

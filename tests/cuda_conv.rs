@@ -116,8 +116,8 @@ fn gamma(chain: usize) -> f64 {
 fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
     let u = match algo {
         ConvAlgo::Fp32Tiled => return gamma(chain),
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma => (-11f64).exp2(),
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma => (-8f64).exp2(),
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap => (-11f64).exp2(),
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap => (-8f64).exp2(),
     };
     let accumulation = chain as f64 * (-23f64).exp2();
     if rounded_inputs {
@@ -155,10 +155,9 @@ impl Split {
     fn chain(&self, algo: ConvAlgo, depth: usize) -> usize {
         match algo {
             ConvAlgo::Fp32Tiled => self.run(depth) + (self.count - 1) + 1,
-            // v3 sums each element in one accumulator chain (per split) too, as v2.
-            ConvAlgo::Tf32Mma | ConvAlgo::Bf16Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
-                depth + depth.div_ceil(32) + 1
-            }
+            // v3 sums each element in one accumulator chain (per split) too, as v2, and the
+            // tap-major kernels the same products in another order.
+            _ => depth + depth.div_ceil(32) + 1,
         }
     }
 
@@ -259,6 +258,10 @@ fn shapes() -> Vec<ConvGeom> {
         geom([2, 6, 15, 14, 10], (3, 3), 2, 1),
         geom([1, 4, 11, 10, 12], (5, 3), 1, 1),
         geom([3, 9, 10, 12, 8], (2, 2), 2, 0),
+        // Whole 32-channel k tiles on both reductions (the tap-major kernels), odd sides and
+        // batch 3; then stride 2, where backward-data's taps skip pixels.
+        geom([3, 32, 7, 5, 96], (3, 3), 1, 1),
+        geom([2, 64, 9, 8, 32], (3, 3), 2, 1),
     ]
 }
 
@@ -612,7 +615,7 @@ fn bf16_exact_products_bound(depth: usize) -> f64 {
 #[ignore = "needs a CUDA GPU"]
 fn bf16_on_bf16_inputs_has_only_accumulation_error() {
     let device = device();
-    for algo in [ConvAlgo::Bf16Mma, ConvAlgo::Bf16Wgmma] {
+    for algo in [ConvAlgo::Bf16Mma, ConvAlgo::Bf16Wgmma, ConvAlgo::Bf16MmaTap] {
         if algo.runs_on(device.compute_capability()) {
             bf16_on_bf16_inputs(&device, algo);
         } else {
@@ -716,6 +719,8 @@ fn tensor_core_operands_round_as_documented() {
         (ConvAlgo::Bf16Mma, &to_bf16),
         (ConvAlgo::Tf32Wgmma, &to_tf32),
         (ConvAlgo::Bf16Wgmma, &to_bf16),
+        (ConvAlgo::Tf32MmaTap, &to_tf32),
+        (ConvAlgo::Bf16MmaTap, &to_bf16),
     ] {
         if !algo.runs_on(device.compute_capability()) {
             println!("skipped {algo}: needs compute capability 9.0");

@@ -117,6 +117,14 @@ fn plan_file() -> String {
         ("5x3_n1_c4-10_8x7", conv([1, 4, 8, 7, 10], (5, 3), 1, 1)),
         ("3x3_n3_c4-8_23x21", conv([3, 4, 23, 21, 8], (3, 3), 1, 1)),
     ];
+    // Whole 32-channel k tiles, for the tap-major versions' own kernels (they run tf32-mma's and
+    // bf16-mma's everywhere else): forward over 32 and 64 input channels, backward-data over 64
+    // and 32 output channels, both tile widths, odd sides, stride 2.
+    let tap_shapes = [
+        ("3x3_n3_c32-64_7x5", conv([3, 32, 7, 5, 64], (3, 3), 1, 1)),
+        ("3x3_n1_c64-32_9x11", conv([1, 64, 9, 11, 32], (3, 3), 1, 1)),
+        ("3x3s2_n2_c32-32_9x8", conv([2, 32, 9, 8, 32], (3, 3), 2, 1)),
+    ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
     // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
@@ -133,6 +141,18 @@ fn plan_file() -> String {
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
+        if matches!(algo, ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap) {
+            for (label, g) in &tap_shapes {
+                let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+                for (pass, name) in PASSES {
+                    let launch = plan(pass, g, algo, 4);
+                    if launch.kernel.contains("_k3t_") {
+                        line(&mut out, label, "conv", name, d, &launch);
+                    }
+                }
+            }
+            continue;
+        }
         for (label, g) in &shapes {
             let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
             for (pass, name) in PASSES {
@@ -215,6 +235,14 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_weight_wgmma_tf32_k3_m64",
         "bwd_weight_wgmma_tf32_kany_m64",
         "bwd_data_wgmma_bf16_kany_n32",
+        "fwd_tf32_k3t_n64",
+        "fwd_tf32_k3t_n32",
+        "bwd_data_tf32_k3t_n64",
+        "bwd_data_tf32_k3t_n32",
+        "fwd_bf16_k3t_n64",
+        "fwd_bf16_k3t_n32",
+        "bwd_data_bf16_k3t_n64",
+        "bwd_data_bf16_k3t_n32",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

@@ -324,6 +324,14 @@ const struct {
         LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m64), LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m32)
 #define LRC_MMA_ROW(PREC, MATH, KS, KH, KW) LRC_MMA_ENTRIES(PREC, KS),
     LRC_CONV_SPECIALISATIONS(LRC_MMA_ROW)
+    LRC_ENTRY(conv_fwd_tf32_k3t_n64),
+    LRC_ENTRY(conv_fwd_tf32_k3t_n32),
+    LRC_ENTRY(conv_bwd_data_tf32_k3t_n64),
+    LRC_ENTRY(conv_bwd_data_tf32_k3t_n32),
+    LRC_ENTRY(conv_fwd_bf16_k3t_n64),
+    LRC_ENTRY(conv_fwd_bf16_k3t_n32),
+    LRC_ENTRY(conv_bwd_data_bf16_k3t_n64),
+    LRC_ENTRY(conv_bwd_data_bf16_k3t_n32),
     LRC_ENTRY(conv_tfwd_fp32),
     LRC_ENTRY(conv_tfwd_tf32_n64),
     LRC_ENTRY(conv_tfwd_tf32_n32),

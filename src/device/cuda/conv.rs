@@ -40,17 +40,26 @@ pub enum ConvAlgo {
     Tf32Wgmma = 3,
     /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64nNk16), rounded as in `bf16-mma`.
     Bf16Wgmma = 4,
+    /// `tf32-mma` whose 3x3 forward and backward-data passes run the reduction tap-major
+    /// (k = (ky, kx, channel)) where the reduction's channel count is a multiple of 32: each
+    /// 32-deep k tile lies within one tap, so a row's bounds and address are worked out once per
+    /// tile instead of per element. Other passes and shapes run `tf32-mma`'s kernels.
+    Tf32MmaTap = 5,
+    /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
+    Bf16MmaTap = 6,
 }
 
 impl ConvAlgo {
     /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
     /// ([`ConvAlgo::runs_on`]).
-    pub const ALL: [ConvAlgo; 5] = [
+    pub const ALL: [ConvAlgo; 7] = [
         ConvAlgo::Fp32Tiled,
         ConvAlgo::Tf32Mma,
         ConvAlgo::Bf16Mma,
         ConvAlgo::Tf32Wgmma,
         ConvAlgo::Bf16Wgmma,
+        ConvAlgo::Tf32MmaTap,
+        ConvAlgo::Bf16MmaTap,
     ];
 
     /// The version ops use unless told otherwise: tensor cores, expected to be several times
@@ -69,6 +78,8 @@ impl ConvAlgo {
             ConvAlgo::Bf16Mma => "bf16-mma",
             ConvAlgo::Tf32Wgmma => "tf32-wgmma",
             ConvAlgo::Bf16Wgmma => "bf16-wgmma",
+            ConvAlgo::Tf32MmaTap => "tf32-mma-tap",
+            ConvAlgo::Bf16MmaTap => "bf16-mma-tap",
         }
     }
 
@@ -122,6 +133,8 @@ impl FromStr for ConvAlgo {
             "bf16-mma" | "bf16" => Ok(ConvAlgo::Bf16Mma),
             "tf32-wgmma" => Ok(ConvAlgo::Tf32Wgmma),
             "bf16-wgmma" => Ok(ConvAlgo::Bf16Wgmma),
+            "tf32-mma-tap" => Ok(ConvAlgo::Tf32MmaTap),
+            "bf16-mma-tap" => Ok(ConvAlgo::Bf16MmaTap),
             other => Err(Error::config(format!(
                 "unknown convolution algorithm '{other}': expected one of {}",
                 ConvAlgo::ALL.map(ConvAlgo::name).join(", ")
@@ -263,6 +276,30 @@ macro_rules! mma_kernels {
 const TF32_KERNELS: MmaKernels = mma_kernels!("tf32");
 const BF16_KERNELS: MmaKernels = mma_kernels!("bf16");
 
+/// The tap-major 3x3 kernels of conv.cu's LRC_CONV_MMA_TAP by [tf32, bf16][forward,
+/// backward-data][wide tile, narrow tile].
+const TAP_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [
+        ["conv_fwd_tf32_k3t_n64", "conv_fwd_tf32_k3t_n32"],
+        ["conv_bwd_data_tf32_k3t_n64", "conv_bwd_data_tf32_k3t_n32"],
+    ],
+    [
+        ["conv_fwd_bf16_k3t_n64", "conv_fwd_bf16_k3t_n32"],
+        ["conv_bwd_data_bf16_k3t_n64", "conv_bwd_data_bf16_k3t_n32"],
+    ],
+];
+
+/// Whether the tap-major kernels serve `pass` of `g`: a 3x3 forward or backward-data pass whose
+/// reduction channels (c_in forward, c_out backward-data) fill whole 32-deep k tiles.
+fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
+    let channels = match pass {
+        ConvPass::Forward => g.c_in,
+        ConvPass::BackwardData => g.c_out,
+        ConvPass::BackwardWeight => return false,
+    };
+    (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0
+}
+
 const FP32_KERNELS: [&str; 3] = ["conv_fwd_fp32", "conv_bwd_data_fp32", "conv_bwd_weight_fp32"];
 
 /// The transposed convolution's forward pass by tap (conv.cu's tfwd): FP32 tiles, and the
@@ -279,6 +316,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     for table in [&TF32_KERNELS, &BF16_KERNELS] {
         names.extend(table.iter().flatten().flatten().copied());
     }
+    names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -308,6 +346,19 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
+        ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap => {
+            let bf16 = algo == ConvAlgo::Bf16MmaTap;
+            if tap_major_applies(pass, g) {
+                let narrow = narrow_dim <= 32;
+                return Tiling {
+                    kernel: TAP_KERNELS[bf16 as usize][pass as usize][narrow as usize],
+                    rows: 128,
+                    cols: if narrow { 32 } else { 64 },
+                    depth: 32,
+                };
+            }
+            if bf16 { &BF16_KERNELS } else { &TF32_KERNELS }
+        }
         ConvAlgo::Tf32Wgmma | ConvAlgo::Bf16Wgmma => {
             let narrow = narrow_dim <= conv_sm90::TILE_COLS_NARROW;
             let (rows, cols) = conv_sm90::tile(pass, narrow);
@@ -374,10 +425,10 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
         // v3 has no per-tap pass: the wgmma versions run v2's at their precision (a quarter of
         // the tensor-core work of v3's backward-data pass, which this one replaces).
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma => {
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap => {
             (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 })
         }
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma => {
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap => {
             (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 })
         }
     };
@@ -826,11 +877,65 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 8 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
+        assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
         assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
         assert!(names.contains(&"conv_tfwd_bf16_n32"));
+    }
+
+    #[test]
+    fn tap_major_kernels_serve_whole_channel_tiles_of_3x3_alone() {
+        let g = |c_in, c_out, k| ConvGeom {
+            n: 2,
+            c_in,
+            h: 9,
+            w: 7,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: k / 2,
+        };
+        let kernel = |pass, geom: &ConvGeom, algo| plan(pass, geom, algo, 132).kernel;
+        use ConvPass::*;
+        // Forward reduces over c_in, backward-data over c_out; both tile widths.
+        assert_eq!(
+            kernel(Forward, &g(64, 128, 3), ConvAlgo::Tf32MmaTap),
+            "conv_fwd_tf32_k3t_n64"
+        );
+        assert_eq!(
+            kernel(Forward, &g(32, 16, 3), ConvAlgo::Bf16MmaTap),
+            "conv_fwd_bf16_k3t_n32"
+        );
+        assert_eq!(
+            kernel(BackwardData, &g(16, 64, 3), ConvAlgo::Tf32MmaTap),
+            "conv_bwd_data_tf32_k3t_n32"
+        );
+        assert_eq!(
+            kernel(BackwardData, &g(128, 32, 3), ConvAlgo::Bf16MmaTap),
+            "conv_bwd_data_bf16_k3t_n64"
+        );
+        // Channels off the 32-deep tiles, other kernel sizes and backward-weight run v2's.
+        for (pass, geom) in [
+            (Forward, g(33, 64, 3)),
+            (Forward, g(1, 32, 3)),
+            (BackwardData, g(64, 48, 3)),
+            (Forward, g(64, 64, 1)),
+            (BackwardWeight, g(64, 64, 3)),
+        ] {
+            for (tap, plain) in [
+                (ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Mma),
+                (ConvAlgo::Bf16MmaTap, ConvAlgo::Bf16Mma),
+            ] {
+                assert_eq!(
+                    plan(pass, &geom, tap, 132),
+                    plan(pass, &geom, plain, 132),
+                    "{pass:?} {geom:?}"
+                );
+            }
+        }
     }
 
     #[test]
