@@ -67,6 +67,13 @@ fn setup() -> Setup {
     Setup { dir, store, model }
 }
 
+/// `lrc eval-clusters` of the setup's model on its store, with `extra` options.
+fn eval_clusters(st: &Setup, extra: &[&str]) -> Output {
+    let mut args = vec!["eval-clusters", "--model", s(&st.model), "--data", s(&st.store)];
+    args.extend_from_slice(extra);
+    lrc(&args)
+}
+
 /// `lrc pretrain local` of the 2-step checkpoint, with `extra` options.
 fn pretrain_args<'a>(store: &'a Path, model: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
@@ -108,15 +115,7 @@ fn a_damaged_image_names_the_store() {
         bytes[..image_bytes].fill(0xFF); // every image value a NaN
         std::fs::write(&path, bytes).unwrap();
     }
-    let out = lrc(&[
-        "eval-clusters",
-        "--model",
-        s(&st.model),
-        "--data",
-        s(&st.store),
-        "--slices",
-        "2",
-    ]);
+    let out = eval_clusters(&st, &["--slices", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -179,19 +178,10 @@ fn check_model(m: &Value, slices: usize) {
 fn scores_checkpoint_and_baseline_on_a_tiny_store() {
     let st = setup();
     let json = st.dir.path().join("clusters.json");
-    let stdout = check_ok(&lrc(&[
-        "eval-clusters",
-        "--model",
-        s(&st.model),
-        "--data",
-        s(&st.store),
-        "--slices",
-        "4",
-        "--seed",
-        "3",
-        "--json",
-        s(&json),
-    ]));
+    let stdout = check_ok(&eval_clusters(
+        &st,
+        &["--slices", "4", "--seed", "3", "--json", s(&json)],
+    ));
     assert!(
         stdout.contains("LRC (step 2)") && stdout.contains("random init."),
         "{stdout}"
@@ -237,20 +227,18 @@ fn scores_checkpoint_and_baseline_on_a_tiny_store() {
 
     // One case only, no baseline, default JSON beside the model; the same seed gives the same
     // scores for the slices the two runs share.
-    let stdout = check_ok(&lrc(&[
-        "eval-clusters",
-        "--model",
-        s(&st.model),
-        "--data",
-        s(&st.store),
-        "--slices",
-        "2",
-        "--cases",
-        "abdomen_001",
-        "--seed",
-        "3",
-        "--no-baseline",
-    ]));
+    let stdout = check_ok(&eval_clusters(
+        &st,
+        &[
+            "--slices",
+            "2",
+            "--cases",
+            "abdomen_001",
+            "--seed",
+            "3",
+            "--no-baseline",
+        ],
+    ));
     assert!(!stdout.contains("random init."), "{stdout}");
     let again = read_json(&st.dir.path().join("m.clusters.json"));
     let models2 = again["models"].as_array().unwrap();
@@ -269,15 +257,7 @@ fn scores_checkpoint_and_baseline_on_a_tiny_store() {
         }
     }
 
-    let out = lrc(&[
-        "eval-clusters",
-        "--model",
-        s(&st.model),
-        "--data",
-        s(&st.store),
-        "--cases",
-        "no_such_case",
-    ]);
+    let out = eval_clusters(&st, &["--cases", "no_such_case"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
