@@ -35,7 +35,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves tensors (copied to the host) with string metadata.
-pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &Metadata) -> Result<()> {
     Snapshot::take(path, tensors, metadata)?.write()
 }
 
@@ -50,12 +50,12 @@ enum HostData {
 pub struct Snapshot {
     path: PathBuf,
     tensors: Vec<(String, Vec<usize>, HostData)>,
-    metadata: BTreeMap<String, String>,
+    metadata: Metadata,
 }
 
 impl Snapshot {
     /// Copies `tensors` to the host.
-    pub fn take(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<Snapshot> {
+    pub fn take(path: &Path, tensors: &[(String, Tensor)], metadata: &Metadata) -> Result<Snapshot> {
         let tensors = tensors
             .iter()
             .map(|(name, t)| {
@@ -112,12 +112,7 @@ impl BackgroundWriter {
     }
 
     /// Starts writing `tensors` and `metadata` to `path` once the previous write is done.
-    pub fn save(
-        &mut self,
-        path: &Path,
-        tensors: &[(String, Tensor)],
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<()> {
+    pub fn save(&mut self, path: &Path, tensors: &[(String, Tensor)], metadata: &Metadata) -> Result<()> {
         let snapshot = Snapshot::take(path, tensors, metadata)?;
         self.wait()?;
         self.pending = Some(std::thread::spawn(move || snapshot.write()));
@@ -144,12 +139,12 @@ impl Drop for BackgroundWriter {
 
 /// Tensors and metadata of a safetensors file. F32 and F64 tensors load as such; other
 /// element types are an error naming the tensor.
-pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Metadata)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::Checkpoint { path: path.into(), msg };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let metadata: Metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();

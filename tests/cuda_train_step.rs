@@ -137,23 +137,25 @@ struct Drift {
     p99: f64,
 }
 
-/// Ten steps of `kind` from the rig's start on `device` in `dtype`, then the drift of every
-/// parameter from the same ten steps on the CPU in f64.
-fn drift_after_ten_steps(kind: OptimizerKind, lr: f64, device: &Device, dtype: DType) -> Drift {
-    let mut cpu = rig();
-    let mut run = cpu.params.to_dtype(dtype).unwrap().for_device(device).unwrap();
+/// The parameters after ten steps of `kind` from the rig's start, on `device` in `dtype`.
+fn ten_steps(kind: OptimizerKind, lr: f64, device: &Device, dtype: DType) -> ParamStore {
+    let rig = rig();
+    let mut params = rig.params.to_dtype(dtype).unwrap().for_device(device).unwrap();
     let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
-    let (x, r) = (on(&cpu.x), on(&cpu.r));
-    let (mut cpu_opt, mut opt) = (Optimizer::new(kind), Optimizer::new(kind));
+    let (x, r) = (on(&rig.x), on(&rig.r));
+    let mut opt = Optimizer::new(kind);
     for _ in 0..10 {
-        forward_backward(&cpu.unet, &mut cpu.params, &cpu.x, &cpu.r);
-        forward_backward(&cpu.unet, &mut run, &x, &r);
-        cpu_opt.step(&mut cpu.params, lr).unwrap();
-        opt.step(&mut run, lr).unwrap();
+        forward_backward(&rig.unet, &mut params, &x, &r);
+        opt.step(&mut params, lr).unwrap();
     }
+    params
+}
+
+/// How far every parameter of `run` lies from `reference` (the same steps on the CPU in f64).
+fn drift(what: &str, run: &ParamStore, reference: &ParamStore) -> Drift {
     let mut errors = Vec::new();
     let mut scale = 0.0f64;
-    for (g, c) in run.params().iter().zip(cpu.params.params()) {
+    for (g, c) in run.params().iter().zip(reference.params()) {
         let got = g.value.to_f64_vec().unwrap();
         let want = c.value.to_f64_vec().unwrap();
         scale = scale.max(max_abs_f64(&got));
@@ -162,10 +164,7 @@ fn drift_after_ten_steps(kind: OptimizerKind, lr: f64, device: &Device, dtype: D
     errors.sort_by(f64::total_cmp);
     let worst = *errors.last().unwrap();
     let p99 = errors[errors.len() * 99 / 100];
-    println!(
-        "{kind:?} on {device:?} in {dtype:?}: drift after 10 steps: worst {worst:.3e}, 99th percentile {p99:.3e}, \
-         parameter scale {scale:.3}"
-    );
+    println!("{what}: drift after 10 steps: worst {worst:.3e}, 99th percentile {p99:.3e}, parameter scale {scale:.3}");
     Drift {
         worst_relative: worst / scale,
         p99,
@@ -177,7 +176,9 @@ fn drift_after_ten_steps(kind: OptimizerKind, lr: f64, device: &Device, dtype: D
 fn ten_sgd_steps_drift_within_bounds() {
     let gpu = gpu();
     let device = Device::Cuda(gpu.clone());
-    let drift = drift_after_ten_steps(OptimizerKind::sgd(0.9, 1e-4), 0.03, &device, DType::F32);
+    let (kind, lr) = (OptimizerKind::sgd(0.9, 1e-4), 0.03);
+    let reference = ten_steps(kind, lr, &Device::Cpu, DType::F64);
+    let drift = drift("SGD on the GPU", &ten_steps(kind, lr, &device, DType::F32), &reference);
     assert!(
         drift.worst_relative <= 1e-4,
         "SGD drift {:.3e} of the parameter scale",
@@ -192,7 +193,15 @@ fn ten_adam_and_adamw_steps_drift_within_bounds() {
     let device = Device::Cuda(gpu.clone());
     for kind in [OptimizerKind::adam(1e-4), OptimizerKind::adamw(1e-2)] {
         let lr = 1e-3;
-        let drift = drift_after_ten_steps(kind, lr, &device, DType::F32);
+        let reference = ten_steps(kind, lr, &Device::Cpu, DType::F64);
+        let drift_of = |device: &Device, what: &str| {
+            drift(
+                &format!("{kind:?} {what}"),
+                &ten_steps(kind, lr, device, DType::F32),
+                &reference,
+            )
+        };
+        let drift = drift_of(&device, "on the GPU");
         // The same steps on the CPU in f32: how far f32 arithmetic itself drifts. With AdamW's
         // decoupled decay nothing lifts a gradient above its rounding noise, and the elements
         // whose gradient is below it (the biases before instance norm, zero in exact arithmetic;
@@ -200,7 +209,7 @@ fn ten_adam_and_adamw_steps_drift_within_bounds() {
         // f32 computation: more than 1% of this U-Net's elements. The GPU may drift as far as
         // the f32 twin, within a factor of 2 for another summation order's noise; a wrong rule
         // moves most elements by ~lr, 25 times the f32 twin's 99th percentile.
-        let twin = drift_after_ten_steps(kind, lr, &Device::Cpu, DType::F32);
+        let twin = drift_of(&Device::Cpu, "on the CPU in f32");
         let bound = 1e-5f64.max(2.0 * twin.p99);
         assert!(
             drift.p99 <= bound,

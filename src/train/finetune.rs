@@ -214,7 +214,7 @@ impl Segmenter {
         writer.save(path, &self.tensors(), &self.model_metadata(extra))
     }
 
-    fn model_metadata(&self, extra: &[(&str, String)]) -> BTreeMap<String, String> {
+    fn model_metadata(&self, extra: &[(&str, String)]) -> checkpoint::Metadata {
         let mut meta = self.metadata(MODEL_KIND);
         meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         meta
