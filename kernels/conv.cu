@@ -284,7 +284,9 @@ struct Operand {
     // consecutive rows), in runs of PACK consecutive k so that each word is one thread's; K-major
     // threads own one k (their lane) and step through rows (a warp reads 32 consecutive k of one
     // row), so with PACK 2 two lanes share each word.
-    __device__ static int slot_row(int tid, int i) { return (L == Major::MN) ? tid % ROWS : tid / WARP + WARPS * i; }
+    __device__ static constexpr int slot_row(int tid, int i) {
+        return (L == Major::MN) ? tid % ROWS : tid / WARP + WARPS * i;
+    }
     __device__ static int slot_k(int tid, int i) {
         return (L == Major::MN) ? PACK * (tid / ROWS + (THREADS / ROWS) * (i / PACK)) + i % PACK : tid % WARP;
     }
@@ -311,6 +313,7 @@ struct ImageByOutputPixel {
 template <int KH, int KW>
 struct WeightByOutputChannel {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) { w_k = p.weight + k; }
     __device__ float at(const ConvParams& p, int n) const {
@@ -336,6 +339,7 @@ struct GradByInputPixel {
 template <int KH, int KW>
 struct WeightByInputChannel {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const gather::KernelSize<KH, KW> ks(p);
@@ -352,6 +356,7 @@ struct WeightByInputChannel {
 // Backward-weight A: dy, rows = c_out, k = (img, oy, ox).
 struct GradByOutputChannel {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     const float* dy_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const int hw = p.h_out * p.w_out;
@@ -368,6 +373,7 @@ struct GradByOutputChannel {
 template <int KH, int KW>
 struct ImageByTap {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     gather::Window w;
     __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
     __device__ float at(const ConvParams& p, int n) const {
@@ -412,6 +418,7 @@ struct ImageByOutputPixelTapMajor {
 template <int KH, int KW>
 struct WeightByOutputChannelTapMajor {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const int tap = k / p.c_in;
@@ -461,6 +468,7 @@ struct GradByInputPixelTapMajor {
 template <int KH, int KW>
 struct WeightByInputChannelTapMajor {
     static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
     __device__ void fix_k(const ConvParams& p, int k) {
         const int tap = k / p.c_out;
@@ -468,6 +476,35 @@ struct WeightByInputChannelTapMajor {
         w_k = p.weight + static_cast<size_t>(co) * p.c_in * (KH * KW) + tap;
     }
     __device__ float at(const ConvParams&, int n) const { return w_k[static_cast<size_t>(n) * (KH * KW)]; }
+};
+
+// Backward-weight B: x by tap, rows n = (tap, ci) with the channel fastest, k = (img, oy, ox).
+// K-major: a thread fixes its pixel k once per tile and reads rows warp + 8i; with c_in a
+// multiple of 32 and tiles starting at multiples of 32, each run of 32 rows (4 slots of a
+// thread) lies within one tap, so one bounds check and address serve 4 loads where the
+// channel-major order (ImageByTap) decodes and checks each. The epilogue stores column n at
+// ci * taps + tap (TapMajorPartialStore), so the result is the same OIHW weight gradient.
+template <int KH, int KW>
+struct ImageByTapTapMajor {
+    static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
+    static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = true;
+    gather::Window w;
+    __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
+    // Row n's value at this thread's pixel, where its tap reads the padding: null.
+    __device__ const float* row(const ConvParams& p, int n) const {
+        const int tap = n / p.c_in;
+        const int c = n - tap * p.c_in;
+        const int ky = tap / KW;
+        const int iy = w.iy0 + ky;
+        const int ix = w.ix0 + tap - ky * KW;
+        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+            return nullptr;
+        }
+        return w.x_img + (static_cast<size_t>(c) * p.h + iy) * p.w + ix;
+    }
+    __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
 
 // Loads this thread's slots of one k tile of an operand into registers.
@@ -511,10 +548,28 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
         if (k_ok) {
             g.fix_k(p, k);
         }
+        if constexpr (G::TAP_MAJOR) {
+            // Runs of GROUP slots cover 32 consecutive rows (the warps' rows interleave), which
+            // share a tap; the host plans these kernels for c_in a multiple of 32 and row counts
+            // (c_in taps) too, so a run is wholly in range or wholly out.
+            constexpr int GROUP = WARP / WARPS;
+            static_assert(O::LOADS % GROUP == 0 && O::slot_row(0, GROUP) == WARP, "32-row runs of slots");
 #pragma unroll
-        for (int i = 0; i < O::LOADS; ++i) {
-            const int row = row0 + O::slot_row(tid, i);
-            r[i] = (k_ok && row < rows) ? g.at(p, row) : 0.0f;
+            for (int i0 = 0; i0 < O::LOADS; i0 += GROUP) {
+                const int row = row0 + O::slot_row(tid, i0);
+                const float* v = (k_ok && row < rows) ? g.row(p, row) : nullptr;
+                const int step = (O::slot_row(tid, i0 + 1) - O::slot_row(tid, i0)) * G::channel_stride(p);
+#pragma unroll
+                for (int j = 0; j < GROUP; ++j) {
+                    r[i0 + j] = v != nullptr ? v[j * step] : 0.0f;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < O::LOADS; ++i) {
+                const int row = row0 + O::slot_row(tid, i);
+                r[i] = (k_ok && row < rows) ? g.at(p, row) : 0.0f;
+            }
         }
     }
 }
@@ -731,8 +786,19 @@ struct PartialStore {
     __device__ void operator()(int m, int n, float v) const { out[static_cast<size_t>(m) * cols + n] = v; }
 };
 
-template <class T, class Math, int KH, int KW>
-__device__ void backward_weight(const ConvParams& p) {
+// The same for a tap-major column n = (tap, ci): stored at ci * taps + tap, the OIHW order.
+struct TapMajorPartialStore {
+    float* out;
+    int cols, c_in, taps;
+    __device__ void operator()(int m, int n, float v) const {
+        const int tap = n / c_in;
+        const int ci = n - tap * c_in;
+        out[static_cast<size_t>(m) * cols + ci * taps + tap] = v;
+    }
+};
+
+template <class T, class Math, class GB>
+__device__ void backward_weight_by(const ConvParams& p) {
     const int M = p.c_out;
     const int N = p.c_in * p.kh * p.kw;
     const int R = p.n * p.h_out * p.w_out;
@@ -744,12 +810,17 @@ __device__ void backward_weight(const ConvParams& p) {
     using GA = GradByOutputChannel;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     GA ga;
-    ImageByTap<KH, KW> gb;
+    GB gb;
     float acc[T::MT][T::NT][4] = {};
     float a_sum[OA::LOADS] = {};
     const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
     mainloop<T, Math>(p, ga, gb, true, true, m0, M, n0, N, k_begin, k_end, acc, bias_block, a_sum);
-    epilogue<T>(acc, m0, M, n0, N, PartialStore{p.out + static_cast<size_t>(split) * M * N, N});
+    float* out = p.out + static_cast<size_t>(split) * M * N;
+    if constexpr (GB::TAP_MAJOR) {
+        epilogue<T>(acc, m0, M, n0, N, TapMajorPartialStore{out, N, p.c_in, p.kh * p.kw});
+    } else {
+        epilogue<T>(acc, m0, M, n0, N, PartialStore{out, N});
+    }
     if (bias_block) {
         // Lane l of a warp summed k = l (mod 32) of its rows; add across the warp.
 #pragma unroll
@@ -761,6 +832,11 @@ __device__ void backward_weight(const ConvParams& p) {
             }
         }
     }
+}
+
+template <class T, class Math, int KH, int KW>
+__device__ void backward_weight(const ConvParams& p) {
+    backward_weight_by<T, Math, ImageByTap<KH, KW>>(p);
 }
 
 // Forward and backward-data: 128 pixels x (64 | 32) channels per block.
@@ -798,8 +874,8 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
-// Tap-major 3x3 forward and backward-data (tf32-mma-tap, bf16-mma-tap), for a reduction channel
-// count (c_in forward, c_out backward-data) that is a multiple of 32; grids and tiles as above.
+// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap), for a channel count that is a multiple of
+// 32 (c_in forward and backward-weight, c_out backward-data); grids and tiles as above.
 #define LRC_CONV_MMA_TAP(PREC, MATH)                                                                          \
     LRC_KERNEL(conv_fwd_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                      \
         v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
@@ -816,6 +892,12 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                 \
         v2::backward_data_by<v2::PixelTile32, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
                              v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64, ConvParams, v2::THREADS, 2) {                               \
+        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3>>(p);                 \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m32, ConvParams, v2::THREADS, 2) {                               \
+        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<3, 3>>(p);                 \
     }
 
 LRC_CONV_MMA_TAP(tf32, Tf32)

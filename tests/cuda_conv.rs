@@ -258,8 +258,9 @@ fn shapes() -> Vec<ConvGeom> {
         geom([2, 6, 15, 14, 10], (3, 3), 2, 1),
         geom([1, 4, 11, 10, 12], (5, 3), 1, 1),
         geom([3, 9, 10, 12, 8], (2, 2), 2, 0),
-        // Whole 32-channel k tiles on both reductions (the tap-major kernels), odd sides and
-        // batch 3; then stride 2, where backward-data's taps skip pixels.
+        // Whole 32-channel k tiles on both reductions and whole 32-column runs of backward-
+        // weight (the tap-major kernels), odd sides and batch 3; then stride 2, where
+        // backward-data's taps skip pixels.
         geom([3, 32, 7, 5, 96], (3, 3), 1, 1),
         geom([2, 64, 9, 8, 32], (3, 3), 2, 1),
     ]

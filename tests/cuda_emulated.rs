@@ -119,11 +119,15 @@ fn plan_file() -> String {
     ];
     // Whole 32-channel k tiles, for the tap-major versions' own kernels (they run tf32-mma's and
     // bf16-mma's everywhere else): forward over 32 and 64 input channels, backward-data over 64
-    // and 32 output channels, both tile widths, odd sides, stride 2.
+    // and 32 output channels, backward-weight with 32 and 64 input channels (a last column tile
+    // half out of range: 288 columns) and both tile widths (64 and 32 output channels), split
+    // and unsplit; odd sides, stride 2.
     let tap_shapes = [
         ("3x3_n3_c32-64_7x5", conv([3, 32, 7, 5, 64], (3, 3), 1, 1)),
         ("3x3_n1_c64-32_9x11", conv([1, 64, 9, 11, 32], (3, 3), 1, 1)),
         ("3x3s2_n2_c32-32_9x8", conv([2, 32, 9, 8, 32], (3, 3), 2, 1)),
+        // Enough pixels (585) for backward-weight to split its reduction on 4 multiprocessors.
+        ("3x3_n3_c32-32_13x15", conv([3, 32, 13, 15, 32], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
@@ -204,6 +208,16 @@ fn launch_plans_split_and_cover_as_intended() {
         .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
+    // So do the tap-major ones.
+    let tap_splits: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("bwd_weight_tf32_k3t"))
+        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        tap_splits.iter().any(|&s| s > 1) && tap_splits.contains(&1),
+        "{tap_splits:?}"
+    );
     // Every per-tap transposed forward kernel runs, and the overlapping kernels keep backward-data.
     for kernel in [
         "conv_tfwd_fp32",
@@ -243,6 +257,10 @@ fn launch_plans_split_and_cover_as_intended() {
         "fwd_bf16_k3t_n32",
         "bwd_data_bf16_k3t_n64",
         "bwd_data_bf16_k3t_n32",
+        "bwd_weight_tf32_k3t_m64",
+        "bwd_weight_tf32_k3t_m32",
+        "bwd_weight_bf16_k3t_m64",
+        "bwd_weight_bf16_k3t_m32",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

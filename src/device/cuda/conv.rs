@@ -40,10 +40,11 @@ pub enum ConvAlgo {
     Tf32Wgmma = 3,
     /// As [`ConvAlgo::Tf32Wgmma`] with BF16 operands (m64nNk16), rounded as in `bf16-mma`.
     Bf16Wgmma = 4,
-    /// `tf32-mma` whose 3x3 forward and backward-data passes run the reduction tap-major
-    /// (k = (ky, kx, channel)) where the reduction's channel count is a multiple of 32: each
-    /// 32-deep k tile lies within one tap, so a row's bounds and address are worked out once per
-    /// tile instead of per element. Other passes and shapes run `tf32-mma`'s kernels.
+    /// `tf32-mma` whose 3x3 passes order the taps' channels tap-major ((ky, kx, channel)) where
+    /// that channel count is a multiple of 32: forward and backward-data reduce so, and each
+    /// 32-deep k tile lies within one tap; backward-weight orders its columns so, and each run
+    /// of 32 columns does. A row's bounds and address are then worked out once per run of 32
+    /// instead of per element. Other shapes run `tf32-mma`'s kernels.
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
@@ -276,26 +277,28 @@ macro_rules! mma_kernels {
 const TF32_KERNELS: MmaKernels = mma_kernels!("tf32");
 const BF16_KERNELS: MmaKernels = mma_kernels!("bf16");
 
-/// The tap-major 3x3 kernels of conv.cu's LRC_CONV_MMA_TAP by [tf32, bf16][forward,
-/// backward-data][wide tile, narrow tile].
-const TAP_KERNELS: [[[&str; 2]; 2]; 2] = [
+/// The tap-major 3x3 kernels of conv.cu's LRC_CONV_MMA_TAP by [tf32, bf16][pass][wide tile,
+/// narrow tile].
+const TAP_KERNELS: [[[&str; 2]; 3]; 2] = [
     [
         ["conv_fwd_tf32_k3t_n64", "conv_fwd_tf32_k3t_n32"],
         ["conv_bwd_data_tf32_k3t_n64", "conv_bwd_data_tf32_k3t_n32"],
+        ["conv_bwd_weight_tf32_k3t_m64", "conv_bwd_weight_tf32_k3t_m32"],
     ],
     [
         ["conv_fwd_bf16_k3t_n64", "conv_fwd_bf16_k3t_n32"],
         ["conv_bwd_data_bf16_k3t_n64", "conv_bwd_data_bf16_k3t_n32"],
+        ["conv_bwd_weight_bf16_k3t_m64", "conv_bwd_weight_bf16_k3t_m32"],
     ],
 ];
 
-/// Whether the tap-major kernels serve `pass` of `g`: a 3x3 forward or backward-data pass whose
-/// reduction channels (c_in forward, c_out backward-data) fill whole 32-deep k tiles.
+/// Whether the tap-major kernels serve `pass` of `g`: a 3x3 pass whose tap-major channels fill
+/// whole runs of 32: the reduction's (c_in forward, c_out backward-data: 32-deep k tiles within
+/// one tap) or, backward-weight, the columns' (c_in: 32-row runs of a B tile within one tap).
 fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     let channels = match pass {
-        ConvPass::Forward => g.c_in,
+        ConvPass::Forward | ConvPass::BackwardWeight => g.c_in,
         ConvPass::BackwardData => g.c_out,
-        ConvPass::BackwardWeight => return false,
     };
     (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0
 }
@@ -350,10 +353,11 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
             let bf16 = algo == ConvAlgo::Bf16MmaTap;
             if tap_major_applies(pass, g) {
                 let narrow = narrow_dim <= 32;
+                let (rows, cols) = mma_tile(pass, narrow);
                 return Tiling {
                     kernel: TAP_KERNELS[bf16 as usize][pass as usize][narrow as usize],
-                    rows: 128,
-                    cols: if narrow { 32 } else { 64 },
+                    rows,
+                    cols,
                     depth: 32,
                 };
             }
@@ -371,17 +375,22 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
     };
     let narrow = narrow_dim <= 32;
-    let (rows, cols) = match (pass, narrow) {
-        (ConvPass::BackwardWeight, false) => (64, 64),
-        (ConvPass::BackwardWeight, true) => (32, 128),
-        (_, false) => (128, 64),
-        (_, true) => (128, 32),
-    };
+    let (rows, cols) = mma_tile(pass, narrow);
     Tiling {
         kernel: table[pass as usize][size_variant(g)][narrow as usize],
         rows,
         cols,
         depth: 32,
+    }
+}
+
+/// The block tile (rows, columns) of v2's kernels (conv.cu's PixelTile and WeightTile).
+fn mma_tile(pass: ConvPass, narrow: bool) -> (usize, usize) {
+    match (pass, narrow) {
+        (ConvPass::BackwardWeight, false) => (64, 64),
+        (ConvPass::BackwardWeight, true) => (32, 128),
+        (_, false) => (128, 64),
+        (_, true) => (128, 32),
     }
 }
 
@@ -877,10 +886,11 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 8 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
+        assert!(names.contains(&"conv_bwd_weight_tf32_k3t_m64"));
         assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
         assert!(names.contains(&"conv_tfwd_bf16_n32"));
     }
@@ -917,13 +927,34 @@ mod tests {
             kernel(BackwardData, &g(128, 32, 3), ConvAlgo::Bf16MmaTap),
             "conv_bwd_data_bf16_k3t_n64"
         );
-        // Channels off the 32-deep tiles, other kernel sizes and backward-weight run v2's.
+        // Backward-weight orders its columns (c_in x taps) tap-major; its tiles follow c_out.
+        assert_eq!(
+            kernel(BackwardWeight, &g(32, 64, 3), ConvAlgo::Tf32MmaTap),
+            "conv_bwd_weight_tf32_k3t_m64"
+        );
+        assert_eq!(
+            kernel(BackwardWeight, &g(64, 32, 3), ConvAlgo::Bf16MmaTap),
+            "conv_bwd_weight_bf16_k3t_m32"
+        );
+        // The tap-major kernels keep v2's grids and reduction splits.
+        let bw = g(64, 96, 3);
+        let (tap, plain) = (
+            plan(BackwardWeight, &bw, ConvAlgo::Tf32MmaTap, 132),
+            plan(BackwardWeight, &bw, ConvAlgo::Tf32Mma, 132),
+        );
+        assert_eq!(
+            (tap.grid, tap.split_len, tap.splits),
+            (plain.grid, plain.split_len, plain.splits)
+        );
+        // Channels off the 32-deep tiles and other kernel sizes run v2's.
         for (pass, geom) in [
             (Forward, g(33, 64, 3)),
             (Forward, g(1, 32, 3)),
             (BackwardData, g(64, 48, 3)),
             (Forward, g(64, 64, 1)),
-            (BackwardWeight, g(64, 64, 3)),
+            (BackwardWeight, g(48, 64, 3)),
+            (BackwardWeight, g(1, 32, 3)),
+            (BackwardWeight, g(64, 64, 2)),
         ] {
             for (tap, plain) in [
                 (ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Mma),
