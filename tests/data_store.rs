@@ -371,6 +371,39 @@ fn resume_with_another_config_or_into_a_foreign_folder_is_refused() {
 }
 
 #[test]
+fn resume_from_another_input_folder_or_with_other_labels_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small_synth(&tmp.path().join("ds"), 2, Region::Abdomen);
+    let out = tmp.path().join("store");
+    write_store(&ds, &out, &PrepConfig::default(), &opts(1, false)).unwrap();
+    let before = std::fs::read(out.join("cases.jsonl")).unwrap();
+    // The same case names from another folder: a resume would skip them silently.
+    let other = small_synth(&tmp.path().join("other"), 3, Region::Abdomen);
+    let e = write_store(&other, &out, &PrepConfig::default(), &opts(1, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("was prepared from") && e.contains("ds") && e.contains("other"),
+        "{e}"
+    );
+    // The same folder reached through another path resumes.
+    let roundabout = Dataset {
+        root: tmp.path().join("other").join("..").join("ds"),
+        ..ds.clone()
+    };
+    let s = write_store(&roundabout, &out, &PrepConfig::default(), &opts(1, false)).unwrap();
+    assert_eq!((s.written.len(), s.already_present), (0, 2));
+    // Label names changed in dataset.json since the store was started.
+    let mut relabelled = ds.clone();
+    relabelled.label_names.insert(99, "tumour".into());
+    let e = write_store(&relabelled, &out, &PrepConfig::default(), &opts(1, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labels") && e.contains("tumour"), "{e}");
+    assert_eq!(std::fs::read(out.join("cases.jsonl")).unwrap(), before);
+}
+
+#[test]
 fn zscore_normalisation_is_fitted_on_foreground_and_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small_synth(&tmp.path().join("ds"), 2, Region::Abdomen);

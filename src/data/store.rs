@@ -1,7 +1,7 @@
 //! The slice store: preprocessed axial slices on disk, memory-mapped for training.
 //!
 //! Layout of a store directory:
-//! - `store.json`: format version, the preparation config, label names.
+//! - `store.json`: format version, the preparation config, label names, the input folder.
 //! - `cases.jsonl`: one JSON record per finished case (source files, slice count and size,
 //!   byte offsets, the original geometry and the transform to the prepared grid), appended
 //!   as each case completes.
@@ -10,7 +10,8 @@
 //!
 //! Writing is resumable: a case file is written under a temporary name and renamed, then its
 //! record is appended; a rerun skips recorded cases, and a kill at any point leaves every
-//! recorded case readable. Reading maps each case file once; a slice is a borrowed view.
+//! recorded case readable. Only a rerun over the same input folder, with the same settings and
+//! label names, continues a store. Reading maps each case file once; a slice is a borrowed view.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -327,6 +328,7 @@ fn to_le_f32(v: &[f32]) -> Vec<u32> {
 /// cases already complete in it.
 fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result<Vec<String>> {
     let header_path = dir.join(STORE_JSON);
+    let source = resolved(&dataset.root);
     if header_path.is_file() {
         let existing = read_header(&header_path)?;
         if !existing.config.compatible(cfg) {
@@ -336,6 +338,27 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
                 dir.display(),
                 existing.config,
                 cfg
+            )));
+        }
+        // A resume skips the cases the store holds by name: from another folder, cases of the
+        // same name would be skipped (and other label maps mixed in) without a word.
+        if resolved(&existing.source) != source {
+            return Err(Error::config(format!(
+                "the store at {} was prepared from {}, and this run reads {}: rerun with that input \
+                 folder to resume it, or use another output folder",
+                dir.display(),
+                existing.source.display(),
+                source.display()
+            )));
+        }
+        if existing.label_names != dataset.label_names {
+            return Err(Error::config(format!(
+                "the store at {} was prepared with the labels {:?}, and {} now declares {:?}: \
+                 use another output folder or delete this one",
+                dir.display(),
+                existing.label_names,
+                dataset.root.display(),
+                dataset.label_names
             )));
         }
     } else {
@@ -358,7 +381,7 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
             version: FORMAT_VERSION,
             config: cfg.clone(),
             label_names: dataset.label_names.clone(),
-            source: dataset.root.clone(),
+            source: source.clone(),
         };
         let text = serde_json::to_string_pretty(&header).map_err(|e| json_err(&header_path, e))?;
         crate::checkpoint::write_atomic(&header_path, text.as_bytes())?;
@@ -393,6 +416,12 @@ fn open_for_writing(dir: &Path, cfg: &StoredConfig, dataset: &Dataset) -> Result
         .map(|r| r.name)
         .collect();
     Ok(done)
+}
+
+/// `path` made absolute with links resolved, so that one folder reached two ways compares equal;
+/// as given where it cannot be resolved (a folder since moved or deleted).
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Appends one record line to `cases.jsonl` in a single write.
