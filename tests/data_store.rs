@@ -370,6 +370,28 @@ fn resume_with_another_config_or_into_a_foreign_folder_is_refused() {
     assert!(e.contains("not a slice store"), "{e}");
 }
 
+#[cfg(unix)]
+#[test]
+fn a_volume_whose_file_name_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v = ct_volume([2, 4, 4], A);
+    nifti::write_volume(dir.join("a.nii"), &v, VoxelType::I16).unwrap();
+    // Another file with such a name is no volume and is passed over.
+    std::fs::write(dir.join(std::ffi::OsStr::from_bytes(b"notes-\xff.txt")), "x").unwrap();
+    assert_eq!(discover(&dir).unwrap().cases.len(), 1);
+    nifti::write_volume(
+        dir.join(std::ffi::OsStr::from_bytes(b"b-\xff.nii.gz")),
+        &v,
+        VoxelType::I16,
+    )
+    .unwrap();
+    let e = discover(&dir).unwrap_err().to_string();
+    assert!(e.contains("b-") && e.contains("not valid UTF-8"), "{e}");
+}
+
 #[test]
 fn resume_from_another_input_folder_or_with_other_labels_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

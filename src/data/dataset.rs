@@ -41,7 +41,17 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            // Cases are named by their files, and a lossy name would point at no file.
+            let lossy = entry.file_name().to_string_lossy().into_owned();
+            if nifti_stem(&lossy).is_some() {
+                return Err(Error::format(
+                    entry.path(),
+                    "the file name is not valid UTF-8, and lrc names cases by their files: rename it",
+                ));
+            }
+            continue;
+        };
         if !name.starts_with('.') && entry.path().is_file() {
             names.push(name);
         }
