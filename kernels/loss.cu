@@ -104,6 +104,20 @@ struct InfoNceParams {
 static_assert(sizeof(InfoNceParams) == 96, "InfoNceParams must match its Rust mirror");
 static_assert(offsetof(InfoNceParams, rows) == 72, "InfoNceParams must match its Rust mirror");
 
+// class_arg_max_thread: out[pos] = the channel of the position's largest value as one byte,
+// the first on ties; a NaN never wins (it compares false), as the CPU twin compares. Only the
+// labels then cross to the host, one byte per position instead of a float per channel.
+struct ArgMaxParams {
+    const float* x;
+    unsigned char* out;
+    int positions;
+    int channels;  // 1 to 256
+    int inner;
+    int reserved;
+};
+static_assert(sizeof(ArgMaxParams) == 32, "ArgMaxParams must match its Rust mirror");
+static_assert(offsetof(ArgMaxParams, positions) == 16, "ArgMaxParams must match its Rust mirror");
+
 // Soft Dice over softmax probabilities of logits x [outer, classes, inner] (see ops/dice.rs).
 // dice_partials: per block of positions and per class, (sum p, sum p over the class's pixels,
 //   count of the class's pixels) into partial[block][3][classes].
@@ -324,6 +338,25 @@ __device__ void cross_entropy_backward(const CrossEntropyParams& p) {
     }
 }
 
+// One thread per position: threads of a warp read consecutive pixels of each class plane.
+__device__ void class_arg_max(const ArgMaxParams& p) {
+    const int pos = Thread::position();
+    if (pos >= p.positions) {
+        return;
+    }
+    const size_t at = base(pos, p.channels, p.inner);
+    float top = p.x[at];
+    int best = 0;
+    for (int c = 1; c < p.channels; ++c) {
+        const float v = p.x[at + static_cast<size_t>(c) * p.inner];
+        if (v > top) {
+            top = v;
+            best = c;
+        }
+    }
+    p.out[pos] = static_cast<unsigned char>(best);
+}
+
 // Positions per thread in dice_partials.
 constexpr int DICE_ITEMS = 4;
 constexpr int DICE_POSITIONS_PER_BLOCK = DICE_ITEMS * THREADS;
@@ -346,6 +379,11 @@ LRC_POSITION_KERNELS(log_softmax_fwd, LogSoftmaxParams, log_softmax_forward)
 LRC_POSITION_KERNELS(log_softmax_bwd, LogSoftmaxParams, log_softmax_backward)
 LRC_POSITION_KERNELS(cross_entropy_fwd, CrossEntropyParams, cross_entropy_forward)
 LRC_POSITION_KERNELS(cross_entropy_bwd, CrossEntropyParams, cross_entropy_backward)
+
+// Grid ceil(positions / 256), 256 threads.
+LRC_KERNEL(class_arg_max_thread, ArgMaxParams, loss::THREADS) {
+    loss::class_arg_max(p);
+}
 
 // Grid 1, 256 threads.
 LRC_KERNEL(loss_mean, MeanParams, loss::THREADS) {

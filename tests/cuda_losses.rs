@@ -25,7 +25,7 @@ use lrc::device::cuda::loss::{self as device_loss, ChannelShape, InfoNceShape};
 use lrc::device::cuda::{ConvAlgo, CudaDevice, CudaStorage};
 use lrc::ops::dice::{DiceConfig, cpu as dice_cpu};
 use lrc::ops::infonce::cpu as nce_cpu;
-use lrc::ops::labels::Labels;
+use lrc::ops::labels::{Labels, arg_max_classes, cpu as labels_cpu};
 use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
 use lrc::tensor::{DType, Tensor};
@@ -412,6 +412,35 @@ fn mixed_devices_are_errors_not_panics() {
     let k = tape.constant(xc);
     let n = tape.constant(wg);
     assert!(tape.infonce(q, k, n, 0.1).is_err());
+}
+
+/// Labels from logits on the device equal the CPU twin's, ties and NaNs included, for the
+/// shapes above and the fine-tuning batch; one copy comes back, of one byte per pixel.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn class_arg_max_matches_the_cpu_twin() {
+    let dev = device();
+    let mut rng = Rng::new(78);
+    for shape in class_shapes() {
+        let s = split(&shape);
+        // A coarse grid makes ties common; about one value in 16 is NaN.
+        let x: Vec<f32> = uniform(&mut rng, s.len(), 0.0, 1.0)
+            .iter()
+            .map(|&u| {
+                if u < 1.0 / 16.0 {
+                    f32::NAN
+                } else {
+                    (u * 4.0).floor() - 2.0
+                }
+            })
+            .collect();
+        let want = labels_cpu::arg_max_classes(&x, s.channels, s.inner);
+        let (xg, _) = pair(&dev, &shape, &x);
+        let before = dev.transfers().to_host;
+        let got = arg_max_classes(&xg).unwrap();
+        assert_eq!(dev.transfers().to_host - before, 1, "{shape:?}: device-to-host copies");
+        assert_eq!(got, want, "class arg-max {shape:?}");
+    }
 }
 
 /// The batch's labels, given to Dice and cross-entropy as one `Labels`, cross to the device once,

@@ -18,19 +18,22 @@
 //!   16 per thread then by a tree). Gradients: atol = 2e-5 c, rtol = 1e-5 with c = |g| / (n t)
 //!   the factor of every term: dq sums probabilities (total 1, each ~1e-5 relative error) times
 //!   unit rows.
+//! - class arg-max: exact (a comparison, no arithmetic), ties and NaNs included.
 //! - Dice loss: atol = 1e-5, rtol = 1e-5 (sums of probabilities over <= 2100 positions in f32,
 //!   relative error ~1e-6). Gradient: atol = 1e-5 * scale, rtol = 1e-5 with scale =
 //!   |g| 4 / (min_k S_k C'), a bound on |dL/dp| (|a_k| <= |b_k| = 2 / (S_k C')).
 
 use lrc::device::cuda::gemm::{GemmAlgo, gemm_plan};
 use lrc::device::cuda::loss::{
-    ChannelShape, InfoNceBackward, InfoNceForward, InfoNceShape, PositionLayout, cross_entropy_backward_calls,
-    cross_entropy_calls, dice_backward_calls, dice_blocks, dice_calls, infonce_backward_calls, infonce_forward_calls,
-    log_softmax_backward_calls, log_softmax_calls, pack_mask, position_blocks,
+    ChannelShape, InfoNceBackward, InfoNceForward, InfoNceShape, PositionLayout, class_arg_max_calls,
+    cross_entropy_backward_calls, cross_entropy_calls, dice_backward_calls, dice_blocks, dice_calls,
+    infonce_backward_calls, infonce_forward_calls, label_words, log_softmax_backward_calls, log_softmax_calls,
+    pack_mask, position_blocks,
 };
 use lrc::device::emu::{self, EmuMemory};
 use lrc::ops::dice::{DiceConfig, cpu as dice_cpu};
 use lrc::ops::infonce::cpu as nce_cpu;
+use lrc::ops::labels::cpu as labels_cpu;
 use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
 use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
@@ -144,6 +147,62 @@ fn cross_entropy_matches_the_cpu_twin_in_both_layouts() {
 }
 
 /// Rows of unit vectors, as MoCo feeds InfoNCE.
+/// Logits on a coarse grid, so that ties are common, with a NaN in about one value in 16.
+fn tied_logits(rng: &mut Rng, len: usize) -> Vec<f32> {
+    uniform(rng, len, 0.0, 1.0)
+        .iter()
+        .map(|&u| {
+            if u < 1.0 / 16.0 {
+                f32::NAN
+            } else {
+                (u * 4.0).floor() - 2.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn class_arg_max_matches_the_cpu_twin() {
+    if !emu::available() {
+        return;
+    }
+    let mut rng = Rng::new(53);
+    // Positions off the 4-byte word and the block; 1, 2, 14 and the most (256) classes.
+    let shapes = [
+        shape(1, 1, 5),
+        shape(2, 2, 301),
+        shape(3, 14, 97),
+        shape(1, 256, 33),
+        shape(4, 5, 1),
+    ];
+    for s in shapes {
+        let x = tied_logits(&mut rng, s.len());
+        let want = labels_cpu::arg_max_classes(&x, s.channels, s.inner);
+        let mut mem = EmuMemory::new();
+        let xa = mem.upload(&x);
+        // 0xff in every byte: no label of these shapes but 255 of 256 classes, and a byte the
+        // kernel fails to write stays 0xff.
+        let words = label_words(s.positions());
+        let out = mem.upload(&vec![u32::MAX; words]);
+        mem.run(&class_arg_max_calls(&s, xa, out).expect("plan"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes: Vec<u8> = mem
+            .read::<u32>(out, words)
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(&bytes[..s.positions()], &want[..], "class arg-max {s:?}");
+        assert!(
+            bytes[s.positions()..].iter().all(|&b| b == 0xff),
+            "{s:?}: bytes past the labels written"
+        );
+        assert!(
+            s.channels == 1 || want.iter().any(|&l| l > 0),
+            "{s:?}: only class 0 won"
+        );
+    }
+}
+
 fn unit_rows(rng: &mut Rng, rows: usize, d: usize) -> Vec<f32> {
     let mut v = uniform(rng, rows * d, -1.0, 1.0);
     for row in v.chunks_mut(d) {

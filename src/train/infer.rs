@@ -8,6 +8,7 @@ use crate::data::crop::{pad_to_multiple, unpad};
 use crate::device::Device;
 use crate::error::Result;
 use crate::nn::{ParamStore, SegModel};
+use crate::ops::labels::arg_max_classes;
 use crate::tensor::Tensor;
 
 /// Labels of `slices` (each `h * w`, normalised) by `model`, `batch` slices per forward pass.
@@ -39,30 +40,10 @@ pub fn segment_slices(
         let x = Tensor::from_vec(vec![chunk.len(), 1, ph, pw], data)?.to_device(&device)?;
         let x = tape.constant(x);
         let logits = model.forward(&mut tape, &bound, x)?;
-        let l = tape.value(logits).to_f32_vec()?;
-        let c = model.classes;
-        // The arg-max of each slice on its own core.
-        let labelled: Vec<Vec<u8>> = l
-            .par_chunks(c * ph * pw)
-            .map(|logits| unpad(&arg_max_class(logits, c, ph * pw), &pad))
-            .collect();
-        out.extend(labelled);
+        // Labels where the logits are: from a GPU one byte per pixel crosses, not a float per
+        // class.
+        let labels = arg_max_classes(tape.value(logits))?;
+        out.extend(labels.par_chunks(ph * pw).map(|l| unpad(l, &pad)).collect::<Vec<_>>());
     }
     Ok(out)
-}
-
-/// The class of the largest logit at each of `plane` pixels of one image's `classes` planes
-/// (the first class on ties).
-fn arg_max_class(logits: &[f32], classes: usize, plane: usize) -> Vec<u8> {
-    (0..plane)
-        .map(|j| {
-            let mut best = 0;
-            for k in 1..classes {
-                if logits[k * plane + j] > logits[best * plane + j] {
-                    best = k;
-                }
-            }
-            best as u8
-        })
-        .collect()
 }

@@ -1,5 +1,6 @@
 //! Channel-axis ops and losses on the GPU: the host side of `kernels/loss.cu` - L2
-//! normalisation, log-softmax, cross-entropy, InfoNCE and soft Dice, forward and backward.
+//! normalisation, log-softmax, cross-entropy, InfoNCE and soft Dice, forward and backward, and
+//! the class arg-max that turns logits into labels.
 //!
 //! Tensors are seen as (outer, channels, inner): one vector per position (o, i). Planners take
 //! the [`PositionLayout`] explicitly (tests run both); the wrappers choose it with
@@ -141,6 +142,21 @@ pub struct DiceParams {
 const _: () = assert!(size_of::<DiceParams>() == 80);
 const _: () = assert!(std::mem::offset_of!(DiceParams, positions) == 56);
 
+/// `ArgMaxParams` of `kernels/loss.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ArgMaxParams {
+    pub x: u64,
+    pub out: u64,
+    pub positions: i32,
+    pub channels: i32,
+    pub inner: i32,
+    pub reserved: i32,
+}
+
+const _: () = assert!(size_of::<ArgMaxParams>() == 32);
+const _: () = assert!(std::mem::offset_of!(ArgMaxParams, positions) == 16);
+
 /// How position kernels map positions to threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PositionLayout {
@@ -204,6 +220,7 @@ pub fn kernel_names() -> Vec<&'static str> {
         "dice_partials",
         "dice_finish",
         "dice_bwd",
+        "class_arg_max_thread",
     ]
 }
 
@@ -820,6 +837,51 @@ pub fn log_softmax_backward(y: &CudaStorage, dy: &CudaStorage, s: &ChannelShape)
     Ok(dx)
 }
 
+/// 32-bit words that hold `positions` one-byte labels.
+pub fn label_words(positions: usize) -> usize {
+    positions.div_ceil(4)
+}
+
+/// The launch that writes, for each position of `x`, the channel of its largest value (the
+/// first on ties, never a NaN) as one byte at `out` + position: [`label_words`] words.
+pub fn class_arg_max_calls(s: &ChannelShape, x: u64, out: u64) -> Result<Vec<KernelCall>> {
+    const OP: &str = "class arg-max";
+    if s.channels == 0 || s.channels > 256 {
+        return Err(Error::shape(
+            OP,
+            format!("{} classes: labels are bytes, so 1 to 256 classes", s.channels),
+        ));
+    }
+    if s.positions() == 0 {
+        return Ok(Vec::new());
+    }
+    let (positions, channels, inner) = s.dims(OP)?;
+    let p = ArgMaxParams {
+        x,
+        out,
+        positions,
+        channels,
+        inner,
+        reserved: 0,
+    };
+    let kernels = ("class_arg_max_thread", "class_arg_max_thread");
+    Ok(vec![position_call(PositionLayout::Thread, kernels, s.positions(), &p)])
+}
+
+/// The class of the largest value at each position of `x` (see [`class_arg_max_calls`]), on the
+/// host: one byte per position crosses, not a float per class. Waits for the work queued before.
+pub fn class_arg_max(x: &CudaStorage, s: &ChannelShape) -> Result<Vec<u8>> {
+    check_len("class arg-max", "logits", x, s.len())?;
+    let device = x.device();
+    let out = CudaStorage::alloc(&device, label_words(s.positions()))?;
+    let calls = class_arg_max_calls(s, x.device_ptr(), out.device_ptr())?;
+    // SAFETY: x holds s.len() values and out label_words(positions) words.
+    unsafe { device.run(&calls) }?;
+    let mut labels = out.to_host_pod::<u8>()?;
+    labels.truncate(s.positions());
+    Ok(labels)
+}
+
 /// `(loss, lse)`: the mean cross-entropy (one value) and the per-position log-sum-exp the
 /// backward needs. `targets` holds one u32 class per position (host-checked to be < channels).
 pub fn cross_entropy(x: &CudaStorage, targets: &CudaStorage, s: &ChannelShape) -> Result<(CudaStorage, CudaStorage)> {
@@ -1068,7 +1130,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 12 + 6);
+        assert_eq!(count, 12 + 6 + 1);
     }
 
     #[test]
