@@ -14,7 +14,8 @@
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
-#   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net
+#   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net;
+#             then `lrc bench step` again with the tap-major convolutions (LRC_CONV_ALGO=tf32-mma-tap)
 #   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
 #             from four initialisations, prediction, evaluation, plots); its tables in the summary
@@ -367,7 +368,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "demo quick" "bench batch" "bench lrc" "bench torch" \
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc tap" "demo quick" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -450,6 +451,9 @@ else
         "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # The same step with the tap-major convolutions, beside the default they may replace.
+    bench_run "bench step lrc tap" 30 120 "$logs/bench-step-lrc-tap.log" \
+        env LRC_CONV_ALGO=tf32-mma-tap "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The whole pipeline on this GPU, end to end: a failure here is a failure of the check.
     if enough "demo quick" 90; then
         demo_dir="$(mktemp -d)"
@@ -609,10 +613,13 @@ ours = next((r["median_ms"] for r in rows if r.get("impl") == "lrc"), None)
 for r in rows:
     ratio = "" if not ours else f"{r['median_ms'] / ours:.2f}"
     detail = ""
-    if r.get("impl") == "lrc":
+    impl = r.get("impl")
+    if impl == "lrc":
         detail = (f"conv {r.get('conv_tflops', 0):.1f} TFLOP/s, {r.get('allocations_after_warmup')} allocations, "
                   f"{r.get('uploads')} uploads / {r.get('downloads')} downloads in the timed steps")
-    print(f"| {r.get('impl')} | {r.get('device')} | {r['median_ms']:.2f} | {ratio} | {detail} |")
+        if r.get("conv_algo"):
+            impl = f"lrc ({r['conv_algo']})"
+    print(f"| {impl} | {r.get('device')} | {r['median_ms']:.2f} | {ratio} | {detail} |")
 PY
 }
 
