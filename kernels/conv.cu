@@ -26,6 +26,9 @@
 //     _bf16     m16n8k16, operands rounded to BF16 with cvt.rn.bf16x2 (two values per word).
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
 
+#include <climits>
+#include <type_traits>
+
 #include "common.cuh"
 #include "conv_gather.cuh"
 
@@ -387,7 +390,52 @@ struct ImageByTap {
 // tap (ky, kx). An A row then decodes the tap, checks the bounds and forms its address once per
 // tile (`tile`), and each of its slots is one load at a fixed channel offset; the channel-major
 // order (c, ky, kx) above decodes and checks every element. The same products, summed in
-// another order.
+// another order. The loaders ask for the tiles in order, k0, k0 + BK, ..., so the gatherers
+// follow their indices with cursors that step from one tile to the next where a division per
+// tile would cost more than the rest of the decoding.
+
+// The tap and channel of k = tap * channels + c, channels a multiple of BK. A step of BK never
+// skips a tap, also for k = k0 + lane (c = c0 + lane), which wraps exactly when k0 does.
+struct TapCursor {
+    int k = INT_MIN, tap = 0, c = 0;
+    __device__ void seek(int to, int channels) {
+        if (to == k + BK) {
+            c += BK;
+            if (c >= channels) {
+                c -= channels;
+                ++tap;
+            }
+        } else {
+            tap = to / channels;
+            c = to - tap * channels;
+        }
+        k = to;
+    }
+};
+
+// Output pixel k = (img, oy, ox) of backward-weight's reduction, followed in steps of BK.
+struct PixelCursor {
+    int k = INT_MIN, img = 0, oy = 0, ox = 0;
+    __device__ void seek(const ConvParams& p, int to) {
+        if (to == k + BK) {
+            ox += BK;
+            while (ox >= p.w_out) {
+                ox -= p.w_out;
+                if (++oy == p.h_out) {
+                    oy = 0;
+                    ++img;
+                }
+            }
+        } else {
+            const int hw = p.h_out * p.w_out;
+            img = to / hw;
+            const int pix = to - img * hw;
+            oy = pix / p.w_out;
+            ox = pix - oy * p.w_out;
+        }
+        k = to;
+    }
+};
 
 // Forward A: x by output pixel, k = (tap, ci).
 template <int KH, int KW>
@@ -396,19 +444,19 @@ struct ImageByOutputPixelTapMajor {
     static constexpr Major LAYOUT = Major::MN;
     static constexpr bool TAP_MAJOR = true;
     gather::Window w;
+    TapCursor cur;
     __device__ void fix_row(const ConvParams& p, int m) { w = gather::window(p, m); }
-    // This row's value of channel c0 for the tile at k0, where its tap reads the padding: null.
-    __device__ const float* tile(const ConvParams& p, int k0) const {
-        const int tap = k0 / p.c_in;
-        const int c0 = k0 - tap * p.c_in;
-        const int ky = tap / KW;
+    // This row's value of the tile's first channel, where the tile's tap reads the padding: null.
+    __device__ const float* tile(const ConvParams& p, int k0) {
+        cur.seek(k0, p.c_in);
+        const int ky = cur.tap / KW;
         const int iy = w.iy0 + ky;
-        const int ix = w.ix0 + tap - ky * KW;
+        const int ix = w.ix0 + cur.tap - ky * KW;
         if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
             static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
             return nullptr;
         }
-        return w.x_img + (static_cast<size_t>(c0) * p.h + iy) * p.w + ix;
+        return w.x_img + (static_cast<size_t>(cur.c) * p.h + iy) * p.w + ix;
     }
     // From one channel to the next.
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
@@ -420,10 +468,10 @@ struct WeightByOutputChannelTapMajor {
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
+    TapCursor cur;
     __device__ void fix_k(const ConvParams& p, int k) {
-        const int tap = k / p.c_in;
-        const int c = k - tap * p.c_in;
-        w_k = p.weight + c * (KH * KW) + tap;
+        cur.seek(k, p.c_in);
+        w_k = p.weight + cur.c * (KH * KW) + cur.tap;
     }
     __device__ float at(const ConvParams& p, int n) const {
         return w_k[static_cast<size_t>(n) * p.c_in * (KH * KW)];
@@ -437,15 +485,15 @@ struct GradByInputPixelTapMajor {
     static constexpr Major LAYOUT = Major::MN;
     static constexpr bool TAP_MAJOR = true;
     gather::InputPixel px;
+    TapCursor cur;
     __device__ void fix_row(const ConvParams& p, int m) { px = gather::input_pixel(p, m); }
-    // The output pixel whose window puts this tile's tap on this row's input pixel, at channel
-    // co0; null where there is none.
-    __device__ const float* tile(const ConvParams& p, int k0) const {
-        const int tap = k0 / p.c_out;
-        const int co0 = k0 - tap * p.c_out;
-        const int ky = tap / KW;
+    // The output pixel whose window puts this tile's tap on this row's input pixel, at the
+    // tile's first channel; null where there is none.
+    __device__ const float* tile(const ConvParams& p, int k0) {
+        cur.seek(k0, p.c_out);
+        const int ky = cur.tap / KW;
         int ty = px.iy + p.pad - ky;
-        int tx = px.ix + p.pad - (tap - ky * KW);
+        int tx = px.ix + p.pad - (cur.tap - ky * KW);
         if (ty < 0 || tx < 0) {
             return nullptr;
         }
@@ -459,7 +507,7 @@ struct GradByInputPixelTapMajor {
         if (ty >= p.h_out || tx >= p.w_out) {
             return nullptr;
         }
-        return px.dy_img + (static_cast<size_t>(co0) * p.h_out + ty) * p.w_out + tx;
+        return px.dy_img + (static_cast<size_t>(cur.c) * p.h_out + ty) * p.w_out + tx;
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h_out * p.w_out; }
 };
@@ -470,12 +518,29 @@ struct WeightByInputChannelTapMajor {
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = false;
     const float* w_k = nullptr;
+    TapCursor cur;
     __device__ void fix_k(const ConvParams& p, int k) {
-        const int tap = k / p.c_out;
-        const int co = k - tap * p.c_out;
-        w_k = p.weight + static_cast<size_t>(co) * p.c_in * (KH * KW) + tap;
+        cur.seek(k, p.c_out);
+        w_k = p.weight + static_cast<size_t>(cur.c) * p.c_in * (KH * KW) + cur.tap;
     }
     __device__ float at(const ConvParams&, int n) const { return w_k[static_cast<size_t>(n) * (KH * KW)]; }
+};
+
+// Backward-weight A, as GradByOutputChannel with the pixel followed by a cursor: dy, rows =
+// c_out, k = (img, oy, ox).
+struct GradByOutputChannelFollowed {
+    static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
+    const float* dy_k = nullptr;
+    PixelCursor cur;
+    __device__ void fix_k(const ConvParams& p, int k) {
+        cur.seek(p, k);
+        const int hw = p.h_out * p.w_out;
+        dy_k = p.dy + static_cast<size_t>(cur.img) * p.c_out * hw + cur.oy * p.w_out + cur.ox;
+    }
+    __device__ float at(const ConvParams& p, int m) const {
+        return dy_k[static_cast<size_t>(m) * p.h_out * p.w_out];
+    }
 };
 
 // Backward-weight B: x by tap, rows n = (tap, ci) with the channel fastest, k = (img, oy, ox).
@@ -489,20 +554,38 @@ struct ImageByTapTapMajor {
     static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = true;
-    gather::Window w;
-    __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
-    // Row n's value at this thread's pixel, where its tap reads the padding: null.
-    __device__ const float* row(const ConvParams& p, int n) const {
-        const int tap = n / p.c_in;
-        const int c = n - tap * p.c_in;
+    const float* x_img = nullptr;
+    int iy0 = 0, ix0 = 0;
+    PixelCursor cur;
+    // The tap and channel of this thread's first row (fix_rows), from which its runs step.
+    int tap0 = 0, c0 = 0;
+    __device__ void fix_rows(const ConvParams& p, int n) {
+        tap0 = n / p.c_in;
+        c0 = n - tap0 * p.c_in;
+    }
+    __device__ void fix_k(const ConvParams& p, int k) {
+        cur.seek(p, k);
+        x_img = p.x + static_cast<size_t>(cur.img) * p.c_in * p.h * p.w;
+        iy0 = cur.oy * p.stride - p.pad;
+        ix0 = cur.ox * p.stride - p.pad;
+    }
+    // The first value of run `run` (rows 32 * run past fix_rows's) at this thread's pixel, where
+    // the run's tap reads the padding: null.
+    __device__ const float* run_start(const ConvParams& p, int run) const {
+        int tap = tap0;
+        int c = c0 + WARP * run;
+        while (c >= p.c_in) {
+            c -= p.c_in;
+            ++tap;
+        }
         const int ky = tap / KW;
-        const int iy = w.iy0 + ky;
-        const int ix = w.ix0 + tap - ky * KW;
+        const int iy = iy0 + ky;
+        const int ix = ix0 + tap - ky * KW;
         if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
             static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
             return nullptr;
         }
-        return w.x_img + (static_cast<size_t>(c) * p.h + iy) * p.w + ix;
+        return x_img + (static_cast<size_t>(c) * p.h + iy) * p.w + ix;
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
@@ -557,7 +640,7 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
 #pragma unroll
             for (int i0 = 0; i0 < O::LOADS; i0 += GROUP) {
                 const int row = row0 + O::slot_row(tid, i0);
-                const float* v = (k_ok && row < rows) ? g.row(p, row) : nullptr;
+                const float* v = (k_ok && row < rows) ? g.run_start(p, i0 / GROUP) : nullptr;
                 const int step = (O::slot_row(tid, i0 + 1) - O::slot_row(tid, i0)) * G::channel_stride(p);
 #pragma unroll
                 for (int j = 0; j < GROUP; ++j) {
@@ -807,10 +890,14 @@ __device__ void backward_weight_by(const ConvParams& p) {
     const int k_end = min(k_begin + p.split_len, R);
     const int m0 = blockIdx.y * T::BM;
     const int n0 = blockIdx.x * T::BN;
-    using GA = GradByOutputChannel;
+    // The tap-major B follows its pixels with a cursor, and so does A, which reads the same ones.
+    using GA = std::conditional_t<GB::TAP_MAJOR, GradByOutputChannelFollowed, GradByOutputChannel>;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     GA ga;
     GB gb;
+    if constexpr (GB::TAP_MAJOR) {
+        gb.fix_rows(p, n0 + Operand<T::BN, GB::LAYOUT, Math::PACK>::slot_row(threadIdx.x, 0));
+    }
     float acc[T::MT][T::NT][4] = {};
     float a_sum[OA::LOADS] = {};
     const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
