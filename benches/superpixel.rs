@@ -1,5 +1,6 @@
 //! CPU Felzenszwalb, region clean-up, elastic deformation and region sampling on synthetic
-//! abdomen-like slices. Run with `cargo bench --bench superpixel`; results in
+//! abdomen-like slices, and the host's part of the fused local loss (its sample table, built per
+//! call from a batch's region samples). Run with `cargo bench --bench superpixel`; results in
 //! docs/PERFORMANCE.md.
 //!
 //! Besides wall time, the single-slice Felzenszwalb is also measured in CPU time of the
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lrc::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
+use lrc::cli::bench::lrc_loss::{LrcLossCase, grid_samples};
+use lrc::device::cuda::local_contrast::SampleTable;
 use lrc::rng::Rng;
 use lrc::superpixel::phantom::ct_phantom_slice;
 use lrc::superpixel::sampling::sample_regions;
@@ -131,7 +134,29 @@ fn bench_augment(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_felzenszwalb, bench_augment);
+/// The table the fused local loss uploads per call (offsets, blocks, both views' pixel indices),
+/// for the batches of `lrc bench lrc-loss` (16 images of 256 x 256, N = 32): the host work
+/// inside that benchmark's op timings.
+fn bench_sample_table(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lrc_loss_sample_table");
+    for regions in [64usize, 256] {
+        let case = LrcLossCase {
+            batch: 16,
+            d: 64,
+            regions,
+            samples: 32,
+            size: 256,
+            pixels: "raw",
+        };
+        let samples = grid_samples(&case, &mut Rng::new(4));
+        group.bench_function(format!("b16_k{regions}_n32"), |b| {
+            b.iter(|| SampleTable::new(black_box(&samples), 256 * 256).map(|t| t.words().len()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_felzenszwalb, bench_augment, bench_sample_table);
 criterion_group! {
     name = cpu_time;
     config = Criterion::default().with_measurement(ThreadCpuTime { wall: WallTime });

@@ -37,8 +37,8 @@ use local_contrast_common::{
     training_sized_case,
 };
 use lrc::device::cuda::local_contrast::{
-    EmbeddingType, MAX_CHANNELS, all_kernel_names, local_contrast_backward, local_contrast_bf16,
-    local_contrast_forward, local_contrast_forward_as,
+    EmbeddingType, MAX_CHANNELS, UploadedSamples, all_kernel_names, local_contrast_backward, local_contrast_bf16,
+    local_contrast_forward, local_contrast_forward_as, local_contrast_forward_uploaded,
 };
 use lrc::device::cuda::pointwise::bf16_from_f32;
 use lrc::device::cuda::{CudaDevice, CudaStorage};
@@ -161,6 +161,47 @@ fn results_are_bitwise_reproducible() {
         assert!(again.1.iter().zip(&first.1).all(|(a, b)| a.to_bits() == b.to_bits()));
         assert!(again.2.iter().zip(&first.2).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
+}
+
+/// Samples uploaded ahead of the forward pass give the bits of samples uploaded by it, reused
+/// for a second batch of embeddings; samples drawn for another image size are refused.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn samples_uploaded_ahead_give_the_same_bits() {
+    let gpu = device();
+    let case = Case {
+        name: "uploaded",
+        d: 16,
+        h: 12,
+        w: 10,
+        regions: vec![9, 0, 33],
+        samples: vec![5, 5, 5],
+        temperature: 0.1,
+        seed: 8,
+    };
+    let cfg = case.config(true, false);
+    let (samples, fq, fp) = inputs(&case, false);
+    let uploaded = UploadedSamples::new(&gpu, &samples, case.h * case.w).unwrap();
+    for scale in [1.0f32, -0.5] {
+        let scaled = |v: &[f32]| v.iter().map(|x| x * scale).collect::<Vec<f32>>();
+        let (q, p) = (
+            CudaStorage::from_host(&gpu, &scaled(&fq)).unwrap(),
+            CudaStorage::from_host(&gpu, &scaled(&fp)).unwrap(),
+        );
+        let (want, _) = local_contrast_forward(&q, &p, case.dims(), &samples, &cfg).unwrap();
+        let (got, _) =
+            local_contrast_forward_uploaded(EmbeddingType::F32, &q, &p, case.dims(), &uploaded, &cfg).unwrap();
+        assert_eq!(
+            got.to_host().unwrap()[0].to_bits(),
+            want.to_host().unwrap()[0].to_bits()
+        );
+    }
+    let other = UploadedSamples::new(&gpu, &samples, case.h * case.w + 1).unwrap();
+    let q = CudaStorage::from_host(&gpu, &fq).unwrap();
+    let e = local_contrast_forward_uploaded(EmbeddingType::F32, &q, &q, case.dims(), &other, &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("samples drawn for images of 121 pixels"), "{e}");
 }
 
 #[test]

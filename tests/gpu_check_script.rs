@@ -376,13 +376,19 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
     let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
     let tools = fake_gpu(dir.path(), &bundle, &python);
     // Benchmarks that answer `bench lrc-loss` in the format of src/cli/bench/lrc_loss.rs and
-    // scripts/torch_bench.py, one record per embedding type: FP32 lrc 0.5 ms and 40 MiB,
-    // PyTorch 2 ms and 300 MiB; BF16 (half the input bytes) lrc 0.4 ms and 41 MiB, PyTorch
-    // 1.2 ms and 200 MiB.
+    // scripts/torch_bench.py, one record per embedding type: FP32 lrc 0.5 ms (0.25 ms of kernels
+    // with the samples uploaded beforehand) and 40 MiB, PyTorch 2 ms and 300 MiB; BF16 (half the
+    // input bytes) lrc 0.4 ms (0.3 ms of kernels) and 41 MiB, PyTorch 1.2 ms and 200 MiB.
     let record = |engine: &str, (ms, peak): (f64, f64), (bf16_ms, bf16_peak): (f64, f64)| {
         let line = |dtype: &str, ms: f64, peak: f64, inputs: f64| {
+            // lrc times its kernels alone too; PyTorch has no such field.
+            let kernels = match (engine, dtype) {
+                ("lrc", "f32") => r#","kernels_median_ms":0.25"#,
+                ("lrc", _) => r#","kernels_median_ms":0.3"#,
+                _ => "",
+            };
             format!(
-                r#"{{"bench":"lrc-loss","engine":"{engine}","device":"Fake H100","case":"d64-k256-raw","pass":"forward_backward","dtype":"{dtype}","median_ms":{ms},"peak_mib":{peak},"inputs_mib":{inputs:.1}}}"#
+                r#"{{"bench":"lrc-loss","engine":"{engine}","device":"Fake H100","case":"d64-k256-raw","pass":"forward_backward","dtype":"{dtype}","median_ms":{ms}{kernels},"peak_mib":{peak},"inputs_mib":{inputs:.1}}}"#
             )
         };
         format!(
@@ -420,8 +426,9 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
     );
     assert!(row(&summary, "bench lrc-loss lrc").contains("| passed |"), "{summary}");
     assert!(row(&summary, "bench lrc-loss torch").contains("2 timings"), "{summary}");
-    // Columns: case, pass, dtype, torch ms, lrc ms, speed-up, torch peak, lrc peak, inputs; one
-    // row per embedding type, each lrc type against PyTorch at that type.
+    // Columns: case, pass, dtype, torch ms, lrc ms, speed-up, lrc kernels ms, their speed-up,
+    // torch peak, lrc peak, inputs; one row per embedding type, each lrc type against PyTorch at
+    // that type.
     let rows: Vec<Vec<&str>> = summary
         .lines()
         .filter(|l| l.starts_with("| d64-k256-raw |"))
@@ -429,7 +436,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
         .collect();
     assert_eq!(rows.len(), 2, "{summary}");
     assert_eq!(
-        rows[0][1..10],
+        rows[0][1..12],
         [
             "d64-k256-raw",
             "forward_backward",
@@ -437,6 +444,8 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
             "2.0000",
             "0.5000",
             "4.00",
+            "0.2500",
+            "8.00",
             "300.0",
             "40.0",
             "512.0"
@@ -444,7 +453,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
         "{summary}"
     );
     assert_eq!(
-        rows[1][1..10],
+        rows[1][1..12],
         [
             "d64-k256-raw",
             "forward_backward",
@@ -452,6 +461,8 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
             "1.2000",
             "0.4000",
             "3.00",
+            "0.3000",
+            "4.00",
             "200.0",
             "41.0",
             "256.0"

@@ -19,6 +19,12 @@
 //! maps are rounded from the same FP32 values once, before timing: their producer will be the
 //! BF16 activations of the model. The gradients are FP32 for both.
 //!
+//! Each pass is timed twice: through the op as above (`median_ms`: the sample table built on the
+//! host and uploaded inside the timed region, as a training step does, where the GPU is still
+//! busy with the model's forward pass and hides it), and with the table uploaded before timing
+//! (`kernels_median_ms`: the fused kernels alone, as the PyTorch reference, whose index tensors
+//! are on the device before its timed calls).
+//!
 //! Peak memory: the caching allocator's peak of bytes in use (whole size classes) during one
 //! forward (+ backward) pass, minus what was in use before it: the sample table, the region
 //! means and their gradients, and the two gradient maps of the backward pass (FP32 for either
@@ -32,7 +38,10 @@ use clap::Args;
 
 use super::{median, time_runs};
 use crate::device::Device;
-use crate::device::cuda::local_contrast::{EmbeddingType, local_contrast_bf16, local_contrast_forward_as};
+use crate::device::cuda::local_contrast::{
+    EmbeddingType, UploadedSamples, local_contrast_backward, local_contrast_bf16, local_contrast_forward_as,
+    local_contrast_forward_uploaded,
+};
 use crate::device::cuda::pointwise::bf16_from_f32;
 use crate::device::cuda::{CudaDevice, CudaStorage, GpuTimer};
 use crate::error::{Error, Result};
@@ -264,6 +273,38 @@ fn run_pass_on(
     }
 }
 
+/// One pass through the device-level functions with the samples already uploaded: the fused
+/// kernels alone.
+fn run_kernels(
+    pass: &str,
+    maps: (&Map, &Map),
+    dims: [usize; 4],
+    samples: &UploadedSamples,
+    cfg: LocalLossConfig,
+    one: &CudaStorage,
+) -> Result<()> {
+    let storage = |m: &Map| -> Result<(EmbeddingType, CudaStorage)> {
+        Ok(match m {
+            Map::F32(t) => (
+                EmbeddingType::F32,
+                t.cuda_storage()
+                    .cloned()
+                    .ok_or_else(|| Error::config("lrc-loss bench: a map off the GPU"))?,
+            ),
+            Map::Bf16(s) => (EmbeddingType::Bf16, s.clone()),
+        })
+    };
+    let ((tq, q), (tp, p)) = (storage(maps.0)?, storage(maps.1)?);
+    if tq != tp {
+        return Err(Error::config("lrc-loss bench: maps of two element types"));
+    }
+    let (_, saved) = local_contrast_forward_uploaded(tq, &q, &p, dims, samples, &cfg)?;
+    if pass == "forward_backward" {
+        local_contrast_backward(&saved, &q, &p, one)?;
+    }
+    Ok(())
+}
+
 /// One pass as a training step runs it: a tape, the loss and, for `forward_backward`, the
 /// gradients of both embedding maps.
 fn run_pass(pass: &str, fq: &Tensor, fp: &Tensor, samples: &[RegionSamples], cfg: LocalLossConfig) -> Result<()> {
@@ -322,8 +363,8 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
         args.repeats
     );
     println!(
-        "{:<16} {:<17} {:<6} {:<8} {:>10} {:>10} {:>10}",
-        "case", "pass", "dtype", "algo", "ms", "peak MiB", "input MiB"
+        "{:<16} {:<17} {:<6} {:<8} {:>10} {:>10} {:>10} {:>10}",
+        "case", "pass", "dtype", "algo", "ms", "kernels ms", "peak MiB", "input MiB"
     );
     let one = CudaStorage::full(&gpu, 1, 1.0)?;
     for case in &cases {
@@ -335,10 +376,13 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
             renormalize_means: false,
             normalize_pixels: case.pixels == "raw",
         };
+        let uploaded = UploadedSamples::new(&gpu, &samples, case.size * case.size)?;
         for &dtype in &dtypes {
             let q = upload(&gpu, case, &fq, dtype)?;
             let p = upload(&gpu, case, &fp, dtype)?;
             for pass in PASSES {
+                let mut kernels = || run_kernels(pass, (&q, &p), case.dims(), &uploaded, cfg, &one);
+                let kernel_ms = median(time_runs(&timer, args.warmup, args.repeats, &mut kernels)?);
                 let mut once = || run_pass_on(pass, (&q, &p), case.dims(), &samples, cfg, &one);
                 let times = time_runs(&timer, args.warmup, args.repeats, &mut once)?;
                 gpu.synchronize()?;
@@ -351,7 +395,7 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
                 let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
                 let ms = median(times);
                 println!(
-                    "{:<16} {pass:<17} {:<6} {:<8} {ms:>10.4} {peak:>10.1} {inputs:>10.1}",
+                    "{:<16} {pass:<17} {:<6} {:<8} {ms:>10.4} {kernel_ms:>10.4} {peak:>10.1} {inputs:>10.1}",
                     case.name(),
                     dtype.name(),
                     "fused"
@@ -374,6 +418,7 @@ pub fn run(args: &LrcLossBenchArgs) -> Result<()> {
                     "temperature": args.temperature,
                     "median_ms": ms,
                     "min_ms": min_ms,
+                    "kernels_median_ms": kernel_ms,
                     "repeats": args.repeats,
                     "peak_mib": peak,
                     "inputs_mib": inputs,

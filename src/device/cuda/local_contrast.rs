@@ -533,11 +533,51 @@ pub fn local_contrast_forward_as(
     cfg: &LocalLossConfig,
 ) -> Result<(CudaStorage, LocalContrastSaved)> {
     let device = common_device(OP, &[f_q, f_p])?;
-    let table = SampleTable::new(samples, dims[2] * dims[3])?;
-    let g = LocalContrastGeom::new(dims, &table, cfg)?.with_input(input);
+    let uploaded = UploadedSamples::new(&device, samples, dims[2] * dims[3])?;
+    local_contrast_forward_uploaded(input, f_q, f_p, dims, &uploaded, cfg)
+}
+
+/// A batch's sample table on the device, beside the host's account of it: what
+/// [`local_contrast_forward_as`] builds and uploads on every call, made once. For a caller that
+/// uploads a batch's samples ahead of its forward pass, and for timing the kernels alone.
+pub struct UploadedSamples {
+    table: SampleTable,
+    hw: usize,
+    words: CudaStorage,
+}
+
+impl UploadedSamples {
+    /// The table of `samples` (one entry per image, pixel indices below `hw`) on `device`.
+    pub fn new(device: &Arc<CudaDevice>, samples: &[RegionSamples], hw: usize) -> Result<UploadedSamples> {
+        let table = SampleTable::new(samples, hw)?;
+        let words = CudaStorage::from_host_u32(device, table.words())?;
+        Ok(UploadedSamples { table, hw, words })
+    }
+}
+
+/// [`local_contrast_forward_as`] with the samples already on the device.
+pub fn local_contrast_forward_uploaded(
+    input: EmbeddingType,
+    f_q: &CudaStorage,
+    f_p: &CudaStorage,
+    dims: [usize; 4],
+    samples: &UploadedSamples,
+    cfg: &LocalLossConfig,
+) -> Result<(CudaStorage, LocalContrastSaved)> {
+    let device = common_device(OP, &[f_q, f_p, &samples.words])?;
+    if samples.hw != dims[2] * dims[3] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "samples drawn for images of {} pixels, embeddings of {} x {}",
+                samples.hw, dims[2], dims[3]
+            ),
+        ));
+    }
+    let g = LocalContrastGeom::new(dims, &samples.table, cfg)?.with_input(input);
     check_input_len(OP, "f_q", f_q, &g)?;
     check_input_len(OP, "f_p", f_p, &g)?;
-    let uploaded = CudaStorage::from_host_u32(&device, table.words())?;
+    let uploaded = samples.words.clone();
     let means = CudaStorage::alloc(&device, g.means_len())?;
     let mean_norms = CudaStorage::alloc(&device, g.norms_len())?;
     let lse = CudaStorage::alloc(&device, g.rows)?;
