@@ -592,6 +592,31 @@ for a in algos:
     p = PRECISION.get(a, "tf32")
     row += f" {fmt(totals[a])} | {ratio(totals[a], total_ref[p]) if has_ref[p] else ''} |"
 print(row)
+# The fastest tensor-core version at each precision pass by pass: what choosing the version per
+# pass would take, how many passes then reach 90% of cuDNN's throughput (the goal), and which
+# versions win.
+lines = []
+for p in PRECISIONS:
+    cands = [a for a in algos if a != "fp32-tiled" and PRECISION.get(a, "tf32") == p]
+    best_total, within, passes, wins = 0.0, 0, 0, {a: 0 for a in cands}
+    for k in keys:
+        times = [(ours[(k[0], k[1], a)], a) for a in cands if (k[0], k[1], a) in ours]
+        if not times:
+            continue
+        t, a = min(times)
+        best_total += t
+        passes += 1
+        wins[a] += 1
+        r = ref.get((k[0], k[1], p))
+        within += 1 if r and t <= r / 0.9 else 0
+    if passes:
+        vs = f", {best_total / total_ref[p]:.2f} x cuDNN" if has_ref[p] else ""
+        goal = f"; {within} of {passes} passes at 90% of cuDNN or better" if has_ref[p] else ""
+        won = ", ".join(f"{a} {w}" for a, w in wins.items())
+        lines.append(f"- {p}, the fastest version per pass: {fmt(best_total)} ms in all{vs}{goal} (fastest: {won})")
+if lines:
+    print()
+    print("\n".join(lines))
 PY
 }
 

@@ -317,6 +317,19 @@ fn a_full_run_compares_the_benchmarks() {
             "1.60"
         ]
     );
+    // The fastest version per pass: tf32-wgmma (1.2 ms against cuDNN's 1.0: 83% of its
+    // throughput) and bf16-wgmma (0.8 against 0.5).
+    assert!(
+        conv_table.contains(
+            "- tf32, the fastest version per pass: 1.2000 ms in all, 1.20 x cuDNN; 0 of 1 passes at 90% of cuDNN \
+             or better (fastest: tf32-mma 0, tf32-wgmma 1)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        conv_table.contains("- bf16, the fastest version per pass: 0.8000 ms in all, 1.60 x cuDNN; 0 of 1 passes"),
+        "{summary}"
+    );
     assert!(
         row(&summary, "bench superpixels").contains("superpixels 256x256: gpu 400.0 slices/s"),
         "{summary}"
