@@ -16,6 +16,7 @@
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net;
 #             then `lrc bench step` again with the tap-major convolutions (LRC_CONV_ALGO=tf32-mma-tap)
+#             and with the fastest TF32 version per pass (LRC_CONV_ALGO=tf32-fastest)
 #   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
 #             from four initialisations, prediction, evaluation, plots); its tables in the summary
@@ -368,7 +369,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc tap" "demo quick" "bench batch" "bench lrc" "bench torch" \
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc tap" "bench step lrc fastest" "demo quick" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -451,9 +452,12 @@ else
         "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
-    # The same step with the tap-major convolutions, beside the default they may replace.
+    # The same step with the tap-major convolutions, and with the fastest TF32 version per pass
+    # (timed in the warm-up steps), beside the default they may replace.
     bench_run "bench step lrc tap" 30 120 "$logs/bench-step-lrc-tap.log" \
         env LRC_CONV_ALGO=tf32-mma-tap "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    bench_run "bench step lrc fastest" 30 120 "$logs/bench-step-lrc-fastest.log" \
+        env LRC_CONV_ALGO=tf32-fastest "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The whole pipeline on this GPU, end to end: a failure here is a failure of the check.
     if enough "demo quick" 90; then
         demo_dir="$(mktemp -d)"
@@ -644,6 +648,8 @@ for r in rows:
                   f"{r.get('uploads')} uploads / {r.get('downloads')} downloads in the timed steps")
         if r.get("conv_algo"):
             impl = f"lrc ({r['conv_algo']})"
+        if r.get("conv_versions_chosen"):
+            detail += "; chosen per pass: " + ", ".join(f"{v} {n}" for v, n in r["conv_versions_chosen"].items())
     print(f"| {impl} | {r.get('device')} | {r['median_ms']:.2f} | {ratio} | {detail} |")
 PY
 }

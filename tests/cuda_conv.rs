@@ -59,11 +59,13 @@ fn device() -> TestDevice {
 }
 
 /// The versions this device runs (every one but the wgmma versions off compute capability 9.0),
-/// with a note for each one left out.
+/// with a note for each one left out, then the choices among them (`tf32-fastest`,
+/// `bf16-fastest`: whichever version they time fastest must be right too).
 fn algos(device: &CudaDevice) -> Vec<ConvAlgo> {
     let cc = device.compute_capability();
     ConvAlgo::ALL
         .into_iter()
+        .chain(ConvAlgo::CHOICES)
         .filter(|algo| {
             let runs = algo.runs_on(cc);
             if !runs {
@@ -116,8 +118,8 @@ fn gamma(chain: usize) -> f64 {
 fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
     let u = match algo {
         ConvAlgo::Fp32Tiled => return gamma(chain),
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap => (-11f64).exp2(),
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap => (-8f64).exp2(),
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32Fastest => (-11f64).exp2(),
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16Fastest => (-8f64).exp2(),
     };
     let accumulation = chain as f64 * (-23f64).exp2();
     if rounded_inputs {
@@ -370,6 +372,49 @@ fn conv2d_backward_weight_matches_the_cpu_twin() {
             );
         }
     }
+}
+
+/// `tf32-fastest` times a geometry's pass once, remembers a TF32 version for it, and from then
+/// on gives that version's bits.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_choice_times_each_pass_once_and_keeps_its_version() {
+    let device = device();
+    let mut rng = Rng::new(15);
+    // A geometry no other test uses, so that this test's choice is its own.
+    let g = geom([2, 64, 21, 19, 96], (3, 3), 1, 1);
+    let x = upload(&device, &random(&mut rng, g.n * g.c_in * g.h * g.w));
+    let w = upload(&device, &random(&mut rng, g.c_out * g.c_in * 9));
+    let choice = ConvAlgo::Tf32Fastest;
+    let ours = |device: &Arc<CudaDevice>| {
+        device
+            .tuned_convs()
+            .into_iter()
+            .filter(|(k, _)| k.choice == choice && k.geometry[..5] == [g.n, g.c_in, g.h, g.w, g.c_out])
+            .collect::<Vec<_>>()
+    };
+    assert!(ours(&device).is_empty());
+    let first = conv2d_forward(&g, &x, &w, None, choice).unwrap().to_host().unwrap();
+    let chosen = ours(&device);
+    assert_eq!(chosen.len(), 1, "{chosen:?}");
+    let (key, version) = chosen[0];
+    assert_eq!(key.pass, ConvPass::Forward);
+    assert!(
+        choice
+            .candidates(device.compute_capability())
+            .unwrap()
+            .contains(&version),
+        "{version}"
+    );
+    let again = conv2d_forward(&g, &x, &w, None, choice).unwrap().to_host().unwrap();
+    let plain = conv2d_forward(&g, &x, &w, None, version).unwrap().to_host().unwrap();
+    assert_eq!(ours(&device).len(), 1);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&first), bits(&plain), "{version}");
+    assert_eq!(bits(&again), bits(&plain), "{version}");
+    // The other passes choose on their own.
+    conv2d_backward_weight(&g, &x, &upload(&device, &first), choice).unwrap();
+    assert_eq!(ours(&device).len(), 2);
 }
 
 #[test]

@@ -169,6 +169,19 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         args.repeats,
         after.peak_bytes_in_use as f64 / (1 << 20) as f64
     );
+    // What a choice of version (tf32-fastest, bf16-fastest) chose: passes per version.
+    let mut chosen = std::collections::BTreeMap::<&str, usize>::new();
+    for (_, version) in gpu.tuned_convs() {
+        *chosen.entry(version.name()).or_default() += 1;
+    }
+    if !chosen.is_empty() {
+        let list: Vec<String> = chosen.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        println!(
+            "{} chose per pass and geometry: {}",
+            gpu.conv_algo().name(),
+            list.join(", ")
+        );
+    }
     let line = serde_json::json!({
         "bench": "step",
         "impl": "lrc",
@@ -185,6 +198,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         "downloads": downloads,
         "peak_bytes": after.peak_bytes_in_use,
         "conv_algo": gpu.conv_algo().name(),
+        "conv_versions_chosen": chosen,
     });
     crate::profile::print_training_table(&device);
     let mut file = OpenOptions::new()

@@ -11,6 +11,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 
 use super::alloc::{AllocStats, CachingAllocator};
 use super::conv::ConvAlgo;
+use super::conv_tune::TuneKey;
 use super::driver_error;
 use super::kernel_timer::KernelTimer;
 use super::module_cache::ModuleCache;
@@ -30,6 +31,8 @@ pub struct CudaDevice {
     allocator: CachingAllocator,
     modules: ModuleCache,
     conv_algo: AtomicU8,
+    /// The versions `tf32-fastest` / `bf16-fastest` chose, by pass and geometry.
+    conv_tuned: Mutex<HashMap<TuneKey, ConvAlgo>>,
     poison_fresh_buffers: AtomicBool,
     transfers: TransferCounters,
     pub(crate) kernel_timer: Mutex<Option<KernelTimer>>,
@@ -137,6 +140,7 @@ impl CudaDevice {
             stream,
             modules: ModuleCache::default(),
             conv_algo: AtomicU8::new(conv_algo as u8),
+            conv_tuned: Mutex::default(),
             poison_fresh_buffers: AtomicBool::new(false),
             transfers: TransferCounters::default(),
             kernel_timer: Mutex::new(None),
@@ -198,6 +202,28 @@ impl CudaDevice {
     }
 
     /// Chooses the convolution kernels for the ops that run on this device from now on.
+    /// The version a convolution choice made for `key`, if it has.
+    pub(crate) fn tuned_conv(&self, key: &TuneKey) -> Option<ConvAlgo> {
+        self.conv_tuned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    pub(crate) fn remember_conv(&self, key: TuneKey, version: ConvAlgo) {
+        self.conv_tuned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, version);
+    }
+
+    /// Every choice `tf32-fastest` / `bf16-fastest` has made on this device, with its version.
+    pub fn tuned_convs(&self) -> Vec<(TuneKey, ConvAlgo)> {
+        let tuned = self.conv_tuned.lock().unwrap_or_else(|p| p.into_inner());
+        tuned.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     pub fn set_conv_algo(&self, algo: ConvAlgo) {
         self.conv_algo.store(algo as u8, Ordering::Relaxed);
     }

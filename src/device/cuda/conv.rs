@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::call::{KernelCall, blocks_for};
 use super::conv_sm90;
+use super::conv_tune::{self, TuneKey};
 use super::launch::{Launch, dim};
 use super::operand::{check_len, common_device};
 use super::params::{ConvParams, PlaneSumParams, SplitReduceParams};
@@ -48,6 +49,14 @@ pub enum ConvAlgo {
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
+    /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
+    /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-wgmma`), timed with CUDA
+    /// events the first time the pass meets that geometry and remembered by the device
+    /// (`conv_tune`). That first call waits for the device; runs may choose differently, so
+    /// results are reproducible to TF32 rounding, not bit for bit.
+    Tf32Fastest = 7,
+    /// As [`ConvAlgo::Tf32Fastest`] among the BF16 versions.
+    Bf16Fastest = 8,
 }
 
 impl ConvAlgo {
@@ -63,9 +72,13 @@ impl ConvAlgo {
         ConvAlgo::Bf16MmaTap,
     ];
 
-    /// The version ops use unless told otherwise: tensor cores, expected to be several times
-    /// faster than the FP32 tiles on Hopper. Not yet measured against them; bf16-mma, with half
-    /// the operand precision, has no measured speed advantage over it yet either.
+    /// The settings that choose a version per pass and geometry by timing them.
+    pub const CHOICES: [ConvAlgo; 2] = [ConvAlgo::Tf32Fastest, ConvAlgo::Bf16Fastest];
+
+    /// The version ops use unless told otherwise: on an H100 (docs/PERFORMANCE.md) the fastest
+    /// version measured at TF32 precision, 3.8 times faster than the FP32 tiles over the U-Net's
+    /// convolutions; bf16-mma is 12% faster still but gives up 3 bits of operand precision. The
+    /// tap-major versions and the choices have not been measured yet.
     pub const DEFAULT: ConvAlgo = ConvAlgo::Tf32Mma;
 
     /// The environment variable that overrides [`ConvAlgo::DEFAULT`] when a device is opened.
@@ -81,7 +94,21 @@ impl ConvAlgo {
             ConvAlgo::Bf16Wgmma => "bf16-wgmma",
             ConvAlgo::Tf32MmaTap => "tf32-mma-tap",
             ConvAlgo::Bf16MmaTap => "bf16-mma-tap",
+            ConvAlgo::Tf32Fastest => "tf32-fastest",
+            ConvAlgo::Bf16Fastest => "bf16-fastest",
         }
+    }
+
+    /// For a choice ([`ConvAlgo::CHOICES`]), the versions it chooses among on a device of
+    /// compute capability `cc`, the one it stands for in a plan made before choosing first;
+    /// `None` for a version.
+    pub fn candidates(self, cc: (i32, i32)) -> Option<Vec<ConvAlgo>> {
+        let family = match self {
+            ConvAlgo::Tf32Fastest => [ConvAlgo::Tf32Mma, ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Wgmma],
+            ConvAlgo::Bf16Fastest => [ConvAlgo::Bf16Mma, ConvAlgo::Bf16MmaTap, ConvAlgo::Bf16Wgmma],
+            _ => return None,
+        };
+        Some(family.into_iter().filter(|a| a.runs_on(cc)).collect())
     }
 
     /// Whether this version runs sm_90a code (wgmma), which only compute capability 9.0 devices
@@ -114,6 +141,7 @@ impl ConvAlgo {
     pub(crate) fn from_index(i: u8) -> ConvAlgo {
         ConvAlgo::ALL
             .into_iter()
+            .chain(ConvAlgo::CHOICES)
             .find(|&a| a as u8 == i)
             .unwrap_or(ConvAlgo::DEFAULT)
     }
@@ -136,9 +164,16 @@ impl FromStr for ConvAlgo {
             "bf16-wgmma" => Ok(ConvAlgo::Bf16Wgmma),
             "tf32-mma-tap" => Ok(ConvAlgo::Tf32MmaTap),
             "bf16-mma-tap" => Ok(ConvAlgo::Bf16MmaTap),
+            "tf32-fastest" => Ok(ConvAlgo::Tf32Fastest),
+            "bf16-fastest" => Ok(ConvAlgo::Bf16Fastest),
             other => Err(Error::config(format!(
                 "unknown convolution algorithm '{other}': expected one of {}",
-                ConvAlgo::ALL.map(ConvAlgo::name).join(", ")
+                ConvAlgo::ALL
+                    .iter()
+                    .chain(&ConvAlgo::CHOICES)
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -218,7 +253,7 @@ impl ConvTransposeGeom {
 }
 
 /// A pass of a convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvPass {
     Forward,
     BackwardData,
@@ -339,6 +374,10 @@ struct Tiling {
 /// share their tiles (conv.cu's v2).
 fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Tiling {
     let table = match algo {
+        // The entry points choose before planning (conv_tune); a plan made without choosing
+        // takes the choice's plain mma.sync version.
+        ConvAlgo::Tf32Fastest => &TF32_KERNELS,
+        ConvAlgo::Bf16Fastest => &BF16_KERNELS,
         ConvAlgo::Fp32Tiled => {
             return Tiling {
                 kernel: FP32_KERNELS[pass as usize],
@@ -434,10 +473,10 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
         // v3 has no per-tap pass: the wgmma versions run v2's at their precision (a quarter of
         // the tensor-core work of v3's backward-data pass, which this one replaces).
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap => {
+        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32Fastest => {
             (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 })
         }
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap => {
+        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16Fastest => {
             (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 })
         }
     };
@@ -482,6 +521,26 @@ pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize
                 splits,
             }
         }
+    }
+}
+
+/// What a convolution choice remembers its version by, for `pass` of `g`.
+fn conv_key(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo) -> TuneKey {
+    TuneKey {
+        pass,
+        transposed: false,
+        geometry: [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad],
+        choice: algo,
+    }
+}
+
+/// The same for `pass` of the transposed convolution `g`.
+fn transposed_key(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo) -> TuneKey {
+    TuneKey {
+        pass,
+        transposed: true,
+        geometry: [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad],
+        choice: algo,
     }
 }
 
@@ -678,7 +737,14 @@ pub fn conv2d_forward(
         ..conv_params(OP, g)?
     };
     // With no input channels the GEMM depth is zero and the kernels write the bias alone.
-    run_single(&device, plan(ConvPass::Forward, g, algo, device.multiprocessors()), &p)?;
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
+        &device,
+        algo,
+        conv_key(ConvPass::Forward, g, algo),
+        |a| plan(ConvPass::Forward, g, a, sms),
+        |launch| run_single(&device, launch, &p),
+    )?;
     Ok(out)
 }
 
@@ -699,10 +765,13 @@ pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, alg
         out: out.device_ptr(),
         ..conv_params(OP, g)?
     };
-    run_single(
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
         &device,
-        plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
-        &p,
+        algo,
+        conv_key(ConvPass::BackwardData, g, algo),
+        |a| plan(ConvPass::BackwardData, g, a, sms),
+        |launch| run_single(&device, launch, &p),
     )?;
     Ok(out)
 }
@@ -735,10 +804,13 @@ pub fn conv2d_backward_weight(
         out_bias: db.device_ptr(),
         ..conv_params(OP, g)?
     };
-    run_backward_weight(
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
         &device,
-        plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors()),
-        &p,
+        algo,
+        conv_key(ConvPass::BackwardWeight, g, algo),
+        |a| plan(ConvPass::BackwardWeight, g, a, sms),
+        |launch| run_backward_weight(&device, launch, &p),
     )?;
     Ok((dw, db))
 }
@@ -779,10 +851,13 @@ pub fn conv_transpose2d_forward(
         out: out.device_ptr(),
         ..conv_params(OP, &conv)?
     };
-    run_single(
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
         &device,
-        transposed_plan(ConvPass::Forward, g, algo, device.multiprocessors()),
-        &p,
+        algo,
+        transposed_key(ConvPass::Forward, g, algo),
+        |a| transposed_plan(ConvPass::Forward, g, a, sms),
+        |launch| run_single(&device, launch, &p),
     )?;
     Ok(out)
 }
@@ -811,10 +886,13 @@ pub fn conv_transpose2d_backward_data(
         out: out.device_ptr(),
         ..conv_params(OP, &conv)?
     };
-    run_single(
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
         &device,
-        transposed_plan(ConvPass::BackwardData, g, algo, device.multiprocessors()),
-        &p,
+        algo,
+        transposed_key(ConvPass::BackwardData, g, algo),
+        |a| transposed_plan(ConvPass::BackwardData, g, a, sms),
+        |launch| run_single(&device, launch, &p),
     )?;
     Ok(out)
 }
@@ -848,8 +926,14 @@ pub fn conv_transpose2d_backward_weight(
         out_bias: 0,
         ..conv_params(OP, &conv)?
     };
-    let plan = transposed_plan(ConvPass::BackwardWeight, g, algo, device.multiprocessors());
-    run_backward_weight(&device, plan, &p)?;
+    let sms = device.multiprocessors();
+    conv_tune::run_pass(
+        &device,
+        algo,
+        transposed_key(ConvPass::BackwardWeight, g, algo),
+        |a| transposed_plan(ConvPass::BackwardWeight, g, a, sms),
+        |launch| run_backward_weight(&device, launch, &p),
+    )?;
     channel_sums(&device, dy, g.n, g.c_out, g.h_out() * g.w_out(), db.device_ptr())?;
     Ok((dw, db))
 }

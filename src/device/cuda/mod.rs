@@ -13,6 +13,7 @@ pub mod concat;
 mod context;
 pub mod conv;
 pub mod conv_sm90;
+pub mod conv_tune;
 pub mod elastic;
 pub mod felzenszwalb;
 pub mod gemm;
