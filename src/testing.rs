@@ -102,6 +102,21 @@ pub fn uniform(rng: &mut Rng, len: usize, lo: f64, hi: f64) -> Vec<f32> {
     (0..len).map(|_| rng.range(lo, hi) as f32).collect()
 }
 
+/// `len` logits on a coarse grid (-2, -1, 0, 1), so that ties are common, with a NaN in about
+/// one value in 16: inputs for a class arg-max, whose rules for both are what a test checks.
+pub fn tied_logits(rng: &mut Rng, len: usize) -> Vec<f32> {
+    uniform(rng, len, 0.0, 1.0)
+        .iter()
+        .map(|&u| {
+            if u < 1.0 / 16.0 {
+                f32::NAN
+            } else {
+                (u * 4.0).floor() - 2.0
+            }
+        })
+        .collect()
+}
+
 /// The f32 values widened, for the f64 CPU twins.
 pub fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()

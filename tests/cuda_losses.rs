@@ -29,7 +29,7 @@ use lrc::ops::labels::{Labels, arg_max_classes, cpu as labels_cpu};
 use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
 use lrc::tensor::{DType, Tensor};
-use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
+use lrc::testing::{Tolerance, assert_close, max_abs, tied_logits, uniform, widen, worst};
 
 mod cuda_common;
 use cuda_common::{TestDevice, exclusive_device};
@@ -423,17 +423,7 @@ fn class_arg_max_matches_the_cpu_twin() {
     let mut rng = Rng::new(78);
     for shape in class_shapes() {
         let s = split(&shape);
-        // A coarse grid makes ties common; about one value in 16 is NaN.
-        let x: Vec<f32> = uniform(&mut rng, s.len(), 0.0, 1.0)
-            .iter()
-            .map(|&u| {
-                if u < 1.0 / 16.0 {
-                    f32::NAN
-                } else {
-                    (u * 4.0).floor() - 2.0
-                }
-            })
-            .collect();
+        let x = tied_logits(&mut rng, s.len());
         let want = labels_cpu::arg_max_classes(&x, s.channels, s.inner);
         let (xg, _) = pair(&dev, &shape, &x);
         let before = dev.transfers().to_host;

@@ -36,7 +36,7 @@ use lrc::ops::infonce::cpu as nce_cpu;
 use lrc::ops::labels::cpu as labels_cpu;
 use lrc::ops::softmax::cpu as sm_cpu;
 use lrc::rng::Rng;
-use lrc::testing::{Tolerance, assert_close, max_abs, uniform, widen, worst};
+use lrc::testing::{Tolerance, assert_close, max_abs, tied_logits, uniform, widen, worst};
 
 /// The multiprocessors of an H100, so that GEMM plans split as they would there.
 const SMS: usize = 132;
@@ -147,20 +147,6 @@ fn cross_entropy_matches_the_cpu_twin_in_both_layouts() {
 }
 
 /// Rows of unit vectors, as MoCo feeds InfoNCE.
-/// Logits on a coarse grid, so that ties are common, with a NaN in about one value in 16.
-fn tied_logits(rng: &mut Rng, len: usize) -> Vec<f32> {
-    uniform(rng, len, 0.0, 1.0)
-        .iter()
-        .map(|&u| {
-            if u < 1.0 / 16.0 {
-                f32::NAN
-            } else {
-                (u * 4.0).floor() - 2.0
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn class_arg_max_matches_the_cpu_twin() {
     if !emu::available() {
