@@ -105,8 +105,9 @@ static_assert(sizeof(InfoNceParams) == 96, "InfoNceParams must match its Rust mi
 static_assert(offsetof(InfoNceParams, rows) == 72, "InfoNceParams must match its Rust mirror");
 
 // class_arg_max_thread: out[pos] = the channel of the position's largest value as one byte,
-// the first on ties; a NaN never wins (it compares false), as the CPU twin compares. Only the
-// labels then cross to the host, one byte per position instead of a float per channel.
+// the first on ties; a NaN never replaces the best so far (it compares false), as the CPU twin
+// compares. Only the labels then cross to the host, one byte per position instead of a float per
+// channel.
 struct ArgMaxParams {
     const float* x;
     unsigned char* out;

@@ -80,7 +80,8 @@ impl LabelSource for Labels<'_> {
 }
 
 /// The class of the largest logit at each position of logits `[N, C, ...]`, as bytes in
-/// (image, position) order: the first class on ties, and a NaN never wins (it compares false).
+/// (image, position) order: the first class on ties; comparisons with a NaN are false, so a NaN
+/// never replaces the best class so far (and one in class 0 keeps class 0).
 /// On a CUDA device the kernel `class_arg_max_thread` computes them and only the bytes cross.
 pub fn arg_max_classes(logits: &Tensor) -> Result<Vec<u8>> {
     const OP: &str = "arg_max_classes";

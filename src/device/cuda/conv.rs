@@ -100,8 +100,8 @@ impl ConvAlgo {
     }
 
     /// For a choice ([`ConvAlgo::CHOICES`]), the versions it chooses among on a device of
-    /// compute capability `cc`, the one it stands for in a plan made before choosing first;
-    /// `None` for a version.
+    /// compute capability `cc` (the first is what a plan made without choosing uses); `None` for
+    /// a version.
     pub fn candidates(self, cc: (i32, i32)) -> Option<Vec<ConvAlgo>> {
         let family = match self {
             ConvAlgo::Tf32Fastest => [ConvAlgo::Tf32Mma, ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Wgmma],

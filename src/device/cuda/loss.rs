@@ -843,7 +843,8 @@ pub fn label_words(positions: usize) -> usize {
 }
 
 /// The launch that writes, for each position of `x`, the channel of its largest value (the
-/// first on ties, never a NaN) as one byte at `out` + position: [`label_words`] words.
+/// first on ties; a NaN never replaces the best so far) as one byte at `out` + position:
+/// [`label_words`] words.
 pub fn class_arg_max_calls(s: &ChannelShape, x: u64, out: u64) -> Result<Vec<KernelCall>> {
     const OP: &str = "class arg-max";
     if s.channels == 0 || s.channels > 256 {
