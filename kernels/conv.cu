@@ -549,7 +549,7 @@ struct GradByOutputChannelFollowed {
 // thread) lies within one tap, so one bounds check and address serve 4 loads where the
 // channel-major order (ImageByTap) decodes and checks each. The epilogue stores column n at
 // ci * taps + tap (TapMajorPartialStore), so the result is the same OIHW weight gradient.
-template <int KH, int KW>
+template <int KH, int KW, int RUNS>
 struct ImageByTapTapMajor {
     static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
     static constexpr Major LAYOUT = Major::K;
@@ -557,11 +557,23 @@ struct ImageByTapTapMajor {
     const float* x_img = nullptr;
     int iy0 = 0, ix0 = 0;
     PixelCursor cur;
-    // The tap and channel of this thread's first row (fix_rows), from which its runs step.
-    int tap0 = 0, c0 = 0;
+    // The tap and first channel of each of this thread's runs, the same for every k tile: set
+    // once (fix_rows), so that a tile decodes none.
+    int tap[RUNS] = {}, c[RUNS] = {};
+    // n: this thread's first row; run r starts 32 r rows further.
     __device__ void fix_rows(const ConvParams& p, int n) {
-        tap0 = n / p.c_in;
-        c0 = n - tap0 * p.c_in;
+        int t = n / p.c_in;
+        int ch = n - t * p.c_in;
+#pragma unroll
+        for (int r = 0; r < RUNS; ++r) {
+            tap[r] = t;
+            c[r] = ch;
+            ch += WARP;
+            while (ch >= p.c_in) {
+                ch -= p.c_in;
+                ++t;
+            }
+        }
     }
     __device__ void fix_k(const ConvParams& p, int k) {
         cur.seek(p, k);
@@ -569,23 +581,17 @@ struct ImageByTapTapMajor {
         iy0 = cur.oy * p.stride - p.pad;
         ix0 = cur.ox * p.stride - p.pad;
     }
-    // The first value of run `run` (rows 32 * run past fix_rows's) at this thread's pixel, where
-    // the run's tap reads the padding: null.
+    // The first value of run `run` at this thread's pixel, where the run's tap reads the
+    // padding: null.
     __device__ const float* run_start(const ConvParams& p, int run) const {
-        int tap = tap0;
-        int c = c0 + WARP * run;
-        while (c >= p.c_in) {
-            c -= p.c_in;
-            ++tap;
-        }
-        const int ky = tap / KW;
+        const int ky = tap[run] / KW;
         const int iy = iy0 + ky;
-        const int ix = ix0 + tap - ky * KW;
+        const int ix = ix0 + tap[run] - ky * KW;
         if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
             static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
             return nullptr;
         }
-        return x_img + (static_cast<size_t>(c) * p.h + iy) * p.w + ix;
+        return x_img + (static_cast<size_t>(c[run]) * p.h + iy) * p.w + ix;
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
@@ -981,10 +987,10 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
                              v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3>>(p);                 \
+        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile64::BN / 32>>(p); \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m32, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<3, 3>>(p);                 \
+        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile32::BN / 32>>(p); \
     }
 
 LRC_CONV_MMA_TAP(tf32, Tf32)
