@@ -450,13 +450,7 @@ struct ImageByOutputPixelTapMajor {
     __device__ const float* tile(const ConvParams& p, int k0) {
         cur.seek(k0, p.c_in);
         const int ky = cur.tap / KW;
-        const int iy = w.iy0 + ky;
-        const int ix = w.ix0 + cur.tap - ky * KW;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return nullptr;
-        }
-        return w.x_img + (static_cast<size_t>(cur.c) * p.h + iy) * p.w + ix;
+        return gather::x_at(p, w.x_img, w.iy0 + ky, w.ix0 + cur.tap - ky * KW, cur.c);
     }
     // From one channel to the next.
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
@@ -492,22 +486,7 @@ struct GradByInputPixelTapMajor {
     __device__ const float* tile(const ConvParams& p, int k0) {
         cur.seek(k0, p.c_out);
         const int ky = cur.tap / KW;
-        int ty = px.iy + p.pad - ky;
-        int tx = px.ix + p.pad - (cur.tap - ky * KW);
-        if (ty < 0 || tx < 0) {
-            return nullptr;
-        }
-        if (p.stride != 1) {
-            if (ty % p.stride != 0 || tx % p.stride != 0) {
-                return nullptr;
-            }
-            ty /= p.stride;
-            tx /= p.stride;
-        }
-        if (ty >= p.h_out || tx >= p.w_out) {
-            return nullptr;
-        }
-        return px.dy_img + (static_cast<size_t>(cur.c) * p.h_out + ty) * p.w_out + tx;
+        return gather::dy_at(p, px.dy_img, px.iy, px.ix, cur.c, ky, cur.tap - ky * KW);
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h_out * p.w_out; }
 };
@@ -585,13 +564,7 @@ struct ImageByTapTapMajor {
     // padding: null.
     __device__ const float* run_start(const ConvParams& p, int run) const {
         const int ky = tap[run] / KW;
-        const int iy = iy0 + ky;
-        const int ix = ix0 + tap[run] - ky * KW;
-        if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
-            static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
-            return nullptr;
-        }
-        return x_img + (static_cast<size_t>(c[run]) * p.h + iy) * p.w + ix;
+        return gather::x_at(p, x_img, iy0 + ky, ix0 + tap[run] - ky * KW, c[run]);
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };

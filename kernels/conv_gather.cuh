@@ -58,10 +58,22 @@ __device__ __forceinline__ InputPixel input_pixel(const ConvParams& p, int m) {
     return InputPixel{p.dy + static_cast<size_t>(img) * p.c_out * p.h_out * p.w_out, iy, pix - iy * p.w};
 }
 
+// Where x (the image at x_img) holds channel ci at input position (iy, ix); null in the padding.
+__device__ __forceinline__ const float* x_at(const ConvParams& p, const float* x_img, int iy, int ix, int ci) {
+    if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
+        static_cast<unsigned>(ix) >= static_cast<unsigned>(p.w)) {
+        return nullptr;
+    }
+    return x_img + (static_cast<size_t>(ci) * p.h + iy) * p.w + ix;
+}
+
 // x at the input position of output pixel (oy0, ox0) = (oy*s - pad, ox*s - pad) seen through tap
 // (ky, kx) of input channel ci; zero in the padding.
 __device__ __forceinline__ float x_tap(const ConvParams& p, const float* x_img, int iy0, int ix0, int ci, int ky,
                                        int kx) {
+    // The same test and address as x_at, written out: through x_at (a pointer, then a load or
+    // zero) ptxas 13.0 allocates the v2 and v3 kernels' registers differently, and the v2
+    // backward-weight kernels spill 8 bytes.
     const int iy = iy0 + ky;
     const int ix = ix0 + kx;
     if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.h) ||
@@ -71,10 +83,33 @@ __device__ __forceinline__ float x_tap(const ConvParams& p, const float* x_img, 
     return x_img[(static_cast<size_t>(ci) * p.h + iy) * p.w + ix];
 }
 
-// dy seen from input pixel (iy, ix) through tap (ky, kx) of output channel co: the output pixel
-// whose window puts that tap on (iy, ix), if there is one.
+// Where dy (the image at dy_img) holds, for input pixel (iy, ix), output channel co of the
+// output pixel whose window puts tap (ky, kx) on (iy, ix); null where there is none.
+__device__ __forceinline__ const float* dy_at(const ConvParams& p, const float* dy_img, int iy, int ix, int co, int ky,
+                                              int kx) {
+    int ty = iy + p.pad - ky;
+    int tx = ix + p.pad - kx;
+    if (ty < 0 || tx < 0) {
+        return nullptr;
+    }
+    if (p.stride != 1) {
+        if (ty % p.stride != 0 || tx % p.stride != 0) {
+            return nullptr;
+        }
+        ty /= p.stride;
+        tx /= p.stride;
+    }
+    if (ty >= p.h_out || tx >= p.w_out) {
+        return nullptr;
+    }
+    return dy_img + (static_cast<size_t>(co) * p.h_out + ty) * p.w_out + tx;
+}
+
+// dy seen from input pixel (iy, ix) through tap (ky, kx) of output channel co; zero where no
+// output pixel's window puts that tap there.
 __device__ __forceinline__ float dy_tap(const ConvParams& p, const float* dy_img, int iy, int ix, int co, int ky,
                                         int kx) {
+    // dy_at's tests and address, written out for the reason given at x_tap.
     int ty = iy + p.pad - ky;
     int tx = ix + p.pad - kx;
     if (ty < 0 || tx < 0) {

@@ -128,26 +128,26 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         device: device.clone(),
     };
     let s = finetune(store, args.config(), &opts)?;
-    if s.best_val_dice.is_nan() {
-        println!(
-            "finetune {}: no validation cases, so the model is the last epoch's ({} of {}) after {:.1}s; wrote {}",
-            s.init,
+    let kept = if s.best_val_dice.is_nan() {
+        format!(
+            "no validation cases, so the model is the last epoch's ({} of {})",
             s.best_epoch,
-            s.epochs.len(),
-            s.seconds,
-            args.out.display()
-        );
+            s.epochs.len()
+        )
     } else {
-        println!(
-            "finetune {}: best validation Dice {:.4} at epoch {} of {} in {:.1}s; wrote {}",
-            s.init,
+        format!(
+            "best validation Dice {:.4} at epoch {} of {}",
             s.best_val_dice,
             s.best_epoch,
-            s.epochs.len(),
-            s.seconds,
-            args.out.display()
-        );
-    }
+            s.epochs.len()
+        )
+    };
+    println!(
+        "finetune {}: {kept} in {:.1}s; wrote {}",
+        s.init,
+        s.seconds,
+        args.out.display()
+    );
     crate::profile::print_training_table(&device);
     Ok(())
 }
