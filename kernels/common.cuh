@@ -143,15 +143,34 @@ __device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* to
     return before + incl - v;
 }
 
-// float -> TF32 (10-bit mantissa), round to nearest with ties away from zero, as cuBLAS does.
+// float -> TF32 (10-bit significand), round to nearest with ties to even, as BF16 rounds. On
+// sm_90 that is one instruction (cvt.rn.tf32.f32); ties away (cvt.rna) takes four there, up
+// to a sixth of a TF32 convolution's main loop (docs/CUDA.md). Older targets have no cvt.rn to TF32,
+// so they round in integer arithmetic, to the same bits. inf and NaN stay inf and NaN (mma reads
+// only the TF32 bits of a word).
 __device__ __forceinline__ uint32_t to_tf32(float x) {
 #ifdef LRC_EMULATE
-    return emu::cvt_rna_tf32(x);
-#else
+    return emu::cvt_rn_tf32(x);
+#elif __CUDA_ARCH__ >= 900
     uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#else
+    const uint32_t u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) {
+        return u;
+    }
+    return (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
 #endif
+}
+
+// Two consecutive 32-bit words of shared memory in one 64-bit load; the address must be 8-byte
+// aligned (the emulator checks, as the hardware faults).
+__device__ __forceinline__ uint2 load_pair(const uint32_t* words) {
+#ifdef LRC_EMULATE
+    emu::check_aligned(words, 8);
+#endif
+    return *reinterpret_cast<const uint2*>(words);
 }
 
 // d += a * b on a 16x8x8 tile, TF32 inputs, FP32 accumulation. Fragment ownership, with

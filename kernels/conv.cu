@@ -22,7 +22,7 @@
 //               through registers so that the global loads of the next tile overlap the math of
 //               this one, per-thread precomputed gather addresses, and kernel sizes 1x1, 2x2, 3x3
 //               specialised at compile time. One code, two operand precisions:
-//     _tf32     m16n8k8, operands rounded to TF32 with cvt.rna (one value per 32-bit word);
+//     _tf32     m16n8k8, operands rounded to TF32, nearest even (one value per 32-bit word);
 //     _bf16     m16n8k16, operands rounded to BF16 with cvt.rn.bf16x2 (two values per word).
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
 
@@ -267,22 +267,40 @@ struct Bf16 {
 
 // How an operand tile is laid out in shared memory, chosen by the direction in which it is
 // contiguous in global memory, in words of PACK values (WK = BK / PACK words along k). MN-major:
-// [WK][ROWS + 8]; K-major: [ROWS][WK + 4]. The paddings (row strides of 8 mod 32 words, and of
-// 4 mod 8) make both the loader stores and the mma fragment loads free of bank conflicts.
+// [WK][ROWS + 8]; K-major: [ROWS][WK + 4], or [ROWS][WK + 8] when PAIRED.
+// PAIRED operands keep the two words of each register pair of an mma fragment side by side in
+// their line, so that one 64-bit load fetches both into the two consecutive registers mma reads:
+// A's rows g and g + 8 (MN-major: rows r and r + 8 of each 16) and B's k t and t + 4 (K-major:
+// words w and w + 4 of each 8). A K-major A or an MN-major B has those words in different lines.
+// Line strides of 8 mod 32 words (BF16's K-major 24; unpaired K-major 4 mod 8) keep the loader
+// stores (a warp writes 32 consecutive words of a line) and the fragment loads (a half-warp reads
+// 16 pairs, or a warp 32 words) free of bank conflicts.
 enum class Major { MN, K };
 
-template <int ROWS, Major L, int PACK>
+template <int ROWS, Major L, int PACK, bool PAIRED = false>
 struct Operand {
     static_assert(ROWS % 32 == 0, "tile rows must be a multiple of 32");
     static constexpr int WK = BK / PACK;
-    static constexpr int SIZE = (L == Major::MN) ? WK * (ROWS + 8) : ROWS * (WK + 4);
+    static constexpr int STRIDE = (L == Major::MN) ? ROWS + 8 : WK + (PAIRED ? 8 : 4);
+    static constexpr int SIZE = (L == Major::MN) ? WK * STRIDE : ROWS * STRIDE;
     // The number of values each thread loads per k tile.
     static constexpr int LOADS = BK * ROWS / THREADS;
     static_assert(THREADS % ROWS == 0 || L == Major::K, "MN-major loader needs THREADS % ROWS == 0");
     static_assert(LOADS % PACK == 0, "a thread's slots must pair up");
 
     // The word holding k (of PACK consecutive ones) of a row.
-    __device__ static int index(int row, int w) { return (L == Major::MN) ? w * (ROWS + 8) + row : row * (WK + 4) + w; }
+    __device__ static int index(int row, int w) {
+        if constexpr (L == Major::MN) {
+            return w * STRIDE + (PAIRED ? paired(row, 8) : row);
+        } else {
+            return row * STRIDE + (PAIRED ? paired(w, 4) : w);
+        }
+    }
+    // Position of i in its group of 2 * half: i and i + half (for i below half) become the
+    // neighbours 2i and 2i + 1.
+    __device__ static constexpr int paired(int i, int half) {
+        return (i & ~(2 * half - 1)) | ((i & (half - 1)) << 1) | ((i / half) & 1);
+    }
     // Slot i of thread tid: MN-major threads own one row and step through k (a warp reads 32
     // consecutive rows), in runs of PACK consecutive k so that each word is one thread's; K-major
     // threads own one k (their lane) and step through rows (a warp reads 32 consecutive k of one
@@ -377,6 +395,9 @@ template <int KH, int KW>
 struct ImageByTap {
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = false;
+    // v2's backward-weight kernels sit at the 128-register limit, and a paired tile (Operand)
+    // costs them a register: ptxas spills 4-8 bytes in four of them. Their B stays unpaired.
+    static constexpr bool PAIRED = false;
     gather::Window w;
     __device__ void fix_k(const ConvParams& p, int k) { w = gather::window(p, k); }
     __device__ float at(const ConvParams& p, int n) const {
@@ -569,6 +590,13 @@ struct ImageByTapTapMajor {
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
 
+// Whether mainloop pairs a gatherer's tile (see Operand): where the pair shares a line (A
+// MN-major, B K-major), unless the gatherer says otherwise with PAIRED.
+template <class G, class = void>
+struct MayPair : std::true_type {};
+template <class G>
+struct MayPair<G, std::void_t<decltype(G::PAIRED)>> : std::bool_constant<G::PAIRED> {};
+
 // Loads this thread's slots of one k tile of an operand into registers.
 template <int ROWS, int PACK, class G>
 __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok, int row0, int rows, int k0, int k_end,
@@ -637,9 +665,9 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
 }
 
 // Rounds this thread's slots to the precision M and stores them as words.
-template <class M, int ROWS, Major L>
+template <class M, int ROWS, Major L, bool PAIRED>
 __device__ __forceinline__ void stash_tile(uint32_t* s, const float (&r)[Operand<ROWS, L, M::PACK>::LOADS]) {
-    using O = Operand<ROWS, L, M::PACK>;
+    using O = Operand<ROWS, L, M::PACK, PAIRED>;
     const int tid = threadIdx.x;
     if constexpr (L == Major::K && M::PACK == 2) {
         // A word's two values (k = 2j, 2j + 1 of a row) belong to lanes 2j and 2j + 1, so each
@@ -682,10 +710,12 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
                          int k_begin, int k_end, float (&acc)[T::MT][T::NT][4], bool sum_a,
                          float (&a_sum)[Operand<T::BM, GA::LAYOUT, Math::PACK>::LOADS]) {
     constexpr int PACK = Math::PACK;
-    using OA = Operand<T::BM, GA::LAYOUT, PACK>;
-    using OB = Operand<T::BN, GB::LAYOUT, PACK>;
-    __shared__ uint32_t sa[OA::SIZE];
-    __shared__ uint32_t sb[OB::SIZE];
+    constexpr bool A_PAIRED = GA::LAYOUT == Major::MN && MayPair<GA>::value;
+    constexpr bool B_PAIRED = GB::LAYOUT == Major::K && MayPair<GB>::value;
+    using OA = Operand<T::BM, GA::LAYOUT, PACK, A_PAIRED>;
+    using OB = Operand<T::BN, GB::LAYOUT, PACK, B_PAIRED>;
+    alignas(8) __shared__ uint32_t sa[OA::SIZE];
+    alignas(8) __shared__ uint32_t sb[OB::SIZE];
     float ra[OA::LOADS];
     float rb[OB::LOADS];
     const int lane = threadIdx.x % WARP;
@@ -698,8 +728,8 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     load_tile<T::BM, PACK>(p, ga, a_row_ok, m0, M, k_begin, k_end, ra);
     load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        stash_tile<Math, T::BM, GA::LAYOUT>(sa, ra);
-        stash_tile<Math, T::BN, GB::LAYOUT>(sb, rb);
+        stash_tile<Math, T::BM, GA::LAYOUT, A_PAIRED>(sa, ra);
+        stash_tile<Math, T::BN, GB::LAYOUT, B_PAIRED>(sb, rb);
         if (sum_a) {
 #pragma unroll
             for (int i = 0; i < OA::LOADS; ++i) {
@@ -717,19 +747,31 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
         for (int w = 0; w < OA::WK; w += 8) {
             uint32_t af[T::MT][4];
             uint32_t bf[T::NT][2];
+            // A paired operand's register pairs in one 64-bit load each (see Operand).
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {
                 const int row = wm + mt * 16 + g;
-                af[mt][0] = sa[OA::index(row, w + t)];
-                af[mt][1] = sa[OA::index(row + 8, w + t)];
-                af[mt][2] = sa[OA::index(row, w + t + 4)];
-                af[mt][3] = sa[OA::index(row + 8, w + t + 4)];
+                if constexpr (A_PAIRED) {
+                    const uint2 lo = lrc::load_pair(&sa[OA::index(row, w + t)]);      // rows g, g + 8
+                    const uint2 hi = lrc::load_pair(&sa[OA::index(row, w + t + 4)]);  // at column t + 4
+                    af[mt][0] = lo.x, af[mt][1] = lo.y, af[mt][2] = hi.x, af[mt][3] = hi.y;
+                } else {
+                    af[mt][0] = sa[OA::index(row, w + t)];
+                    af[mt][1] = sa[OA::index(row + 8, w + t)];
+                    af[mt][2] = sa[OA::index(row, w + t + 4)];
+                    af[mt][3] = sa[OA::index(row + 8, w + t + 4)];
+                }
             }
 #pragma unroll
             for (int nt = 0; nt < T::NT; ++nt) {
                 const int col = wn + nt * 8 + g;
-                bf[nt][0] = sb[OB::index(col, w + t)];
-                bf[nt][1] = sb[OB::index(col, w + t + 4)];
+                if constexpr (B_PAIRED) {
+                    const uint2 b = lrc::load_pair(&sb[OB::index(col, w + t)]);  // k = t, t + 4
+                    bf[nt][0] = b.x, bf[nt][1] = b.y;
+                } else {
+                    bf[nt][0] = sb[OB::index(col, w + t)];
+                    bf[nt][1] = sb[OB::index(col, w + t + 4)];
+                }
             }
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {

@@ -29,8 +29,8 @@
 // - Backward-weight splits its reduction over blocks (blockIdx.z) into partial sums that
 //   conv.cu's split_reduce adds in split order, as v2; the blocks of the first row tile also sum
 //   dy (FP32, each thread every 32nd k of the range, then across the lanes) for the bias.
-// Rounding: both operands are rounded when staged, TF32 with cvt.rna (nearest, ties away) and
-// BF16 with cvt.rn (nearest even), exactly as v2, so the error bounds of v2 apply; the
+// Rounding: both operands are rounded when staged to nearest even (TF32 with lrc::to_tf32, BF16
+// with cvt.rn), exactly as v2, so the error bounds of v2 apply; the
 // hardware's reading of the top 19 bits of a TF32 word then changes nothing.
 // Determinism: each output element is one accumulator chain in k order; no atomics.
 

@@ -13,7 +13,7 @@
 //
 // Two versions, side by side, selected by the host (GemmAlgo):
 //   v1 (_fp32)  plain FP32 shared-memory tiles, 64x64x16, 4x4 outputs per thread.
-//   v2 (_tf32)  tensor cores through mma.sync m16n8k8 (TF32 inputs rounded with cvt.rna, FP32
+//   v2 (_tf32)  tensor cores through mma.sync m16n8k8 (TF32 inputs rounded to nearest even, FP32
 //               accumulation), 64x64x32 tiles, 8 warps of 32x16.
 
 #include "common.cuh"

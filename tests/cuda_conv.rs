@@ -17,7 +17,7 @@
 //!   `chain = L + (splits - 1) + 1` with L the split length (depth when unsplit), at most
 //!   depth + 1 since (splits - 1) * L < depth. The plan is `conv::plan`'s on this GPU.
 //! - TF32 (tf32-mma, tf32-wgmma) and BF16 (bf16-mma, bf16-wgmma): operands rounded to nearest, TF32 to 10-bit
-//!   significands (ties away, u = 2^-11), BF16 to 8-bit ones (ties to even, u = 2^-8); each
+//!   significands (ties to even, u = 2^-11), BF16 to 8-bit ones (ties to even, u = 2^-8); each
 //!   operand is off by at most u of itself, each product by at most 2u + u^2 of itself, and each
 //!   tensor-core addition by at most 2^-23 of the running magnitude (2^-24 rounding, 2^-23
 //!   allowing for tensor cores that truncate): rel = 2u + u^2 + chain * 2^-23 * (1 + u)^2 with
@@ -101,6 +101,13 @@ fn abs_f64(v: &[f32]) -> Vec<f64> {
 fn to_bf16(x: f32) -> f32 {
     let u = x.to_bits();
     f32::from_bits(u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000)
+}
+
+/// x rounded to TF32 (10-bit significand), to nearest even, as the kernels round their operands
+/// (finite x only).
+fn to_tf32(x: f32) -> f32 {
+    let u = x.to_bits();
+    f32::from_bits(u.wrapping_add(0xfff + ((u >> 13) & 1)) & !0x1fff)
 }
 
 fn bf16_values(v: &[f32]) -> Vec<f32> {
@@ -743,8 +750,8 @@ fn bf16_on_bf16_inputs(device: &Arc<CudaDevice>, algo: ConvAlgo) {
     );
 }
 
-/// Each tensor-core version rounds its operands as documented (TF32: to nearest, ties away from
-/// zero; BF16: to nearest even): a 1x1 convolution of one channel with weight 1 copies each
+/// Each tensor-core version rounds its operands as documented (to nearest, ties to even, in both
+/// precisions): a 1x1 convolution of one channel with weight 1 copies each
 /// input, rounded, into the output (one exact product). The inputs 1 + k 2^-12 (scaled, both
 /// signs) include exact ties of TF32 (k = 2 mod 4) and of BF16 (k = 16, 48).
 #[test]
@@ -758,7 +765,6 @@ fn tensor_core_operands_round_as_documented() {
         })
         .collect();
     let g = geom([1, 1, 1, x.len(), 1], (1, 1), 1, 0);
-    let to_tf32 = |v: f32| f32::from_bits(v.to_bits().wrapping_add(0x1000) & !0x1fff);
     let (xd, wd) = (upload(&device, &x), upload(&device, &[1.0]));
     for (algo, round) in [
         (ConvAlgo::Tf32Mma, &to_tf32 as &dyn Fn(f32) -> f32),

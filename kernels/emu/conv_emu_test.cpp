@@ -22,7 +22,7 @@
 //         the splits' partials in split_reduce (splits - 1 roundings); the bias is one more:
 //           chain = L + (splits - 1) + 1,  L = split_len (depth when unsplit),
 //         at most depth + 1 (L + splits - 1 <= depth since L (splits - 1) < depth).
-//   tf32  operands rounded to 10-bit significands (nearest, ties away), u = 2^-11;
+//   tf32  operands rounded to 10-bit significands (nearest even), u = 2^-11;
 //   bf16  operands rounded to 8-bit significands (nearest even), u = 2^-8:
 //         each operand is off by at most u of itself, so each product by at most 2u + u^2 of
 //         itself, and each tensor-core addition errs by at most 2^-23 of the running magnitude
@@ -176,7 +176,20 @@ struct Plan {
     }
 };
 
-// Fails unless |got[i] - want[i]| <= tolerance(i) for every i; prints the worst element.
+// FNV-1a of the values' bits: a change of kernel code that should leave every result as it was
+// (a shared-memory layout, an addressing scheme) shows as the same fingerprints in two reports.
+uint32_t bits_fingerprint(const std::vector<float>& v) {
+    uint32_t h = 2166136261u;
+    for (const float x : v) {
+        uint32_t u;
+        std::memcpy(&u, &x, 4);
+        for (int byte = 0; byte < 4; ++byte) h = (h ^ ((u >> (8 * byte)) & 0xffu)) * 16777619u;
+    }
+    return h;
+}
+
+// Fails unless |got[i] - want[i]| <= tolerance(i) for every i; prints the worst element and the
+// fingerprint of the results.
 template <class Tolerance>
 void check_each(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
                 Tolerance tolerance) {
@@ -192,8 +205,9 @@ void check_each(const std::string& what, const std::vector<float>& got, const st
         }
     }
     bad = bad || !(worst <= 1.0);
-    std::printf("%-4s %-64s worst %.3f of tolerance at %zu (got %.7g want %.7g)\n", bad ? "FAIL" : "ok", what.c_str(),
-                worst, at, at < got.size() ? got[at] : 0.0, at < want.size() ? want[at] : 0.0);
+    std::printf("%-4s %-64s worst %.3f of tolerance at %zu (got %.7g want %.7g) bits %08x\n", bad ? "FAIL" : "ok",
+                what.c_str(), worst, at, at < got.size() ? got[at] : 0.0, at < want.size() ? want[at] : 0.0,
+                bits_fingerprint(got));
     failures += bad;
 }
 
@@ -624,7 +638,7 @@ void rounding_case(const std::string& kernel, Precision precision) {
     size_t bad = 0;
     for (size_t i = 0; i < x.size(); ++i) {
         const float want = precision == Precision::Bf16 ? emu::bf16_value(emu::cvt_rn_bf16(x[i]))
-                                                        : emu::as_float(emu::cvt_rna_tf32(x[i]));
+                                                        : emu::as_float(emu::cvt_rn_tf32(x[i]));
         bad += std::memcmp(&y[i], &want, 4) != 0;
     }
     std::printf("%-4s %-64s %zu of %zu operands rounded otherwise\n", bad ? "FAIL" : "ok",
@@ -655,6 +669,30 @@ void bf16_conversion_case() {
     failures += bad != 0;
 }
 
+// The emulated conversion itself, on values whose TF32 rounding is known: ties go to the even
+// neighbour, past the largest TF32 to infinity, inf and NaN stay what they are.
+void tf32_conversion_case() {
+    const struct {
+        float x;
+        uint32_t want;
+    } cases[] = {
+        {1.0f, 0x3f800000u},
+        {1.0f + 0x1p-11f, 0x3f800000u},             // tie, even below
+        {1.0f + 3 * 0x1p-11f, 0x3f804000u},         // tie, even above
+        {1.0f + 0x1p-11f + 0x1p-23f, 0x3f802000u},  // just past the tie
+        {1.0f + 0x1p-11f - 0x1p-23f, 0x3f800000u},  // just short of it
+        {-(1.0f + 3 * 0x1p-11f), 0xbf804000u},
+        {3.4028235e38f, 0x7f800000u},
+        {-0.0f, 0x80000000u},
+        {INFINITY, 0x7f800000u},
+    };
+    int bad = 0;
+    for (const auto& c : cases) bad += emu::cvt_rn_tf32(c.x) != c.want;
+    bad += !std::isnan(emu::as_float(emu::cvt_rn_tf32(std::nanf(""))));
+    std::printf("%-4s %-64s %d wrong\n", bad ? "FAIL" : "ok", "cvt.rn.tf32.f32 emulation", bad);
+    failures += bad != 0;
+}
+
 // The wgmma emulation itself against a plain matrix product: one warpgroup computes
 // D (64 x 64) = A (64 x 2kv) B^T with two m64n64 wgmma (kv = 8 TF32 or 16 BF16 values of k
 // each), A from registers in the fragment layout, B (64 rows x 2kv, K-major) in dynamic shared
@@ -675,7 +713,7 @@ void wgmma_emulation_case(emu::WgmmaType type) {
     // Values as words: TF32 the float itself, BF16 two per word (lower k low).
     const auto word = [&](const std::vector<float>& m, int row, int w) -> uint32_t {
         const int k = w * pack;
-        return tf32 ? emu::cvt_rna_tf32(m[row * 2 * kv + k])
+        return tf32 ? emu::cvt_rn_tf32(m[row * 2 * kv + k])
                     : emu::cvt_rn_bf16x2(m[row * 2 * kv + k + 1], m[row * 2 * kv + k]);
     };
     const auto run = [&](bool swap) {
@@ -791,6 +829,7 @@ int main(int argc, char** argv) {
     }
     std::fclose(f);
     bf16_conversion_case();
+    tf32_conversion_case();
     rounding_case("conv_fwd_tf32_k1_n32", Precision::Tf32);
     rounding_case("conv_fwd_bf16_k1_n32", Precision::Bf16);
     rounding_case("conv_fwd_wgmma_tf32_k1_n32", Precision::Tf32);

@@ -3,7 +3,8 @@
 // GPU: blocks run one after another; the threads of a block are coroutines on one OS thread that
 // switch at barriers; __shared__ becomes static storage (one block at a time uses it).
 //
-// Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), float4, __syncthreads, full-warp
+// Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), float4, uint2 (lrc::load_pair
+// checks its alignment, as the hardware would fault), __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
 // (LRC_DYNAMIC_SHARED), float4 with make_float4, the correctly rounded float32/float64 intrinsics
@@ -11,8 +12,8 @@
 // inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
-// mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rna.tf32.f32 rounds
-// to nearest with ties away from zero.
+// mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rn.tf32.f32 rounds
+// to nearest with ties to even.
 // wgmma (sm_90a warpgroup MMA, see the section "Warpgroup MMA" below): fence, mma_async with A in
 // registers and B in dynamic shared memory through a matrix descriptor, commit_group and
 // wait_group, asynchronous as on the hardware: a committed group runs when its warpgroup waits
@@ -78,6 +79,11 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+// The vector type of 8-byte loads of two words.
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
 
 namespace emu {
 
@@ -200,6 +206,14 @@ inline const char* where() {
 inline void fail(const char* what) {
     std::fprintf(stderr, "emulated kernel error: %s (%s)\n", what, where());
     std::exit(2);
+}
+
+// A vector access must be aligned to its size: the hardware faults ("misaligned address")
+// where a plain CPU load would not.
+inline void check_aligned(const void* p, size_t bytes) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        fail("misaligned vector access");
+    }
 }
 
 // The coroutine stacks, mapped once for the largest block: each one sits above a PROT_NONE
@@ -489,14 +503,17 @@ inline float as_float(uint32_t u) {
     return f;
 }
 
-inline uint32_t cvt_rna_tf32(float x) {
+// cvt.rn.tf32.f32: the float rounded to a 10-bit significand, to nearest with ties to even
+// (the dropped 13 bits cleared); inf and NaN pass through.
+inline uint32_t cvt_rn_tf32(float x) {
     uint32_t u;
     std::memcpy(&u, &x, 4);
     if ((u & 0x7f800000u) == 0x7f800000u) {
-        return u;  // inf and NaN pass through
+        return u;
     }
-    // Add half of the dropped part's unit to the magnitude, then truncate: ties go away from zero.
-    return (u + 0x1000u) & ~0x1fffu;
+    // Just under half of the dropped part's unit, plus the kept part's lowest bit: a tie rounds
+    // up only from an odd neighbour.
+    return (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
 }
 
 inline void mma_tf32_16x8x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

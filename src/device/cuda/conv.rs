@@ -29,7 +29,7 @@ pub enum ConvAlgo {
     /// Plain FP32 shared-memory tiles (64x64x16): the simple reference version.
     Fp32Tiled = 0,
     /// Tensor cores through `mma.sync` m16n8k8: TF32 inputs (10-bit mantissa, rounded to
-    /// nearest), FP32 accumulation, as PyTorch does with `allow_tf32`.
+    /// nearest even), FP32 accumulation, as PyTorch does with `allow_tf32`.
     Tf32Mma = 1,
     /// Tensor cores through `mma.sync` m16n8k16: the operands rounded to BF16 (8-bit
     /// significand, round to nearest even) as they are staged, FP32 accumulation. Tensors stay
