@@ -19,10 +19,22 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Keyed by (name, is_backward).
 type Table = HashMap<(&'static str, bool), (u64, Duration)>;
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+/// When the table's period began: profiling turned on, or the table last taken.
+static PERIOD_START: Mutex<Option<Instant>> = Mutex::new(None);
 
-/// Turns the host time table on or off (NVTX ranges are always emitted).
+/// Turns the host time table on or off (NVTX ranges are always emitted). Turning it on starts
+/// the period whose wall time the printed shares refer to.
 pub fn enable(on: bool) {
+    if on && !enabled() {
+        *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
     ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Wall time since the table's period began, if profiling was ever on.
+pub fn period_ms() -> Option<f64> {
+    let start = *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner());
+    start.map(|t| t.elapsed().as_secs_f64() * 1e3)
 }
 
 pub fn enabled() -> bool {
@@ -81,9 +93,12 @@ pub struct ProfileRow {
     pub mean_us: f64,
 }
 
-/// The rows collected so far, largest total first; clears the table.
+/// The rows collected so far, largest total first; clears the table and starts a new period.
 pub fn take_table() -> Vec<ProfileRow> {
     let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    if enabled() {
+        *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
     let mut rows: Vec<ProfileRow> = table
         .take()
         .unwrap_or_default()
@@ -103,21 +118,23 @@ pub fn take_table() -> Vec<ProfileRow> {
     rows
 }
 
-/// The table as text. `phase.*` rows (training phases) nest the op rows, so shares are given
-/// relative to `reference` (e.g. the `phase.step` total) when present.
-pub fn format_table(rows: &[ProfileRow], reference: Option<&str>) -> String {
-    let base = reference
-        .and_then(|r| rows.iter().find(|row| row.name == r))
-        .map(|r| r.total_ms)
-        .unwrap_or_else(|| {
-            rows.iter()
-                .filter(|r| !r.name.starts_with("phase."))
-                .map(|r| r.total_ms)
-                .sum()
-        });
+/// The table as text, each row's share of `wall_ms` (the period's wall time) when given, else of
+/// the op rows' sum. Phases (`phase.*`) nest op rows, and an op may run inside a training step
+/// or inside validation, so a share of the wall time is the one base every row has.
+pub fn format_table(rows: &[ProfileRow], wall_ms: Option<f64>) -> String {
+    let base = wall_ms.unwrap_or_else(|| {
+        rows.iter()
+            .filter(|r| !r.name.starts_with("phase."))
+            .map(|r| r.total_ms)
+            .sum()
+    });
     let mut out = format!(
         "{:<28} {:>9} {:>12} {:>12} {:>8}\n",
-        "range", "calls", "total ms", "mean us", "share"
+        "range",
+        "calls",
+        "total ms",
+        "mean us",
+        if wall_ms.is_some() { "of wall" } else { "share" }
     );
     for r in rows {
         out += &format!(
@@ -141,15 +158,20 @@ pub fn enable_for(on: bool, device: &Device) {
     }
 }
 
-/// Prints the table of a training command, shares relative to `phase.step`, when profiling
-/// was enabled (`--profile`); on a GPU also the kernels' table: launches and GPU time per
-/// kernel, their sum against the steps' wall time (the rest is the GPU waiting for the host).
+/// Prints the table of a training command when profiling was enabled (`--profile`), each row's
+/// share of the wall time since profiling began; on a GPU also the kernels' table: launches and
+/// GPU time per kernel, their sum against the steps' wall time (the rest is the GPU waiting for
+/// the host).
 pub fn print_training_table(device: &Device) {
     if !enabled() {
         return;
     }
+    let wall_ms = period_ms();
     let rows = take_table();
-    println!("{}", format_table(&rows, Some("phase.step")));
+    if let Some(ms) = wall_ms {
+        println!("host time table: {:.2} s of wall time since profiling began", ms / 1e3);
+    }
+    println!("{}", format_table(&rows, wall_ms));
     let Device::Cuda(d) = device else { return };
     match d.take_kernel_times() {
         Ok(kernels) if !kernels.is_empty() => {
@@ -214,6 +236,29 @@ mod tests {
     }
 
     #[test]
+    fn shares_are_of_the_wall_time_when_it_is_known() {
+        let row = |name: &str, total_ms: f64| ProfileRow {
+            name: name.into(),
+            calls: 1,
+            total_ms,
+            mean_us: total_ms * 1e3,
+        };
+        // Validation outside the steps, and an op inside both.
+        let rows = [
+            row("phase.step", 100.0),
+            row("phase.validation", 80.0),
+            row("conv2d", 120.0),
+        ];
+        let table = format_table(&rows, Some(200.0));
+        assert!(table.contains("of wall"), "{table}");
+        for share in ["50.0%", "40.0%", "60.0%"] {
+            assert!(table.contains(share), "{share} in {table}");
+        }
+        // Without a wall time: shares of the op rows' sum.
+        assert!(format_table(&rows, None).contains("100.0%"));
+    }
+
+    #[test]
     fn ranges_are_counted_only_when_enabled() {
         // One test touches the process-wide table so that tests cannot race on it.
         take_table();
@@ -225,11 +270,16 @@ mod tests {
             let _r = range("test.on");
             std::thread::sleep(Duration::from_millis(1));
         }
+        let period = period_ms().expect("profiling was on");
         enable(false);
         let rows = take_table();
         let row = rows.iter().find(|r| r.name == "test.on").expect("row");
         assert_eq!(row.calls, 3);
         assert!(row.total_ms >= 3.0, "{row:?}");
+        assert!(
+            period >= row.total_ms,
+            "the period ({period} ms) holds the ranges: {row:?}"
+        );
         assert!(format_table(&rows, None).contains("test.on"));
     }
 }

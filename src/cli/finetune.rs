@@ -71,6 +71,7 @@ pub struct FinetuneArgs {
     pub metrics: Option<PathBuf>,
     #[arg(long)]
     pub device: Option<String>,
+    /// Print a per-range time table at the end.
     #[arg(long)]
     pub profile: bool,
 }
