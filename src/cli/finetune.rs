@@ -40,20 +40,28 @@ pub struct FinetuneArgs {
     /// One U-Net instead of the two-branch combined model (no --global then).
     #[arg(long)]
     pub single_branch: bool,
+    /// Epochs, each ending with validation.
     #[arg(long, default_value_t = 50)]
     pub epochs: usize,
+    /// Optimizer steps per epoch.
     #[arg(long, default_value_t = 50)]
     pub steps_per_epoch: usize,
+    /// Crops per step; also slices per validation forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Square crop side.
     #[arg(long, default_value_t = 256)]
     pub crop: usize,
+    /// U-Net base width (doubling per level, capped at 512); that of the pre-trained checkpoints.
     #[arg(long, default_value_t = 32)]
     pub base: usize,
+    /// U-Net levels; that of the pre-trained checkpoints.
     #[arg(long, default_value_t = 5)]
     pub depth: usize,
+    /// Learning rate (Adam).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Weight decay (L2, in the Adam update).
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Epochs without improvement before stopping.
@@ -65,10 +73,13 @@ pub struct FinetuneArgs {
     /// Leave the background out of the Dice loss.
     #[arg(long)]
     pub skip_background: bool,
+    /// Seed of the new weights and the crops.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Metrics as JSON lines (default: next to --out).
     #[arg(long)]
     pub metrics: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (default: a usable GPU, else the CPU).
     #[arg(long)]
     pub device: Option<String>,
     /// Print a per-range time table at the end.

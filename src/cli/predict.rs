@@ -129,6 +129,7 @@ pub struct PredictArgs {
     /// Slices per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// cpu, cuda or cuda:N (default: a usable GPU, else the CPU).
     #[arg(long)]
     pub device: Option<String>,
 }

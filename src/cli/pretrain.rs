@@ -28,8 +28,10 @@ pub struct PretrainArgs {
     /// Replace an existing --out (without this, an existing one is an error).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Optimizer steps.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
+    /// Crops per step (global: queries, each with its key).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Square crop side.
@@ -44,18 +46,22 @@ pub struct PretrainArgs {
     /// Learning rate (default: 0.03 for global with SGD, 1e-4 for local and joint with Adam).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Weight decay (L2, in the SGD or Adam update).
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Cosine learning-rate decay over the run.
     #[arg(long)]
     pub cosine: bool,
+    /// Steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
+    /// Temperature of the contrastive losses (InfoNCE and the local loss).
     #[arg(long, default_value_t = 0.07)]
     pub temperature: f64,
     /// MoCo queue length (a multiple of the batch).
     #[arg(long, default_value_t = 4096)]
     pub queue: usize,
+    /// Momentum of MoCo's key encoder.
     #[arg(long, default_value_t = 0.999)]
     pub key_momentum: f64,
     /// Leave negatives from the query's own volume out (neighbouring slices look alike).
@@ -77,10 +83,13 @@ pub struct PretrainArgs {
     /// over the embedding maps less).
     #[arg(long)]
     pub fuse_pixel_normalization: bool,
+    /// Seed of the weights, crops, augmentation and sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Steps between saves of --out and its resumable state.
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: u64,
+    /// Steps between log lines.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
     /// Metrics as JSON lines (default: next to --out).
