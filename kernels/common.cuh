@@ -144,14 +144,13 @@ __device__ __forceinline__ unsigned block_exclusive_sum(unsigned v, unsigned* to
 }
 
 // float -> TF32 (10-bit significand), round to nearest with ties to even, as BF16 rounds. On
-// sm_90 that is one instruction (cvt.rn.tf32.f32); ties away (cvt.rna) takes four there, up
-// to a sixth of a TF32 convolution's main loop (docs/CUDA.md). Older targets have no cvt.rn to TF32,
-// so they round in integer arithmetic, to the same bits. inf and NaN stay inf and NaN (mma reads
-// only the TF32 bits of a word).
+// sm_90 that is one instruction (cvt.rn.tf32.f32); ties away (cvt.rna) takes four there, up to a
+// sixth of a TF32 convolution's main loop (docs/CUDA.md). Older targets have no cvt.rn to TF32
+// and round in integer arithmetic to the same bits; the emulator runs that code too, so the
+// harness checks it against its model of the instruction (emu::cvt_rn_tf32). inf and NaN stay
+// inf and NaN (mma reads only the TF32 bits of a word).
 __device__ __forceinline__ uint32_t to_tf32(float x) {
-#ifdef LRC_EMULATE
-    return emu::cvt_rn_tf32(x);
-#elif __CUDA_ARCH__ >= 900
+#if !defined(LRC_EMULATE) && __CUDA_ARCH__ >= 900
     uint32_t r;
     asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
@@ -160,6 +159,8 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
     if ((u & 0x7f800000u) == 0x7f800000u) {
         return u;
     }
+    // Just under half of the dropped part's unit, plus the kept part's lowest bit: a tie rounds
+    // up only from an odd neighbour.
     return (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
 #endif
 }
