@@ -26,9 +26,13 @@ static PERIOD_START: Mutex<Option<Instant>> = Mutex::new(None);
 /// the period whose wall time the printed shares refer to.
 pub fn enable(on: bool) {
     if on && !enabled() {
-        *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        start_period();
     }
     ENABLED.store(on, Ordering::Relaxed);
+}
+
+fn start_period() {
+    *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
 }
 
 /// Wall time since the table's period began, if profiling was ever on.
@@ -97,7 +101,7 @@ pub struct ProfileRow {
 pub fn take_table() -> Vec<ProfileRow> {
     let mut table = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     if enabled() {
-        *PERIOD_START.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        start_period();
     }
     let mut rows: Vec<ProfileRow> = table
         .take()
@@ -118,23 +122,13 @@ pub fn take_table() -> Vec<ProfileRow> {
     rows
 }
 
-/// The table as text, each row's share of `wall_ms` (the period's wall time) when given, else of
-/// the op rows' sum. Phases (`phase.*`) nest op rows, and an op may run inside a training step
-/// or inside validation, so a share of the wall time is the one base every row has.
-pub fn format_table(rows: &[ProfileRow], wall_ms: Option<f64>) -> String {
-    let base = wall_ms.unwrap_or_else(|| {
-        rows.iter()
-            .filter(|r| !r.name.starts_with("phase."))
-            .map(|r| r.total_ms)
-            .sum()
-    });
+/// The table as text, each row's share of `wall_ms` (the period's wall time). Phases (`phase.*`)
+/// nest op rows, and an op may run inside a training step or inside validation, so a share of
+/// the wall time is the one base every row has.
+pub fn format_table(rows: &[ProfileRow], wall_ms: f64) -> String {
     let mut out = format!(
         "{:<28} {:>9} {:>12} {:>12} {:>8}\n",
-        "range",
-        "calls",
-        "total ms",
-        "mean us",
-        if wall_ms.is_some() { "of wall" } else { "share" }
+        "range", "calls", "total ms", "mean us", "of wall"
     );
     for r in rows {
         out += &format!(
@@ -143,7 +137,7 @@ pub fn format_table(rows: &[ProfileRow], wall_ms: Option<f64>) -> String {
             r.calls,
             r.total_ms,
             r.mean_us,
-            100.0 * r.total_ms / base.max(1e-12)
+            100.0 * r.total_ms / wall_ms.max(1e-12)
         );
     }
     out
@@ -166,11 +160,13 @@ pub fn print_training_table(device: &Device) {
     if !enabled() {
         return;
     }
-    let wall_ms = period_ms();
+    // Enabling started the period.
+    let wall_ms = period_ms().unwrap_or_default();
     let rows = take_table();
-    if let Some(ms) = wall_ms {
-        println!("host time table: {:.2} s of wall time since profiling began", ms / 1e3);
-    }
+    println!(
+        "host time table: {:.2} s of wall time since profiling began",
+        wall_ms / 1e3
+    );
     println!("{}", format_table(&rows, wall_ms));
     let Device::Cuda(d) = device else { return };
     match d.take_kernel_times() {
@@ -236,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn shares_are_of_the_wall_time_when_it_is_known() {
+    fn shares_are_of_the_wall_time() {
         let row = |name: &str, total_ms: f64| ProfileRow {
             name: name.into(),
             calls: 1,
@@ -249,13 +245,11 @@ mod tests {
             row("phase.validation", 80.0),
             row("conv2d", 120.0),
         ];
-        let table = format_table(&rows, Some(200.0));
+        let table = format_table(&rows, 200.0);
         assert!(table.contains("of wall"), "{table}");
         for share in ["50.0%", "40.0%", "60.0%"] {
             assert!(table.contains(share), "{share} in {table}");
         }
-        // Without a wall time: shares of the op rows' sum.
-        assert!(format_table(&rows, None).contains("100.0%"));
     }
 
     #[test]
@@ -280,6 +274,6 @@ mod tests {
             period >= row.total_ms,
             "the period ({period} ms) holds the ranges: {row:?}"
         );
-        assert!(format_table(&rows, None).contains("test.on"));
+        assert!(format_table(&rows, period).contains("test.on"));
     }
 }
