@@ -12,8 +12,9 @@
 // inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
 // warp collective (shuffle, mma) that not all 32 lanes reach, stops the program with a message.
-// mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32; cvt.rn.tf32.f32 rounds
-// to nearest with ties to even.
+// mma.sync follows the fragment layout of the PTX ISA for m16n8k8 .tf32. Kernels round to TF32
+// with common.cuh's integer code (sm_80's); cvt_rn_tf32 below models the sm_90 instruction for
+// the harness to check that code against.
 // wgmma (sm_90a warpgroup MMA, see the section "Warpgroup MMA" below): fence, mma_async with A in
 // registers and B in dynamic shared memory through a matrix descriptor, commit_group and
 // wait_group, asynchronous as on the hardware: a committed group runs when its warpgroup waits
