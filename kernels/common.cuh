@@ -174,6 +174,37 @@ __device__ __forceinline__ uint2 load_pair(const uint32_t* words) {
     return *reinterpret_cast<const uint2*>(words);
 }
 
+// Asynchronous copies from global to shared memory (cp.async, sm_80 and newer), 16 bytes each,
+// both addresses 16-byte aligned; .cg keeps them out of L1 (a block reads each value once).
+// A thread's copies since its last commit form a group (cp_async_commit); cp_async_wait_all
+// returns once all of the thread's groups have landed, and other threads see them after a
+// barrier that follows their writers' waits. Under emulation a copy happens at the wait, so a
+// read that comes before the wait (or before the barrier) sees the old contents.
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
+#ifdef LRC_EMULATE
+    emu::cp_async(shared, global, 16);
+#else
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef LRC_EMULATE
+    emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifdef LRC_EMULATE
+    emu::cp_async_wait_all();
+#else
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 // d += a * b on a 16x8x8 tile, TF32 inputs, FP32 accumulation. Fragment ownership, with
 // g = lane / 4 and t = lane % 4: a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]},
 // b = {B[t][g], B[t+4][g]}, d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.

@@ -25,6 +25,9 @@
 //     _tf32     m16n8k8, operands rounded to TF32, nearest even (one value per 32-bit word);
 //     _bf16     m16n8k16, operands rounded to BF16 with cvt.rn.bf16x2 (two values per word).
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
+//     _k3t      tap-major 3x3 (tf32-mma-tap, bf16-mma-tap): k = (tap, channel); forward and
+//               backward-data copy their B from weights packed beforehand (conv_pack_*:
+//               rounded, in the tile's layout) with cp.async into two shared-memory stages.
 
 #include <climits>
 #include <type_traits>
@@ -301,6 +304,10 @@ struct Operand {
     __device__ static constexpr int paired(int i, int half) {
         return (i & ~(2 * half - 1)) | ((i & (half - 1)) << 1) | ((i / half) & 1);
     }
+    // The inverse: which i sits at position s.
+    __device__ static constexpr int unpaired(int s, int half) {
+        return (s & ~(2 * half - 1)) | ((s & (2 * half - 1)) >> 1) | ((s & 1) * half);
+    }
     // Slot i of thread tid: MN-major threads own one row and step through k (a warp reads 32
     // consecutive rows), in runs of PACK consecutive k so that each word is one thread's; K-major
     // threads own one k (their lane) and step through rows (a warp reads 32 consecutive k of one
@@ -477,22 +484,6 @@ struct ImageByOutputPixelTapMajor {
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
 
-// Forward B: weight[n][ci][ky][kx] with k = (tap, ci).
-template <int KH, int KW>
-struct WeightByOutputChannelTapMajor {
-    static constexpr Major LAYOUT = Major::K;
-    static constexpr bool TAP_MAJOR = false;
-    const float* w_k = nullptr;
-    TapCursor cur;
-    __device__ void fix_k(const ConvParams& p, int k) {
-        cur.seek(k, p.c_in);
-        w_k = p.weight + cur.c * (KH * KW) + cur.tap;
-    }
-    __device__ float at(const ConvParams& p, int n) const {
-        return w_k[static_cast<size_t>(n) * p.c_in * (KH * KW)];
-    }
-};
-
 // Backward-data A: dy by input pixel, k = (tap, co).
 template <int KH, int KW>
 struct GradByInputPixelTapMajor {
@@ -510,20 +501,6 @@ struct GradByInputPixelTapMajor {
         return gather::dy_at(p, px.dy_img, px.iy, px.ix, cur.c, ky, cur.tap - ky * KW);
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h_out * p.w_out; }
-};
-
-// Backward-data B: weight[co][n][ky][kx] with k = (tap, co).
-template <int KH, int KW>
-struct WeightByInputChannelTapMajor {
-    static constexpr Major LAYOUT = Major::K;
-    static constexpr bool TAP_MAJOR = false;
-    const float* w_k = nullptr;
-    TapCursor cur;
-    __device__ void fix_k(const ConvParams& p, int k) {
-        cur.seek(k, p.c_out);
-        w_k = p.weight + static_cast<size_t>(cur.c) * p.c_in * (KH * KW) + cur.tap;
-    }
-    __device__ float at(const ConvParams&, int n) const { return w_k[static_cast<size_t>(n) * (KH * KW)]; }
 };
 
 // Backward-weight A, as GradByOutputChannel with the pixel followed by a cursor: dy, rows =
@@ -589,6 +566,59 @@ struct ImageByTapTapMajor {
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
+
+// Tap-major B from the weights packed by conv_pack_* (forward: rows c_out, k = (tap, c_in);
+// backward-data: rows c_in, k = (tap, c_out)), which the kernels read through p.weight. The
+// rows are padded with zeros to a multiple of PACKED_ROWS, and each row holds its K / PACK words
+// already rounded to the operand precision and in the order of a paired K-major tile (word w of
+// every 8 at position paired(w, 4)). So a k tile of the block's rows is a block copy: 16 bytes
+// per cp.async straight into shared memory, with no conversion, no register staging and no
+// bounds checks (the host plans these kernels for K a multiple of BK).
+constexpr int PACKED_ROWS = 64;  // the widest B tile
+
+template <int ROWS, int PACK>
+struct PackedWeight {
+    using O = Operand<ROWS, Major::K, PACK, true>;
+    static constexpr Major LAYOUT = Major::K;
+    static constexpr bool TAP_MAJOR = false;
+    static constexpr bool ASYNC = true;
+    static_assert(PACKED_ROWS % ROWS == 0, "B tiles never run past the padded rows");
+    static_assert(O::WK % 4 == 0 && O::STRIDE % 4 == 0, "rows of whole, aligned 16-byte pieces");
+    static constexpr int PIECES_PER_ROW = O::WK / 4;
+    static constexpr int PIECES = ROWS * PIECES_PER_ROW;
+    static constexpr int COPIES = (PIECES + THREADS - 1) / THREADS;
+    const uint32_t* from[COPIES];  // this thread's pieces of the first k tile
+    int to[COPIES];                // and their words in a stage
+    // n0: the block's first row; row_words: K / PACK.
+    __device__ void fix_tile(const ConvParams& p, int n0, int row_words) {
+        const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.weight);
+#pragma unroll
+        for (int i = 0; i < COPIES; ++i) {
+            const int piece = threadIdx.x + i * THREADS;
+            const int row = piece / PIECES_PER_ROW;
+            const int q = piece - row * PIECES_PER_ROW;
+            from[i] = packed + static_cast<size_t>(n0 + row) * row_words + 4 * q;
+            to[i] = row * O::STRIDE + 4 * q;
+        }
+    }
+    // Issues this thread's copies of the k tile at k0 into `stage`, as one group.
+    __device__ void copy(uint32_t* stage, int k0) const {
+#pragma unroll
+        for (int i = 0; i < COPIES; ++i) {
+            if (PIECES % THREADS == 0 || static_cast<int>(threadIdx.x) + i * THREADS < PIECES) {
+                lrc::cp_async_16(stage + to[i], from[i] + k0 / PACK);
+            }
+        }
+        lrc::cp_async_commit();
+    }
+};
+
+// Whether a gatherer copies its tiles to shared memory itself (cp.async) instead of handing
+// mainloop values to round and store.
+template <class G, class = void>
+struct IsAsync : std::false_type {};
+template <class G>
+struct IsAsync<G, std::void_t<decltype(G::ASYNC)>> : std::bool_constant<G::ASYNC> {};
 
 // Whether mainloop pairs a gatherer's tile (see Operand): where the pair shares a line (A
 // MN-major, B K-major), unless the gatherer says otherwise with PAIRED.
@@ -712,12 +742,17 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     constexpr int PACK = Math::PACK;
     constexpr bool A_PAIRED = GA::LAYOUT == Major::MN && MayPair<GA>::value;
     constexpr bool B_PAIRED = GB::LAYOUT == Major::K && MayPair<GB>::value;
+    // A copied B has two stages: the next tile lands in one while the mma read the other.
+    constexpr bool B_ASYNC = IsAsync<GB>::value;
     using OA = Operand<T::BM, GA::LAYOUT, PACK, A_PAIRED>;
     using OB = Operand<T::BN, GB::LAYOUT, PACK, B_PAIRED>;
-    alignas(8) __shared__ uint32_t sa[OA::SIZE];
-    alignas(8) __shared__ uint32_t sb[OB::SIZE];
+    if constexpr (B_ASYNC) {
+        static_assert(std::is_same_v<typename GB::O, OB>, "a copied B arrives as the tile lays it out");
+    }
+    alignas(16) __shared__ uint32_t sa[OA::SIZE];
+    alignas(16) __shared__ uint32_t sb[(B_ASYNC ? 2 : 1) * OB::SIZE];
     float ra[OA::LOADS];
-    float rb[OB::LOADS];
+    float rb[B_ASYNC ? 1 : OB::LOADS];
     const int lane = threadIdx.x % WARP;
     const int warp = threadIdx.x / WARP;
     const int wm = (warp / T::WARPS_N) * T::WM;
@@ -726,10 +761,19 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     const int t = lane % 4;
 
     load_tile<T::BM, PACK>(p, ga, a_row_ok, m0, M, k_begin, k_end, ra);
-    load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
+    if constexpr (B_ASYNC) {
+        gb.copy(sb, k_begin);
+    } else {
+        load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k_begin, k_end, rb);
+    }
+    const uint32_t* sbk = sb;  // this tile's B stage
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         stash_tile<Math, T::BM, GA::LAYOUT, A_PAIRED>(sa, ra);
-        stash_tile<Math, T::BN, GB::LAYOUT, B_PAIRED>(sb, rb);
+        if constexpr (B_ASYNC) {
+            lrc::cp_async_wait_all();  // this thread's copies of this tile (the barrier: everyone's)
+        } else {
+            stash_tile<Math, T::BN, GB::LAYOUT, B_PAIRED>(sb, rb);
+        }
         if (sum_a) {
 #pragma unroll
             for (int i = 0; i < OA::LOADS; ++i) {
@@ -738,9 +782,16 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
         }
         __syncthreads();
         // The next tile's global loads are in flight while the tensor cores work on this one.
+        // A copied B goes to the other stage, whose last readers (the previous tile's mma) are
+        // past the barrier at the end of that tile.
         if (k0 + BK < k_end) {
+            if constexpr (B_ASYNC) {
+                gb.copy(sb + (sbk == sb ? OB::SIZE : 0), k0 + BK);
+            }
             load_tile<T::BM, PACK>(p, ga, a_row_ok, m0, M, k0 + BK, k_end, ra);
-            load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k0 + BK, k_end, rb);
+            if constexpr (!B_ASYNC) {
+                load_tile<T::BN, PACK>(p, gb, b_row_ok, n0, N, k0 + BK, k_end, rb);
+            }
         }
         // One mma per 8 words of k: 8 (TF32) or 16 (BF16) values.
 #pragma unroll
@@ -766,11 +817,11 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
             for (int nt = 0; nt < T::NT; ++nt) {
                 const int col = wn + nt * 8 + g;
                 if constexpr (B_PAIRED) {
-                    const uint2 b = lrc::load_pair(&sb[OB::index(col, w + t)]);  // k = t, t + 4
+                    const uint2 b = lrc::load_pair(&sbk[OB::index(col, w + t)]);  // k = t, t + 4
                     bf[nt][0] = b.x, bf[nt][1] = b.y;
                 } else {
-                    bf[nt][0] = sb[OB::index(col, w + t)];
-                    bf[nt][1] = sb[OB::index(col, w + t + 4)];
+                    bf[nt][0] = sbk[OB::index(col, w + t)];
+                    bf[nt][1] = sbk[OB::index(col, w + t + 4)];
                 }
             }
 #pragma unroll
@@ -782,6 +833,9 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
             }
         }
         __syncthreads();
+        if constexpr (B_ASYNC) {
+            sbk = sbk == sb ? sb + OB::SIZE : sb;
+        }
     }
 }
 
@@ -847,6 +901,9 @@ __device__ void forward_by(const ConvParams& p) {
         ga.fix_row(p, a_row);
     }
     GB gb;
+    if constexpr (IsAsync<GB>::value) {
+        gb.fix_tile(p, n0, K / Math::PACK);
+    }
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
     mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
@@ -873,6 +930,9 @@ __device__ void backward_data_by(const ConvParams& p) {
         ga.fix_row(p, a_row);
     }
     GB gb;
+    if constexpr (IsAsync<GB>::value) {
+        gb.fix_tile(p, n0, K / Math::PACK);
+    }
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
     mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
@@ -947,6 +1007,40 @@ __device__ void backward_weight(const ConvParams& p) {
     backward_weight_by<T, Math, ImageByTap<KH, KW>>(p);
 }
 
+// The 3x3 weights (OIHW) as PackedWeight reads them: word s of packed row n holds, rounded to
+// M's precision, the PACK values of k = PACK * unpaired(s, 4) onwards (k = (tap, channel)) of
+// row n of the GEMM's B (forward: weight[n][c][tap], rows c_out, channels c_in;
+// backward-data: weight[c][n][tap], rows c_in, channels c_out), zero in the padding rows.
+// One thread per word, grid-stride: the writes are contiguous, the reads small and cached.
+template <class M, bool BACKWARD_DATA>
+__device__ void pack_weight(const ConvParams& p) {
+    constexpr int TAPS = 9;
+    const int rows = BACKWARD_DATA ? p.c_in : p.c_out;
+    const int channels = BACKWARD_DATA ? p.c_out : p.c_in;
+    const int row_words = TAPS * channels / M::PACK;
+    const size_t words = static_cast<size_t>((rows + PACKED_ROWS - 1) / PACKED_ROWS * PACKED_ROWS) * row_words;
+    uint32_t* out = reinterpret_cast<uint32_t*>(p.out);
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const int n = static_cast<int>(i / row_words);
+        const int s = static_cast<int>(i - static_cast<size_t>(n) * row_words);
+        const int j = Operand<32, Major::K, M::PACK, true>::unpaired(s, 4);
+        float v[2] = {0.0f, 0.0f};
+        if (n < rows) {
+#pragma unroll
+            for (int h = 0; h < M::PACK; ++h) {
+                const int k = j * M::PACK + h;
+                const int tap = k / channels;
+                const int c = k - tap * channels;
+                const size_t at = BACKWARD_DATA ? (static_cast<size_t>(c) * p.c_in + n) * TAPS + tap
+                                                : (static_cast<size_t>(n) * p.c_in + c) * TAPS + tap;
+                v[h] = p.weight[at];
+            }
+        }
+        out[i] = M::word(v[0], v[1]);
+    }
+}
+
 // Forward and backward-data: 128 pixels x (64 | 32) channels per block.
 using PixelTile64 = Tile<128, 64, 4, 2>;
 using PixelTile32 = Tile<128, 32, 4, 2>;
@@ -983,23 +1077,27 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
 // Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap), for a channel count that is a multiple of
-// 32 (c_in forward and backward-weight, c_out backward-data); grids and tiles as above.
+// 32 (c_in forward and backward-weight, c_out backward-data); grids and tiles as above. Forward
+// and backward-data read their B from p.weight as packed by conv_pack_<pass>_<precision> (the
+// host runs it first; grid-stride, any grid), and their K is a multiple of BK.
 #define LRC_CONV_MMA_TAP(PREC, MATH)                                                                          \
+    LRC_KERNEL(conv_pack_fwd_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, false>(p); }        \
+    LRC_KERNEL(conv_pack_bwd_data_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, true>(p); }    \
     LRC_KERNEL(conv_fwd_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                      \
         v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
-                       v2::WeightByOutputChannelTapMajor<3, 3>>(p);                                          \
+                       v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                            \
     }                                                                                                         \
     LRC_KERNEL(conv_fwd_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                      \
         v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
-                       v2::WeightByOutputChannelTapMajor<3, 3>>(p);                                          \
+                       v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                            \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                 \
         v2::backward_data_by<v2::PixelTile64, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
-                             v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
+                             v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                      \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                 \
         v2::backward_data_by<v2::PixelTile32, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
-                             v2::WeightByInputChannelTapMajor<3, 3>>(p);                                     \
+                             v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                      \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64, ConvParams, v2::THREADS, 2) {                               \
         v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile64::BN / 32>>(p); \

@@ -272,6 +272,9 @@ fn shapes() -> Vec<ConvGeom> {
         // backward-data's taps skip pixels.
         geom([3, 32, 7, 5, 96], (3, 3), 1, 1),
         geom([2, 64, 9, 8, 32], (3, 3), 2, 1),
+        // Backward-data's B rows (20 input channels) off every tile: the tap-major kernel reads
+        // them from the packed weights' zero padding.
+        geom([2, 20, 6, 7, 32], (3, 3), 1, 1),
     ]
 }
 

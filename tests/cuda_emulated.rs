@@ -93,11 +93,13 @@ fn line(out: &mut String, label: &str, kind: &str, pass: &str, d: [usize; 9], la
     let (gx, gy, gz) = launch.grid;
     let _ = writeln!(
         out,
-        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {} {}",
+        "{label} {kind} {pass} {n} {c_in} {h} {w} {c_out} {kh} {kw} {stride} {pad} {} {gx} {gy} {gz} {} {} {} {} {}",
         launch.kernel,
         launch.split_len,
         launch.splits,
-        conv_sm90::shared_bytes(launch.kernel)
+        conv_sm90::shared_bytes(launch.kernel),
+        launch.pack.map_or("-", |p| p.kernel),
+        launch.pack.map_or(0, |p| p.words)
     );
 }
 
@@ -128,6 +130,10 @@ fn plan_file() -> String {
         ("3x3s2_n2_c32-32_9x8", conv([2, 32, 9, 8, 32], (3, 3), 2, 1)),
         // Enough pixels (585) for backward-weight to split its reduction on 4 multiprocessors.
         ("3x3_n3_c32-32_13x15", conv([3, 32, 13, 15, 32], (3, 3), 1, 1)),
+        // B rows off the tiles, read from the packed weights' zero padding: forward with 72
+        // output channels (a second 64-wide tile of 8), backward-data with 20 input channels.
+        ("3x3_n2_c32-72_6x7", conv([2, 32, 6, 7, 72], (3, 3), 1, 1)),
+        ("3x3_n2_c20-32_6x7", conv([2, 20, 6, 7, 32], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
@@ -196,6 +202,11 @@ fn plan_file() -> String {
     out
 }
 
+/// The splits field of a plan line (see the harness's header for the fields).
+fn splits_of(line: &str) -> usize {
+    line.split_whitespace().nth(17).unwrap().parse().unwrap()
+}
+
 #[test]
 fn launch_plans_split_and_cover_as_intended() {
     let text = plan_file();
@@ -204,20 +215,36 @@ fn launch_plans_split_and_cover_as_intended() {
     let splits: Vec<usize> = text
         .lines()
         .filter(|l| l.contains("backward_weight"))
-        // The splits field, before the shared-memory bytes that end the line.
-        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
+        .map(splits_of)
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
     // So do the tap-major ones.
     let tap_splits: Vec<usize> = text
         .lines()
         .filter(|l| l.contains("bwd_weight_tf32_k3t"))
-        .map(|l| l.split_whitespace().rev().nth(1).unwrap().parse().unwrap())
+        .map(splits_of)
         .collect();
     assert!(
         tap_splits.iter().any(|&s| s > 1) && tap_splits.contains(&1),
         "{tap_splits:?}"
     );
+    // The tap-major forward and backward-data kernels, and they alone, read packed weights,
+    // packed by the kernel of their pass and precision.
+    for l in text.lines() {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        let (kernel, pack) = (fields[12], fields[19]);
+        let packed = kernel.contains("_k3t_") && !kernel.contains("bwd_weight");
+        assert_eq!(pack != "-", packed, "{l}");
+        if packed {
+            let precision = if kernel.contains("_tf32_") { "tf32" } else { "bf16" };
+            let pass = if kernel.starts_with("conv_fwd") {
+                "fwd"
+            } else {
+                "bwd_data"
+            };
+            assert_eq!(pack, format!("conv_pack_{pass}_{precision}"), "{l}");
+        }
+    }
     // Every per-tap transposed forward kernel runs, and the overlapping kernels keep backward-data.
     for kernel in [
         "conv_tfwd_fp32",

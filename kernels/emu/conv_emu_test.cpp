@@ -44,7 +44,9 @@
 //   conv_emu_test --kernels      lists the kernels it can run
 //
 // A plan line: LABEL KIND PASS n c_in h w c_out kh kw stride pad KERNEL gx gy gz split_len splits
-// [shared_bytes] (the dynamic shared memory of the launch; 0 when left out).
+// [shared_bytes [PACK words]] (the dynamic shared memory of the launch, 0 when left out; the
+// kernel that packs the weights first, into a block of `words` words the convolution then reads
+// as its weights, or - for none).
 // KIND is conv (geometry of a convolution) or transposed (of a transposed convolution, weights
 // c_in x c_out x kh x kw, run through the kernel planned for the convolution it transposes, or,
 // for a forward pass whose kernel tiles the output, through the per-tap kernels conv_tfwd_*,
@@ -169,6 +171,8 @@ struct Plan {
     unsigned gx, gy, gz;
     int split_len, splits;
     unsigned shared_bytes = 0;
+    std::string pack;  // empty: none
+    size_t pack_words = 0;
     Precision precision() const {
         if (kernel.find("_tf32_") != std::string::npos) return Precision::Tf32;
         if (kernel.find("_bf16_") != std::string::npos) return Precision::Bf16;
@@ -350,6 +354,10 @@ const struct {
     LRC_ENTRY(conv_bwd_weight_tf32_k3t_m32),
     LRC_ENTRY(conv_bwd_weight_bf16_k3t_m64),
     LRC_ENTRY(conv_bwd_weight_bf16_k3t_m32),
+    LRC_ENTRY(conv_pack_fwd_tf32),
+    LRC_ENTRY(conv_pack_bwd_data_tf32),
+    LRC_ENTRY(conv_pack_fwd_bf16),
+    LRC_ENTRY(conv_pack_bwd_data_bf16),
     LRC_ENTRY(conv_tfwd_fp32),
     LRC_ENTRY(conv_tfwd_tf32_n64),
     LRC_ENTRY(conv_tfwd_tf32_n32),
@@ -409,6 +417,25 @@ unsigned shared_needed(const std::string& kernel) {
 
 void launch(const Plan& plan, const ConvParams& p) {
     const Kernel k = kernel_named(plan.kernel);
+    // As run_single in conv.rs: a packing first, into an exact-size block (poisoned, so that a
+    // word it fails to write shows), which the convolution reads as its weights.
+    std::vector<float> packed;
+    if (!plan.pack.empty()) {
+        packed = poisoned(plan.pack_words);
+        ConvParams q = p;
+        q.out = packed.data();
+        const Kernel pack = kernel_named(plan.pack);
+        label_launch(plan.pack);
+        emu::launch(dim3{unsigned(ceil_div(static_cast<long long>(plan.pack_words), 256)), 1, 1}, dim3{256, 1, 1},
+                    [&] { pack(q); });
+    }
+    const ConvParams conv = [&] {
+        ConvParams q = p;
+        if (!plan.pack.empty()) {
+            q.weight = packed.data();
+        }
+        return q;
+    }();
     label_launch(plan.kernel);
     // The launch gets exactly what the host planned: too little shows as an overrun under ASan,
     // and a plan that differs from the kernel's own number fails here.
@@ -417,7 +444,7 @@ void launch(const Plan& plan, const ConvParams& p) {
                     plan.kernel.c_str(), plan.shared_bytes, shared_needed(plan.kernel));
         ++failures;
     }
-    emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(p); }, plan.shared_bytes);
+    emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(conv); }, plan.shared_bytes);
 }
 
 // As run_backward_weight in conv.rs: one split writes dw (and db) itself; more write partial
@@ -795,16 +822,17 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cannot open %s\n", argv[1]);
         return 2;
     }
-    char label[256], kind[32], pass[32], kernel[64];
+    char label[256], kind[32], pass[32], kernel[64], pack[64] = "-";
     char text[1024];
     int cases = 0;
     while (std::fgets(text, sizeof(text), f) != nullptr) {
         Geom g{};
         Plan plan{};
-        const int fields = std::sscanf(text, "%255s %31s %31s %d %d %d %d %d %d %d %d %d %63s %u %u %u %d %d %u", label,
-                                       kind, pass, &g.n, &g.c_in, &g.h, &g.w, &g.c_out, &g.kh, &g.kw, &g.stride, &g.pad,
-                                       kernel, &plan.gx, &plan.gy, &plan.gz, &plan.split_len, &plan.splits,
-                                       &plan.shared_bytes);
+        std::strcpy(pack, "-");
+        const int fields = std::sscanf(
+            text, "%255s %31s %31s %d %d %d %d %d %d %d %d %d %63s %u %u %u %d %d %u %63s %zu", label, kind, pass, &g.n,
+            &g.c_in, &g.h, &g.w, &g.c_out, &g.kh, &g.kw, &g.stride, &g.pad, kernel, &plan.gx, &plan.gy, &plan.gz,
+            &plan.split_len, &plan.splits, &plan.shared_bytes, pack, &plan.pack_words);
         if (fields < 18) {
             if (fields > 0) {
                 std::fprintf(stderr, "bad plan line: %s", text);
@@ -813,6 +841,9 @@ int main(int argc, char** argv) {
             continue;
         }
         plan.kernel = kernel;
+        if (std::strcmp(pack, "-") != 0) {
+            plan.pack = pack;
+        }
         const std::string tag = std::string(label) + " " + pass + " " + kernel;
         // BF16 kernels run twice: on FP32 inputs, and on inputs that are BF16 values already.
         const Precision precision = plan.precision();

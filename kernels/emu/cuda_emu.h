@@ -4,7 +4,8 @@
 // switch at barriers; __shared__ becomes static storage (one block at a time uses it).
 //
 // Emulated: threadIdx/blockIdx/blockDim/gridDim (1-D blocks), float4, uint2 (lrc::load_pair
-// checks its alignment, as the hardware would fault), __syncthreads, full-warp
+// checks its alignment, as the hardware would fault), cp.async (made at the wait; see
+// cp_async below), __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
 // (LRC_DYNAMIC_SHARED), float4 with make_float4, the correctly rounded float32/float64 intrinsics
@@ -159,12 +160,21 @@ inline void swap_context(Context& from, Context& to) { swapcontext(&from.uc, &to
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, AtGroupBarrier, Done };
 
+// A cp.async copy issued and not yet waited for.
+struct AsyncCopy {
+    void* to;
+    const void* from;
+    size_t bytes;
+};
+
 struct Thread {
     Context context;
     dim3 index;
     State state = State::Runnable;
     char* stack = nullptr;       // from the stack pool
     void* fake_stack = nullptr;  // ASan's record of this coroutine's stack
+    std::vector<AsyncCopy> copies;  // cp.async copies in issue order
+    size_t committed = 0;           // how many of them belong to committed groups
 };
 
 constexpr int kWarp = 32;
@@ -215,6 +225,25 @@ inline void check_aligned(const void* p, size_t bytes) {
     if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
         fail("misaligned vector access");
     }
+}
+
+// cp.async: a copy is recorded when issued and made when its thread waits for its group, the
+// latest moment the hardware may make it, so that reading the destination before the wait (or,
+// from another thread, before a barrier after the wait) sees the old contents. Both addresses
+// must be aligned to the copy's size, as the hardware requires.
+inline void cp_async(void* to, const void* from, size_t bytes) {
+    check_aligned(to, bytes);
+    check_aligned(from, bytes);
+    current->copies.push_back(AsyncCopy{to, from, bytes});
+}
+inline void cp_async_commit() { current->committed = current->copies.size(); }
+inline void cp_async_wait_all() {
+    Thread& t = *current;
+    for (size_t i = 0; i < t.committed; ++i) {
+        std::memcpy(t.copies[i].to, t.copies[i].from, t.copies[i].bytes);
+    }
+    t.copies.erase(t.copies.begin(), t.copies.begin() + static_cast<std::ptrdiff_t>(t.committed));
+    t.committed = 0;
 }
 
 // The coroutine stacks, mapped once for the largest block: each one sits above a PROT_NONE
@@ -277,6 +306,9 @@ inline void entry() {
     __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
 #endif
     body();
+    if (!current->copies.empty()) {
+        fail("the thread ended with cp.async copies it never waited for");
+    }
     current->state = State::Done;
 #ifdef LRC_EMU_ASAN
     // A null save slot tells ASan this coroutine ends.

@@ -262,13 +262,44 @@ pub enum ConvPass {
 
 /// How a pass runs: its kernel and grid (256 threads a block) and, for backward-weight, how the
 /// reduction is split (one split: the kernel writes dw and db itself; more: partial sums added
-/// by `split_reduce`). Other passes have `split_len` 0 and one split.
+/// by `split_reduce`). Other passes have `split_len` 0 and one split. The tap-major forward and
+/// backward-data kernels read their weights packed by `pack` first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvLaunch {
     pub kernel: &'static str,
     pub grid: (usize, usize, usize),
     pub split_len: usize,
     pub splits: usize,
+    pub pack: Option<WeightPack>,
+}
+
+/// The weights rearranged for a kernel's B operand (conv.cu's `pack_weight`): `kernel` writes
+/// `words` 32-bit words into a scratch block, which the convolution then reads as its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightPack {
+    pub kernel: &'static str,
+    pub words: usize,
+}
+
+/// conv.cu's PACKED_ROWS: packed rows come in multiples of the widest B tile.
+const PACKED_ROWS: usize = 64;
+
+impl WeightPack {
+    /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the
+    /// tap-major kernels of precision `bf16` or TF32: the GEMM's B rows (c_out forward, c_in
+    /// backward-data) padded to a multiple of 64, each 9 x channels values, one TF32 or two BF16
+    /// a word.
+    fn tap_major(pass: ConvPass, g: &ConvGeom, bf16: bool) -> WeightPack {
+        let (rows, channels) = match pass {
+            ConvPass::Forward => (g.c_out, g.c_in),
+            _ => (g.c_in, g.c_out),
+        };
+        let kernel = PACK_KERNELS[bf16 as usize][(pass != ConvPass::Forward) as usize];
+        WeightPack {
+            kernel,
+            words: rows.div_ceil(PACKED_ROWS) * PACKED_ROWS * 9 * channels / if bf16 { 2 } else { 1 },
+        }
+    }
 }
 
 /// Kernel sizes with their own compiled specialisation; others use the generic kernels.
@@ -338,6 +369,12 @@ fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0
 }
 
+/// The weight packings of the tap-major kernels by [tf32, bf16][forward, backward-data].
+const PACK_KERNELS: [[&str; 2]; 2] = [
+    ["conv_pack_fwd_tf32", "conv_pack_bwd_data_tf32"],
+    ["conv_pack_fwd_bf16", "conv_pack_bwd_data_bf16"],
+];
+
 const FP32_KERNELS: [&str; 3] = ["conv_fwd_fp32", "conv_bwd_data_fp32", "conv_bwd_weight_fp32"];
 
 /// The transposed convolution's forward pass by tap (conv.cu's tfwd): FP32 tiles, and the
@@ -355,18 +392,21 @@ pub fn kernel_names() -> Vec<&'static str> {
         names.extend(table.iter().flatten().flatten().copied());
     }
     names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
+    names.extend(PACK_KERNELS.iter().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
 
-/// Tile shape (rows, columns, depth) of a pass's kernels; must match conv.cu.
+/// Tile shape (rows, columns, depth) of a pass's kernels, which must match conv.cu, and the
+/// packing of their weights if they read them packed.
 struct Tiling {
     kernel: &'static str,
     rows: usize,
     cols: usize,
     depth: usize,
+    pack: Option<WeightPack>,
 }
 
 /// The kernel for a pass whose GEMM has `cols` columns (forward, backward-data) or `rows` rows
@@ -384,6 +424,7 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
                 rows: 64,
                 cols: 64,
                 depth: 16,
+                pack: None,
             };
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
@@ -398,6 +439,7 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
                     rows,
                     cols,
                     depth: 32,
+                    pack: (pass != ConvPass::BackwardWeight).then(|| WeightPack::tap_major(pass, g, bf16)),
                 };
             }
             if bf16 { &BF16_KERNELS } else { &TF32_KERNELS }
@@ -410,6 +452,7 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
                 rows,
                 cols,
                 depth: conv_sm90::TILE_DEPTH,
+                pack: None,
             };
         }
     };
@@ -420,6 +463,7 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         rows,
         cols,
         depth: 32,
+        pack: None,
     }
 }
 
@@ -486,27 +530,31 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         grid: (pixels.div_ceil(rows), g.c_out.div_ceil(cols), g.kh * g.kw),
         split_len: 0,
         splits: 1,
+        pack: None,
     }
 }
 
 /// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
 pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
-    let single = |kernel, grid| ConvLaunch {
-        kernel,
+    let single = |t: Tiling, grid| ConvLaunch {
+        kernel: t.kernel,
         grid,
         split_len: 0,
         splits: 1,
+        pack: t.pack,
     };
     match pass {
         ConvPass::Forward => {
             let t = tiling(algo, pass, g, g.c_out);
             let rows = g.n * g.h_out() * g.w_out();
-            single(t.kernel, (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1))
+            let grid = (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1);
+            single(t, grid)
         }
         ConvPass::BackwardData => {
             let t = tiling(algo, pass, g, g.c_in);
             let rows = g.n * g.h * g.w;
-            single(t.kernel, (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1))
+            let grid = (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1);
+            single(t, grid)
         }
         ConvPass::BackwardWeight => {
             let t = tiling(algo, pass, g, g.c_out);
@@ -519,6 +567,7 @@ pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize
                 grid: (n.div_ceil(t.cols), m.div_ceil(t.rows), splits),
                 split_len,
                 splits,
+                pack: None,
             }
         }
     }
@@ -568,7 +617,33 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
 
 /// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
 /// plan was made for (callers check the storages against it).
-fn run_single(device: &CudaDevice, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+fn run_single(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    if let Some(pack) = plan.pack {
+        // The packed weights live in a scratch block for this call; it returns to the cache
+        // after it, which is safe because later users queue behind these kernels on the stream.
+        let packed = CudaStorage::alloc(device, pack.words)?;
+        let packing = ConvParams {
+            out: packed.device_ptr(),
+            ..*p
+        };
+        let conv = ConvParams {
+            weight: packed.device_ptr(),
+            ..*p
+        };
+        let calls = [
+            KernelCall::new(
+                MODULE,
+                pack.kernel,
+                (blocks_for(pack.words, THREADS as usize), 1, 1),
+                THREADS,
+                &packing,
+            ),
+            KernelCall::new(MODULE, plan.kernel, plan.grid, THREADS, &conv),
+        ];
+        // SAFETY: as documented above; `packed` holds the pack's words, which the kernel reads
+        // as its weights (rows of the plan's tile widths, padded to whole tiles).
+        return unsafe { device.run(&calls) };
+    }
     if conv_sm90::is_kernel(plan.kernel) {
         // SAFETY: as documented above.
         return unsafe { run_sm90(device, plan.kernel, plan.grid, p) };
@@ -970,7 +1045,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1020,6 +1095,26 @@ mod tests {
             kernel(BackwardWeight, &g(64, 32, 3), ConvAlgo::Bf16MmaTap),
             "conv_bwd_weight_bf16_k3t_m32"
         );
+        // Forward and backward-data read their weights packed: the B rows (c_out forward, c_in
+        // backward-data) padded to a multiple of 64, 9 x channels values each, one TF32 or two
+        // BF16 a word. Backward-weight reads the image, unpacked.
+        let pack = |pass, geom: &ConvGeom, algo| plan(pass, geom, algo, 132).pack;
+        assert_eq!(
+            pack(Forward, &g(64, 72, 3), ConvAlgo::Tf32MmaTap),
+            Some(WeightPack {
+                kernel: "conv_pack_fwd_tf32",
+                words: 128 * 9 * 64
+            })
+        );
+        assert_eq!(
+            pack(BackwardData, &g(20, 32, 3), ConvAlgo::Bf16MmaTap),
+            Some(WeightPack {
+                kernel: "conv_pack_bwd_data_bf16",
+                words: 64 * 9 * 32 / 2
+            })
+        );
+        assert_eq!(pack(BackwardWeight, &g(32, 64, 3), ConvAlgo::Tf32MmaTap), None);
+        assert_eq!(pack(Forward, &g(64, 64, 3), ConvAlgo::Tf32Mma), None);
         // The tap-major kernels keep v2's grids and reduction splits.
         let bw = g(64, 96, 3);
         let (tap, plain) = (
