@@ -574,7 +574,7 @@ struct ImageByTapTapMajor {
 // every 8 at position paired(w, 4)). So a k tile of the block's rows is a block copy: 16 bytes
 // per cp.async straight into shared memory, with no conversion, no register staging and no
 // bounds checks (the host plans these kernels for K a multiple of BK).
-constexpr int PACKED_ROWS = 64;  // the widest B tile
+constexpr int PACKED_ROWS = 128;  // the widest B tile
 
 template <int ROWS, int PACK>
 struct PackedWeight {
@@ -587,26 +587,29 @@ struct PackedWeight {
     static constexpr int PIECES_PER_ROW = O::WK / 4;
     static constexpr int PIECES = ROWS * PIECES_PER_ROW;
     static constexpr int COPIES = (PIECES + THREADS - 1) / THREADS;
-    const uint32_t* from[COPIES];  // this thread's pieces of the first k tile
-    int to[COPIES];                // and their words in a stage
-    // n0: the block's first row; row_words: K / PACK.
-    __device__ void fix_tile(const ConvParams& p, int n0, int row_words) {
-        const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.weight);
-#pragma unroll
-        for (int i = 0; i < COPIES; ++i) {
-            const int piece = threadIdx.x + i * THREADS;
-            const int row = piece / PIECES_PER_ROW;
-            const int q = piece - row * PIECES_PER_ROW;
-            from[i] = packed + static_cast<size_t>(n0 + row) * row_words + 4 * q;
-            to[i] = row * O::STRIDE + 4 * q;
-        }
+    // Copy i of a thread is its first moved down by i passes of the block over the rows, so one
+    // pointer and one offset (not one per copy) describe all of a thread's copies.
+    static_assert(THREADS % PIECES_PER_ROW == 0, "a pass of the block covers whole rows");
+    static constexpr int ROWS_PER_PASS = THREADS / PIECES_PER_ROW;
+    const uint32_t* from = nullptr;  // this thread's first piece of the first k tile
+    int to = 0;                      // and its word in a stage
+    int row_words = 0;
+    // n0: the block's first row; words: K / PACK, the words of a packed row.
+    __device__ void fix_tile(const ConvParams& p, int n0, int words) {
+        const int row = threadIdx.x / PIECES_PER_ROW;
+        const int q = threadIdx.x % PIECES_PER_ROW;
+        row_words = words;
+        from = reinterpret_cast<const uint32_t*>(p.weight) + static_cast<size_t>(n0 + row) * words + 4 * q;
+        to = row * O::STRIDE + 4 * q;
     }
     // Issues this thread's copies of the k tile at k0 into `stage`, as one group.
     __device__ void copy(uint32_t* stage, int k0) const {
+        const uint32_t* tile = from + k0 / PACK;
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) {
             if (PIECES % THREADS == 0 || static_cast<int>(threadIdx.x) + i * THREADS < PIECES) {
-                lrc::cp_async_16(stage + to[i], from[i] + k0 / PACK);
+                lrc::cp_async_16(stage + to + i * ROWS_PER_PASS * O::STRIDE,
+                                 tile + static_cast<size_t>(i) * ROWS_PER_PASS * row_words);
             }
         }
         lrc::cp_async_commit();
@@ -730,6 +733,26 @@ struct Tile {
     static_assert(WM % 16 == 0 && WN % 8 == 0, "warp tile must be whole mma tiles");
 };
 
+// How mainloop keeps the operand tiles of tile T at precision PACK with gatherers GA, GB in
+// shared memory: A's tile, and B's, in two stages when GB copies it (cp.async: the next tile
+// lands in one while the mma read the other). A block's static shared memory is capped at
+// 48 KiB; a layout above that takes its shared memory dynamically (DYNAMIC_BYTES, which the
+// host passes at launch; 0 when static).
+template <class T, int PACK, class GA, class GB>
+struct SharedLayout {
+    static constexpr bool A_PAIRED = GA::LAYOUT == Major::MN && MayPair<GA>::value;
+    static constexpr bool B_PAIRED = GB::LAYOUT == Major::K && MayPair<GB>::value;
+    static constexpr bool B_ASYNC = IsAsync<GB>::value;
+    using OA = Operand<T::BM, GA::LAYOUT, PACK, A_PAIRED>;
+    using OB = Operand<T::BN, GB::LAYOUT, PACK, B_PAIRED>;
+    static constexpr int B_STAGES = B_ASYNC ? 2 : 1;
+    static constexpr int WORDS = OA::SIZE + B_STAGES * OB::SIZE;
+    static constexpr unsigned STATIC_LIMIT = 48 * 1024;
+    static constexpr bool DYNAMIC = WORDS * sizeof(uint32_t) > STATIC_LIMIT;
+    static constexpr unsigned DYNAMIC_BYTES = DYNAMIC ? WORDS * sizeof(uint32_t) : 0;
+    static_assert(OA::SIZE % 4 == 0, "B's stages start 16-byte aligned");
+};
+
 // Accumulates the block tile (m0, n0) over k in [k_begin, k_end) into acc, in the mma
 // accumulator layout. With sum_a, a_sum[i] also accumulates the FP32 values of this thread's
 // A slots (row slot_row(tid, i)), which backward-weight turns into the bias gradient. (A runtime
@@ -740,17 +763,27 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
                          int k_begin, int k_end, float (&acc)[T::MT][T::NT][4], bool sum_a,
                          float (&a_sum)[Operand<T::BM, GA::LAYOUT, Math::PACK>::LOADS]) {
     constexpr int PACK = Math::PACK;
-    constexpr bool A_PAIRED = GA::LAYOUT == Major::MN && MayPair<GA>::value;
-    constexpr bool B_PAIRED = GB::LAYOUT == Major::K && MayPair<GB>::value;
-    // A copied B has two stages: the next tile lands in one while the mma read the other.
-    constexpr bool B_ASYNC = IsAsync<GB>::value;
-    using OA = Operand<T::BM, GA::LAYOUT, PACK, A_PAIRED>;
-    using OB = Operand<T::BN, GB::LAYOUT, PACK, B_PAIRED>;
+    using S = SharedLayout<T, PACK, GA, GB>;
+    constexpr bool A_PAIRED = S::A_PAIRED;
+    constexpr bool B_PAIRED = S::B_PAIRED;
+    constexpr bool B_ASYNC = S::B_ASYNC;
+    using OA = typename S::OA;
+    using OB = typename S::OB;
     if constexpr (B_ASYNC) {
         static_assert(std::is_same_v<typename GB::O, OB>, "a copied B arrives as the tile lays it out");
     }
-    alignas(16) __shared__ uint32_t sa[OA::SIZE];
-    alignas(16) __shared__ uint32_t sb[(B_ASYNC ? 2 : 1) * OB::SIZE];
+    uint32_t* sa;
+    uint32_t* sb;
+    if constexpr (S::DYNAMIC) {
+        LRC_DYNAMIC_SHARED(uint32_t, words);
+        sa = words;
+        sb = words + OA::SIZE;
+    } else {
+        alignas(16) __shared__ uint32_t a_tile[OA::SIZE];
+        alignas(16) __shared__ uint32_t b_tiles[S::B_STAGES * OB::SIZE];
+        sa = a_tile;
+        sb = b_tiles;
+    }
     float ra[OA::LOADS];
     float rb[B_ASYNC ? 1 : OB::LOADS];
     const int lane = threadIdx.x % WARP;
@@ -1041,9 +1074,23 @@ __device__ void pack_weight(const ConvParams& p) {
     }
 }
 
-// Forward and backward-data: 128 pixels x (64 | 32) channels per block.
+// Forward and backward-data: 128 pixels x (64 | 32) channels per block; the wide tap-major
+// kernels 128 x 128, each warp 32 x 64 (twice the mma per fragment loaded, and the loaders'
+// work per tile shared by twice the products).
 using PixelTile64 = Tile<128, 64, 4, 2>;
 using PixelTile32 = Tile<128, 32, 4, 2>;
+using PixelTile128 = Tile<128, 128, 4, 2>;
+
+// The dynamic shared memory of the wide tap-major kernels of precision M (forward and
+// backward-data alike; 0 where it fits statically): what the host must launch them with.
+template <class M>
+constexpr unsigned wide_tap_shared_bytes() {
+    return SharedLayout<PixelTile128, M::PACK, ImageByOutputPixelTapMajor<3, 3>,
+                        PackedWeight<PixelTile128::BN, M::PACK>>::DYNAMIC_BYTES;
+}
+static_assert(wide_tap_shared_bytes<Tf32>() ==
+                  SharedLayout<PixelTile128, 1, GradByInputPixelTapMajor<3, 3>, PackedWeight<128, 1>>::DYNAMIC_BYTES,
+              "forward and backward-data share their layout");
 // Backward-weight: 64 output channels x 64 taps, or 32 x 128, per block.
 using WeightTile64 = Tile<64, 64, 2, 4>;
 using WeightTile32 = Tile<32, 128, 1, 8>;
@@ -1076,10 +1123,12 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
-// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap), for a channel count that is a multiple of
-// 32 (c_in forward and backward-weight, c_out backward-data); grids and tiles as above. Forward
-// and backward-data read their B from p.weight as packed by conv_pack_<pass>_<precision> (the
-// host runs it first; grid-stride, any grid), and their K is a multiple of BK.
+// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap; the _n128 ones tf32-mma-wide and
+// bf16-mma-wide), for a channel count that is a multiple of 32 (c_in forward and
+// backward-weight, c_out backward-data); grids and tiles as above. Forward and backward-data
+// read their B from p.weight as packed by conv_pack_<pass>_<precision> (the host runs it first;
+// grid-stride, any grid), and their K is a multiple of BK. The TF32 _n128 kernels take
+// wide_tap_shared_bytes<Tf32>() of dynamic shared memory.
 #define LRC_CONV_MMA_TAP(PREC, MATH)                                                                          \
     LRC_KERNEL(conv_pack_fwd_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, false>(p); }        \
     LRC_KERNEL(conv_pack_bwd_data_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, true>(p); }    \
@@ -1098,6 +1147,14 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                 \
         v2::backward_data_by<v2::PixelTile32, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
                              v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                      \
+    }                                                                                                         \
+    LRC_KERNEL(conv_fwd_##PREC##_k3t_n128, ConvParams, v2::THREADS, 2) {                                     \
+        v2::forward_by<v2::PixelTile128, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                     \
+                       v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                           \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n128, ConvParams, v2::THREADS, 2) {                                \
+        v2::backward_data_by<v2::PixelTile128, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                 \
+                             v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                     \
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64, ConvParams, v2::THREADS, 2) {                               \
         v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile64::BN / 32>>(p); \

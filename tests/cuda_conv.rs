@@ -125,8 +125,16 @@ fn gamma(chain: usize) -> f64 {
 fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
     let u = match algo {
         ConvAlgo::Fp32Tiled => return gamma(chain),
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32Fastest => (-11f64).exp2(),
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16Fastest => (-8f64).exp2(),
+        ConvAlgo::Tf32Mma
+        | ConvAlgo::Tf32Wgmma
+        | ConvAlgo::Tf32MmaTap
+        | ConvAlgo::Tf32MmaWide
+        | ConvAlgo::Tf32Fastest => (-11f64).exp2(),
+        ConvAlgo::Bf16Mma
+        | ConvAlgo::Bf16Wgmma
+        | ConvAlgo::Bf16MmaTap
+        | ConvAlgo::Bf16MmaWide
+        | ConvAlgo::Bf16Fastest => (-8f64).exp2(),
     };
     let accumulation = chain as f64 * (-23f64).exp2();
     if rounded_inputs {
@@ -275,6 +283,10 @@ fn shapes() -> Vec<ConvGeom> {
         // Backward-data's B rows (20 input channels) off every tile: the tap-major kernel reads
         // them from the packed weights' zero padding.
         geom([2, 20, 6, 7, 32], (3, 3), 1, 1),
+        // The wide tap-major tiles (128 columns): forward over 160 output channels, backward-data
+        // over 136 input channels, both off the tile.
+        geom([1, 32, 5, 6, 160], (3, 3), 1, 1),
+        geom([2, 136, 5, 4, 32], (3, 3), 1, 1),
     ]
 }
 
@@ -671,7 +683,12 @@ fn bf16_exact_products_bound(depth: usize) -> f64 {
 #[ignore = "needs a CUDA GPU"]
 fn bf16_on_bf16_inputs_has_only_accumulation_error() {
     let device = device();
-    for algo in [ConvAlgo::Bf16Mma, ConvAlgo::Bf16Wgmma, ConvAlgo::Bf16MmaTap] {
+    for algo in [
+        ConvAlgo::Bf16Mma,
+        ConvAlgo::Bf16Wgmma,
+        ConvAlgo::Bf16MmaTap,
+        ConvAlgo::Bf16MmaWide,
+    ] {
         if algo.runs_on(device.compute_capability()) {
             bf16_on_bf16_inputs(&device, algo);
         } else {
@@ -788,6 +805,48 @@ fn tensor_core_operands_round_as_documented() {
                 round(v).to_bits(),
                 "{algo}: input {i} = {v:e} gave {got:e}"
             );
+        }
+    }
+}
+
+/// The tap-major versions' weights are rounded by their packing kernel, as documented: a 3x3
+/// convolution of a 3 x 3 image that is 1 at its centre in one channel and 0 elsewhere puts
+/// each weight of that channel, rounded, at one output pixel (one exact product, the rest exact
+/// zeros). The weights 1 + k 2^-12 (scaled, both signs) include exact ties of TF32 and BF16;
+/// 160 output channels run the wide tiles (with padding) and c_in = 32 the tap-major order.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn packed_weights_round_as_documented() {
+    let device = device();
+    let (c_in, c_out, centre_channel) = (32, 160, 5);
+    let g = geom([1, c_in, 3, 3, c_out], (3, 3), 1, 1);
+    let mut x = vec![0.0f32; c_in * 9];
+    x[centre_channel * 9 + 4] = 1.0;
+    let w: Vec<f32> = (0..c_out * c_in * 9)
+        .map(|k| {
+            let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
+            if k % 2 == 1 { -v } else { v }
+        })
+        .collect();
+    let (xd, wd) = (upload(&device, &x), upload(&device, &w));
+    for (algo, round) in [
+        (ConvAlgo::Tf32MmaTap, &to_tf32 as &dyn Fn(f32) -> f32),
+        (ConvAlgo::Bf16MmaTap, &to_bf16),
+        (ConvAlgo::Tf32MmaWide, &to_tf32),
+        (ConvAlgo::Bf16MmaWide, &to_bf16),
+    ] {
+        let y = conv2d_forward(&g, &xd, &wd, None, algo).unwrap().to_host().unwrap();
+        for co in 0..c_out {
+            for pixel in 0..9 {
+                // Output pixel (oy, ox) meets the centre through tap (2 - oy, 2 - ox).
+                let v = w[(co * c_in + centre_channel) * 9 + 8 - pixel];
+                let got = y[co * 9 + pixel];
+                assert_eq!(
+                    got.to_bits(),
+                    round(v).to_bits(),
+                    "{algo}: output channel {co}, pixel {pixel}: weight {v:e} gave {got:e}"
+                );
+            }
         }
     }
 }

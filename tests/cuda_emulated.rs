@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, plan, transposed_plan};
+use lrc::device::cuda::conv::{self, ConvLaunch, ConvPass, launch_shared_bytes, plan, transposed_plan};
 use lrc::device::cuda::conv_sm90;
 use lrc::device::cuda::{ConvAlgo, ConvTransposeGeom};
 use lrc::device::emu;
@@ -97,7 +97,7 @@ fn line(out: &mut String, label: &str, kind: &str, pass: &str, d: [usize; 9], la
         launch.kernel,
         launch.split_len,
         launch.splits,
-        conv_sm90::shared_bytes(launch.kernel),
+        launch_shared_bytes(launch.kernel),
         launch.pack.map_or("-", |p| p.kernel),
         launch.pack.map_or(0, |p| p.words)
     );
@@ -134,6 +134,10 @@ fn plan_file() -> String {
         // output channels (a second 64-wide tile of 8), backward-data with 20 input channels.
         ("3x3_n2_c32-72_6x7", conv([2, 32, 6, 7, 72], (3, 3), 1, 1)),
         ("3x3_n2_c20-32_6x7", conv([2, 20, 6, 7, 32], (3, 3), 1, 1)),
+        // The wide kernels' 128 columns: forward over 160 output channels (a second tile of
+        // 32, the rest padding), backward-data over 136 input channels.
+        ("3x3_n1_c32-160_5x6", conv([1, 32, 5, 6, 160], (3, 3), 1, 1)),
+        ("3x3_n2_c136-32_5x4", conv([2, 136, 5, 4, 32], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
@@ -151,12 +155,17 @@ fn plan_file() -> String {
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
-        if matches!(algo, ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap) {
+        if matches!(
+            algo,
+            ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide
+        ) {
             for (label, g) in &tap_shapes {
                 let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+                // The wide versions' own kernels alone (elsewhere they run the tap-major ones).
+                let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
                 for (pass, name) in PASSES {
                     let launch = plan(pass, g, algo, 4);
-                    if launch.kernel.contains("_k3t_") {
+                    if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("_n128")) {
                         line(&mut out, label, "conv", name, d, &launch);
                     }
                 }
@@ -288,6 +297,10 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_weight_tf32_k3t_m32",
         "bwd_weight_bf16_k3t_m64",
         "bwd_weight_bf16_k3t_m32",
+        "fwd_tf32_k3t_n128",
+        "bwd_data_tf32_k3t_n128",
+        "fwd_bf16_k3t_n128",
+        "bwd_data_bf16_k3t_n128",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

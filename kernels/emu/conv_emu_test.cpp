@@ -354,6 +354,10 @@ const struct {
     LRC_ENTRY(conv_bwd_weight_tf32_k3t_m32),
     LRC_ENTRY(conv_bwd_weight_bf16_k3t_m64),
     LRC_ENTRY(conv_bwd_weight_bf16_k3t_m32),
+    LRC_ENTRY(conv_fwd_tf32_k3t_n128),
+    LRC_ENTRY(conv_bwd_data_tf32_k3t_n128),
+    LRC_ENTRY(conv_fwd_bf16_k3t_n128),
+    LRC_ENTRY(conv_bwd_data_bf16_k3t_n128),
     LRC_ENTRY(conv_pack_fwd_tf32),
     LRC_ENTRY(conv_pack_bwd_data_tf32),
     LRC_ENTRY(conv_pack_fwd_bf16),
@@ -403,8 +407,13 @@ ConvParams params_of(const Geom& g) {
     return p;
 }
 
-// The dynamic shared memory a kernel needs (the v3 wgmma kernels stage B there).
+// The dynamic shared memory a kernel needs (the v3 wgmma kernels stage B there; the wide
+// tap-major kernels keep their tiles there where they pass the static limit).
 unsigned shared_needed(const std::string& kernel) {
+    if (kernel.find("_k3t_n128") != std::string::npos) {
+        return kernel.find("_tf32_") != std::string::npos ? v2::wide_tap_shared_bytes<v2::Tf32>()
+                                                           : v2::wide_tap_shared_bytes<v2::Bf16>();
+    }
     const bool narrow = kernel.size() > 2 && kernel.compare(kernel.size() - 2, 2, "32") == 0;
     if (kernel.find("_wgmma_tf32_") != std::string::npos) {
         return narrow ? v3::shared_bytes<v3::Tf32, 32>() : v3::shared_bytes<v3::Tf32, 64>();

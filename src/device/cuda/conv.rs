@@ -49,8 +49,16 @@ pub enum ConvAlgo {
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
+    /// `tf32-mma-tap` with blocks of 128 x 128 (each warp 32 x 64) instead of 128 x 64 for the
+    /// forward and backward-data passes whose GEMM has 128 columns or more (c_out forward, c_in
+    /// backward-data): twice the products per fragment loaded from shared memory and per value
+    /// a block gathers. Everything else runs `tf32-mma-tap`'s kernels.
+    Tf32MmaWide = 9,
+    /// As [`ConvAlgo::Tf32MmaWide`] with `bf16-mma`'s operands.
+    Bf16MmaWide = 10,
     /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
-    /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-wgmma`), timed with CUDA
+    /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-wgmma`),
+    /// timed with CUDA
     /// events the first time the pass meets that geometry and remembered by the device
     /// (`conv_tune`). That first call waits for the device; runs may choose differently, so
     /// results are reproducible to TF32 rounding, not bit for bit.
@@ -62,7 +70,7 @@ pub enum ConvAlgo {
 impl ConvAlgo {
     /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
     /// ([`ConvAlgo::runs_on`]).
-    pub const ALL: [ConvAlgo; 7] = [
+    pub const ALL: [ConvAlgo; 9] = [
         ConvAlgo::Fp32Tiled,
         ConvAlgo::Tf32Mma,
         ConvAlgo::Bf16Mma,
@@ -70,6 +78,8 @@ impl ConvAlgo {
         ConvAlgo::Bf16Wgmma,
         ConvAlgo::Tf32MmaTap,
         ConvAlgo::Bf16MmaTap,
+        ConvAlgo::Tf32MmaWide,
+        ConvAlgo::Bf16MmaWide,
     ];
 
     /// The settings that choose a version per pass and geometry by timing them.
@@ -94,6 +104,8 @@ impl ConvAlgo {
             ConvAlgo::Bf16Wgmma => "bf16-wgmma",
             ConvAlgo::Tf32MmaTap => "tf32-mma-tap",
             ConvAlgo::Bf16MmaTap => "bf16-mma-tap",
+            ConvAlgo::Tf32MmaWide => "tf32-mma-wide",
+            ConvAlgo::Bf16MmaWide => "bf16-mma-wide",
             ConvAlgo::Tf32Fastest => "tf32-fastest",
             ConvAlgo::Bf16Fastest => "bf16-fastest",
         }
@@ -104,8 +116,18 @@ impl ConvAlgo {
     /// a version.
     pub fn candidates(self, cc: (i32, i32)) -> Option<Vec<ConvAlgo>> {
         let family = match self {
-            ConvAlgo::Tf32Fastest => [ConvAlgo::Tf32Mma, ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Wgmma],
-            ConvAlgo::Bf16Fastest => [ConvAlgo::Bf16Mma, ConvAlgo::Bf16MmaTap, ConvAlgo::Bf16Wgmma],
+            ConvAlgo::Tf32Fastest => [
+                ConvAlgo::Tf32Mma,
+                ConvAlgo::Tf32MmaTap,
+                ConvAlgo::Tf32MmaWide,
+                ConvAlgo::Tf32Wgmma,
+            ],
+            ConvAlgo::Bf16Fastest => [
+                ConvAlgo::Bf16Mma,
+                ConvAlgo::Bf16MmaTap,
+                ConvAlgo::Bf16MmaWide,
+                ConvAlgo::Bf16Wgmma,
+            ],
             _ => return None,
         };
         Some(family.into_iter().filter(|a| a.runs_on(cc)).collect())
@@ -164,6 +186,8 @@ impl FromStr for ConvAlgo {
             "bf16-wgmma" => Ok(ConvAlgo::Bf16Wgmma),
             "tf32-mma-tap" => Ok(ConvAlgo::Tf32MmaTap),
             "bf16-mma-tap" => Ok(ConvAlgo::Bf16MmaTap),
+            "tf32-mma-wide" => Ok(ConvAlgo::Tf32MmaWide),
+            "bf16-mma-wide" => Ok(ConvAlgo::Bf16MmaWide),
             "tf32-fastest" => Ok(ConvAlgo::Tf32Fastest),
             "bf16-fastest" => Ok(ConvAlgo::Bf16Fastest),
             other => Err(Error::config(format!(
@@ -282,13 +306,13 @@ pub struct WeightPack {
 }
 
 /// conv.cu's PACKED_ROWS: packed rows come in multiples of the widest B tile.
-const PACKED_ROWS: usize = 64;
+const PACKED_ROWS: usize = WIDE_COLS;
 
 impl WeightPack {
     /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the
     /// tap-major kernels of precision `bf16` or TF32: the GEMM's B rows (c_out forward, c_in
-    /// backward-data) padded to a multiple of 64, each 9 x channels values, one TF32 or two BF16
-    /// a word.
+    /// backward-data) padded to a multiple of 128, each 9 x channels values, one TF32 or two
+    /// BF16 a word.
     fn tap_major(pass: ConvPass, g: &ConvGeom, bf16: bool) -> WeightPack {
         let (rows, channels) = match pass {
             ConvPass::Forward => (g.c_out, g.c_in),
@@ -369,6 +393,26 @@ fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0
 }
 
+/// The wide tap-major kernels (`tf32-mma-wide`, `bf16-mma-wide`), 128 x 128 tiles, by [tf32,
+/// bf16][forward, backward-data]; they serve GEMMs of `WIDE_COLS` columns or more.
+const WIDE_KERNELS: [[&str; 2]; 2] = [
+    ["conv_fwd_tf32_k3t_n128", "conv_bwd_data_tf32_k3t_n128"],
+    ["conv_fwd_bf16_k3t_n128", "conv_bwd_data_bf16_k3t_n128"],
+];
+const WIDE_COLS: usize = 128;
+
+/// The dynamic shared memory a kernel of conv.cu or conv_sm90.cu is launched with (0 for those
+/// whose shared memory is static): the v3 kernels' B stages, and the wide TF32 tap-major
+/// kernels' tiles, which pass the 48 KiB a block may hold statically (conv.cu's SharedLayout:
+/// A 32 x (128 + 8) words, B two stages of 128 x (32 + 8) words).
+pub fn launch_shared_bytes(kernel: &str) -> usize {
+    if WIDE_KERNELS[0].contains(&kernel) {
+        const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 8);
+        return WORDS * 4;
+    }
+    conv_sm90::shared_bytes(kernel)
+}
+
 /// The weight packings of the tap-major kernels by [tf32, bf16][forward, backward-data].
 const PACK_KERNELS: [[&str; 2]; 2] = [
     ["conv_pack_fwd_tf32", "conv_pack_bwd_data_tf32"],
@@ -393,6 +437,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     }
     names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
     names.extend(PACK_KERNELS.iter().flatten().copied());
+    names.extend(WIDE_KERNELS.iter().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -429,8 +474,18 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
-        ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap => {
-            let bf16 = algo == ConvAlgo::Bf16MmaTap;
+        ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide => {
+            let bf16 = matches!(algo, ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide);
+            let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
+            if wide && pass != ConvPass::BackwardWeight && narrow_dim >= WIDE_COLS && tap_major_applies(pass, g) {
+                return Tiling {
+                    kernel: WIDE_KERNELS[bf16 as usize][pass as usize],
+                    rows: 128,
+                    cols: WIDE_COLS,
+                    depth: 32,
+                    pack: Some(WeightPack::tap_major(pass, g, bf16)),
+                };
+            }
             if tap_major_applies(pass, g) {
                 let narrow = narrow_dim <= 32;
                 let (rows, cols) = mma_tile(pass, narrow);
@@ -517,12 +572,16 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
         // v3 has no per-tap pass: the wgmma versions run v2's at their precision (a quarter of
         // the tensor-core work of v3's backward-data pass, which this one replaces).
-        ConvAlgo::Tf32Mma | ConvAlgo::Tf32Wgmma | ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32Fastest => {
-            (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 })
-        }
-        ConvAlgo::Bf16Mma | ConvAlgo::Bf16Wgmma | ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16Fastest => {
-            (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 })
-        }
+        ConvAlgo::Tf32Mma
+        | ConvAlgo::Tf32Wgmma
+        | ConvAlgo::Tf32MmaTap
+        | ConvAlgo::Tf32MmaWide
+        | ConvAlgo::Tf32Fastest => (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 }),
+        ConvAlgo::Bf16Mma
+        | ConvAlgo::Bf16Wgmma
+        | ConvAlgo::Bf16MmaTap
+        | ConvAlgo::Bf16MmaWide
+        | ConvAlgo::Bf16Fastest => (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 }),
     };
     let pixels = g.n * g.h * g.w;
     ConvLaunch {
@@ -638,7 +697,8 @@ fn run_single(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Res
                 THREADS,
                 &packing,
             ),
-            KernelCall::new(MODULE, plan.kernel, plan.grid, THREADS, &conv),
+            KernelCall::new(MODULE, plan.kernel, plan.grid, THREADS, &conv)
+                .with_shared(launch_shared_bytes(plan.kernel)),
         ];
         // SAFETY: as documented above; `packed` holds the pack's words, which the kernel reads
         // as its weights (rows of the plan's tile widths, padded to whole tiles).
@@ -1045,13 +1105,62 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 4 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
         assert!(names.contains(&"conv_bwd_weight_tf32_k3t_m64"));
         assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
         assert!(names.contains(&"conv_tfwd_bf16_n32"));
+    }
+
+    #[test]
+    fn wide_tiles_serve_forward_and_backward_data_of_128_columns_or_more() {
+        let g = |c_in, c_out| ConvGeom {
+            n: 2,
+            c_in,
+            h: 9,
+            w: 7,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        let wide = plan(Forward, &g(64, 160), Tf32MmaWide, 132);
+        assert_eq!(wide.kernel, "conv_fwd_tf32_k3t_n128");
+        assert_eq!(wide.grid, ((2 * 9 * 7usize).div_ceil(128), 2, 1));
+        assert_eq!(wide.pack.map(|p| p.words), Some(256 * 9 * 64));
+        // TF32's tiles pass the 48 KiB of static shared memory, BF16's do not.
+        assert_eq!(launch_shared_bytes(wide.kernel), 58368);
+        let bf16 = plan(BackwardData, &g(256, 64), Bf16MmaWide, 132);
+        assert_eq!(bf16.kernel, "conv_bwd_data_bf16_k3t_n128");
+        assert_eq!(launch_shared_bytes(bf16.kernel), 0);
+        // Fewer columns, backward-weight, and channels off the 32-deep tiles run what
+        // tf32-mma-tap runs.
+        for (pass, geom) in [
+            (Forward, g(64, 96)),
+            (BackwardData, g(64, 128)),
+            (BackwardWeight, g(128, 128)),
+            (Forward, g(33, 256)),
+        ] {
+            assert_eq!(
+                plan(pass, &geom, Tf32MmaWide, 132),
+                plan(pass, &geom, Tf32MmaTap, 132),
+                "{pass:?} {geom:?}"
+            );
+            assert_eq!(
+                plan(pass, &geom, Bf16MmaWide, 132),
+                plan(pass, &geom, Bf16MmaTap, 132),
+                "{pass:?} {geom:?}"
+            );
+        }
+        for algo in [Tf32MmaWide, Bf16MmaWide] {
+            assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
+            assert_eq!(ConvAlgo::from_index(algo as u8), algo);
+        }
     }
 
     #[test]
@@ -1096,7 +1205,7 @@ mod tests {
             "conv_bwd_weight_bf16_k3t_m32"
         );
         // Forward and backward-data read their weights packed: the B rows (c_out forward, c_in
-        // backward-data) padded to a multiple of 64, 9 x channels values each, one TF32 or two
+        // backward-data) padded to a multiple of 128, 9 x channels values each, one TF32 or two
         // BF16 a word. Backward-weight reads the image, unpacked.
         let pack = |pass, geom: &ConvGeom, algo| plan(pass, geom, algo, 132).pack;
         assert_eq!(
@@ -1110,7 +1219,7 @@ mod tests {
             pack(BackwardData, &g(20, 32, 3), ConvAlgo::Bf16MmaTap),
             Some(WeightPack {
                 kernel: "conv_pack_bwd_data_bf16",
-                words: 64 * 9 * 32 / 2
+                words: 128 * 9 * 32 / 2
             })
         );
         assert_eq!(pack(BackwardWeight, &g(32, 64, 3), ConvAlgo::Tf32MmaTap), None);

@@ -112,15 +112,21 @@ mod tests {
         use ConvAlgo::*;
         assert_eq!(
             Tf32Fastest.candidates((9, 0)),
-            Some(vec![Tf32Mma, Tf32MmaTap, Tf32Wgmma])
+            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide, Tf32Wgmma])
         );
         assert_eq!(
             Bf16Fastest.candidates((9, 0)),
-            Some(vec![Bf16Mma, Bf16MmaTap, Bf16Wgmma])
+            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide, Bf16Wgmma])
         );
         // wgmma runs on compute capability 9.0 alone.
-        assert_eq!(Tf32Fastest.candidates((8, 0)), Some(vec![Tf32Mma, Tf32MmaTap]));
-        assert_eq!(Bf16Fastest.candidates((12, 0)), Some(vec![Bf16Mma, Bf16MmaTap]));
+        assert_eq!(
+            Tf32Fastest.candidates((8, 0)),
+            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide])
+        );
+        assert_eq!(
+            Bf16Fastest.candidates((12, 0)),
+            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide])
+        );
         for version in ConvAlgo::ALL {
             assert_eq!(version.candidates((9, 0)), None);
         }
