@@ -1091,9 +1091,11 @@ constexpr unsigned wide_tap_shared_bytes() {
 static_assert(wide_tap_shared_bytes<Tf32>() ==
                   SharedLayout<PixelTile128, 1, GradByInputPixelTapMajor<3, 3>, PackedWeight<128, 1>>::DYNAMIC_BYTES,
               "forward and backward-data share their layout");
-// Backward-weight: 64 output channels x 64 taps, or 32 x 128, per block.
+// Backward-weight: 64 output channels x 64 taps, or 32 x 128, per block; the wide tap-major
+// kernels 64 x 128, each warp 32 x 32.
 using WeightTile64 = Tile<64, 64, 2, 4>;
 using WeightTile32 = Tile<32, 128, 1, 8>;
+using WeightTile128 = Tile<64, 128, 2, 4>;
 
 }  // namespace v2
 
@@ -1123,8 +1125,8 @@ using WeightTile32 = Tile<32, 128, 1, 8>;
 
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
-// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap; the _n128 ones tf32-mma-wide and
-// bf16-mma-wide), for a channel count that is a multiple of 32 (c_in forward and
+// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap; the _n128 and _m64n128 ones tf32-mma-wide
+// and bf16-mma-wide), for a channel count that is a multiple of 32 (c_in forward and
 // backward-weight, c_out backward-data); grids and tiles as above. Forward and backward-data
 // read their B from p.weight as packed by conv_pack_<pass>_<precision> (the host runs it first;
 // grid-stride, any grid), and their K is a multiple of BK. The TF32 _n128 kernels take
@@ -1161,6 +1163,10 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
     }                                                                                                         \
     LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m32, ConvParams, v2::THREADS, 2) {                               \
         v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile32::BN / 32>>(p); \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64n128, ConvParams, v2::THREADS, 2) {                           \
+        v2::backward_weight_by<v2::WeightTile128, v2::MATH,                                                  \
+                               v2::ImageByTapTapMajor<3, 3, v2::WeightTile128::BN / 32>>(p);                 \
     }
 
 LRC_CONV_MMA_TAP(tf32, Tf32)

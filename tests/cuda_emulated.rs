@@ -138,6 +138,8 @@ fn plan_file() -> String {
         // 32, the rest padding), backward-data over 136 input channels.
         ("3x3_n1_c32-160_5x6", conv([1, 32, 5, 6, 160], (3, 3), 1, 1)),
         ("3x3_n2_c136-32_5x4", conv([2, 136, 5, 4, 32], (3, 3), 1, 1)),
+        // Backward-weight's wide tile (64 output channels) with its reduction split in two.
+        ("3x3_n3_c32-64_13x15", conv([3, 32, 13, 15, 64], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
@@ -165,7 +167,7 @@ fn plan_file() -> String {
                 let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
                 for (pass, name) in PASSES {
                     let launch = plan(pass, g, algo, 4);
-                    if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("_n128")) {
+                    if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("128")) {
                         line(&mut out, label, "conv", name, d, &launch);
                     }
                 }
@@ -237,6 +239,16 @@ fn launch_plans_split_and_cover_as_intended() {
         tap_splits.iter().any(|&s| s > 1) && tap_splits.contains(&1),
         "{tap_splits:?}"
     );
+    // And the wide ones.
+    let wide_splits: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("bwd_weight_tf32_k3t_m64n128"))
+        .map(splits_of)
+        .collect();
+    assert!(
+        wide_splits.iter().any(|&s| s > 1) && wide_splits.contains(&1),
+        "{wide_splits:?}"
+    );
     // The tap-major forward and backward-data kernels, and they alone, read packed weights,
     // packed by the kernel of their pass and precision.
     for l in text.lines() {
@@ -301,6 +313,8 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_data_tf32_k3t_n128",
         "fwd_bf16_k3t_n128",
         "bwd_data_bf16_k3t_n128",
+        "bwd_weight_tf32_k3t_m64n128",
+        "bwd_weight_bf16_k3t_m64n128",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

@@ -358,6 +358,8 @@ const struct {
     LRC_ENTRY(conv_bwd_data_tf32_k3t_n128),
     LRC_ENTRY(conv_fwd_bf16_k3t_n128),
     LRC_ENTRY(conv_bwd_data_bf16_k3t_n128),
+    LRC_ENTRY(conv_bwd_weight_tf32_k3t_m64n128),
+    LRC_ENTRY(conv_bwd_weight_bf16_k3t_m64n128),
     LRC_ENTRY(conv_pack_fwd_tf32),
     LRC_ENTRY(conv_pack_bwd_data_tf32),
     LRC_ENTRY(conv_pack_fwd_bf16),

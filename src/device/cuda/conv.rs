@@ -49,10 +49,11 @@ pub enum ConvAlgo {
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
-    /// `tf32-mma-tap` with blocks of 128 x 128 (each warp 32 x 64) instead of 128 x 64 for the
-    /// forward and backward-data passes whose GEMM has 128 columns or more (c_out forward, c_in
-    /// backward-data): twice the products per fragment loaded from shared memory and per value
-    /// a block gathers. Everything else runs `tf32-mma-tap`'s kernels.
+    /// `tf32-mma-tap` with larger blocks: 128 x 128 (each warp 32 x 64) instead of 128 x 64 for
+    /// the forward and backward-data passes whose GEMM has 128 columns or more (c_out forward,
+    /// c_in backward-data), 64 x 128 instead of 64 x 64 for backward-weight with more than 32
+    /// output channels: more products per fragment loaded from shared memory and per value a
+    /// block gathers. Everything else runs `tf32-mma-tap`'s kernels.
     Tf32MmaWide = 9,
     /// As [`ConvAlgo::Tf32MmaWide`] with `bf16-mma`'s operands.
     Bf16MmaWide = 10,
@@ -394,10 +395,19 @@ fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
 }
 
 /// The wide tap-major kernels (`tf32-mma-wide`, `bf16-mma-wide`), 128 x 128 tiles, by [tf32,
-/// bf16][forward, backward-data]; they serve GEMMs of `WIDE_COLS` columns or more.
-const WIDE_KERNELS: [[&str; 2]; 2] = [
-    ["conv_fwd_tf32_k3t_n128", "conv_bwd_data_tf32_k3t_n128"],
-    ["conv_fwd_bf16_k3t_n128", "conv_bwd_data_bf16_k3t_n128"],
+/// bf16][pass]: forward and backward-data 128 x 128 for GEMMs of `WIDE_COLS` columns or more,
+/// backward-weight 64 x 128 for more than 32 output channels.
+const WIDE_KERNELS: [[&str; 3]; 2] = [
+    [
+        "conv_fwd_tf32_k3t_n128",
+        "conv_bwd_data_tf32_k3t_n128",
+        "conv_bwd_weight_tf32_k3t_m64n128",
+    ],
+    [
+        "conv_fwd_bf16_k3t_n128",
+        "conv_bwd_data_bf16_k3t_n128",
+        "conv_bwd_weight_bf16_k3t_m64n128",
+    ],
 ];
 const WIDE_COLS: usize = 128;
 
@@ -406,7 +416,7 @@ const WIDE_COLS: usize = 128;
 /// kernels' tiles, which pass the 48 KiB a block may hold statically (conv.cu's SharedLayout:
 /// A 32 x (128 + 8) words, B two stages of 128 x (32 + 8) words).
 pub fn launch_shared_bytes(kernel: &str) -> usize {
-    if WIDE_KERNELS[0].contains(&kernel) {
+    if WIDE_KERNELS[0][..2].contains(&kernel) {
         const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 8);
         return WORDS * 4;
     }
@@ -477,13 +487,20 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide => {
             let bf16 = matches!(algo, ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide);
             let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
-            if wide && pass != ConvPass::BackwardWeight && narrow_dim >= WIDE_COLS && tap_major_applies(pass, g) {
+            // The wide tiles where they are filled: 128 columns forward and backward-data, more
+            // than 32 output channels (the rows) backward-weight, whose columns are 9 c_in >= 288.
+            let fills_wide = match pass {
+                ConvPass::BackwardWeight => narrow_dim > 32,
+                _ => narrow_dim >= WIDE_COLS,
+            };
+            if wide && fills_wide && tap_major_applies(pass, g) {
+                let backward_weight = pass == ConvPass::BackwardWeight;
                 return Tiling {
                     kernel: WIDE_KERNELS[bf16 as usize][pass as usize],
-                    rows: 128,
+                    rows: if backward_weight { 64 } else { 128 },
                     cols: WIDE_COLS,
                     depth: 32,
-                    pack: Some(WeightPack::tap_major(pass, g, bf16)),
+                    pack: (!backward_weight).then(|| WeightPack::tap_major(pass, g, bf16)),
                 };
             }
             if tap_major_applies(pass, g) {
@@ -1105,7 +1122,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 4 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1138,12 +1155,28 @@ mod tests {
         let bf16 = plan(BackwardData, &g(256, 64), Bf16MmaWide, 132);
         assert_eq!(bf16.kernel, "conv_bwd_data_bf16_k3t_n128");
         assert_eq!(launch_shared_bytes(bf16.kernel), 0);
-        // Fewer columns, backward-weight, and channels off the 32-deep tiles run what
+        // Backward-weight: 64 output channels x 128 columns of (tap, c_in) from 33 output
+        // channels on, with v2's splits for its tile count.
+        let bw = plan(BackwardWeight, &g(64, 96), Tf32MmaWide, 132);
+        assert_eq!(bw.kernel, "conv_bwd_weight_tf32_k3t_m64n128");
+        assert_eq!(
+            (bw.grid.0, bw.grid.1),
+            ((9 * 64usize).div_ceil(128), 96usize.div_ceil(64))
+        );
+        let (split_len, splits) = split_plan(5 * 2, 2 * 9 * 7, 32, 132);
+        assert_eq!((bw.split_len, bw.splits, bw.grid.2), (split_len, splits, splits));
+        assert_eq!((bw.pack, launch_shared_bytes(bw.kernel)), (None, 0));
+        assert_eq!(
+            plan(BackwardWeight, &g(64, 33), Bf16MmaWide, 132).kernel,
+            "conv_bwd_weight_bf16_k3t_m64n128"
+        );
+        // Fewer columns (or output channels), and channels off the 32-deep tiles, run what
         // tf32-mma-tap runs.
         for (pass, geom) in [
             (Forward, g(64, 96)),
             (BackwardData, g(64, 128)),
-            (BackwardWeight, g(128, 128)),
+            (BackwardWeight, g(128, 32)),
+            (BackwardWeight, g(48, 128)),
             (Forward, g(33, 256)),
         ] {
             assert_eq!(
