@@ -518,6 +518,13 @@ struct GradByOutputChannelFollowed {
     __device__ float at(const ConvParams& p, int m) const {
         return dy_k[static_cast<size_t>(m) * p.h_out * p.w_out];
     }
+    // Rows lie a fixed distance apart (a plane), so a loader forms one address per tile and steps
+    // from slot to slot instead of multiplying out each row's.
+    static constexpr bool STRIDED_ROWS = true;
+    __device__ const float* row_at(const ConvParams& p, int m) const {
+        return dy_k + static_cast<size_t>(m) * p.h_out * p.w_out;
+    }
+    __device__ static size_t row_stride(const ConvParams& p) { return static_cast<size_t>(p.h_out) * p.w_out; }
 };
 
 // Backward-weight B: x by tap, rows n = (tap, ci) with the channel fastest, k = (img, oy, ox).
@@ -533,18 +540,22 @@ struct ImageByTapTapMajor {
     static constexpr bool TAP_MAJOR = true;
     const float* x_img = nullptr;
     int iy0 = 0, ix0 = 0;
+    int pixel = 0;  // iy0 * w + ix0: where the window's corner lies in a channel plane
     PixelCursor cur;
-    // The tap and first channel of each of this thread's runs, the same for every k tile: set
-    // once (fix_rows), so that a tile decodes none.
-    int tap[RUNS] = {}, c[RUNS] = {};
+    // The tap of each of this thread's runs and where the run's first value lies from the
+    // window's corner in the image ((c h + ky) w + kx), the same for every k tile: set once
+    // (fix_rows), so that a tile decodes none. Offsets within an image fit an int: the host plans
+    // these kernels for c_in h w below 2^31.
+    int tap[RUNS] = {}, offset[RUNS] = {};
     // n: this thread's first row; run r starts 32 r rows further.
     __device__ void fix_rows(const ConvParams& p, int n) {
         int t = n / p.c_in;
         int ch = n - t * p.c_in;
 #pragma unroll
         for (int r = 0; r < RUNS; ++r) {
+            const int ky = t / KW;
             tap[r] = t;
-            c[r] = ch;
+            offset[r] = (ch * p.h + ky) * p.w + t - ky * KW;
             ch += WARP;
             while (ch >= p.c_in) {
                 ch -= p.c_in;
@@ -557,12 +568,18 @@ struct ImageByTapTapMajor {
         x_img = p.x + static_cast<size_t>(cur.img) * p.c_in * p.h * p.w;
         iy0 = cur.oy * p.stride - p.pad;
         ix0 = cur.ox * p.stride - p.pad;
+        pixel = iy0 * p.w + ix0;
     }
     // The first value of run `run` at this thread's pixel, where the run's tap reads the
     // padding: null.
     __device__ const float* run_start(const ConvParams& p, int run) const {
         const int ky = tap[run] / KW;
-        return gather::x_at(p, x_img, iy0 + ky, ix0 + tap[run] - ky * KW, c[run]);
+        const int kx = tap[run] - ky * KW;
+        if (static_cast<unsigned>(iy0 + ky) >= static_cast<unsigned>(p.h) ||
+            static_cast<unsigned>(ix0 + kx) >= static_cast<unsigned>(p.w)) {
+            return nullptr;
+        }
+        return x_img + (offset[run] + pixel);
     }
     __device__ static int channel_stride(const ConvParams& p) { return p.h * p.w; }
 };
@@ -622,6 +639,12 @@ template <class G, class = void>
 struct IsAsync : std::false_type {};
 template <class G>
 struct IsAsync<G, std::void_t<decltype(G::ASYNC)>> : std::bool_constant<G::ASYNC> {};
+
+// Whether a K-major gatherer's rows lie a fixed distance apart (row_at, row_stride).
+template <class G, class = void>
+struct StridedRows : std::false_type {};
+template <class G>
+struct StridedRows<G, std::void_t<decltype(G::STRIDED_ROWS)>> : std::bool_constant<G::STRIDED_ROWS> {};
 
 // Whether mainloop pairs a gatherer's tile (see Operand): where the pair shares a line (A
 // MN-major, B K-major), unless the gatherer says otherwise with PAIRED.
@@ -686,6 +709,17 @@ __device__ __forceinline__ void load_tile(const ConvParams& p, G& g, bool row_ok
                 for (int j = 0; j < GROUP; ++j) {
                     r[i0 + j] = v != nullptr ? v[j * step] : 0.0f;
                 }
+            }
+        } else if constexpr (StridedRows<G>::value) {
+            // A thread's rows are WARPS apart: one address, then a step per slot.
+            static_assert(O::LOADS == 1 || O::slot_row(0, 1) - O::slot_row(0, 0) == WARPS, "slots WARPS rows apart");
+            const int row = row0 + O::slot_row(tid, 0);
+            const float* v = g.row_at(p, row);
+            const size_t step = WARPS * G::row_stride(p);
+#pragma unroll
+            for (int i = 0; i < O::LOADS; ++i) {
+                r[i] = (k_ok && row + WARPS * i < rows) ? *v : 0.0f;
+                v += step;
             }
         } else {
 #pragma unroll

@@ -386,12 +386,15 @@ const TAP_KERNELS: [[[&str; 2]; 3]; 2] = [
 /// Whether the tap-major kernels serve `pass` of `g`: a 3x3 pass whose tap-major channels fill
 /// whole runs of 32: the reduction's (c_in forward, c_out backward-data: 32-deep k tiles within
 /// one tap) or, backward-weight, the columns' (c_in: 32-row runs of a B tile within one tap).
+/// Backward-weight's gather also offsets within an image in 32-bit integers (c_in h w below
+/// 2^31).
 fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     let channels = match pass {
         ConvPass::Forward | ConvPass::BackwardWeight => g.c_in,
         ConvPass::BackwardData => g.c_out,
     };
-    (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0
+    let offsets_fit = pass != ConvPass::BackwardWeight || g.c_in * g.h * g.w <= i32::MAX as usize;
+    (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0 && offsets_fit
 }
 
 /// The wide tap-major kernels (`tf32-mma-wide`, `bf16-mma-wide`), 128 x 128 tiles, by [tf32,
@@ -1267,7 +1270,21 @@ mod tests {
             (tap.grid, tap.split_len, tap.splits),
             (plain.grid, plain.split_len, plain.splits)
         );
-        // Channels off the 32-deep tiles and other kernel sizes run v2's.
+        // Channels off the 32-deep tiles and other kernel sizes run v2's, and so does
+        // backward-weight where an image's offsets pass 32 bits.
+        let huge = ConvGeom {
+            h: 8192,
+            w: 8192,
+            ..g(32, 32, 3)
+        };
+        assert_eq!(
+            plan(BackwardWeight, &huge, ConvAlgo::Tf32MmaTap, 132).kernel,
+            "conv_bwd_weight_tf32_k3_m32"
+        );
+        assert_eq!(
+            plan(Forward, &huge, ConvAlgo::Tf32MmaTap, 132).kernel,
+            "conv_fwd_tf32_k3t_n32"
+        );
         for (pass, geom) in [
             (Forward, g(33, 64, 3)),
             (Forward, g(1, 32, 3)),
