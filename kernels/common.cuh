@@ -174,6 +174,28 @@ __device__ __forceinline__ uint2 load_pair(const uint32_t* words) {
     return *reinterpret_cast<const uint2*>(words);
 }
 
+// Four 8 x 4-word matrices of shared memory in one instruction (ldmatrix .x4 of 8 x 8 16-bit
+// matrices, whose 16-bit pairs are read as 32-bit words): lanes 8q to 8q + 7 give the rows of
+// matrix q, each 16 bytes at word `index` (per lane) of the warp-uniform array `base`, 16-byte
+// aligned; lane l receives word l % 4 of row l / 4 of matrix q in r[q]. Collective over the
+// warp. So a K-major tile's mma A fragment (rows g and g + 8, words t and t + 4) is one
+// instruction where it was four loads. The emulator exchanges the rows' indices by shuffles.
+__device__ __forceinline__ void load_matrix_x4(uint32_t (&r)[4], const uint32_t* base, int index) {
+#ifdef LRC_EMULATE
+    emu::check_aligned(base + index, 16);
+    const int lane = static_cast<int>(threadIdx.x) % WARP;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        r[q] = base[__shfl_sync(0xffffffffu, index, 8 * q + lane / 4) + lane % 4];
+    }
+#else
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(base + index));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+#endif
+}
+
 // Asynchronous copies from global to shared memory (cp.async, sm_80 and newer), 16 bytes each,
 // both addresses 16-byte aligned; .cg keeps them out of L1 (a block reads each value once).
 // A thread's copies since its last commit form a group (cp_async_commit); cp_async_wait_all

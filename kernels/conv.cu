@@ -521,6 +521,9 @@ struct GradByOutputChannelFollowed {
     // Rows lie a fixed distance apart (a plane), so a loader forms one address per tile and steps
     // from slot to slot instead of multiplying out each row's.
     static constexpr bool STRIDED_ROWS = true;
+    // The warps read their A fragments with ldmatrix (lrc::load_matrix_x4), one instruction
+    // for the four words a fragment takes from this K-major tile.
+    static constexpr bool LDMATRIX = true;
     __device__ const float* row_at(const ConvParams& p, int m) const {
         return dy_k + static_cast<size_t>(m) * p.h_out * p.w_out;
     }
@@ -645,6 +648,12 @@ template <class G, class = void>
 struct StridedRows : std::false_type {};
 template <class G>
 struct StridedRows<G, std::void_t<decltype(G::STRIDED_ROWS)>> : std::bool_constant<G::STRIDED_ROWS> {};
+
+// Whether mainloop reads a K-major A tile's fragments with ldmatrix (the gatherer's LDMATRIX).
+template <class G, class = void>
+struct ByLdmatrix : std::false_type {};
+template <class G>
+struct ByLdmatrix<G, std::void_t<decltype(G::LDMATRIX)>> : std::bool_constant<G::LDMATRIX> {};
 
 // Whether mainloop pairs a gatherer's tile (see Operand): where the pair shares a line (A
 // MN-major, B K-major), unless the gatherer says otherwise with PAIRED.
@@ -801,6 +810,8 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     constexpr bool A_PAIRED = S::A_PAIRED;
     constexpr bool B_PAIRED = S::B_PAIRED;
     constexpr bool B_ASYNC = S::B_ASYNC;
+    constexpr bool A_LDMATRIX = ByLdmatrix<GA>::value;
+    static_assert(!A_LDMATRIX || (GA::LAYOUT == Major::K && !A_PAIRED), "ldmatrix reads K-major rows of 4 words");
     using OA = typename S::OA;
     using OB = typename S::OB;
     if constexpr (B_ASYNC) {
@@ -869,7 +880,13 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {
                 const int row = wm + mt * 16 + g;
-                if constexpr (A_PAIRED) {
+                if constexpr (A_LDMATRIX) {
+                    // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
+                    // fragment at words w (q = 0, 1) and w + 4 (q = 2, 3), so a0..a3 arrive as
+                    // (g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4).
+                    const int mrow = wm + mt * 16 + lane % 16;
+                    lrc::load_matrix_x4(af[mt], sa, OA::index(mrow, w + (lane / 16) * 4));
+                } else if constexpr (A_PAIRED) {
                     const uint2 lo = lrc::load_pair(&sa[OA::index(row, w + t)]);      // rows g, g + 8
                     const uint2 hi = lrc::load_pair(&sa[OA::index(row, w + t + 4)]);  // at column t + 4
                     af[mt][0] = lo.x, af[mt][1] = lo.y, af[mt][2] = hi.x, af[mt][3] = hi.y;
