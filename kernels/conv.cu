@@ -541,6 +541,9 @@ struct ImageByTapTapMajor {
     static_assert(KH > 0 && KW > 0, "tap-major gathers need a compile-time kernel size");
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = true;
+    // Fragments by ldmatrix, two column tiles at a time, from rows of consecutive words.
+    static constexpr bool LDMATRIX = true;
+    static constexpr bool PAIRED = false;
     const float* x_img = nullptr;
     int iy0 = 0, ix0 = 0;
     int pixel = 0;  // iy0 * w + ix0: where the window's corner lies in a channel plane
@@ -590,18 +593,21 @@ struct ImageByTapTapMajor {
 // Tap-major B from the weights packed by conv_pack_* (forward: rows c_out, k = (tap, c_in);
 // backward-data: rows c_in, k = (tap, c_out)), which the kernels read through p.weight. The
 // rows are padded with zeros to a multiple of PACKED_ROWS, and each row holds its K / PACK words
-// already rounded to the operand precision and in the order of a paired K-major tile (word w of
-// every 8 at position paired(w, 4)). So a k tile of the block's rows is a block copy: 16 bytes
-// per cp.async straight into shared memory, with no conversion, no register staging and no
-// bounds checks (the host plans these kernels for K a multiple of BK).
+// already rounded to the operand precision, in k order. So a k tile of the block's rows is a
+// block copy: 16 bytes per cp.async straight into the K-major shared-memory tile, with no
+// conversion, no register staging and no bounds checks (the host plans these kernels for K a
+// multiple of BK).
 constexpr int PACKED_ROWS = 128;  // the widest B tile
 
 template <int ROWS, int PACK>
 struct PackedWeight {
-    using O = Operand<ROWS, Major::K, PACK, true>;
+    using O = Operand<ROWS, Major::K, PACK, false>;
     static constexpr Major LAYOUT = Major::K;
     static constexpr bool TAP_MAJOR = false;
     static constexpr bool ASYNC = true;
+    // Fragments by ldmatrix, two column tiles at a time, from rows of consecutive words.
+    static constexpr bool LDMATRIX = true;
+    static constexpr bool PAIRED = false;
     static_assert(PACKED_ROWS % ROWS == 0, "B tiles never run past the padded rows");
     static_assert(O::WK % 4 == 0 && O::STRIDE % 4 == 0, "rows of whole, aligned 16-byte pieces");
     static constexpr int PIECES_PER_ROW = O::WK / 4;
@@ -649,7 +655,7 @@ struct StridedRows : std::false_type {};
 template <class G>
 struct StridedRows<G, std::void_t<decltype(G::STRIDED_ROWS)>> : std::bool_constant<G::STRIDED_ROWS> {};
 
-// Whether mainloop reads a K-major A tile's fragments with ldmatrix (the gatherer's LDMATRIX).
+// Whether mainloop reads a K-major tile's fragments with ldmatrix (the gatherer's LDMATRIX).
 template <class G, class = void>
 struct ByLdmatrix : std::false_type {};
 template <class G>
@@ -812,6 +818,9 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     constexpr bool B_ASYNC = S::B_ASYNC;
     constexpr bool A_LDMATRIX = ByLdmatrix<GA>::value;
     static_assert(!A_LDMATRIX || (GA::LAYOUT == Major::K && !A_PAIRED), "ldmatrix reads K-major rows of 4 words");
+    constexpr bool B_LDMATRIX = ByLdmatrix<GB>::value;
+    static_assert(!B_LDMATRIX || (GB::LAYOUT == Major::K && !B_PAIRED && T::NT % 2 == 0),
+                  "ldmatrix reads K-major rows of 4 words, two column tiles at a time");
     using OA = typename S::OA;
     using OB = typename S::OB;
     if constexpr (B_ASYNC) {
@@ -900,7 +909,17 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
 #pragma unroll
             for (int nt = 0; nt < T::NT; ++nt) {
                 const int col = wn + nt * 8 + g;
-                if constexpr (B_PAIRED) {
+                if constexpr (B_LDMATRIX) {
+                    // Lanes 8q..8q+7 give the rows of column tile nt + q / 2 at words
+                    // w + 4 (q % 2): b0, b1 of tile nt, then of tile nt + 1.
+                    if (nt % 2 == 0) {
+                        uint32_t four[4];
+                        const int mcol = wn + (nt + lane / 16) * 8 + lane % 8;
+                        lrc::load_matrix_x4(four, sbk, OB::index(mcol, w + (lane / 8) % 2 * 4));
+                        bf[nt][0] = four[0], bf[nt][1] = four[1];
+                        bf[nt + 1][0] = four[2], bf[nt + 1][1] = four[3];
+                    }
+                } else if constexpr (B_PAIRED) {
                     const uint2 b = lrc::load_pair(&sbk[OB::index(col, w + t)]);  // k = t, t + 4
                     bf[nt][0] = b.x, bf[nt][1] = b.y;
                 } else {
@@ -1091,9 +1110,9 @@ __device__ void backward_weight(const ConvParams& p) {
     backward_weight_by<T, Math, ImageByTap<KH, KW>>(p);
 }
 
-// The 3x3 weights (OIHW) as PackedWeight reads them: word s of packed row n holds, rounded to
-// M's precision, the PACK values of k = PACK * unpaired(s, 4) onwards (k = (tap, channel)) of
-// row n of the GEMM's B (forward: weight[n][c][tap], rows c_out, channels c_in;
+// The 3x3 weights (OIHW) as PackedWeight reads them: word j of packed row n holds, rounded to
+// M's precision, the PACK values of k = PACK * j onwards (k = (tap, channel)) of row n of the
+// GEMM's B (forward: weight[n][c][tap], rows c_out, channels c_in;
 // backward-data: weight[c][n][tap], rows c_in, channels c_out), zero in the padding rows.
 // One thread per word, grid-stride: the writes are contiguous, the reads small and cached.
 template <class M, bool BACKWARD_DATA>
@@ -1107,8 +1126,7 @@ __device__ void pack_weight(const ConvParams& p) {
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
          i += static_cast<size_t>(gridDim.x) * blockDim.x) {
         const int n = static_cast<int>(i / row_words);
-        const int s = static_cast<int>(i - static_cast<size_t>(n) * row_words);
-        const int j = Operand<32, Major::K, M::PACK, true>::unpaired(s, 4);
+        const int j = static_cast<int>(i - static_cast<size_t>(n) * row_words);
         float v[2] = {0.0f, 0.0f};
         if (n < rows) {
 #pragma unroll

@@ -417,10 +417,10 @@ const WIDE_COLS: usize = 128;
 /// The dynamic shared memory a kernel of conv.cu or conv_sm90.cu is launched with (0 for those
 /// whose shared memory is static): the v3 kernels' B stages, and the wide TF32 tap-major
 /// kernels' tiles, which pass the 48 KiB a block may hold statically (conv.cu's SharedLayout:
-/// A 32 x (128 + 8) words, B two stages of 128 x (32 + 8) words).
+/// A 32 x (128 + 8) words, B two stages of 128 x (32 + 4) words).
 pub fn launch_shared_bytes(kernel: &str) -> usize {
     if WIDE_KERNELS[0][..2].contains(&kernel) {
-        const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 8);
+        const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 4);
         return WORDS * 4;
     }
     conv_sm90::shared_bytes(kernel)
@@ -1154,7 +1154,7 @@ mod tests {
         assert_eq!(wide.grid, ((2 * 9 * 7usize).div_ceil(128), 2, 1));
         assert_eq!(wide.pack.map(|p| p.words), Some(256 * 9 * 64));
         // TF32's tiles pass the 48 KiB of static shared memory, BF16's do not.
-        assert_eq!(launch_shared_bytes(wide.kernel), 58368);
+        assert_eq!(launch_shared_bytes(wide.kernel), 54272);
         let bf16 = plan(BackwardData, &g(256, 64), Bf16MmaWide, 132);
         assert_eq!(bf16.kernel, "conv_bwd_data_bf16_k3t_n128");
         assert_eq!(launch_shared_bytes(bf16.kernel), 0);
