@@ -885,10 +885,12 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
         for (int w = 0; w < OA::WK; w += 8) {
             uint32_t af[T::MT][4];
             uint32_t bf[T::NT][2];
-            // A paired operand's register pairs in one 64-bit load each (see Operand).
+            // A fragment's four words by ldmatrix (K-major tiles of the tap-major kernels), or
+            // a paired operand's register pairs in one 64-bit load each (see Operand), or word
+            // by word.
 #pragma unroll
             for (int mt = 0; mt < T::MT; ++mt) {
-                const int row = wm + mt * 16 + g;
+                [[maybe_unused]] const int row = wm + mt * 16 + g;
                 if constexpr (A_LDMATRIX) {
                     // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
                     // fragment at words w (q = 0, 1) and w + 4 (q = 2, 3), so a0..a3 arrive as
@@ -908,7 +910,7 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
             }
 #pragma unroll
             for (int nt = 0; nt < T::NT; ++nt) {
-                const int col = wn + nt * 8 + g;
+                [[maybe_unused]] const int col = wn + nt * 8 + g;
                 if constexpr (B_LDMATRIX) {
                     // Lanes 8q..8q+7 give the rows of column tile nt + q / 2 at words
                     // w + 4 (q % 2): b0, b1 of tile nt, then of tile nt + 1.

@@ -672,7 +672,7 @@ void rounding_case(const std::string& kernel, Precision precision) {
     p.x = x.data();
     p.weight = w.data();
     p.out = y.data();
-    launch(Plan{kernel, 1, 1, 1, 0, 1, shared_needed(kernel)}, p);
+    launch(Plan{kernel, 1, 1, 1, 0, 1, shared_needed(kernel), "", 0}, p);
     size_t bad = 0;
     for (size_t i = 0; i < x.size(); ++i) {
         const float want = precision == Precision::Bf16 ? emu::bf16_value(emu::cvt_rn_bf16(x[i]))
