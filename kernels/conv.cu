@@ -642,31 +642,23 @@ struct PackedWeight {
     }
 };
 
+// A gatherer's optional flag: TRAIT<G>::value is G::FLAG where G declares it, else DEFAULT.
+#define LRC_GATHERER_FLAG(TRAIT, FLAG, DEFAULT)                                                  \
+    template <class G, class = void>                                                               \
+    struct TRAIT : std::bool_constant<DEFAULT> {};                                                 \
+    template <class G>                                                                             \
+    struct TRAIT<G, std::void_t<decltype(G::FLAG)>> : std::bool_constant<G::FLAG> {};
+
 // Whether a gatherer copies its tiles to shared memory itself (cp.async) instead of handing
 // mainloop values to round and store.
-template <class G, class = void>
-struct IsAsync : std::false_type {};
-template <class G>
-struct IsAsync<G, std::void_t<decltype(G::ASYNC)>> : std::bool_constant<G::ASYNC> {};
-
+LRC_GATHERER_FLAG(IsAsync, ASYNC, false)
 // Whether a K-major gatherer's rows lie a fixed distance apart (row_at, row_stride).
-template <class G, class = void>
-struct StridedRows : std::false_type {};
-template <class G>
-struct StridedRows<G, std::void_t<decltype(G::STRIDED_ROWS)>> : std::bool_constant<G::STRIDED_ROWS> {};
-
-// Whether mainloop reads a K-major tile's fragments with ldmatrix (the gatherer's LDMATRIX).
-template <class G, class = void>
-struct ByLdmatrix : std::false_type {};
-template <class G>
-struct ByLdmatrix<G, std::void_t<decltype(G::LDMATRIX)>> : std::bool_constant<G::LDMATRIX> {};
-
+LRC_GATHERER_FLAG(StridedRows, STRIDED_ROWS, false)
+// Whether mainloop reads a K-major tile's fragments with ldmatrix.
+LRC_GATHERER_FLAG(ByLdmatrix, LDMATRIX, false)
 // Whether mainloop pairs a gatherer's tile (see Operand): where the pair shares a line (A
 // MN-major, B K-major), unless the gatherer says otherwise with PAIRED.
-template <class G, class = void>
-struct MayPair : std::true_type {};
-template <class G>
-struct MayPair<G, std::void_t<decltype(G::PAIRED)>> : std::bool_constant<G::PAIRED> {};
+LRC_GATHERER_FLAG(MayPair, PAIRED, true)
 
 // Loads this thread's slots of one k tile of an operand into registers.
 template <int ROWS, int PACK, class G>

@@ -229,26 +229,14 @@ fn launch_plans_split_and_cover_as_intended() {
         .map(splits_of)
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
-    // So do the tap-major ones.
-    let tap_splits: Vec<usize> = text
-        .lines()
-        .filter(|l| l.contains("bwd_weight_tf32_k3t"))
-        .map(splits_of)
-        .collect();
-    assert!(
-        tap_splits.iter().any(|&s| s > 1) && tap_splits.contains(&1),
-        "{tap_splits:?}"
-    );
-    // And the wide ones.
-    let wide_splits: Vec<usize> = text
-        .lines()
-        .filter(|l| l.contains("bwd_weight_tf32_k3t_m64n128"))
-        .map(splits_of)
-        .collect();
-    assert!(
-        wide_splits.iter().any(|&s| s > 1) && wide_splits.contains(&1),
-        "{wide_splits:?}"
-    );
+    // So do the tap-major ones, and the wide ones among them.
+    for kernel in ["bwd_weight_tf32_k3t", "bwd_weight_tf32_k3t_m64n128"] {
+        let splits: Vec<usize> = text.lines().filter(|l| l.contains(kernel)).map(splits_of).collect();
+        assert!(
+            splits.iter().any(|&s| s > 1) && splits.contains(&1),
+            "{kernel}: {splits:?}"
+        );
+    }
     // The tap-major forward and backward-data kernels, and they alone, read packed weights,
     // packed by the kernel of their pass and precision.
     for l in text.lines() {
