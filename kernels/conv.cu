@@ -304,10 +304,6 @@ struct Operand {
     __device__ static constexpr int paired(int i, int half) {
         return (i & ~(2 * half - 1)) | ((i & (half - 1)) << 1) | ((i / half) & 1);
     }
-    // The inverse: which i sits at position s.
-    __device__ static constexpr int unpaired(int s, int half) {
-        return (s & ~(2 * half - 1)) | ((s & (2 * half - 1)) >> 1) | ((s & 1) * half);
-    }
     // Slot i of thread tid: MN-major threads own one row and step through k (a warp reads 32
     // consecutive rows), in runs of PACK consecutive k so that each word is one thread's; K-major
     // threads own one k (their lane) and step through rows (a warp reads 32 consecutive k of one
@@ -515,11 +511,8 @@ struct GradByOutputChannelFollowed {
         const int hw = p.h_out * p.w_out;
         dy_k = p.dy + static_cast<size_t>(cur.img) * p.c_out * hw + cur.oy * p.w_out + cur.ox;
     }
-    __device__ float at(const ConvParams& p, int m) const {
-        return dy_k[static_cast<size_t>(m) * p.h_out * p.w_out];
-    }
-    // Rows lie a fixed distance apart (a plane), so a loader forms one address per tile and steps
-    // from slot to slot instead of multiplying out each row's.
+    // Rows lie a fixed distance apart (a plane), so the loader forms one address per tile and
+    // steps from slot to slot (row_at, row_stride) instead of multiplying out each row's.
     static constexpr bool STRIDED_ROWS = true;
     // The warps read their A fragments with ldmatrix (lrc::load_matrix_x4), one instruction
     // for the four words a fragment takes from this K-major tile.

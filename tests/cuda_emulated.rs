@@ -161,10 +161,10 @@ fn plan_file() -> String {
             algo,
             ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide
         ) {
+            // The wide versions' own kernels alone (elsewhere they run the tap-major ones).
+            let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
             for (label, g) in &tap_shapes {
                 let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
-                // The wide versions' own kernels alone (elsewhere they run the tap-major ones).
-                let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
                 for (pass, name) in PASSES {
                     let launch = plan(pass, g, algo, 4);
                     if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("128")) {

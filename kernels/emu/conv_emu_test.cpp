@@ -430,6 +430,7 @@ void launch(const Plan& plan, const ConvParams& p) {
     const Kernel k = kernel_named(plan.kernel);
     // As run_single in conv.rs: a packing first, into an exact-size block (poisoned, so that a
     // word it fails to write shows), which the convolution reads as its weights.
+    ConvParams conv = p;
     std::vector<float> packed;
     if (!plan.pack.empty()) {
         packed = poisoned(plan.pack_words);
@@ -439,14 +440,8 @@ void launch(const Plan& plan, const ConvParams& p) {
         label_launch(plan.pack);
         emu::launch(dim3{unsigned(ceil_div(static_cast<long long>(plan.pack_words), 256)), 1, 1}, dim3{256, 1, 1},
                     [&] { pack(q); });
+        conv.weight = packed.data();
     }
-    const ConvParams conv = [&] {
-        ConvParams q = p;
-        if (!plan.pack.empty()) {
-            q.weight = packed.data();
-        }
-        return q;
-    }();
     label_launch(plan.kernel);
     // The launch gets exactly what the host planned: too little shows as an overrun under ASan,
     // and a plan that differs from the kernel's own number fails here.

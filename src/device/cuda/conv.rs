@@ -59,9 +59,8 @@ pub enum ConvAlgo {
     Bf16MmaWide = 10,
     /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
     /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-wgmma`),
-    /// timed with CUDA
-    /// events the first time the pass meets that geometry and remembered by the device
-    /// (`conv_tune`). That first call waits for the device; runs may choose differently, so
+    /// timed with CUDA events the first time the pass meets that geometry and remembered by the
+    /// device (`conv_tune`). That first call waits for the device; runs may choose differently, so
     /// results are reproducible to TF32 rounding, not bit for bit.
     Tf32Fastest = 7,
     /// As [`ConvAlgo::Tf32Fastest`] among the BF16 versions.
@@ -496,25 +495,22 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
                 ConvPass::BackwardWeight => narrow_dim > 32,
                 _ => narrow_dim >= WIDE_COLS,
             };
-            if wide && fills_wide && tap_major_applies(pass, g) {
-                let backward_weight = pass == ConvPass::BackwardWeight;
-                return Tiling {
-                    kernel: WIDE_KERNELS[bf16 as usize][pass as usize],
-                    rows: if backward_weight { 64 } else { 128 },
-                    cols: WIDE_COLS,
-                    depth: 32,
-                    pack: (!backward_weight).then(|| WeightPack::tap_major(pass, g, bf16)),
-                };
-            }
             if tap_major_applies(pass, g) {
-                let narrow = narrow_dim <= 32;
-                let (rows, cols) = mma_tile(pass, narrow);
+                let backward_weight = pass == ConvPass::BackwardWeight;
+                let (kernel, rows, cols) = if wide && fills_wide {
+                    let rows = if backward_weight { 64 } else { 128 };
+                    (WIDE_KERNELS[bf16 as usize][pass as usize], rows, WIDE_COLS)
+                } else {
+                    let narrow = narrow_dim <= 32;
+                    let (rows, cols) = mma_tile(pass, narrow);
+                    (TAP_KERNELS[bf16 as usize][pass as usize][narrow as usize], rows, cols)
+                };
                 return Tiling {
-                    kernel: TAP_KERNELS[bf16 as usize][pass as usize][narrow as usize],
+                    kernel,
                     rows,
                     cols,
                     depth: 32,
-                    pack: (pass != ConvPass::BackwardWeight).then(|| WeightPack::tap_major(pass, g, bf16)),
+                    pack: (!backward_weight).then(|| WeightPack::tap_major(pass, g, bf16)),
                 };
             }
             if bf16 { &BF16_KERNELS } else { &TF32_KERNELS }
