@@ -211,6 +211,17 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
 #endif
 }
 
+// One 32-bit word, through L1 (.ca: the only form for copies under 16 bytes), for tiles whose
+// rows start at any word (a shifted window, a halo).
+__device__ __forceinline__ void cp_async_4(void* shared, const void* global) {
+#ifdef LRC_EMULATE
+    emu::cp_async(shared, global, 4);
+#else
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(to), "l"(global) : "memory");
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef LRC_EMULATE
     emu::cp_async_commit();

@@ -28,6 +28,9 @@
 //     _k3t      tap-major 3x3 (tf32-mma-tap, bf16-mma-tap): k = (tap, channel); forward and
 //               backward-data copy their B from weights packed beforehand (conv_pack_*:
 //               rounded, in the tile's layout) with cp.async into two shared-memory stages.
+//     _k3h      backward-weight of 3x3 stride 1 pad 1 by halo tiles (tf32-mma-halo, TF32):
+//               every tap of 32 input channels from one staged k tile of 32 pixels and its
+//               one-pixel border (conv_halo.cuh).
 
 #include <climits>
 #include <type_traits>
@@ -1227,6 +1230,24 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
 LRC_CONV_MMA_TAP(tf32, Tf32)
 LRC_CONV_MMA_TAP(bf16, Bf16)
+
+// Backward-weight by halo tiles (tf32-mma-halo, conv_halo.cuh): 64 output channels a block, or
+// 32 for c_out <= 32 (_m32); k tiles of one row of 32 pixels (_w32: W a multiple of 32) or two
+// rows of 16 (_w16: W = 16). Grid (c_in / 32, ceil(c_out / BM), splits).
+#include "conv_halo.cuh"
+
+LRC_KERNEL(conv_bwd_weight_tf32_k3h_m64_w32, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight<halo::Tile<2, 32>, v2::Tf32>(p);
+}
+LRC_KERNEL(conv_bwd_weight_tf32_k3h_m64_w16, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight<halo::Tile<2, 16>, v2::Tf32>(p);
+}
+LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w32, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight<halo::Tile<1, 32>, v2::Tf32>(p);
+}
+LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight<halo::Tile<1, 16>, v2::Tf32>(p);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

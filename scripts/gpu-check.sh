@@ -15,7 +15,8 @@
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net;
-#             then `lrc bench step` again with the tap-major convolutions (LRC_CONV_ALGO=tf32-mma-wide)
+#             then `lrc bench step` again with the tap-major convolutions and halo-tile
+#             backward-weight (LRC_CONV_ALGO=tf32-mma-halo)
 #             and with the fastest TF32 version per pass (LRC_CONV_ALGO=tf32-fastest)
 #   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
@@ -369,7 +370,7 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc wide" "bench step lrc fastest" "demo quick" "bench batch" "bench lrc" "bench torch" \
+    for s in memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc halo" "bench step lrc fastest" "demo quick" "bench batch" "bench lrc" "bench torch" \
         "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -385,7 +386,9 @@ else
         # outside the tensors, where out-of-bounds accesses would be. Then the tap-major
         # kernels, which need channels in multiples of 32 (the wide ones 128 columns): 64 and
         # 128 channels on 10 x 10 and 5 x 5 planes, through the wide versions (which run the
-        # other tap-major kernels where a pass has fewer columns). The first failure's status.
+        # other tap-major kernels where a pass has fewer columns); then the halo-tile
+        # backward-weight kernels, which need widths of 32 or 16: 32 x 32 with 32 channels and
+        # 16 x 16 with 64. The first failure's status.
         # shellcheck disable=SC2016 # expanded by the inner shell
         timed "$logs/memcheck.log" "$(min 150 "$(left)")" bash -c '
             sanitize() { "$sanitizer" --tool memcheck --error-exitcode 3 "$lrc" bench conv --batch 3 --classes 3 \
@@ -395,6 +398,7 @@ else
             for algo in tf32-mma-wide bf16-mma-wide; do
                 sanitize --size 10 --base 64 --depth 2 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
             done
+            sanitize --size 32 --base 32 --depth 2 --algo tf32-mma-halo || { rc=$?; ((status)) || status=$rc; }
             exit "$status"' memcheck "$sanitizer" "$bin/lrc" "$logs/memcheck-bench.jsonl"
         errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck.log" | sed 's/^=* *//' |
             awk '{ n += $3 } END { if (NR) printf "ERROR SUMMARY: %d errors (%d runs)", n, NR }')"
@@ -464,10 +468,10 @@ else
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The same step with the tap-major convolutions (the wide tiles where a pass has 128 columns
-    # or more, the others elsewhere), and with the fastest TF32 version per pass (timed in the
-    # warm-up steps), beside the default they may replace.
-    bench_run "bench step lrc wide" 30 120 "$logs/bench-step-lrc-wide.log" \
-        env LRC_CONV_ALGO=tf32-mma-wide "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # or more, the others elsewhere) and the halo-tile backward-weight, and with the fastest
+    # TF32 version per pass (timed in the warm-up steps), beside the default they may replace.
+    bench_run "bench step lrc halo" 30 120 "$logs/bench-step-lrc-halo.log" \
+        env LRC_CONV_ALGO=tf32-mma-halo "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step lrc fastest" 30 120 "$logs/bench-step-lrc-fastest.log" \
         env LRC_CONV_ALGO=tf32-fastest "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The whole pipeline on this GPU, end to end: a failure here is a failure of the check.
@@ -567,7 +571,7 @@ if not lrc and not torch:
 # lrc's versions in the order of ConvAlgo::ALL (any other after them), each compared with cuDNN
 # at its operand precision; cuDNN has no plain FP32 run, so fp32-tiled is compared with TF32.
 ORDER = ["fp32-tiled", "tf32-mma", "bf16-mma", "tf32-wgmma", "bf16-wgmma", "tf32-mma-tap", "bf16-mma-tap",
-         "tf32-mma-wide", "bf16-mma-wide"]
+         "tf32-mma-wide", "bf16-mma-wide", "tf32-mma-halo"]
 PRECISION = {"bf16-mma": "bf16", "bf16-wgmma": "bf16", "bf16-mma-tap": "bf16", "bf16-mma-wide": "bf16"}
 PRECISIONS = ["tf32", "bf16"]
 found = {r["algo"] for r in lrc}

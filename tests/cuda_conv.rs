@@ -129,6 +129,7 @@ fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
         | ConvAlgo::Tf32Wgmma
         | ConvAlgo::Tf32MmaTap
         | ConvAlgo::Tf32MmaWide
+        | ConvAlgo::Tf32MmaHalo
         | ConvAlgo::Tf32Fastest => (-11f64).exp2(),
         ConvAlgo::Bf16Mma
         | ConvAlgo::Bf16Wgmma
@@ -287,6 +288,12 @@ fn shapes() -> Vec<ConvGeom> {
         // over 136 input channels, both off the tile.
         geom([1, 32, 5, 6, 160], (3, 3), 1, 1),
         geom([2, 136, 5, 4, 32], (3, 3), 1, 1),
+        // Backward-weight's halo tiles (tf32-mma-halo; 64 x 64 x 16 x 16 above runs the 64-
+        // channel two-row one): rows of 32 pixels with 40 output channels (off the 64-row
+        // block), rows of 64 with 20 (32-row blocks, two column blocks), two rows of 16 with 24.
+        geom([3, 32, 5, 32, 40], (3, 3), 1, 1),
+        geom([2, 64, 3, 64, 20], (3, 3), 1, 1),
+        geom([2, 32, 6, 16, 24], (3, 3), 1, 1),
     ]
 }
 
@@ -846,6 +853,75 @@ fn packed_weights_round_as_documented() {
                     round(v).to_bits(),
                     "{algo}: output channel {co}, pixel {pixel}: weight {v:e} gave {got:e}"
                 );
+            }
+        }
+    }
+}
+
+/// The halo kernels round both operands as documented (TF32, nearest even) and read each tap's
+/// window with its zero border: with dy 1 at a single pixel P of every output channel and 0
+/// elsewhere, dw[co][ci][ky][kx] is the one exact product 1 x tf32(x[ci] at P + (ky - 1,
+/// kx - 1)), or 0 where that lies outside the image, and db[co] is 1; with x 1 at P in every
+/// channel instead, dw[co][ci][ky][kx] = tf32(dy[co] at P - (ky - 1, kx - 1)). Values 1 + k
+/// 2^-12 (scaled, both signs) include exact ties. P on the left border of a 32-pixel row, then
+/// in the second row of a two-row k tile on the right border; both block heights.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn halo_operands_round_as_documented() {
+    let device = device();
+    let tied = |k: usize| {
+        let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
+        if k % 2 == 1 { -v } else { v }
+    };
+    for (dims, (py, px)) in [([1, 32, 3, 32, 40], (1, 0)), ([2, 32, 4, 16, 24], (3, 15))] {
+        let g = geom(dims, (3, 3), 1, 1);
+        let launch = plan(
+            ConvPass::BackwardWeight,
+            &g,
+            ConvAlgo::Tf32MmaHalo,
+            device.multiprocessors(),
+        );
+        assert!(launch.kernel.contains("_k3h_"), "{launch:?}");
+        let (plane, img) = (g.h * g.w, g.n - 1);
+        let at = |c: usize, channels: usize, y: isize, x: isize| {
+            let inside = (0..g.h as isize).contains(&y) && (0..g.w as isize).contains(&x);
+            inside.then(|| (img * channels + c) * plane + y as usize * g.w + x as usize)
+        };
+        let values = |len: usize| -> Vec<f32> { (0..len).map(tied).collect() };
+        let one_hot = |channels: usize| {
+            let mut v = vec![0.0f32; g.n * channels * plane];
+            for c in 0..channels {
+                v[at(c, channels, py, px).unwrap()] = 1.0;
+            }
+            v
+        };
+        let (x, dy) = (values(g.n * g.c_in * plane), values(g.n * g.c_out * plane));
+        for (x, dy, rounded_x) in [
+            (x.clone(), one_hot(g.c_out), true),
+            (one_hot(g.c_in), dy.clone(), false),
+        ] {
+            let (dw, db) =
+                conv2d_backward_weight(&g, &upload(&device, &x), &upload(&device, &dy), ConvAlgo::Tf32MmaHalo).unwrap();
+            let (dw, db) = (dw.to_host().unwrap(), db.to_host().unwrap());
+            for co in 0..g.c_out {
+                for ci in 0..g.c_in {
+                    for (ky, kx) in (0..3isize).flat_map(|ky| (0..3isize).map(move |kx| (ky, kx))) {
+                        let want = if rounded_x {
+                            at(ci, g.c_in, py + ky - 1, px + kx - 1).map_or(0.0, |i| to_tf32(x[i]))
+                        } else {
+                            at(co, g.c_out, py - ky + 1, px - kx + 1).map_or(0.0, |i| to_tf32(dy[i]))
+                        };
+                        let got = dw[(co * g.c_in + ci) * 9 + (ky * 3 + kx) as usize];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{dims:?}: dw[{co}][{ci}][{ky}][{kx}] = {got:e}, want {want:e}"
+                        );
+                    }
+                }
+                if rounded_x {
+                    assert_eq!(db[co], 1.0, "{dims:?}: db[{co}]");
+                }
             }
         }
     }

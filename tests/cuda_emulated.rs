@@ -141,6 +141,18 @@ fn plan_file() -> String {
         // Backward-weight's wide tile (64 output channels) with its reduction split in two.
         ("3x3_n3_c32-64_13x15", conv([3, 32, 13, 15, 64], (3, 3), 1, 1)),
     ];
+    // The halo-tile backward-weight kernels (tf32-mma-halo): rows of 32 and 64 pixels and of 16
+    // (two rows a k tile), 64 and 32 output channels a block, c_out off the tile (40, 24, 72,
+    // 20; 72: a last block of 8 rows), two 32-channel column blocks, reductions split mid-image and
+    // mid-row (3 x 5 x 64: two splits of 480 pixels) and unsplit.
+    let halo_shapes = [
+        ("3x3_n2_c32-64_3x32", conv([2, 32, 3, 32, 64], (3, 3), 1, 1)),
+        ("3x3_n1_c64-24_4x32", conv([1, 64, 4, 32, 24], (3, 3), 1, 1)),
+        ("3x3_n3_c64-40_5x64", conv([3, 64, 5, 64, 40], (3, 3), 1, 1)),
+        ("3x3_n2_c32-32_6x16", conv([2, 32, 6, 16, 32], (3, 3), 1, 1)),
+        ("3x3_n1_c32-72_8x16", conv([1, 32, 8, 16, 72], (3, 3), 1, 1)),
+        ("3x3_n4_c32-20_10x16", conv([4, 32, 10, 16, 20], (3, 3), 1, 1)),
+    ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
     // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
@@ -157,6 +169,16 @@ fn plan_file() -> String {
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
+        if algo == ConvAlgo::Tf32MmaHalo {
+            // Its own kernels alone (elsewhere it runs tf32-mma-wide's).
+            for (label, g) in &halo_shapes {
+                let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+                let launch = plan(ConvPass::BackwardWeight, g, algo, 4);
+                assert!(launch.kernel.contains("_k3h_"), "{label}: {}", launch.kernel);
+                line(&mut out, label, "conv", "backward_weight", d, &launch);
+            }
+            continue;
+        }
         if matches!(
             algo,
             ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide
@@ -230,7 +252,11 @@ fn launch_plans_split_and_cover_as_intended() {
         .collect();
     assert!(splits.iter().any(|&s| s > 1) && splits.contains(&1), "{splits:?}");
     // So do the tap-major ones, and the wide ones among them.
-    for kernel in ["bwd_weight_tf32_k3t", "bwd_weight_tf32_k3t_m64n128"] {
+    for kernel in [
+        "bwd_weight_tf32_k3t",
+        "bwd_weight_tf32_k3t_m64n128",
+        "bwd_weight_tf32_k3h",
+    ] {
         let splits: Vec<usize> = text.lines().filter(|l| l.contains(kernel)).map(splits_of).collect();
         assert!(
             splits.iter().any(|&s| s > 1) && splits.contains(&1),
@@ -303,6 +329,10 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_data_bf16_k3t_n128",
         "bwd_weight_tf32_k3t_m64n128",
         "bwd_weight_bf16_k3t_m64n128",
+        "bwd_weight_tf32_k3h_m64_w32",
+        "bwd_weight_tf32_k3h_m64_w16",
+        "bwd_weight_tf32_k3h_m32_w32",
+        "bwd_weight_tf32_k3h_m32_w16",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

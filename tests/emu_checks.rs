@@ -228,6 +228,34 @@ fn a_shared_memory_race_between_threads_is_caught() {
 }
 
 #[test]
+fn a_warp_running_ahead_past_a_missing_barrier_is_caught() {
+    if !emu::available() {
+        return;
+    }
+    // Both warps write between two warp collectives. Were the warps released from a collective
+    // together, every write would land before any read in both schedules; one warp at a time,
+    // the first in schedule order reads its partner's word before the other warp writes it.
+    let mut mem = EmuMemory::new();
+    let p = buffers(&mut mem, 64);
+    expect_error(
+        mem.run_on(
+            runner(Variant::Plain),
+            true,
+            &[call("planted_warp_runs_ahead", 1, 64, p)],
+        ),
+        &["reverse order", "planted_warp_runs_ahead"],
+    );
+    // With the barrier, both schedules agree: thread t reads in[(t ^ 32) ^ 1].
+    let mut mem = EmuMemory::new();
+    let p = buffers(&mut mem, 64);
+    mem.run_on(runner(Variant::Plain), true, &[call("planted_warp_waits", 1, 64, p)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out: Vec<f32> = mem.read(p.out, 64);
+    let want: Vec<f32> = (0..64).map(|t| ((t ^ 32 ^ 1) + 1) as f32).collect();
+    assert_eq!(out, want);
+}
+
+#[test]
 fn a_dependence_on_the_order_of_blocks_is_caught() {
     if !emu::available() {
         return;

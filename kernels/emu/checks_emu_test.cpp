@@ -78,6 +78,29 @@ LRC_KERNEL(planted_shared_with_barrier, PlantedParams, 64) {
     if (threadIdx.x == 1) p.out[blockIdx.x] = s;
 }
 
+// Each thread writes its word of shared memory between two warp collectives and reads its
+// partner's in the other warp with no block barrier in between: a warp that runs ahead of the
+// other reads a word not yet written.
+LRC_KERNEL(planted_warp_runs_ahead, PlantedParams, 64) {
+    __shared__ float s[64];
+    const int t = threadIdx.x;
+    const float v = __shfl_xor_sync(0xffffffffu, p.in[t], 1);
+    s[t] = v;
+    const float w = __shfl_xor_sync(0xffffffffu, v, 1);
+    p.out[t] = s[t ^ 32] + 0.0f * w;
+}
+
+// Control: the same with the barrier.
+LRC_KERNEL(planted_warp_waits, PlantedParams, 64) {
+    __shared__ float s[64];
+    const int t = threadIdx.x;
+    const float v = __shfl_xor_sync(0xffffffffu, p.in[t], 1);
+    s[t] = v;
+    __syncthreads();
+    const float w = __shfl_xor_sync(0xffffffffu, v, 1);
+    p.out[t] = s[t ^ 32] + 0.0f * w;
+}
+
 // Every block writes out[0]: the last one to run wins.
 LRC_KERNEL(planted_last_block_wins, PlantedParams, 64) {
     if (threadIdx.x == 0) p.out[0] = static_cast<float>(blockIdx.x);

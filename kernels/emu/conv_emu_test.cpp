@@ -360,6 +360,10 @@ const struct {
     LRC_ENTRY(conv_bwd_data_bf16_k3t_n128),
     LRC_ENTRY(conv_bwd_weight_tf32_k3t_m64n128),
     LRC_ENTRY(conv_bwd_weight_bf16_k3t_m64n128),
+    LRC_ENTRY(conv_bwd_weight_tf32_k3h_m64_w32),
+    LRC_ENTRY(conv_bwd_weight_tf32_k3h_m64_w16),
+    LRC_ENTRY(conv_bwd_weight_tf32_k3h_m32_w32),
+    LRC_ENTRY(conv_bwd_weight_tf32_k3h_m32_w16),
     LRC_ENTRY(conv_pack_fwd_tf32),
     LRC_ENTRY(conv_pack_bwd_data_tf32),
     LRC_ENTRY(conv_pack_fwd_bf16),
@@ -543,7 +547,8 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
         const int reduction = g.n * g.h_out() * g.w_out();
         check(tag + " dw", out[0], want_dw, scale_dw, reduction);
         // In every version lane l of a warp sums k = l (mod 32) of the block's range, warp_sum
-        // adds the lanes (5 levels), split_reduce the splits.
+        // adds the lanes (5 levels), split_reduce the splits. (The halo kernels' lanes add 4
+        // consecutive k of each 32 in two levels, then 8 lanes in 3: no longer a chain.)
         check.bias_gradient(tag + " db", out[1], want_db, scale_db,
                             sum_chain(split_run(reduction, plan), 32, 5, plan.splits));
     }

@@ -24,9 +24,11 @@
 // Checks, the CPU counterparts of compute-sanitizer's memcheck and racecheck:
 // - Schedules: `emu::reverse_schedule` runs the blocks of a grid in reverse order and, at every
 //   phase between barriers, the threads of a block (so its warps too) from the last to the
-//   first. Code that reads what another thread of its block writes without a barrier in
-//   between, or that depends on the order of blocks, gives different results under the two
-//   schedules; the runner's caller compares them.
+//   first. A warp leaves a warp collective alone, the first waiting one in schedule order, and
+//   runs on until its next collective or barrier, so one warp runs ahead of the others as far
+//   as the block's barriers let it. Code that reads what another thread of its block writes
+//   without a barrier in between, or that depends on the order of blocks, gives different
+//   results under the two schedules; the runner's caller compares them.
 // - Compiled with AddressSanitizer (-fsanitize=address), every access is checked: the runner
 //   poisons whatever in the memory image is not a live allocation, dynamic shared memory is
 //   exactly the bytes the launch asks for, static __shared__ arrays get ASan's global red zones,
@@ -342,8 +344,14 @@ inline void run_block() {
         }
         bool all_done = true;
         bool released = false;
-        // Warp collectives: all 32 lanes must be waiting.
-        for (int w = 0; w * kWarp < n; ++w) {
+        // Warp collectives: all 32 lanes must be waiting. One warp at a time, the first in
+        // schedule order, which then runs on alone to its next collective or barrier: a warp
+        // may run ahead of the others between block barriers, as on the hardware, so that a
+        // missing barrier (a warp reading a tile others have yet to write, or overwriting one
+        // they have yet to read) changes the results of one schedule.
+        const int warps = (n + kWarp - 1) / kWarp;
+        for (int k = 0; k < warps && !released; ++k) {
+            const int w = reverse_schedule ? warps - 1 - k : k;
             int waiting = 0;
             for (int l = 0; l < kWarp && w * kWarp + l < n; ++l) {
                 waiting += threads[w * kWarp + l].state == State::AtWarpBarrier;

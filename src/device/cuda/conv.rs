@@ -57,8 +57,15 @@ pub enum ConvAlgo {
     Tf32MmaWide = 9,
     /// As [`ConvAlgo::Tf32MmaWide`] with `bf16-mma`'s operands.
     Bf16MmaWide = 10,
+    /// `tf32-mma-wide` whose 3x3 backward-weight passes, where the image's width is a multiple
+    /// of 32 or is 16 (with an even height) and c_in a multiple of 32, stride 1 and pad 1, run by
+    /// halo tiles: a block computes all nine taps of 32 input channels from one staged k tile
+    /// of 32 pixels, their dy and their input with its one-pixel border, where the implicit GEMM
+    /// gathers the input once per tap. Everything else runs `tf32-mma-wide`'s kernels.
+    Tf32MmaHalo = 11,
     /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
-    /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-wgmma`),
+    /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-mma-halo`,
+    /// `tf32-wgmma`),
     /// timed with CUDA events the first time the pass meets that geometry and remembered by the
     /// device (`conv_tune`). That first call waits for the device; runs may choose differently, so
     /// results are reproducible to TF32 rounding, not bit for bit.
@@ -70,7 +77,7 @@ pub enum ConvAlgo {
 impl ConvAlgo {
     /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
     /// ([`ConvAlgo::runs_on`]).
-    pub const ALL: [ConvAlgo; 9] = [
+    pub const ALL: [ConvAlgo; 10] = [
         ConvAlgo::Fp32Tiled,
         ConvAlgo::Tf32Mma,
         ConvAlgo::Bf16Mma,
@@ -80,6 +87,7 @@ impl ConvAlgo {
         ConvAlgo::Bf16MmaTap,
         ConvAlgo::Tf32MmaWide,
         ConvAlgo::Bf16MmaWide,
+        ConvAlgo::Tf32MmaHalo,
     ];
 
     /// The settings that choose a version per pass and geometry by timing them.
@@ -106,6 +114,7 @@ impl ConvAlgo {
             ConvAlgo::Bf16MmaTap => "bf16-mma-tap",
             ConvAlgo::Tf32MmaWide => "tf32-mma-wide",
             ConvAlgo::Bf16MmaWide => "bf16-mma-wide",
+            ConvAlgo::Tf32MmaHalo => "tf32-mma-halo",
             ConvAlgo::Tf32Fastest => "tf32-fastest",
             ConvAlgo::Bf16Fastest => "bf16-fastest",
         }
@@ -115,14 +124,15 @@ impl ConvAlgo {
     /// compute capability `cc` (the first is what a plan made without choosing uses); `None` for
     /// a version.
     pub fn candidates(self, cc: (i32, i32)) -> Option<Vec<ConvAlgo>> {
-        let family = match self {
-            ConvAlgo::Tf32Fastest => [
+        let family: &[ConvAlgo] = match self {
+            ConvAlgo::Tf32Fastest => &[
                 ConvAlgo::Tf32Mma,
                 ConvAlgo::Tf32MmaTap,
                 ConvAlgo::Tf32MmaWide,
+                ConvAlgo::Tf32MmaHalo,
                 ConvAlgo::Tf32Wgmma,
             ],
-            ConvAlgo::Bf16Fastest => [
+            ConvAlgo::Bf16Fastest => &[
                 ConvAlgo::Bf16Mma,
                 ConvAlgo::Bf16MmaTap,
                 ConvAlgo::Bf16MmaWide,
@@ -130,7 +140,7 @@ impl ConvAlgo {
             ],
             _ => return None,
         };
-        Some(family.into_iter().filter(|a| a.runs_on(cc)).collect())
+        Some(family.iter().copied().filter(|a| a.runs_on(cc)).collect())
     }
 
     /// Whether this version runs sm_90a code (wgmma), which only compute capability 9.0 devices
@@ -188,6 +198,7 @@ impl FromStr for ConvAlgo {
             "bf16-mma-tap" => Ok(ConvAlgo::Bf16MmaTap),
             "tf32-mma-wide" => Ok(ConvAlgo::Tf32MmaWide),
             "bf16-mma-wide" => Ok(ConvAlgo::Bf16MmaWide),
+            "tf32-mma-halo" => Ok(ConvAlgo::Tf32MmaHalo),
             "tf32-fastest" => Ok(ConvAlgo::Tf32Fastest),
             "bf16-fastest" => Ok(ConvAlgo::Bf16Fastest),
             other => Err(Error::config(format!(
@@ -413,6 +424,29 @@ const WIDE_KERNELS: [[&str; 3]; 2] = [
 ];
 const WIDE_COLS: usize = 128;
 
+/// The halo-tile backward-weight kernels of `tf32-mma-halo` (conv_halo.cuh) by [64 output
+/// channels a block, 32][k tiles of one 32-pixel row, of two 16-pixel rows].
+const HALO_KERNELS: [[&str; 2]; 2] = [
+    ["conv_bwd_weight_tf32_k3h_m64_w32", "conv_bwd_weight_tf32_k3h_m64_w16"],
+    ["conv_bwd_weight_tf32_k3h_m32_w32", "conv_bwd_weight_tf32_k3h_m32_w16"],
+];
+/// The input channels (times 9 taps: the GEMM columns) a halo block owns.
+const HALO_CHANNELS: usize = 32;
+
+/// Whether the halo-tile kernels serve backward-weight of `g`: 3x3, stride 1, pad 1 (each k
+/// tile's input is its pixels with a one-pixel border), c_in a multiple of 32, and k tiles of
+/// 32 pixels that never straddle a row or an image: a width that is a multiple of 32, or 16
+/// with an even height. Offsets within an image are 32-bit (c_in h w below 2^31).
+fn halo_applies(g: &ConvGeom) -> bool {
+    let rows_fit = g.w.is_multiple_of(32) || (g.w == 16 && g.h.is_multiple_of(2));
+    (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+        && g.c_in.is_multiple_of(HALO_CHANNELS)
+        && g.c_in > 0
+        && g.w > 0
+        && rows_fit
+        && g.c_in * g.h * g.w <= i32::MAX as usize
+}
+
 /// The dynamic shared memory a kernel of conv.cu or conv_sm90.cu is launched with (0 for those
 /// whose shared memory is static): the v3 kernels' B stages, and the wide TF32 tap-major
 /// kernels' tiles, which pass the 48 KiB a block may hold statically (conv.cu's SharedLayout:
@@ -450,6 +484,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
+    names.extend(HALO_KERNELS.iter().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -486,9 +521,27 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
-        ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide => {
+        ConvAlgo::Tf32MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
+            let narrow = narrow_dim <= 32;
+            let kernel = HALO_KERNELS[narrow as usize][!g.w.is_multiple_of(32) as usize];
+            return Tiling {
+                kernel,
+                rows: if narrow { 32 } else { 64 },
+                cols: 9 * HALO_CHANNELS,
+                depth: 32,
+                pack: None,
+            };
+        }
+        ConvAlgo::Tf32MmaTap
+        | ConvAlgo::Bf16MmaTap
+        | ConvAlgo::Tf32MmaWide
+        | ConvAlgo::Bf16MmaWide
+        | ConvAlgo::Tf32MmaHalo => {
             let bf16 = matches!(algo, ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide);
-            let wide = matches!(algo, ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide);
+            let wide = matches!(
+                algo,
+                ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide | ConvAlgo::Tf32MmaHalo
+            );
             // The wide tiles where they are filled: 128 columns forward and backward-data, more
             // than 32 output channels (the rows) backward-weight, whose columns are 9 c_in >= 288.
             let fills_wide = match pass {
@@ -592,6 +645,7 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         | ConvAlgo::Tf32Wgmma
         | ConvAlgo::Tf32MmaTap
         | ConvAlgo::Tf32MmaWide
+        | ConvAlgo::Tf32MmaHalo
         | ConvAlgo::Tf32Fastest => (TFWD_MMA_KERNELS[0][narrow as usize], 128, if narrow { 32 } else { 64 }),
         ConvAlgo::Bf16Mma
         | ConvAlgo::Bf16Wgmma
@@ -1121,7 +1175,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 4 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1193,6 +1247,87 @@ mod tests {
             assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
             assert_eq!(ConvAlgo::from_index(algo as u8), algo);
         }
+    }
+
+    #[test]
+    fn halo_tiles_serve_backward_weight_of_whole_rows_of_32_pixels() {
+        let g = |c_in, h, w, c_out| ConvGeom {
+            n: 3,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        // Widths of 32 k and 16 (even heights), 64 or 32 output channels a block, grid
+        // (c_in / 32, c_out tiles, splits) with v2's splits for that tile count.
+        for (geom, kernel) in [
+            (g(64, 5, 64, 96), "conv_bwd_weight_tf32_k3h_m64_w32"),
+            (g(32, 6, 16, 64), "conv_bwd_weight_tf32_k3h_m64_w16"),
+            (g(96, 3, 32, 32), "conv_bwd_weight_tf32_k3h_m32_w32"),
+            (g(32, 16, 16, 20), "conv_bwd_weight_tf32_k3h_m32_w16"),
+        ] {
+            let launch = plan(BackwardWeight, &geom, Tf32MmaHalo, 132);
+            assert_eq!(launch.kernel, kernel);
+            let rows = if geom.c_out <= 32 { 32 } else { 64 };
+            let tiles = (geom.c_in / 32, geom.c_out.div_ceil(rows));
+            assert_eq!((launch.grid.0, launch.grid.1), tiles, "{geom:?}");
+            let (split_len, splits) = split_plan(tiles.0 * tiles.1, geom.n * geom.h * geom.w, 32, 132);
+            assert_eq!(
+                (launch.split_len, launch.splits, launch.grid.2),
+                (split_len, splits, splits)
+            );
+            assert_eq!(split_len % 32, 0, "k tiles of 32 pixels never straddle a split");
+            assert_eq!((launch.pack, launch_shared_bytes(kernel)), (None, 0));
+        }
+        // Elsewhere, and in the other passes, what tf32-mma-wide runs: odd widths, 16 with an
+        // odd height, 8, channels off the 32-channel tiles, stride 2, 1x1, no padding.
+        let strided = ConvGeom {
+            stride: 2,
+            ..g(32, 8, 32, 32)
+        };
+        let pointwise = ConvGeom {
+            kh: 1,
+            kw: 1,
+            pad: 0,
+            ..g(32, 8, 32, 32)
+        };
+        let unpadded = ConvGeom {
+            pad: 0,
+            ..g(32, 8, 32, 32)
+        };
+        for (pass, geom) in [
+            (BackwardWeight, g(32, 7, 33, 64)),
+            (BackwardWeight, g(32, 5, 16, 64)),
+            (BackwardWeight, g(32, 8, 8, 64)),
+            (BackwardWeight, g(48, 8, 32, 64)),
+            (BackwardWeight, g(1, 8, 32, 64)),
+            (BackwardWeight, strided),
+            (BackwardWeight, pointwise),
+            (BackwardWeight, unpadded),
+            (Forward, g(64, 5, 64, 160)),
+            (BackwardData, g(160, 5, 64, 64)),
+        ] {
+            assert_eq!(
+                plan(pass, &geom, Tf32MmaHalo, 132),
+                plan(pass, &geom, Tf32MmaWide, 132),
+                "{pass:?} {geom:?}"
+            );
+        }
+        // The U-Net's levels at 256 x 256 all qualify (16 x 16 at the deepest), but its first
+        // layer (c_in = 1).
+        for (c_in, side) in [(32, 256), (64, 128), (128, 64), (256, 32), (512, 16)] {
+            assert!(halo_applies(&g(c_in, side, side, 32)), "{c_in} {side}");
+        }
+        assert!(!halo_applies(&g(1, 256, 256, 32)));
+        assert!(!halo_applies(&g(32, 1 << 16, 1 << 11, 32)), "offsets past 2^31");
+        assert_eq!(Tf32MmaHalo.name().parse::<ConvAlgo>().unwrap(), Tf32MmaHalo);
+        assert_eq!(ConvAlgo::from_index(Tf32MmaHalo as u8), Tf32MmaHalo);
     }
 
     #[test]

@@ -112,7 +112,7 @@ mod tests {
         use ConvAlgo::*;
         assert_eq!(
             Tf32Fastest.candidates((9, 0)),
-            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide, Tf32Wgmma])
+            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide, Tf32MmaHalo, Tf32Wgmma])
         );
         assert_eq!(
             Bf16Fastest.candidates((9, 0)),
@@ -121,7 +121,7 @@ mod tests {
         // wgmma runs on compute capability 9.0 alone.
         assert_eq!(
             Tf32Fastest.candidates((8, 0)),
-            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide])
+            Some(vec![Tf32Mma, Tf32MmaTap, Tf32MmaWide, Tf32MmaHalo])
         );
         assert_eq!(
             Bf16Fastest.candidates((12, 0)),

@@ -1,0 +1,310 @@
+// Backward-weight of the 3x3, stride 1, pad 1 convolution by halo tiles (tf32-mma-halo):
+//   dW[co][ci][ky][kx] = sum over pixels p of dy[co][p] * x[ci][p + (ky - 1, kx - 1)].
+// v2's implicit GEMM (m = c_out, n = (ci, tap), k = pixel) gathers B, the image, once per tap:
+// each input value is fetched, bounds-checked, rounded and stored nine times, and dy once per
+// column tile. Here a block owns every tap of its input channels: it stages a k tile of 32
+// output pixels of one image (R = 32 / WT rows of WT columns), their dy (BM rows of 32), and the
+// input they read, the same pixels with a one-pixel border (the halo: R + 2 rows of WT + 2
+// columns per input channel), once; each tap's B fragment is then the halo read at that tap's
+// offset, and a warp runs 9 mma per A fragment. Per k tile a thread issues 1-2 16-byte copies
+// of dy, 2-3 of the halo's columns and at most one 4-byte copy of its border (cp.async), rounds
+// its own words in place once they land, and the block passes one barrier.
+//
+// Shapes (the host's halo_applies): 3x3, stride 1, pad 1; c_in a multiple of BC = 32; an image
+// width W that is a multiple of 32 (WT = 32: a k tile is 32 pixels of one row) or 16 with an
+// even height (WT = 16: two rows), so that k tiles never straddle images or rows; c_in h w below
+// 2^31 (offsets within an image in 32-bit integers); any c_out (rows past it are zeros); x and
+// dy 16-byte aligned (whole device blocks are), so that rows of 4 pixels copy as 16 bytes.
+//
+// Block tile: BM output channels (16 MT per warp, 2 warps) x BC = 32 input channels (8 per
+// warp, 4 warps) x 9 taps: each warp holds MT x 9 mma accumulator tiles (72 or 36 floats a
+// thread). Grid: (c_in / 32, ceil(c_out / BM), splits); the launch plan's columns are the
+// (ci, tap) pairs, 288 a block. Split partial sums and bias-gradient partial sums are laid out
+// as v2's ([split][c_out][c_in 9], [split][c_out]) and reduced by split_reduce.
+//
+// Shared memory, two stages (the next tile's copies land in one while the mma read the other):
+//   A: [BM][32 + 4] words (K-major; rows 36 words apart, so ldmatrix's 8 rows of 16 bytes sit
+//      on distinct banks);
+//   B: [32 channels][PLANE] words, a channel's halo row-major (see Tile: columns 16-byte
+//      aligned, borders beside them). A B fragment word is halo(channel wc + g, tap and pixel
+//      offsets + t): channels PLANE = 4 mod 8 words apart put the 8 channels x 4 pixels of a
+//      warp's load on 32 distinct banks.
+namespace halo {
+
+using v2::BK;
+constexpr int BC = 32;  // input channels a block owns
+constexpr int TAPS = 9;
+constexpr int A_STRIDE = BK + 4;
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / WARP;
+constexpr int WARPS_M = 2;
+constexpr int WARPS_C = 4;
+static_assert(WARPS_M * WARPS_C == WARPS && WARPS_C * 8 == BC, "warps: 2 along c_out, 4 x 8 along c_in");
+
+template <int MT_, int WT_>
+struct Tile {
+    static constexpr int MT = MT_, WT = WT_;
+    static_assert(WT == 32 || WT == 16, "a k tile is one row of 32 pixels or two of 16");
+    static constexpr int WM = 16 * MT;       // output channels per warp
+    static constexpr int BM = WARPS_M * WM;  // and per block
+    static constexpr int R = BK / WT;        // image rows of a k tile
+    static constexpr int HR = R + 2;         // halo rows
+    // A halo row: the left border at word 3, the WT columns from word 4 (16-byte aligned, so
+    // that they arrive as 16-byte copies), the right border after them; rows HC words apart.
+    static constexpr int HC = WT + 4;
+    static constexpr int LEFT = 3;
+    // Words per input channel: the rows, rounded up to 4 mod 8 (12 mod 32 for 32-column tiles,
+    // 20 mod 32 for 16), so that a warp's B fragment load (8 channels x 4 pixels) meets 32 banks.
+    static constexpr int PLANE = WT == 32 ? 116 : 84;
+    static_assert(PLANE >= (HR - 1) * HC + LEFT + WT + 2 && PLANE % 8 == 4, "a channel's halo fits its plane");
+    static constexpr int A_WORDS = BM * A_STRIDE;
+    static constexpr int STAGE = A_WORDS + BC * PLANE;
+    static_assert(A_WORDS % 4 == 0 && STAGE % 4 == 0, "16-byte copies and ldmatrix rows aligned in every stage");
+    // Copies of a k tile, 16 bytes each but the borders: dy, rows tid / 8 + 32 j, 4 pixels
+    // a copy; the halo's columns, ROWS_AT_ONCE rows of all BC channels a pass (row
+    // tid / (8 WT), channel (tid % (8 WT)) / (WT / 4), 4 columns a copy); the border words,
+    // one a thread at most (row e / 64, channel (e / 2) % 32, side e % 2).
+    static constexpr int A_PIECES = BM * BK / 4 / THREADS;
+    static constexpr int PIECES_PER_ROW = WT / 4;
+    static constexpr int ROWS_AT_ONCE = THREADS / (BC * PIECES_PER_ROW);
+    static_assert(HR % ROWS_AT_ONCE == 0, "whole halo rows per pass");
+    static constexpr int PASSES = HR / ROWS_AT_ONCE;
+    static constexpr int EDGES = BC * HR * 2;
+    static_assert(EDGES <= THREADS, "one border word a thread at most");
+    // The 8-pixel slices of a k tile unrolled at once: all four, but two in the 64-channel
+    // two-row tile, where ptxas spills at four (72-76 bytes at 128 registers).
+    static constexpr int SLICES_UNROLLED = MT == 2 && WT == 16 ? 2 : 4;
+};
+
+// The next k tile to copy: image, first row and column, stepping 32 pixels at a time.
+struct TileCursor {
+    int img, y0, x0;
+    __device__ TileCursor(const ConvParams& p, int k) {
+        const int hw = p.h * p.w;
+        img = k / hw;
+        const int pix = k - img * hw;
+        y0 = pix / p.w;
+        x0 = pix - y0 * p.w;
+    }
+    template <int WT>
+    __device__ void next(const ConvParams& p) {
+        if constexpr (WT == 32) {
+            x0 += WT;
+            if (x0 == p.w) {
+                x0 = 0;
+                ++y0;
+            }
+        } else {
+            y0 += BK / WT;
+        }
+        if (y0 == p.h) {
+            y0 = 0;
+            ++img;
+        }
+    }
+};
+
+// Rounds four words of shared memory in place.
+template <class Math>
+__device__ __forceinline__ void round4(uint32_t* w) {
+    float4 v = *reinterpret_cast<float4*>(w);
+    v.x = __uint_as_float(Math::word(v.x, 0.0f));
+    v.y = __uint_as_float(Math::word(v.y, 0.0f));
+    v.z = __uint_as_float(Math::word(v.z, 0.0f));
+    v.w = __uint_as_float(Math::word(v.w, 0.0f));
+    *reinterpret_cast<float4*>(w) = v;
+}
+
+template <class T, class Math>
+__device__ void backward_weight(const ConvParams& p) {
+    static_assert(Math::PACK == 1, "one operand value a word (TF32)");
+    const int hw = p.h * p.w;
+    const int M = p.c_out;
+    const int N = p.c_in * TAPS;
+    const int split = blockIdx.z;
+    const int k_begin = split * p.split_len;
+    const int k_end = min(k_begin + p.split_len, p.n * hw);
+    const int ci0 = blockIdx.x * BC;
+    const int co0 = blockIdx.y * T::BM;
+    const int tid = threadIdx.x;
+    const int lane = tid % WARP;
+    const int warp = tid / WARP;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / WARPS_C) * T::WM;
+    const int wc = (warp % WARPS_C) * 8;
+
+    alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
+
+    // This thread's copies, the same in every k tile: where they come from relative to the
+    // tile (channel offsets within an image fit an int: c_in h w < 2^31) and where they go.
+    const int a_row = tid / 8;  // + 32 j
+    const int a_pixel = tid % 8 * 4;
+    const int a_to = a_row * A_STRIDE + a_pixel;
+    const int b_row = tid / (BC * T::PIECES_PER_ROW);  // + ROWS_AT_ONCE pass
+    const int b_channel = tid % (BC * T::PIECES_PER_ROW) / T::PIECES_PER_ROW;
+    const int b_column = tid % T::PIECES_PER_ROW * 4;
+    const int b_from = b_channel * hw + b_column;
+    const int b_to = T::A_WORDS + b_channel * T::PLANE + b_row * T::HC + T::LEFT + 1 + b_column;
+    const bool edge = tid < T::EDGES;
+    const int e_row = tid / (2 * BC);
+    const int e_channel = tid / 2 % BC;
+    const int e_side = tid % 2;
+    const int e_from = e_channel * hw + (e_side ? T::WT : -1);
+    const int e_to = T::A_WORDS + e_channel * T::PLANE + e_row * T::HC + (e_side ? T::LEFT + 1 + T::WT : T::LEFT);
+    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+
+    // Issues this thread's copies of the k tile at `at` into stage s (zeros where the halo
+    // leaves the image or a dy row is past c_out), as one group.
+    auto copy = [&](uint32_t* s, const TileCursor& at) {
+        // Two-row tiles start at column 0 (W = 16).
+        const int x0 = T::WT == 32 ? at.x0 : 0;
+        const int corner = at.y0 * p.w + x0;
+        const float* dy = p.dy + (static_cast<size_t>(at.img) * M + co0) * hw + corner + a_pixel;
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            const int row = a_row + 32 * j;
+            uint32_t* to = s + a_to + 32 * j * A_STRIDE;
+            if (co0 + row < M) {
+                lrc::cp_async_16(to, dy + row * hw);
+            } else {
+                *reinterpret_cast<float4*>(to) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+        const float* x = p.x + (static_cast<size_t>(at.img) * p.c_in + ci0) * hw;
+#pragma unroll
+        for (int pass = 0; pass < T::PASSES; ++pass) {
+            const int y = at.y0 - 1 + b_row + pass * T::ROWS_AT_ONCE;
+            uint32_t* to = s + b_to + pass * T::ROWS_AT_ONCE * T::HC;
+            if (static_cast<unsigned>(y) < static_cast<unsigned>(p.h)) {
+                lrc::cp_async_16(to, x + (b_from + y * p.w + x0));
+            } else {
+                *reinterpret_cast<float4*>(to) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+        if (edge) {
+            const int y = at.y0 - 1 + e_row;
+            const int xx = x0 + (e_side ? T::WT : -1);
+            if (static_cast<unsigned>(y) < static_cast<unsigned>(p.h) &&
+                static_cast<unsigned>(xx) < static_cast<unsigned>(p.w)) {
+                lrc::cp_async_4(s + e_to, x + (e_from + y * p.w + x0));
+            } else {
+                s[e_to] = 0u;
+            }
+        }
+        lrc::cp_async_commit();
+    };
+
+    // Rounds the words this thread copied into stage s, once they have landed (its own copies:
+    // no other thread's need be waited for), adding its dy values to the bias sums first.
+    float a_sum[T::A_PIECES] = {};
+    auto round_own = [&](uint32_t* s) {
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            uint32_t* w = s + a_to + 32 * j * A_STRIDE;
+            if (bias_block) {
+                const float4 v = *reinterpret_cast<const float4*>(w);
+                a_sum[j] += (v.x + v.y) + (v.z + v.w);
+            }
+            round4<Math>(w);
+        }
+#pragma unroll
+        for (int pass = 0; pass < T::PASSES; ++pass) {
+            round4<Math>(s + b_to + pass * T::ROWS_AT_ONCE * T::HC);
+        }
+        if (edge) {
+            s[e_to] = Math::word(__uint_as_float(s[e_to]), 0.0f);
+        }
+    };
+
+    float acc[T::MT][TAPS][4] = {};
+    if (k_begin < k_end) {
+        TileCursor next(p, k_begin);
+        copy(stages, next);
+        next.next<T::WT>(p);
+        int stage = 0;
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            uint32_t* s = stages + stage * T::STAGE;
+            lrc::cp_async_wait_all();
+            round_own(s);
+            // Every thread's words of this stage are rounded, and every thread is done with
+            // the other stage (read by the previous tile's mma), which the next copies overwrite.
+            __syncthreads();
+            if (k0 + BK < k_end) {
+                copy(stages + (stage ^ 1) * T::STAGE, next);
+                next.next<T::WT>(p);
+            }
+            const uint32_t* sb = s + T::A_WORDS + (wc + g) * T::PLANE + T::LEFT + t;
+#pragma unroll(T::SLICES_UNROLLED)
+            for (int slice = 0; slice < BK / 8; ++slice) {
+                uint32_t af[T::MT][4];
+#pragma unroll
+                for (int mt = 0; mt < T::MT; ++mt) {
+                    // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
+                    // fragment at words 8 slice (q = 0, 1) and 8 slice + 4 (q = 2, 3).
+                    const int row = wm + mt * 16 + lane % 16;
+                    lrc::load_matrix_x4(af[mt], s, row * A_STRIDE + 8 * slice + (lane / 16) * 4);
+                }
+                // Pixels 8 slice .. 8 slice + 7 of the tile lie in one image row (WT >= 8):
+                // row r, columns c .. c + 7.
+                const int r = 8 * slice / T::WT;
+                const int c = 8 * slice % T::WT;
+#pragma unroll
+                for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+                    for (int kx = 0; kx < 3; ++kx) {
+                        // b = {B[t][g], B[t + 4][g]}: columns c + t and c + t + 4 of row r,
+                        // channel wc + g, read at the tap's offset (image column - 1 + kx).
+                        const int at = (r + ky) * T::HC + c + kx;
+                        const uint32_t b[2] = {sb[at], sb[at + 4]};
+#pragma unroll
+                        for (int mt = 0; mt < T::MT; ++mt) {
+                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
+                        }
+                    }
+                }
+            }
+            stage ^= 1;
+        }
+    }
+
+    // acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
+    // c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums.
+    float* out = p.out + static_cast<size_t>(split) * M * N;
+#pragma unroll
+    for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int co = co0 + wm + mt * 16 + g + 8 * half;
+            if (co >= M) {
+                continue;
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float* o = out + static_cast<size_t>(co) * N + (ci0 + wc + 2 * t + j) * TAPS;
+#pragma unroll
+                for (int tap = 0; tap < TAPS; ++tap) {
+                    o[tap] = acc[mt][tap][2 * half + j];
+                }
+            }
+        }
+    }
+    if (bias_block) {
+        // The 8 lanes of a dy row (lanes 8i .. 8i + 7) summed 4 pixels each of every k tile:
+        // add them, in a fixed order.
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            float sum = a_sum[j];
+#pragma unroll
+            for (int offset = 1; offset < 8; offset *= 2) {
+                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            }
+            const int co = co0 + a_row + 32 * j;
+            if (tid % 8 == 0 && co < M) {
+                p.out_bias[static_cast<size_t>(split) * M + co] = sum;
+            }
+        }
+    }
+}
+
+}  // namespace halo
