@@ -812,6 +812,14 @@ fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParam
         grid: plan.grid,
         block: THREADS,
     };
+    // The halo kernels copy rows of 4 values as 16 bytes: whole device blocks, which every
+    // storage is, start 256-byte aligned.
+    if HALO_KERNELS.iter().flatten().any(|&k| k == kernel) && (p.x | p.dy) % 16 != 0 {
+        return Err(Error::shape(
+            "conv2d backward",
+            format!("{kernel} needs x and dy 16-byte aligned (got {:#x}, {:#x})", p.x, p.dy),
+        ));
+    }
     let mut q = *p;
     q.split_len = dim("conv2d backward", "split length", plan.split_len)?;
     q.splits = dim("conv2d backward", "splits", splits)?;
