@@ -1231,7 +1231,7 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 LRC_CONV_MMA_TAP(tf32, Tf32)
 LRC_CONV_MMA_TAP(bf16, Bf16)
 
-// Backward-weight by halo tiles (tf32-mma-halo, conv_halo.cuh): 64 output channels a block, or
+// Backward-weight by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo.cuh): 64 output channels a block, or
 // 32 for c_out <= 32 (_m32); k tiles of one row of 32 pixels (_w32: W a multiple of 32) or two
 // rows of 16 (_w16: W = 16). Grid (c_in / 32, ceil(c_out / BM), splits).
 #include "conv_halo.cuh"
@@ -1247,6 +1247,18 @@ LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w32, ConvParams, halo::THREADS, 2) {
 }
 LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
     halo::backward_weight<halo::Tile<1, 16>, v2::Tf32>(p);
+}
+LRC_KERNEL(conv_bwd_weight_bf16_k3h_m64_w32, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight_bf16<halo::Tile<2, 32>>(p);
+}
+LRC_KERNEL(conv_bwd_weight_bf16_k3h_m64_w16, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight_bf16<halo::Tile<2, 16>>(p);
+}
+LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w32, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight_bf16<halo::Tile<1, 32>>(p);
+}
+LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
+    halo::backward_weight_bf16<halo::Tile<1, 16>>(p);
 }
 
 // ---------------------------------------------------------------------------------------------

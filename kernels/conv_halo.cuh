@@ -74,6 +74,20 @@ struct Tile {
     // The 8-pixel slices of a k tile unrolled at once: all four, but two in the 64-channel
     // two-row tile, where ptxas spills at four (72-76 bytes at 128 registers).
     static constexpr int SLICES_UNROLLED = MT == 2 && WT == 16 ? 2 : 4;
+    // BF16 (backward_weight_bf16): the staged FP32 words converted into pairs, k = pixels
+    // (2j, 2j + 1) in word j, lower pixel in the low half. dy: [BM][16 + 4] words (ldmatrix
+    // rows on distinct banks). Halo rows twice, as the pairs a tap reads: E[j] = (h[2j],
+    // h[2j + 1]) for the even column offsets (kx = 0, 2), O[j] = (h[2j + 1], h[2j + 2]) for the
+    // odd one, h being the row with its border (h[0] the left one); E at word 0 (WT / 2 + 1
+    // words), O at word WT / 2 + 2 (WT / 2 words, 8-byte aligned), rows ROW16 words apart,
+    // channels PLANE16 = 4 mod 8 words apart.
+    static constexpr int A16_STRIDE = BK / 2 + 4;
+    static constexpr int A16_WORDS = BM * A16_STRIDE;
+    static constexpr int ODD = WT / 2 + 2;
+    static constexpr int ROW16 = WT + 2;
+    static constexpr int PLANE16 = WT == 32 ? 108 : 76;
+    static_assert(PLANE16 >= HR * ROW16 && PLANE16 % 8 == 4, "a channel's pairs fit their plane");
+    static constexpr int PACKED = A16_WORDS + BC * PLANE16;
 };
 
 // The next k tile to copy: image, first row and column, stepping 32 pixels at a time.
@@ -115,57 +129,42 @@ __device__ __forceinline__ void round4(uint32_t* w) {
     *reinterpret_cast<float4*>(w) = v;
 }
 
-template <class T, class Math>
-__device__ void backward_weight(const ConvParams& p) {
-    static_assert(Math::PACK == 1, "one operand value a word (TF32)");
-    const int hw = p.h * p.w;
-    const int M = p.c_out;
-    const int N = p.c_in * TAPS;
-    const int split = blockIdx.z;
-    const int k_begin = split * p.split_len;
-    const int k_end = min(k_begin + p.split_len, p.n * hw);
-    const int ci0 = blockIdx.x * BC;
-    const int co0 = blockIdx.y * T::BM;
-    const int tid = threadIdx.x;
-    const int lane = tid % WARP;
-    const int warp = tid / WARP;
-    const int g = lane / 4;
-    const int t = lane % 4;
-    const int wm = (warp / WARPS_C) * T::WM;
-    const int wc = (warp % WARPS_C) * 8;
+// This thread's copies of a k tile, the same in every tile: where they come from relative to the
+// tile (channel offsets within an image fit an int: c_in h w < 2^31) and where they go in a
+// stage (see Tile for the assignment).
+template <class T>
+struct Copies {
+    int a_row, a_pixel, a_to;                      // dy: rows a_row + 32 j, pixels a_pixel + 0..3
+    int b_row, b_channel, b_column, b_from, b_to;  // halo: row b_row + ROWS_AT_ONCE pass
+    bool edge;                                     // a border word, this one:
+    int e_row, e_side, e_from, e_to;
+    __device__ Copies(int tid, int hw)
+        : a_row(tid / 8),
+          a_pixel(tid % 8 * 4),
+          a_to(a_row * A_STRIDE + a_pixel),
+          b_row(tid / (BC * T::PIECES_PER_ROW)),
+          b_channel(tid % (BC * T::PIECES_PER_ROW) / T::PIECES_PER_ROW),
+          b_column(tid % T::PIECES_PER_ROW * 4),
+          b_from(b_channel * hw + b_column),
+          b_to(T::A_WORDS + b_channel * T::PLANE + b_row * T::HC + T::LEFT + 1 + b_column),
+          edge(tid < T::EDGES),
+          e_row(tid / (2 * BC)),
+          e_side(tid % 2),
+          e_from(tid / 2 % BC * hw + (e_side ? T::WT : -1)),
+          e_to(T::A_WORDS + tid / 2 % BC * T::PLANE + e_row * T::HC + (e_side ? T::LEFT + 1 + T::WT : T::LEFT)) {}
 
-    alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
-
-    // This thread's copies, the same in every k tile: where they come from relative to the
-    // tile (channel offsets within an image fit an int: c_in h w < 2^31) and where they go.
-    const int a_row = tid / 8;  // + 32 j
-    const int a_pixel = tid % 8 * 4;
-    const int a_to = a_row * A_STRIDE + a_pixel;
-    const int b_row = tid / (BC * T::PIECES_PER_ROW);  // + ROWS_AT_ONCE pass
-    const int b_channel = tid % (BC * T::PIECES_PER_ROW) / T::PIECES_PER_ROW;
-    const int b_column = tid % T::PIECES_PER_ROW * 4;
-    const int b_from = b_channel * hw + b_column;
-    const int b_to = T::A_WORDS + b_channel * T::PLANE + b_row * T::HC + T::LEFT + 1 + b_column;
-    const bool edge = tid < T::EDGES;
-    const int e_row = tid / (2 * BC);
-    const int e_channel = tid / 2 % BC;
-    const int e_side = tid % 2;
-    const int e_from = e_channel * hw + (e_side ? T::WT : -1);
-    const int e_to = T::A_WORDS + e_channel * T::PLANE + e_row * T::HC + (e_side ? T::LEFT + 1 + T::WT : T::LEFT);
-    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
-
-    // Issues this thread's copies of the k tile at `at` into stage s (zeros where the halo
-    // leaves the image or a dy row is past c_out), as one group.
-    auto copy = [&](uint32_t* s, const TileCursor& at) {
+    // Issues the copies of the k tile at `at` into stage s (zeros where the halo leaves the
+    // image or a dy row is past c_out), as one group.
+    __device__ void issue(const ConvParams& p, uint32_t* s, const TileCursor& at, int co0, int ci0, int hw) const {
         // Two-row tiles start at column 0 (W = 16).
         const int x0 = T::WT == 32 ? at.x0 : 0;
         const int corner = at.y0 * p.w + x0;
-        const float* dy = p.dy + (static_cast<size_t>(at.img) * M + co0) * hw + corner + a_pixel;
+        const float* dy = p.dy + (static_cast<size_t>(at.img) * p.c_out + co0) * hw + corner + a_pixel;
 #pragma unroll
         for (int j = 0; j < T::A_PIECES; ++j) {
             const int row = a_row + 32 * j;
             uint32_t* to = s + a_to + 32 * j * A_STRIDE;
-            if (co0 + row < M) {
+            if (co0 + row < p.c_out) {
                 lrc::cp_async_16(to, dy + row * hw);
             } else {
                 *reinterpret_cast<float4*>(to) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -193,84 +192,25 @@ __device__ void backward_weight(const ConvParams& p) {
             }
         }
         lrc::cp_async_commit();
-    };
-
-    // Rounds the words this thread copied into stage s, once they have landed (its own copies:
-    // no other thread's need be waited for), adding its dy values to the bias sums first.
-    float a_sum[T::A_PIECES] = {};
-    auto round_own = [&](uint32_t* s) {
-#pragma unroll
-        for (int j = 0; j < T::A_PIECES; ++j) {
-            uint32_t* w = s + a_to + 32 * j * A_STRIDE;
-            if (bias_block) {
-                const float4 v = *reinterpret_cast<const float4*>(w);
-                a_sum[j] += (v.x + v.y) + (v.z + v.w);
-            }
-            round4<Math>(w);
-        }
-#pragma unroll
-        for (int pass = 0; pass < T::PASSES; ++pass) {
-            round4<Math>(s + b_to + pass * T::ROWS_AT_ONCE * T::HC);
-        }
-        if (edge) {
-            s[e_to] = Math::word(__uint_as_float(s[e_to]), 0.0f);
-        }
-    };
-
-    float acc[T::MT][TAPS][4] = {};
-    if (k_begin < k_end) {
-        TileCursor next(p, k_begin);
-        copy(stages, next);
-        next.next<T::WT>(p);
-        int stage = 0;
-        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-            uint32_t* s = stages + stage * T::STAGE;
-            lrc::cp_async_wait_all();
-            round_own(s);
-            // Every thread's words of this stage are rounded, and every thread is done with
-            // the other stage (read by the previous tile's mma), which the next copies overwrite.
-            __syncthreads();
-            if (k0 + BK < k_end) {
-                copy(stages + (stage ^ 1) * T::STAGE, next);
-                next.next<T::WT>(p);
-            }
-            const uint32_t* sb = s + T::A_WORDS + (wc + g) * T::PLANE + T::LEFT + t;
-#pragma unroll(T::SLICES_UNROLLED)
-            for (int slice = 0; slice < BK / 8; ++slice) {
-                uint32_t af[T::MT][4];
-#pragma unroll
-                for (int mt = 0; mt < T::MT; ++mt) {
-                    // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
-                    // fragment at words 8 slice (q = 0, 1) and 8 slice + 4 (q = 2, 3).
-                    const int row = wm + mt * 16 + lane % 16;
-                    lrc::load_matrix_x4(af[mt], s, row * A_STRIDE + 8 * slice + (lane / 16) * 4);
-                }
-                // Pixels 8 slice .. 8 slice + 7 of the tile lie in one image row (WT >= 8):
-                // row r, columns c .. c + 7.
-                const int r = 8 * slice / T::WT;
-                const int c = 8 * slice % T::WT;
-#pragma unroll
-                for (int ky = 0; ky < 3; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < 3; ++kx) {
-                        // b = {B[t][g], B[t + 4][g]}: columns c + t and c + t + 4 of row r,
-                        // channel wc + g, read at the tap's offset (image column - 1 + kx).
-                        const int at = (r + ky) * T::HC + c + kx;
-                        const uint32_t b[2] = {sb[at], sb[at + 4]};
-#pragma unroll
-                        for (int mt = 0; mt < T::MT; ++mt) {
-                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
-                        }
-                    }
-                }
-            }
-            stage ^= 1;
-        }
     }
+};
 
-    // acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
-    // c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums.
-    float* out = p.out + static_cast<size_t>(split) * M * N;
+// acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
+// c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums; then, in the
+// bias block, the bias gradient's partial sum of each dy row: the 8 lanes of a row (lanes 8i ..
+// 8i + 7) summed 4 pixels each of every k tile, added in a fixed order.
+template <class T>
+__device__ void store_sums(const ConvParams& p, const float (&acc)[T::MT][TAPS][4], const float (&a_sum)[T::A_PIECES],
+                           bool bias_block, int co0, int ci0, int a_row) {
+    const int M = p.c_out;
+    const int N = p.c_in * TAPS;
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / WARPS_C) * T::WM;
+    const int wc = (warp % WARPS_C) * 8;
+    float* out = p.out + static_cast<size_t>(blockIdx.z) * M * N;
 #pragma unroll
     for (int mt = 0; mt < T::MT; ++mt) {
 #pragma unroll
@@ -290,8 +230,6 @@ __device__ void backward_weight(const ConvParams& p) {
         }
     }
     if (bias_block) {
-        // The 8 lanes of a dy row (lanes 8i .. 8i + 7) summed 4 pixels each of every k tile:
-        // add them, in a fixed order.
 #pragma unroll
         for (int j = 0; j < T::A_PIECES; ++j) {
             float sum = a_sum[j];
@@ -300,11 +238,212 @@ __device__ void backward_weight(const ConvParams& p) {
                 sum += __shfl_xor_sync(0xffffffffu, sum, offset);
             }
             const int co = co0 + a_row + 32 * j;
-            if (tid % 8 == 0 && co < M) {
-                p.out_bias[static_cast<size_t>(split) * M + co] = sum;
+            if (threadIdx.x % 8 == 0 && co < M) {
+                p.out_bias[static_cast<size_t>(blockIdx.z) * M + co] = sum;
             }
         }
     }
+}
+
+template <class T, class Math>
+__device__ void backward_weight(const ConvParams& p) {
+    static_assert(Math::PACK == 1, "one operand value a word (TF32)");
+    const int hw = p.h * p.w;
+    const int k_begin = blockIdx.z * p.split_len;
+    const int k_end = min(k_begin + p.split_len, p.n * hw);
+    const int ci0 = blockIdx.x * BC;
+    const int co0 = blockIdx.y * T::BM;
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / WARPS_C) * T::WM;
+    const int wc = (warp % WARPS_C) * 8;
+    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+
+    alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
+    const Copies<T> c(threadIdx.x, hw);
+
+    // Rounds the words this thread copied into stage s, once they have landed (its own copies:
+    // no other thread's need be waited for), adding its dy values to the bias sums first.
+    float a_sum[T::A_PIECES] = {};
+    auto round_own = [&](uint32_t* s) {
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            uint32_t* w = s + c.a_to + 32 * j * A_STRIDE;
+            if (bias_block) {
+                const float4 v = *reinterpret_cast<const float4*>(w);
+                a_sum[j] += (v.x + v.y) + (v.z + v.w);
+            }
+            round4<Math>(w);
+        }
+#pragma unroll
+        for (int pass = 0; pass < T::PASSES; ++pass) {
+            round4<Math>(s + c.b_to + pass * T::ROWS_AT_ONCE * T::HC);
+        }
+        if (c.edge) {
+            s[c.e_to] = Math::word(__uint_as_float(s[c.e_to]), 0.0f);
+        }
+    };
+
+    float acc[T::MT][TAPS][4] = {};
+    if (k_begin < k_end) {
+        TileCursor next(p, k_begin);
+        c.issue(p, stages, next, co0, ci0, hw);
+        next.next<T::WT>(p);
+        int stage = 0;
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            uint32_t* s = stages + stage * T::STAGE;
+            lrc::cp_async_wait_all();
+            round_own(s);
+            // Every thread's words of this stage are rounded, and every thread is done with
+            // the other stage (read by the previous tile's mma), which the next copies overwrite.
+            __syncthreads();
+            if (k0 + BK < k_end) {
+                c.issue(p, stages + (stage ^ 1) * T::STAGE, next, co0, ci0, hw);
+                next.next<T::WT>(p);
+            }
+            const uint32_t* sb = s + T::A_WORDS + (wc + g) * T::PLANE + T::LEFT + t;
+#pragma unroll(T::SLICES_UNROLLED)
+            for (int slice = 0; slice < BK / 8; ++slice) {
+                uint32_t af[T::MT][4];
+#pragma unroll
+                for (int mt = 0; mt < T::MT; ++mt) {
+                    // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
+                    // fragment at words 8 slice (q = 0, 1) and 8 slice + 4 (q = 2, 3).
+                    const int row = wm + mt * 16 + lane % 16;
+                    lrc::load_matrix_x4(af[mt], s, row * A_STRIDE + 8 * slice + (lane / 16) * 4);
+                }
+                // Pixels 8 slice .. 8 slice + 7 of the tile lie in one image row (WT >= 8):
+                // row r, columns c .. c + 7.
+                const int r = 8 * slice / T::WT;
+                const int col = 8 * slice % T::WT;
+#pragma unroll
+                for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+                    for (int kx = 0; kx < 3; ++kx) {
+                        // b = {B[t][g], B[t + 4][g]}: columns c + t and c + t + 4 of row r,
+                        // channel wc + g, read at the tap's offset (image column - 1 + kx).
+                        const int at = (r + ky) * T::HC + col + kx;
+                        const uint32_t b[2] = {sb[at], sb[at + 4]};
+#pragma unroll
+                        for (int mt = 0; mt < T::MT; ++mt) {
+                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
+                        }
+                    }
+                }
+            }
+            stage ^= 1;
+        }
+    }
+    store_sums<T>(p, acc, a_sum, bias_block, co0, ci0, c.a_row);
+}
+
+// BF16: the k tile is staged in FP32 as above (one stage), then each thread converts the words
+// it copied into BF16 pairs (Tile's E, O and dy layout; a value's pair partner may be another
+// thread's, so pairs are written in 16-bit halves where they straddle two threads' copies), and
+// the mma (m16n8k16) read the pairs. Two barriers a tile: before the conversion (every warp is
+// done with the previous tile's pairs) and after it (the pairs are whole).
+template <class T>
+__device__ void backward_weight_bf16(const ConvParams& p) {
+    using Math = v2::Bf16;
+    const int hw = p.h * p.w;
+    const int k_begin = blockIdx.z * p.split_len;
+    const int k_end = min(k_begin + p.split_len, p.n * hw);
+    const int ci0 = blockIdx.x * BC;
+    const int co0 = blockIdx.y * T::BM;
+    const int lane = threadIdx.x % WARP;
+    const int warp = threadIdx.x / WARP;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / WARPS_C) * T::WM;
+    const int wc = (warp % WARPS_C) * 8;
+    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+
+    alignas(16) __shared__ uint32_t staged[T::STAGE];
+    alignas(16) __shared__ uint32_t packed[T::PACKED];
+    const Copies<T> c(threadIdx.x, hw);
+
+    // This thread's staged values, converted: dy's 4 pixels to 2 pairs; a halo piece
+    // h[4q + 1 .. 4q + 4] (q = b_column / 4) to O[2q], O[2q + 1], E[2q + 1] whole and the high
+    // half of E[2q], the low half of E[2q + 2]; a border word to E[0]'s low half (left) or
+    // E[WT / 2]'s high half (right). The dy values go to the bias sums first.
+    float a_sum[T::A_PIECES] = {};
+    auto convert_own = [&]() {
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            const float4 v = *reinterpret_cast<const float4*>(staged + c.a_to + 32 * j * A_STRIDE);
+            if (bias_block) {
+                a_sum[j] += (v.x + v.y) + (v.z + v.w);
+            }
+            *reinterpret_cast<uint2*>(packed + (c.a_row + 32 * j) * T::A16_STRIDE + c.a_pixel / 2) =
+                uint2{Math::word(v.x, v.y), Math::word(v.z, v.w)};
+        }
+        const int q2 = c.b_column / 2;
+#pragma unroll
+        for (int pass = 0; pass < T::PASSES; ++pass) {
+            const float4 v = *reinterpret_cast<const float4*>(staged + c.b_to + pass * T::ROWS_AT_ONCE * T::HC);
+            uint32_t* row = packed + T::A16_WORDS + c.b_channel * T::PLANE16 + (c.b_row + pass * T::ROWS_AT_ONCE) * T::ROW16;
+            *reinterpret_cast<uint2*>(row + T::ODD + q2) = uint2{Math::word(v.x, v.y), Math::word(v.z, v.w)};
+            row[q2 + 1] = Math::word(v.y, v.z);
+            uint16_t* halves = reinterpret_cast<uint16_t*>(row);
+            halves[2 * q2 + 1] = static_cast<uint16_t>(Math::word(v.x, 0.0f));
+            halves[2 * q2 + 4] = static_cast<uint16_t>(Math::word(v.w, 0.0f));
+        }
+        if (c.edge) {
+            const int channel = threadIdx.x / 2 % BC;
+            uint16_t* halves = reinterpret_cast<uint16_t*>(packed + T::A16_WORDS + channel * T::PLANE16 + c.e_row * T::ROW16);
+            halves[c.e_side ? T::WT + 1 : 0] = static_cast<uint16_t>(Math::word(__uint_as_float(staged[c.e_to]), 0.0f));
+        }
+    };
+
+    float acc[T::MT][TAPS][4] = {};
+    if (k_begin < k_end) {
+        TileCursor next(p, k_begin);
+        c.issue(p, staged, next, co0, ci0, hw);
+        next.next<T::WT>(p);
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            lrc::cp_async_wait_all();
+            __syncthreads();
+            convert_own();
+            __syncthreads();
+            // This thread's staged words are converted: the next tile's copies may land there.
+            if (k0 + BK < k_end) {
+                c.issue(p, staged, next, co0, ci0, hw);
+                next.next<T::WT>(p);
+            }
+            const uint32_t* sb = packed + T::A16_WORDS + (wc + g) * T::PLANE16 + t;
+#pragma unroll
+            for (int slice = 0; slice < BK / 16; ++slice) {
+                uint32_t af[T::MT][4];
+#pragma unroll
+                for (int mt = 0; mt < T::MT; ++mt) {
+                    // As in TF32, in words of two pixels: 8 words per 16-pixel slice.
+                    const int row = wm + mt * 16 + lane % 16;
+                    lrc::load_matrix_x4(af[mt], packed, row * T::A16_STRIDE + 8 * slice + (lane / 16) * 4);
+                }
+                // Pixels 16 slice .. 16 slice + 15 lie in one image row: row r, columns c .. c + 15.
+                const int r = 16 * slice / T::WT;
+                const int col = 16 * slice % T::WT;
+#pragma unroll
+                for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+                    for (int kx = 0; kx < 3; ++kx) {
+                        // b = {B[2t, 2t + 1][g], B[2t + 8, 2t + 9][g]}: pixels c + 2t (+ 8) read
+                        // at the tap's offset, h[c + 2t + kx]: E's word (c + 2t + kx) / 2 for an
+                        // even kx, O's (c + 2t + kx - 1) / 2 for kx = 1.
+                        const int at = (r + ky) * T::ROW16 + (kx % 2 == 0 ? col / 2 + kx / 2 : T::ODD + col / 2);
+                        const uint32_t b[2] = {sb[at], sb[at + 4]};
+#pragma unroll
+                        for (int mt = 0; mt < T::MT; ++mt) {
+                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    store_sums<T>(p, acc, a_sum, bias_block, co0, ci0, c.a_row);
 }
 
 }  // namespace halo

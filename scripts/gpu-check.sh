@@ -398,7 +398,9 @@ else
             for algo in tf32-mma-wide bf16-mma-wide; do
                 sanitize --size 10 --base 64 --depth 2 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
             done
-            sanitize --size 32 --base 32 --depth 2 --algo tf32-mma-halo || { rc=$?; ((status)) || status=$rc; }
+            for algo in tf32-mma-halo bf16-mma-halo; do
+                sanitize --size 32 --base 32 --depth 2 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
+            done
             exit "$status"' memcheck "$sanitizer" "$bin/lrc" "$logs/memcheck-bench.jsonl"
         errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck.log" | sed 's/^=* *//' |
             awk '{ n += $3 } END { if (NR) printf "ERROR SUMMARY: %d errors (%d runs)", n, NR }')"
@@ -571,8 +573,9 @@ if not lrc and not torch:
 # lrc's versions in the order of ConvAlgo::ALL (any other after them), each compared with cuDNN
 # at its operand precision; cuDNN has no plain FP32 run, so fp32-tiled is compared with TF32.
 ORDER = ["fp32-tiled", "tf32-mma", "bf16-mma", "tf32-wgmma", "bf16-wgmma", "tf32-mma-tap", "bf16-mma-tap",
-         "tf32-mma-wide", "bf16-mma-wide", "tf32-mma-halo"]
-PRECISION = {"bf16-mma": "bf16", "bf16-wgmma": "bf16", "bf16-mma-tap": "bf16", "bf16-mma-wide": "bf16"}
+         "tf32-mma-wide", "bf16-mma-wide", "tf32-mma-halo", "bf16-mma-halo"]
+PRECISION = {"bf16-mma": "bf16", "bf16-wgmma": "bf16", "bf16-mma-tap": "bf16", "bf16-mma-wide": "bf16",
+             "bf16-mma-halo": "bf16"}
 PRECISIONS = ["tf32", "bf16"]
 found = {r["algo"] for r in lrc}
 algos = [a for a in ORDER if a in found] + sorted(found - set(ORDER))

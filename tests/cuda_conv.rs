@@ -135,6 +135,7 @@ fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
         | ConvAlgo::Bf16Wgmma
         | ConvAlgo::Bf16MmaTap
         | ConvAlgo::Bf16MmaWide
+        | ConvAlgo::Bf16MmaHalo
         | ConvAlgo::Bf16Fastest => (-8f64).exp2(),
     };
     let accumulation = chain as f64 * (-23f64).exp2();
@@ -695,6 +696,7 @@ fn bf16_on_bf16_inputs_has_only_accumulation_error() {
         ConvAlgo::Bf16Wgmma,
         ConvAlgo::Bf16MmaTap,
         ConvAlgo::Bf16MmaWide,
+        ConvAlgo::Bf16MmaHalo,
     ] {
         if algo.runs_on(device.compute_capability()) {
             bf16_on_bf16_inputs(&device, algo);
@@ -858,13 +860,14 @@ fn packed_weights_round_as_documented() {
     }
 }
 
-/// The halo kernels round both operands as documented (TF32, nearest even) and read each tap's
-/// window with its zero border: with dy 1 at a single pixel P of every output channel and 0
-/// elsewhere, dw[co][ci][ky][kx] is the one exact product 1 x tf32(x[ci] at P + (ky - 1,
+/// The halo kernels round both operands as documented (TF32 and BF16, nearest even) and read
+/// each tap's window with its zero border: with dy 1 at a single pixel P of every output channel
+/// and 0 elsewhere, dw[co][ci][ky][kx] is the one exact product 1 x round(x[ci] at P + (ky - 1,
 /// kx - 1)), or 0 where that lies outside the image, and db[co] is 1; with x 1 at P in every
-/// channel instead, dw[co][ci][ky][kx] = tf32(dy[co] at P - (ky - 1, kx - 1)). Values 1 + k
-/// 2^-12 (scaled, both signs) include exact ties. P on the left border of a 32-pixel row, then
-/// in the second row of a two-row k tile on the right border; both block heights.
+/// channel instead, dw[co][ci][ky][kx] = round(dy[co] at P - (ky - 1, kx - 1)). Values 1 + k
+/// 2^-12 (scaled, both signs) include exact ties of both precisions. P on the left border of a
+/// 32-pixel row, then in the second row of a two-row k tile on the right border; both block
+/// heights.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn halo_operands_round_as_documented() {
@@ -873,14 +876,14 @@ fn halo_operands_round_as_documented() {
         let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
         if k % 2 == 1 { -v } else { v }
     };
-    for (dims, (py, px)) in [([1, 32, 3, 32, 40], (1, 0)), ([2, 32, 4, 16, 24], (3, 15))] {
+    let cases = [([1, 32, 3, 32, 40], (1, 0)), ([2, 32, 4, 16, 24], (3, 15))];
+    let versions = [
+        (ConvAlgo::Tf32MmaHalo, &to_tf32 as &dyn Fn(f32) -> f32),
+        (ConvAlgo::Bf16MmaHalo, &to_bf16),
+    ];
+    for ((dims, (py, px)), (algo, round)) in cases.into_iter().flat_map(|c| versions.map(|v| (c, v))) {
         let g = geom(dims, (3, 3), 1, 1);
-        let launch = plan(
-            ConvPass::BackwardWeight,
-            &g,
-            ConvAlgo::Tf32MmaHalo,
-            device.multiprocessors(),
-        );
+        let launch = plan(ConvPass::BackwardWeight, &g, algo, device.multiprocessors());
         assert!(launch.kernel.contains("_k3h_"), "{launch:?}");
         let (plane, img) = (g.h * g.w, g.n - 1);
         let at = |c: usize, channels: usize, y: isize, x: isize| {
@@ -900,27 +903,26 @@ fn halo_operands_round_as_documented() {
             (x.clone(), one_hot(g.c_out), true),
             (one_hot(g.c_in), dy.clone(), false),
         ] {
-            let (dw, db) =
-                conv2d_backward_weight(&g, &upload(&device, &x), &upload(&device, &dy), ConvAlgo::Tf32MmaHalo).unwrap();
+            let (dw, db) = conv2d_backward_weight(&g, &upload(&device, &x), &upload(&device, &dy), algo).unwrap();
             let (dw, db) = (dw.to_host().unwrap(), db.to_host().unwrap());
             for co in 0..g.c_out {
                 for ci in 0..g.c_in {
                     for (ky, kx) in (0..3isize).flat_map(|ky| (0..3isize).map(move |kx| (ky, kx))) {
                         let want = if rounded_x {
-                            at(ci, g.c_in, py + ky - 1, px + kx - 1).map_or(0.0, |i| to_tf32(x[i]))
+                            at(ci, g.c_in, py + ky - 1, px + kx - 1).map_or(0.0, |i| round(x[i]))
                         } else {
-                            at(co, g.c_out, py - ky + 1, px - kx + 1).map_or(0.0, |i| to_tf32(dy[i]))
+                            at(co, g.c_out, py - ky + 1, px - kx + 1).map_or(0.0, |i| round(dy[i]))
                         };
                         let got = dw[(co * g.c_in + ci) * 9 + (ky * 3 + kx) as usize];
                         assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
-                            "{dims:?}: dw[{co}][{ci}][{ky}][{kx}] = {got:e}, want {want:e}"
+                            "{algo} {dims:?}: dw[{co}][{ci}][{ky}][{kx}] = {got:e}, want {want:e}"
                         );
                     }
                 }
                 if rounded_x {
-                    assert_eq!(db[co], 1.0, "{dims:?}: db[{co}]");
+                    assert_eq!(db[co], 1.0, "{algo} {dims:?}: db[{co}]");
                 }
             }
         }

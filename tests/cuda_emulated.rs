@@ -169,8 +169,8 @@ fn plan_file() -> String {
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
-        if algo == ConvAlgo::Tf32MmaHalo {
-            // Its own kernels alone (elsewhere it runs tf32-mma-wide's).
+        if matches!(algo, ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo) {
+            // Their own kernels alone (elsewhere they run the wide versions').
             for (label, g) in &halo_shapes {
                 let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
                 let launch = plan(ConvPass::BackwardWeight, g, algo, 4);
@@ -256,6 +256,7 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_weight_tf32_k3t",
         "bwd_weight_tf32_k3t_m64n128",
         "bwd_weight_tf32_k3h",
+        "bwd_weight_bf16_k3h",
     ] {
         let splits: Vec<usize> = text.lines().filter(|l| l.contains(kernel)).map(splits_of).collect();
         assert!(
@@ -333,6 +334,10 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_weight_tf32_k3h_m64_w16",
         "bwd_weight_tf32_k3h_m32_w32",
         "bwd_weight_tf32_k3h_m32_w16",
+        "bwd_weight_bf16_k3h_m64_w32",
+        "bwd_weight_bf16_k3h_m64_w16",
+        "bwd_weight_bf16_k3h_m32_w32",
+        "bwd_weight_bf16_k3h_m32_w16",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

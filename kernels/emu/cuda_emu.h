@@ -24,9 +24,9 @@
 // Checks, the CPU counterparts of compute-sanitizer's memcheck and racecheck:
 // - Schedules: `emu::reverse_schedule` runs the blocks of a grid in reverse order and, at every
 //   phase between barriers, the threads of a block (so its warps too) from the last to the
-//   first. A warp leaves a warp collective alone, the first waiting one in schedule order, and
-//   runs on until its next collective or barrier, so one warp runs ahead of the others as far
-//   as the block's barriers let it. Code that reads what another thread of its block writes
+//   first, warp by warp: each warp runs through its warp collectives until it waits at a
+//   block barrier (or a warpgroup collective) or ends before the next one starts, so one warp
+//   runs ahead of the others as far as the block's barriers let it. Code that reads what another thread of its block writes
 //   without a barrier in between, or that depends on the order of blocks, gives different
 //   results under the two schedules; the runner's caller compares them.
 // - Compiled with AddressSanitizer (-fsanitize=address), every access is checked: the runner
@@ -334,34 +334,46 @@ inline void run_block() {
         t.stack = stack_of(i);
         make_context(t.context, t.stack, kStackBytes, entry);
     }
+    const int warps = (n + kWarp - 1) / kWarp;
+    // Releases warp w from a warp collective when all 32 lanes wait there.
+    const auto release_warp = [&](int w) {
+        int waiting = 0;
+        for (int l = 0; l < kWarp && w * kWarp + l < n; ++l) {
+            waiting += threads[w * kWarp + l].state == State::AtWarpBarrier;
+        }
+        if (waiting != kWarp) {
+            return false;
+        }
+        for (int l = 0; l < kWarp; ++l) {
+            threads[w * kWarp + l].state = State::Runnable;
+        }
+        return true;
+    };
     for (;;) {
-        // One phase: every runnable thread runs to its next barrier, in schedule order.
-        for (int k = 0; k < n; ++k) {
-            Thread& t = threads[reverse_schedule ? n - 1 - k : k];
-            while (t.state == State::Runnable) {
-                switch_to(t);
-            }
+        // One phase: warp by warp in schedule order, each runs (its lanes in schedule order,
+        // through its warp collectives) until it waits at a block barrier or a warpgroup
+        // collective or ends, before the next warp starts: one warp runs ahead of the others
+        // as far as the block's barriers let it, as it may on the hardware, so that a missing
+        // barrier (a warp reading a tile others have yet to write, or overwriting one they have
+        // yet to read) changes the results of one schedule.
+        for (int k = 0; k < warps; ++k) {
+            const int w = reverse_schedule ? warps - 1 - k : k;
+            const int lanes = std::min(kWarp, n - w * kWarp);
+            do {
+                for (int j = 0; j < lanes; ++j) {
+                    Thread& t = threads[w * kWarp + (reverse_schedule ? lanes - 1 - j : j)];
+                    while (t.state == State::Runnable) {
+                        switch_to(t);
+                    }
+                }
+            } while (release_warp(w));
         }
         bool all_done = true;
         bool released = false;
-        // Warp collectives: all 32 lanes must be waiting. One warp at a time, the first in
-        // schedule order, which then runs on alone to its next collective or barrier: a warp
-        // may run ahead of the others between block barriers, as on the hardware, so that a
-        // missing barrier (a warp reading a tile others have yet to write, or overwriting one
-        // they have yet to read) changes the results of one schedule.
-        const int warps = (n + kWarp - 1) / kWarp;
+        // Warp collectives left waiting (none after a phase, which releases them as they
+        // fill), one warp at a time.
         for (int k = 0; k < warps && !released; ++k) {
-            const int w = reverse_schedule ? warps - 1 - k : k;
-            int waiting = 0;
-            for (int l = 0; l < kWarp && w * kWarp + l < n; ++l) {
-                waiting += threads[w * kWarp + l].state == State::AtWarpBarrier;
-            }
-            if (waiting == kWarp) {
-                for (int l = 0; l < kWarp; ++l) {
-                    threads[w * kWarp + l].state = State::Runnable;
-                }
-                released = true;
-            }
+            released = release_warp(reverse_schedule ? warps - 1 - k : k);
         }
         if (released) {
             continue;

@@ -63,6 +63,8 @@ pub enum ConvAlgo {
     /// of 32 pixels, their dy and their input with its one-pixel border, where the implicit GEMM
     /// gathers the input once per tap. Everything else runs `tf32-mma-wide`'s kernels.
     Tf32MmaHalo = 11,
+    /// As [`ConvAlgo::Tf32MmaHalo`] with `bf16-mma`'s operands (and `bf16-mma-wide` elsewhere).
+    Bf16MmaHalo = 12,
     /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
     /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-mma-halo`,
     /// `tf32-wgmma`),
@@ -77,7 +79,7 @@ pub enum ConvAlgo {
 impl ConvAlgo {
     /// Every version, simplest first. The wgmma ones run on compute capability 9.0 alone
     /// ([`ConvAlgo::runs_on`]).
-    pub const ALL: [ConvAlgo; 10] = [
+    pub const ALL: [ConvAlgo; 11] = [
         ConvAlgo::Fp32Tiled,
         ConvAlgo::Tf32Mma,
         ConvAlgo::Bf16Mma,
@@ -88,6 +90,7 @@ impl ConvAlgo {
         ConvAlgo::Tf32MmaWide,
         ConvAlgo::Bf16MmaWide,
         ConvAlgo::Tf32MmaHalo,
+        ConvAlgo::Bf16MmaHalo,
     ];
 
     /// The settings that choose a version per pass and geometry by timing them.
@@ -115,6 +118,7 @@ impl ConvAlgo {
             ConvAlgo::Tf32MmaWide => "tf32-mma-wide",
             ConvAlgo::Bf16MmaWide => "bf16-mma-wide",
             ConvAlgo::Tf32MmaHalo => "tf32-mma-halo",
+            ConvAlgo::Bf16MmaHalo => "bf16-mma-halo",
             ConvAlgo::Tf32Fastest => "tf32-fastest",
             ConvAlgo::Bf16Fastest => "bf16-fastest",
         }
@@ -136,6 +140,7 @@ impl ConvAlgo {
                 ConvAlgo::Bf16Mma,
                 ConvAlgo::Bf16MmaTap,
                 ConvAlgo::Bf16MmaWide,
+                ConvAlgo::Bf16MmaHalo,
                 ConvAlgo::Bf16Wgmma,
             ],
             _ => return None,
@@ -199,6 +204,7 @@ impl FromStr for ConvAlgo {
             "tf32-mma-wide" => Ok(ConvAlgo::Tf32MmaWide),
             "bf16-mma-wide" => Ok(ConvAlgo::Bf16MmaWide),
             "tf32-mma-halo" => Ok(ConvAlgo::Tf32MmaHalo),
+            "bf16-mma-halo" => Ok(ConvAlgo::Bf16MmaHalo),
             "tf32-fastest" => Ok(ConvAlgo::Tf32Fastest),
             "bf16-fastest" => Ok(ConvAlgo::Bf16Fastest),
             other => Err(Error::config(format!(
@@ -424,11 +430,18 @@ const WIDE_KERNELS: [[&str; 3]; 2] = [
 ];
 const WIDE_COLS: usize = 128;
 
-/// The halo-tile backward-weight kernels of `tf32-mma-halo` (conv_halo.cuh) by [64 output
-/// channels a block, 32][k tiles of one 32-pixel row, of two 16-pixel rows].
-const HALO_KERNELS: [[&str; 2]; 2] = [
-    ["conv_bwd_weight_tf32_k3h_m64_w32", "conv_bwd_weight_tf32_k3h_m64_w16"],
-    ["conv_bwd_weight_tf32_k3h_m32_w32", "conv_bwd_weight_tf32_k3h_m32_w16"],
+/// The halo-tile backward-weight kernels of `tf32-mma-halo` and `bf16-mma-halo` (conv_halo.cuh)
+/// by [tf32, bf16][64 output channels a block, 32][k tiles of one 32-pixel row, of two 16-pixel
+/// rows].
+const HALO_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [
+        ["conv_bwd_weight_tf32_k3h_m64_w32", "conv_bwd_weight_tf32_k3h_m64_w16"],
+        ["conv_bwd_weight_tf32_k3h_m32_w32", "conv_bwd_weight_tf32_k3h_m32_w16"],
+    ],
+    [
+        ["conv_bwd_weight_bf16_k3h_m64_w32", "conv_bwd_weight_bf16_k3h_m64_w16"],
+        ["conv_bwd_weight_bf16_k3h_m32_w32", "conv_bwd_weight_bf16_k3h_m32_w16"],
+    ],
 ];
 /// The input channels (times 9 taps: the GEMM columns) a halo block owns.
 const HALO_CHANNELS: usize = 32;
@@ -484,7 +497,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
-    names.extend(HALO_KERNELS.iter().flatten().copied());
+    names.extend(HALO_KERNELS.iter().flatten().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -521,9 +534,10 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
-        ConvAlgo::Tf32MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
+        ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
             let narrow = narrow_dim <= 32;
-            let kernel = HALO_KERNELS[narrow as usize][!g.w.is_multiple_of(32) as usize];
+            let bf16 = algo == ConvAlgo::Bf16MmaHalo;
+            let kernel = HALO_KERNELS[bf16 as usize][narrow as usize][!g.w.is_multiple_of(32) as usize];
             return Tiling {
                 kernel,
                 rows: if narrow { 32 } else { 64 },
@@ -536,12 +550,13 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         | ConvAlgo::Bf16MmaTap
         | ConvAlgo::Tf32MmaWide
         | ConvAlgo::Bf16MmaWide
-        | ConvAlgo::Tf32MmaHalo => {
-            let bf16 = matches!(algo, ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide);
-            let wide = matches!(
+        | ConvAlgo::Tf32MmaHalo
+        | ConvAlgo::Bf16MmaHalo => {
+            let bf16 = matches!(
                 algo,
-                ConvAlgo::Tf32MmaWide | ConvAlgo::Bf16MmaWide | ConvAlgo::Tf32MmaHalo
+                ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo
             );
+            let wide = !matches!(algo, ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap);
             // The wide tiles where they are filled: 128 columns forward and backward-data, more
             // than 32 output channels (the rows) backward-weight, whose columns are 9 c_in >= 288.
             let fills_wide = match pass {
@@ -651,6 +666,7 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
         | ConvAlgo::Bf16Wgmma
         | ConvAlgo::Bf16MmaTap
         | ConvAlgo::Bf16MmaWide
+        | ConvAlgo::Bf16MmaHalo
         | ConvAlgo::Bf16Fastest => (TFWD_MMA_KERNELS[1][narrow as usize], 128, if narrow { 32 } else { 64 }),
     };
     let pixels = g.n * g.h * g.w;
@@ -814,7 +830,7 @@ fn run_backward_weight(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParam
     };
     // The halo kernels copy rows of 4 values as 16 bytes: whole device blocks, which every
     // storage is, start 256-byte aligned.
-    if HALO_KERNELS.iter().flatten().any(|&k| k == kernel) && (p.x | p.dy) % 16 != 0 {
+    if HALO_KERNELS.iter().flatten().flatten().any(|&k| k == kernel) && !(p.x | p.dy).is_multiple_of(16) {
         return Err(Error::shape(
             "conv2d backward",
             format!("{kernel} needs x and dy 16-byte aligned (got {:#x}, {:#x})", p.x, p.dy),
@@ -1183,7 +1199,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 4 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1275,13 +1291,23 @@ mod tests {
         // Widths of 32 k and 16 (even heights), 64 or 32 output channels a block, grid
         // (c_in / 32, c_out tiles, splits) with v2's splits for that tile count.
         for (geom, kernel) in [
-            (g(64, 5, 64, 96), "conv_bwd_weight_tf32_k3h_m64_w32"),
-            (g(32, 6, 16, 64), "conv_bwd_weight_tf32_k3h_m64_w16"),
-            (g(96, 3, 32, 32), "conv_bwd_weight_tf32_k3h_m32_w32"),
-            (g(32, 16, 16, 20), "conv_bwd_weight_tf32_k3h_m32_w16"),
+            (g(64, 5, 64, 96), "k3h_m64_w32"),
+            (g(32, 6, 16, 64), "k3h_m64_w16"),
+            (g(96, 3, 32, 32), "k3h_m32_w32"),
+            (g(32, 16, 16, 20), "k3h_m32_w16"),
         ] {
             let launch = plan(BackwardWeight, &geom, Tf32MmaHalo, 132);
-            assert_eq!(launch.kernel, kernel);
+            assert_eq!(launch.kernel, format!("conv_bwd_weight_tf32_{kernel}"));
+            let bf16 = plan(BackwardWeight, &geom, Bf16MmaHalo, 132);
+            assert_eq!(bf16.kernel, format!("conv_bwd_weight_bf16_{kernel}"));
+            assert_eq!(
+                ConvLaunch {
+                    kernel: launch.kernel,
+                    ..bf16
+                },
+                launch
+            );
+            let kernel = launch.kernel;
             let rows = if geom.c_out <= 32 { 32 } else { 64 };
             let tiles = (geom.c_in / 32, geom.c_out.div_ceil(rows));
             assert_eq!((launch.grid.0, launch.grid.1), tiles, "{geom:?}");
@@ -1326,6 +1352,11 @@ mod tests {
                 plan(pass, &geom, Tf32MmaWide, 132),
                 "{pass:?} {geom:?}"
             );
+            assert_eq!(
+                plan(pass, &geom, Bf16MmaHalo, 132),
+                plan(pass, &geom, Bf16MmaWide, 132),
+                "{pass:?} {geom:?}"
+            );
         }
         // The U-Net's levels at 256 x 256 all qualify (16 x 16 at the deepest), but its first
         // layer (c_in = 1).
@@ -1334,8 +1365,10 @@ mod tests {
         }
         assert!(!halo_applies(&g(1, 256, 256, 32)));
         assert!(!halo_applies(&g(32, 1 << 16, 1 << 11, 32)), "offsets past 2^31");
-        assert_eq!(Tf32MmaHalo.name().parse::<ConvAlgo>().unwrap(), Tf32MmaHalo);
-        assert_eq!(ConvAlgo::from_index(Tf32MmaHalo as u8), Tf32MmaHalo);
+        for algo in [Tf32MmaHalo, Bf16MmaHalo] {
+            assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
+            assert_eq!(ConvAlgo::from_index(algo as u8), algo);
+        }
     }
 
     #[test]

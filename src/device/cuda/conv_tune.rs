@@ -116,7 +116,7 @@ mod tests {
         );
         assert_eq!(
             Bf16Fastest.candidates((9, 0)),
-            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide, Bf16Wgmma])
+            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide, Bf16MmaHalo, Bf16Wgmma])
         );
         // wgmma runs on compute capability 9.0 alone.
         assert_eq!(
@@ -125,7 +125,7 @@ mod tests {
         );
         assert_eq!(
             Bf16Fastest.candidates((12, 0)),
-            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide])
+            Some(vec![Bf16Mma, Bf16MmaTap, Bf16MmaWide, Bf16MmaHalo])
         );
         for version in ConvAlgo::ALL {
             assert_eq!(version.candidates((9, 0)), None);
