@@ -245,21 +245,52 @@ __device__ void store_sums(const ConvParams& p, const float (&acc)[T::MT][TAPS][
     }
 }
 
+// Where this block and thread stand: the block's split of the pixels [k_begin, k_end), its
+// first output and input channels, and the thread's place in its warp's tiles.
+template <class T>
+struct Place {
+    int hw, k_begin, k_end, ci0, co0, lane, g, t, wm, wc;
+    bool bias_block;
+    __device__ explicit Place(const ConvParams& p)
+        : hw(p.h * p.w),
+          k_begin(blockIdx.z * p.split_len),
+          k_end(min(k_begin + p.split_len, p.n * hw)),
+          ci0(blockIdx.x * BC),
+          co0(blockIdx.y * T::BM),
+          lane(threadIdx.x % WARP),
+          g(lane / 4),
+          t(lane % 4),
+          wm(threadIdx.x / WARP / WARPS_C * T::WM),
+          wc(threadIdx.x / WARP % WARPS_C * 8),
+          bias_block(p.out_bias != nullptr && blockIdx.x == 0) {}
+};
+
+// The mma of one k slice for all nine taps: tap (ky, kx) reads its B fragment at sb[at(ky, kx)]
+// and 4 words on (the fragment's second k half), channel wc + g's words at sb.
+template <class T, class Math, class At>
+__device__ __forceinline__ void mma_taps(float (&acc)[T::MT][TAPS][4], const uint32_t (&af)[T::MT][4],
+                                         const uint32_t* sb, At at) {
+#pragma unroll
+    for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx) {
+            const int i = at(ky, kx);
+            const uint32_t b[2] = {sb[i], sb[i + 4]};
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+                Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
+            }
+        }
+    }
+}
+
 template <class T, class Math>
 __device__ void backward_weight(const ConvParams& p) {
     static_assert(Math::PACK == 1, "one operand value a word (TF32)");
-    const int hw = p.h * p.w;
-    const int k_begin = blockIdx.z * p.split_len;
-    const int k_end = min(k_begin + p.split_len, p.n * hw);
-    const int ci0 = blockIdx.x * BC;
-    const int co0 = blockIdx.y * T::BM;
-    const int lane = threadIdx.x % WARP;
-    const int warp = threadIdx.x / WARP;
-    const int g = lane / 4;
-    const int t = lane % 4;
-    const int wm = (warp / WARPS_C) * T::WM;
-    const int wc = (warp % WARPS_C) * 8;
-    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+    const Place<T> place(p);
+    const int hw = place.hw, k_begin = place.k_begin, k_end = place.k_end, ci0 = place.ci0, co0 = place.co0;
+    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
+    const bool bias_block = place.bias_block;
 
     alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
     const Copies<T> c(threadIdx.x, hw);
@@ -318,20 +349,9 @@ __device__ void backward_weight(const ConvParams& p) {
                 // row r, columns c .. c + 7.
                 const int r = 8 * slice / T::WT;
                 const int col = 8 * slice % T::WT;
-#pragma unroll
-                for (int ky = 0; ky < 3; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < 3; ++kx) {
-                        // b = {B[t][g], B[t + 4][g]}: columns c + t and c + t + 4 of row r,
-                        // channel wc + g, read at the tap's offset (image column - 1 + kx).
-                        const int at = (r + ky) * T::HC + col + kx;
-                        const uint32_t b[2] = {sb[at], sb[at + 4]};
-#pragma unroll
-                        for (int mt = 0; mt < T::MT; ++mt) {
-                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
-                        }
-                    }
-                }
+                // b = {B[t][g], B[t + 4][g]}: columns c + t and c + t + 4 of row r, channel
+                // wc + g, read at the tap's offset (image column - 1 + kx).
+                mma_taps<T, Math>(acc, af, sb, [&](int ky, int kx) { return (r + ky) * T::HC + col + kx; });
             }
             stage ^= 1;
         }
@@ -347,18 +367,10 @@ __device__ void backward_weight(const ConvParams& p) {
 template <class T>
 __device__ void backward_weight_bf16(const ConvParams& p) {
     using Math = v2::Bf16;
-    const int hw = p.h * p.w;
-    const int k_begin = blockIdx.z * p.split_len;
-    const int k_end = min(k_begin + p.split_len, p.n * hw);
-    const int ci0 = blockIdx.x * BC;
-    const int co0 = blockIdx.y * T::BM;
-    const int lane = threadIdx.x % WARP;
-    const int warp = threadIdx.x / WARP;
-    const int g = lane / 4;
-    const int t = lane % 4;
-    const int wm = (warp / WARPS_C) * T::WM;
-    const int wc = (warp % WARPS_C) * 8;
-    const bool bias_block = p.out_bias != nullptr && blockIdx.x == 0;
+    const Place<T> place(p);
+    const int hw = place.hw, k_begin = place.k_begin, k_end = place.k_end, ci0 = place.ci0, co0 = place.co0;
+    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
+    const bool bias_block = place.bias_block;
 
     alignas(16) __shared__ uint32_t staged[T::STAGE];
     alignas(16) __shared__ uint32_t packed[T::PACKED];
@@ -425,21 +437,12 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
                 // Pixels 16 slice .. 16 slice + 15 lie in one image row: row r, columns c .. c + 15.
                 const int r = 16 * slice / T::WT;
                 const int col = 16 * slice % T::WT;
-#pragma unroll
-                for (int ky = 0; ky < 3; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < 3; ++kx) {
-                        // b = {B[2t, 2t + 1][g], B[2t + 8, 2t + 9][g]}: pixels c + 2t (+ 8) read
-                        // at the tap's offset, h[c + 2t + kx]: E's word (c + 2t + kx) / 2 for an
-                        // even kx, O's (c + 2t + kx - 1) / 2 for kx = 1.
-                        const int at = (r + ky) * T::ROW16 + (kx % 2 == 0 ? col / 2 + kx / 2 : T::ODD + col / 2);
-                        const uint32_t b[2] = {sb[at], sb[at + 4]};
-#pragma unroll
-                        for (int mt = 0; mt < T::MT; ++mt) {
-                            Math::mma(acc[mt][ky * 3 + kx], af[mt], b);
-                        }
-                    }
-                }
+                // b = {B[2t, 2t + 1][g], B[2t + 8, 2t + 9][g]}: pixels c + 2t (+ 8) read at the
+                // tap's offset, h[c + 2t + kx]: E's word (c + 2t + kx) / 2 for an even kx, O's
+                // (c + 2t + kx - 1) / 2 for kx = 1.
+                mma_taps<T, Math>(acc, af, sb, [&](int ky, int kx) {
+                    return (r + ky) * T::ROW16 + (kx % 2 == 0 ? col / 2 + kx / 2 : T::ODD + col / 2);
+                });
             }
         }
     }
