@@ -195,56 +195,6 @@ struct Copies {
     }
 };
 
-// acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
-// c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums; then, in the
-// bias block, the bias gradient's partial sum of each dy row: the 8 lanes of a row (lanes 8i ..
-// 8i + 7) summed 4 pixels each of every k tile, added in a fixed order.
-template <class T>
-__device__ void store_sums(const ConvParams& p, const float (&acc)[T::MT][TAPS][4], const float (&a_sum)[T::A_PIECES],
-                           bool bias_block, int co0, int ci0, int a_row) {
-    const int M = p.c_out;
-    const int N = p.c_in * TAPS;
-    const int lane = threadIdx.x % WARP;
-    const int warp = threadIdx.x / WARP;
-    const int g = lane / 4;
-    const int t = lane % 4;
-    const int wm = (warp / WARPS_C) * T::WM;
-    const int wc = (warp % WARPS_C) * 8;
-    float* out = p.out + static_cast<size_t>(blockIdx.z) * M * N;
-#pragma unroll
-    for (int mt = 0; mt < T::MT; ++mt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int co = co0 + wm + mt * 16 + g + 8 * half;
-            if (co >= M) {
-                continue;
-            }
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                float* o = out + static_cast<size_t>(co) * N + (ci0 + wc + 2 * t + j) * TAPS;
-#pragma unroll
-                for (int tap = 0; tap < TAPS; ++tap) {
-                    o[tap] = acc[mt][tap][2 * half + j];
-                }
-            }
-        }
-    }
-    if (bias_block) {
-#pragma unroll
-        for (int j = 0; j < T::A_PIECES; ++j) {
-            float sum = a_sum[j];
-#pragma unroll
-            for (int offset = 1; offset < 8; offset *= 2) {
-                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-            }
-            const int co = co0 + a_row + 32 * j;
-            if (threadIdx.x % 8 == 0 && co < M) {
-                p.out_bias[static_cast<size_t>(blockIdx.z) * M + co] = sum;
-            }
-        }
-    }
-}
-
 // Where this block and thread stand: the block's split of the pixels [k_begin, k_end), its
 // first output and input channels, and the thread's place in its warp's tiles.
 template <class T>
@@ -264,6 +214,51 @@ struct Place {
           wc(threadIdx.x / WARP % WARPS_C * 8),
           bias_block(p.out_bias != nullptr && blockIdx.x == 0) {}
 };
+
+// acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
+// c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums; then, in the
+// bias block, the bias gradient's partial sum of each dy row: the 8 lanes of a row (lanes 8i ..
+// 8i + 7) summed 4 pixels each of every k tile, added in a fixed order.
+template <class T>
+__device__ void store_sums(const ConvParams& p, const Place<T>& place, const float (&acc)[T::MT][TAPS][4],
+                           const float (&a_sum)[T::A_PIECES], int a_row) {
+    const int M = p.c_out;
+    const int N = p.c_in * TAPS;
+    const int co0 = place.co0, ci0 = place.ci0, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
+    float* out = p.out + static_cast<size_t>(blockIdx.z) * M * N;
+#pragma unroll
+    for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int co = co0 + wm + mt * 16 + g + 8 * half;
+            if (co >= M) {
+                continue;
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float* o = out + static_cast<size_t>(co) * N + (ci0 + wc + 2 * t + j) * TAPS;
+#pragma unroll
+                for (int tap = 0; tap < TAPS; ++tap) {
+                    o[tap] = acc[mt][tap][2 * half + j];
+                }
+            }
+        }
+    }
+    if (place.bias_block) {
+#pragma unroll
+        for (int j = 0; j < T::A_PIECES; ++j) {
+            float sum = a_sum[j];
+#pragma unroll
+            for (int offset = 1; offset < 8; offset *= 2) {
+                sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            }
+            const int co = co0 + a_row + 32 * j;
+            if (threadIdx.x % 8 == 0 && co < M) {
+                p.out_bias[static_cast<size_t>(blockIdx.z) * M + co] = sum;
+            }
+        }
+    }
+}
 
 // The mma of one k slice for all nine taps: tap (ky, kx) reads its B fragment at sb[at(ky, kx)]
 // and 4 words on (the fragment's second k half), channel wc + g's words at sb.
@@ -356,7 +351,7 @@ __device__ void backward_weight(const ConvParams& p) {
             stage ^= 1;
         }
     }
-    store_sums<T>(p, acc, a_sum, bias_block, co0, ci0, c.a_row);
+    store_sums<T>(p, place, acc, a_sum, c.a_row);
 }
 
 // BF16: the k tile is staged in FP32 as above (one stage), then each thread converts the words
@@ -446,7 +441,7 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
             }
         }
     }
-    store_sums<T>(p, acc, a_sum, bias_block, co0, ci0, c.a_row);
+    store_sums<T>(p, place, acc, a_sum, c.a_row);
 }
 
 }  // namespace halo
