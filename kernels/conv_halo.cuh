@@ -390,7 +390,8 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
 #pragma unroll
         for (int pass = 0; pass < T::PASSES; ++pass) {
             const float4 v = *reinterpret_cast<const float4*>(staged + c.b_to + pass * T::ROWS_AT_ONCE * T::HC);
-            uint32_t* row = packed + T::A16_WORDS + c.b_channel * T::PLANE16 + (c.b_row + pass * T::ROWS_AT_ONCE) * T::ROW16;
+            const int halo_row = c.b_row + pass * T::ROWS_AT_ONCE;
+            uint32_t* row = packed + T::A16_WORDS + c.b_channel * T::PLANE16 + halo_row * T::ROW16;
             *reinterpret_cast<uint2*>(row + T::ODD + q2) = uint2{Math::word(v.x, v.y), Math::word(v.z, v.w)};
             row[q2 + 1] = Math::word(v.y, v.z);
             uint16_t* halves = reinterpret_cast<uint16_t*>(row);
@@ -399,8 +400,9 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
         }
         if (c.edge) {
             const int channel = threadIdx.x / 2 % BC;
-            uint16_t* halves = reinterpret_cast<uint16_t*>(packed + T::A16_WORDS + channel * T::PLANE16 + c.e_row * T::ROW16);
-            halves[c.e_side ? T::WT + 1 : 0] = static_cast<uint16_t>(Math::word(__uint_as_float(staged[c.e_to]), 0.0f));
+            uint32_t* row = packed + T::A16_WORDS + channel * T::PLANE16 + c.e_row * T::ROW16;
+            const uint32_t pair = Math::word(__uint_as_float(staged[c.e_to]), 0.0f);
+            reinterpret_cast<uint16_t*>(row)[c.e_side ? T::WT + 1 : 0] = static_cast<uint16_t>(pair);
         }
     };
 

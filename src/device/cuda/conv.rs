@@ -1288,8 +1288,8 @@ mod tests {
         };
         use ConvAlgo::*;
         use ConvPass::*;
-        // Widths of 32 k and 16 (even heights), 64 or 32 output channels a block, grid
-        // (c_in / 32, c_out tiles, splits) with v2's splits for that tile count.
+        // Widths that are multiples of 32, and 16 (even heights); 64 or 32 output channels a
+        // block, grid (c_in / 32, c_out tiles, splits) with v2's splits for that tile count.
         for (geom, kernel) in [
             (g(64, 5, 64, 96), "k3h_m64_w32"),
             (g(32, 6, 16, 64), "k3h_m64_w16"),
