@@ -33,8 +33,10 @@
 #   bench superpixels skimage  scikit-image's felzenszwalb per slice at 256 and 512, one core
 #             (scripts/bench_felzenszwalb_skimage.py), for the GPU's speed-up over it
 #   bench step torch.compile  the PyTorch step compiled (compiling takes a minute or more)
-#   ncu step  Nsight Compute over one `lrc bench step` (same U-Net): per-kernel share, SM / memory /
-#             DRAM throughput against the card's peak, registers, occupancy (scripts/ncu_table.py)
+#   ncu step  Nsight Compute over one `lrc bench step` (same U-Net) with the newest convolution
+#             kernels (LRC_CONV_ALGO=tf32-mma-halo: tap-major, wide, halo; the default's table is
+#             in docs/PERFORMANCE.md): per-kernel share, SM / memory / DRAM throughput against the
+#             card's peak, registers, occupancy (scripts/ncu_table.py)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
@@ -536,16 +538,19 @@ else
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # Nsight Compute over the kernels of one training step (the same U-Net), for the per-kernel
-    # table: throughput against the card's peaks, registers, occupancy. A diagnostic: when ncu
-    # cannot profile (no counters for this user, say) the check says so and does not fail.
+    # table: throughput against the card's peaks, registers, occupancy; with the newest
+    # convolution kernels, whose issue rate is what the static counts cannot show. A
+    # diagnostic: when ncu cannot profile (no counters for this user, say) the check says so and
+    # does not fail.
     ncu="$(command -v ncu || true)"
     [[ -n "$ncu" || ! -x /usr/local/cuda/bin/ncu ]] || ncu=/usr/local/cuda/bin/ncu
     if [[ -z "$ncu" ]]; then
         skipped+=("ncu step: ncu not found")
         step "ncu step" "skipped (no ncu)" "" ""
     elif enough "ncu step" 90; then
-        timed "$logs/ncu-step.log" "$(min 180 "$(left)")" "$ncu" --csv --print-units base \
-            --section SpeedOfLight --section LaunchStats --section Occupancy --log-file "$out/ncu-step.csv" \
+        timed "$logs/ncu-step.log" "$(min 180 "$(left)")" env LRC_CONV_ALGO=tf32-mma-halo \
+            "$ncu" --csv --print-units base --section SpeedOfLight --section LaunchStats --section Occupancy \
+            --log-file "$out/ncu-step.csv" \
             "$bin/lrc" bench step "${step_argv[@]}" --repeats 1 --warmup 0 --json "$logs/ncu-step-bench.jsonl"
         if ((rc == 0)) && [[ -s "$out/ncu-step.csv" ]]; then
             step "ncu step" passed "$took" "$(grep -ac '"Duration"' "$out/ncu-step.csv") launches profiled"
