@@ -25,8 +25,8 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use crate::device::cuda::conv::{
-    conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward, conv2d_backward_data,
-    conv2d_backward_weight, conv2d_forward,
+    ConvLaunch, ConvPass, conv_transpose2d_backward_data, conv_transpose2d_backward_weight, conv_transpose2d_forward,
+    conv2d_backward_data, conv2d_backward_weight, conv2d_forward, plan, transposed_plan,
 };
 use crate::device::cuda::{ConvAlgo, ConvTransposeGeom, CudaDevice, CudaStorage, GpuTimer};
 use crate::error::{Error, Result};
@@ -262,6 +262,24 @@ fn run_pass(layer: &Layer, pass: &str, o: &Operands, algo: ConvAlgo) -> Result<(
     }
 }
 
+/// The launch a version plans for `pass` of `layer` on a device with `multiprocessors` (its
+/// kernel, and backward-weight's splits), for the record; None for a choice, which picks a
+/// version when it first meets the pass.
+fn planned(layer: &Layer, pass: &str, algo: ConvAlgo, multiprocessors: usize) -> Option<ConvLaunch> {
+    if ConvAlgo::CHOICES.contains(&algo) {
+        return None;
+    }
+    let pass = match pass {
+        "forward" => ConvPass::Forward,
+        "backward_data" => ConvPass::BackwardData,
+        _ => ConvPass::BackwardWeight,
+    };
+    Some(match layer {
+        Layer::Conv(g) => plan(pass, g, algo, multiprocessors),
+        Layer::Transposed(g) => transposed_plan(pass, g, algo, multiprocessors),
+    })
+}
+
 /// Milliseconds of each timed run, measured on the device with events.
 pub(super) fn time_runs(
     timer: &GpuTimer,
@@ -346,7 +364,7 @@ fn bench_conv(args: &ConvBenchArgs) -> Result<()> {
         args.repeats
     );
     println!(
-        "{:<12} {:<15} {:<22} {:<10} {:>10} {:>9}",
+        "{:<12} {:<15} {:<22} {:<10} {:>10} {:>9}  kernel",
         "layer", "pass", "shape", "algo", "ms", "TFLOP/s"
     );
     let mut totals = vec![0.0f64; algos.len()];
@@ -362,9 +380,11 @@ fn bench_conv(args: &ConvBenchArgs) -> Result<()> {
                 totals[ai] += ms;
                 let flop = 2.0 * layer.macs() as f64;
                 let tflops = flop / (ms * 1e-3) / 1e12;
+                let launch = planned(layer, pass, algo, device.multiprocessors());
                 println!(
-                    "{name:<12} {pass:<15} {shape:<22} {:<10} {ms:>10.4} {tflops:>9.2}",
-                    algo.name()
+                    "{name:<12} {pass:<15} {shape:<22} {:<10} {ms:>10.4} {tflops:>9.2}  {}",
+                    algo.name(),
+                    launch.map_or("(chosen per pass)", |l| l.kernel)
                 );
                 let line = serde_json::json!({
                     "bench": "conv",
@@ -380,6 +400,8 @@ fn bench_conv(args: &ConvBenchArgs) -> Result<()> {
                     "median_ms": ms,
                     "min_ms": min_ms,
                     "tflops": tflops,
+                    "kernel": launch.map(|l| l.kernel),
+                    "splits": launch.map(|l| l.splits),
                     "repeats": args.repeats,
                 });
                 writeln!(json, "{line}").map_err(|e| Error::io(&args.json, e))?;
@@ -426,7 +448,6 @@ mod tests {
 
     #[test]
     fn the_benchmarked_up_convolutions_run_forward_by_tap() {
-        use crate::device::cuda::conv::{ConvPass, transposed_plan};
         let layers = unet_convs(16, 256, 32, 5, 1, 14).unwrap();
         let mut ups = 0;
         for (name, layer) in &layers {
@@ -439,6 +460,28 @@ mod tests {
             }
         }
         assert_eq!(ups, 4);
+    }
+
+    #[test]
+    fn the_record_names_each_versions_kernel() {
+        let layers = unet_convs(16, 256, 32, 5, 1, 14).unwrap();
+        let find = |n: &str| &layers.iter().find(|(name, _)| name == n).unwrap().1;
+        let launch = |layer, pass, algo| planned(layer, pass, algo, 132).map(|l| l.kernel);
+        let dec1 = find("dec1.conv1");
+        assert_eq!(
+            launch(dec1, "backward_weight", ConvAlgo::Tf32MmaHalo),
+            Some("conv_bwd_weight_tf32_k3h_m32_w32")
+        );
+        assert_eq!(
+            launch(find("enc5.conv2"), "backward_weight", ConvAlgo::Bf16MmaHalo),
+            Some("conv_bwd_weight_bf16_k3h_m64_w16")
+        );
+        assert_eq!(launch(dec1, "forward", ConvAlgo::Tf32Mma), Some("conv_fwd_tf32_k3_n32"));
+        assert_eq!(
+            launch(find("dec4.up"), "forward", ConvAlgo::Tf32MmaHalo),
+            Some("conv_tfwd_tf32_n64")
+        );
+        assert_eq!(launch(dec1, "forward", ConvAlgo::Tf32Fastest), None);
     }
 
     #[test]
