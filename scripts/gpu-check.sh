@@ -372,8 +372,9 @@ fi
 
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
-    for s in "bench lrc" "bench torch" memcheck "memcheck norm" "memcheck step" "bench step lrc" "bench step torch" "bench step lrc halo" "bench step lrc fastest" "demo quick" "bench batch" \
-        "bench norm lrc" "bench norm torch" "memcheck lrc-loss" "bench lrc-loss lrc" "bench lrc-loss torch" \
+    for s in "bench lrc" "bench torch" memcheck "memcheck norm" "memcheck step" "memcheck lrc-loss" "bench step lrc" \
+        "bench step torch" "bench step lrc halo" "bench step lrc fastest" "demo quick" "bench batch" \
+        "bench norm lrc" "bench norm torch" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
     done
