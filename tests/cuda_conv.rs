@@ -103,6 +103,13 @@ fn to_bf16(x: f32) -> f32 {
     f32::from_bits(u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000)
 }
 
+/// Value k of a rounding test: 1 + (k mod 64) 2^-12, scaled by 2^-3 .. 2^3, of alternating
+/// sign, so that exact ties of TF32 (2^-11) and BF16 (2^-8) occur among them.
+fn tied_value(k: usize) -> f32 {
+    let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
+    if k % 2 == 1 { -v } else { v }
+}
+
 /// x rounded to TF32 (10-bit significand), to nearest even, as the kernels round their operands
 /// (finite x only).
 fn to_tf32(x: f32) -> f32 {
@@ -831,12 +838,7 @@ fn packed_weights_round_as_documented() {
     let g = geom([1, c_in, 3, 3, c_out], (3, 3), 1, 1);
     let mut x = vec![0.0f32; c_in * 9];
     x[centre_channel * 9 + 4] = 1.0;
-    let w: Vec<f32> = (0..c_out * c_in * 9)
-        .map(|k| {
-            let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
-            if k % 2 == 1 { -v } else { v }
-        })
-        .collect();
+    let w: Vec<f32> = (0..c_out * c_in * 9).map(tied_value).collect();
     let (xd, wd) = (upload(&device, &x), upload(&device, &w));
     for (algo, round) in [
         (ConvAlgo::Tf32MmaTap, &to_tf32 as &dyn Fn(f32) -> f32),
@@ -872,10 +874,6 @@ fn packed_weights_round_as_documented() {
 #[ignore = "needs a CUDA GPU"]
 fn halo_operands_round_as_documented() {
     let device = device();
-    let tied = |k: usize| {
-        let v = (1.0 + (k % 64) as f32 * (-12f32).exp2()) * ((k % 7) as f32 - 3.0).exp2();
-        if k % 2 == 1 { -v } else { v }
-    };
     let cases = [([1, 32, 3, 32, 40], (1, 0)), ([2, 32, 4, 16, 24], (3, 15))];
     let versions = [
         (ConvAlgo::Tf32MmaHalo, &to_tf32 as &dyn Fn(f32) -> f32),
@@ -890,7 +888,7 @@ fn halo_operands_round_as_documented() {
             let inside = (0..g.h as isize).contains(&y) && (0..g.w as isize).contains(&x);
             inside.then(|| (img * channels + c) * plane + y as usize * g.w + x as usize)
         };
-        let values = |len: usize| -> Vec<f32> { (0..len).map(tied).collect() };
+        let values = |len: usize| -> Vec<f32> { (0..len).map(tied_value).collect() };
         let one_hot = |channels: usize| {
             let mut v = vec![0.0f32; g.n * channels * plane];
             for c in 0..channels {

@@ -368,16 +368,10 @@ inline void run_block() {
                 }
             } while (release_warp(w));
         }
+        // (A phase leaves no warp whose 32 lanes all wait at a warp collective: it released
+        // each as it filled.)
         bool all_done = true;
         bool released = false;
-        // Warp collectives left waiting (none after a phase, which releases them as they
-        // fill), one warp at a time.
-        for (int k = 0; k < warps && !released; ++k) {
-            released = release_warp(reverse_schedule ? warps - 1 - k : k);
-        }
-        if (released) {
-            continue;
-        }
         // Warpgroup collectives: all 128 threads must be waiting. One warpgroup at a time, the
         // first in schedule order, so that the others stay behind: a warpgroup that runs ahead
         // after its wait_group may overwrite shared memory that another one's pending wgmma has

@@ -1208,6 +1208,17 @@ mod tests {
         assert!(names.contains(&"conv_tfwd_bf16_n32"));
     }
 
+    /// Each pair of versions plans `pass` of `g` alike (on 132 multiprocessors).
+    fn assert_same_plans(pass: ConvPass, g: &ConvGeom, pairs: [(ConvAlgo, ConvAlgo); 2]) {
+        for (a, b) in pairs {
+            assert_eq!(
+                plan(pass, g, a, 132),
+                plan(pass, g, b, 132),
+                "{a} / {b}: {pass:?} {g:?}"
+            );
+        }
+    }
+
     #[test]
     fn wide_tiles_serve_forward_and_backward_data_of_128_columns_or_more() {
         let g = |c_in, c_out| ConvGeom {
@@ -1256,16 +1267,7 @@ mod tests {
             (BackwardWeight, g(48, 128)),
             (Forward, g(33, 256)),
         ] {
-            assert_eq!(
-                plan(pass, &geom, Tf32MmaWide, 132),
-                plan(pass, &geom, Tf32MmaTap, 132),
-                "{pass:?} {geom:?}"
-            );
-            assert_eq!(
-                plan(pass, &geom, Bf16MmaWide, 132),
-                plan(pass, &geom, Bf16MmaTap, 132),
-                "{pass:?} {geom:?}"
-            );
+            assert_same_plans(pass, &geom, [(Tf32MmaWide, Tf32MmaTap), (Bf16MmaWide, Bf16MmaTap)]);
         }
         for algo in [Tf32MmaWide, Bf16MmaWide] {
             assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
@@ -1347,16 +1349,7 @@ mod tests {
             (Forward, g(64, 5, 64, 160)),
             (BackwardData, g(160, 5, 64, 64)),
         ] {
-            assert_eq!(
-                plan(pass, &geom, Tf32MmaHalo, 132),
-                plan(pass, &geom, Tf32MmaWide, 132),
-                "{pass:?} {geom:?}"
-            );
-            assert_eq!(
-                plan(pass, &geom, Bf16MmaHalo, 132),
-                plan(pass, &geom, Bf16MmaWide, 132),
-                "{pass:?} {geom:?}"
-            );
+            assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32MmaWide), (Bf16MmaHalo, Bf16MmaWide)]);
         }
         // The U-Net's levels at 256 x 256 all qualify (16 x 16 at the deepest), but its first
         // layer (c_in = 1).
