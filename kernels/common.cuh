@@ -35,7 +35,8 @@ struct ConvParams {
     const float* weight;  // c_out x c_in x kh x kw (forward, backward-data)
     const float* dy;      // gradient of the output (backward-data, backward-weight)
     const float* bias;    // added per output column of the GEMM when not null
-    float* out;           // y, dx, or backward-weight partial sums [splits][c_out][c_in*kh*kw]
+    float* out;           // y, dx, or with splits > 1 their partial sums [splits][y or dx], or
+                          // backward-weight partial sums [splits][c_out][c_in*kh*kw]
     float* out_bias;      // backward-weight: bias-gradient partial sums [splits][c_out], or null
     int n;
     int c_in;
@@ -48,7 +49,8 @@ struct ConvParams {
     int pad;
     int h_out;
     int w_out;
-    int split_len;  // backward-weight: reduction elements (n*h_out*w_out) per split
+    int split_len;  // reduction elements per split (backward-weight: of n*h_out*w_out; v2's
+                    // forward and backward-data: of the GEMM depth) when splits > 1
     int splits;
     int reserved;
 };

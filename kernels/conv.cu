@@ -7,6 +7,9 @@
 //   backward-data    m = input pixel (img, iy, ix)   n = c_in    k = (co, ky, kx)
 //                    A = dy at ((iy + pad - ky) / s, (ix + pad - kx) / s) when divisible,
 //                    B = weight[co][n][ky][kx], + bias[n] when given (transposed-conv forward)
+//                    v2's forward and backward-data may split k too where their tiles alone
+//                    would fill few of the GPU's block slots (split_slice): partial outputs
+//                    [split][n][c][h][w], the bias in split 0's, added by split_reduce.
 //   backward-weight  m = c_out                       n = (ci, ky, kx)  k = (img, oy, ox)
 //                    A = dy, B = x as in forward; split over k into partial sums
 //                    [split][c_out][n] (and the bias gradient [split][c_out]) that
@@ -979,6 +982,25 @@ struct PlaneStore {
     }
 };
 
+// The k range of this block's split of a forward or backward-data pass of depth K, its slice
+// of the output (out_len values a split), and the bias it adds: with splits > 1, split z =
+// blockIdx.z sums k in [z split_len, (z + 1) split_len) into out + z out_len, and split 0 alone
+// adds the bias, so that split_reduce's fixed-order sum of the slices is the output; unsplit,
+// all of k into out itself.
+struct SplitSlice {
+    int k_begin, k_end;
+    float* out;
+    const float* bias;
+};
+__device__ __forceinline__ SplitSlice split_slice(const ConvParams& p, int K, size_t out_len) {
+    if (p.splits <= 1) {
+        return {0, K, p.out, p.bias};
+    }
+    const int z = blockIdx.z;
+    const int k_begin = z * p.split_len;
+    return {k_begin, min(k_begin + p.split_len, K), p.out + z * out_len, z == 0 ? p.bias : nullptr};
+}
+
 template <class T, class Math, class GA, class GB>
 __device__ void forward_by(const ConvParams& p) {
     const int M = p.n * p.h_out * p.w_out;
@@ -986,6 +1008,7 @@ __device__ void forward_by(const ConvParams& p) {
     const int K = p.c_in * p.kh * p.kw;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
+    const SplitSlice s = split_slice(p, K, static_cast<size_t>(M) * N);
     GA ga;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
@@ -999,8 +1022,8 @@ __device__ void forward_by(const ConvParams& p) {
     }
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
-    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
-    epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h_out * p.w_out, p.c_out});
+    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, s.k_begin, s.k_end, acc, false, unused);
+    epilogue<T>(acc, m0, M, n0, N, PlaneStore{s.out, s.bias, p.h_out * p.w_out, p.c_out});
 }
 
 template <class T, class Math, int KH, int KW>
@@ -1015,6 +1038,7 @@ __device__ void backward_data_by(const ConvParams& p) {
     const int K = p.c_out * p.kh * p.kw;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
+    const SplitSlice s = split_slice(p, K, static_cast<size_t>(M) * N);
     GA ga;
     using OA = Operand<T::BM, GA::LAYOUT, Math::PACK>;
     const int a_row = m0 + OA::slot_row(threadIdx.x, 0);
@@ -1028,8 +1052,8 @@ __device__ void backward_data_by(const ConvParams& p) {
     }
     float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
-    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, 0, K, acc, false, unused);
-    epilogue<T>(acc, m0, M, n0, N, PlaneStore{p.out, p.bias, p.h * p.w, p.c_in});
+    mainloop<T, Math>(p, ga, gb, a_row_ok, true, m0, M, n0, N, s.k_begin, s.k_end, acc, false, unused);
+    epilogue<T>(acc, m0, M, n0, N, PlaneStore{s.out, s.bias, p.h * p.w, p.c_in});
 }
 
 template <class T, class Math, int KH, int KW>
@@ -1160,7 +1184,7 @@ using WeightTile128 = Tile<64, 128, 2, 4>;
 
 // Kernel names: conv_<pass>_<precision>_<kernel size>_<tile>; precision tf32 or bf16; k1/k2/k3
 // are 1x1/2x2/3x3 specialisations, kany reads the kernel size from the parameters. Forward and
-// backward-data grids are (ceil(M / 128), ceil(N / tile)); backward-weight grids
+// backward-data grids are (ceil(M / 128), ceil(N / tile), splits); backward-weight grids
 // (ceil(c_in*kh*kw / 128), ceil(c_out / tile), splits). All take 256 threads.
 #define LRC_CONV_MMA(PREC, MATH, KS, KH, KW)                                          \
     LRC_KERNEL(conv_fwd_##PREC##_##KS##_n64, ConvParams, v2::THREADS, 2) {            \

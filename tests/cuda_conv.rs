@@ -154,7 +154,9 @@ fn relative_bound(algo: ConvAlgo, chain: usize, rounded_inputs: bool) -> f64 {
 }
 
 /// How a pass's reduction is split: backward-weight's as `conv::plan` plans it on this GPU, one
-/// split for the other passes.
+/// split for the other passes (the tensor-core versions split forward and backward-data too
+/// where few tiles would leave the GPU idle, at most one partial per 32-deep k tile, which
+/// their chain below already counts; v1 never splits them).
 #[derive(Clone, Copy, Debug)]
 struct Split {
     len: usize,

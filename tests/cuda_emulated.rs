@@ -118,6 +118,9 @@ fn plan_file() -> String {
         ("3x3s2_n2_c3-6_9x8", conv([2, 3, 9, 8, 6], (3, 3), 2, 1)),
         ("5x3_n1_c4-10_8x7", conv([1, 4, 8, 7, 10], (5, 3), 1, 1)),
         ("3x3_n3_c4-8_23x21", conv([3, 4, 23, 21, 8], (3, 3), 1, 1)),
+        // One output tile over a 540-deep reduction: forward splits it in two on 4
+        // multiprocessors (288, then a last split of 252 that ends mid k tile).
+        ("3x3_n2_c60-40_3x5", conv([2, 60, 3, 5, 40], (3, 3), 1, 1)),
     ];
     // Whole 32-channel k tiles, for the tap-major versions' own kernels (they run tf32-mma's and
     // bf16-mma's everywhere else): forward over 32 and 64 input channels, backward-data over 64
@@ -140,6 +143,11 @@ fn plan_file() -> String {
         ("3x3_n2_c136-32_5x4", conv([2, 136, 5, 4, 32], (3, 3), 1, 1)),
         // Backward-weight's wide tile (64 output channels) with its reduction split in two.
         ("3x3_n3_c32-64_13x15", conv([3, 32, 13, 15, 64], (3, 3), 1, 1)),
+        // Forward and backward-data with their depth split on 4 multiprocessors (one pixel
+        // tile): 128 output channels (wide forward, 2 splits; backward-data 4 splits of 1152),
+        // 128 input channels (wide backward-data, 2 splits; forward 4).
+        ("3x3_n1_c64-128_4x5", conv([1, 64, 4, 5, 128], (3, 3), 1, 1)),
+        ("3x3_n1_c128-64_4x5", conv([1, 128, 4, 5, 64], (3, 3), 1, 1)),
     ];
     // The halo-tile backward-weight kernels (tf32-mma-halo): rows of 32 and 64 pixels and of 16
     // (two rows a k tile), 64 and 32 output channels a block, c_out off the tile (40, 24, 72,
@@ -166,6 +174,8 @@ fn plan_file() -> String {
         // Overlapping 2x2 taps (stride 1): backward-data with the 2x2 kernels, which no other
         // case runs since the U-Net's 2x2 stride 2 goes forward by tap.
         ("T2x2s1_n2_c9-70_4x5", transposed([2, 9, 4, 5, 70], 2, 1, 0)),
+        // Its forward pass (backward-data's kernel) over 130 x 4 = 520 with the depth split.
+        ("T2x2s1_n1_c130-40_4x5", transposed([1, 130, 4, 5, 40], 2, 1, 0)),
     ];
     let mut out = String::new();
     for algo in ConvAlgo::ALL {
@@ -263,6 +273,29 @@ fn launch_plans_split_and_cover_as_intended() {
             splits.iter().any(|&s| s > 1) && splits.contains(&1),
             "{kernel}: {splits:?}"
         );
+    }
+    // Forward and backward-data split their depth where their tiles leave most of the block
+    // slots empty, and elsewhere not: v2's kernels (the 2x2 one of a transposed forward pass
+    // too), the tap-major and the wide ones; v1 and the wgmma kernels never.
+    for kernel in [
+        "fwd_tf32_k3_n64",
+        "bwd_data_bf16_k3_n32",
+        "bwd_data_tf32_k2_n64",
+        "fwd_tf32_k3t_n64",
+        "bwd_data_bf16_k3t_n64",
+        "fwd_tf32_k3t_n128",
+        "bwd_data_bf16_k3t_n128",
+    ] {
+        let splits: Vec<usize> = text.lines().filter(|l| l.contains(kernel)).map(splits_of).collect();
+        assert!(
+            splits.iter().any(|&s| s > 1) && splits.contains(&1),
+            "{kernel}: {splits:?}"
+        );
+    }
+    for l in text.lines().filter(|l| !l.contains("backward_weight")) {
+        if l.contains("_fp32") || l.contains("_wgmma_") {
+            assert_eq!(splits_of(l), 1, "{l}");
+        }
     }
     // The tap-major forward and backward-data kernels, and they alone, read packed weights,
     // packed by the kernel of their pass and precision.

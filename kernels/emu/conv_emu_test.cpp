@@ -28,7 +28,9 @@
 //         itself, and each tensor-core addition errs by at most 2^-23 of the running magnitude
 //         (2^-24 when rounding, 2^-23 allowing for truncation):
 //           rel = 2u + u^2 + chain 2^-23 (1 + u)^2,  chain = depth + ceil(depth / 32) + 1
-//         (the k loop, at most one split partial per 32-deep k tile, the bias).
+//         (the k loop, at most one split partial per 32-deep k tile, the bias; splits of
+//         backward-weight, and of v2's forward and backward-data where the plan splits their
+//         depth, each at least 32 deep).
 //   bias gradients (FP32 sums of dy in every version, no products): rel = gamma(chain) with
 //         chain = ceil(values / lanes) + tree levels + (partials - 1): backward-weight's lanes
 //         sum every 32nd k of the block's range, warp_sum adds them (5 levels), split_reduce the
@@ -461,6 +463,25 @@ void launch(const Plan& plan, const ConvParams& p) {
     emu::launch(dim3{plan.gx, plan.gy, plan.gz}, dim3{256, 1, 1}, [&] { k(conv); }, plan.shared_bytes);
 }
 
+// As run_single in conv.rs: a forward or backward-data pass whose plan splits its depth writes
+// partial outputs of out_len values each (poisoned, so that an element a split leaves unwritten
+// shows), which split_reduce adds into p.out; unsplit, p.out itself.
+void launch_output(const Plan& plan, ConvParams p, int out_len) {
+    if (plan.splits <= 1) {
+        launch(plan, p);
+        return;
+    }
+    std::vector<float> partial = poisoned(size_t(plan.splits) * out_len);
+    float* out = p.out;
+    p.out = partial.data();
+    p.split_len = plan.split_len;
+    p.splits = plan.splits;
+    launch(plan, p);
+    SplitReduceParams s{partial.data(), out, nullptr, nullptr, out_len, 0, plan.splits, 0};
+    label_launch("split_reduce");
+    emu::launch(dim3{unsigned(ceil_div(out_len, 256)), 1, 1}, dim3{256, 1, 1}, [&] { split_reduce(s); });
+}
+
 // As run_backward_weight in conv.rs: one split writes dw (and db) itself; more write partial
 // sums that split_reduce adds.
 void launch_backward_weight(const Plan& plan, ConvParams p, int m, int n) {
@@ -503,19 +524,20 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
             q.weight = w.data();
             q.bias = b.data();
             q.out = y.data();
-            launch(plan, q);
+            launch_output(plan, q, int(y.size()));
             return Outputs{y};
         });
         check(tag, out[0], ref_forward(g, x, w, b.data()), ref_forward(g, ax, aw, ab.data()), g.c_in * g.kh * g.kw);
-        if (plan.kernel.find("_wgmma_") != std::string::npos) {
-            // v3 also without a bias (v1 and v2 are checked so on the GPU).
+        if (plan.kernel.find("_wgmma_") != std::string::npos || plan.splits > 1) {
+            // v3, and split plans (split 0 adds the bias), also without a bias (v1 and v2 are
+            // checked so on the GPU).
             const Outputs plain = both_schedules(tag + " without bias", [&] {
                 auto y = poisoned(dy.size());
                 ConvParams q = p;
                 q.x = x.data();
                 q.weight = w.data();
                 q.out = y.data();
-                launch(plan, q);
+                launch_output(plan, q, int(y.size()));
                 return Outputs{y};
             });
             check(tag + " without bias", plain[0], ref_forward(g, x, w, nullptr), ref_forward(g, ax, aw, nullptr),
@@ -528,7 +550,7 @@ void conv_case(const std::string& tag, const std::string& pass, const Geom& g, c
             q.dy = dy.data();
             q.weight = w.data();
             q.out = dx.data();
-            launch(plan, q);
+            launch_output(plan, q, int(dx.size()));
             return Outputs{dx};
         });
         check(tag, out[0], ref_backward_data(g, dy, w, nullptr), ref_backward_data(g, ady, aw, nullptr),
@@ -618,7 +640,7 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
                 q.weight = wt.data();
                 q.bias = biased ? b.data() : nullptr;
                 q.out = y.data();
-                launch(plan, q);
+                launch_output(plan, q, int(y.size()));
                 return Outputs{y};
             });
             check(what, out[0], biased ? want.y : unbiased.y, biased ? scale.y : unbiased_scale.y, depth);
@@ -630,7 +652,7 @@ void transposed_case(const std::string& tag, const std::string& pass, const Geom
             q.x = dy.data();
             q.weight = wt.data();
             q.out = dx.data();
-            launch(plan, q);
+            launch_output(plan, q, int(dx.size()));
             return Outputs{dx};
         });
         check(tag, out[0], want.dx, scale.dx, t.c_out * t.kh * t.kw);

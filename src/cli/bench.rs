@@ -263,7 +263,7 @@ fn run_pass(layer: &Layer, pass: &str, o: &Operands, algo: ConvAlgo) -> Result<(
 }
 
 /// The launch a version plans for `pass` of `layer` on a device with `multiprocessors` (its
-/// kernel, and backward-weight's splits), for the record; None for a choice, which picks a
+/// kernel, and the splits of its reduction), for the record; None for a choice, which picks a
 /// version when it first meets the pass.
 fn planned(layer: &Layer, pass: &str, algo: ConvAlgo, multiprocessors: usize) -> Option<ConvLaunch> {
     if ConvAlgo::CHOICES.contains(&algo) {
@@ -278,6 +278,14 @@ fn planned(layer: &Layer, pass: &str, algo: ConvAlgo, multiprocessors: usize) ->
         Layer::Conv(g) => plan(pass, g, algo, multiprocessors),
         Layer::Transposed(g) => transposed_plan(pass, g, algo, multiprocessors),
     })
+}
+
+/// A launch as a line of the table names it: its kernel, and its splits where it splits.
+fn launch_label(launch: ConvLaunch) -> String {
+    match launch.splits {
+        1 => launch.kernel.to_string(),
+        splits => format!("{} x{splits} splits", launch.kernel),
+    }
 }
 
 /// Milliseconds of each timed run, measured on the device with events.
@@ -384,7 +392,7 @@ fn bench_conv(args: &ConvBenchArgs) -> Result<()> {
                 println!(
                     "{name:<12} {pass:<15} {shape:<22} {:<10} {ms:>10.4} {tflops:>9.2}  {}",
                     algo.name(),
-                    launch.map_or("(chosen per pass)", |l| l.kernel)
+                    launch.map_or("(chosen per pass)".to_string(), launch_label)
                 );
                 let line = serde_json::json!({
                     "bench": "conv",
@@ -482,6 +490,11 @@ mod tests {
             Some("conv_tfwd_tf32_n64")
         );
         assert_eq!(launch(dec1, "forward", ConvAlgo::Tf32Fastest), None);
+        // The deepest level's forward pass splits its depth: 128 wide tiles for 264 slots.
+        let enc5 = planned(find("enc5.conv2"), "forward", ConvAlgo::Tf32MmaWide, 132).unwrap();
+        assert_eq!(launch_label(enc5), "conv_fwd_tf32_k3t_n128 x2 splits");
+        let dec1_launch = planned(dec1, "forward", ConvAlgo::Tf32MmaWide, 132).unwrap();
+        assert_eq!(launch_label(dec1_launch), "conv_fwd_tf32_k3t_n32");
     }
 
     #[test]

@@ -629,6 +629,32 @@ pub(crate) fn split_plan(tiles: usize, r: usize, depth: usize, multiprocessors: 
     (split_len, r.div_ceil(split_len).max(1))
 }
 
+/// Splits of the depth `depth` of a forward or backward-data pass whose `tiles` output tiles
+/// would fill half or fewer of the GPU's block slots (two blocks per multiprocessor, as the
+/// kernels are built for): as many as fit the slots with every tile's splits, each at least
+/// `MIN_SPLIT_DEPTH` deep (the pipeline's prologue and the partial outputs stay small beside
+/// it) and a multiple of the tile depth. The deep U-Net levels need it: 16 x 16 planes at batch
+/// 16 are 32 tiles of 128 pixels, so 512 channels in 128-wide tiles make 128 blocks for 264
+/// slots on an H100. Returns (split length, splits); (0, 1) where it does not split.
+pub(crate) fn fill_plan(tiles: usize, depth: usize, tile_depth: usize, multiprocessors: usize) -> (usize, usize) {
+    const BLOCKS_PER_MULTIPROCESSOR: usize = 2;
+    const MIN_SPLIT_DEPTH: usize = 256;
+    let slots = BLOCKS_PER_MULTIPROCESSOR * multiprocessors;
+    let splits = (slots / tiles.max(1)).min(depth / MIN_SPLIT_DEPTH);
+    if splits <= 1 {
+        return (0, 1);
+    }
+    let split_len = depth.div_ceil(splits).div_ceil(tile_depth) * tile_depth;
+    (split_len, depth.div_ceil(split_len))
+}
+
+/// Whether a forward or backward-data kernel sums a split of its depth when the launch says so
+/// (conv.cu's `split_slice`: every v2 kernel, tap-major and wide ones included; not v1's, nor
+/// the wgmma ones).
+fn splits_its_depth(kernel: &str) -> bool {
+    !FP32_KERNELS.contains(&kernel) && !conv_sm90::is_kernel(kernel)
+}
+
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
 /// transposes for the pass that computes the same thing (forward and backward-data swap), except
 /// for a forward pass whose kernel tiles the output, which runs one GEMM per tap
@@ -681,25 +707,26 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
 
 /// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
 pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
-    let single = |t: Tiling, grid| ConvLaunch {
-        kernel: t.kernel,
-        grid,
-        split_len: 0,
-        splits: 1,
-        pack: t.pack,
-    };
     match pass {
-        ConvPass::Forward => {
-            let t = tiling(algo, pass, g, g.c_out);
-            let rows = g.n * g.h_out() * g.w_out();
-            let grid = (rows.div_ceil(t.rows), g.c_out.div_ceil(t.cols), 1);
-            single(t, grid)
-        }
-        ConvPass::BackwardData => {
-            let t = tiling(algo, pass, g, g.c_in);
-            let rows = g.n * g.h * g.w;
-            let grid = (rows.div_ceil(t.rows), g.c_in.div_ceil(t.cols), 1);
-            single(t, grid)
+        ConvPass::Forward | ConvPass::BackwardData => {
+            let (rows, cols, depth) = match pass {
+                ConvPass::Forward => (g.n * g.h_out() * g.w_out(), g.c_out, g.c_in * g.kh * g.kw),
+                _ => (g.n * g.h * g.w, g.c_in, g.c_out * g.kh * g.kw),
+            };
+            let t = tiling(algo, pass, g, cols);
+            let tiles = (rows.div_ceil(t.rows), cols.div_ceil(t.cols));
+            let (split_len, splits) = if splits_its_depth(t.kernel) {
+                fill_plan(tiles.0 * tiles.1, depth, t.depth, multiprocessors)
+            } else {
+                (0, 1)
+            };
+            ConvLaunch {
+                kernel: t.kernel,
+                grid: (tiles.0, tiles.1, splits),
+                split_len,
+                splits,
+                pack: t.pack,
+            }
         }
         ConvPass::BackwardWeight => {
             let t = tiling(algo, pass, g, g.c_out);
@@ -760,9 +787,47 @@ fn conv_params(op: &'static str, g: &ConvGeom) -> Result<ConvParams> {
     })
 }
 
-/// Runs a forward or backward-data launch; `p` must hold live blocks sized by the geometry the
-/// plan was made for (callers check the storages against it).
-fn run_single(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+/// Runs a forward or backward-data launch whose output holds `out_len` values, through split
+/// partial outputs when the plan splits the depth; `p` must hold live blocks sized by the
+/// geometry the plan was made for (callers check the storages against it).
+fn run_single(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams, out_len: usize) -> Result<()> {
+    if plan.splits > 1 {
+        const OP: &str = "conv2d";
+        let partial = CudaStorage::alloc(device, plan.splits * out_len)?;
+        let split = ConvParams {
+            out: partial.device_ptr(),
+            split_len: dim(OP, "split length", plan.split_len)?,
+            splits: dim(OP, "splits", plan.splits)?,
+            ..*p
+        };
+        run_tiles(device, plan, &split)?;
+        let reduce = SplitReduceParams {
+            partial: partial.device_ptr(),
+            out: p.out,
+            partial_bias: 0,
+            out_bias: 0,
+            len: dim(OP, "output", out_len)?,
+            bias_len: 0,
+            splits: split.splits,
+            reserved: 0,
+        };
+        let launch = Launch {
+            grid: (blocks_for(out_len, THREADS as usize), 1, 1),
+            block: THREADS,
+        };
+        // SAFETY: the partial block holds `splits` slices of out_len values, which the launch
+        // above wrote whole (every split writes its tiles' every in-range element); p.out holds
+        // out_len. The block returns to the cache after this call, which is safe because later
+        // users queue behind these kernels on the same stream.
+        return unsafe { device.launch(MODULE, "split_reduce", launch, &reduce) };
+    }
+    run_tiles(device, plan, p)
+}
+
+/// The launches of run_single that write the output tiles (the packing of the weights first
+/// where the kernel reads them packed), into `p.out` or, with `p.splits` > 1, its partial slices
+/// (the plan's grid carries the splits).
+fn run_tiles(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
     if let Some(pack) = plan.pack {
         // The packed weights live in a scratch block for this call; it returns to the cache
         // after it, which is safe because later users queue behind these kernels on the stream.
@@ -972,7 +1037,7 @@ pub fn conv2d_forward(
         algo,
         conv_key(ConvPass::Forward, g, algo),
         |a| plan(ConvPass::Forward, g, a, sms),
-        |launch| run_single(&device, launch, &p),
+        |launch| run_single(&device, launch, &p, out.len()),
     )?;
     Ok(out)
 }
@@ -1000,7 +1065,7 @@ pub fn conv2d_backward_data(g: &ConvGeom, dy: &CudaStorage, w: &CudaStorage, alg
         algo,
         conv_key(ConvPass::BackwardData, g, algo),
         |a| plan(ConvPass::BackwardData, g, a, sms),
-        |launch| run_single(&device, launch, &p),
+        |launch| run_single(&device, launch, &p, out.len()),
     )?;
     Ok(out)
 }
@@ -1086,7 +1151,7 @@ pub fn conv_transpose2d_forward(
         algo,
         transposed_key(ConvPass::Forward, g, algo),
         |a| transposed_plan(ConvPass::Forward, g, a, sms),
-        |launch| run_single(&device, launch, &p),
+        |launch| run_single(&device, launch, &p, out.len()),
     )?;
     Ok(out)
 }
@@ -1121,7 +1186,7 @@ pub fn conv_transpose2d_backward_data(
         algo,
         transposed_key(ConvPass::BackwardData, g, algo),
         |a| transposed_plan(ConvPass::BackwardData, g, a, sms),
-        |launch| run_single(&device, launch, &p),
+        |launch| run_single(&device, launch, &p, out.len()),
     )?;
     Ok(out)
 }
@@ -1220,6 +1285,84 @@ mod tests {
     }
 
     #[test]
+    fn fill_plans_split_the_depth_where_the_tiles_fill_few_block_slots() {
+        for (tiles, depth, tile_depth, sms) in [
+            (1, 9 * 512, 32, 132),
+            (64, 9 * 512, 32, 132),
+            (100, 2304, 32, 132),
+            (1, 1000, 32, 4),
+            (3, 9 * 33, 32, 1),
+        ] {
+            let (len, splits) = fill_plan(tiles, depth, tile_depth, sms);
+            if splits == 1 {
+                assert_eq!(len, 0);
+                continue;
+            }
+            assert!(tiles * splits <= 2 * sms, "the splits fit the slots");
+            assert!(len >= 256 && len.is_multiple_of(tile_depth), "{len}");
+            assert!(len * splits >= depth && len * (splits - 1) < depth, "no split empty");
+        }
+        // More than half the slots filled, a short depth, no depth: one split.
+        assert_eq!(fill_plan(133, 9 * 512, 32, 132), (0, 1));
+        assert_eq!(fill_plan(132, 9 * 512, 32, 132), (2304, 2));
+        assert_eq!(fill_plan(1, 511, 32, 132), (0, 1));
+        assert_eq!(fill_plan(1, 0, 32, 132), (0, 1));
+        assert_eq!(fill_plan(1, 512, 32, 132), (256, 2));
+
+        // The U-Net's deepest level (batch 16, 16 x 16 planes) on an H100: 32 pixel tiles.
+        let g = |c_in, c_out| ConvGeom {
+            n: 16,
+            c_in,
+            h: 16,
+            w: 16,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        for (pass, geom, algo, grid, split_len) in [
+            // 512 output channels in 128-wide tiles: 128 blocks, two splits.
+            (Forward, g(256, 512), Tf32MmaWide, (32, 4, 2), 1152),
+            (Forward, g(512, 512), Bf16MmaWide, (32, 4, 2), 2304),
+            // 256 input channels: 64 blocks, four splits of the 4608-deep reduction.
+            (BackwardData, g(256, 512), Tf32MmaWide, (32, 2, 4), 1152),
+            // 64-wide tiles: 128 blocks of 256 input channels; 256 blocks of 512 fill the GPU.
+            (BackwardData, g(256, 512), Tf32MmaTap, (32, 4, 2), 2304),
+            (BackwardData, g(512, 512), Tf32MmaTap, (32, 8, 1), 0),
+            (Forward, g(256, 512), Tf32Mma, (32, 8, 1), 0),
+        ] {
+            let launch = plan(pass, &geom, algo, 132);
+            assert_eq!((launch.grid, launch.split_len), (grid, split_len), "{pass:?} {algo:?}");
+            assert_eq!(launch.splits, grid.2);
+        }
+        // The next level up fills the GPU (32 x 32 planes: 128 pixel tiles x 2).
+        assert_eq!(
+            plan(
+                Forward,
+                &ConvGeom {
+                    h: 32,
+                    w: 32,
+                    ..g(256, 256)
+                },
+                Tf32MmaWide,
+                132
+            )
+            .splits,
+            1
+        );
+        // v1 and the wgmma versions never split these passes.
+        for algo in [Fp32Tiled, Tf32Wgmma, Bf16Wgmma] {
+            for pass in [Forward, BackwardData] {
+                let launch = plan(pass, &g(256, 512), algo, 132);
+                assert_eq!((launch.splits, launch.split_len, launch.grid.2), (1, 0, 1), "{algo:?}");
+            }
+        }
+    }
+
+    #[test]
     fn wide_tiles_serve_forward_and_backward_data_of_128_columns_or_more() {
         let g = |c_in, c_out| ConvGeom {
             n: 2,
@@ -1236,7 +1379,9 @@ mod tests {
         use ConvPass::*;
         let wide = plan(Forward, &g(64, 160), Tf32MmaWide, 132);
         assert_eq!(wide.kernel, "conv_fwd_tf32_k3t_n128");
-        assert_eq!(wide.grid, ((2 * 9 * 7usize).div_ceil(128), 2, 1));
+        // Two tiles on 264 block slots: the depth (576) splits in two.
+        assert_eq!(wide.grid, ((2 * 9 * 7usize).div_ceil(128), 2, 2));
+        assert_eq!((wide.split_len, wide.splits), (288, 2));
         assert_eq!(wide.pack.map(|p| p.words), Some(256 * 9 * 64));
         // TF32's tiles pass the 48 KiB of static shared memory, BF16's do not.
         assert_eq!(launch_shared_bytes(wide.kernel), 54272);
