@@ -1267,10 +1267,10 @@ LRC_KERNEL(conv_bwd_weight_tf32_k3h_m64_w16, ConvParams, halo::THREADS, 2) {
     halo::backward_weight<halo::Tile<2, 16>, v2::Tf32>(p);
 }
 LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w32, ConvParams, halo::THREADS, 2) {
-    halo::backward_weight<halo::Tile<1, 32>, v2::Tf32>(p);
+    halo::backward_weight<halo::Tile<2, 32, 2>, v2::Tf32>(p);
 }
 LRC_KERNEL(conv_bwd_weight_tf32_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
-    halo::backward_weight<halo::Tile<1, 16>, v2::Tf32>(p);
+    halo::backward_weight<halo::Tile<2, 16, 2>, v2::Tf32>(p);
 }
 LRC_KERNEL(conv_bwd_weight_bf16_k3h_m64_w32, ConvParams, halo::THREADS, 2) {
     halo::backward_weight_bf16<halo::Tile<2, 32>>(p);
@@ -1279,10 +1279,10 @@ LRC_KERNEL(conv_bwd_weight_bf16_k3h_m64_w16, ConvParams, halo::THREADS, 2) {
     halo::backward_weight_bf16<halo::Tile<2, 16>>(p);
 }
 LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w32, ConvParams, halo::THREADS, 2) {
-    halo::backward_weight_bf16<halo::Tile<1, 32>>(p);
+    halo::backward_weight_bf16<halo::Tile<2, 32, 2>>(p);
 }
 LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
-    halo::backward_weight_bf16<halo::Tile<1, 16>>(p);
+    halo::backward_weight_bf16<halo::Tile<2, 16, 2>>(p);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,9 +16,12 @@
 // 2^31 (offsets within an image in 32-bit integers); any c_out (rows past it are zeros); x and
 // dy 16-byte aligned (whole device blocks are), so that rows of 4 pixels copy as 16 bytes.
 //
-// Block tile: BM output channels (16 MT per warp, 2 warps) x BC = 32 input channels (8 per
-// warp, 4 warps) x 9 taps: each warp holds MT x 9 mma accumulator tiles (72 or 36 floats a
-// thread). Grid: (c_in / 32, ceil(c_out / BM), splits); the launch plan's columns are the
+// Block tile: BM output channels x BC = 32 input channels (8 per warp, 4 warps) x 9 taps. The
+// other factor of 2 in the 8 warps goes along c_out (BM = 64: 32 a warp, MT = 2) or, for BM =
+// 32, along k (KS = 2 k groups: each warp all 32 output channels, MT = 2, over half of each k
+// tile's slices; the second group's sums are added to the first's at the end), so that every
+// warp reads each B fragment for two m16 tiles. Each warp holds MT x 9 mma accumulator tiles
+// (72 floats a thread). Grid: (c_in / 32, ceil(c_out / BM), splits); the launch plan's columns are the
 // (ci, tap) pairs, 288 a block. Split partial sums and bias-gradient partial sums are laid out
 // as v2's ([split][c_out][c_in 9], [split][c_out]) and reduced by split_reduce.
 //
@@ -37,14 +40,15 @@ constexpr int TAPS = 9;
 constexpr int A_STRIDE = BK + 4;
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / WARP;
-constexpr int WARPS_M = 2;
 constexpr int WARPS_C = 4;
-static_assert(WARPS_M * WARPS_C == WARPS && WARPS_C * 8 == BC, "warps: 2 along c_out, 4 x 8 along c_in");
+static_assert(2 * WARPS_C == WARPS && WARPS_C * 8 == BC, "warps: 2 along c_out or k, 4 x 8 along c_in");
 
-template <int MT_, int WT_>
+template <int MT_, int WT_, int KS_ = 1>
 struct Tile {
-    static constexpr int MT = MT_, WT = WT_;
+    static constexpr int MT = MT_, WT = WT_, KS = KS_;
     static_assert(WT == 32 || WT == 16, "a k tile is one row of 32 pixels or two of 16");
+    static_assert(KS == 1 || KS == 2, "warps in 1 or 2 k groups");
+    static constexpr int WARPS_M = 2 / KS;   // warps along c_out
     static constexpr int WM = 16 * MT;       // output channels per warp
     static constexpr int BM = WARPS_M * WM;  // and per block
     static constexpr int R = BK / WT;        // image rows of a k tile
@@ -74,6 +78,16 @@ struct Tile {
     // The 8-pixel slices of a k tile unrolled at once: all four, but two in the 64-channel
     // two-row tile, where ptxas spills at four (72-76 bytes at 128 registers).
     static constexpr int SLICES_UNROLLED = MT == 2 && WT == 16 ? 2 : 4;
+    // K group wk's part of a k tile starts at pixel wk BK / KS: the start of an image row (WT =
+    // 16: the second group takes the second row), or within the tile's one row (WT = 32), so
+    // that its slices lie where the first group's would, shifted by one offset (row_start).
+    static_assert((BK / KS) % WT == 0 || BK <= WT, "a k group's slices keep the first group's rows");
+    __device__ static constexpr int group_pixel(int wk) { return wk * (BK / KS); }
+    // That shift in a halo plane (TF32) and in a plane of pairs (BF16; whole pairs).
+    __device__ static constexpr int group_halo(int wk) { return group_pixel(wk) / WT * HC + group_pixel(wk) % WT; }
+    __device__ static constexpr int group_pairs(int wk) {
+        return group_pixel(wk) / WT * ROW16 + group_pixel(wk) % WT / 2;
+    }
     // BF16 (backward_weight_bf16): the staged FP32 words converted into pairs, k = pixels
     // (2j, 2j + 1) in word j, lower pixel in the low half. dy: [BM][16 + 4] words (ldmatrix
     // rows on distinct banks). Halo rows twice, as the pairs a tap reads: E[j] = (h[2j],
@@ -196,10 +210,11 @@ struct Copies {
 };
 
 // Where this block and thread stand: the block's split of the pixels [k_begin, k_end), its
-// first output and input channels, and the thread's place in its warp's tiles.
+// first output and input channels, and the thread's place in its warp's tiles (first output
+// channel wm, input channel wc, k group wk).
 template <class T>
 struct Place {
-    int hw, k_begin, k_end, ci0, co0, lane, g, t, wm, wc;
+    int hw, k_begin, k_end, ci0, co0, lane, g, t, wm, wc, wk;
     bool bias_block;
     __device__ explicit Place(const ConvParams& p)
         : hw(p.h * p.w),
@@ -210,15 +225,58 @@ struct Place {
           lane(threadIdx.x % WARP),
           g(lane / 4),
           t(lane % 4),
-          wm(threadIdx.x / WARP / WARPS_C * T::WM),
+          wm(T::KS == 1 ? threadIdx.x / WARP / WARPS_C * T::WM : 0),
           wc(threadIdx.x / WARP % WARPS_C * 8),
+          wk(T::KS == 1 ? 0 : threadIdx.x / WARP / WARPS_C),
           bias_block(p.out_bias != nullptr && blockIdx.x == 0) {}
 };
 
+// With two k groups: the second group's warps hand their sums to the first's (the warp 4
+// apart, the same tiles), which add them in, a row of taps (ky) at a time through `scratch`
+// (WARPS_C x 32 x MT x 3 x 4 words: 3072), whose earlier contents every thread is done with.
+template <class T>
+__device__ void add_k_groups(float (&acc)[T::MT][TAPS][4], uint32_t* scratch, int wk) {
+    static_assert(T::KS == 2, "two k groups");
+    constexpr int GROUP = WARPS_C * WARP;  // threads of a k group
+    float* hand = reinterpret_cast<float*>(scratch);
+    const int slot = threadIdx.x % GROUP;
+#pragma unroll
+    for (int ky = 0; ky < 3; ++ky) {
+        // The mma of the last tile (or the previous row's additions) are done with scratch.
+        __syncthreads();
+        if (wk == 1) {
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+                for (int kx = 0; kx < 3; ++kx) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        hand[((mt * 3 + kx) * 4 + i) * GROUP + slot] = acc[mt][ky * 3 + kx][i];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        if (wk == 0) {
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+                for (int kx = 0; kx < 3; ++kx) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        acc[mt][ky * 3 + kx][i] += hand[((mt * 3 + kx) * 4 + i) * GROUP + slot];
+                    }
+                }
+            }
+        }
+    }
+}
+
 // acc[mt][tap] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: rows c_out, columns
-// c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums; then, in the
-// bias block, the bias gradient's partial sum of each dy row: the 8 lanes of a row (lanes 8i ..
-// 8i + 7) summed 4 pixels each of every k tile, added in a fixed order.
+// c_in, stored at the OIHW position (co, ci, tap) of this split's partial sums (by the first k
+// group's warps, which hold the whole sums); then, in the bias block, the bias gradient's
+// partial sum of each dy row: the 8 lanes of a row (lanes 8i .. 8i + 7) summed 4 pixels each of
+// every k tile, added in a fixed order.
 template <class T>
 __device__ void store_sums(const ConvParams& p, const Place<T>& place, const float (&acc)[T::MT][TAPS][4],
                            const float (&a_sum)[T::A_PIECES], int a_row) {
@@ -226,8 +284,9 @@ __device__ void store_sums(const ConvParams& p, const Place<T>& place, const flo
     const int N = p.c_in * TAPS;
     const int co0 = place.co0, ci0 = place.ci0, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
     float* out = p.out + static_cast<size_t>(blockIdx.z) * M * N;
+    const bool holds_sums = T::KS == 1 || place.wk == 0;
 #pragma unroll
-    for (int mt = 0; mt < T::MT; ++mt) {
+    for (int mt = 0; mt < T::MT && holds_sums; ++mt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int co = co0 + wm + mt * 16 + g + 8 * half;
@@ -284,10 +343,11 @@ __device__ void backward_weight(const ConvParams& p) {
     static_assert(Math::PACK == 1, "one operand value a word (TF32)");
     const Place<T> place(p);
     const int hw = place.hw, k_begin = place.k_begin, k_end = place.k_end, ci0 = place.ci0, co0 = place.co0;
-    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
+    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc, wk = place.wk;
     const bool bias_block = place.bias_block;
 
     alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
+    static_assert(T::KS == 1 || 2 * T::STAGE >= 3072, "add_k_groups' scratch fits the stages");
     const Copies<T> c(threadIdx.x, hw);
 
     // Rounds the words this thread copied into stage s, once they have landed (its own copies:
@@ -313,6 +373,7 @@ __device__ void backward_weight(const ConvParams& p) {
     };
 
     float acc[T::MT][TAPS][4] = {};
+    const int a_shift = T::group_pixel(wk), b_shift = T::group_halo(wk);
     if (k_begin < k_end) {
         TileCursor next(p, k_begin);
         c.issue(p, stages, next, co0, ci0, hw);
@@ -329,16 +390,18 @@ __device__ void backward_weight(const ConvParams& p) {
                 c.issue(p, stages + (stage ^ 1) * T::STAGE, next, co0, ci0, hw);
                 next.next<T::WT>(p);
             }
-            const uint32_t* sb = s + T::A_WORDS + (wc + g) * T::PLANE + T::LEFT + t;
+            // This warp's slices of 8 pixels: all four, or its k group's two, which lie as the
+            // first group's do, shifted (Tile::group_pixel, group_halo).
+            const uint32_t* sb = s + T::A_WORDS + (wc + g) * T::PLANE + T::LEFT + t + b_shift;
 #pragma unroll(T::SLICES_UNROLLED)
-            for (int slice = 0; slice < BK / 8; ++slice) {
+            for (int slice = 0; slice < BK / 8 / T::KS; ++slice) {
                 uint32_t af[T::MT][4];
 #pragma unroll
                 for (int mt = 0; mt < T::MT; ++mt) {
                     // Lanes 8q..8q+7 give the rows of matrix q: rows 0-7 and 8-15 of the
                     // fragment at words 8 slice (q = 0, 1) and 8 slice + 4 (q = 2, 3).
                     const int row = wm + mt * 16 + lane % 16;
-                    lrc::load_matrix_x4(af[mt], s, row * A_STRIDE + 8 * slice + (lane / 16) * 4);
+                    lrc::load_matrix_x4(af[mt], s, row * A_STRIDE + a_shift + 8 * slice + (lane / 16) * 4);
                 }
                 // Pixels 8 slice .. 8 slice + 7 of the tile lie in one image row (WT >= 8):
                 // row r, columns c .. c + 7.
@@ -350,6 +413,9 @@ __device__ void backward_weight(const ConvParams& p) {
             }
             stage ^= 1;
         }
+    }
+    if constexpr (T::KS == 2) {
+        add_k_groups<T>(acc, stages, wk);
     }
     store_sums<T>(p, place, acc, a_sum, c.a_row);
 }
@@ -364,11 +430,12 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
     using Math = v2::Bf16;
     const Place<T> place(p);
     const int hw = place.hw, k_begin = place.k_begin, k_end = place.k_end, ci0 = place.ci0, co0 = place.co0;
-    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc;
+    const int lane = place.lane, g = place.g, t = place.t, wm = place.wm, wc = place.wc, wk = place.wk;
     const bool bias_block = place.bias_block;
 
     alignas(16) __shared__ uint32_t staged[T::STAGE];
     alignas(16) __shared__ uint32_t packed[T::PACKED];
+    static_assert(T::KS == 1 || T::PACKED >= 3072, "add_k_groups' scratch fits the pairs");
     const Copies<T> c(threadIdx.x, hw);
 
     // This thread's staged values, converted: dy's 4 pixels to 2 pairs; a halo piece
@@ -407,6 +474,7 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
     };
 
     float acc[T::MT][TAPS][4] = {};
+    const int a_shift = T::group_pixel(wk) / 2, b_shift = T::group_pairs(wk);
     if (k_begin < k_end) {
         TileCursor next(p, k_begin);
         c.issue(p, staged, next, co0, ci0, hw);
@@ -421,15 +489,16 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
                 c.issue(p, staged, next, co0, ci0, hw);
                 next.next<T::WT>(p);
             }
-            const uint32_t* sb = packed + T::A16_WORDS + (wc + g) * T::PLANE16 + t;
+            // This warp's slices of 16 pixels: both, or its k group's one, shifted as in TF32.
+            const uint32_t* sb = packed + T::A16_WORDS + (wc + g) * T::PLANE16 + t + b_shift;
 #pragma unroll
-            for (int slice = 0; slice < BK / 16; ++slice) {
+            for (int slice = 0; slice < BK / 16 / T::KS; ++slice) {
                 uint32_t af[T::MT][4];
 #pragma unroll
                 for (int mt = 0; mt < T::MT; ++mt) {
                     // As in TF32, in words of two pixels: 8 words per 16-pixel slice.
                     const int row = wm + mt * 16 + lane % 16;
-                    lrc::load_matrix_x4(af[mt], packed, row * T::A16_STRIDE + 8 * slice + (lane / 16) * 4);
+                    lrc::load_matrix_x4(af[mt], packed, row * T::A16_STRIDE + a_shift + 8 * slice + (lane / 16) * 4);
                 }
                 // Pixels 16 slice .. 16 slice + 15 lie in one image row: row r, columns c .. c + 15.
                 const int r = 16 * slice / T::WT;
@@ -442,6 +511,9 @@ __device__ void backward_weight_bf16(const ConvParams& p) {
                 });
             }
         }
+    }
+    if constexpr (T::KS == 2) {
+        add_k_groups<T>(acc, packed, wk);
     }
     store_sums<T>(p, place, acc, a_sum, c.a_row);
 }
