@@ -864,6 +864,94 @@ fn packed_weights_round_as_documented() {
     }
 }
 
+/// The halo forward and backward-data kernels (`tf32-mma-halo`, 32 outputs or fewer) round both
+/// operands to TF32 (nearest even) and read each tap at its offset, borders included: with x one
+/// at a single pixel P (the bottom right corner, in the second block of rows) of one channel,
+/// y[co][O] is the one product round(w[co][c][tap]) for the tap that puts O's window on P, 0
+/// elsewhere; with w one at the centre tap of input channel 0, y[co][O] = round(x[0][O]) for
+/// values with exact ties. Backward-data likewise with dy one at P: dx[ci][I] =
+/// round(w[c][ci][tap]) for the tap that puts P's window on I.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn halo_forward_operands_round_as_documented() {
+    let device = device();
+    let algo = ConvAlgo::Tf32MmaHalo;
+    for (pass, shape) in [
+        (ConvPass::Forward, [1, 8, 9, 32, 32]),
+        (ConvPass::BackwardData, [1, 32, 17, 16, 8]),
+    ] {
+        let g = geom(shape, (3, 3), 1, 1);
+        let launch = plan(pass, &g, algo, device.multiprocessors());
+        assert!(launch.kernel.contains("_k3h_n32"), "{}", launch.kernel);
+        let forward = pass == ConvPass::Forward;
+        // The pass as a convolution from `ins` channels to `outs`, and the weight it reads for
+        // (output, input, tap): forward w[o][i][tap], backward-data w[i][o][8 - tap].
+        let (ins, outs) = if forward { (g.c_in, g.c_out) } else { (g.c_out, g.c_in) };
+        let (h, w) = (g.h, g.w);
+        let weight_at = |weights: &[f32], o: usize, i: usize, tap: usize| {
+            if forward {
+                weights[(o * g.c_in + i) * 9 + tap]
+            } else {
+                weights[(i * g.c_in + o) * 9 + 8 - tap]
+            }
+        };
+        let run = |input: &[f32], weights: &[f32]| {
+            let (id, wd) = (upload(&device, input), upload(&device, weights));
+            let out = if forward {
+                conv2d_forward(&g, &id, &wd, None, algo)
+            } else {
+                conv2d_backward_data(&g, &id, &wd, algo)
+            };
+            out.unwrap().to_host().unwrap()
+        };
+        // One input at P, tied weights.
+        let (channel, py, px) = (5 % ins, h - 1, w - 1);
+        let mut input = vec![0.0f32; ins * h * w];
+        input[(channel * h + py) * w + px] = 1.0;
+        let weights: Vec<f32> = (0..g.c_out * g.c_in * 9).map(tied_value).collect();
+        let got = run(&input, &weights);
+        for o in 0..outs {
+            for y in 0..h {
+                for x in 0..w {
+                    let (ky, kx) = (py as isize - y as isize + 1, px as isize - x as isize + 1);
+                    let want = if (0..3).contains(&ky) && (0..3).contains(&kx) {
+                        to_tf32(weight_at(&weights, o, channel, (ky * 3 + kx) as usize))
+                    } else {
+                        0.0
+                    };
+                    let v = got[(o * h + y) * w + x];
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{pass:?} output {o} at ({y}, {x}): {v:e}, want {want:e}"
+                    );
+                }
+            }
+        }
+        // Tied inputs in channel 0, one weight at its centre tap.
+        let mut input = vec![0.0f32; ins * h * w];
+        for (k, v) in input[..h * w].iter_mut().enumerate() {
+            *v = tied_value(k);
+        }
+        let mut weights = vec![0.0f32; g.c_out * g.c_in * 9];
+        for o in 0..outs {
+            let at = if forward { (o * g.c_in) * 9 + 4 } else { o * 9 + 4 };
+            weights[at] = 1.0;
+        }
+        let got = run(&input, &weights);
+        for o in 0..outs {
+            for k in 0..h * w {
+                let (v, want) = (got[o * h * w + k], to_tf32(input[k]));
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "{pass:?} output {o}, pixel {k}: {v:e}, want {want:e}"
+                );
+            }
+        }
+    }
+}
+
 /// The halo kernels round both operands as documented (TF32 and BF16, nearest even) and read
 /// each tap's window with its zero border: with dy 1 at a single pixel P of every output channel
 /// and 0 elsewhere, dw[co][ci][ky][kx] is the one exact product 1 x round(x[ci] at P + (ky - 1,

@@ -161,6 +161,15 @@ fn plan_file() -> String {
         ("3x3_n1_c32-72_8x16", conv([1, 32, 8, 16, 72], (3, 3), 1, 1)),
         ("3x3_n4_c32-20_10x16", conv([4, 32, 10, 16, 20], (3, 3), 1, 1)),
     ];
+    // The halo forward and backward-data kernels (tf32-mma-halo, 32 output channels or fewer):
+    // rows of 32 columns (one and two column tiles) and of 16 (W = 16, and 48: three tiles),
+    // heights off the 8- and 16-row tiles, 1 to 5 chunks of 8 input channels, outputs off 32.
+    let halo_forward_shapes = [
+        ("3x3_n2_c8-20_5x32", conv([2, 8, 5, 32, 20], (3, 3), 1, 1)),
+        ("3x3_n1_c24-32_9x64", conv([1, 24, 9, 64, 32], (3, 3), 1, 1)),
+        ("3x3_n2_c16-40_6x16", conv([2, 16, 6, 16, 40], (3, 3), 1, 1)),
+        ("3x3_n1_c32-12_17x48", conv([1, 32, 17, 48, 12], (3, 3), 1, 1)),
+    ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
     // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
@@ -186,6 +195,15 @@ fn plan_file() -> String {
                 let launch = plan(ConvPass::BackwardWeight, g, algo, 4);
                 assert!(launch.kernel.contains("_k3h_"), "{label}: {}", launch.kernel);
                 line(&mut out, label, "conv", "backward_weight", d, &launch);
+            }
+            for (label, g) in &halo_forward_shapes {
+                let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+                for (pass, name) in &PASSES[..2] {
+                    let launch = plan(*pass, g, algo, 4);
+                    if launch.kernel.contains("_k3h_") {
+                        line(&mut out, label, "conv", name, d, &launch);
+                    }
+                }
             }
             continue;
         }
@@ -297,12 +315,13 @@ fn launch_plans_split_and_cover_as_intended() {
             assert_eq!(splits_of(l), 1, "{l}");
         }
     }
-    // The tap-major forward and backward-data kernels, and they alone, read packed weights,
-    // packed by the kernel of their pass and precision.
+    // The tap-major and halo forward and backward-data kernels, and they alone, read packed
+    // weights, packed by the kernel of their pass, layout and precision.
     for l in text.lines() {
         let fields: Vec<&str> = l.split_whitespace().collect();
         let (kernel, pack) = (fields[12], fields[19]);
-        let packed = kernel.contains("_k3t_") && !kernel.contains("bwd_weight");
+        let halo = kernel.contains("_k3h_");
+        let packed = (kernel.contains("_k3t_") || halo) && !kernel.contains("bwd_weight");
         assert_eq!(pack != "-", packed, "{l}");
         if packed {
             let precision = if kernel.contains("_tf32_") { "tf32" } else { "bf16" };
@@ -311,8 +330,17 @@ fn launch_plans_split_and_cover_as_intended() {
             } else {
                 "bwd_data"
             };
-            assert_eq!(pack, format!("conv_pack_{pass}_{precision}"), "{l}");
+            let layout = if halo { "_halo" } else { "" };
+            assert_eq!(pack, format!("conv_pack_{pass}{layout}_{precision}"), "{l}");
         }
+    }
+    for kernel in [
+        "conv_fwd_tf32_k3h_n32_w32",
+        "conv_fwd_tf32_k3h_n32_w16",
+        "conv_bwd_data_tf32_k3h_n32_w32",
+        "conv_bwd_data_tf32_k3h_n32_w16",
+    ] {
+        assert!(text.contains(kernel), "no case runs {kernel}");
     }
     // Every per-tap transposed forward kernel runs, and the overlapping kernels keep backward-data.
     for kernel in [

@@ -341,6 +341,21 @@ impl WeightPack {
             words: rows.div_ceil(PACKED_ROWS) * PACKED_ROWS * 9 * channels / if bf16 { 2 } else { 1 },
         }
     }
+
+    /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the halo
+    /// forward kernels (conv_halo_fwd.cuh's pack_weight): per block of 32 output channels (c_out
+    /// forward, c_in backward-data) and chunk of 8 input channels, 9 taps x 32 x 8 TF32 words.
+    fn halo(pass: ConvPass, g: &ConvGeom) -> WeightPack {
+        let (outs, ins) = halo_forward_channels(pass, g);
+        WeightPack {
+            kernel: HALO_FORWARD_PACK_KERNELS[(pass != ConvPass::Forward) as usize],
+            words: outs.div_ceil(HALO_FORWARD_COLS)
+                * (ins / HALO_FORWARD_CHUNK)
+                * 9
+                * HALO_FORWARD_COLS
+                * HALO_FORWARD_CHUNK,
+        }
+    }
 }
 
 /// Kernel sizes with their own compiled specialisation; others use the generic kernels.
@@ -446,6 +461,60 @@ const HALO_KERNELS: [[[&str; 2]; 2]; 2] = [
 /// The input channels (times 9 taps: the GEMM columns) a halo block owns.
 const HALO_CHANNELS: usize = 32;
 
+/// The halo-tile forward and backward-data kernels of `tf32-mma-halo` (conv_halo_fwd.cuh) by
+/// [forward, backward-data][tiles of 32 columns, of 16], and their weight packings.
+const HALO_FORWARD_KERNELS: [[&str; 2]; 2] = [
+    ["conv_fwd_tf32_k3h_n32_w32", "conv_fwd_tf32_k3h_n32_w16"],
+    ["conv_bwd_data_tf32_k3h_n32_w32", "conv_bwd_data_tf32_k3h_n32_w16"],
+];
+const HALO_FORWARD_PACK_KERNELS: [&str; 2] = ["conv_pack_fwd_halo_tf32", "conv_pack_bwd_data_halo_tf32"];
+/// A halo forward block: 256 output pixels (rows of 32 or 16 columns) x 32 output channels,
+/// input channels staged 8 at a time.
+const HALO_FORWARD_PIXELS: usize = 256;
+const HALO_FORWARD_COLS: usize = 32;
+const HALO_FORWARD_CHUNK: usize = 8;
+
+/// The (output, input) channels of `pass` of `g` as the halo forward kernels see it: forward
+/// (c_out, c_in), backward-data (c_in, c_out).
+fn halo_forward_channels(pass: ConvPass, g: &ConvGeom) -> (usize, usize) {
+    match pass {
+        ConvPass::Forward => (g.c_out, g.c_in),
+        _ => (g.c_in, g.c_out),
+    }
+}
+
+/// Whether the halo forward kernels serve `pass` (forward or backward-data) of `g`: 3x3, stride
+/// 1, pad 1, 32 output channels or fewer (where the tap-major kernels' 32-wide tiles reuse each
+/// gathered value least), input channels a multiple of 8, a width that is a multiple of 16 (rows
+/// of 32 or 16 columns, copied 16 bytes at a time), offsets within an image below 2^31.
+fn halo_forward_applies(pass: ConvPass, g: &ConvGeom) -> bool {
+    let (outs, ins) = halo_forward_channels(pass, g);
+    pass != ConvPass::BackwardWeight
+        && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
+        && outs > 0
+        && outs <= HALO_FORWARD_COLS
+        && ins > 0
+        && ins.is_multiple_of(HALO_FORWARD_CHUNK)
+        && g.w > 0
+        && g.w.is_multiple_of(16)
+        && g.h > 0
+        && ins.max(outs) * g.h * g.w <= i32::MAX as usize
+}
+
+/// The grid of a halo forward kernel for `pass` of `g`: (images x row tiles x column tiles,
+/// blocks of 32 output channels); the kernel's tiles are 8 rows of 32 columns where the width
+/// allows, else 16 rows of 16.
+fn halo_forward_grid(pass: ConvPass, g: &ConvGeom) -> (usize, usize, usize) {
+    let cols = if g.w.is_multiple_of(32) { 32 } else { 16 };
+    let rows = HALO_FORWARD_PIXELS / cols;
+    let (outs, _) = halo_forward_channels(pass, g);
+    (
+        g.n * g.h.div_ceil(rows) * (g.w / cols),
+        outs.div_ceil(HALO_FORWARD_COLS),
+        1,
+    )
+}
+
 /// Whether the halo-tile kernels serve backward-weight of `g`: 3x3, stride 1, pad 1 (each k
 /// tile's input is its pixels with a one-pixel border), c_in a multiple of 32, and k tiles of
 /// 32 pixels that never straddle a row or an image: a width that is a multiple of 32, or 16
@@ -498,6 +567,8 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
     names.extend(HALO_KERNELS.iter().flatten().flatten().copied());
+    names.extend(HALO_FORWARD_KERNELS.iter().flatten().copied());
+    names.extend(HALO_FORWARD_PACK_KERNELS);
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -534,6 +605,15 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
+        ConvAlgo::Tf32MmaHalo if halo_forward_applies(pass, g) => {
+            return Tiling {
+                kernel: HALO_FORWARD_KERNELS[(pass != ConvPass::Forward) as usize][!g.w.is_multiple_of(32) as usize],
+                rows: HALO_FORWARD_PIXELS,
+                cols: HALO_FORWARD_COLS,
+                depth: HALO_FORWARD_CHUNK,
+                pack: Some(WeightPack::halo(pass, g)),
+            };
+        }
         ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
             let narrow = narrow_dim <= 32;
             let bf16 = algo == ConvAlgo::Bf16MmaHalo;
@@ -652,7 +732,12 @@ pub(crate) fn fill_plan(tiles: usize, depth: usize, tile_depth: usize, multiproc
 /// (conv.cu's `split_slice`: every v2 kernel, tap-major and wide ones included; not v1's, nor
 /// the wgmma ones).
 fn splits_its_depth(kernel: &str) -> bool {
-    !FP32_KERNELS.contains(&kernel) && !conv_sm90::is_kernel(kernel)
+    !FP32_KERNELS.contains(&kernel) && !conv_sm90::is_kernel(kernel) && !is_halo_forward(kernel)
+}
+
+/// Whether `kernel` is a halo forward or backward-data kernel (conv_halo_fwd.cuh).
+fn is_halo_forward(kernel: &str) -> bool {
+    HALO_FORWARD_KERNELS.iter().flatten().any(|&k| k == kernel)
 }
 
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
@@ -714,6 +799,17 @@ pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize
                 _ => (g.n * g.h * g.w, g.c_in, g.c_out * g.kh * g.kw),
             };
             let t = tiling(algo, pass, g, cols);
+            if is_halo_forward(t.kernel) {
+                // Blocks of whole rows of one image, never split (their depth is c_in / 8
+                // chunks of 9 taps, and the U-Net layers they serve have thousands of blocks).
+                return ConvLaunch {
+                    kernel: t.kernel,
+                    grid: halo_forward_grid(pass, g),
+                    split_len: 0,
+                    splits: 1,
+                    pack: t.pack,
+                };
+            }
             let tiles = (rows.div_ceil(t.rows), cols.div_ceil(t.cols));
             let (split_len, splits) = if splits_its_depth(t.kernel) {
                 fill_plan(tiles.0 * tiles.1, depth, t.depth, multiprocessors)
@@ -828,6 +924,17 @@ fn run_single(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams, out_le
 /// where the kernel reads them packed), into `p.out` or, with `p.splits` > 1, its partial slices
 /// (the plan's grid carries the splits).
 fn run_tiles(device: &Arc<CudaDevice>, plan: ConvLaunch, p: &ConvParams) -> Result<()> {
+    // The halo forward kernels copy rows of 4 input values as 16 bytes: whole device blocks,
+    // which every storage is, start 256-byte aligned.
+    if is_halo_forward(plan.kernel) {
+        let input = if plan.kernel.starts_with("conv_fwd") { p.x } else { p.dy };
+        if !input.is_multiple_of(16) {
+            return Err(Error::shape(
+                "conv2d",
+                format!("{} needs its input 16-byte aligned (got {input:#x})", plan.kernel),
+            ));
+        }
+    }
     if let Some(pack) = plan.pack {
         // The packed weights live in a scratch block for this call; it returns to the cache
         // after it, which is safe because later users queue behind these kernels on the stream.
@@ -1264,7 +1371,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 4 + 2 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1506,6 +1613,86 @@ mod tests {
         for algo in [Tf32MmaHalo, Bf16MmaHalo] {
             assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
             assert_eq!(ConvAlgo::from_index(algo as u8), algo);
+        }
+    }
+
+    #[test]
+    fn halo_forward_tiles_serve_narrow_3x3_forward_and_backward_data() {
+        let g = |n, c_in, h, w, c_out| ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        // The U-Net's first level (batch 16, 256 x 256, 32 channels): blocks of 8 rows of 32
+        // columns, 32 output channels, the weights packed in chunks of 8 input channels.
+        let level1 = g(16, 32, 256, 256, 32);
+        for (pass, kernel, pack) in [
+            (Forward, "conv_fwd_tf32_k3h_n32_w32", "conv_pack_fwd_halo_tf32"),
+            (
+                BackwardData,
+                "conv_bwd_data_tf32_k3h_n32_w32",
+                "conv_pack_bwd_data_halo_tf32",
+            ),
+        ] {
+            let launch = plan(pass, &level1, Tf32MmaHalo, 132);
+            assert_eq!(launch.kernel, kernel);
+            assert_eq!(launch.grid, (16 * 32 * 8, 1, 1));
+            assert_eq!((launch.split_len, launch.splits), (0, 1));
+            assert_eq!(launch.pack.map(|p| (p.kernel, p.words)), Some((pack, 4 * 9 * 32 * 8)));
+            assert_eq!(launch_shared_bytes(kernel), 0);
+        }
+        // dec1.conv1 (64 -> 32): forward by halo over 8 chunks; backward-data has 64 outputs.
+        let dec1 = g(16, 64, 256, 256, 32);
+        assert_eq!(
+            plan(Forward, &dec1, Tf32MmaHalo, 132).pack.map(|p| p.words),
+            Some(8 * 9 * 32 * 8)
+        );
+        assert_same_plans(
+            BackwardData,
+            &dec1,
+            [(Tf32MmaHalo, Tf32MmaWide), (Bf16MmaHalo, Bf16MmaWide)],
+        );
+        // Widths that are multiples of 16 alone: 16 rows of 16 columns, heights off the tile.
+        let narrow = plan(Forward, &g(3, 24, 17, 48, 20), Tf32MmaHalo, 132);
+        assert_eq!(narrow.kernel, "conv_fwd_tf32_k3h_n32_w16");
+        assert_eq!(narrow.grid, (3 * 2 * 3, 1, 1));
+        assert_eq!(
+            plan(BackwardData, &g(2, 20, 9, 64, 40), Tf32MmaHalo, 132).grid,
+            (2 * 2 * 2, 1, 1)
+        );
+        // Elsewhere what tf32-mma-wide runs: the first layer (one input channel), input
+        // channels off 8, more than 32 outputs, widths off 16, stride 2, 1x1; BF16 always.
+        let strided = ConvGeom {
+            stride: 2,
+            ..g(2, 32, 8, 32, 32)
+        };
+        let pointwise = ConvGeom {
+            kh: 1,
+            kw: 1,
+            pad: 0,
+            ..g(2, 32, 8, 32, 32)
+        };
+        for (pass, geom) in [
+            (Forward, g(16, 1, 256, 256, 32)),
+            (Forward, g(2, 20, 8, 32, 32)),
+            (Forward, g(2, 32, 8, 32, 33)),
+            (Forward, g(2, 32, 8, 24, 32)),
+            (BackwardData, g(2, 32, 8, 32, 20)),
+            (Forward, strided),
+            (BackwardData, pointwise),
+        ] {
+            assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32MmaWide), (Tf32MmaHalo, Tf32MmaWide)]);
+        }
+        for pass in [Forward, BackwardData] {
+            assert_same_plans(pass, &level1, [(Bf16MmaHalo, Bf16MmaWide), (Bf16MmaHalo, Bf16MmaWide)]);
         }
     }
 
