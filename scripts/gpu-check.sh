@@ -17,8 +17,9 @@
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
 #   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net;
-#             then `lrc bench step` again with the tap-major convolutions and halo-tile
-#             backward-weight (LRC_CONV_ALGO=tf32-mma-halo)
+#             then `lrc bench step` again with the tap-major convolutions and halo tiles
+#             (backward-weight; forward and backward-data of the narrow layers)
+#             (LRC_CONV_ALGO=tf32-mma-halo)
 #             and with the fastest TF32 version per pass (LRC_CONV_ALGO=tf32-fastest)
 #   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
