@@ -1,5 +1,5 @@
 // Forward and backward-data of the 3x3, stride 1, pad 1 convolution by halo tiles (tf32-mma-halo,
-// TF32), for 32 output channels or fewer a block column:
+// TF32), for 64 output channels or fewer:
 //   forward        y[co][p] = bias[co] + sum over (ci, ky, kx) of x[ci][p + (ky - 1, kx - 1)] w[co][ci][ky][kx]
 //   backward-data  dx[ci][p] = sum over (co, ky, kx) of dy[co][p + (ky - 1, kx - 1)] w[co][ci][2 - ky][2 - kx]
 // The second is the first with dy as the input and the weights transposed and turned half way
@@ -7,61 +7,68 @@
 //
 // The implicit GEMM of the tap-major kernels (m = output pixel, n = output channel, k = (tap,
 // channel)) gathers the input once per tap: each value is fetched, checked, rounded and stored
-// nine times, and with 32 output channels a gathered value serves 32 products only. Here a block
-// owns 256 output pixels of one image (R rows of WT columns: 8 x 32, or 16 x 16) and 32 output
-// channels, and for each chunk of 8 input channels stages the pixels it reads once: R + 2 rows
+// nine times, and with 32 or 64 output channels a gathered value serves that many products only.
+// Here a block owns BN = 32 or 64 output channels and 256 or 128 output pixels of one image (R
+// rows of WT columns: 8 x 32 or 16 x 16; 4 x 32 or 8 x 16), and for each chunk of 8 input
+// channels stages the pixels it reads once: R + 2 rows
 // of WT + 2 columns (the halo) by cp.async (16 bytes for the columns, laid out 16-byte aligned,
 // 4 bytes for the borders; zeros stored where the halo leaves the image), with the chunk's
 // packed weights of all nine taps (one contiguous block). Each thread rounds its own words in
 // place once they land; one barrier a chunk, two stages (the next chunk's copies land in one
 // while the mma read the other). Every tap's A fragment is the halo read at that tap's offset.
 //
-// Warps: 8 along the pixels, 32 each (two m16 tiles: 16 columns of a row each) x 32 output
-// channels (four n8 tiles): per tap and chunk, 8 mma from 2 A fragments (4 words each) and 4 B
-// fragments (one 64-bit load each): 256 bytes of shared-memory reads per HMMA.
+// Warps: 8 (BN = 32) or 4 (BN = 64) along the pixels, 32 each (two m16 tiles: 16 columns of a
+// row each), x 1 or 2 along the output channels, 32 each (four n8 tiles): per tap and chunk, 8
+// mma from 2 A fragments (4 words each) and 4 B fragments (one 64-bit load each): 256 bytes of
+// shared-memory reads per HMMA.
 //
 // Shapes (the host's halo_forward_applies): 3x3, stride 1, pad 1; input channels a multiple
 // of 8; W a multiple of 32 (WT = 32) or of 16 (WT = 16); any H (rows past it are zeros and are
-// not stored) and any number of output channels (grid y: blocks of 32; rows past them are the
+// not stored) and any number of output channels (grid y: blocks of BN; rows past them are the
 // packing's zeros); input and output offsets within an image below 2^31; the input 16-byte
 // aligned (whole device blocks are).
-// Grid: (n * ceil(H / R) * (W / WT), ceil(c_out / 32)), 256 threads.
+// Grid: (n * ceil(H / R) * (W / WT), ceil(outputs / BN)), 256 threads; BN = 64 takes
+// Tile::DYNAMIC_BYTES of dynamic shared memory (its stages pass the 48 KiB of static).
 //
 // Shared memory, per stage:
 //   halo: [8 channels][PLANE] words; a channel's halo row-major, rows HC = WT + 4 words apart,
 //         the left border at word 3, the WT columns from word 4 (16-byte aligned), the right
 //         border after them (the next row's unused word 0). A fragment word (pixel g, channel t) of a tap lies at t PLANE +
 //         g + offset: PLANE = 8 mod 32 puts the 32 lanes on 32 banks.
-//   weights: [9 taps][32 output channels][8 words], a row's words in the order k = 0, 4, 1,
+//   weights: [9 taps][BN output channels][8 words], a row's words in the order k = 0, 4, 1,
 //         5, 2, 6, 3, 7, so that b = {B[t][g], B[t + 4][g]} is one 64-bit load at word 2t
 //         (a half warp's loads: 32 distinct banks).
 namespace halo_fwd {
 
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / WARP;
-constexpr int BN = 32;      // output channels a block
-constexpr int CHUNK = 8;    // input channels a stage: one mma k step
+constexpr int CHUNK = 8;  // input channels a stage: one mma k step
 constexpr int TAPS = 9;
-constexpr int PIXELS = 256;  // output pixels a block, 32 a warp
-constexpr int W_WORDS = TAPS * BN * CHUNK;
-static_assert(WARPS * 32 == PIXELS, "a warp computes 32 pixels");
 
-template <int WT_>
+template <int WT_, int BN_>
 struct Tile {
-    static constexpr int WT = WT_;
+    static constexpr int WT = WT_, BN = BN_;
     static_assert(WT == 32 || WT == 16, "tiles 32 or 16 columns wide");
+    static_assert(BN == 32 || BN == 64, "32 or 64 output channels a block");
+    static constexpr int WARPS_N = BN / 32;           // warps along the output channels
+    static constexpr int WARPS_P = WARPS / WARPS_N;   // and along the pixels, 32 each
+    static constexpr int PIXELS = 32 * WARPS_P;       // output pixels a block
+    static constexpr int W_WORDS = TAPS * BN * CHUNK;
     static constexpr int R = PIXELS / WT;  // output rows
     static constexpr int HR = R + 2;       // halo rows
     static constexpr int HC = WT + 4;      // words a halo row
     static constexpr int LEFT = 3;
     // A row's right border is the next row's word 0 (unused there): the last one needs a word
     // past the rows.
-    static constexpr int PLANE = 392;
+    static constexpr int PLANE = BN == 32 ? 392 : 232;
     static_assert(PLANE >= (HR - 1) * HC + LEFT + WT + 2 && PLANE % 32 == 8,
                   "a channel's halo fits its plane, lanes on distinct banks");
     static constexpr int HALO_WORDS = CHUNK * PLANE;
     static constexpr int STAGE = HALO_WORDS + W_WORDS;
     static_assert(HALO_WORDS % 4 == 0 && STAGE % 4 == 0, "16-byte copies aligned in every stage");
+    // Two stages in static shared memory up to its 48 KiB, else dynamic (what the host passes).
+    static constexpr bool DYNAMIC = 2 * STAGE * sizeof(uint32_t) > 48 * 1024;
+    static constexpr unsigned DYNAMIC_BYTES = DYNAMIC ? 2 * STAGE * sizeof(uint32_t) : 0;
     // Copies of a chunk: the halo's columns, 16 bytes each (WT / 4 a row), a pass of the block
     // covering ROWS_AT_ONCE rows of all 8 channels (thread: row tid / (8 WT / 4) + pass
     // ROWS_AT_ONCE, channel (tid / (WT / 4)) % 8, columns 4 (tid % (WT / 4))); the border words,
@@ -87,7 +94,7 @@ struct Place {
         const int img = b / (row_tiles * col_tiles);
         const int rest = b - img * row_tiles * col_tiles;
         const int ty = rest / col_tiles;
-        return Place{img, ty * T::R, (rest - ty * col_tiles) * T::WT, static_cast<int>(blockIdx.y) * BN};
+        return Place{img, ty * T::R, (rest - ty * col_tiles) * T::WT, static_cast<int>(blockIdx.y) * T::BN};
     }
 };
 
@@ -157,8 +164,9 @@ struct Copies {
                 }
             }
         }
-        // Packed weights: [column block][chunk][tap][32][8].
-        const float* w = p.weight + (static_cast<size_t>(blockIdx.y) * (pass.in_channels / CHUNK) + chunk) * W_WORDS;
+        // Packed weights: [column block][chunk][tap][BN][8].
+        const float* w =
+            p.weight + (static_cast<size_t>(blockIdx.y) * (pass.in_channels / CHUNK) + chunk) * T::W_WORDS;
 #pragma unroll
         for (int k = 0; k < T::W_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
@@ -197,11 +205,19 @@ __device__ void convolve(const ConvParams& p) {
     const Place at = Place::of<T>(p.h, p.w);
     const Copies<T> c(p);
     const int lane = threadIdx.x % WARP;
-    const int warp = threadIdx.x / WARP;
+    const int warp = threadIdx.x / WARP % T::WARPS_P;  // this warp's pixels
+    const int wn = threadIdx.x / WARP / T::WARPS_P * 32;  // and its first output channel
     const int g = lane / 4;
     const int t = lane % 4;
 
-    alignas(16) __shared__ uint32_t stages[2 * T::STAGE];
+    uint32_t* stages;
+    if constexpr (T::DYNAMIC) {
+        LRC_DYNAMIC_SHARED(uint32_t, words);
+        stages = words;
+    } else {
+        alignas(16) __shared__ uint32_t words[2 * T::STAGE];
+        stages = words;
+    }
 
     // This warp's pixels: m16 tile mt holds pixels 32 warp + 16 mt + (0..15) of the block,
     // 16 columns of one row (WT >= 16): its lane g reads column col + g (and + 8) of that row.
@@ -244,7 +260,7 @@ __device__ void convolve(const ConvParams& p) {
                 }
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) {
-                    const uint2 b2 = lrc::load_pair(sw + ((ky * 3 + kx) * BN + nt * 8) * CHUNK + b_at);
+                    const uint2 b2 = lrc::load_pair(sw + ((ky * 3 + kx) * T::BN + wn + nt * 8) * CHUNK + b_at);
                     const uint32_t b[2] = {b2.x, b2.y};
 #pragma unroll
                     for (int mt = 0; mt < 2; ++mt) {
@@ -256,7 +272,7 @@ __device__ void convolve(const ConvParams& p) {
     }
 
     // acc[mt][nt] = {D[g][2t], D[g][2t + 1], D[g + 8][2t], D[g + 8][2t + 1]}: pixels of tile
-    // mt, output channels n0 + 8 nt + 2t (+ 1).
+    // mt, output channels n0 + wn + 8 nt + 2t (+ 1).
     const int hw = p.h * p.w;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
@@ -269,7 +285,7 @@ __device__ void convolve(const ConvParams& p) {
         for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
-                const int co = at.n0 + 8 * nt + 2 * t + j;
+                const int co = at.n0 + wn + 8 * nt + 2 * t + j;
                 if (co >= pass.out_channels) {
                     continue;
                 }
@@ -284,12 +300,13 @@ __device__ void convolve(const ConvParams& p) {
 }
 
 // The weights of the 3x3 convolution (OIHW) as convolve reads them, rounded to TF32:
-// [column block][chunk][tap][32 output channels][8 words], a row's words k = 0, 4, 1, 5, 2, 6,
+// [column block][chunk][tap][BN output channels][8 words], a row's words k = 0, 4, 1, 5, 2, 6,
 // 3, 7 (input channels chunk 8 + k); forward: w[o][i][tap], backward-data (o = input channel,
 // i = output channel of the convolution): w[i][o][8 - tap]; zero past the output channels.
 // One thread per word, grid-stride.
-template <class M, bool BACKWARD_DATA>
+template <class M, int BN, bool BACKWARD_DATA>
 __device__ void pack_weight(const ConvParams& p) {
+    constexpr int W_WORDS = TAPS * BN * CHUNK;
     const int outs = BACKWARD_DATA ? p.c_in : p.c_out;
     const int ins = BACKWARD_DATA ? p.c_out : p.c_in;
     const int chunks = ins / CHUNK;

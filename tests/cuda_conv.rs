@@ -864,9 +864,9 @@ fn packed_weights_round_as_documented() {
     }
 }
 
-/// The halo forward and backward-data kernels (`tf32-mma-halo`, 32 outputs or fewer) round both
+/// The halo forward and backward-data kernels (`tf32-mma-halo`, 64 outputs or fewer) round both
 /// operands to TF32 (nearest even) and read each tap at its offset, borders included: with x one
-/// at a single pixel P (the bottom right corner, in the second block of rows) of one channel,
+/// at a single pixel P (the bottom right corner, in the last block of rows) of one channel,
 /// y[co][O] is the one product round(w[co][c][tap]) for the tap that puts O's window on P, 0
 /// elsewhere; with w one at the centre tap of input channel 0, y[co][O] = round(x[0][O]) for
 /// values with exact ties. Backward-data likewise with dy one at P: dx[ci][I] =
@@ -876,13 +876,15 @@ fn packed_weights_round_as_documented() {
 fn halo_forward_operands_round_as_documented() {
     let device = device();
     let algo = ConvAlgo::Tf32MmaHalo;
-    for (pass, shape) in [
-        (ConvPass::Forward, [1, 8, 9, 32, 32]),
-        (ConvPass::BackwardData, [1, 32, 17, 16, 8]),
+    for (pass, shape, block) in [
+        (ConvPass::Forward, [1, 8, 9, 32, 32], "_k3h_n32_w32"),
+        (ConvPass::BackwardData, [1, 32, 17, 16, 8], "_k3h_n32_w16"),
+        (ConvPass::Forward, [1, 8, 5, 32, 64], "_k3h_n64_w32"),
+        (ConvPass::BackwardData, [1, 48, 9, 16, 16], "_k3h_n64_w16"),
     ] {
         let g = geom(shape, (3, 3), 1, 1);
         let launch = plan(pass, &g, algo, device.multiprocessors());
-        assert!(launch.kernel.contains("_k3h_n32"), "{}", launch.kernel);
+        assert!(launch.kernel.ends_with(block), "{}", launch.kernel);
         let forward = pass == ConvPass::Forward;
         // The pass as a convolution from `ins` channels to `outs`, and the weight it reads for
         // (output, input, tap): forward w[o][i][tap], backward-data w[i][o][8 - tap].

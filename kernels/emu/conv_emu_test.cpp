@@ -374,8 +374,14 @@ const struct {
     LRC_ENTRY(conv_fwd_tf32_k3h_n32_w16),
     LRC_ENTRY(conv_bwd_data_tf32_k3h_n32_w32),
     LRC_ENTRY(conv_bwd_data_tf32_k3h_n32_w16),
-    LRC_ENTRY(conv_pack_fwd_halo_tf32),
-    LRC_ENTRY(conv_pack_bwd_data_halo_tf32),
+    LRC_ENTRY(conv_fwd_tf32_k3h_n64_w32),
+    LRC_ENTRY(conv_fwd_tf32_k3h_n64_w16),
+    LRC_ENTRY(conv_bwd_data_tf32_k3h_n64_w32),
+    LRC_ENTRY(conv_bwd_data_tf32_k3h_n64_w16),
+    LRC_ENTRY(conv_pack_fwd_halo_tf32_n32),
+    LRC_ENTRY(conv_pack_bwd_data_halo_tf32_n32),
+    LRC_ENTRY(conv_pack_fwd_halo_tf32_n64),
+    LRC_ENTRY(conv_pack_bwd_data_halo_tf32_n64),
     LRC_ENTRY(conv_pack_fwd_tf32),
     LRC_ENTRY(conv_pack_bwd_data_tf32),
     LRC_ENTRY(conv_pack_fwd_bf16),
@@ -426,8 +432,14 @@ ConvParams params_of(const Geom& g) {
 }
 
 // The dynamic shared memory a kernel needs (the v3 wgmma kernels stage B there; the wide
-// tap-major kernels keep their tiles there where they pass the static limit).
+// tap-major kernels and the 64-channel halo forward ones keep their tiles there where they pass
+// the static limit).
 unsigned shared_needed(const std::string& kernel) {
+    if (kernel.find("_k3h_n64_") != std::string::npos) {
+        static_assert(halo_fwd::Tile<32, 64>::DYNAMIC_BYTES == halo_fwd::Tile<16, 64>::DYNAMIC_BYTES,
+                      "both 64-channel halo forward tiles take the same");
+        return halo_fwd::Tile<32, 64>::DYNAMIC_BYTES;
+    }
     if (kernel.find("_k3t_n128") != std::string::npos) {
         return kernel.find("_tf32_") != std::string::npos ? v2::wide_tap_shared_bytes<v2::Tf32>()
                                                            : v2::wide_tap_shared_bytes<v2::Bf16>();

@@ -348,17 +348,14 @@ impl WeightPack {
     }
 
     /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the halo
-    /// forward kernels (conv_halo_fwd.cuh's pack_weight): per block of 32 output channels (c_out
-    /// forward, c_in backward-data) and chunk of 8 input channels, 9 taps x 32 x 8 TF32 words.
-    fn halo(pass: ConvPass, g: &ConvGeom) -> WeightPack {
+    /// forward kernels (conv_halo_fwd.cuh's pack_weight): per block of `cols` (32 or 64) output
+    /// channels (c_out forward, c_in backward-data) and chunk of 8 input channels, 9 taps x cols
+    /// x 8 TF32 words.
+    fn halo(pass: ConvPass, g: &ConvGeom, cols: usize) -> WeightPack {
         let (outs, ins) = halo_forward_channels(pass, g);
         WeightPack {
-            kernel: HALO_FORWARD_PACK_KERNELS[(pass != ConvPass::Forward) as usize],
-            words: outs.div_ceil(HALO_FORWARD_COLS)
-                * (ins / HALO_FORWARD_CHUNK)
-                * 9
-                * HALO_FORWARD_COLS
-                * HALO_FORWARD_CHUNK,
+            kernel: HALO_FORWARD_PACK_KERNELS[(pass != ConvPass::Forward) as usize][(cols > 32) as usize],
+            words: outs.div_ceil(cols) * (ins / HALO_FORWARD_CHUNK) * 9 * cols * HALO_FORWARD_CHUNK,
         }
     }
 }
@@ -467,17 +464,32 @@ const HALO_KERNELS: [[[&str; 2]; 2]; 2] = [
 const HALO_CHANNELS: usize = 32;
 
 /// The halo-tile forward and backward-data kernels of `tf32-mma-halo` (conv_halo_fwd.cuh) by
-/// [forward, backward-data][tiles of 32 columns, of 16], and their weight packings.
-const HALO_FORWARD_KERNELS: [[&str; 2]; 2] = [
-    ["conv_fwd_tf32_k3h_n32_w32", "conv_fwd_tf32_k3h_n32_w16"],
-    ["conv_bwd_data_tf32_k3h_n32_w32", "conv_bwd_data_tf32_k3h_n32_w16"],
+/// [forward, backward-data][32 output channels a block, 64][tiles of 32 columns, of 16], and
+/// their weight packings by [forward, backward-data][32, 64].
+const HALO_FORWARD_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [
+        ["conv_fwd_tf32_k3h_n32_w32", "conv_fwd_tf32_k3h_n32_w16"],
+        ["conv_fwd_tf32_k3h_n64_w32", "conv_fwd_tf32_k3h_n64_w16"],
+    ],
+    [
+        ["conv_bwd_data_tf32_k3h_n32_w32", "conv_bwd_data_tf32_k3h_n32_w16"],
+        ["conv_bwd_data_tf32_k3h_n64_w32", "conv_bwd_data_tf32_k3h_n64_w16"],
+    ],
 ];
-const HALO_FORWARD_PACK_KERNELS: [&str; 2] = ["conv_pack_fwd_halo_tf32", "conv_pack_bwd_data_halo_tf32"];
-/// A halo forward block: 256 output pixels (rows of 32 or 16 columns) x 32 output channels,
-/// input channels staged 8 at a time.
-const HALO_FORWARD_PIXELS: usize = 256;
-const HALO_FORWARD_COLS: usize = 32;
+const HALO_FORWARD_PACK_KERNELS: [[&str; 2]; 2] = [
+    ["conv_pack_fwd_halo_tf32_n32", "conv_pack_fwd_halo_tf32_n64"],
+    ["conv_pack_bwd_data_halo_tf32_n32", "conv_pack_bwd_data_halo_tf32_n64"],
+];
+/// The most output channels a halo forward block takes, and the input channels it stages at a
+/// time.
+const HALO_FORWARD_COLS: usize = 64;
 const HALO_FORWARD_CHUNK: usize = 8;
+
+/// The output channels (32 or 64) and pixels (256 or 128, rows of 32 or 16 columns) of a halo
+/// forward block for `outs` output channels.
+fn halo_forward_block(outs: usize) -> (usize, usize) {
+    if outs <= 32 { (32, 256) } else { (64, 128) }
+}
 
 /// The (output, input) channels of `pass` of `g` as the halo forward kernels see it: forward
 /// (c_out, c_in), backward-data (c_in, c_out).
@@ -489,8 +501,8 @@ fn halo_forward_channels(pass: ConvPass, g: &ConvGeom) -> (usize, usize) {
 }
 
 /// Whether the halo forward kernels serve `pass` (forward or backward-data) of `g`: 3x3, stride
-/// 1, pad 1, 32 output channels or fewer (where the tap-major kernels' 32-wide tiles reuse each
-/// gathered value least), input channels a multiple of 8, a width that is a multiple of 16 (rows
+/// 1, pad 1, 64 output channels or fewer (where the tap-major kernels' 32- and 64-wide tiles
+/// reuse each gathered value least), input channels a multiple of 8, a width that is a multiple of 16 (rows
 /// of 32 or 16 columns, copied 16 bytes at a time), offsets within an image below 2^31.
 fn halo_forward_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     let (outs, ins) = halo_forward_channels(pass, g);
@@ -507,17 +519,14 @@ fn halo_forward_applies(pass: ConvPass, g: &ConvGeom) -> bool {
 }
 
 /// The grid of a halo forward kernel for `pass` of `g`: (images x row tiles x column tiles,
-/// blocks of 32 output channels); the kernel's tiles are 8 rows of 32 columns where the width
-/// allows, else 16 rows of 16.
+/// blocks of output channels); the kernel's tiles are rows of 32 columns where the width
+/// allows, else of 16.
 fn halo_forward_grid(pass: ConvPass, g: &ConvGeom) -> (usize, usize, usize) {
-    let cols = if g.w.is_multiple_of(32) { 32 } else { 16 };
-    let rows = HALO_FORWARD_PIXELS / cols;
     let (outs, _) = halo_forward_channels(pass, g);
-    (
-        g.n * g.h.div_ceil(rows) * (g.w / cols),
-        outs.div_ceil(HALO_FORWARD_COLS),
-        1,
-    )
+    let (channels, pixels) = halo_forward_block(outs);
+    let cols = if g.w.is_multiple_of(32) { 32 } else { 16 };
+    let rows = pixels / cols;
+    (g.n * g.h.div_ceil(rows) * (g.w / cols), outs.div_ceil(channels), 1)
 }
 
 /// Whether the halo-tile kernels serve backward-weight of `g`: 3x3, stride 1, pad 1 (each k
@@ -541,6 +550,12 @@ fn halo_applies(g: &ConvGeom) -> bool {
 pub fn launch_shared_bytes(kernel: &str) -> usize {
     if WIDE_KERNELS[0][..2].contains(&kernel) {
         const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 4);
+        return WORDS * 4;
+    }
+    if HALO_FORWARD_KERNELS.iter().any(|pass| pass[1].contains(&kernel)) {
+        // conv_halo_fwd.cuh's Tile<.., 64>: two stages of 8 halo planes of 232 words and the
+        // weights of 9 taps x 64 output channels x 8 input channels.
+        const WORDS: usize = 2 * (8 * 232 + 9 * 64 * 8);
         return WORDS * 4;
     }
     conv_sm90::shared_bytes(kernel)
@@ -572,8 +587,8 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
     names.extend(HALO_KERNELS.iter().flatten().flatten().copied());
-    names.extend(HALO_FORWARD_KERNELS.iter().flatten().copied());
-    names.extend(HALO_FORWARD_PACK_KERNELS);
+    names.extend(HALO_FORWARD_KERNELS.iter().flatten().flatten().copied());
+    names.extend(HALO_FORWARD_PACK_KERNELS.iter().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -611,12 +626,14 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
         ConvAlgo::Tf32MmaHalo if halo_forward_applies(pass, g) => {
+            let (cols, rows) = halo_forward_block(narrow_dim);
             return Tiling {
-                kernel: HALO_FORWARD_KERNELS[(pass != ConvPass::Forward) as usize][!g.w.is_multiple_of(32) as usize],
-                rows: HALO_FORWARD_PIXELS,
-                cols: HALO_FORWARD_COLS,
+                kernel: HALO_FORWARD_KERNELS[(pass != ConvPass::Forward) as usize][(cols > 32) as usize]
+                    [!g.w.is_multiple_of(32) as usize],
+                rows,
+                cols,
                 depth: HALO_FORWARD_CHUNK,
-                pack: Some(WeightPack::halo(pass, g)),
+                pack: Some(WeightPack::halo(pass, g, cols)),
             };
         }
         ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
@@ -742,7 +759,7 @@ fn splits_its_depth(kernel: &str) -> bool {
 
 /// Whether `kernel` is a halo forward or backward-data kernel (conv_halo_fwd.cuh).
 fn is_halo_forward(kernel: &str) -> bool {
-    HALO_FORWARD_KERNELS.iter().flatten().any(|&k| k == kernel)
+    HALO_FORWARD_KERNELS.iter().flatten().flatten().any(|&k| k == kernel)
 }
 
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
@@ -1376,7 +1393,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 4 + 2 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 8 + 4 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1640,11 +1657,11 @@ mod tests {
         // columns, 32 output channels, the weights packed in chunks of 8 input channels.
         let level1 = g(16, 32, 256, 256, 32);
         for (pass, kernel, pack) in [
-            (Forward, "conv_fwd_tf32_k3h_n32_w32", "conv_pack_fwd_halo_tf32"),
+            (Forward, "conv_fwd_tf32_k3h_n32_w32", "conv_pack_fwd_halo_tf32_n32"),
             (
                 BackwardData,
                 "conv_bwd_data_tf32_k3h_n32_w32",
-                "conv_pack_bwd_data_halo_tf32",
+                "conv_pack_bwd_data_halo_tf32_n32",
             ),
         ] {
             let launch = plan(pass, &level1, Tf32MmaHalo, 132);
@@ -1654,17 +1671,25 @@ mod tests {
             assert_eq!(launch.pack.map(|p| (p.kernel, p.words)), Some((pack, 4 * 9 * 32 * 8)));
             assert_eq!(launch_shared_bytes(kernel), 0);
         }
-        // dec1.conv1 (64 -> 32): forward by halo over 8 chunks; backward-data has 64 outputs.
+        // dec1.conv1 (64 -> 32): forward over 8 chunks; backward-data to 64 outputs in blocks
+        // of 64 channels and 128 pixels (4 rows of 32), over 4 chunks.
         let dec1 = g(16, 64, 256, 256, 32);
         assert_eq!(
             plan(Forward, &dec1, Tf32MmaHalo, 132).pack.map(|p| p.words),
             Some(8 * 9 * 32 * 8)
         );
-        assert_same_plans(
-            BackwardData,
-            &dec1,
-            [(Tf32MmaHalo, Tf32MmaWide), (Bf16MmaHalo, Bf16MmaWide)],
+        let wide = plan(BackwardData, &dec1, Tf32MmaHalo, 132);
+        assert_eq!(wide.kernel, "conv_bwd_data_tf32_k3h_n64_w32");
+        assert_eq!(wide.grid, (16 * 64 * 8, 1, 1));
+        assert_eq!(
+            wide.pack.map(|p| (p.kernel, p.words)),
+            Some(("conv_pack_bwd_data_halo_tf32_n64", 4 * 9 * 64 * 8))
         );
+        assert_eq!(launch_shared_bytes(wide.kernel), 2 * (8 * 232 + 9 * 64 * 8) * 4);
+        // The second level (128 x 128, 64 channels): 64 outputs, rows of 32.
+        let level2 = plan(Forward, &g(16, 64, 128, 128, 64), Tf32MmaHalo, 132);
+        assert_eq!(level2.kernel, "conv_fwd_tf32_k3h_n64_w32");
+        assert_eq!(level2.grid, (16 * 32 * 4, 1, 1));
         // Widths that are multiples of 16 alone: 16 rows of 16 columns, heights off the tile.
         let narrow = plan(Forward, &g(3, 24, 17, 48, 20), Tf32MmaHalo, 132);
         assert_eq!(narrow.kernel, "conv_fwd_tf32_k3h_n32_w16");
@@ -1673,8 +1698,12 @@ mod tests {
             plan(BackwardData, &g(2, 20, 9, 64, 40), Tf32MmaHalo, 132).grid,
             (2 * 2 * 2, 1, 1)
         );
+        // 33-64 outputs: blocks of 8 rows of 16 (or 4 of 32).
+        let sixteen = plan(BackwardData, &g(2, 40, 9, 16, 24), Tf32MmaHalo, 132);
+        assert_eq!(sixteen.kernel, "conv_bwd_data_tf32_k3h_n64_w16");
+        assert_eq!(sixteen.grid, (2 * 2, 1, 1));
         // Elsewhere what tf32-mma-wide runs: the first layer (one input channel), input
-        // channels off 8, more than 32 outputs, widths off 16, stride 2, 1x1; BF16 always.
+        // channels off 8, more than 64 outputs, widths off 16, stride 2, 1x1; BF16 always.
         let strided = ConvGeom {
             stride: 2,
             ..g(2, 32, 8, 32, 32)
@@ -1688,7 +1717,7 @@ mod tests {
         for (pass, geom) in [
             (Forward, g(16, 1, 256, 256, 32)),
             (Forward, g(2, 20, 8, 32, 32)),
-            (Forward, g(2, 32, 8, 32, 33)),
+            (Forward, g(2, 32, 8, 32, 65)),
             (Forward, g(2, 32, 8, 24, 32)),
             (BackwardData, g(2, 32, 8, 32, 20)),
             (Forward, strided),
