@@ -61,11 +61,11 @@ pub enum ConvAlgo {
     /// of 32 or is 16 (with an even height) and c_in a multiple of 32, stride 1 and pad 1, run by
     /// halo tiles: a block computes all nine taps of 32 input channels from one staged k tile
     /// of 32 pixels, their dy and their input with its one-pixel border, where the implicit GEMM
-    /// gathers the input once per tap. Its 3x3 forward and backward-data passes with 32 output
+    /// gathers the input once per tap. Its 3x3 forward and backward-data passes with 64 output
     /// channels or fewer (c_out forward, c_in backward-data), input channels a multiple of 8
     /// and a width that is a multiple of 16, stride 1 and pad 1, run by halo tiles too: a block
-    /// of 256 output pixels stages each 8 input channels' pixels with their border once for all
-    /// nine taps. Everything else runs `tf32-mma-wide`'s kernels.
+    /// of 256 or 128 output pixels stages each 8 input channels' pixels with their border once
+    /// for all nine taps. Everything else runs `tf32-mma-wide`'s kernels.
     Tf32MmaHalo = 11,
     /// As [`ConvAlgo::Tf32MmaHalo`]'s backward-weight with `bf16-mma`'s operands (and
     /// `bf16-mma-wide` elsewhere, forward and backward-data included).
