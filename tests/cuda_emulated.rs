@@ -172,6 +172,7 @@ fn plan_file() -> String {
         ("3x3_n1_c32-12_17x48", conv([1, 32, 17, 48, 12], (3, 3), 1, 1)),
         ("3x3_n1_c8-64_5x64", conv([1, 8, 5, 64, 64], (3, 3), 1, 1)),
         ("3x3_n2_c48-16_9x16", conv([2, 48, 9, 16, 16], (3, 3), 1, 1)),
+        ("3x3_n1_c40-24_5x32", conv([1, 40, 5, 32, 24], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
