@@ -1285,36 +1285,39 @@ LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
     halo::backward_weight_bf16<halo::Tile<2, 16, 2>>(p);
 }
 
-// Forward and backward-data by halo tiles (tf32-mma-halo, TF32; conv_halo_fwd.cuh) for 64 output
-// channels or fewer (c_out forward, c_in backward-data): 32 output channels and 256 output pixels
-// a block (_n32), or 64 and 128 (_n64); rows of 32 columns (_w32: W a multiple of 32) or of 16
-// (_w16: W a multiple of 16). Grid (n * ceil(H / rows) * (W / columns), ceil(outputs / BN)); the
-// weights packed first by conv_pack_<pass>_halo_tf32_<n32|n64> (grid-stride, any grid); the
-// _n64 kernels take halo_fwd::Tile<.., 64>::DYNAMIC_BYTES of dynamic shared memory.
+// Forward and backward-data by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo_fwd.cuh) for
+// 64 output channels or fewer (c_out forward, c_in backward-data): 32 output channels and 256
+// output pixels a block (_n32), or 64 and 128 (_n64); rows of 32 columns (_w32: W a multiple of
+// 32) or of 16 (_w16: W a multiple of 16); input channels a multiple of 8 (TF32) or 16 (BF16).
+// Grid (n * ceil(H / rows) * (W / columns), ceil(outputs / BN)); the weights packed first by
+// conv_pack_<pass>_halo_<precision>_<n32|n64> (grid-stride, any grid); the kernels whose
+// halo_fwd::Tile has DYNAMIC_BYTES take that much dynamic shared memory.
 #include "conv_halo_fwd.cuh"
 
-#define LRC_CONV_HALO_FWD(BN)                                                                              \
-    LRC_KERNEL(conv_pack_fwd_halo_tf32_n##BN, ConvParams, halo_fwd::THREADS) {                             \
-        halo_fwd::pack_weight<v2::Tf32, BN, false>(p);                                                     \
+#define LRC_CONV_HALO_FWD(PREC, MATH, BN)                                                                  \
+    LRC_KERNEL(conv_pack_fwd_halo_##PREC##_n##BN, ConvParams, halo_fwd::THREADS) {                        \
+        halo_fwd::pack_weight<v2::MATH, BN, false>(p);                                                    \
     }                                                                                                      \
-    LRC_KERNEL(conv_pack_bwd_data_halo_tf32_n##BN, ConvParams, halo_fwd::THREADS) {                        \
-        halo_fwd::pack_weight<v2::Tf32, BN, true>(p);                                                      \
+    LRC_KERNEL(conv_pack_bwd_data_halo_##PREC##_n##BN, ConvParams, halo_fwd::THREADS) {                   \
+        halo_fwd::pack_weight<v2::MATH, BN, true>(p);                                                     \
     }                                                                                                      \
-    LRC_KERNEL(conv_fwd_tf32_k3h_n##BN##_w32, ConvParams, halo_fwd::THREADS, 2) {                          \
-        halo_fwd::convolve<halo_fwd::Tile<32, BN>, v2::Tf32, false>(p);                                    \
+    LRC_KERNEL(conv_fwd_##PREC##_k3h_n##BN##_w32, ConvParams, halo_fwd::THREADS, 2) {                     \
+        halo_fwd::convolve<halo_fwd::Tile<32, BN, v2::MATH::PACK>, v2::MATH, false>(p);                   \
     }                                                                                                      \
-    LRC_KERNEL(conv_fwd_tf32_k3h_n##BN##_w16, ConvParams, halo_fwd::THREADS, 2) {                          \
-        halo_fwd::convolve<halo_fwd::Tile<16, BN>, v2::Tf32, false>(p);                                    \
+    LRC_KERNEL(conv_fwd_##PREC##_k3h_n##BN##_w16, ConvParams, halo_fwd::THREADS, 2) {                     \
+        halo_fwd::convolve<halo_fwd::Tile<16, BN, v2::MATH::PACK>, v2::MATH, false>(p);                   \
     }                                                                                                      \
-    LRC_KERNEL(conv_bwd_data_tf32_k3h_n##BN##_w32, ConvParams, halo_fwd::THREADS, 2) {                     \
-        halo_fwd::convolve<halo_fwd::Tile<32, BN>, v2::Tf32, true>(p);                                     \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k3h_n##BN##_w32, ConvParams, halo_fwd::THREADS, 2) {                \
+        halo_fwd::convolve<halo_fwd::Tile<32, BN, v2::MATH::PACK>, v2::MATH, true>(p);                    \
     }                                                                                                      \
-    LRC_KERNEL(conv_bwd_data_tf32_k3h_n##BN##_w16, ConvParams, halo_fwd::THREADS, 2) {                     \
-        halo_fwd::convolve<halo_fwd::Tile<16, BN>, v2::Tf32, true>(p);                                     \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k3h_n##BN##_w16, ConvParams, halo_fwd::THREADS, 2) {                \
+        halo_fwd::convolve<halo_fwd::Tile<16, BN, v2::MATH::PACK>, v2::MATH, true>(p);                    \
     }
 
-LRC_CONV_HALO_FWD(32)
-LRC_CONV_HALO_FWD(64)
+LRC_CONV_HALO_FWD(tf32, Tf32, 32)
+LRC_CONV_HALO_FWD(tf32, Tf32, 64)
+LRC_CONV_HALO_FWD(bf16, Bf16, 32)
+LRC_CONV_HALO_FWD(bf16, Bf16, 64)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

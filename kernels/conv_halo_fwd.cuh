@@ -42,18 +42,20 @@ namespace halo_fwd {
 
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / WARP;
-constexpr int CHUNK = 8;  // input channels a stage: one mma k step
+constexpr int K_WORDS = 8;  // words of k a stage: one mma k step (8 TF32, 16 BF16 in pairs)
 constexpr int TAPS = 9;
 
-template <int WT_, int BN_>
+template <int WT_, int BN_, int PACK_>
 struct Tile {
-    static constexpr int WT = WT_, BN = BN_;
+    static constexpr int WT = WT_, BN = BN_, PACK = PACK_;
     static_assert(WT == 32 || WT == 16, "tiles 32 or 16 columns wide");
     static_assert(BN == 32 || BN == 64, "32 or 64 output channels a block");
+    static_assert(PACK == 1 || PACK == 2, "TF32 or BF16 pairs");
+    static constexpr int CH = K_WORDS * PACK;         // input channels a chunk
     static constexpr int WARPS_N = BN / 32;           // warps along the output channels
     static constexpr int WARPS_P = WARPS / WARPS_N;   // and along the pixels, 32 each
     static constexpr int PIXELS = 32 * WARPS_P;       // output pixels a block
-    static constexpr int W_WORDS = TAPS * BN * CHUNK;
+    static constexpr int W_WORDS = TAPS * BN * K_WORDS;
     static constexpr int R = PIXELS / WT;  // output rows
     static constexpr int HR = R + 2;       // halo rows
     static constexpr int HC = WT + 4;      // words a halo row
@@ -63,24 +65,31 @@ struct Tile {
     static constexpr int PLANE = BN == 32 ? 392 : 232;
     static_assert(PLANE >= (HR - 1) * HC + LEFT + WT + 2 && PLANE % 32 == 8,
                   "a channel's halo fits its plane, lanes on distinct banks");
-    static constexpr int HALO_WORDS = CHUNK * PLANE;
-    static constexpr int STAGE = HALO_WORDS + W_WORDS;
-    static_assert(HALO_WORDS % 4 == 0 && STAGE % 4 == 0, "16-byte copies aligned in every stage");
-    // Two stages in static shared memory up to its 48 KiB, else dynamic (what the host passes).
-    static constexpr bool DYNAMIC = 2 * STAGE * sizeof(uint32_t) > 48 * 1024;
-    static constexpr unsigned DYNAMIC_BYTES = DYNAMIC ? 2 * STAGE * sizeof(uint32_t) : 0;
+    static constexpr int HALO_WORDS = CH * PLANE;  // the FP32 halo of a chunk
+    static constexpr int PAIR_WORDS = K_WORDS * PLANE;  // BF16: the same as pairs of channels
+    static_assert(HALO_WORDS % 4 == 0 && W_WORDS % 4 == 0, "16-byte copies aligned in every buffer");
+    // TF32: two stages of [halo][weights]. BF16: one FP32 halo, its pairs, two weight stages.
+    static constexpr int WORDS = PACK == 1 ? 2 * (HALO_WORDS + W_WORDS) : HALO_WORDS + PAIR_WORDS + 2 * W_WORDS;
+    // Static shared memory up to its 48 KiB, else dynamic (what the host passes).
+    static constexpr bool DYNAMIC = WORDS * sizeof(uint32_t) > 48 * 1024;
+    static constexpr unsigned DYNAMIC_BYTES = DYNAMIC ? WORDS * sizeof(uint32_t) : 0;
     // Copies of a chunk: the halo's columns, 16 bytes each (WT / 4 a row), a pass of the block
-    // covering ROWS_AT_ONCE rows of all 8 channels (thread: row tid / (8 WT / 4) + pass
-    // ROWS_AT_ONCE, channel (tid / (WT / 4)) % 8, columns 4 (tid % (WT / 4))); the border words,
-    // 4 bytes each (e = tid + pass 256: side e % 2, channel (e / 2) % 8, row e / 16); the
-    // weights, 16 bytes each (piece tid + pass 256).
+    // covering ROWS_AT_ONCE rows of all CH channels (thread: row tid / (CH WT / 4) + pass
+    // ROWS_AT_ONCE, channel (tid / (WT / 4)) % CH, columns 4 (tid % (WT / 4))); the border
+    // words, 4 bytes each (e = tid + pass 256: side e % 2, channel (e / 2) % CH, row e / 2 CH);
+    // the weights, 16 bytes each (piece tid + pass 256). BF16's pairs are made likewise with
+    // K_WORDS pairs in place of the CH channels.
     static constexpr int PIECES_PER_ROW = WT / 4;
-    static constexpr int ROWS_AT_ONCE = THREADS / (CHUNK * PIECES_PER_ROW);
+    static constexpr int ROWS_AT_ONCE = THREADS / (CH * PIECES_PER_ROW);
     static constexpr int PASSES = (HR + ROWS_AT_ONCE - 1) / ROWS_AT_ONCE;
-    static constexpr int EDGES = CHUNK * HR * 2;
+    static constexpr int EDGES = CH * HR * 2;
     static constexpr int EDGE_PASSES = (EDGES + THREADS - 1) / THREADS;
     static constexpr int W_PIECES = W_WORDS / 4;
     static constexpr int W_PASSES = (W_PIECES + THREADS - 1) / THREADS;
+    static constexpr int PAIR_ROWS_AT_ONCE = THREADS / (K_WORDS * PIECES_PER_ROW);
+    static constexpr int PAIR_PASSES = (HR + PAIR_ROWS_AT_ONCE - 1) / PAIR_ROWS_AT_ONCE;
+    static constexpr int PAIR_EDGES = K_WORDS * HR * 2;
+    static constexpr int PAIR_EDGE_PASSES = (PAIR_EDGES + THREADS - 1) / THREADS;
 };
 
 // Where this block stands: its image, first output row and column, first output channel.
@@ -119,23 +128,27 @@ template <class T>
 struct Copies {
     int row, to, from;  // halo columns: first row, word in a stage, offset in the chunk's image
     __device__ Copies(const ConvParams& p)
-        : row(threadIdx.x / (CHUNK * T::PIECES_PER_ROW)),
-          to(threadIdx.x / T::PIECES_PER_ROW % CHUNK * T::PLANE + row * T::HC + T::LEFT + 1 +
+        : row(threadIdx.x / (T::CH * T::PIECES_PER_ROW)),
+          to(threadIdx.x / T::PIECES_PER_ROW % T::CH * T::PLANE + row * T::HC + T::LEFT + 1 +
              threadIdx.x % T::PIECES_PER_ROW * 4),
-          from(threadIdx.x / T::PIECES_PER_ROW % CHUNK * p.h * p.w + threadIdx.x % T::PIECES_PER_ROW * 4) {}
+          from(threadIdx.x / T::PIECES_PER_ROW % T::CH * p.h * p.w + threadIdx.x % T::PIECES_PER_ROW * 4) {}
 
-    // Border word e: its halo row, side (right or left), and word in a stage.
-    __device__ static int edge_row(int e) { return e / (2 * CHUNK); }
+    // Border word e of `planes` planes: its plane, halo row, side (right or left), and word.
+    __device__ static int edge_plane(int e, int planes) { return e / 2 % planes; }
+    __device__ static int edge_row(int e, int planes) { return e / (2 * planes); }
     __device__ static bool edge_right(int e) { return e % 2 != 0; }
-    __device__ static int edge_to(int e) {
-        return e / 2 % CHUNK * T::PLANE + edge_row(e) * T::HC + (edge_right(e) ? T::LEFT + 1 + T::WT : T::LEFT);
+    __device__ static int edge_to(int e, int planes) {
+        return edge_plane(e, planes) * T::PLANE + edge_row(e, planes) * T::HC +
+               (edge_right(e) ? T::LEFT + 1 + T::WT : T::LEFT);
     }
 
-    // Issues the copies of chunk `chunk` into stage s, as one group: the halo's columns and
-    // borders (zeros where they leave the image) and the chunk's packed weights.
-    __device__ void issue(const ConvParams& p, const Pass& pass, const Place& at, int chunk, uint32_t* s) const {
+    // Issues the copies of chunk `chunk`, as one group: the halo's columns and borders into
+    // `halo` (zeros where they leave the image) and the chunk's packed weights into `weights`.
+    __device__ void issue(const ConvParams& p, const Pass& pass, const Place& at, int chunk, uint32_t* halo,
+                          uint32_t* weights) const {
+        uint32_t* s = halo;
         const int hw = p.h * p.w;
-        const float* in = pass.in + (static_cast<size_t>(at.img) * pass.in_channels + chunk * CHUNK) * hw;
+        const float* in = pass.in + (static_cast<size_t>(at.img) * pass.in_channels + chunk * T::CH) * hw;
 #pragma unroll
         for (int k = 0; k < T::PASSES; ++k) {
             const int r = row + k * T::ROWS_AT_ONCE;
@@ -153,12 +166,12 @@ struct Copies {
         for (int k = 0; k < T::EDGE_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
             if (T::EDGES % THREADS == 0 || e < T::EDGES) {
-                uint32_t* dst = s + edge_to(e);
-                const int y = at.y0 - 1 + edge_row(e);
+                uint32_t* dst = s + edge_to(e, T::CH);
+                const int y = at.y0 - 1 + edge_row(e, T::CH);
                 const int x = at.x0 + (edge_right(e) ? T::WT : -1);
                 if (static_cast<unsigned>(y) < static_cast<unsigned>(p.h) &&
                     static_cast<unsigned>(x) < static_cast<unsigned>(p.w)) {
-                    lrc::cp_async_4(dst, in + (e / 2 % CHUNK * hw + y * p.w + x));
+                    lrc::cp_async_4(dst, in + (edge_plane(e, T::CH) * hw + y * p.w + x));
                 } else {
                     *dst = 0u;
                 }
@@ -166,12 +179,12 @@ struct Copies {
         }
         // Packed weights: [column block][chunk][tap][BN][8].
         const float* w =
-            p.weight + (static_cast<size_t>(blockIdx.y) * (pass.in_channels / CHUNK) + chunk) * T::W_WORDS;
+            p.weight + (static_cast<size_t>(blockIdx.y) * (pass.in_channels / T::CH) + chunk) * T::W_WORDS;
 #pragma unroll
         for (int k = 0; k < T::W_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
             if (T::W_PIECES % THREADS == 0 || e < T::W_PIECES) {
-                lrc::cp_async_16(s + T::HALO_WORDS + 4 * e, w + 4 * e);
+                lrc::cp_async_16(weights + 4 * e, w + 4 * e);
             }
         }
         lrc::cp_async_commit();
@@ -191,32 +204,97 @@ struct Copies {
         for (int k = 0; k < T::EDGE_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
             if (T::EDGES % THREADS == 0 || e < T::EDGES) {
-                uint32_t* w = s + edge_to(e);
+                uint32_t* w = s + edge_to(e, T::CH);
                 *w = Math::word(__uint_as_float(*w), 0.0f);
+            }
+        }
+    }
+
+    // BF16: converts the FP32 halo of a chunk into pairs of channels, word (c 2j, c 2j + 1) of
+    // a pixel in plane j (the lower channel in the low half), every word of it (a pair's two
+    // channels were copied by other threads: the halo must be whole, after a barrier).
+    template <class Math>
+    __device__ static void make_pairs(const uint32_t* halo, uint32_t* pairs) {
+        const int prow = threadIdx.x / (K_WORDS * T::PIECES_PER_ROW);
+        const int j = threadIdx.x / T::PIECES_PER_ROW % K_WORDS;
+        const int at = prow * T::HC + T::LEFT + 1 + threadIdx.x % T::PIECES_PER_ROW * 4;
+#pragma unroll
+        for (int k = 0; k < T::PAIR_PASSES; ++k) {
+            if (T::HR % T::PAIR_ROWS_AT_ONCE == 0 || prow + k * T::PAIR_ROWS_AT_ONCE < T::HR) {
+                const int w = at + k * T::PAIR_ROWS_AT_ONCE * T::HC;
+                const float4 lo = *reinterpret_cast<const float4*>(halo + 2 * j * T::PLANE + w);
+                const float4 hi = *reinterpret_cast<const float4*>(halo + (2 * j + 1) * T::PLANE + w);
+                *reinterpret_cast<uint4*>(pairs + j * T::PLANE + w) =
+                    uint4{Math::word(lo.x, hi.x), Math::word(lo.y, hi.y), Math::word(lo.z, hi.z), Math::word(lo.w, hi.w)};
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < T::PAIR_EDGE_PASSES; ++k) {
+            const int e = static_cast<int>(threadIdx.x) + k * THREADS;
+            if (T::PAIR_EDGES % THREADS == 0 || e < T::PAIR_EDGES) {
+                const int w = edge_to(e, K_WORDS) - edge_plane(e, K_WORDS) * T::PLANE;
+                const int pj = edge_plane(e, K_WORDS);
+                pairs[pj * T::PLANE + w] = Math::word(__uint_as_float(halo[2 * pj * T::PLANE + w]),
+                                                      __uint_as_float(halo[(2 * pj + 1) * T::PLANE + w]));
             }
         }
     }
 };
 
+// The mma of one chunk: for each tap, this warp's A fragments read at the tap's offset from
+// `a` (TF32: the halo; BF16: its pairs; a_at: a thread's word of each m16 tile at tap (0, 0)),
+// and its B fragments from the chunk's weights `sw` (b_at: a thread's word; wn: the warp's
+// first output channel).
+template <class T, class Math>
+__device__ __forceinline__ void mma_chunk(float (&acc)[2][4][4], const uint32_t* a, const uint32_t* sw,
+                                          const int (&a_at)[2], int b_at, int wn) {
+#pragma unroll
+    for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx) {
+            // a = {A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4]}: pixels g and g + 8 of the
+            // tile, k words t and t + 4 (channels, or pairs of channels), at the tap's offset.
+            uint32_t af[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const uint32_t* at = a + a_at[mt] + ky * T::HC + kx;
+                af[mt][0] = at[0];
+                af[mt][1] = at[8];
+                af[mt][2] = at[4 * T::PLANE];
+                af[mt][3] = at[4 * T::PLANE + 8];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const uint2 b2 = lrc::load_pair(sw + ((ky * 3 + kx) * T::BN + wn + nt * 8) * K_WORDS + b_at);
+                const uint32_t b[2] = {b2.x, b2.y};
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    Math::mma(acc[mt][nt], af[mt], b);
+                }
+            }
+        }
+    }
+}
+
 template <class T, class Math, bool BACKWARD_DATA>
 __device__ void convolve(const ConvParams& p) {
-    static_assert(Math::PACK == 1, "one operand value a word (TF32)");
+    static_assert(Math::PACK == T::PACK, "the tile's precision");
     const Pass pass = Pass::of<BACKWARD_DATA>(p);
     const Place at = Place::of<T>(p.h, p.w);
     const Copies<T> c(p);
     const int lane = threadIdx.x % WARP;
-    const int warp = threadIdx.x / WARP % T::WARPS_P;  // this warp's pixels
+    const int warp = threadIdx.x / WARP % T::WARPS_P;     // this warp's pixels
     const int wn = threadIdx.x / WARP / T::WARPS_P * 32;  // and its first output channel
     const int g = lane / 4;
     const int t = lane % 4;
 
-    uint32_t* stages;
+    uint32_t* words;
     if constexpr (T::DYNAMIC) {
-        LRC_DYNAMIC_SHARED(uint32_t, words);
-        stages = words;
+        LRC_DYNAMIC_SHARED(uint32_t, dynamic);
+        words = dynamic;
     } else {
-        alignas(16) __shared__ uint32_t words[2 * T::STAGE];
-        stages = words;
+        alignas(16) __shared__ uint32_t fixed[T::WORDS];
+        words = fixed;
     }
 
     // This warp's pixels: m16 tile mt holds pixels 32 warp + 16 mt + (0..15) of the block,
@@ -227,47 +305,46 @@ __device__ void convolve(const ConvParams& p) {
         const int first = 32 * warp + 16 * mt;
         a_at[mt] = t * T::PLANE + (first / T::WT) * T::HC + T::LEFT + first % T::WT + g;
     }
-    const int b_at = g * CHUNK + 2 * t;
+    const int b_at = g * K_WORDS + 2 * t;
 
     float acc[2][4][4] = {};
-    const int chunks = pass.in_channels / CHUNK;
-    c.issue(p, pass, at, 0, stages);
-    for (int chunk = 0; chunk < chunks; ++chunk) {
-        uint32_t* s = stages + (chunk % 2) * T::STAGE;
-        lrc::cp_async_wait_all();
-        c.template round_own<Math>(s);
-        // Every thread's words of this stage are rounded, and every thread is done with the
-        // other stage (read by the previous chunk's mma), which the next copies overwrite.
-        __syncthreads();
-        if (chunk + 1 < chunks) {
-            c.issue(p, pass, at, chunk + 1, stages + ((chunk + 1) % 2) * T::STAGE);
-        }
-        const uint32_t* sw = s + T::HALO_WORDS;
-#pragma unroll
-        for (int ky = 0; ky < 3; ++ky) {
-#pragma unroll
-            for (int kx = 0; kx < 3; ++kx) {
-                // a = {A[g][t], A[g + 8][t], A[g][t + 4], A[g + 8][t + 4]}: pixels g and g + 8
-                // of the tile, channels t and t + 4, read at the tap's offset.
-                uint32_t af[2][4];
-#pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    const uint32_t* a = s + a_at[mt] + ky * T::HC + kx;
-                    af[mt][0] = a[0];
-                    af[mt][1] = a[8];
-                    af[mt][2] = a[4 * T::PLANE];
-                    af[mt][3] = a[4 * T::PLANE + 8];
-                }
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
-                    const uint2 b2 = lrc::load_pair(sw + ((ky * 3 + kx) * T::BN + wn + nt * 8) * CHUNK + b_at);
-                    const uint32_t b[2] = {b2.x, b2.y};
-#pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) {
-                        Math::mma(acc[mt][nt], af[mt], b);
-                    }
-                }
+    const int chunks = pass.in_channels / T::CH;
+    if constexpr (T::PACK == 1) {
+        // Two stages of [halo][weights]; each thread rounds its own halo words once they land.
+        constexpr int STAGE = T::HALO_WORDS + T::W_WORDS;
+        c.issue(p, pass, at, 0, words, words + T::HALO_WORDS);
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+            uint32_t* s = words + (chunk % 2) * STAGE;
+            lrc::cp_async_wait_all();
+            c.template round_own<Math>(s);
+            // Every thread's words of this stage are rounded, and every thread is done with the
+            // other stage (read by the previous chunk's mma), which the next copies overwrite.
+            __syncthreads();
+            if (chunk + 1 < chunks) {
+                uint32_t* next = words + ((chunk + 1) % 2) * STAGE;
+                c.issue(p, pass, at, chunk + 1, next, next + T::HALO_WORDS);
             }
+            mma_chunk<T, Math>(acc, s, s + T::HALO_WORDS, a_at, b_at, wn);
+        }
+    } else {
+        // One FP32 halo, its pairs, two weight stages: two barriers a chunk.
+        uint32_t* halo = words;
+        uint32_t* pairs = words + T::HALO_WORDS;
+        uint32_t* weights = pairs + T::PAIR_WORDS;
+        c.issue(p, pass, at, 0, halo, weights);
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+            lrc::cp_async_wait_all();
+            // Every thread's copies of this chunk have landed, and every warp is done with the
+            // previous chunk's pairs.
+            __syncthreads();
+            Copies<T>::template make_pairs<Math>(halo, pairs);
+            // The pairs are whole; the FP32 halo may take the next chunk, and so may the other
+            // weight stage (read by the previous chunk's mma, before the barrier above).
+            __syncthreads();
+            if (chunk + 1 < chunks) {
+                c.issue(p, pass, at, chunk + 1, halo, weights + ((chunk + 1) % 2) * T::W_WORDS);
+            }
+            mma_chunk<T, Math>(acc, pairs, weights + (chunk % 2) * T::W_WORDS, a_at, b_at, wn);
         }
     }
 
@@ -299,35 +376,40 @@ __device__ void convolve(const ConvParams& p) {
     }
 }
 
-// The weights of the 3x3 convolution (OIHW) as convolve reads them, rounded to TF32:
+// The weights of the 3x3 convolution (OIHW) as convolve reads them, rounded to M's precision:
 // [column block][chunk][tap][BN output channels][8 words], a row's words k = 0, 4, 1, 5, 2, 6,
-// 3, 7 (input channels chunk 8 + k); forward: w[o][i][tap], backward-data (o = input channel,
-// i = output channel of the convolution): w[i][o][8 - tap]; zero past the output channels.
-// One thread per word, grid-stride.
+// 3, 7 (k words of PACK input channels: chunk CH + PACK k + (0, PACK - 1), the lower in the low
+// half); forward: w[o][i][tap], backward-data (o = input channel, i = output channel of the
+// convolution): w[i][o][8 - tap]; zero past the output channels. One thread per word,
+// grid-stride.
 template <class M, int BN, bool BACKWARD_DATA>
 __device__ void pack_weight(const ConvParams& p) {
-    constexpr int W_WORDS = TAPS * BN * CHUNK;
+    constexpr int W_WORDS = TAPS * BN * K_WORDS;
+    constexpr int CH = K_WORDS * M::PACK;
     const int outs = BACKWARD_DATA ? p.c_in : p.c_out;
     const int ins = BACKWARD_DATA ? p.c_out : p.c_in;
-    const int chunks = ins / CHUNK;
+    const int chunks = ins / CH;
     const size_t words = static_cast<size_t>((outs + BN - 1) / BN) * chunks * W_WORDS;
     uint32_t* out = reinterpret_cast<uint32_t*>(p.out);
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
          i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-        const int j = static_cast<int>(i % CHUNK);
-        const int row = static_cast<int>(i / CHUNK % BN);
-        const int tap = static_cast<int>(i / (CHUNK * BN) % TAPS);
+        const int j = static_cast<int>(i % K_WORDS);
+        const int row = static_cast<int>(i / K_WORDS % BN);
+        const int tap = static_cast<int>(i / (K_WORDS * BN) % TAPS);
         const size_t block_chunk = i / W_WORDS;
         const int chunk = static_cast<int>(block_chunk % chunks);
         const int o = static_cast<int>(block_chunk / chunks) * BN + row;
         const int k = j / 2 + (j % 2) * 4;  // word j holds k = 0, 4, 1, 5, ...
-        const int in = chunk * CHUNK + k;
-        float v = 0.0f;
+        float v[2] = {0.0f, 0.0f};
         if (o < outs) {
-            v = BACKWARD_DATA ? p.weight[(static_cast<size_t>(in) * p.c_in + o) * TAPS + (TAPS - 1 - tap)]
-                              : p.weight[(static_cast<size_t>(o) * p.c_in + in) * TAPS + tap];
+#pragma unroll
+            for (int h = 0; h < M::PACK; ++h) {
+                const int in = chunk * CH + k * M::PACK + h;
+                v[h] = BACKWARD_DATA ? p.weight[(static_cast<size_t>(in) * p.c_in + o) * TAPS + (TAPS - 1 - tap)]
+                                     : p.weight[(static_cast<size_t>(o) * p.c_in + in) * TAPS + tap];
+            }
         }
-        out[i] = M::word(v, 0.0f);
+        out[i] = M::word(v[0], v[1]);
     }
 }
 

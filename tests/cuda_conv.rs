@@ -864,24 +864,28 @@ fn packed_weights_round_as_documented() {
     }
 }
 
-/// The halo forward and backward-data kernels (`tf32-mma-halo`, 64 outputs or fewer) round both
-/// operands to TF32 (nearest even) and read each tap at its offset, borders included: with x one
-/// at a single pixel P (the bottom right corner, in the last block of rows) of one channel,
-/// y[co][O] is the one product round(w[co][c][tap]) for the tap that puts O's window on P, 0
-/// elsewhere; with w one at the centre tap of input channel 0, y[co][O] = round(x[0][O]) for
-/// values with exact ties. Backward-data likewise with dy one at P: dx[ci][I] =
-/// round(w[c][ci][tap]) for the tap that puts P's window on I.
+/// The halo forward and backward-data kernels (`tf32-mma-halo`, `bf16-mma-halo`; 64 outputs or
+/// fewer) round both operands to TF32 or BF16 (nearest even) and read each tap at its offset,
+/// borders included: with x one at a single pixel P (the bottom right corner, in the last block
+/// of rows) of one channel, y[co][O] is the one product round(w[co][c][tap]) for the tap that
+/// puts O's window on P, 0 elsewhere; with w one at the centre tap of input channel 0, y[co][O] =
+/// round(x[0][O]) for values with exact ties. Backward-data likewise with dy one at P: dx[ci][I]
+/// = round(w[c][ci][tap]) for the tap that puts P's window on I.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn halo_forward_operands_round_as_documented() {
     let device = device();
-    let algo = ConvAlgo::Tf32MmaHalo;
-    for (pass, shape, block) in [
-        (ConvPass::Forward, [1, 8, 9, 32, 32], "_k3h_n32_w32"),
-        (ConvPass::BackwardData, [1, 32, 17, 16, 8], "_k3h_n32_w16"),
-        (ConvPass::Forward, [1, 8, 5, 32, 64], "_k3h_n64_w32"),
+    let rounding: [(ConvAlgo, &dyn Fn(f32) -> f32); 2] =
+        [(ConvAlgo::Tf32MmaHalo, &to_tf32), (ConvAlgo::Bf16MmaHalo, &to_bf16)];
+    for ((pass, shape, block), (algo, round)) in [
+        (ConvPass::Forward, [1, 16, 9, 32, 32], "_k3h_n32_w32"),
+        (ConvPass::BackwardData, [1, 32, 17, 16, 16], "_k3h_n32_w16"),
+        (ConvPass::Forward, [1, 16, 5, 32, 64], "_k3h_n64_w32"),
         (ConvPass::BackwardData, [1, 48, 9, 16, 16], "_k3h_n64_w16"),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|case| rounding.iter().map(move |&r| (case, r)))
+    {
         let g = geom(shape, (3, 3), 1, 1);
         let launch = plan(pass, &g, algo, device.multiprocessors());
         assert!(launch.kernel.ends_with(block), "{}", launch.kernel);
@@ -917,7 +921,7 @@ fn halo_forward_operands_round_as_documented() {
                 for x in 0..w {
                     let (ky, kx) = (py as isize - y as isize + 1, px as isize - x as isize + 1);
                     let want = if (0..3).contains(&ky) && (0..3).contains(&kx) {
-                        to_tf32(weight_at(&weights, o, channel, (ky * 3 + kx) as usize))
+                        round(weight_at(&weights, o, channel, (ky * 3 + kx) as usize))
                     } else {
                         0.0
                     };
@@ -925,7 +929,7 @@ fn halo_forward_operands_round_as_documented() {
                     assert_eq!(
                         v.to_bits(),
                         want.to_bits(),
-                        "{pass:?} output {o} at ({y}, {x}): {v:e}, want {want:e}"
+                        "{algo} {pass:?} output {o} at ({y}, {x}): {v:e}, want {want:e}"
                     );
                 }
             }
@@ -943,11 +947,11 @@ fn halo_forward_operands_round_as_documented() {
         let got = run(&input, &weights);
         for o in 0..outs {
             for k in 0..h * w {
-                let (v, want) = (got[o * h * w + k], to_tf32(input[k]));
+                let (v, want) = (got[o * h * w + k], round(input[k]));
                 assert_eq!(
                     v.to_bits(),
                     want.to_bits(),
-                    "{pass:?} output {o}, pixel {k}: {v:e}, want {want:e}"
+                    "{algo} {pass:?} output {o}, pixel {k}: {v:e}, want {want:e}"
                 );
             }
         }

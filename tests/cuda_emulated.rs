@@ -161,10 +161,10 @@ fn plan_file() -> String {
         ("3x3_n1_c32-72_8x16", conv([1, 32, 8, 16, 72], (3, 3), 1, 1)),
         ("3x3_n4_c32-20_10x16", conv([4, 32, 10, 16, 20], (3, 3), 1, 1)),
     ];
-    // The halo forward and backward-data kernels (tf32-mma-halo, 64 output channels or fewer:
-    // blocks of 32 and of 64): rows of 32 columns (one and two column tiles) and of 16 (W = 16,
-    // and 48: three tiles), heights off the 4-, 8- and 16-row tiles, 1 to 8 chunks of 8 input
-    // channels, outputs off 32 and 64.
+    // The halo forward and backward-data kernels (tf32-mma-halo, bf16-mma-halo; 64 output
+    // channels or fewer: blocks of 32 and of 64): rows of 32 columns (one and two column tiles)
+    // and of 16 (W = 16, and 48: three tiles), heights off the 4-, 8- and 16-row tiles, 1 to 8
+    // chunks of 8 (or 16) input channels, outputs off 32 and 64.
     let halo_forward_shapes = [
         ("3x3_n2_c8-20_5x32", conv([2, 8, 5, 32, 20], (3, 3), 1, 1)),
         ("3x3_n1_c24-32_9x64", conv([1, 24, 9, 64, 32], (3, 3), 1, 1)),
@@ -173,6 +173,10 @@ fn plan_file() -> String {
         ("3x3_n1_c8-64_5x64", conv([1, 8, 5, 64, 64], (3, 3), 1, 1)),
         ("3x3_n2_c48-16_9x16", conv([2, 48, 9, 16, 16], (3, 3), 1, 1)),
         ("3x3_n1_c40-24_5x32", conv([1, 40, 5, 32, 24], (3, 3), 1, 1)),
+        // And for BF16's chunks of 16 input channels: both blocks and row widths, both passes.
+        ("3x3_n1_c16-48_5x32", conv([1, 16, 5, 32, 48], (3, 3), 1, 1)),
+        ("3x3_n1_c48-32_5x32", conv([1, 48, 5, 32, 32], (3, 3), 1, 1)),
+        ("3x3_n2_c16-48_6x16", conv([2, 16, 6, 16, 48], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
@@ -343,17 +347,13 @@ fn launch_plans_split_and_cover_as_intended() {
             assert_eq!(pack, want, "{l}");
         }
     }
-    for kernel in [
-        "conv_fwd_tf32_k3h_n32_w32",
-        "conv_fwd_tf32_k3h_n32_w16",
-        "conv_bwd_data_tf32_k3h_n32_w32",
-        "conv_bwd_data_tf32_k3h_n32_w16",
-        "conv_fwd_tf32_k3h_n64_w32",
-        "conv_fwd_tf32_k3h_n64_w16",
-        "conv_bwd_data_tf32_k3h_n64_w32",
-        "conv_bwd_data_tf32_k3h_n64_w16",
-    ] {
-        assert!(text.contains(kernel), "no case runs {kernel}");
+    for precision in ["tf32", "bf16"] {
+        for pass in ["fwd", "bwd_data"] {
+            for block in ["n32_w32", "n32_w16", "n64_w32", "n64_w16"] {
+                let kernel = format!("conv_{pass}_{precision}_k3h_{block}");
+                assert!(text.contains(&kernel), "no case runs {kernel}");
+            }
+        }
     }
     // Every per-tap transposed forward kernel runs, and the overlapping kernels keep backward-data.
     for kernel in [

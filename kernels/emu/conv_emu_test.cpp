@@ -382,6 +382,18 @@ const struct {
     LRC_ENTRY(conv_pack_bwd_data_halo_tf32_n32),
     LRC_ENTRY(conv_pack_fwd_halo_tf32_n64),
     LRC_ENTRY(conv_pack_bwd_data_halo_tf32_n64),
+    LRC_ENTRY(conv_fwd_bf16_k3h_n32_w32),
+    LRC_ENTRY(conv_fwd_bf16_k3h_n32_w16),
+    LRC_ENTRY(conv_bwd_data_bf16_k3h_n32_w32),
+    LRC_ENTRY(conv_bwd_data_bf16_k3h_n32_w16),
+    LRC_ENTRY(conv_fwd_bf16_k3h_n64_w32),
+    LRC_ENTRY(conv_fwd_bf16_k3h_n64_w16),
+    LRC_ENTRY(conv_bwd_data_bf16_k3h_n64_w32),
+    LRC_ENTRY(conv_bwd_data_bf16_k3h_n64_w16),
+    LRC_ENTRY(conv_pack_fwd_halo_bf16_n32),
+    LRC_ENTRY(conv_pack_bwd_data_halo_bf16_n32),
+    LRC_ENTRY(conv_pack_fwd_halo_bf16_n64),
+    LRC_ENTRY(conv_pack_bwd_data_halo_bf16_n64),
     LRC_ENTRY(conv_pack_fwd_tf32),
     LRC_ENTRY(conv_pack_bwd_data_tf32),
     LRC_ENTRY(conv_pack_fwd_bf16),
@@ -435,10 +447,13 @@ ConvParams params_of(const Geom& g) {
 // tap-major kernels and the 64-channel halo forward ones keep their tiles there where they pass
 // the static limit).
 unsigned shared_needed(const std::string& kernel) {
-    if (kernel.find("_k3h_n64_") != std::string::npos) {
-        static_assert(halo_fwd::Tile<32, 64>::DYNAMIC_BYTES == halo_fwd::Tile<16, 64>::DYNAMIC_BYTES,
-                      "both 64-channel halo forward tiles take the same");
-        return halo_fwd::Tile<32, 64>::DYNAMIC_BYTES;
+    if (kernel.find("_k3h_n") != std::string::npos) {
+        // The halo forward kernels (the same for both row widths).
+        const bool bf16 = kernel.find("_bf16_") != std::string::npos;
+        if (kernel.find("_k3h_n64_") != std::string::npos) {
+            return bf16 ? halo_fwd::Tile<32, 64, 2>::DYNAMIC_BYTES : halo_fwd::Tile<32, 64, 1>::DYNAMIC_BYTES;
+        }
+        return bf16 ? halo_fwd::Tile<32, 32, 2>::DYNAMIC_BYTES : halo_fwd::Tile<32, 32, 1>::DYNAMIC_BYTES;
     }
     if (kernel.find("_k3t_n128") != std::string::npos) {
         return kernel.find("_tf32_") != std::string::npos ? v2::wide_tap_shared_bytes<v2::Tf32>()

@@ -84,9 +84,12 @@ struct alignas(16) float4 {
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
-// The vector type of 8-byte loads of two words.
+// The vector types of 8- and 16-byte loads and stores of words.
 struct alignas(8) uint2 {
     unsigned x, y;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
 };
 
 namespace emu {

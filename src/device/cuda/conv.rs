@@ -67,8 +67,8 @@ pub enum ConvAlgo {
     /// of 256 or 128 output pixels stages each 8 input channels' pixels with their border once
     /// for all nine taps. Everything else runs `tf32-mma-wide`'s kernels.
     Tf32MmaHalo = 11,
-    /// As [`ConvAlgo::Tf32MmaHalo`]'s backward-weight with `bf16-mma`'s operands (and
-    /// `bf16-mma-wide` elsewhere, forward and backward-data included).
+    /// As [`ConvAlgo::Tf32MmaHalo`] with `bf16-mma`'s operands (its forward and backward-data
+    /// halo tiles for input channels that are a multiple of 16; `bf16-mma-wide` elsewhere).
     Bf16MmaHalo = 12,
     /// Not a version but a choice among them: for each pass and geometry, the fastest TF32
     /// version this device runs (`tf32-mma`, `tf32-mma-tap`, `tf32-mma-wide`, `tf32-mma-halo`,
@@ -348,14 +348,15 @@ impl WeightPack {
     }
 
     /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the halo
-    /// forward kernels (conv_halo_fwd.cuh's pack_weight): per block of `cols` (32 or 64) output
-    /// channels (c_out forward, c_in backward-data) and chunk of 8 input channels, 9 taps x cols
-    /// x 8 TF32 words.
-    fn halo(pass: ConvPass, g: &ConvGeom, cols: usize) -> WeightPack {
+    /// forward kernels of precision `bf16` or TF32 (conv_halo_fwd.cuh's pack_weight): per block
+    /// of `cols` (32 or 64) output channels (c_out forward, c_in backward-data) and chunk of 8
+    /// (TF32) or 16 (BF16) input channels, 9 taps x cols x 8 words.
+    fn halo(pass: ConvPass, g: &ConvGeom, cols: usize, bf16: bool) -> WeightPack {
         let (outs, ins) = halo_forward_channels(pass, g);
         WeightPack {
-            kernel: HALO_FORWARD_PACK_KERNELS[(pass != ConvPass::Forward) as usize][(cols > 32) as usize],
-            words: outs.div_ceil(cols) * (ins / HALO_FORWARD_CHUNK) * 9 * cols * HALO_FORWARD_CHUNK,
+            kernel: HALO_FORWARD_PACK_KERNELS[bf16 as usize][(pass != ConvPass::Forward) as usize]
+                [(cols > 32) as usize],
+            words: outs.div_ceil(cols) * (ins / halo_forward_chunk(bf16)) * 9 * cols * 8,
         }
     }
 }
@@ -463,27 +464,59 @@ const HALO_KERNELS: [[[&str; 2]; 2]; 2] = [
 /// The input channels (times 9 taps: the GEMM columns) a halo block owns.
 const HALO_CHANNELS: usize = 32;
 
-/// The halo-tile forward and backward-data kernels of `tf32-mma-halo` (conv_halo_fwd.cuh) by
-/// [forward, backward-data][32 output channels a block, 64][tiles of 32 columns, of 16], and
-/// their weight packings by [forward, backward-data][32, 64].
-const HALO_FORWARD_KERNELS: [[[&str; 2]; 2]; 2] = [
+/// The halo-tile forward and backward-data kernels of `tf32-mma-halo` and `bf16-mma-halo`
+/// (conv_halo_fwd.cuh) by [tf32, bf16][forward, backward-data][32 output channels a block,
+/// 64][tiles of 32 columns, of 16], and their weight packings by [tf32, bf16][forward,
+/// backward-data][32, 64].
+type HaloForwardKernels = [[[[&'static str; 2]; 2]; 2]; 2];
+macro_rules! halo_forward_kernels {
+    ($($precision:literal),*) => {
+        [$([
+            [
+                [concat!("conv_fwd_", $precision, "_k3h_n32_w32"), concat!("conv_fwd_", $precision, "_k3h_n32_w16")],
+                [concat!("conv_fwd_", $precision, "_k3h_n64_w32"), concat!("conv_fwd_", $precision, "_k3h_n64_w16")],
+            ],
+            [
+                [concat!("conv_bwd_data_", $precision, "_k3h_n32_w32"), concat!("conv_bwd_data_", $precision, "_k3h_n32_w16")],
+                [concat!("conv_bwd_data_", $precision, "_k3h_n64_w32"), concat!("conv_bwd_data_", $precision, "_k3h_n64_w16")],
+            ],
+        ]),*]
+    };
+}
+const HALO_FORWARD_KERNELS: HaloForwardKernels = halo_forward_kernels!("tf32", "bf16");
+const HALO_FORWARD_PACK_KERNELS: [[[&str; 2]; 2]; 2] = [
     [
-        ["conv_fwd_tf32_k3h_n32_w32", "conv_fwd_tf32_k3h_n32_w16"],
-        ["conv_fwd_tf32_k3h_n64_w32", "conv_fwd_tf32_k3h_n64_w16"],
+        ["conv_pack_fwd_halo_tf32_n32", "conv_pack_fwd_halo_tf32_n64"],
+        ["conv_pack_bwd_data_halo_tf32_n32", "conv_pack_bwd_data_halo_tf32_n64"],
     ],
     [
-        ["conv_bwd_data_tf32_k3h_n32_w32", "conv_bwd_data_tf32_k3h_n32_w16"],
-        ["conv_bwd_data_tf32_k3h_n64_w32", "conv_bwd_data_tf32_k3h_n64_w16"],
+        ["conv_pack_fwd_halo_bf16_n32", "conv_pack_fwd_halo_bf16_n64"],
+        ["conv_pack_bwd_data_halo_bf16_n32", "conv_pack_bwd_data_halo_bf16_n64"],
     ],
 ];
-const HALO_FORWARD_PACK_KERNELS: [[&str; 2]; 2] = [
-    ["conv_pack_fwd_halo_tf32_n32", "conv_pack_fwd_halo_tf32_n64"],
-    ["conv_pack_bwd_data_halo_tf32_n32", "conv_pack_bwd_data_halo_tf32_n64"],
-];
-/// The most output channels a halo forward block takes, and the input channels it stages at a
-/// time.
+/// The most output channels a halo forward block takes.
 const HALO_FORWARD_COLS: usize = 64;
-const HALO_FORWARD_CHUNK: usize = 8;
+
+/// The input channels a halo forward kernel of precision `bf16` or TF32 stages at a time: one
+/// mma k step, 8 words of one TF32 or two BF16 values.
+fn halo_forward_chunk(bf16: bool) -> usize {
+    if bf16 { 16 } else { 8 }
+}
+
+/// The dynamic shared memory of a halo forward kernel (conv_halo_fwd.cuh's Tile::DYNAMIC_BYTES):
+/// TF32 two stages of 8 halo planes and the weights, BF16 16 FP32 planes, 8 of pairs and two
+/// weight stages; planes of 392 words (32 output channels a block) or 232 (64); weights 9 taps x
+/// cols x 8 words. 0 where it fits the 48 KiB of static shared memory.
+fn halo_forward_shared_bytes(bf16: bool, cols: usize) -> usize {
+    let plane = if cols <= 32 { 392 } else { 232 };
+    let weights = 9 * cols * 8;
+    let words = if bf16 {
+        16 * plane + 8 * plane + 2 * weights
+    } else {
+        2 * (8 * plane + weights)
+    };
+    if words * 4 > 48 * 1024 { words * 4 } else { 0 }
+}
 
 /// The output channels (32 or 64) and pixels (256 or 128, rows of 32 or 16 columns) of a halo
 /// forward block for `outs` output channels.
@@ -500,18 +533,19 @@ fn halo_forward_channels(pass: ConvPass, g: &ConvGeom) -> (usize, usize) {
     }
 }
 
-/// Whether the halo forward kernels serve `pass` (forward or backward-data) of `g`: 3x3, stride
-/// 1, pad 1, 64 output channels or fewer (where the tap-major kernels' 32- and 64-wide tiles
-/// reuse each gathered value least), input channels a multiple of 8, a width that is a multiple of 16 (rows
+/// Whether the halo forward kernels of precision `bf16` or TF32 serve `pass` (forward or
+/// backward-data) of `g`: 3x3, stride 1, pad 1, 64 output channels or fewer (where the
+/// tap-major kernels' 32- and 64-wide tiles reuse each gathered value least), input channels a
+/// multiple of 8 (TF32) or 16 (BF16), a width that is a multiple of 16 (rows
 /// of 32 or 16 columns, copied 16 bytes at a time), offsets within an image below 2^31.
-fn halo_forward_applies(pass: ConvPass, g: &ConvGeom) -> bool {
+fn halo_forward_applies(pass: ConvPass, g: &ConvGeom, bf16: bool) -> bool {
     let (outs, ins) = halo_forward_channels(pass, g);
     pass != ConvPass::BackwardWeight
         && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
         && outs > 0
         && outs <= HALO_FORWARD_COLS
         && ins > 0
-        && ins.is_multiple_of(HALO_FORWARD_CHUNK)
+        && ins.is_multiple_of(halo_forward_chunk(bf16))
         && g.w > 0
         && g.w.is_multiple_of(16)
         && g.h > 0
@@ -552,11 +586,12 @@ pub fn launch_shared_bytes(kernel: &str) -> usize {
         const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 4);
         return WORDS * 4;
     }
-    if HALO_FORWARD_KERNELS.iter().any(|pass| pass[1].contains(&kernel)) {
-        // conv_halo_fwd.cuh's Tile<.., 64>: two stages of 8 halo planes of 232 words and the
-        // weights of 9 taps x 64 output channels x 8 input channels.
-        const WORDS: usize = 2 * (8 * 232 + 9 * 64 * 8);
-        return WORDS * 4;
+    for (bf16, passes) in HALO_FORWARD_KERNELS.iter().enumerate() {
+        for (block, kernels) in passes.iter().flatten().enumerate() {
+            if kernels.contains(&kernel) {
+                return halo_forward_shared_bytes(bf16 == 1, if block % 2 == 0 { 32 } else { 64 });
+            }
+        }
     }
     conv_sm90::shared_bytes(kernel)
 }
@@ -587,8 +622,8 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
     names.extend(HALO_KERNELS.iter().flatten().flatten().copied());
-    names.extend(HALO_FORWARD_KERNELS.iter().flatten().flatten().copied());
-    names.extend(HALO_FORWARD_PACK_KERNELS.iter().flatten().copied());
+    names.extend(HALO_FORWARD_KERNELS.iter().flatten().flatten().flatten().copied());
+    names.extend(HALO_FORWARD_PACK_KERNELS.iter().flatten().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
@@ -625,15 +660,18 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         }
         ConvAlgo::Tf32Mma => &TF32_KERNELS,
         ConvAlgo::Bf16Mma => &BF16_KERNELS,
-        ConvAlgo::Tf32MmaHalo if halo_forward_applies(pass, g) => {
+        ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo
+            if halo_forward_applies(pass, g, algo == ConvAlgo::Bf16MmaHalo) =>
+        {
+            let bf16 = algo == ConvAlgo::Bf16MmaHalo;
             let (cols, rows) = halo_forward_block(narrow_dim);
             return Tiling {
-                kernel: HALO_FORWARD_KERNELS[(pass != ConvPass::Forward) as usize][(cols > 32) as usize]
+                kernel: HALO_FORWARD_KERNELS[bf16 as usize][(pass != ConvPass::Forward) as usize][(cols > 32) as usize]
                     [!g.w.is_multiple_of(32) as usize],
                 rows,
                 cols,
-                depth: HALO_FORWARD_CHUNK,
-                pack: Some(WeightPack::halo(pass, g, cols)),
+                depth: halo_forward_chunk(bf16),
+                pack: Some(WeightPack::halo(pass, g, cols, bf16)),
             };
         }
         ConvAlgo::Tf32MmaHalo | ConvAlgo::Bf16MmaHalo if pass == ConvPass::BackwardWeight && halo_applies(g) => {
@@ -759,7 +797,12 @@ fn splits_its_depth(kernel: &str) -> bool {
 
 /// Whether `kernel` is a halo forward or backward-data kernel (conv_halo_fwd.cuh).
 fn is_halo_forward(kernel: &str) -> bool {
-    HALO_FORWARD_KERNELS.iter().flatten().flatten().any(|&k| k == kernel)
+    HALO_FORWARD_KERNELS
+        .iter()
+        .flatten()
+        .flatten()
+        .flatten()
+        .any(|&k| k == kernel)
 }
 
 /// The launch of `pass` of the transposed convolution `g`: the launch of the convolution it
@@ -1393,7 +1436,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 8 + 4 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1703,7 +1746,7 @@ mod tests {
         assert_eq!(sixteen.kernel, "conv_bwd_data_tf32_k3h_n64_w16");
         assert_eq!(sixteen.grid, (2 * 2, 1, 1));
         // Elsewhere what tf32-mma-wide runs: the first layer (one input channel), input
-        // channels off 8, more than 64 outputs, widths off 16, stride 2, 1x1; BF16 always.
+        // channels off 8, more than 64 outputs, widths off 16, stride 2, 1x1.
         let strided = ConvGeom {
             stride: 2,
             ..g(2, 32, 8, 32, 32)
@@ -1723,11 +1766,35 @@ mod tests {
             (Forward, strided),
             (BackwardData, pointwise),
         ] {
-            assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32MmaWide), (Tf32MmaHalo, Tf32MmaWide)]);
+            assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32MmaWide), (Bf16MmaHalo, Bf16MmaWide)]);
         }
-        for pass in [Forward, BackwardData] {
-            assert_same_plans(pass, &level1, [(Bf16MmaHalo, Bf16MmaWide), (Bf16MmaHalo, Bf16MmaWide)]);
+        // BF16 stages 16 input channels at a time (8 words of pairs): the same blocks and grids,
+        // half the chunks, its tiles in dynamic shared memory (a stage of FP32 planes, one of
+        // pairs, two of weights).
+        for (pass, geom) in [(Forward, level1), (BackwardData, dec1), (Forward, g(3, 48, 17, 48, 20))] {
+            let tf32 = plan(pass, &geom, Tf32MmaHalo, 132);
+            let bf16 = plan(pass, &geom, Bf16MmaHalo, 132);
+            assert_eq!(bf16.kernel, tf32.kernel.replace("_tf32_", "_bf16_"));
+            assert_eq!((bf16.grid, bf16.splits), (tf32.grid, 1));
+            let (tf32_pack, bf16_pack) = (tf32.pack.unwrap(), bf16.pack.unwrap());
+            assert_eq!(bf16_pack.kernel, tf32_pack.kernel.replace("_tf32_", "_bf16_"));
+            assert_eq!(bf16_pack.words * 2, tf32_pack.words);
         }
+        assert_eq!(
+            launch_shared_bytes("conv_fwd_bf16_k3h_n32_w32"),
+            (16 + 8) * 392 * 4 + 2 * 9 * 32 * 8 * 4
+        );
+        assert_eq!(
+            launch_shared_bytes("conv_bwd_data_bf16_k3h_n64_w16"),
+            (16 + 8) * 232 * 4 + 2 * 9 * 64 * 8 * 4
+        );
+        assert_eq!(launch_shared_bytes("conv_fwd_tf32_k3h_n32_w16"), 0);
+        // Input channels off 16 stay with bf16-mma-wide.
+        assert_same_plans(
+            Forward,
+            &g(2, 24, 8, 32, 32),
+            [(Bf16MmaHalo, Bf16MmaWide), (Bf16MmaHalo, Bf16MmaWide)],
+        );
     }
 
     #[test]
