@@ -242,32 +242,27 @@ __device__ void add_k_groups(float (&acc)[T::MT][TAPS][4], uint32_t* scratch, in
     const int slot = threadIdx.x % GROUP;
 #pragma unroll
     for (int ky = 0; ky < 3; ++ky) {
+        // Calls f(sum, its word of scratch) for this thread's sums of the taps of row ky.
+        auto each = [&](auto f) {
+#pragma unroll
+            for (int mt = 0; mt < T::MT; ++mt) {
+#pragma unroll
+                for (int kx = 0; kx < 3; ++kx) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        f(acc[mt][ky * 3 + kx][i], hand[((mt * 3 + kx) * 4 + i) * GROUP + slot]);
+                    }
+                }
+            }
+        };
         // The mma of the last tile (or the previous row's additions) are done with scratch.
         __syncthreads();
         if (wk == 1) {
-#pragma unroll
-            for (int mt = 0; mt < T::MT; ++mt) {
-#pragma unroll
-                for (int kx = 0; kx < 3; ++kx) {
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        hand[((mt * 3 + kx) * 4 + i) * GROUP + slot] = acc[mt][ky * 3 + kx][i];
-                    }
-                }
-            }
+            each([](float& sum, float& word) { word = sum; });
         }
         __syncthreads();
         if (wk == 0) {
-#pragma unroll
-            for (int mt = 0; mt < T::MT; ++mt) {
-#pragma unroll
-                for (int kx = 0; kx < 3; ++kx) {
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        acc[mt][ky * 3 + kx][i] += hand[((mt * 3 + kx) * 4 + i) * GROUP + slot];
-                    }
-                }
-            }
+            each([](float& sum, float& word) { sum += word; });
         }
     }
 }
