@@ -10,8 +10,9 @@
 #             first two that fail run again with CUDA_LAUNCH_BLOCKING=1 (own logs, 90 s at most),
 #             so that a kernel fault names its launch
 #   parity    `lrc parity` + scripts/torch_reference.py --check (float64 PyTorch on the CPU)
-#   bench     `lrc bench conv --algo all` and scripts/torch_bench.py (cuDNN, TF32 and BF16) on the
-#             same shapes, each lrc version against cuDNN at its operand precision
+#   bench     `lrc bench conv --algo VERSION` for every version, one process each (a faulting
+#             kernel loses its own version's figures alone), and scripts/torch_bench.py (cuDNN,
+#             TF32 and BF16) on the same shapes, each lrc version against cuDNN at its operand precision
 #   memcheck  compute-sanitizer memcheck over `lrc bench conv` on tiny, odd shapes, every algorithm
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
@@ -90,6 +91,8 @@ bench_args="${LRC_BENCH_ARGS:---batch 16 --size 256 --base 32 --depth 5 --repeat
 read -r -a bench_argv <<< "$bench_args"
 loss_bench_args="${LRC_LOSS_BENCH_ARGS:---repeats 20 --warmup 3}"
 read -r -a loss_bench_argv <<< "$loss_bench_args"
+# The convolution versions, as ConvAlgo::ALL lists them (tests/gpu_check_script.rs checks).
+CONV_VERSIONS="fp32-tiled tf32-mma bf16-mma tf32-wgmma bf16-wgmma tf32-mma-tap bf16-mma-tap tf32-mma-wide bf16-mma-wide tf32-mma-halo bf16-mma-halo"
 
 if [[ ! -f "$bundle/bin.tar.xz" && ! -f "$bundle/bin/lrc" ]]; then
     echo "gpu-check: no bundle at $bundle (build it with scripts/gpu-bundle.sh, carry it, or set LRC_BUNDLE)" >&2
@@ -384,8 +387,18 @@ else
     # are judged by, before the sanitizer runs and the other benchmarks spend the budget.
     torch_bench="$bundle/scripts/torch_reference.py"
     [[ -f "$torch_bench" ]] || torch_bench="$repo/scripts/torch_reference.py"
-    bench_run "bench lrc" 60 180 "$logs/bench-lrc.log" \
-        "$bin/lrc" bench conv --algo all "${bench_argv[@]}" --json "$out/bench-lrc.jsonl"
+    # One process per version (ConvAlgo::ALL's order, as `--algo all` runs them), so that a
+    # version whose kernel faults (a sticky error ends its process) loses its own figures alone.
+    # shellcheck disable=SC2016 # the inner script expands its own arguments
+    bench_run "bench lrc" 60 180 "$logs/bench-lrc.log" bash -c '
+        lrc="$1" json="$2" status=0
+        shift 2
+        : > "$json"
+        for algo in '"$CONV_VERSIONS"'; do
+            "$lrc" bench conv --algo "$algo" "$@" --json "$json.$algo" || { rc=$?; ((status)) || status=$rc; }
+            [[ -f "$json.$algo" ]] && cat "$json.$algo" >> "$json" && rm -f "$json.$algo"
+        done
+        exit "$status"' bench-lrc "$bin/lrc" "$out/bench-lrc.jsonl" "${bench_argv[@]}"
     bench_run "bench torch" 60 180 "$logs/bench-torch.log" \
         "$python" "$torch_bench" --bench conv "${bench_argv[@]}" --json "$out/bench-torch.jsonl"
     sanitizer="$(command -v compute-sanitizer || true)"

@@ -3,6 +3,7 @@
 //! executables are not needed (the script runs whatever the bundle holds), so this stays fast and
 //! independent of the build.
 
+use lrc::device::cuda::ConvAlgo;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -190,13 +191,17 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
             r#"{{"bench":"conv","engine":"{engine}","device":"Fake H100","layer":"enc1.conv1","kind":"conv","pass":"forward","algo":"{algo}",{precision}"n":16,"c_in":1,"h":256,"w":256,"c_out":32,"kh":3,"kw":3,"median_ms":{ms}}}"#
         )
     };
+    // Writes the lines of the version named by --algo (all of them without one), as the check
+    // runs `lrc bench conv` once per version.
     let json_writer = |lines: &[String]| {
-        let mut text =
-            String::from("#!/usr/bin/env bash\nwhile (($#)); do [[ $1 == --json ]] && json=$2; shift; done\n");
+        let mut text = String::from(
+            "#!/usr/bin/env bash\nalgo=\nwhile (($#)); do [[ $1 == --json ]] && json=$2; \
+             [[ $1 == --algo ]] && algo=$2; shift; done\n",
+        );
         for line in lines {
-            text += &format!("echo '{line}' >> \"$json\"\n");
+            text += &format!("[[ -z $algo || '{line}' == *'\"algo\":\"'$algo'\"'* ]] && echo '{line}' >> \"$json\"\n");
         }
-        text + "echo 'total tf32-mma 2.0 ms'\n"
+        text + "[[ -z $algo || $algo == tf32-mma ]] && echo 'total tf32-mma 2.0 ms'\nexit 0\n"
     };
     let lrc_bench = json_writer(&[
         record("lrc", "tf32-mma", 2.0),
@@ -258,6 +263,15 @@ fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &st
         .expect("run bash");
     let summary = fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
     (output, summary)
+}
+
+#[test]
+fn the_check_benchmarks_every_convolution_version() {
+    let text = fs::read_to_string(script()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("CONV_VERSIONS=")).unwrap();
+    let listed: Vec<&str> = line["CONV_VERSIONS=".len()..].trim_matches('"').split(' ').collect();
+    let all: Vec<&str> = ConvAlgo::ALL.iter().map(|a| a.name()).collect();
+    assert_eq!(listed, all);
 }
 
 #[test]
@@ -381,6 +395,31 @@ fn a_failing_demo_fails_the_check() {
         "{summary}"
     );
     assert!(!summary.contains("## Demo:"), "{summary}");
+}
+
+#[test]
+fn a_faulting_convolution_version_loses_its_own_figures_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    // The same fake lrc, but bf16-mma's benchmark dies as a faulting kernel would.
+    let lrc = bundle.join("bin/lrc");
+    let text = fs::read_to_string(&lrc).unwrap().replacen(
+        "#!/usr/bin/env bash\n",
+        "#!/usr/bin/env bash\n[[ \" $* \" == *' conv --algo bf16-mma '* ]] && echo 'error: illegal address' && exit 4\n",
+        1,
+    );
+    write_executable(&lrc, &text);
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(!output.status.success(), "{summary}");
+    assert!(row(&summary, "bench lrc").contains("FAILED (exit 4)"), "{summary}");
+    // The other versions' figures are all there (fp32-tiled, tf32-mma, the wgmma ones), and
+    // bf16-mma's column is left out.
+    let cells: Vec<&str> = row(&summary, "enc1.conv1").split('|').map(str::trim).collect();
+    for figure in ["6.0000", "2.0000", "1.2000", "0.8000"] {
+        assert!(cells.contains(&figure), "{figure}: {summary}");
+    }
+    assert!(!cells.contains(&"1.5000"), "{summary}");
 }
 
 #[test]
