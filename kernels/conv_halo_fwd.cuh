@@ -1,21 +1,25 @@
 // Forward and backward-data of the 3x3, stride 1, pad 1 convolution by halo tiles (tf32-mma-halo,
-// TF32), for 64 output channels or fewer:
+// bf16-mma-halo), for 64 output channels or fewer:
 //   forward        y[co][p] = bias[co] + sum over (ci, ky, kx) of x[ci][p + (ky - 1, kx - 1)] w[co][ci][ky][kx]
 //   backward-data  dx[ci][p] = sum over (co, ky, kx) of dy[co][p + (ky - 1, kx - 1)] w[co][ci][2 - ky][2 - kx]
 // The second is the first with dy as the input and the weights transposed and turned half way
-// round, which their packing does (pack_halo_weight), so one kernel serves both.
+// round, which their packing does (pack_weight), so one kernel serves both.
 //
 // The implicit GEMM of the tap-major kernels (m = output pixel, n = output channel, k = (tap,
 // channel)) gathers the input once per tap: each value is fetched, checked, rounded and stored
 // nine times, and with 32 or 64 output channels a gathered value serves that many products only.
 // Here a block owns BN = 32 or 64 output channels and 256 or 128 output pixels of one image (R
-// rows of WT columns: 8 x 32 or 16 x 16; 4 x 32 or 8 x 16), and for each chunk of 8 input
-// channels stages the pixels it reads once: R + 2 rows
-// of WT + 2 columns (the halo) by cp.async (16 bytes for the columns, laid out 16-byte aligned,
-// 4 bytes for the borders; zeros stored where the halo leaves the image), with the chunk's
-// packed weights of all nine taps (one contiguous block). Each thread rounds its own words in
-// place once they land; one barrier a chunk, two stages (the next chunk's copies land in one
-// while the mma read the other). Every tap's A fragment is the halo read at that tap's offset.
+// rows of WT columns: 8 x 32 or 16 x 16; 4 x 32 or 8 x 16), and for each chunk of CH input
+// channels (8 TF32, 16 BF16: one mma k step) stages the pixels it reads once: R + 2 rows of
+// WT + 2 columns (the halo) by cp.async (16 bytes for the columns, laid out 16-byte aligned, 4
+// bytes for the borders; zeros stored where the halo leaves the image), with the chunk's packed
+// weights of all nine taps (one contiguous block, rounded beforehand). Every tap's A fragment is
+// the halo read at that tap's offset. TF32: each thread rounds its own words in place once they
+// land; one barrier a chunk, two stages (the next chunk's copies land in one while the mma read
+// the other). BF16 (m16n8k16, two channels a register): the block converts the FP32 halo into
+// pairs of channels (a pair's two channels are other threads' copies, so after a barrier), which
+// the mma read as TF32 reads its channels; one FP32 halo, one of pairs, two weight stages, two
+// barriers a chunk.
 //
 // Warps: 8 (BN = 32) or 4 (BN = 64) along the pixels, 32 each (two m16 tiles: 16 columns of a
 // row each), x 1 or 2 along the output channels, 32 each (four n8 tiles): per tap and chunk, 8
@@ -23,21 +27,23 @@
 // shared-memory reads per HMMA.
 //
 // Shapes (the host's halo_forward_applies): 3x3, stride 1, pad 1; input channels a multiple
-// of 8; W a multiple of 32 (WT = 32) or of 16 (WT = 16); any H (rows past it are zeros and are
+// of CH; W a multiple of 32 (WT = 32) or of 16 (WT = 16); any H (rows past it are zeros and are
 // not stored) and any number of output channels (grid y: blocks of BN; rows past them are the
 // packing's zeros); input and output offsets within an image below 2^31; the input 16-byte
 // aligned (whole device blocks are).
-// Grid: (n * ceil(H / R) * (W / WT), ceil(outputs / BN)), 256 threads; BN = 64 takes
-// Tile::DYNAMIC_BYTES of dynamic shared memory (its stages pass the 48 KiB of static).
+// Grid: (n * ceil(H / R) * (W / WT), ceil(outputs / BN)), 256 threads; tiles whose buffers pass
+// the 48 KiB of static shared memory take Tile::DYNAMIC_BYTES of dynamic shared memory.
 //
-// Shared memory, per stage:
-//   halo: [8 channels][PLANE] words; a channel's halo row-major, rows HC = WT + 4 words apart,
+// Shared memory:
+//   halo: [CH channels][PLANE] words; a channel's halo row-major, rows HC = WT + 4 words apart,
 //         the left border at word 3, the WT columns from word 4 (16-byte aligned), the right
-//         border after them (the next row's unused word 0). A fragment word (pixel g, channel t) of a tap lies at t PLANE +
-//         g + offset: PLANE = 8 mod 32 puts the 32 lanes on 32 banks.
-//   weights: [9 taps][BN output channels][8 words], a row's words in the order k = 0, 4, 1,
-//         5, 2, 6, 3, 7, so that b = {B[t][g], B[t + 4][g]} is one 64-bit load at word 2t
-//         (a half warp's loads: 32 distinct banks).
+//         border after them (the next row's unused word 0). A fragment word (pixel g, k word t)
+//         of a tap lies at t PLANE + g + offset: PLANE = 8 mod 32 puts the 32 lanes on 32 banks.
+//         BF16's pairs: [8][PLANE] words laid out alike, word (c 2j, c 2j + 1) of a pixel in
+//         plane j, the lower channel in the low half.
+//   weights: [9 taps][BN output channels][8 words], a row's k words in the order 0, 4, 1, 5, 2,
+//         6, 3, 7, so that b = {B[t][g], B[t + 4][g]} is one 64-bit load at word 2t (a half
+//         warp's loads: 32 distinct banks).
 namespace halo_fwd {
 
 constexpr int THREADS = 256;
