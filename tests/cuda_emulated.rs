@@ -213,6 +213,15 @@ fn plan_file() -> String {
                     }
                 }
             }
+            // A 3x3 stride-1 transposed convolution runs forward through the halo backward-data
+            // kernel, with and without its bias, and backward-data through the halo forward one.
+            let t = transposed([2, 16, 6, 32, 32], 3, 1, 1);
+            let d = [t.n, t.c_in, t.h, t.w, t.c_out, t.kh, t.kw, t.stride, t.pad];
+            for (pass, name) in &PASSES[..2] {
+                let launch = transposed_plan(*pass, &t, algo, 4);
+                assert!(launch.kernel.contains("_k3h_"), "{}", launch.kernel);
+                line(&mut out, "T3x3s1p1_n2_c16-32_6x32", "transposed", name, d, &launch);
+            }
             continue;
         }
         if matches!(
