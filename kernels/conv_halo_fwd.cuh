@@ -139,27 +139,27 @@ struct Copies {
              threadIdx.x % T::PIECES_PER_ROW * 4),
           from(threadIdx.x / T::PIECES_PER_ROW % T::CH * p.h * p.w + threadIdx.x % T::PIECES_PER_ROW * 4) {}
 
-    // Border word e of `planes` planes: its plane, halo row, side (right or left), and word.
+    // Border word e of `planes` planes: its plane, halo row, side (right or left), its word
+    // within the plane, and its word.
     __device__ static int edge_plane(int e, int planes) { return e / 2 % planes; }
     __device__ static int edge_row(int e, int planes) { return e / (2 * planes); }
     __device__ static bool edge_right(int e) { return e % 2 != 0; }
-    __device__ static int edge_to(int e, int planes) {
-        return edge_plane(e, planes) * T::PLANE + edge_row(e, planes) * T::HC +
-               (edge_right(e) ? T::LEFT + 1 + T::WT : T::LEFT);
+    __device__ static int edge_at(int e, int planes) {
+        return edge_row(e, planes) * T::HC + (edge_right(e) ? T::LEFT + 1 + T::WT : T::LEFT);
     }
+    __device__ static int edge_to(int e, int planes) { return edge_plane(e, planes) * T::PLANE + edge_at(e, planes); }
 
     // Issues the copies of chunk `chunk`, as one group: the halo's columns and borders into
     // `halo` (zeros where they leave the image) and the chunk's packed weights into `weights`.
     __device__ void issue(const ConvParams& p, const Pass& pass, const Place& at, int chunk, uint32_t* halo,
                           uint32_t* weights) const {
-        uint32_t* s = halo;
         const int hw = p.h * p.w;
         const float* in = pass.in + (static_cast<size_t>(at.img) * pass.in_channels + chunk * T::CH) * hw;
 #pragma unroll
         for (int k = 0; k < T::PASSES; ++k) {
             const int r = row + k * T::ROWS_AT_ONCE;
             if (T::HR % T::ROWS_AT_ONCE == 0 || r < T::HR) {
-                uint32_t* dst = s + to + k * T::ROWS_AT_ONCE * T::HC;
+                uint32_t* dst = halo + to + k * T::ROWS_AT_ONCE * T::HC;
                 const int y = at.y0 - 1 + r;
                 if (static_cast<unsigned>(y) < static_cast<unsigned>(p.h)) {
                     lrc::cp_async_16(dst, in + (from + y * p.w + at.x0));
@@ -172,7 +172,7 @@ struct Copies {
         for (int k = 0; k < T::EDGE_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
             if (T::EDGES % THREADS == 0 || e < T::EDGES) {
-                uint32_t* dst = s + edge_to(e, T::CH);
+                uint32_t* dst = halo + edge_to(e, T::CH);
                 const int y = at.y0 - 1 + edge_row(e, T::CH);
                 const int x = at.x0 + (edge_right(e) ? T::WT : -1);
                 if (static_cast<unsigned>(y) < static_cast<unsigned>(p.h) &&
@@ -238,7 +238,7 @@ struct Copies {
         for (int k = 0; k < T::PAIR_EDGE_PASSES; ++k) {
             const int e = static_cast<int>(threadIdx.x) + k * THREADS;
             if (T::PAIR_EDGES % THREADS == 0 || e < T::PAIR_EDGES) {
-                const int w = edge_to(e, K_WORDS) - edge_plane(e, K_WORDS) * T::PLANE;
+                const int w = edge_at(e, K_WORDS);
                 const int pj = edge_plane(e, K_WORDS);
                 pairs[pj * T::PLANE + w] = Math::word(__uint_as_float(halo[2 * pj * T::PLANE + w]),
                                                       __uint_as_float(halo[(2 * pj + 1) * T::PLANE + w]));

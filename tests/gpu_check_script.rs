@@ -237,6 +237,17 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
     tools
 }
 
+/// Puts `line` first in the bundle's fake `lrc`, before what it does otherwise.
+fn fake_lrc_first(bundle: &Path, line: &str) {
+    let lrc = bundle.join("bin/lrc");
+    let text = fs::read_to_string(&lrc).unwrap().replacen(
+        "#!/usr/bin/env bash\n",
+        &format!("#!/usr/bin/env bash\n{line}\n"),
+        1,
+    );
+    write_executable(&lrc, &text);
+}
+
 /// A fake `lrc demo --quick ... -o DIR` for the fake `lrc`s: its tables, and the lines the check
 /// quotes.
 const FAKE_DEMO: &str = "if [[ $1 == demo ]]; then while (($#)); do [[ $1 == -o ]] && o=$2; shift; done; \
@@ -379,13 +390,10 @@ fn a_failing_demo_fails_the_check() {
     let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
     let tools = fake_gpu(dir.path(), &bundle, &python);
     // The same fake lrc, but its demo stops with an error.
-    let lrc = bundle.join("bin/lrc");
-    let text = fs::read_to_string(&lrc).unwrap().replacen(
-        "#!/usr/bin/env bash\n",
-        "#!/usr/bin/env bash\n[[ $1 == demo ]] && echo 'error: fine-tuning failed' && exit 1\n",
-        1,
+    fake_lrc_first(
+        &bundle,
+        "[[ $1 == demo ]] && echo 'error: fine-tuning failed' && exit 1",
     );
-    write_executable(&lrc, &text);
     let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
     assert!(!output.status.success(), "{summary}");
     assert!(summary.contains("- result: FAILED"), "{summary}");
@@ -403,13 +411,10 @@ fn a_faulting_convolution_version_loses_its_own_figures_alone() {
     let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
     let tools = fake_gpu(dir.path(), &bundle, &python);
     // The same fake lrc, but bf16-mma's benchmark dies as a faulting kernel would.
-    let lrc = bundle.join("bin/lrc");
-    let text = fs::read_to_string(&lrc).unwrap().replacen(
-        "#!/usr/bin/env bash\n",
-        "#!/usr/bin/env bash\n[[ \" $* \" == *' conv --algo bf16-mma '* ]] && echo 'error: illegal address' && exit 4\n",
-        1,
+    fake_lrc_first(
+        &bundle,
+        "[[ \" $* \" == *' conv --algo bf16-mma '* ]] && echo 'error: illegal address' && exit 4",
     );
-    write_executable(&lrc, &text);
     let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
     assert!(!output.status.success(), "{summary}");
     assert!(row(&summary, "bench lrc").contains("FAILED (exit 4)"), "{summary}");

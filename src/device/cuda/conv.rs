@@ -587,9 +587,11 @@ pub fn launch_shared_bytes(kernel: &str) -> usize {
         return WORDS * 4;
     }
     for (bf16, passes) in HALO_FORWARD_KERNELS.iter().enumerate() {
-        for (block, kernels) in passes.iter().flatten().enumerate() {
-            if kernels.contains(&kernel) {
-                return halo_forward_shared_bytes(bf16 == 1, if block % 2 == 0 { 32 } else { 64 });
+        for blocks in passes {
+            for (kernels, cols) in blocks.iter().zip([32, 64]) {
+                if kernels.contains(&kernel) {
+                    return halo_forward_shared_bytes(bf16 == 1, cols);
+                }
             }
         }
     }
