@@ -1,5 +1,6 @@
 // Forward and backward-data of the 3x3, stride 1, pad 1 convolution by halo tiles (tf32-mma-halo,
-// bf16-mma-halo), for 64 output channels or fewer:
+// bf16-mma-halo), in blocks of 32 or 64 output channels (more take more blocks, each staging its
+// halo anew):
 //   forward        y[co][p] = bias[co] + sum over (ci, ky, kx) of x[ci][p + (ky - 1, kx - 1)] w[co][ci][ky][kx]
 //   backward-data  dx[ci][p] = sum over (co, ky, kx) of dy[co][p + (ky - 1, kx - 1)] w[co][ci][2 - ky][2 - kx]
 // The second is the first with dy as the input and the weights transposed and turned half way

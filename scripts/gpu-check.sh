@@ -411,9 +411,10 @@ else
         # outside the tensors, where out-of-bounds accesses would be. Then the tap-major
         # kernels, which need channels in multiples of 32 (the wide ones 128 columns): 64 and
         # 128 channels on 10 x 10 and 5 x 5 planes, through the wide versions (which run the
-        # other tap-major kernels where a pass has fewer columns); then the halo-tile
-        # backward-weight kernels, which need widths of 32 or 16: 32 x 32 with 32 channels and
-        # 16 x 16 with 64. The first failure's status.
+        # other tap-major kernels where a pass has fewer columns); then the halo-tile kernels,
+        # which need widths of 32 or 16: 64 x 64 with 32 channels, 32 x 32 with 64 and 16 x 16
+        # with 128 (forward and backward-data in two blocks of 64 output channels). The first
+        # failure's status.
         # shellcheck disable=SC2016 # expanded by the inner shell
         timed "$logs/memcheck.log" "$(min 150 "$(left)")" bash -c '
             sanitize() { "$sanitizer" --tool memcheck --error-exitcode 3 "$lrc" bench conv --batch 3 --classes 3 \
@@ -424,7 +425,7 @@ else
                 sanitize --size 10 --base 64 --depth 2 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
             done
             for algo in tf32-mma-halo bf16-mma-halo; do
-                sanitize --size 32 --base 32 --depth 2 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
+                sanitize --size 64 --base 32 --depth 3 --algo "$algo" || { rc=$?; ((status)) || status=$rc; }
             done
             exit "$status"' memcheck "$sanitizer" "$bin/lrc" "$logs/memcheck-bench.jsonl"
         errors="$(grep -a 'ERROR SUMMARY' "$logs/memcheck.log" | sed 's/^=* *//' |

@@ -161,10 +161,11 @@ fn plan_file() -> String {
         ("3x3_n1_c32-72_8x16", conv([1, 32, 8, 16, 72], (3, 3), 1, 1)),
         ("3x3_n4_c32-20_10x16", conv([4, 32, 10, 16, 20], (3, 3), 1, 1)),
     ];
-    // The halo forward and backward-data kernels (tf32-mma-halo, bf16-mma-halo; 64 output
-    // channels or fewer: blocks of 32 and of 64): rows of 32 columns (one and two column tiles)
-    // and of 16 (W = 16, and 48: three tiles), heights off the 4-, 8- and 16-row tiles, 1 to 8
-    // chunks of 8 (or 16) input channels, outputs off 32 and 64.
+    // The halo forward and backward-data kernels (tf32-mma-halo, bf16-mma-halo; blocks of 32
+    // and of 64 output channels): rows of 32 columns (one and two column tiles) and of 16 (W =
+    // 16, and 48: three tiles), heights off the 4-, 8- and 16-row tiles, 1 to 17 chunks of 8 (or
+    // 16) input channels, outputs off 32 and 64, and over 64 in two and three column blocks
+    // (the last one partly past the outputs).
     let halo_forward_shapes = [
         ("3x3_n2_c8-20_5x32", conv([2, 8, 5, 32, 20], (3, 3), 1, 1)),
         ("3x3_n1_c24-32_9x64", conv([1, 24, 9, 64, 32], (3, 3), 1, 1)),
@@ -177,6 +178,10 @@ fn plan_file() -> String {
         ("3x3_n1_c16-48_5x32", conv([1, 16, 5, 32, 48], (3, 3), 1, 1)),
         ("3x3_n1_c48-32_5x32", conv([1, 48, 5, 32, 32], (3, 3), 1, 1)),
         ("3x3_n2_c16-48_6x16", conv([2, 16, 6, 16, 48], (3, 3), 1, 1)),
+        // More than 64 outputs: forward 136 (three blocks of 64, the last of 8), backward-data
+        // 96 (two, the second of 32), both precisions.
+        ("3x3_n1_c16-136_5x32", conv([1, 16, 5, 32, 136], (3, 3), 1, 1)),
+        ("3x3_n2_c96-16_6x16", conv([2, 96, 6, 16, 16], (3, 3), 1, 1)),
     ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths

@@ -61,11 +61,12 @@ pub enum ConvAlgo {
     /// of 32 or is 16 (with an even height) and c_in a multiple of 32, stride 1 and pad 1, run by
     /// halo tiles: a block computes all nine taps of 32 input channels from one staged k tile
     /// of 32 pixels, their dy and their input with its one-pixel border, where the implicit GEMM
-    /// gathers the input once per tap. Its 3x3 forward and backward-data passes with 64 output
-    /// channels or fewer (c_out forward, c_in backward-data), input channels a multiple of 8
-    /// and a width that is a multiple of 16, stride 1 and pad 1, run by halo tiles too: a block
-    /// of 256 or 128 output pixels stages each 8 input channels' pixels with their border once
-    /// for all nine taps. Everything else runs `tf32-mma-wide`'s kernels.
+    /// gathers the input once per tap. Its 3x3 forward and backward-data passes with input
+    /// channels a multiple of 8 (c_in forward, c_out backward-data) and a width that is a
+    /// multiple of 16, stride 1 and pad 1, run by halo tiles too: a block of 32 output channels
+    /// and 256 output pixels (64 and 128 where there are more than 32 output channels) stages
+    /// each 8 input channels' pixels with their border once for all nine taps. Everything else
+    /// runs `tf32-mma-wide`'s kernels.
     Tf32MmaHalo = 11,
     /// As [`ConvAlgo::Tf32MmaHalo`] with `bf16-mma`'s operands (its forward and backward-data
     /// halo tiles for input channels that are a multiple of 16; `bf16-mma-wide` elsewhere).
@@ -494,8 +495,6 @@ const HALO_FORWARD_PACK_KERNELS: [[[&str; 2]; 2]; 2] = [
         ["conv_pack_bwd_data_halo_bf16_n32", "conv_pack_bwd_data_halo_bf16_n64"],
     ],
 ];
-/// The most output channels a halo forward block takes.
-const HALO_FORWARD_COLS: usize = 64;
 
 /// The input channels a halo forward kernel of precision `bf16` or TF32 stages at a time: one
 /// mma k step, 8 words of one TF32 or two BF16 values.
@@ -534,16 +533,16 @@ fn halo_forward_channels(pass: ConvPass, g: &ConvGeom) -> (usize, usize) {
 }
 
 /// Whether the halo forward kernels of precision `bf16` or TF32 serve `pass` (forward or
-/// backward-data) of `g`: 3x3, stride 1, pad 1, 64 output channels or fewer (where the
-/// tap-major kernels' 32- and 64-wide tiles reuse each gathered value least), input channels a
-/// multiple of 8 (TF32) or 16 (BF16), a width that is a multiple of 16 (rows
-/// of 32 or 16 columns, copied 16 bytes at a time), offsets within an image below 2^31.
+/// backward-data) of `g`: 3x3, stride 1, pad 1, input channels a multiple of 8 (TF32) or 16
+/// (BF16), a width that is a multiple of 16 (rows of 32 or 16 columns, copied 16 bytes at a
+/// time), offsets within an image below 2^31; any number of output channels (blocks of 32 for
+/// 32 or fewer, else of 64, each staging the halo anew: the wide version keeps the 128 x 128
+/// tiles there, and the two versions' timings, or `tf32-fastest`, say which wins per layer).
 fn halo_forward_applies(pass: ConvPass, g: &ConvGeom, bf16: bool) -> bool {
     let (outs, ins) = halo_forward_channels(pass, g);
     pass != ConvPass::BackwardWeight
         && (g.kh, g.kw, g.stride, g.pad) == (3, 3, 1, 1)
         && outs > 0
-        && outs <= HALO_FORWARD_COLS
         && ins > 0
         && ins.is_multiple_of(halo_forward_chunk(bf16))
         && g.w > 0
@@ -1640,8 +1639,9 @@ mod tests {
             assert_eq!(split_len % 32, 0, "k tiles of 32 pixels never straddle a split");
             assert_eq!((launch.pack, launch_shared_bytes(kernel)), (None, 0));
         }
-        // Elsewhere, and in the other passes, what tf32-mma-wide runs: odd widths, 16 with an
-        // odd height, 8, channels off the 32-channel tiles, stride 2, 1x1, no padding.
+        // Elsewhere what tf32-mma-wide runs: odd widths, 16 with an odd height, 8, channels off
+        // the 32-channel tiles, stride 2, 1x1, no padding; forward and backward-data where the
+        // halo forward tiles do not serve either (widths off 16).
         let strided = ConvGeom {
             stride: 2,
             ..g(32, 8, 32, 32)
@@ -1665,8 +1665,8 @@ mod tests {
             (BackwardWeight, strided),
             (BackwardWeight, pointwise),
             (BackwardWeight, unpadded),
-            (Forward, g(64, 5, 64, 160)),
-            (BackwardData, g(160, 5, 64, 64)),
+            (Forward, g(64, 5, 24, 160)),
+            (BackwardData, g(160, 5, 40, 64)),
         ] {
             assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32MmaWide), (Bf16MmaHalo, Bf16MmaWide)]);
         }
@@ -1747,8 +1747,27 @@ mod tests {
         let sixteen = plan(BackwardData, &g(2, 40, 9, 16, 24), Tf32MmaHalo, 132);
         assert_eq!(sixteen.kernel, "conv_bwd_data_tf32_k3h_n64_w16");
         assert_eq!(sixteen.grid, (2 * 2, 1, 1));
+        // More than 64 outputs: blocks of 64, as many as they take (grid y; the packing's zeros
+        // past the last output), each staging its halo. The U-Net's deep levels: 256 outputs at
+        // 32 x 32 (rows of 32), 512 forward and 256 backward-data at 16 x 16 (rows of 16).
+        let over = plan(Forward, &g(2, 32, 8, 32, 65), Tf32MmaHalo, 132);
+        assert_eq!(over.kernel, "conv_fwd_tf32_k3h_n64_w32");
+        assert_eq!(over.grid, (2 * 2, 2, 1));
+        assert_eq!(over.pack.map(|p| p.words), Some(2 * 4 * 9 * 64 * 8));
+        let level4 = plan(Forward, &g(16, 256, 32, 32, 256), Tf32MmaHalo, 132);
+        assert_eq!(level4.kernel, "conv_fwd_tf32_k3h_n64_w32");
+        assert_eq!((level4.grid, level4.splits), ((16 * 8, 4, 1), 1));
+        let level5 = g(16, 256, 16, 16, 512);
+        let forward5 = plan(Forward, &level5, Tf32MmaHalo, 132);
+        assert_eq!(forward5.kernel, "conv_fwd_tf32_k3h_n64_w16");
+        assert_eq!(forward5.grid, (16 * 2, 8, 1));
+        assert_eq!(forward5.pack.map(|p| p.words), Some(8 * 32 * 9 * 64 * 8));
+        let backward5 = plan(BackwardData, &level5, Bf16MmaHalo, 132);
+        assert_eq!(backward5.kernel, "conv_bwd_data_bf16_k3h_n64_w16");
+        assert_eq!(backward5.grid, (16 * 2, 4, 1));
+        assert_eq!(backward5.pack.map(|p| p.words), Some(4 * 32 * 9 * 64 * 8));
         // Elsewhere what tf32-mma-wide runs: the first layer (one input channel), input
-        // channels off 8, more than 64 outputs, widths off 16, stride 2, 1x1.
+        // channels off 8, widths off 16, stride 2, 1x1.
         let strided = ConvGeom {
             stride: 2,
             ..g(2, 32, 8, 32, 32)
@@ -1762,7 +1781,6 @@ mod tests {
         for (pass, geom) in [
             (Forward, g(16, 1, 256, 256, 32)),
             (Forward, g(2, 20, 8, 32, 32)),
-            (Forward, g(2, 32, 8, 32, 65)),
             (Forward, g(2, 32, 8, 24, 32)),
             (BackwardData, g(2, 32, 8, 32, 20)),
             (Forward, strided),
