@@ -176,6 +176,15 @@ __device__ __forceinline__ uint2 load_pair(const uint32_t* words) {
     return *reinterpret_cast<const uint2*>(words);
 }
 
+// Two consecutive floats stored in one 64-bit store; the address must be 8-byte aligned (the
+// emulator checks, as the hardware faults).
+__device__ __forceinline__ void store_pair(float* to, float first, float second) {
+#ifdef LRC_EMULATE
+    emu::check_aligned(to, 8);
+#endif
+    *reinterpret_cast<float2*>(to) = make_float2(first, second);
+}
+
 // Four 8 x 4-word matrices of shared memory in one instruction (ldmatrix .x4 of 8 x 8 16-bit
 // matrices, whose 16-bit pairs are read as 32-bit words): lanes 8q to 8q + 7 give the rows of
 // matrix q, each 16 bytes at word `index` (per lane) of the warp-uniform array `base`, 16-byte

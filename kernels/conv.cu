@@ -16,7 +16,8 @@
 //                    split_reduce adds in a fixed order, so results are deterministic.
 //   transposed forward by tap (tfwd, v1 and v2), when the kernel tiles the output (kh == kw ==
 //                    stride, no padding): one GEMM per tap, m = input pixel, n = c_out, k = c_in;
-//                    see its section after the v2 kernels.
+//                    for 2x2 stride 2 also one GEMM over all four taps (tfwd k2s2: n = (c_out,
+//                    tap), paired stores); see its section after the v2 kernels.
 //
 // Versions, side by side, selected by the host (ConvAlgo):
 //   v1 (_fp32)  plain FP32 shared-memory tiles, 64x64x16, 4x4 outputs per thread, generic index
@@ -935,10 +936,12 @@ __device__ void mainloop(const ConvParams& p, GA& ga, GB& gb, bool a_row_ok, boo
     }
 }
 
-// Calls store(row, col, value) for every in-range element of the block tile.
-template <class T, class Store>
-__device__ __forceinline__ void epilogue(const float (&acc)[T::MT][T::NT][4], int m0, int M, int n0, int N,
-                                         Store store) {
+// Calls pair(row, col, value, value of col + 1) for every pair of columns (col even) of this
+// thread's accumulators whose row is below M and whose first column is below N: an mma
+// accumulator holds columns 2t and 2t + 1 of rows g and g + 8.
+template <class T, class Pair>
+__device__ __forceinline__ void for_each_pair(const float (&acc)[T::MT][T::NT][4], int m0, int M, int n0, int N,
+                                              Pair pair) {
     const int lane = threadIdx.x % WARP;
     const int warp = threadIdx.x / WARP;
     const int wm = (warp / T::WARPS_N) * T::WM;
@@ -955,16 +958,25 @@ __device__ __forceinline__ void epilogue(const float (&acc)[T::MT][T::NT][4], in
             }
 #pragma unroll
             for (int nt = 0; nt < T::NT; ++nt) {
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int col = n0 + wn + nt * 8 + 2 * t + j;
-                    if (col < N) {
-                        store(row, col, acc[mt][nt][2 * half + j]);
-                    }
+                const int col = n0 + wn + nt * 8 + 2 * t;
+                if (col < N) {
+                    pair(row, col, acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
                 }
             }
         }
     }
+}
+
+// Calls store(row, col, value) for every in-range element of the block tile.
+template <class T, class Store>
+__device__ __forceinline__ void epilogue(const float (&acc)[T::MT][T::NT][4], int m0, int M, int n0, int N,
+                                         Store store) {
+    for_each_pair<T>(acc, m0, M, n0, N, [&](int row, int col, float v, float next) {
+        store(row, col, v);
+        if (col + 1 < N) {
+            store(row, col + 1, next);
+        }
+    });
 }
 
 // Output pixel m of an n x c x hw tensor, channel c: out[(img * channels + c) * hw + pix].
@@ -1326,6 +1338,8 @@ LRC_CONV_HALO_FWD(bf16, Bf16, 64)
 // channel, at input pixel (y, x):
 //   tfwd   m = input pixel (img, y, x)   n = c_out   k = c_in   (grid z = tap (ty, tx))
 //          A = x, B = weight[ci][co][ty][tx], + bias[co], stored at (s*y + ty, s*x + tx).
+//   k2s2   (2x2 stride 2 alone) m = input pixel   n = (c_out, ty, tx)   k = c_in   (one GEMM)
+//          B = the weight tensor as it lies; columns (ty, 0) and (ty, 1) stored as one pair.
 // The backward-data pass it replaces for these shapes runs k over (c_in, ky, kx) and finds a
 // matching tap in one k column of s*s: s*s times the multiply-adds. The parameters are the
 // replaced pass's ConvParams, those of the convolution this one transposes, so in these terms:
@@ -1354,6 +1368,34 @@ struct TapStore {
     __device__ static TapStore of(const ConvParams& p, int tap) {
         const int ty = tap / p.kw;
         return TapStore{p.out, p.bias, p.h_out * p.w_out, p.w_out, p.stride, ty, tap - ty * p.kw, p.h, p.w, p.c_in};
+    }
+};
+
+// The 2x2 stride-2 transposed forward pass as one GEMM over all four taps (see
+// transposed_forward_2x2): column c = 4 co + 2 ty + tx of row m (input pixel (img, y, x)) is
+// output (img, co, 2y + ty, 2x + tx). Columns c and c + 1 (c even: tx = 0 and 1) are two
+// neighbours of one output row, stored as one 8-byte pair (w_out = 2 w is even, so the pair is
+// aligned).
+struct PairStore {
+    float* out;
+    const float* bias;
+    int hw_in, w_in, h_out, w_out, channels;
+    __device__ void operator()(int m, int c, float v0, float v1) const {
+        const int img = m / hw_in;
+        const int pix = m - img * hw_in;
+        const int y = pix / w_in;
+        const int x = pix - y * w_in;
+        const int co = c / 4;
+        const int ty = c / 2 % 2;
+        if (bias != nullptr) {
+            v0 += bias[co];
+            v1 += bias[co];
+        }
+        lrc::store_pair(out + ((static_cast<size_t>(img) * channels + co) * h_out + 2 * y + ty) * w_out + 2 * x, v0,
+                        v1);
+    }
+    __device__ static PairStore of(const ConvParams& p) {
+        return PairStore{p.out, p.bias, p.h_out * p.w_out, p.w_out, p.h, p.w, p.c_in};
     }
 };
 
@@ -1456,6 +1498,49 @@ __device__ void transposed_forward_by_tap(const ConvParams& p) {
     epilogue<T>(acc, m0, M, n0, N, tfwd::TapStore::of(p, tap));
 }
 
+// B of transposed_forward_2x2: the weight tensor as it lies, weight[k][n'] with n' = (output
+// channel, tap) = co kh kw + tap: a K x (N kh kw) matrix, contiguous along n' (a warp's loads
+// of 32 consecutive columns are one 128-byte line).
+struct WeightAllTaps {
+    static constexpr Major LAYOUT = Major::MN;
+    static constexpr bool TAP_MAJOR = false;
+    const float* w_n = nullptr;
+    __device__ void fix_row(const ConvParams& p, int n) { w_n = p.weight + n; }
+    __device__ float at(const ConvParams& p, int k) const { return w_n[k * p.c_in * p.kh * p.kw]; }
+};
+
+// The 2x2 stride-2 transposed forward pass (no padding: the U-Net's upsampling) as one GEMM of
+// N = 4 c_out columns, the four taps of each output channel side by side, instead of one GEMM
+// per tap: a block reads its input pixels once for all four taps, and each thread's column
+// pairs (tx = 0, 1) are neighbours of one output row, stored as one 8-byte pair, so that a
+// warp writes whole 32-byte sectors (16 consecutive outputs a row) where the per-tap kernels
+// write every other word of a sector and leave the rest to another block, later.
+template <class T, class Math>
+__device__ void transposed_forward_2x2(const ConvParams& p) {
+    const int M = p.n * p.h_out * p.w_out;
+    const int N = 4 * p.c_in;
+    const int K = p.c_out;
+    const int m0 = blockIdx.x * T::BM;
+    const int n0 = blockIdx.y * T::BN;
+    using OA = Operand<T::BM, InputByPixel::LAYOUT, Math::PACK>;
+    using OB = Operand<T::BN, WeightAllTaps::LAYOUT, Math::PACK>;
+    InputByPixel ga;
+    const bool a_row_ok = m0 + OA::slot_row(threadIdx.x, 0) < M;
+    if (a_row_ok) {
+        ga.fix_row(p, m0 + OA::slot_row(threadIdx.x, 0));
+    }
+    WeightAllTaps gb;
+    const bool b_row_ok = n0 + OB::slot_row(threadIdx.x, 0) < N;
+    if (b_row_ok) {
+        gb.fix_row(p, n0 + OB::slot_row(threadIdx.x, 0));
+    }
+    float acc[T::MT][T::NT][4] = {};
+    float unused[OA::LOADS];
+    mainloop<T, Math>(p, ga, gb, a_row_ok, b_row_ok, m0, M, n0, N, 0, K, acc, false, unused);
+    // N is a multiple of 4: a pair whose first column is in range is whole.
+    for_each_pair<T>(acc, m0, M, n0, N, tfwd::PairStore::of(p));
+}
+
 }  // namespace v2
 
 // conv_tfwd_<precision>_<tile>: grid (ceil(n*h*w / 128), ceil(c_out / tile), kh*kw) in the
@@ -1470,6 +1555,20 @@ __device__ void transposed_forward_by_tap(const ConvParams& p) {
 
 LRC_CONV_TFWD(tf32, Tf32)
 LRC_CONV_TFWD(bf16, Bf16)
+
+// conv_tfwd_<precision>_k2s2_<tile>: the 2x2 stride-2 transposed forward pass over all four
+// taps, grid (ceil(n*h*w / 128), ceil(4 c_out / tile)) in the transposed convolution's terms
+// (its input pixels, its output channels), 256 threads.
+#define LRC_CONV_TFWD_2X2(PREC, MATH)                                           \
+    LRC_KERNEL(conv_tfwd_##PREC##_k2s2_n64, ConvParams, v2::THREADS, 2) {        \
+        v2::transposed_forward_2x2<v2::PixelTile64, v2::MATH>(p);                \
+    }                                                                            \
+    LRC_KERNEL(conv_tfwd_##PREC##_k2s2_n32, ConvParams, v2::THREADS, 2) {        \
+        v2::transposed_forward_2x2<v2::PixelTile32, v2::MATH>(p);                \
+    }
+
+LRC_CONV_TFWD_2X2(tf32, Tf32)
+LRC_CONV_TFWD_2X2(bf16, Bf16)
 
 // ---------------------------------------------------------------------------------------------
 // Reductions that finish the backward passes.

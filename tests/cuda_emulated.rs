@@ -186,11 +186,15 @@ fn plan_file() -> String {
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
     // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
+    // The tap-major versions' all-taps kernels take the 2x2 stride-2 ones (4 c_out columns: 80,
+    // 280, 124 and 264, the last tiles partly past them) and one of 8 output channels (the
+    // narrow tile, 32 columns).
     let transposed_shapes = [
         ("T2x2_n3_c40-20_5x7", transposed([3, 40, 5, 7, 20], 2, 2, 0)),
         ("T2x2_n1_c6-70_4x3", transposed([1, 6, 4, 3, 70], 2, 2, 0)),
         ("T2x2_n3_c33-31_9x5", transposed([3, 33, 9, 5, 31], 2, 2, 0)),
         ("T2x2_n1_c37-66_3x5", transposed([1, 37, 3, 5, 66], 2, 2, 0)),
+        ("T2x2_n2_c12-8_9x8", transposed([2, 12, 9, 8, 8], 2, 2, 0)),
         ("T1x1_n2_c35-12_6x5", transposed([2, 35, 6, 5, 12], 1, 1, 0)),
         ("T3x3s2p1_n2_c5-4_4x5", transposed([2, 5, 4, 5, 4], 3, 2, 1)),
         // Overlapping 2x2 taps (stride 1): backward-data with the 2x2 kernels, which no other
@@ -241,6 +245,17 @@ fn plan_file() -> String {
                     let launch = plan(pass, g, algo, 4);
                     if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("128")) {
                         line(&mut out, label, "conv", name, d, &launch);
+                    }
+                }
+            }
+            // Their 2x2 stride-2 transposed forward pass over all four taps (the wide and halo
+            // versions run the tap-major one's kernel).
+            if !wide {
+                for (label, t) in &transposed_shapes {
+                    let d = [t.n, t.c_in, t.h, t.w, t.c_out, t.kh, t.kw, t.stride, t.pad];
+                    let launch = transposed_plan(ConvPass::Forward, t, algo, 4);
+                    if launch.kernel.contains("_k2s2_") {
+                        line(&mut out, label, "transposed", "forward", d, &launch);
                     }
                 }
             }
@@ -376,6 +391,10 @@ fn launch_plans_split_and_cover_as_intended() {
         "conv_tfwd_tf32_n32",
         "conv_tfwd_bf16_n64",
         "conv_tfwd_bf16_n32",
+        "conv_tfwd_tf32_k2s2_n64",
+        "conv_tfwd_tf32_k2s2_n32",
+        "conv_tfwd_bf16_k2s2_n64",
+        "conv_tfwd_bf16_k2s2_n32",
     ] {
         assert!(text.contains(kernel), "no case runs {kernel}");
     }

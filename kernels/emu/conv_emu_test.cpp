@@ -51,7 +51,8 @@
 // as its weights, or - for none).
 // KIND is conv (geometry of a convolution) or transposed (of a transposed convolution, weights
 // c_in x c_out x kh x kw, run through the kernel planned for the convolution it transposes, or,
-// for a forward pass whose kernel tiles the output, through the per-tap kernels conv_tfwd_*,
+// for a forward pass whose kernel tiles the output, through the per-tap kernels conv_tfwd_*
+// (or, 2x2 stride 2, the all-taps ones conv_tfwd_*_k2s2_*),
 // whose elements sum c_in products: depth c_in in the chains above; every transposed forward
 // pass runs with and without a bias); PASS is forward, backward_data or backward_weight.
 #define LRC_EMULATE 1
@@ -403,6 +404,10 @@ const struct {
     LRC_ENTRY(conv_tfwd_tf32_n32),
     LRC_ENTRY(conv_tfwd_bf16_n64),
     LRC_ENTRY(conv_tfwd_bf16_n32),
+    LRC_ENTRY(conv_tfwd_tf32_k2s2_n64),
+    LRC_ENTRY(conv_tfwd_tf32_k2s2_n32),
+    LRC_ENTRY(conv_tfwd_bf16_k2s2_n64),
+    LRC_ENTRY(conv_tfwd_bf16_k2s2_n32),
 #define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
     LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
         LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \

@@ -8,7 +8,7 @@
 // cp_async below), __syncthreads, full-warp
 // __shfl_xor_sync/__shfl_down_sync/__shfl_up_sync/__shfl_sync on 32-bit values, __ballot_sync,
 // __any_sync/__all_sync, __syncwarp, atomics on float and int, dynamic shared memory
-// (LRC_DYNAMIC_SHARED), float4 with make_float4, the correctly rounded float32/float64 intrinsics
+// (LRC_DYNAMIC_SHARED), float4 and float2 with make_float4 and make_float2, the correctly rounded float32/float64 intrinsics
 // (__dadd_rn, __fmul_rn, __double2float_rn, ...), the kernel registry behind LRC_KERNEL, and the
 // inline PTX of common.cuh.
 // Barriers are checked: a __syncthreads that not every live thread of the block reaches, or a
@@ -83,6 +83,11 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// And of 8-byte ones.
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 // The vector types of 8- and 16-byte loads and stores of words.
 struct alignas(8) uint2 {

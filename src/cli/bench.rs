@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(launch(dec1, "forward", ConvAlgo::Tf32Mma), Some("conv_fwd_tf32_k3_n32"));
         assert_eq!(
             launch(find("dec4.up"), "forward", ConvAlgo::Tf32MmaHalo),
-            Some("conv_tfwd_tf32_n64")
+            Some("conv_tfwd_tf32_k2s2_n64")
         );
         assert_eq!(launch(dec1, "forward", ConvAlgo::Tf32Fastest), None);
         // The deepest level's forward pass splits its depth: 128 wide tiles for 264 slots.

@@ -612,6 +612,12 @@ const TFWD_MMA_KERNELS: [[&str; 2]; 2] = [
     ["conv_tfwd_tf32_n64", "conv_tfwd_tf32_n32"],
     ["conv_tfwd_bf16_n64", "conv_tfwd_bf16_n32"],
 ];
+/// The 2x2 stride-2 transposed forward pass over all four taps (conv.cu's tfwd k2s2), by [tf32,
+/// bf16][wide tile, narrow tile]: the tap-major, wide and halo versions'.
+const TFWD_2X2_KERNELS: [[&str; 2]; 2] = [
+    ["conv_tfwd_tf32_k2s2_n64", "conv_tfwd_tf32_k2s2_n32"],
+    ["conv_tfwd_bf16_k2s2_n64", "conv_tfwd_bf16_k2s2_n32"],
+];
 
 /// Every kernel of `kernels/conv.cu` this module may launch.
 pub fn kernel_names() -> Vec<&'static str> {
@@ -627,6 +633,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.extend(HALO_FORWARD_PACK_KERNELS.iter().flatten().flatten().copied());
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
+    names.extend(TFWD_2X2_KERNELS.iter().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
@@ -826,8 +833,20 @@ pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, mu
 /// tiles of the input, c_out tiles, taps), the tiles of the convolution kernels of `algo`
 /// (forward and backward-data's: 64 x 64 FP32; 128 pixels x 64, or x 32 for 32 channels or
 /// fewer, on the tensor cores). Each output pixel meets one tap, so the GEMM depth is c_in, not
-/// backward-data's c_in x taps, of whose columns only one in taps finds its pixel.
+/// backward-data's c_in x taps, of whose columns only one in taps finds its pixel. The
+/// tap-major, wide and halo versions run 2x2 stride 2 as one GEMM over the four taps instead
+/// (`all_taps_forward_plan`).
 fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
+    if (g.kh, g.kw) == (2, 2) {
+        let precision = match algo {
+            ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => Some(0),
+            ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => Some(1),
+            _ => None,
+        };
+        if let Some(precision) = precision {
+            return all_taps_forward_plan(g, precision);
+        }
+    }
     let narrow = g.c_out <= 32;
     let (kernel, rows, cols) = match algo {
         ConvAlgo::Fp32Tiled => (TFWD_FP32_KERNEL, 64, 64),
@@ -850,6 +869,24 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
     ConvLaunch {
         kernel,
         grid: (pixels.div_ceil(rows), g.c_out.div_ceil(cols), g.kh * g.kw),
+        split_len: 0,
+        splits: 1,
+        pack: None,
+    }
+}
+
+/// The forward pass of the 2x2 stride-2 transposed convolution `g` as one GEMM over its four
+/// taps (conv.cu's tfwd k2s2) at precision `precision` (0 TF32, 1 BF16): columns (c_out, tap),
+/// 128 input pixels x 64 columns a block (x 32 for 8 output channels or fewer), grid (pixel
+/// tiles, column tiles, 1). A block reads its pixels once for all four taps and stores each
+/// output row's neighbours (tx = 0, 1) as one pair.
+fn all_taps_forward_plan(g: &ConvTransposeGeom, precision: usize) -> ConvLaunch {
+    let cols = 4 * g.c_out;
+    let narrow = cols <= 32;
+    let tile = if narrow { 32 } else { 64 };
+    ConvLaunch {
+        kernel: TFWD_2X2_KERNELS[precision][narrow as usize],
+        grid: ((g.n * g.h * g.w).div_ceil(128), cols.div_ceil(tile), 1),
         split_len: 0,
         splits: 1,
         pack: None,
@@ -1437,13 +1474,14 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
         assert!(names.contains(&"conv_bwd_weight_tf32_k3t_m64"));
         assert!(names.contains(&"conv_fwd_tf32_k3_n64"));
         assert!(names.contains(&"conv_tfwd_bf16_n32"));
+        assert!(names.contains(&"conv_tfwd_tf32_k2s2_n64"));
     }
 
     /// Each pair of versions plans `pass` of `g` alike (on 132 multiprocessors).
@@ -2061,16 +2099,37 @@ mod tests {
                 let weight = transposed_plan(ConvPass::BackwardWeight, &g, algo, 132);
                 assert_eq!(weight, plan(ConvPass::BackwardWeight, &g.as_conv(), algo, 132));
             }
+            // The tap-major, wide and halo versions: one GEMM over the four taps, 4 c_out
+            // columns in tiles of 64, no grid z.
+            for algo in [
+                ConvAlgo::Tf32MmaTap,
+                ConvAlgo::Tf32MmaWide,
+                ConvAlgo::Tf32MmaHalo,
+                ConvAlgo::Bf16MmaTap,
+                ConvAlgo::Bf16MmaWide,
+                ConvAlgo::Bf16MmaHalo,
+            ] {
+                let precision = &algo.name()[..4];
+                let launch = transposed_plan(ConvPass::Forward, &g, algo, 132);
+                assert_eq!(launch.kernel, format!("conv_tfwd_{precision}_k2s2_n64"));
+                assert_eq!(launch.grid, (pixels.div_ceil(128), 4 * (c_in / 2) / 64, 1), "{algo}");
+                assert_eq!((launch.split_len, launch.splits, launch.pack), (0, 1, None));
+            }
         }
-        // 1x1 stride 1 tiles its output too (one tap).
+        // Eight output channels or fewer (32 columns): the narrow tile.
+        let launch = transposed_plan(ConvPass::Forward, &up(3, 6, 5, 8), ConvAlgo::Bf16MmaWide, 132);
+        assert_eq!((launch.kernel, launch.grid), ("conv_tfwd_bf16_k2s2_n32", (1, 1, 1)));
+        // 1x1 stride 1 tiles its output too (one tap), by the per-tap kernels in every version.
         let one = ConvTransposeGeom {
             kh: 1,
             kw: 1,
             stride: 1,
             ..up(3, 40, 5, 20)
         };
-        let launch = transposed_plan(ConvPass::Forward, &one, ConvAlgo::Tf32Mma, 132);
-        assert_eq!((launch.kernel, launch.grid), ("conv_tfwd_tf32_n32", (1, 1, 1)));
+        for algo in [ConvAlgo::Tf32Mma, ConvAlgo::Tf32MmaHalo] {
+            let launch = transposed_plan(ConvPass::Forward, &one, algo, 132);
+            assert_eq!((launch.kernel, launch.grid), ("conv_tfwd_tf32_n32", (1, 1, 1)));
+        }
     }
 
     #[test]
