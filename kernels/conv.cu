@@ -1297,9 +1297,9 @@ LRC_KERNEL(conv_bwd_weight_bf16_k3h_m32_w16, ConvParams, halo::THREADS, 2) {
     halo::backward_weight_bf16<halo::Tile<2, 16, 2>>(p);
 }
 
-// Forward and backward-data by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo_fwd.cuh) for
-// 64 output channels or fewer (c_out forward, c_in backward-data): 32 output channels and 256
-// output pixels a block (_n32), or 64 and 128 (_n64); rows of 32 columns (_w32: W a multiple of
+// Forward and backward-data by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo_fwd.cuh): 32
+// output channels and 256 output pixels a block (_n32, for 32 outputs or fewer: c_out forward,
+// c_in backward-data), or 64 and 128 (_n64); rows of 32 columns (_w32: W a multiple of
 // 32) or of 16 (_w16: W a multiple of 16); input channels a multiple of 8 (TF32) or 16 (BF16).
 // Grid (n * ceil(H / rows) * (W / columns), ceil(outputs / BN)); the weights packed first by
 // conv_pack_<pass>_halo_<precision>_<n32|n64> (grid-stride, any grid); the kernels whose
@@ -1330,6 +1330,27 @@ LRC_CONV_HALO_FWD(tf32, Tf32, 32)
 LRC_CONV_HALO_FWD(tf32, Tf32, 64)
 LRC_CONV_HALO_FWD(bf16, Bf16, 32)
 LRC_CONV_HALO_FWD(bf16, Bf16, 64)
+
+// Forward and backward-data of the 1x1 convolution with few channels on the FP32 cores
+// (tf32-mma-tap and after; conv_pointwise.cuh): conv_<pass>_<precision>_k1d_o<OUTS> for up to
+// OUTS outputs (c_out forward, c_in backward-data), operands rounded to the precision. Grid
+// ceil(n h w / 256), 256 threads. No minimum of blocks a multiprocessor: ptxas then gives them
+// 64-92 registers and no spills (2-4 blocks a multiprocessor), where asking for more blocks made
+// it spill.
+#include "conv_pointwise.cuh"
+
+#define LRC_CONV_POINTWISE(PREC, MATH, OUTS)                                                 \
+    LRC_KERNEL(conv_fwd_##PREC##_k1d_o##OUTS, ConvParams, pointwise::THREADS) {              \
+        pointwise::convolve<v2::MATH, OUTS, false>(p);                                       \
+    }                                                                                        \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k1d_o##OUTS, ConvParams, pointwise::THREADS) {         \
+        pointwise::convolve<v2::MATH, OUTS, true>(p);                                        \
+    }
+
+LRC_CONV_POINTWISE(tf32, Tf32, 16)
+LRC_CONV_POINTWISE(tf32, Tf32, 32)
+LRC_CONV_POINTWISE(bf16, Bf16, 16)
+LRC_CONV_POINTWISE(bf16, Bf16, 32)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

@@ -304,6 +304,9 @@ fn shapes() -> Vec<ConvGeom> {
         geom([3, 32, 5, 32, 40], (3, 3), 1, 1),
         geom([2, 64, 3, 64, 20], (3, 3), 1, 1),
         geom([2, 32, 6, 16, 24], (3, 3), 1, 1),
+        // The segmentation head's 1x1 passes (the tap-major versions and after run both on the
+        // FP32 cores: 16 sums a thread forward, 32 backward-data), 234 pixels a image.
+        geom([2, 32, 9, 13, 14], (1, 1), 1, 0),
         // The halo forward tiles over more than 64 outputs: forward 80 (two blocks of 64 output
         // channels, the second of 16), rows of 16 over a height off the 8-row tile.
         geom([2, 16, 11, 16, 80], (3, 3), 1, 1),

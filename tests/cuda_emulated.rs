@@ -183,6 +183,19 @@ fn plan_file() -> String {
         ("3x3_n1_c16-136_5x32", conv([1, 16, 5, 32, 136], (3, 3), 1, 1)),
         ("3x3_n2_c96-16_6x16", conv([2, 96, 6, 16, 16], (3, 3), 1, 1)),
     ];
+    // The 1x1 kernels on the FP32 cores (tf32-mma-tap, bf16-mma-tap; both passes where they
+    // serve them): the head's 32 -> 14 and 14 -> 32 (forward 16 sums a thread, backward-data
+    // 32), a last chunk of 4 of 20 inputs and of 3 of 19, one input and one output, pixels off
+    // the 256-thread block (6 x 7 x 11 = 462), 128 inputs (8 chunks) with 32 outputs (forward)
+    // and with 1 (backward-data).
+    let pointwise_shapes = [
+        ("1x1_n2_c32-14_9x13", conv([2, 32, 9, 13, 14], (1, 1), 1, 0)),
+        ("1x1_n6_c20-29_7x11", conv([6, 20, 7, 11, 29], (1, 1), 1, 0)),
+        ("1x1_n1_c1-16_5x3", conv([1, 1, 5, 3, 16], (1, 1), 1, 0)),
+        ("1x1_n1_c19-3_17x16", conv([1, 19, 17, 16, 3], (1, 1), 1, 0)),
+        ("1x1_n1_c128-32_4x6", conv([1, 128, 4, 6, 32], (1, 1), 1, 0)),
+        ("1x1_n2_c1-128_3x5", conv([2, 1, 3, 5, 128], (1, 1), 1, 0)),
+    ];
     // 2x2 stride 2 (and 1x1 stride 1) run forward by tap: odd sides, batches of 1 and 3, c_in
     // off the 32-deep k tile (a last tile of 1 and of 5 channels), c_out off both tile widths
     // and over two tiles, more pixels than one 128-row tile; 3x3 stride 2 keeps backward-data.
@@ -248,9 +261,18 @@ fn plan_file() -> String {
                     }
                 }
             }
-            // Their 2x2 stride-2 transposed forward pass over all four taps (the wide and halo
-            // versions run the tap-major one's kernel).
+            // Their 1x1 passes on the FP32 cores and 2x2 stride-2 transposed forward pass over
+            // all four taps (the wide and halo versions run the tap-major one's kernels).
             if !wide {
+                for (label, g) in &pointwise_shapes {
+                    let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
+                    for (pass, name) in &PASSES[..2] {
+                        let launch = plan(*pass, g, algo, 4);
+                        if launch.kernel.contains("_k1d_") {
+                            line(&mut out, label, "conv", name, d, &launch);
+                        }
+                    }
+                }
                 for (label, t) in &transposed_shapes {
                     let d = [t.n, t.c_in, t.h, t.w, t.c_out, t.kh, t.kw, t.stride, t.pad];
                     let launch = transposed_plan(ConvPass::Forward, t, algo, 4);
@@ -380,6 +402,15 @@ fn launch_plans_split_and_cover_as_intended() {
         for pass in ["fwd", "bwd_data"] {
             for block in ["n32_w32", "n32_w16", "n64_w32", "n64_w16"] {
                 let kernel = format!("conv_{pass}_{precision}_k3h_{block}");
+                assert!(text.contains(&kernel), "no case runs {kernel}");
+            }
+        }
+    }
+    // Every 1x1 FP32-core kernel runs, forward and backward-data, both precisions.
+    for precision in ["tf32", "bf16"] {
+        for pass in ["fwd", "bwd_data"] {
+            for outs in ["o16", "o32"] {
+                let kernel = format!("conv_{pass}_{precision}_k1d_{outs}");
                 assert!(text.contains(&kernel), "no case runs {kernel}");
             }
         }

@@ -408,6 +408,14 @@ const struct {
     LRC_ENTRY(conv_tfwd_tf32_k2s2_n32),
     LRC_ENTRY(conv_tfwd_bf16_k2s2_n64),
     LRC_ENTRY(conv_tfwd_bf16_k2s2_n32),
+    LRC_ENTRY(conv_fwd_tf32_k1d_o16),
+    LRC_ENTRY(conv_fwd_tf32_k1d_o32),
+    LRC_ENTRY(conv_bwd_data_tf32_k1d_o16),
+    LRC_ENTRY(conv_bwd_data_tf32_k1d_o32),
+    LRC_ENTRY(conv_fwd_bf16_k1d_o16),
+    LRC_ENTRY(conv_fwd_bf16_k1d_o32),
+    LRC_ENTRY(conv_bwd_data_bf16_k1d_o16),
+    LRC_ENTRY(conv_bwd_data_bf16_k1d_o32),
 #define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
     LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
         LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \

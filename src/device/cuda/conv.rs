@@ -45,7 +45,11 @@ pub enum ConvAlgo {
     /// that channel count is a multiple of 32: forward and backward-data reduce so, and each
     /// 32-deep k tile lies within one tap; backward-weight orders its columns so, and each run
     /// of 32 columns does. A row's bounds and address are then worked out once per run of 32
-    /// instead of per element. Other shapes run `tf32-mma`'s kernels.
+    /// instead of per element. 1x1 forward and backward-data passes with 32 outputs or fewer
+    /// and 128 inputs or fewer (the segmentation head) run on the FP32 cores, one thread a
+    /// pixel, operands rounded to TF32 as the tensor cores take them (memory-bound shapes the
+    /// tensor-core tiles mostly pad); the 2x2 stride-2 transposed forward pass runs as one GEMM
+    /// over its four taps. Other shapes run `tf32-mma`'s kernels.
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
@@ -597,6 +601,46 @@ pub fn launch_shared_bytes(kernel: &str) -> usize {
     conv_sm90::shared_bytes(kernel)
 }
 
+/// The 1x1 kernels on the FP32 cores of the tap-major versions and those built on them
+/// (conv_pointwise.cuh) by [tf32, bf16][forward, backward-data][16 outputs or fewer, 32].
+const POINTWISE_KERNELS: [[[&str; 2]; 2]; 2] = [
+    [
+        ["conv_fwd_tf32_k1d_o16", "conv_fwd_tf32_k1d_o32"],
+        ["conv_bwd_data_tf32_k1d_o16", "conv_bwd_data_tf32_k1d_o32"],
+    ],
+    [
+        ["conv_fwd_bf16_k1d_o16", "conv_fwd_bf16_k1d_o32"],
+        ["conv_bwd_data_bf16_k1d_o16", "conv_bwd_data_bf16_k1d_o32"],
+    ],
+];
+/// The most outputs and inputs of a pass the 1x1 FP32-core kernels take: within them a pixel's
+/// multiply-adds per byte moved stay below what the memory feeds.
+const POINTWISE_OUTS: usize = 32;
+const POINTWISE_INS: usize = 128;
+
+/// The 1x1 FP32-core kernel of `algo` for `pass` (forward or backward-data) of `g`, if it
+/// serves it: the tap-major, wide and halo versions, 1x1, stride 1, pad 0, 32 outputs or fewer
+/// (c_out forward, c_in backward-data), 128 inputs or fewer, fewer than 2^31 pixels. The
+/// segmentation head (32 or 64 channels -> 14 classes) is such a pass both ways, where the
+/// tensor-core tiles spend most of their work on padding.
+fn pointwise_kernel(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom) -> Option<&'static str> {
+    let bf16 = match algo {
+        ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => false,
+        ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => true,
+        _ => return None,
+    };
+    let (outs, ins) = match pass {
+        ConvPass::Forward => (g.c_out, g.c_in),
+        ConvPass::BackwardData => (g.c_in, g.c_out),
+        ConvPass::BackwardWeight => return None,
+    };
+    let applies = (g.kh, g.kw, g.stride, g.pad) == (1, 1, 1, 0)
+        && (1..=POINTWISE_OUTS).contains(&outs)
+        && (1..=POINTWISE_INS).contains(&ins)
+        && g.n * g.h * g.w <= i32::MAX as usize;
+    applies.then(|| POINTWISE_KERNELS[bf16 as usize][(pass == ConvPass::BackwardData) as usize][(outs > 16) as usize])
+}
+
 /// The weight packings of the tap-major kernels by [tf32, bf16][forward, backward-data].
 const PACK_KERNELS: [[&str; 2]; 2] = [
     ["conv_pack_fwd_tf32", "conv_pack_bwd_data_tf32"],
@@ -634,6 +678,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(TFWD_2X2_KERNELS.iter().flatten().copied());
+    names.extend(POINTWISE_KERNELS.iter().flatten().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
@@ -895,6 +940,16 @@ fn all_taps_forward_plan(g: &ConvTransposeGeom, precision: usize) -> ConvLaunch 
 
 /// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
 pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
+    if let Some(kernel) = pointwise_kernel(algo, pass, g) {
+        // One thread a pixel.
+        return ConvLaunch {
+            kernel,
+            grid: ((g.n * g.h * g.w).div_ceil(THREADS as usize), 1, 1),
+            split_len: 0,
+            splits: 1,
+            pack: None,
+        };
+    }
     match pass {
         ConvPass::Forward | ConvPass::BackwardData => {
             let (rows, cols, depth) = match pass {
@@ -1474,7 +1529,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 8 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1719,6 +1774,71 @@ mod tests {
             assert_eq!(algo.name().parse::<ConvAlgo>().unwrap(), algo);
             assert_eq!(ConvAlgo::from_index(algo as u8), algo);
         }
+    }
+
+    #[test]
+    fn one_by_one_passes_with_few_channels_run_on_the_fp32_cores() {
+        let g = |n, c_in, h, w, c_out| ConvGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        // The segmentation head at batch 16, 256 x 256: 32 -> 14 forward (16 sums a thread),
+        // 14 -> 32 backward-data (32), one thread a pixel; backward-weight on the tensor cores.
+        let head = g(16, 32, 256, 256, 14);
+        for (algo, precision) in [
+            (Tf32MmaTap, "tf32"),
+            (Tf32MmaWide, "tf32"),
+            (Tf32MmaHalo, "tf32"),
+            (Bf16MmaTap, "bf16"),
+            (Bf16MmaWide, "bf16"),
+            (Bf16MmaHalo, "bf16"),
+        ] {
+            let forward = plan(Forward, &head, algo, 132);
+            assert_eq!(forward.kernel, format!("conv_fwd_{precision}_k1d_o16"));
+            assert_eq!(forward.grid, (16 * 256 * 256 / 256, 1, 1));
+            assert_eq!((forward.split_len, forward.splits, forward.pack), (0, 1, None));
+            let data = plan(BackwardData, &head, algo, 132);
+            assert_eq!(data.kernel, format!("conv_bwd_data_{precision}_k1d_o32"));
+            assert_eq!(data.grid, forward.grid);
+            assert!(plan(BackwardWeight, &head, algo, 132).kernel.contains("_k1_"));
+        }
+        // Pixels off the block: the last block partly idle.
+        assert_eq!(plan(Forward, &g(3, 20, 7, 9, 5), Tf32MmaTap, 132).grid, (1, 1, 1));
+        assert_eq!(plan(Forward, &g(3, 20, 17, 9, 5), Tf32MmaTap, 132).grid, (2, 1, 1));
+        // The plain versions never run them.
+        assert_eq!(plan(Forward, &head, Tf32Mma, 132).kernel, "conv_fwd_tf32_k1_n32");
+        // Elsewhere what tf32-mma runs: more than 32 outputs (the combined model's head going
+        // back, 14 -> 64), more than 128 inputs, stride 2, padding.
+        let strided = ConvGeom {
+            stride: 2,
+            ..g(2, 32, 8, 8, 14)
+        };
+        let padded = ConvGeom {
+            pad: 1,
+            ..g(2, 32, 8, 8, 14)
+        };
+        for (pass, geom) in [
+            (BackwardData, g(16, 64, 32, 32, 14)),
+            (Forward, g(2, 129, 8, 8, 14)),
+            (Forward, g(2, 32, 8, 8, 33)),
+            (Forward, strided),
+            (BackwardData, padded),
+        ] {
+            assert_same_plans(pass, &geom, [(Tf32MmaHalo, Tf32Mma), (Bf16MmaTap, Bf16Mma)]);
+        }
+        assert_eq!(
+            plan(Forward, &g(16, 64, 32, 32, 14), Bf16MmaHalo, 132).kernel,
+            "conv_fwd_bf16_k1d_o16"
+        );
     }
 
     #[test]
