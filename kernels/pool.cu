@@ -125,6 +125,30 @@ LRC_KERNEL(max_pool2x2_backward_f32, MaxPoolBackwardParams, pool::THREADS) {
     }
 }
 
+// The same for even h and w and an 8-byte aligned dx (the planner checks both): one thread per
+// window, grid min(ceil(outputs / 256), cap). The element kernel above works out a plane, row
+// and column per element with divisions by run-time sizes; here per window, and the window's
+// four gradients go out as two 8-byte pairs (rows 2 oy and 2 oy + 1, columns 2 ox and 2 ox + 1:
+// an even index, w being even), so a warp writes 256 contiguous bytes of each of two rows.
+LRC_KERNEL(max_pool2x2_backward_window_f32, MaxPoolBackwardParams, pool::THREADS) {
+    const unsigned h = p.h, w = p.w;
+    const unsigned wo = w / 2;
+    const unsigned per_plane = (h / 2) * wo;
+    const unsigned total = static_cast<unsigned>(p.planes) * per_plane;
+    for (unsigned o = pool::first_index(); o < total; o += pool::grid_stride()) {
+        const unsigned plane = o / per_plane;
+        const unsigned r = o - plane * per_plane;
+        const unsigned oy = r / wo;
+        const unsigned ox = r - oy * wo;
+        const unsigned base = plane * h * w + 2 * oy * w + 2 * ox;
+        const unsigned at = p.argmax[o];
+        // 0 + dy as the twin accumulates into zeros; every other element 0.
+        const float g = 0.0f + p.dy[o];
+        lrc::store_pair(p.dx + base, at == base ? g : 0.0f, at == base + 1 ? g : 0.0f);
+        lrc::store_pair(p.dx + base + w, at == base + w ? g : 0.0f, at == base + w + 1 ? g : 0.0f);
+    }
+}
+
 // Grid ceil(planes / 8), 256 threads: one warp per plane.
 LRC_KERNEL(plane_mean_f32, PlaneMeanParams, pool::THREADS) {
     const int warps = blockDim.x / lrc::WARP;

@@ -93,8 +93,10 @@ fn planners_reject_what_the_kernels_cannot_index() {
     assert_eq!(vec4[0].param_bytes()[36..40], [1, 0, 0, 0], "vec4 on");
 }
 
-/// (n, c, h, w): odd and even sizes, the smallest window, one plane, several blocks' worth.
-const POOL_SHAPES: [[usize; 4]; 7] = [
+/// (n, c, h, w): odd and even sizes, the smallest window, one plane, several blocks' worth (of
+/// elements, and of windows: 2 x 3 x 16 x 12 has 288; the even sizes take the backward kernel
+/// by window).
+const POOL_SHAPES: [[usize; 4]; 8] = [
     [1, 1, 2, 2],
     [1, 1, 3, 3],
     [2, 3, 5, 7],
@@ -102,7 +104,46 @@ const POOL_SHAPES: [[usize; 4]; 7] = [
     [3, 1, 6, 6],
     [2, 2, 8, 11],
     [2, 3, 23, 17],
+    [2, 3, 16, 12],
 ];
+
+#[test]
+fn max_pool_backward_goes_by_window_where_sizes_are_even_and_dx_is_aligned() {
+    let kernel = |h, w, dx| max_pool_backward_calls(3, h, w, 0x100, 0x200, dx, MAX_BLOCKS).unwrap()[0].kernel;
+    assert_eq!(kernel(6, 8, 0x300), "max_pool2x2_backward_window_f32");
+    assert_eq!(kernel(6, 8, 0x308), "max_pool2x2_backward_window_f32");
+    assert_eq!(kernel(6, 8, 0x304), "max_pool2x2_backward_f32", "dx off 8 bytes");
+    assert_eq!(kernel(7, 8, 0x300), "max_pool2x2_backward_f32", "odd height");
+    assert_eq!(kernel(6, 9, 0x300), "max_pool2x2_backward_f32", "odd width");
+    // One thread per window: 3 planes of 3 x 4 windows in one block, 3 x 16 x 16 in two.
+    let grid = |h, w| max_pool_backward_calls(3, h, w, 0x100, 0x200, 0x300, MAX_BLOCKS).unwrap()[0].grid;
+    assert_eq!(grid(6, 8), (1, 1, 1));
+    assert_eq!(grid(32, 32), (3, 1, 1));
+    if !emu::available() {
+        return;
+    }
+    // dx one value off the 8-byte boundary: the element kernel, the same gradient.
+    let mut rng = Rng::new(22);
+    let shape = [1, 3, 6, 8];
+    let x = ties(&mut rng, 144);
+    let dy = uniform(&mut rng, 36, -1.0, 1.0);
+    let mut mem = EmuMemory::new();
+    let (px, pdy, py, parg) = (mem.upload(&x), mem.upload(&dy), mem.alloc(36), mem.alloc(36));
+    let pdx = alloc_at(&mut mem, 144, 1);
+    let mut calls = max_pool_calls(3, 6, 8, px, py, parg, MAX_BLOCKS).unwrap();
+    calls.extend(max_pool_backward_calls(3, 6, 8, pdy, parg, pdx, MAX_BLOCKS).unwrap());
+    assert_eq!(calls[1].kernel, "max_pool2x2_backward_f32");
+    run(&mut mem, &calls);
+    let (_, want_arg) = pool_twin::max_pool2x2(&cpu(&shape, &x)).unwrap();
+    let want_dx = pool_twin::max_pool2x2_backward(&shape, &cpu(&[1, 3, 3, 4], &dy), &want_arg).unwrap();
+    let mut report = Report::default();
+    report.check(
+        "max_pool backward, dx shifted",
+        &mem.read(pdx, 144),
+        &want_dx.to_f64_vec().unwrap(),
+        EXACT,
+    );
+}
 
 #[test]
 fn max_pool_forward_and_backward_match_the_cpu_twin() {

@@ -135,7 +135,9 @@ pub fn max_pool_calls(
 }
 
 /// The launch that writes the input gradient `dx` (`planes x h x w`) of a 2x2 max pool from the
-/// output gradient `dy` and the forward's `argmax`; every element of `dx` is written.
+/// output gradient `dy` and the forward's `argmax`; every element of `dx` is written. Even sizes
+/// with `dx` 8-byte aligned (the U-Net's: every storage starts 256-byte aligned) take one thread
+/// per window, its four gradients stored as two pairs; others one thread per element.
 pub fn max_pool_backward_calls(
     planes: usize,
     h: usize,
@@ -150,6 +152,12 @@ pub fn max_pool_backward_calls(
     if inputs == 0 {
         return Ok(Vec::new());
     }
+    let by_window = h % 2 == 0 && w % 2 == 0 && dx % 8 == 0;
+    let (kernel, threads) = if by_window {
+        ("max_pool2x2_backward_window_f32", inputs / 4)
+    } else {
+        ("max_pool2x2_backward_f32", inputs)
+    };
     let params = MaxPoolBackwardParams {
         dy,
         argmax,
@@ -159,11 +167,7 @@ pub fn max_pool_backward_calls(
         w: ww,
         reserved: 0,
     };
-    Ok(vec![call(
-        "max_pool2x2_backward_f32",
-        grid_for(inputs, false, max_blocks),
-        &params,
-    )])
+    Ok(vec![call(kernel, grid_for(threads, false, max_blocks), &params)])
 }
 
 /// The launch that writes the mean of each of the `planes` planes of `plane_len` values at `x`
