@@ -152,7 +152,7 @@ pub fn max_pool_backward_calls(
     if inputs == 0 {
         return Ok(Vec::new());
     }
-    let by_window = h % 2 == 0 && w % 2 == 0 && dx % 8 == 0;
+    let by_window = h.is_multiple_of(2) && w.is_multiple_of(2) && dx.is_multiple_of(8);
     let (kernel, threads) = if by_window {
         ("max_pool2x2_backward_window_f32", inputs / 4)
     } else {
