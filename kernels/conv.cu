@@ -1331,26 +1331,29 @@ LRC_CONV_HALO_FWD(tf32, Tf32, 64)
 LRC_CONV_HALO_FWD(bf16, Bf16, 32)
 LRC_CONV_HALO_FWD(bf16, Bf16, 64)
 
-// Forward and backward-data of the 1x1 convolution with few channels on the FP32 cores
-// (tf32-mma-tap and after; conv_pointwise.cuh): conv_<pass>_<precision>_k1d_o<OUTS> for up to
-// OUTS outputs (c_out forward, c_in backward-data), operands rounded to the precision. Grid
+// Forward and backward-data of the 1x1 and 3x3 convolutions with few channels on the FP32
+// cores (tf32-mma-tap and after; conv_direct.cuh): conv_<pass>_<precision>_k<K>d_o<OUTS> for up
+// to OUTS outputs (c_out forward, c_in backward-data), operands rounded to the precision. Grid
 // ceil(n h w / 256), 256 threads. No minimum of blocks a multiprocessor: ptxas then gives them
-// 64-92 registers and no spills (2-4 blocks a multiprocessor), where asking for more blocks made
-// it spill.
-#include "conv_pointwise.cuh"
+// no spills, where asking for more blocks made it spill.
+#include "conv_direct.cuh"
 
-#define LRC_CONV_POINTWISE(PREC, MATH, OUTS)                                                 \
-    LRC_KERNEL(conv_fwd_##PREC##_k1d_o##OUTS, ConvParams, pointwise::THREADS) {              \
-        pointwise::convolve<v2::MATH, OUTS, false>(p);                                       \
+#define LRC_CONV_DIRECT(PREC, MATH, K, OUTS)                                                 \
+    LRC_KERNEL(conv_fwd_##PREC##_k##K##d_o##OUTS, ConvParams, direct::THREADS, 2) {          \
+        direct::convolve<v2::MATH, K, OUTS, false>(p);                                       \
     }                                                                                        \
-    LRC_KERNEL(conv_bwd_data_##PREC##_k1d_o##OUTS, ConvParams, pointwise::THREADS) {         \
-        pointwise::convolve<v2::MATH, OUTS, true>(p);                                        \
+    LRC_KERNEL(conv_bwd_data_##PREC##_k##K##d_o##OUTS, ConvParams, direct::THREADS, 2) {     \
+        direct::convolve<v2::MATH, K, OUTS, true>(p);                                        \
     }
 
-LRC_CONV_POINTWISE(tf32, Tf32, 16)
-LRC_CONV_POINTWISE(tf32, Tf32, 32)
-LRC_CONV_POINTWISE(bf16, Bf16, 16)
-LRC_CONV_POINTWISE(bf16, Bf16, 32)
+LRC_CONV_DIRECT(tf32, Tf32, 1, 16)
+LRC_CONV_DIRECT(tf32, Tf32, 1, 32)
+LRC_CONV_DIRECT(tf32, Tf32, 3, 4)
+LRC_CONV_DIRECT(tf32, Tf32, 3, 32)
+LRC_CONV_DIRECT(bf16, Bf16, 1, 16)
+LRC_CONV_DIRECT(bf16, Bf16, 1, 32)
+LRC_CONV_DIRECT(bf16, Bf16, 3, 4)
+LRC_CONV_DIRECT(bf16, Bf16, 3, 32)
 
 // ---------------------------------------------------------------------------------------------
 // Transposed-convolution forward pass, one GEMM per tap, for the kernels that tile the output:

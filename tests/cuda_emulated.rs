@@ -183,12 +183,18 @@ fn plan_file() -> String {
         ("3x3_n1_c16-136_5x32", conv([1, 16, 5, 32, 136], (3, 3), 1, 1)),
         ("3x3_n2_c96-16_6x16", conv([2, 96, 6, 16, 16], (3, 3), 1, 1)),
     ];
-    // The 1x1 kernels on the FP32 cores (tf32-mma-tap, bf16-mma-tap; both passes where they
-    // serve them): the head's 32 -> 14 and 14 -> 32 (forward 16 sums a thread, backward-data
+    // The kernels on the FP32 cores (tf32-mma-tap, bf16-mma-tap; both passes where they serve
+    // them). 1x1: the head's 32 -> 14 and 14 -> 32 (forward 16 sums a thread, backward-data
     // 32), a last chunk of 4 of 20 inputs and of 3 of 19, one input and one output, pixels off
     // the 256-thread block (6 x 7 x 11 = 462), 128 inputs (8 chunks) with 32 outputs (forward)
-    // and with 1 (backward-data).
-    let pointwise_shapes = [
+    // and with 1 (backward-data). 3x3: the first layer's 1 -> 32 and 32 -> 1, 2 -> 20 and back,
+    // 16 -> 4 and back (64 channels), 5 -> 3 and back (last chunks of 1), borders on every side,
+    // 272 pixels (two blocks).
+    let direct_shapes = [
+        ("3x3_n2_c1-32_9x13", conv([2, 1, 9, 13, 32], (3, 3), 1, 1)),
+        ("3x3_n1_c2-20_7x5", conv([1, 2, 7, 5, 20], (3, 3), 1, 1)),
+        ("3x3_n3_c16-4_6x11", conv([3, 16, 6, 11, 4], (3, 3), 1, 1)),
+        ("3x3_n1_c5-3_17x16", conv([1, 5, 17, 16, 3], (3, 3), 1, 1)),
         ("1x1_n2_c32-14_9x13", conv([2, 32, 9, 13, 14], (1, 1), 1, 0)),
         ("1x1_n6_c20-29_7x11", conv([6, 20, 7, 11, 29], (1, 1), 1, 0)),
         ("1x1_n1_c1-16_5x3", conv([1, 1, 5, 3, 16], (1, 1), 1, 0)),
@@ -261,14 +267,14 @@ fn plan_file() -> String {
                     }
                 }
             }
-            // Their 1x1 passes on the FP32 cores and 2x2 stride-2 transposed forward pass over
-            // all four taps (the wide and halo versions run the tap-major one's kernels).
+            // Their passes on the FP32 cores and 2x2 stride-2 transposed forward pass over all
+            // four taps (the wide and halo versions run the tap-major one's kernels).
             if !wide {
-                for (label, g) in &pointwise_shapes {
+                for (label, g) in &direct_shapes {
                     let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
                     for (pass, name) in &PASSES[..2] {
                         let launch = plan(*pass, g, algo, 4);
-                        if launch.kernel.contains("_k1d_") {
+                        if launch.kernel.contains("d_o") {
                             line(&mut out, label, "conv", name, d, &launch);
                         }
                     }
@@ -406,11 +412,11 @@ fn launch_plans_split_and_cover_as_intended() {
             }
         }
     }
-    // Every 1x1 FP32-core kernel runs, forward and backward-data, both precisions.
+    // Every FP32-core kernel runs, forward and backward-data, both precisions.
     for precision in ["tf32", "bf16"] {
         for pass in ["fwd", "bwd_data"] {
-            for outs in ["o16", "o32"] {
-                let kernel = format!("conv_{pass}_{precision}_k1d_{outs}");
+            for variant in ["k1d_o16", "k1d_o32", "k3d_o4", "k3d_o32"] {
+                let kernel = format!("conv_{pass}_{precision}_{variant}");
                 assert!(text.contains(&kernel), "no case runs {kernel}");
             }
         }

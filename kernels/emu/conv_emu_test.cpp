@@ -408,14 +408,16 @@ const struct {
     LRC_ENTRY(conv_tfwd_tf32_k2s2_n32),
     LRC_ENTRY(conv_tfwd_bf16_k2s2_n64),
     LRC_ENTRY(conv_tfwd_bf16_k2s2_n32),
-    LRC_ENTRY(conv_fwd_tf32_k1d_o16),
-    LRC_ENTRY(conv_fwd_tf32_k1d_o32),
-    LRC_ENTRY(conv_bwd_data_tf32_k1d_o16),
-    LRC_ENTRY(conv_bwd_data_tf32_k1d_o32),
-    LRC_ENTRY(conv_fwd_bf16_k1d_o16),
-    LRC_ENTRY(conv_fwd_bf16_k1d_o32),
-    LRC_ENTRY(conv_bwd_data_bf16_k1d_o16),
-    LRC_ENTRY(conv_bwd_data_bf16_k1d_o32),
+#define LRC_DIRECT_ENTRIES(PREC, KO) LRC_ENTRY(conv_fwd_##PREC##_##KO), LRC_ENTRY(conv_bwd_data_##PREC##_##KO)
+    LRC_DIRECT_ENTRIES(tf32, k1d_o16),
+    LRC_DIRECT_ENTRIES(tf32, k1d_o32),
+    LRC_DIRECT_ENTRIES(tf32, k3d_o4),
+    LRC_DIRECT_ENTRIES(tf32, k3d_o32),
+    LRC_DIRECT_ENTRIES(bf16, k1d_o16),
+    LRC_DIRECT_ENTRIES(bf16, k1d_o32),
+    LRC_DIRECT_ENTRIES(bf16, k3d_o4),
+    LRC_DIRECT_ENTRIES(bf16, k3d_o32),
+#undef LRC_DIRECT_ENTRIES
 #define LRC_WGMMA_ENTRIES(PREC, KS)                                                                  \
     LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n64), LRC_ENTRY(conv_bwd_data_wgmma_##PREC##_##KS##_n64), \
         LRC_ENTRY(conv_bwd_weight_wgmma_##PREC##_##KS##_m64), LRC_ENTRY(conv_fwd_wgmma_##PREC##_##KS##_n32), \

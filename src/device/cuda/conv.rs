@@ -45,11 +45,12 @@ pub enum ConvAlgo {
     /// that channel count is a multiple of 32: forward and backward-data reduce so, and each
     /// 32-deep k tile lies within one tap; backward-weight orders its columns so, and each run
     /// of 32 columns does. A row's bounds and address are then worked out once per run of 32
-    /// instead of per element. 1x1 forward and backward-data passes with 32 outputs or fewer
-    /// and 128 inputs or fewer (the segmentation head) run on the FP32 cores, one thread a
-    /// pixel, operands rounded to TF32 as the tensor cores take them (memory-bound shapes the
-    /// tensor-core tiles mostly pad); the 2x2 stride-2 transposed forward pass runs as one GEMM
-    /// over its four taps. Other shapes run `tf32-mma`'s kernels.
+    /// instead of per element. Forward and backward-data passes with few channels run on the
+    /// FP32 cores, one thread a pixel, operands rounded to TF32 as the tensor cores take them
+    /// (memory-bound shapes the tensor-core tiles mostly pad): 1x1 with 32 outputs or fewer and
+    /// 128 inputs or fewer (the segmentation head), 3x3 stride 1 pad 1 with inputs times
+    /// outputs 64 or fewer (the first layer). The 2x2 stride-2 transposed forward pass runs as
+    /// one GEMM over its four taps. Other shapes run `tf32-mma`'s kernels.
     Tf32MmaTap = 5,
     /// As [`ConvAlgo::Tf32MmaTap`] with `bf16-mma`'s operands.
     Bf16MmaTap = 6,
@@ -601,29 +602,53 @@ pub fn launch_shared_bytes(kernel: &str) -> usize {
     conv_sm90::shared_bytes(kernel)
 }
 
-/// The 1x1 kernels on the FP32 cores of the tap-major versions and those built on them
-/// (conv_pointwise.cuh) by [tf32, bf16][forward, backward-data][16 outputs or fewer, 32].
-const POINTWISE_KERNELS: [[[&str; 2]; 2]; 2] = [
+/// The kernels on the FP32 cores of the tap-major versions and those built on them
+/// (conv_direct.cuh) by [tf32, bf16][forward, backward-data][1x1 with 16 outputs or fewer,
+/// 1x1 with 32, 3x3 with 4, 3x3 with 32].
+const DIRECT_KERNELS: [[[&str; 4]; 2]; 2] = [
     [
-        ["conv_fwd_tf32_k1d_o16", "conv_fwd_tf32_k1d_o32"],
-        ["conv_bwd_data_tf32_k1d_o16", "conv_bwd_data_tf32_k1d_o32"],
+        [
+            "conv_fwd_tf32_k1d_o16",
+            "conv_fwd_tf32_k1d_o32",
+            "conv_fwd_tf32_k3d_o4",
+            "conv_fwd_tf32_k3d_o32",
+        ],
+        [
+            "conv_bwd_data_tf32_k1d_o16",
+            "conv_bwd_data_tf32_k1d_o32",
+            "conv_bwd_data_tf32_k3d_o4",
+            "conv_bwd_data_tf32_k3d_o32",
+        ],
     ],
     [
-        ["conv_fwd_bf16_k1d_o16", "conv_fwd_bf16_k1d_o32"],
-        ["conv_bwd_data_bf16_k1d_o16", "conv_bwd_data_bf16_k1d_o32"],
+        [
+            "conv_fwd_bf16_k1d_o16",
+            "conv_fwd_bf16_k1d_o32",
+            "conv_fwd_bf16_k3d_o4",
+            "conv_fwd_bf16_k3d_o32",
+        ],
+        [
+            "conv_bwd_data_bf16_k1d_o16",
+            "conv_bwd_data_bf16_k1d_o32",
+            "conv_bwd_data_bf16_k3d_o4",
+            "conv_bwd_data_bf16_k3d_o32",
+        ],
     ],
 ];
-/// The most outputs and inputs of a pass the 1x1 FP32-core kernels take: within them a pixel's
-/// multiply-adds per byte moved stay below what the memory feeds.
-const POINTWISE_OUTS: usize = 32;
-const POINTWISE_INS: usize = 128;
+/// The most outputs a pass on the FP32 cores takes, and the most inputs (1x1) or inputs times
+/// outputs (3x3): within them a pixel's multiply-adds per byte moved stay below what the memory
+/// feeds.
+const DIRECT_OUTS: usize = 32;
+const DIRECT_INS_1X1: usize = 128;
+const DIRECT_CHANNELS_3X3: usize = 64;
 
-/// The 1x1 FP32-core kernel of `algo` for `pass` (forward or backward-data) of `g`, if it
-/// serves it: the tap-major, wide and halo versions, 1x1, stride 1, pad 0, 32 outputs or fewer
-/// (c_out forward, c_in backward-data), 128 inputs or fewer, fewer than 2^31 pixels. The
-/// segmentation head (32 or 64 channels -> 14 classes) is such a pass both ways, where the
+/// The FP32-core kernel of `algo` for `pass` (forward or backward-data) of `g`, if one serves
+/// it: the tap-major, wide and halo versions; 32 outputs or fewer (c_out forward, c_in
+/// backward-data); 1x1, stride 1, pad 0 with 128 inputs or fewer (the segmentation head, 32 or
+/// 64 channels -> 14 classes, both ways), or 3x3, stride 1, pad 1 with inputs times outputs 64
+/// or fewer (the first layer, one channel -> 32, both ways); fewer than 2^31 pixels. There the
 /// tensor-core tiles spend most of their work on padding.
-fn pointwise_kernel(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom) -> Option<&'static str> {
+fn direct_kernel(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom) -> Option<&'static str> {
     let bf16 = match algo {
         ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => false,
         ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => true,
@@ -634,11 +659,15 @@ fn pointwise_kernel(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom) -> Option<&'st
         ConvPass::BackwardData => (g.c_in, g.c_out),
         ConvPass::BackwardWeight => return None,
     };
-    let applies = (g.kh, g.kw, g.stride, g.pad) == (1, 1, 1, 0)
-        && (1..=POINTWISE_OUTS).contains(&outs)
-        && (1..=POINTWISE_INS).contains(&ins)
-        && g.n * g.h * g.w <= i32::MAX as usize;
-    applies.then(|| POINTWISE_KERNELS[bf16 as usize][(pass == ConvPass::BackwardData) as usize][(outs > 16) as usize])
+    if !(1..=DIRECT_OUTS).contains(&outs) || ins == 0 || g.n * g.h * g.w > i32::MAX as usize {
+        return None;
+    }
+    let variant = match (g.kh, g.kw, g.stride, g.pad) {
+        (1, 1, 1, 0) if ins <= DIRECT_INS_1X1 => (outs > 16) as usize,
+        (3, 3, 1, 1) if ins * outs <= DIRECT_CHANNELS_3X3 => 2 + (outs > 4) as usize,
+        _ => return None,
+    };
+    Some(DIRECT_KERNELS[bf16 as usize][(pass == ConvPass::BackwardData) as usize][variant])
 }
 
 /// The weight packings of the tap-major kernels by [tf32, bf16][forward, backward-data].
@@ -678,7 +707,7 @@ pub fn kernel_names() -> Vec<&'static str> {
     names.push(TFWD_FP32_KERNEL);
     names.extend(TFWD_MMA_KERNELS.iter().flatten().copied());
     names.extend(TFWD_2X2_KERNELS.iter().flatten().copied());
-    names.extend(POINTWISE_KERNELS.iter().flatten().flatten().copied());
+    names.extend(DIRECT_KERNELS.iter().flatten().flatten().copied());
     names.extend(["split_reduce", "plane_sum"]);
     names
 }
@@ -940,7 +969,7 @@ fn all_taps_forward_plan(g: &ConvTransposeGeom, precision: usize) -> ConvLaunch 
 
 /// The launch of `pass` of the convolution `g` with `algo` on a GPU with `multiprocessors`.
 pub fn plan(pass: ConvPass, g: &ConvGeom, algo: ConvAlgo, multiprocessors: usize) -> ConvLaunch {
-    if let Some(kernel) = pointwise_kernel(algo, pass, g) {
+    if let Some(kernel) = direct_kernel(algo, pass, g) {
         // One thread a pixel.
         return ConvLaunch {
             kernel,
@@ -1529,7 +1558,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 8 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 16 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -1842,6 +1871,57 @@ mod tests {
     }
 
     #[test]
+    fn first_layer_passes_run_on_the_fp32_cores() {
+        let g = |c_in, c_out| ConvGeom {
+            n: 16,
+            c_in,
+            h: 256,
+            w: 256,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        use ConvAlgo::*;
+        use ConvPass::*;
+        // One CT channel -> 32: forward with 32 sums a thread, backward-data with 4 (one used),
+        // one thread a pixel; backward-weight on the tensor cores.
+        let first = g(1, 32);
+        for (algo, precision) in [(Tf32MmaTap, "tf32"), (Bf16MmaWide, "bf16"), (Tf32MmaHalo, "tf32")] {
+            let forward = plan(Forward, &first, algo, 132);
+            assert_eq!(forward.kernel, format!("conv_fwd_{precision}_k3d_o32"));
+            assert_eq!(
+                (forward.grid, forward.splits, forward.pack),
+                ((16 * 256, 1, 1), 1, None)
+            );
+            let data = plan(BackwardData, &first, algo, 132);
+            assert_eq!(data.kernel, format!("conv_bwd_data_{precision}_k3d_o4"));
+            assert!(!plan(BackwardWeight, &first, algo, 132).kernel.contains("d_o"));
+        }
+        // Inputs times outputs up to 64: 2 -> 32, 8 -> 8 (32 sums), 16 -> 4 (4 sums).
+        assert_eq!(
+            plan(Forward, &g(2, 32), Tf32MmaTap, 132).kernel,
+            "conv_fwd_tf32_k3d_o32"
+        );
+        assert_eq!(plan(Forward, &g(8, 8), Tf32MmaTap, 132).kernel, "conv_fwd_tf32_k3d_o32");
+        assert_eq!(plan(Forward, &g(16, 4), Tf32MmaTap, 132).kernel, "conv_fwd_tf32_k3d_o4");
+        // Past that, stride 2 or no padding: what tf32-mma-tap ran before (tf32-mma's kernels,
+        // or the halo ones for tf32-mma-halo); the plain versions never.
+        let strided = ConvGeom { stride: 2, ..first };
+        let unpadded = ConvGeom { pad: 0, ..first };
+        for (pass, geom) in [
+            (Forward, g(3, 32)),
+            (BackwardData, g(32, 3)),
+            (Forward, strided),
+            (Forward, unpadded),
+        ] {
+            assert_same_plans(pass, &geom, [(Tf32MmaTap, Tf32Mma), (Bf16MmaTap, Bf16Mma)]);
+        }
+        assert_eq!(plan(Forward, &first, Tf32Mma, 132).kernel, "conv_fwd_tf32_k3_n32");
+    }
+
+    #[test]
     fn halo_forward_tiles_serve_narrow_3x3_forward_and_backward_data() {
         let g = |n, c_in, h, w, c_out| ConvGeom {
             n,
@@ -2046,8 +2126,9 @@ mod tests {
             (tap.grid, tap.split_len, tap.splits),
             (plain.grid, plain.split_len, plain.splits)
         );
-        // Channels off the 32-deep tiles and other kernel sizes run v2's, and so does
-        // backward-weight where an image's offsets pass 32 bits.
+        // Channels off the 32-deep tiles and other kernel sizes run v2's (where the FP32-core
+        // kernels do not: 3 -> 32 is past their 64 channels), and so does backward-weight where
+        // an image's offsets pass 32 bits.
         let huge = ConvGeom {
             h: 8192,
             w: 8192,
@@ -2063,7 +2144,7 @@ mod tests {
         );
         for (pass, geom) in [
             (Forward, g(33, 64, 3)),
-            (Forward, g(1, 32, 3)),
+            (Forward, g(3, 32, 3)),
             (BackwardData, g(64, 48, 3)),
             (Forward, g(64, 64, 1)),
             (BackwardWeight, g(48, 64, 3)),
