@@ -1495,31 +1495,39 @@ struct WeightOfTap {
     __device__ float at(const ConvParams& p, int k) const { return w_n[k * p.c_in * p.kh * p.kw]; }
 };
 
-template <class T, class Math>
-__device__ void transposed_forward_by_tap(const ConvParams& p) {
+// The block tile (blockIdx.x, blockIdx.y) of a transposed forward pass's GEMM: A = x by input
+// pixel (M = n h_out w_out rows, K = c_out deep), B = gb's N columns (gb set up but for its
+// rows, which this fixes); accumulated into acc.
+template <class T, class Math, class GB>
+__device__ __forceinline__ void transposed_forward_tile(const ConvParams& p, GB& gb, int N,
+                                                        float (&acc)[T::MT][T::NT][4]) {
     const int M = p.n * p.h_out * p.w_out;
-    const int N = p.c_in;
-    const int K = p.c_out;
-    const int tap = blockIdx.z;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
     using OA = Operand<T::BM, InputByPixel::LAYOUT, Math::PACK>;
-    using OB = Operand<T::BN, WeightOfTap::LAYOUT, Math::PACK>;
+    using OB = Operand<T::BN, GB::LAYOUT, Math::PACK>;
     InputByPixel ga;
     const bool a_row_ok = m0 + OA::slot_row(threadIdx.x, 0) < M;
     if (a_row_ok) {
         ga.fix_row(p, m0 + OA::slot_row(threadIdx.x, 0));
     }
-    WeightOfTap gb;
-    gb.tap = tap;
     const bool b_row_ok = n0 + OB::slot_row(threadIdx.x, 0) < N;
     if (b_row_ok) {
         gb.fix_row(p, n0 + OB::slot_row(threadIdx.x, 0));
     }
-    float acc[T::MT][T::NT][4] = {};
     float unused[OA::LOADS];
-    mainloop<T, Math>(p, ga, gb, a_row_ok, b_row_ok, m0, M, n0, N, 0, K, acc, false, unused);
-    epilogue<T>(acc, m0, M, n0, N, tfwd::TapStore::of(p, tap));
+    mainloop<T, Math>(p, ga, gb, a_row_ok, b_row_ok, m0, M, n0, N, 0, p.c_out, acc, false, unused);
+}
+
+template <class T, class Math>
+__device__ void transposed_forward_by_tap(const ConvParams& p) {
+    const int tap = blockIdx.z;
+    WeightOfTap gb;
+    gb.tap = tap;
+    float acc[T::MT][T::NT][4] = {};
+    transposed_forward_tile<T, Math>(p, gb, p.c_in, acc);
+    epilogue<T>(acc, blockIdx.x * T::BM, p.n * p.h_out * p.w_out, blockIdx.y * T::BN, p.c_in,
+                tfwd::TapStore::of(p, tap));
 }
 
 // B of transposed_forward_2x2: the weight tensor as it lies, weight[k][n'] with n' = (output
@@ -1541,28 +1549,13 @@ struct WeightAllTaps {
 // write every other word of a sector and leave the rest to another block, later.
 template <class T, class Math>
 __device__ void transposed_forward_2x2(const ConvParams& p) {
-    const int M = p.n * p.h_out * p.w_out;
     const int N = 4 * p.c_in;
-    const int K = p.c_out;
-    const int m0 = blockIdx.x * T::BM;
-    const int n0 = blockIdx.y * T::BN;
-    using OA = Operand<T::BM, InputByPixel::LAYOUT, Math::PACK>;
-    using OB = Operand<T::BN, WeightAllTaps::LAYOUT, Math::PACK>;
-    InputByPixel ga;
-    const bool a_row_ok = m0 + OA::slot_row(threadIdx.x, 0) < M;
-    if (a_row_ok) {
-        ga.fix_row(p, m0 + OA::slot_row(threadIdx.x, 0));
-    }
     WeightAllTaps gb;
-    const bool b_row_ok = n0 + OB::slot_row(threadIdx.x, 0) < N;
-    if (b_row_ok) {
-        gb.fix_row(p, n0 + OB::slot_row(threadIdx.x, 0));
-    }
     float acc[T::MT][T::NT][4] = {};
-    float unused[OA::LOADS];
-    mainloop<T, Math>(p, ga, gb, a_row_ok, b_row_ok, m0, M, n0, N, 0, K, acc, false, unused);
+    transposed_forward_tile<T, Math>(p, gb, N, acc);
     // N is a multiple of 4: a pair whose first column is in range is whole.
-    for_each_pair<T>(acc, m0, M, n0, N, tfwd::PairStore::of(p));
+    for_each_pair<T>(acc, blockIdx.x * T::BM, p.n * p.h_out * p.w_out, blockIdx.y * T::BN, N,
+                     tfwd::PairStore::of(p));
 }
 
 }  // namespace v2

@@ -68,6 +68,17 @@ namespace pool {
 
 constexpr int THREADS = 256;
 
+// The flat index into x (planes x h x w) of the top-left element of output o's window.
+__device__ __forceinline__ unsigned window_of(unsigned o, unsigned h, unsigned w) {
+    const unsigned wo = w / 2;
+    const unsigned per_plane = (h / 2) * wo;
+    const unsigned plane = o / per_plane;
+    const unsigned r = o - plane * per_plane;
+    const unsigned oy = r / wo;
+    const unsigned ox = r - oy * wo;
+    return plane * h * w + 2 * oy * w + 2 * ox;
+}
+
 __device__ __forceinline__ unsigned first_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ unsigned grid_stride() { return gridDim.x * blockDim.x; }
 
@@ -76,15 +87,9 @@ __device__ __forceinline__ unsigned grid_stride() { return gridDim.x * blockDim.
 // Grid min(ceil(outputs / 256), cap), 256 threads, one output element per thread and step.
 LRC_KERNEL(max_pool2x2_f32, MaxPoolParams, pool::THREADS) {
     const unsigned h = p.h, w = p.w;
-    const unsigned ho = h / 2, wo = w / 2;
-    const unsigned per_plane = ho * wo;
-    const unsigned total = static_cast<unsigned>(p.planes) * per_plane;
+    const unsigned total = static_cast<unsigned>(p.planes) * (h / 2) * (w / 2);
     for (unsigned o = pool::first_index(); o < total; o += pool::grid_stride()) {
-        const unsigned plane = o / per_plane;
-        const unsigned r = o - plane * per_plane;
-        const unsigned oy = r / wo;
-        const unsigned ox = r - oy * wo;
-        const unsigned base = plane * h * w + 2 * oy * w + 2 * ox;
+        const unsigned base = pool::window_of(o, h, w);
         const unsigned candidates[3] = {base + 1, base + w, base + w + 1};
         unsigned best = base;
         float best_value = p.x[base];
@@ -132,15 +137,9 @@ LRC_KERNEL(max_pool2x2_backward_f32, MaxPoolBackwardParams, pool::THREADS) {
 // an even index, w being even), so a warp writes 256 contiguous bytes of each of two rows.
 LRC_KERNEL(max_pool2x2_backward_window_f32, MaxPoolBackwardParams, pool::THREADS) {
     const unsigned h = p.h, w = p.w;
-    const unsigned wo = w / 2;
-    const unsigned per_plane = (h / 2) * wo;
-    const unsigned total = static_cast<unsigned>(p.planes) * per_plane;
+    const unsigned total = static_cast<unsigned>(p.planes) * (h / 2) * (w / 2);
     for (unsigned o = pool::first_index(); o < total; o += pool::grid_stride()) {
-        const unsigned plane = o / per_plane;
-        const unsigned r = o - plane * per_plane;
-        const unsigned oy = r / wo;
-        const unsigned ox = r - oy * wo;
-        const unsigned base = plane * h * w + 2 * oy * w + 2 * ox;
+        const unsigned base = pool::window_of(o, h, w);
         const unsigned at = p.argmax[o];
         // 0 + dy as the twin accumulates into zeros; every other element 0.
         const float g = 0.0f + p.dy[o];
