@@ -29,7 +29,8 @@
 //     _tf32     m16n8k8, operands rounded to TF32, nearest even (one value per 32-bit word);
 //     _bf16     m16n8k16, operands rounded to BF16 with cvt.rn.bf16x2 (two values per word).
 //               Tensors stay FP32 in memory either way; only the staged operands are rounded.
-//     _k3t      tap-major 3x3 (tf32-mma-tap, bf16-mma-tap): k = (tap, channel); forward and
+//     _k3t      tap-major 3x3 (tf32-mma-tap, bf16-mma-tap; _k2t: 2x2, forward and backward-weight,
+//               the up-convolutions' backward passes): k = (tap, channel); forward and
 //               backward-data copy their B from weights packed beforehand (conv_pack_*:
 //               rounded, in the tile's layout) with cp.async into two shared-memory stages.
 //     _k3h      backward-weight of 3x3 stride 1 pad 1 by halo tiles (tf32-mma-halo, TF32):
@@ -1136,14 +1137,14 @@ __device__ void backward_weight(const ConvParams& p) {
     backward_weight_by<T, Math, ImageByTap<KH, KW>>(p);
 }
 
-// The 3x3 weights (OIHW) as PackedWeight reads them: word j of packed row n holds, rounded to
-// M's precision, the PACK values of k = PACK * j onwards (k = (tap, channel)) of row n of the
-// GEMM's B (forward: weight[n][c][tap], rows c_out, channels c_in;
+// The 3x3 (or 2x2) weights (OIHW) as PackedWeight reads them: word j of packed row n holds,
+// rounded to M's precision, the PACK values of k = PACK * j onwards (k = (tap, channel)) of row
+// n of the GEMM's B (forward: weight[n][c][tap], rows c_out, channels c_in;
 // backward-data: weight[c][n][tap], rows c_in, channels c_out), zero in the padding rows.
 // One thread per word, grid-stride: the writes are contiguous, the reads small and cached.
 template <class M, bool BACKWARD_DATA>
 __device__ void pack_weight(const ConvParams& p) {
-    constexpr int TAPS = 9;
+    const int TAPS = p.kh * p.kw;
     const int rows = BACKWARD_DATA ? p.c_in : p.c_out;
     const int channels = BACKWARD_DATA ? p.c_out : p.c_in;
     const int row_words = TAPS * channels / M::PACK;
@@ -1186,6 +1187,9 @@ constexpr unsigned wide_tap_shared_bytes() {
 static_assert(wide_tap_shared_bytes<Tf32>() ==
                   SharedLayout<PixelTile128, 1, GradByInputPixelTapMajor<3, 3>, PackedWeight<128, 1>>::DYNAMIC_BYTES,
               "forward and backward-data share their layout");
+static_assert(wide_tap_shared_bytes<Tf32>() ==
+                  SharedLayout<PixelTile128, 1, ImageByOutputPixelTapMajor<2, 2>, PackedWeight<128, 1>>::DYNAMIC_BYTES,
+              "the 2x2 kernels share the 3x3 ones' layout");
 // Backward-weight: 64 output channels x 64 taps, or 32 x 128, per block; the wide tap-major
 // kernels 64 x 128, each warp 32 x 32.
 using WeightTile64 = Tile<64, 64, 2, 4>;
@@ -1266,6 +1270,38 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
 LRC_CONV_MMA_TAP(tf32, Tf32)
 LRC_CONV_MMA_TAP(bf16, Bf16)
+
+// Tap-major 2x2 kernels, forward and backward-weight (the passes a 2x2 stride-2 transposed
+// convolution runs backward through: its backward-data is this forward pass, its weight
+// gradient this backward-weight; its forward pass goes by tfwd k2s2), for a channel count that
+// is a multiple of 32 (c_in); as the 3x3 ones, with conv_pack_fwd_<precision> packing the
+// forward weights (4 taps).
+#define LRC_CONV_MMA_TAP2(PREC, MATH)                                                                         \
+    LRC_KERNEL(conv_fwd_##PREC##_k2t_n64, ConvParams, v2::THREADS, 2) {                                      \
+        v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                      \
+                       v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                            \
+    }                                                                                                         \
+    LRC_KERNEL(conv_fwd_##PREC##_k2t_n32, ConvParams, v2::THREADS, 2) {                                      \
+        v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                      \
+                       v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                            \
+    }                                                                                                         \
+    LRC_KERNEL(conv_fwd_##PREC##_k2t_n128, ConvParams, v2::THREADS, 2) {                                     \
+        v2::forward_by<v2::PixelTile128, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                     \
+                       v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                           \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m64, ConvParams, v2::THREADS, 2) {                               \
+        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<2, 2, v2::WeightTile64::BN / 32>>(p); \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m32, ConvParams, v2::THREADS, 2) {                               \
+        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<2, 2, v2::WeightTile32::BN / 32>>(p); \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m64n128, ConvParams, v2::THREADS, 2) {                           \
+        v2::backward_weight_by<v2::WeightTile128, v2::MATH,                                                  \
+                               v2::ImageByTapTapMajor<2, 2, v2::WeightTile128::BN / 32>>(p);                 \
+    }
+
+LRC_CONV_MMA_TAP2(tf32, Tf32)
+LRC_CONV_MMA_TAP2(bf16, Bf16)
 
 // Backward-weight by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo.cuh): 64 output channels a block, or
 // 32 for c_out <= 32 (_m32); k tiles of one row of 32 pixels (_w32: W a multiple of 32) or two

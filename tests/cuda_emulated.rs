@@ -148,6 +148,14 @@ fn plan_file() -> String {
         // 128 input channels (wide backward-data, 2 splits; forward 4).
         ("3x3_n1_c64-128_4x5", conv([1, 64, 4, 5, 128], (3, 3), 1, 1)),
         ("3x3_n1_c128-64_4x5", conv([1, 128, 4, 5, 64], (3, 3), 1, 1)),
+        // 2x2 stride 2 (an up-convolution's backward passes: forward and backward-weight of
+        // the convolution it transposes): both tile widths, odd sides (the floor drops a row and
+        // a column), 136 output channels (the wide forward tile, a second one of 8), and 585
+        // output pixels over 32 input channels (backward-weight split on 4 multiprocessors).
+        ("2x2s2_n2_c32-64_10x14", conv([2, 32, 10, 14, 64], (2, 2), 2, 0)),
+        ("2x2s2_n1_c64-32_9x11", conv([1, 64, 9, 11, 32], (2, 2), 2, 0)),
+        ("2x2s2_n1_c32-136_6x8", conv([1, 32, 6, 8, 136], (2, 2), 2, 0)),
+        ("2x2s2_n3_c32-40_26x30", conv([3, 32, 26, 30, 40], (2, 2), 2, 0)),
     ];
     // The halo-tile backward-weight kernels (tf32-mma-halo): rows of 32 and 64 pixels and of 16
     // (two rows a k tile), 64 and 32 output channels a block, c_out off the tile (40, 24, 72,
@@ -262,7 +270,8 @@ fn plan_file() -> String {
                 let d = [g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride, g.pad];
                 for (pass, name) in PASSES {
                     let launch = plan(pass, g, algo, 4);
-                    if launch.kernel.contains("_k3t_") && (!wide || launch.kernel.contains("128")) {
+                    let tap_major = launch.kernel.contains("_k3t_") || launch.kernel.contains("_k2t_");
+                    if tap_major && (!wide || launch.kernel.contains("128")) {
                         line(&mut out, label, "conv", name, d, &launch);
                     }
                 }
@@ -386,7 +395,8 @@ fn launch_plans_split_and_cover_as_intended() {
         let fields: Vec<&str> = l.split_whitespace().collect();
         let (kernel, pack) = (fields[12], fields[19]);
         let halo = kernel.contains("_k3h_");
-        let packed = (kernel.contains("_k3t_") || halo) && !kernel.contains("bwd_weight");
+        let tap_major = kernel.contains("_k3t_") || kernel.contains("_k2t_");
+        let packed = (tap_major || halo) && !kernel.contains("bwd_weight");
         assert_eq!(pack != "-", packed, "{l}");
         if packed {
             let precision = if kernel.contains("_tf32_") { "tf32" } else { "bf16" };
@@ -474,6 +484,18 @@ fn launch_plans_split_and_cover_as_intended() {
         "bwd_data_bf16_k3t_n128",
         "bwd_weight_tf32_k3t_m64n128",
         "bwd_weight_bf16_k3t_m64n128",
+        "fwd_tf32_k2t_n64",
+        "fwd_tf32_k2t_n32",
+        "fwd_tf32_k2t_n128",
+        "fwd_bf16_k2t_n64",
+        "fwd_bf16_k2t_n32",
+        "fwd_bf16_k2t_n128",
+        "bwd_weight_tf32_k2t_m64",
+        "bwd_weight_tf32_k2t_m32",
+        "bwd_weight_tf32_k2t_m64n128",
+        "bwd_weight_bf16_k2t_m64",
+        "bwd_weight_bf16_k2t_m32",
+        "bwd_weight_bf16_k2t_m64n128",
         "bwd_weight_tf32_k3h_m64_w32",
         "bwd_weight_tf32_k3h_m64_w16",
         "bwd_weight_tf32_k3h_m32_w32",

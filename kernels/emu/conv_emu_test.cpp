@@ -345,6 +345,13 @@ const struct {
         LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m64), LRC_ENTRY(conv_bwd_weight_##PREC##_##KS##_m32)
 #define LRC_MMA_ROW(PREC, MATH, KS, KH, KW) LRC_MMA_ENTRIES(PREC, KS),
     LRC_CONV_SPECIALISATIONS(LRC_MMA_ROW)
+#define LRC_TAP2_ENTRIES(PREC)                                                                      \
+    LRC_ENTRY(conv_fwd_##PREC##_k2t_n64), LRC_ENTRY(conv_fwd_##PREC##_k2t_n32), LRC_ENTRY(conv_fwd_##PREC##_k2t_n128), \
+        LRC_ENTRY(conv_bwd_weight_##PREC##_k2t_m64), LRC_ENTRY(conv_bwd_weight_##PREC##_k2t_m32),                     \
+        LRC_ENTRY(conv_bwd_weight_##PREC##_k2t_m64n128)
+    LRC_TAP2_ENTRIES(tf32),
+    LRC_TAP2_ENTRIES(bf16),
+#undef LRC_TAP2_ENTRIES
     LRC_ENTRY(conv_fwd_tf32_k3t_n64),
     LRC_ENTRY(conv_fwd_tf32_k3t_n32),
     LRC_ENTRY(conv_bwd_data_tf32_k3t_n64),
@@ -470,7 +477,7 @@ unsigned shared_needed(const std::string& kernel) {
         }
         return bf16 ? halo_fwd::Tile<32, 32, 2>::DYNAMIC_BYTES : halo_fwd::Tile<32, 32, 1>::DYNAMIC_BYTES;
     }
-    if (kernel.find("_k3t_n128") != std::string::npos) {
+    if (kernel.find("_k3t_n128") != std::string::npos || kernel.find("_k2t_n128") != std::string::npos) {
         return kernel.find("_tf32_") != std::string::npos ? v2::wide_tap_shared_bytes<v2::Tf32>()
                                                            : v2::wide_tap_shared_bytes<v2::Bf16>();
     }

@@ -337,9 +337,9 @@ pub struct WeightPack {
 const PACKED_ROWS: usize = WIDE_COLS;
 
 impl WeightPack {
-    /// The packing of `pass` (forward or backward-data) of the 3x3 convolution `g` for the
-    /// tap-major kernels of precision `bf16` or TF32: the GEMM's B rows (c_out forward, c_in
-    /// backward-data) padded to a multiple of 128, each 9 x channels values, one TF32 or two
+    /// The packing of `pass` (forward or backward-data) of the 3x3 (or 2x2) convolution `g` for
+    /// the tap-major kernels of precision `bf16` or TF32: the GEMM's B rows (c_out forward, c_in
+    /// backward-data) padded to a multiple of 128, each taps x channels values, one TF32 or two
     /// BF16 a word.
     fn tap_major(pass: ConvPass, g: &ConvGeom, bf16: bool) -> WeightPack {
         let (rows, channels) = match pass {
@@ -349,7 +349,7 @@ impl WeightPack {
         let kernel = PACK_KERNELS[bf16 as usize][(pass != ConvPass::Forward) as usize];
         WeightPack {
             kernel,
-            words: rows.div_ceil(PACKED_ROWS) * PACKED_ROWS * 9 * channels / if bf16 { 2 } else { 1 },
+            words: rows.div_ceil(PACKED_ROWS) * PACKED_ROWS * g.kh * g.kw * channels / if bf16 { 2 } else { 1 },
         }
     }
 
@@ -423,18 +423,39 @@ const TAP_KERNELS: [[[&str; 2]; 3]; 2] = [
     ],
 ];
 
-/// Whether the tap-major kernels serve `pass` of `g`: a 3x3 pass whose tap-major channels fill
-/// whole runs of 32: the reduction's (c_in forward, c_out backward-data: 32-deep k tiles within
-/// one tap) or, backward-weight, the columns' (c_in: 32-row runs of a B tile within one tap).
-/// Backward-weight's gather also offsets within an image in 32-bit integers (c_in h w below
-/// 2^31).
+/// The tap-major 2x2 kernels of conv.cu's LRC_CONV_MMA_TAP2 by [tf32, bf16][pass][wide tile,
+/// narrow tile]: forward and backward-weight alone (a 2x2 stride-2 transposed convolution's
+/// backward passes; its forward pass goes by tfwd k2s2), no backward-data ("").
+const TAP2_KERNELS: [[[&str; 2]; 3]; 2] = [
+    [
+        ["conv_fwd_tf32_k2t_n64", "conv_fwd_tf32_k2t_n32"],
+        ["", ""],
+        ["conv_bwd_weight_tf32_k2t_m64", "conv_bwd_weight_tf32_k2t_m32"],
+    ],
+    [
+        ["conv_fwd_bf16_k2t_n64", "conv_fwd_bf16_k2t_n32"],
+        ["", ""],
+        ["conv_bwd_weight_bf16_k2t_m64", "conv_bwd_weight_bf16_k2t_m32"],
+    ],
+];
+
+/// Whether the tap-major kernels serve `pass` of `g`: a 3x3 pass, or a 2x2 forward or
+/// backward-weight pass, whose tap-major channels fill whole runs of 32: the reduction's (c_in
+/// forward, c_out backward-data: 32-deep k tiles within one tap) or, backward-weight, the
+/// columns' (c_in: 32-row runs of a B tile within one tap). Backward-weight's gather also
+/// offsets within an image in 32-bit integers (c_in h w below 2^31).
 fn tap_major_applies(pass: ConvPass, g: &ConvGeom) -> bool {
     let channels = match pass {
         ConvPass::Forward | ConvPass::BackwardWeight => g.c_in,
         ConvPass::BackwardData => g.c_out,
     };
     let offsets_fit = pass != ConvPass::BackwardWeight || g.c_in * g.h * g.w <= i32::MAX as usize;
-    (g.kh, g.kw) == (3, 3) && channels % 32 == 0 && channels > 0 && offsets_fit
+    let size_fits = match (g.kh, g.kw) {
+        (3, 3) => true,
+        (2, 2) => pass != ConvPass::BackwardData,
+        _ => false,
+    };
+    size_fits && channels % 32 == 0 && channels > 0 && offsets_fit
 }
 
 /// The wide tap-major kernels (`tf32-mma-wide`, `bf16-mma-wide`), 128 x 128 tiles, by [tf32,
@@ -451,6 +472,11 @@ const WIDE_KERNELS: [[&str; 3]; 2] = [
         "conv_bwd_data_bf16_k3t_n128",
         "conv_bwd_weight_bf16_k3t_m64n128",
     ],
+];
+/// The same for 2x2 (LRC_CONV_MMA_TAP2): forward and backward-weight alone.
+const WIDE2_KERNELS: [[&str; 3]; 2] = [
+    ["conv_fwd_tf32_k2t_n128", "", "conv_bwd_weight_tf32_k2t_m64n128"],
+    ["conv_fwd_bf16_k2t_n128", "", "conv_bwd_weight_bf16_k2t_m64n128"],
 ];
 const WIDE_COLS: usize = 128;
 
@@ -586,7 +612,7 @@ fn halo_applies(g: &ConvGeom) -> bool {
 /// kernels' tiles, which pass the 48 KiB a block may hold statically (conv.cu's SharedLayout:
 /// A 32 x (128 + 8) words, B two stages of 128 x (32 + 4) words).
 pub fn launch_shared_bytes(kernel: &str) -> usize {
-    if WIDE_KERNELS[0][..2].contains(&kernel) {
+    if WIDE_KERNELS[0][..2].contains(&kernel) || WIDE2_KERNELS[0][0] == kernel {
         const WORDS: usize = 32 * (128 + 8) + 2 * 128 * (32 + 4);
         return WORDS * 4;
     }
@@ -699,8 +725,17 @@ pub fn kernel_names() -> Vec<&'static str> {
         names.extend(table.iter().flatten().flatten().copied());
     }
     names.extend(TAP_KERNELS.iter().flatten().flatten().copied());
+    names.extend(
+        TAP2_KERNELS
+            .iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .filter(|k| !k.is_empty()),
+    );
     names.extend(PACK_KERNELS.iter().flatten().copied());
     names.extend(WIDE_KERNELS.iter().flatten().copied());
+    names.extend(WIDE2_KERNELS.iter().flatten().copied().filter(|k| !k.is_empty()));
     names.extend(HALO_KERNELS.iter().flatten().flatten().copied());
     names.extend(HALO_FORWARD_KERNELS.iter().flatten().flatten().flatten().copied());
     names.extend(HALO_FORWARD_PACK_KERNELS.iter().flatten().flatten().copied());
@@ -780,20 +815,26 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
             );
             let wide = !matches!(algo, ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap);
             // The wide tiles where they are filled: 128 columns forward and backward-data, more
-            // than 32 output channels (the rows) backward-weight, whose columns are 9 c_in >= 288.
+            // than 32 output channels (the rows) backward-weight, whose columns are taps x c_in
+            // >= 128.
             let fills_wide = match pass {
                 ConvPass::BackwardWeight => narrow_dim > 32,
                 _ => narrow_dim >= WIDE_COLS,
             };
             if tap_major_applies(pass, g) {
                 let backward_weight = pass == ConvPass::BackwardWeight;
+                let (taps, wides) = if g.kh == 2 {
+                    (&TAP2_KERNELS, &WIDE2_KERNELS)
+                } else {
+                    (&TAP_KERNELS, &WIDE_KERNELS)
+                };
                 let (kernel, rows, cols) = if wide && fills_wide {
                     let rows = if backward_weight { 64 } else { 128 };
-                    (WIDE_KERNELS[bf16 as usize][pass as usize], rows, WIDE_COLS)
+                    (wides[bf16 as usize][pass as usize], rows, WIDE_COLS)
                 } else {
                     let narrow = narrow_dim <= 32;
                     let (rows, cols) = mma_tile(pass, narrow);
-                    (TAP_KERNELS[bf16 as usize][pass as usize][narrow as usize], rows, cols)
+                    (taps[bf16 as usize][pass as usize][narrow as usize], rows, cols)
                 };
                 return Tiling {
                     kernel,
@@ -1558,7 +1599,7 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), count);
-        assert_eq!(count, 3 + 24 + 24 + 12 + 4 + 6 + 8 + 16 + 8 + 5 + 4 + 16 + 2);
+        assert_eq!(count, 3 + 24 + 24 + 12 + 8 + 4 + 6 + 4 + 8 + 16 + 8 + 5 + 4 + 16 + 2);
         // The generated names follow conv.cu's pattern.
         assert!(names.contains(&"conv_bwd_weight_bf16_kany_m32"));
         assert!(names.contains(&"conv_bwd_data_bf16_k3t_n32"));
@@ -2056,7 +2097,70 @@ mod tests {
     }
 
     #[test]
-    fn tap_major_kernels_serve_whole_channel_tiles_of_3x3_alone() {
+    fn up_convolutions_run_their_backward_passes_tap_major() {
+        // The default U-Net's 2x2 stride-2 up-convolutions (batch 16; 512 -> 256 at 16 x 16 up
+        // to 64 -> 32 at 128 x 128), as the convolutions they transpose: their backward-data is
+        // that convolution's forward pass (c_in = the up-convolution's c_out), their weight
+        // gradient its backward-weight.
+        use ConvAlgo::*;
+        for (c_in, side) in [(512, 16), (256, 32), (128, 64), (64, 128)] {
+            let t = ConvTransposeGeom {
+                n: 16,
+                c_in,
+                h: side,
+                w: side,
+                c_out: c_in / 2,
+                kh: 2,
+                kw: 2,
+                stride: 2,
+                pad: 0,
+            };
+            let conv = t.as_conv();
+            let data = transposed_plan(ConvPass::BackwardData, &t, Tf32MmaTap, 132);
+            let weight = transposed_plan(ConvPass::BackwardWeight, &t, Bf16MmaTap, 132);
+            let narrow = c_in <= 32;
+            assert_eq!(
+                data.kernel,
+                if narrow {
+                    "conv_fwd_tf32_k2t_n32"
+                } else {
+                    "conv_fwd_tf32_k2t_n64"
+                }
+            );
+            assert_eq!(
+                data.pack,
+                Some(WeightPack {
+                    kernel: "conv_pack_fwd_tf32",
+                    words: c_in.div_ceil(128) * 128 * 4 * conv.c_in,
+                })
+            );
+            assert_eq!(weight.kernel, "conv_bwd_weight_bf16_k2t_m64");
+            // The same grids and splits as tf32-mma's (the tiles are the same).
+            let plain = transposed_plan(ConvPass::BackwardData, &t, Tf32Mma, 132);
+            assert_eq!((data.grid, data.splits), (plain.grid, plain.splits));
+            // The wide versions' 128-column tiles from 128 columns on.
+            let wide = transposed_plan(ConvPass::BackwardData, &t, Bf16MmaWide, 132);
+            let want = if c_in >= 128 {
+                "conv_fwd_bf16_k2t_n128"
+            } else {
+                "conv_fwd_bf16_k2t_n64"
+            };
+            assert_eq!(wide.kernel, want);
+            assert_eq!(
+                transposed_plan(ConvPass::BackwardWeight, &t, Tf32MmaHalo, 132).kernel,
+                "conv_bwd_weight_tf32_k2t_m64n128"
+            );
+        }
+        // The TF32 wide forward kernel takes its tiles in dynamic shared memory, as the 3x3 one.
+        assert_eq!(
+            launch_shared_bytes("conv_fwd_tf32_k2t_n128"),
+            launch_shared_bytes("conv_fwd_tf32_k3t_n128")
+        );
+        assert_eq!(launch_shared_bytes("conv_fwd_bf16_k2t_n128"), 0);
+    }
+
+    #[test]
+    fn tap_major_kernels_serve_whole_channel_tiles() {
         let g = |c_in, c_out, k| ConvGeom {
             n: 2,
             c_in,
@@ -2149,7 +2253,8 @@ mod tests {
             (Forward, g(64, 64, 1)),
             (BackwardWeight, g(48, 64, 3)),
             (BackwardWeight, g(1, 32, 3)),
-            (BackwardWeight, g(64, 64, 2)),
+            (BackwardData, g(64, 64, 2)),
+            (BackwardWeight, g(48, 64, 2)),
         ] {
             for (tap, plain) in [
                 (ConvAlgo::Tf32MmaTap, ConvAlgo::Tf32Mma),
