@@ -1224,8 +1224,8 @@ using WeightTile128 = Tile<64, 128, 2, 4>;
 
 LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 
-// Tap-major 3x3 kernels (tf32-mma-tap, bf16-mma-tap; the _n128 and _m64n128 ones tf32-mma-wide
-// and bf16-mma-wide), for a channel count that is a multiple of 32 (c_in forward and
+// Tap-major 3x3 and 2x2 kernels (tf32-mma-tap, bf16-mma-tap; the _n128 and _m64n128 ones
+// tf32-mma-wide and bf16-mma-wide), for a channel count that is a multiple of 32 (c_in forward and
 // backward-weight, c_out backward-data); grids and tiles as above. Forward and backward-data
 // read their B from p.weight as packed by conv_pack_<pass>_<precision> (the host runs it first;
 // grid-stride, any grid), and their K is a multiple of BK. The TF32 _n128 kernels take
@@ -1233,14 +1233,6 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
 #define LRC_CONV_MMA_TAP(PREC, MATH)                                                                          \
     LRC_KERNEL(conv_pack_fwd_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, false>(p); }        \
     LRC_KERNEL(conv_pack_bwd_data_##PREC, ConvParams, v2::THREADS) { v2::pack_weight<v2::MATH, true>(p); }    \
-    LRC_KERNEL(conv_fwd_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                      \
-        v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
-                       v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                            \
-    }                                                                                                         \
-    LRC_KERNEL(conv_fwd_##PREC##_k3t_n32, ConvParams, v2::THREADS, 2) {                                      \
-        v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                      \
-                       v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                            \
-    }                                                                                                         \
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n64, ConvParams, v2::THREADS, 2) {                                 \
         v2::backward_data_by<v2::PixelTile64, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
                              v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                      \
@@ -1249,59 +1241,43 @@ LRC_CONV_SPECIALISATIONS(LRC_CONV_MMA)
         v2::backward_data_by<v2::PixelTile32, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                  \
                              v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                      \
     }                                                                                                         \
-    LRC_KERNEL(conv_fwd_##PREC##_k3t_n128, ConvParams, v2::THREADS, 2) {                                     \
-        v2::forward_by<v2::PixelTile128, v2::MATH, v2::ImageByOutputPixelTapMajor<3, 3>,                     \
-                       v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                           \
-    }                                                                                                         \
     LRC_KERNEL(conv_bwd_data_##PREC##_k3t_n128, ConvParams, v2::THREADS, 2) {                                \
         v2::backward_data_by<v2::PixelTile128, v2::MATH, v2::GradByInputPixelTapMajor<3, 3>,                 \
                              v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                     \
     }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile64::BN / 32>>(p); \
+    LRC_CONV_MMA_TAP_FWD_WEIGHT(PREC, MATH, k3t, 3)                                                           \
+    LRC_CONV_MMA_TAP_FWD_WEIGHT(PREC, MATH, k2t, 2)
+
+// The forward and backward-weight kernels of LRC_CONV_MMA_TAP for a KxK kernel (KS: k3t, k2t).
+// 2x2 has these two alone: a 2x2 stride-2 transposed convolution runs its backward-data and
+// weight gradient through this forward pass and this backward-weight (its forward pass goes
+// by tfwd k2s2); conv_pack_fwd_<precision> packs the forward weights of either size.
+#define LRC_CONV_MMA_TAP_FWD_WEIGHT(PREC, MATH, KS, K)                                                        \
+    LRC_KERNEL(conv_fwd_##PREC##_##KS##_n64, ConvParams, v2::THREADS, 2) {                                   \
+        v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<K, K>,                      \
+                       v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                            \
     }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m32, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<3, 3, v2::WeightTile32::BN / 32>>(p); \
+    LRC_KERNEL(conv_fwd_##PREC##_##KS##_n32, ConvParams, v2::THREADS, 2) {                                   \
+        v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<K, K>,                      \
+                       v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                            \
     }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k3t_m64n128, ConvParams, v2::THREADS, 2) {                           \
+    LRC_KERNEL(conv_fwd_##PREC##_##KS##_n128, ConvParams, v2::THREADS, 2) {                                  \
+        v2::forward_by<v2::PixelTile128, v2::MATH, v2::ImageByOutputPixelTapMajor<K, K>,                     \
+                       v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                           \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_##KS##_m64, ConvParams, v2::THREADS, 2) {                            \
+        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<K, K, v2::WeightTile64::BN / 32>>(p); \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_##KS##_m32, ConvParams, v2::THREADS, 2) {                            \
+        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<K, K, v2::WeightTile32::BN / 32>>(p); \
+    }                                                                                                         \
+    LRC_KERNEL(conv_bwd_weight_##PREC##_##KS##_m64n128, ConvParams, v2::THREADS, 2) {                        \
         v2::backward_weight_by<v2::WeightTile128, v2::MATH,                                                  \
-                               v2::ImageByTapTapMajor<3, 3, v2::WeightTile128::BN / 32>>(p);                 \
+                               v2::ImageByTapTapMajor<K, K, v2::WeightTile128::BN / 32>>(p);                 \
     }
 
 LRC_CONV_MMA_TAP(tf32, Tf32)
 LRC_CONV_MMA_TAP(bf16, Bf16)
-
-// Tap-major 2x2 kernels, forward and backward-weight (the passes a 2x2 stride-2 transposed
-// convolution runs backward through: its backward-data is this forward pass, its weight
-// gradient this backward-weight; its forward pass goes by tfwd k2s2), for a channel count that
-// is a multiple of 32 (c_in); as the 3x3 ones, with conv_pack_fwd_<precision> packing the
-// forward weights (4 taps).
-#define LRC_CONV_MMA_TAP2(PREC, MATH)                                                                         \
-    LRC_KERNEL(conv_fwd_##PREC##_k2t_n64, ConvParams, v2::THREADS, 2) {                                      \
-        v2::forward_by<v2::PixelTile64, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                      \
-                       v2::PackedWeight<v2::PixelTile64::BN, v2::MATH::PACK>>(p);                            \
-    }                                                                                                         \
-    LRC_KERNEL(conv_fwd_##PREC##_k2t_n32, ConvParams, v2::THREADS, 2) {                                      \
-        v2::forward_by<v2::PixelTile32, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                      \
-                       v2::PackedWeight<v2::PixelTile32::BN, v2::MATH::PACK>>(p);                            \
-    }                                                                                                         \
-    LRC_KERNEL(conv_fwd_##PREC##_k2t_n128, ConvParams, v2::THREADS, 2) {                                     \
-        v2::forward_by<v2::PixelTile128, v2::MATH, v2::ImageByOutputPixelTapMajor<2, 2>,                     \
-                       v2::PackedWeight<v2::PixelTile128::BN, v2::MATH::PACK>>(p);                           \
-    }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m64, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile64, v2::MATH, v2::ImageByTapTapMajor<2, 2, v2::WeightTile64::BN / 32>>(p); \
-    }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m32, ConvParams, v2::THREADS, 2) {                               \
-        v2::backward_weight_by<v2::WeightTile32, v2::MATH, v2::ImageByTapTapMajor<2, 2, v2::WeightTile32::BN / 32>>(p); \
-    }                                                                                                         \
-    LRC_KERNEL(conv_bwd_weight_##PREC##_k2t_m64n128, ConvParams, v2::THREADS, 2) {                           \
-        v2::backward_weight_by<v2::WeightTile128, v2::MATH,                                                  \
-                               v2::ImageByTapTapMajor<2, 2, v2::WeightTile128::BN / 32>>(p);                 \
-    }
-
-LRC_CONV_MMA_TAP2(tf32, Tf32)
-LRC_CONV_MMA_TAP2(bf16, Bf16)
 
 // Backward-weight by halo tiles (tf32-mma-halo, bf16-mma-halo; conv_halo.cuh): 64 output channels a block, or
 // 32 for c_out <= 32 (_m32); k tiles of one row of 32 pixels (_w32: W a multiple of 32) or two
