@@ -1573,31 +1573,21 @@ __device__ void transposed_forward_2x2(const ConvParams& p) {
 }  // namespace v2
 
 // conv_tfwd_<precision>_<tile>: grid (ceil(n*h*w / 128), ceil(c_out / tile), kh*kw) in the
-// transposed convolution's terms, 256 threads.
-#define LRC_CONV_TFWD(PREC, MATH)                                                \
-    LRC_KERNEL(conv_tfwd_##PREC##_n64, ConvParams, v2::THREADS, 2) {             \
-        v2::transposed_forward_by_tap<v2::PixelTile64, v2::MATH>(p);             \
+// transposed convolution's terms, 256 threads. conv_tfwd_<precision>_k2s2_<tile>: the 2x2
+// stride-2 pass over all four taps, grid (ceil(n*h*w / 128), ceil(4 c_out / tile)) in the
+// transposed convolution's terms (its input pixels, its output channels), 256 threads.
+#define LRC_CONV_TFWD(PREC, MATH, KIND, PASS)                                    \
+    LRC_KERNEL(conv_tfwd_##PREC##KIND##_n64, ConvParams, v2::THREADS, 2) {       \
+        v2::PASS<v2::PixelTile64, v2::MATH>(p);                                  \
     }                                                                            \
-    LRC_KERNEL(conv_tfwd_##PREC##_n32, ConvParams, v2::THREADS, 2) {             \
-        v2::transposed_forward_by_tap<v2::PixelTile32, v2::MATH>(p);             \
+    LRC_KERNEL(conv_tfwd_##PREC##KIND##_n32, ConvParams, v2::THREADS, 2) {       \
+        v2::PASS<v2::PixelTile32, v2::MATH>(p);                                  \
     }
 
-LRC_CONV_TFWD(tf32, Tf32)
-LRC_CONV_TFWD(bf16, Bf16)
-
-// conv_tfwd_<precision>_k2s2_<tile>: the 2x2 stride-2 transposed forward pass over all four
-// taps, grid (ceil(n*h*w / 128), ceil(4 c_out / tile)) in the transposed convolution's terms
-// (its input pixels, its output channels), 256 threads.
-#define LRC_CONV_TFWD_2X2(PREC, MATH)                                           \
-    LRC_KERNEL(conv_tfwd_##PREC##_k2s2_n64, ConvParams, v2::THREADS, 2) {        \
-        v2::transposed_forward_2x2<v2::PixelTile64, v2::MATH>(p);                \
-    }                                                                            \
-    LRC_KERNEL(conv_tfwd_##PREC##_k2s2_n32, ConvParams, v2::THREADS, 2) {        \
-        v2::transposed_forward_2x2<v2::PixelTile32, v2::MATH>(p);                \
-    }
-
-LRC_CONV_TFWD_2X2(tf32, Tf32)
-LRC_CONV_TFWD_2X2(bf16, Bf16)
+LRC_CONV_TFWD(tf32, Tf32, , transposed_forward_by_tap)
+LRC_CONV_TFWD(bf16, Bf16, , transposed_forward_by_tap)
+LRC_CONV_TFWD(tf32, Tf32, _k2s2, transposed_forward_2x2)
+LRC_CONV_TFWD(bf16, Bf16, _k2s2, transposed_forward_2x2)
 
 // ---------------------------------------------------------------------------------------------
 // Reductions that finish the backward passes.

@@ -628,6 +628,16 @@ pub fn launch_shared_bytes(kernel: &str) -> usize {
     conv_sm90::shared_bytes(kernel)
 }
 
+/// For the tap-major versions and those built on them (`*-mma-tap`, `*-mma-wide`, `*-mma-halo`),
+/// whether the version's operands are BF16 (else TF32); `None` for every other version.
+fn tap_family_bf16(algo: ConvAlgo) -> Option<bool> {
+    match algo {
+        ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => Some(false),
+        ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => Some(true),
+        _ => None,
+    }
+}
+
 /// The kernels on the FP32 cores of the tap-major versions and those built on them
 /// (conv_direct.cuh) by [tf32, bf16][forward, backward-data][1x1 with 16 outputs or fewer,
 /// 1x1 with 32, 3x3 with 4, 3x3 with 32].
@@ -675,11 +685,7 @@ const DIRECT_CHANNELS_3X3: usize = 64;
 /// or fewer (the first layer, one channel -> 32, both ways); fewer than 2^31 pixels. There the
 /// tensor-core tiles spend most of their work on padding.
 fn direct_kernel(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom) -> Option<&'static str> {
-    let bf16 = match algo {
-        ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => false,
-        ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => true,
-        _ => return None,
-    };
+    let bf16 = tap_family_bf16(algo)?;
     let (outs, ins) = match pass {
         ConvPass::Forward => (g.c_out, g.c_in),
         ConvPass::BackwardData => (g.c_in, g.c_out),
@@ -809,10 +815,7 @@ fn tiling(algo: ConvAlgo, pass: ConvPass, g: &ConvGeom, narrow_dim: usize) -> Ti
         | ConvAlgo::Bf16MmaWide
         | ConvAlgo::Tf32MmaHalo
         | ConvAlgo::Bf16MmaHalo => {
-            let bf16 = matches!(
-                algo,
-                ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo
-            );
+            let bf16 = tap_family_bf16(algo) == Some(true);
             let wide = !matches!(algo, ConvAlgo::Tf32MmaTap | ConvAlgo::Bf16MmaTap);
             // The wide tiles where they are filled: 128 columns forward and backward-data, more
             // than 32 output channels (the rows) backward-weight, whose columns are taps x c_in
@@ -952,15 +955,10 @@ pub fn transposed_plan(pass: ConvPass, g: &ConvTransposeGeom, algo: ConvAlgo, mu
 /// tap-major, wide and halo versions run 2x2 stride 2 as one GEMM over the four taps instead
 /// (`all_taps_forward_plan`).
 fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
-    if (g.kh, g.kw) == (2, 2) {
-        let precision = match algo {
-            ConvAlgo::Tf32MmaTap | ConvAlgo::Tf32MmaWide | ConvAlgo::Tf32MmaHalo => Some(0),
-            ConvAlgo::Bf16MmaTap | ConvAlgo::Bf16MmaWide | ConvAlgo::Bf16MmaHalo => Some(1),
-            _ => None,
-        };
-        if let Some(precision) = precision {
-            return all_taps_forward_plan(g, precision);
-        }
+    if (g.kh, g.kw) == (2, 2)
+        && let Some(bf16) = tap_family_bf16(algo)
+    {
+        return all_taps_forward_plan(g, bf16);
     }
     let narrow = g.c_out <= 32;
     let (kernel, rows, cols) = match algo {
@@ -991,16 +989,16 @@ fn tap_forward_plan(g: &ConvTransposeGeom, algo: ConvAlgo) -> ConvLaunch {
 }
 
 /// The forward pass of the 2x2 stride-2 transposed convolution `g` as one GEMM over its four
-/// taps (conv.cu's tfwd k2s2) at precision `precision` (0 TF32, 1 BF16): columns (c_out, tap),
+/// taps (conv.cu's tfwd k2s2) at precision `bf16` or TF32: columns (c_out, tap),
 /// 128 input pixels x 64 columns a block (x 32 for 8 output channels or fewer), grid (pixel
 /// tiles, column tiles, 1). A block reads its pixels once for all four taps and stores each
 /// output row's neighbours (tx = 0, 1) as one pair.
-fn all_taps_forward_plan(g: &ConvTransposeGeom, precision: usize) -> ConvLaunch {
+fn all_taps_forward_plan(g: &ConvTransposeGeom, bf16: bool) -> ConvLaunch {
     let cols = 4 * g.c_out;
     let narrow = cols <= 32;
     let tile = if narrow { 32 } else { 64 };
     ConvLaunch {
-        kernel: TFWD_2X2_KERNELS[precision][narrow as usize],
+        kernel: TFWD_2X2_KERNELS[bf16 as usize][narrow as usize],
         grid: ((g.n * g.h * g.w).div_ceil(128), cols.div_ceil(tile), 1),
         split_len: 0,
         splits: 1,
