@@ -2116,15 +2116,8 @@ mod tests {
             let conv = t.as_conv();
             let data = transposed_plan(ConvPass::BackwardData, &t, Tf32MmaTap, 132);
             let weight = transposed_plan(ConvPass::BackwardWeight, &t, Bf16MmaTap, 132);
-            let narrow = c_in <= 32;
-            assert_eq!(
-                data.kernel,
-                if narrow {
-                    "conv_fwd_tf32_k2t_n32"
-                } else {
-                    "conv_fwd_tf32_k2t_n64"
-                }
-            );
+            // The GEMM's columns are the up-convolution's inputs, 64 or more: the 64-wide tile.
+            assert_eq!(data.kernel, "conv_fwd_tf32_k2t_n64");
             assert_eq!(
                 data.pack,
                 Some(WeightPack {
