@@ -17,11 +17,10 @@
 #   memcheck norm  the same over `lrc bench norm` on shapes that take every instance-norm launch
 #   memcheck step  the same over one whole U-Net training step (`lrc bench step`, tiny shapes)
 #   memcheck lrc-loss   the same over `lrc bench lrc-loss` (the fused local loss) on tiny shapes
-#   bench step  `lrc bench step` and scripts/torch_reference.py --bench step (eager), same U-Net;
-#             then `lrc bench step` again with the tap-major convolutions and halo tiles
-#             (backward-weight; forward and backward-data of the narrow layers)
-#             (LRC_CONV_ALGO=tf32-mma-halo)
-#             and with the fastest TF32 version per pass (LRC_CONV_ALGO=tf32-fastest)
+#   bench step  `lrc bench step` (the default convolution version, whatever LRC_CONV_ALGO says
+#             outside) and scripts/torch_reference.py --bench step (eager), same U-Net; then
+#             `lrc bench step` again with BF16 operands (LRC_CONV_ALGO=bf16-mma-halo) and with
+#             the fastest TF32 version per pass (LRC_CONV_ALGO=tf32-fastest)
 #   demo quick  `lrc demo --quick --device cuda --profile`: the whole pipeline on the GPU
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
 #             from four initialisations, prediction, evaluation, plots); its tables in the summary
@@ -35,10 +34,9 @@
 #   bench superpixels skimage  scikit-image's felzenszwalb per slice at 256 and 512, one core
 #             (scripts/bench_felzenszwalb_skimage.py), for the GPU's speed-up over it
 #   bench step torch.compile  the PyTorch step compiled (compiling takes a minute or more)
-#   ncu step  Nsight Compute over one `lrc bench step` (same U-Net) with the newest convolution
-#             kernels (LRC_CONV_ALGO=tf32-mma-halo: tap-major, wide, halo; the default's table is
-#             in docs/PERFORMANCE.md): per-kernel share, SM / memory / DRAM throughput against the
-#             card's peak, registers, occupancy (scripts/ncu_table.py)
+#   ncu step  Nsight Compute over one `lrc bench step` (same U-Net, the default convolution
+#             version): per-kernel share, SM / memory / DRAM throughput against the card's
+#             peak, registers, occupancy (scripts/ncu_table.py)
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
@@ -377,7 +375,7 @@ fi
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
     for s in "bench lrc" "bench torch" memcheck "memcheck norm" "memcheck step" "memcheck lrc-loss" "bench step lrc" \
-        "bench step torch" "bench step lrc halo" "bench step lrc fastest" "demo quick" "bench batch" \
+        "bench step torch" "bench step lrc bf16" "bench step lrc fastest" "demo quick" "bench batch" \
         "bench norm lrc" "bench norm torch" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -490,14 +488,13 @@ else
     fi
     step_argv=(--batch 16 --size 256 --base 32 --depth 5)
     bench_run "bench step lrc" 30 120 "$logs/bench-step-lrc.log" \
-        "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+        env -u LRC_CONV_ALGO "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step torch" 30 120 "$logs/bench-step-torch.log" \
         "$python" "$torch_bench" --bench step --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
-    # The same step with the tap-major convolutions (the wide tiles where a pass has 128 columns
-    # or more, the others elsewhere) and the halo-tile backward-weight, and with the fastest
-    # TF32 version per pass (timed in the warm-up steps), beside the default they may replace.
-    bench_run "bench step lrc halo" 30 120 "$logs/bench-step-lrc-halo.log" \
-        env LRC_CONV_ALGO=tf32-mma-halo "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
+    # The same step with BF16 operands, and with the fastest TF32 version per pass (timed in
+    # the warm-up steps), beside the default.
+    bench_run "bench step lrc bf16" 30 120 "$logs/bench-step-lrc-bf16.log" \
+        env LRC_CONV_ALGO=bf16-mma-halo "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     bench_run "bench step lrc fastest" 30 120 "$logs/bench-step-lrc-fastest.log" \
         env LRC_CONV_ALGO=tf32-fastest "$bin/lrc" bench step "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # The whole pipeline on this GPU, end to end: a failure here is a failure of the check.
@@ -556,8 +553,8 @@ else
     bench_run "bench step torch.compile" 150 240 "$logs/bench-step-compile.log" \
         "$python" "$torch_bench" --bench step --compile --device cuda "${step_argv[@]}" --json "$out/bench-step.jsonl"
     # Nsight Compute over the kernels of one training step (the same U-Net), for the per-kernel
-    # table: throughput against the card's peaks, registers, occupancy; with the newest
-    # convolution kernels, whose issue rate is what the static counts cannot show. A
+    # table: throughput against the card's peaks, registers, occupancy; with the default
+    # convolution version, whose issue rate is what the static counts cannot show. A
     # diagnostic: when ncu cannot profile (no counters for this user, say) the check says so and
     # does not fail.
     ncu="$(command -v ncu || true)"
@@ -566,7 +563,7 @@ else
         skipped+=("ncu step: ncu not found")
         step "ncu step" "skipped (no ncu)" "" ""
     elif enough "ncu step" 90; then
-        timed "$logs/ncu-step.log" "$(min 180 "$(left)")" env LRC_CONV_ALGO=tf32-mma-halo \
+        timed "$logs/ncu-step.log" "$(min 180 "$(left)")" env -u LRC_CONV_ALGO \
             "$ncu" --csv --print-units base --section SpeedOfLight --section LaunchStats --section Occupancy \
             --log-file "$out/ncu-step.csv" \
             "$bin/lrc" bench step "${step_argv[@]}" --repeats 1 --warmup 0 --json "$logs/ncu-step-bench.jsonl"

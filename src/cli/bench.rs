@@ -71,7 +71,7 @@ pub struct ConvBenchArgs {
     pub classes: usize,
     /// fp32-tiled, tf32-mma, bf16-mma, tf32-wgmma, bf16-wgmma (compute capability 9.0 only), tf32-mma-tap, bf16-mma-tap, tf32-mma-wide, bf16-mma-wide, tf32-mma-halo, bf16-mma-halo, or all
     /// (every one the device runs); or a choice among them, tf32-fastest or bf16-fastest (timed per
-    /// pass in the warm-up runs); default: the device's, LRC_CONV_ALGO or tf32-mma.
+    /// pass in the warm-up runs); default: the device's, LRC_CONV_ALGO or tf32-mma-halo.
     #[arg(long)]
     pub algo: Option<String>,
     /// Timed runs per pass; the median is reported.

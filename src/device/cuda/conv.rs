@@ -107,11 +107,12 @@ impl ConvAlgo {
     /// The settings that choose a version per pass and geometry by timing them.
     pub const CHOICES: [ConvAlgo; 2] = [ConvAlgo::Tf32Fastest, ConvAlgo::Bf16Fastest];
 
-    /// The version ops use unless told otherwise: on an H100 (docs/PERFORMANCE.md) the fastest
-    /// version measured at TF32 precision, 3.8 times faster than the FP32 tiles over the U-Net's
-    /// convolutions; bf16-mma is 12% faster still but gives up 3 bits of operand precision. The
-    /// tap-major versions and the choices have not been measured yet.
-    pub const DEFAULT: ConvAlgo = ConvAlgo::Tf32Mma;
+    /// The version ops use unless told otherwise: on an H100 (docs/PERFORMANCE.md, second
+    /// check) the fastest version measured at TF32 precision, 13.66 ms over the U-Net's
+    /// convolutions against cuDNN's 19.18 (tf32-mma 37.67) and a training step of 15.96 ms
+    /// against tf32-mma's 38.95; timing every pass (`tf32-fastest`) gains 1% over it. It runs on
+    /// compute capability 8.0 and up (mma.sync, no sm_90a code).
+    pub const DEFAULT: ConvAlgo = ConvAlgo::Tf32MmaHalo;
 
     /// The environment variable that overrides [`ConvAlgo::DEFAULT`] when a device is opened.
     pub const ENV: &'static str = "LRC_CONV_ALGO";
