@@ -2,7 +2,7 @@
 # The GPU check in one call, for a GPU machine with no Rust toolchain and no network. Run it from
 # the repository root, with the bundle of scripts/gpu-bundle.sh present:
 #
-#   scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS]
+#   scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS] [--only STEPS]
 #
 # Steps, in order, each with a timeout and skipped when the budget (default 420 s) runs short:
 #   card      nvidia-smi: name, driver, memory
@@ -25,6 +25,10 @@
 #             (synthesis, stores with superpixel regions, MoCo and LRC pre-training, fine-tuning
 #             from four initialisations, prediction, evaluation, plots); its tables in the summary
 #   bench batch  `lrc bench batch`: the host's milliseconds per training batch, per stage
+#   bench pretrain  `lrc pretrain global|local|joint` as a user runs it (batch 16, 256 x 256
+#             crops, the thesis U-Net) on a synthetic store with superpixel regions (`lrc synth`,
+#             `lrc prep --regions`): 110 steps each, the steady ms per step (steps 10 to 110,
+#             from the run's own metrics), beside the host's batch for the same stage
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases, FP32 and BF16 embeddings, each
@@ -40,6 +44,10 @@
 # OUTDIR gets summary.md (tests per executable, each benchmark's lrc and PyTorch medians and their
 # ratio, the superpixel throughputs, what was skipped) and logs/ with the full output of every step.
 #
+# --only STEPS: a comma-separated list of the steps to run, by the names above and in the
+# summary's steps table ("tests" for the test executables; "bench step lrc", "demo quick", ...);
+# the others do not run and are not tabled. For a second call that checks a change without
+# spending the budget on figures already taken.
 # --dry, or no nvidia-smi: runs only what needs no GPU (the tests without --include-ignored, the
 # parity check where python3 imports torch and safetensors) and reports the GPU steps as not run.
 # Exit status: 0 when everything that ran passed, 1 otherwise, 2 for bad usage.
@@ -53,7 +61,7 @@
 set -uo pipefail
 
 usage() {
-    echo "usage: scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS]" >&2
+    echo "usage: scripts/gpu-check.sh OUTDIR [--dry] [--budget SECONDS] [--only STEPS]" >&2
     exit 2
 }
 
@@ -61,12 +69,18 @@ out=""
 dry=0
 dry_reason="--dry"
 budget=420
+only=""
 while (($#)); do
     case "$1" in
         --dry) dry=1 ;;
         --budget)
             [[ "${2:-}" =~ ^[0-9]+$ ]] || usage
             budget="$2"
+            shift
+            ;;
+        --only)
+            [[ -n "${2:-}" ]] || usage
+            only=",$2,"
             shift
             ;;
         -h | --help) usage ;;
@@ -121,6 +135,11 @@ cleanup=()     # links made for the tests, removed at exit
 unpacked=""    # where the executables were unpacked, removed at exit
 
 elapsed() { echo $((SECONDS - start)); }
+# wanted NAME: whether --only (if given) names this step.
+wanted() {
+    [[ -z "$only" || "$only" == *",$1,"* ]]
+}
+[[ -z "$only" ]] || notes+=("--only: the steps asked for were ${only:1:-1}; no other ran")
 # Seconds of the budget left, never below zero.
 left() {
     local l=$((budget - (SECONDS - start)))
@@ -265,6 +284,7 @@ total_failed=0
 blocking_reruns=0
 total_ignored=0
 for exe in "$bin"/*; do
+    wanted tests || break
     name="$(basename "$exe")"
     [[ "$name" == lrc ]] && continue
     if (($(left) < 20)); then
@@ -325,6 +345,7 @@ step() {
 
 # enough NAME SECONDS: whether at least SECONDS of the budget are left; records the skip if not.
 enough() {
+    wanted "$1" || return 1
     if (($(left) < $2)); then
         skipped+=("$1: $(left) s of the budget left, it needs about $2 s")
         step "$1" "skipped (budget)" "" ""
@@ -345,6 +366,31 @@ bench_run() {
         failed=1
         step "$name" "FAILED (exit $rc)" "$took" "$(last_line "$log") ($(basename "$log"))"
     fi
+}
+
+# pretrain_rates DIR JSON: writes to JSON a line per method whose metrics DIR/METHOD.jsonl holds,
+# with its steady ms per step: the elapsed time from step 10 to the last, over those steps (the
+# first steps load modules and fill the allocator's cache); prints them on one line.
+pretrain_rates() {
+    python3 - "$1" "$2" << 'PY'
+import json, os, sys
+
+said = []
+out = open(sys.argv[2], "w")
+for method in ("global", "local", "joint"):
+    path = os.path.join(sys.argv[1], method + ".jsonl")
+    if not os.path.exists(path):
+        continue
+    at = {r["step"]: r["elapsed_s"] for r in map(json.loads, open(path)) if r.get("kind") == "step"}
+    last = max(at, default=0)
+    if last <= 10:
+        continue
+    ms = (at[last] - at[10]) * 1000.0 / (last - 10)
+    print(json.dumps({"bench": "pretrain", "method": method, "batch": 16, "crop": 256, "steps": last,
+                      "ms_per_step": ms, "first_step_s": at.get(1)}), file=out)
+    said.append(f"{method} {ms:.2f} ms/step")
+print("; ".join(said))
+PY
 }
 
 # --- parity -------------------------------------------------------------------------------------
@@ -375,7 +421,7 @@ fi
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
     for s in "bench lrc" "bench torch" memcheck "memcheck norm" "memcheck step" "memcheck lrc-loss" "bench step lrc" \
-        "bench step torch" "bench step lrc bf16" "bench step lrc fastest" "demo quick" "bench batch" \
+        "bench step torch" "bench step lrc bf16" "bench step lrc fastest" "demo quick" "bench batch" "bench pretrain" \
         "bench norm lrc" "bench norm torch" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -516,6 +562,29 @@ else
     # faster than the slowest stage's batch would wait for its data.
     bench_run "bench batch" 40 90 "$logs/bench-batch.log" \
         "$bin/lrc" bench batch --repeats 5 --json "$out/bench-batch.jsonl"
+    # Pre-training end to end, as `lrc pretrain` runs it (batches from the prefetcher, the loss
+    # read back every step): whether the host keeps up shows as the step against the batch.
+    if enough "bench pretrain" 60; then
+        pre_dir="$(mktemp -d)"
+        # shellcheck disable=SC2016 # the inner script expands its own arguments
+        timed "$logs/bench-pretrain.log" "$(min 180 "$(left)")" bash -c '
+            lrc="$1" dir="$2"
+            "$lrc" synth -o "$dir/synth" --cases 4 --region abdomen &&
+                "$lrc" prep -i "$dir/synth" -o "$dir/store" --regions || exit
+            for method in global local joint; do
+                "$lrc" pretrain "$method" --data "$dir/store" -o "$dir/$method.safetensors" --steps 110 \
+                    --batch 16 --crop 256 --log-every 50 --checkpoint-every 1000 --device cuda \
+                    --metrics "$dir/$method.jsonl" || exit
+            done' _ "$bin/lrc" "$pre_dir"
+        rates="$(pretrain_rates "$pre_dir" "$out/bench-pretrain.jsonl")"
+        if ((rc == 0)) && [[ -n "$rates" ]]; then
+            step "bench pretrain" passed "$took" "$rates"
+        else
+            failed=1
+            step "bench pretrain" "FAILED (exit $rc)" "$took" "$(last_line "$logs/bench-pretrain.log") (logs/bench-pretrain.log)"
+        fi
+        rm -rf "$pre_dir"
+    fi
     bench_run "bench norm lrc" 30 120 "$logs/bench-norm-lrc.log" \
         "$bin/lrc" bench norm "${bench_argv[@]}" --json "$out/bench-norm-lrc.jsonl"
     bench_run "bench norm torch" 30 120 "$logs/bench-norm-torch.log" \
@@ -661,6 +730,39 @@ for p in PRECISIONS:
 if lines:
     print()
     print("\n".join(lines))
+PY
+}
+
+# Pre-training steps next to the host's batches of the same stage (`lrc bench batch`).
+pretrain_table() {
+    python3 - "$out/bench-pretrain.jsonl" "$out/bench-batch.jsonl" << 'PY'
+import json, os, sys
+
+def read(path):
+    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
+
+rows = read(sys.argv[1])
+if not rows:
+    sys.exit(0)
+# The batch stage of each method, built on every core.
+stage = {"global": "moco", "local": "lrc", "joint": "joint"}
+host = {}
+for r in read(sys.argv[2]):
+    if r.get("bench") == "batch" and r["threads"] >= host.get(r["stage"], (0, 0))[0]:
+        host[r["stage"]] = (r["threads"], r["median_ms"])
+print("## Benchmark: pre-training (`lrc pretrain`, batch 16, 256 x 256 crops, base 32, depth 5), ms per step\n")
+print("steady ms per step from step 10 to the last; host batch = `lrc bench batch` for the same stage on")
+print("every core (the prefetcher builds it while the GPU runs the step before): below the step, the")
+print("GPU never waits for data.\n")
+print("| method | steps | ms per step | crops/s | first step s | host batch ms | host / step |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    threads, batch_ms = host.get(stage[r["method"]], (None, None))
+    ratio = f"{batch_ms / r['ms_per_step']:.2f}" if batch_ms else ""
+    batch = f"{batch_ms:.2f}" if batch_ms else ""
+    first = f"{r['first_step_s']:.2f}" if r.get("first_step_s") is not None else ""
+    print(f"| {r['method']} | {r['steps']} | {r['ms_per_step']:.2f} | {r['batch'] * 1000.0 / r['ms_per_step']:.0f} | "
+          f"{first} | {batch} | {ratio} |")
 PY
 }
 
@@ -846,6 +948,8 @@ PY
         # The demo's own headings become bold lines here, below this section's heading.
         sed 's/^#\+ \(.*\)$/**\1**/' "$out/demo-tables.md"
     fi
+    table="$(pretrain_table)"
+    [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(bench_table)"
     [[ -z "$table" ]] || printf '\n%s\n' "$table"
     table="$(norm_table)"

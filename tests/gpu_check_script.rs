@@ -215,7 +215,7 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}[[ $1 == bench ]] || exit 9\n\
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}{FAKE_PRETRAIN}[[ $1 == bench ]] || exit 9\n\
              if [[ $2 == superpixels ]]; then echo '{superpixels}' > \"$4\"; \
              echo 'superpixels 256x256: gpu 400.0 slices/s'; exit 0; fi\n{}",
             lrc_bench.trim_start_matches("#!/usr/bin/env bash\n")
@@ -255,13 +255,26 @@ const FAKE_DEMO: &str = "if [[ $1 == demo ]]; then while (($#)); do [[ $1 == -o 
     > \"$o/results/tables.md\"; echo '[demo]   loss 0.5 -> 0.25 in 1s'; \
     echo \"[demo] done in 2s; results in $o/results\"; exit 0; fi\n";
 
+/// A fake `lrc synth`, `lrc prep` and `lrc pretrain METHOD ... --metrics F` for the fake `lrc`s:
+/// 110 steps after a second of start-up, 20 ms each for global, 40 for local and 50 for joint.
+const FAKE_PRETRAIN: &str = "[[ $1 == synth || $1 == prep ]] && exit 0\n\
+    if [[ $1 == pretrain ]]; then case $2 in global) ms=20;; local) ms=40;; *) ms=50;; esac; \
+    while (($#)); do [[ $1 == --metrics ]] && metrics=$2; shift; done; \
+    awk -v ms=$ms 'BEGIN {for (s = 1; s <= 110; s++) printf \"{\\\"kind\\\":\\\"step\\\",\\\"step\\\":%d,\\\"elapsed_s\\\":%.3f}\\n\", s, 1 + s * ms / 1000}' \
+    > \"$metrics\"; exit 0; fi\n";
+
 fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &str) -> (Output, String) {
+    run_full_with(root, bundle, python, tools, &["--budget", budget])
+}
+
+/// As [`run_full`], with the script's options given.
+fn run_full_with(root: &Path, bundle: &Path, python: &Path, tools: &Path, options: &[&str]) -> (Output, String) {
     let out_dir = root.join("out");
     let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
     let output = Command::new("bash")
         .arg(script())
         .arg(&out_dir)
-        .args(["--budget", budget])
+        .args(options)
         .current_dir(root)
         .env("PATH", path)
         .env("LRC_BUNDLE", bundle)
@@ -463,7 +476,7 @@ fn a_full_run_compares_the_lrc_loss_benchmarks() {
     write_executable(
         &bundle.join("bin/lrc"),
         &format!(
-            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}[[ $1 == bench ]] || exit 9\n{}",
+            "#!/usr/bin/env bash\n[[ $1 == parity ]] && echo fake > \"$3\" && exit 0\n{FAKE_DEMO}{FAKE_PRETRAIN}[[ $1 == bench ]] || exit 9\n{}",
             answer(record("lrc", (0.5, 40.0), (0.4, 41.0)))
         ),
     );
@@ -551,6 +564,77 @@ fn steps_that_do_not_fit_the_budget_are_skipped_and_said_so() {
     }
     let skipped = summary.split("## Skipped").nth(1).expect("a Skipped section");
     assert!(skipped.contains("bench torch: 0 s of the budget left"), "{summary}");
+}
+
+#[test]
+fn a_full_run_times_pre_training_as_a_user_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(output.status.success(), "{summary}");
+    // Steps 10 to 110 of each run: 20, 40 and 50 ms each, whatever the start-up took.
+    assert!(
+        row(&summary, "bench pretrain").contains("global 20.00 ms/step; local 40.00 ms/step; joint 50.00 ms/step"),
+        "{summary}"
+    );
+    assert!(summary.contains("## Benchmark: pre-training"), "{summary}");
+    assert!(
+        summary.contains("| local | 110 | 40.00 | 400 | 1.04 |  |  |"),
+        "{summary}"
+    );
+    // A run that fails fails the check.
+    fake_lrc_first(
+        &bundle,
+        "[[ $1 == pretrain && $2 == joint ]] && echo 'error: out of memory' && exit 3",
+    );
+    let (output, summary) = run_full(dir.path(), &bundle, &python, &tools, "420");
+    assert!(!output.status.success(), "{summary}");
+    let pretrain = row(&summary, "bench pretrain");
+    assert!(
+        pretrain.contains("FAILED (exit 3)") && pretrain.contains("out of memory"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn only_the_steps_asked_for_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, python) = fake_bundle(dir.path(), &[("fake_tests", fake_test(3, 0))]);
+    let tools = fake_gpu(dir.path(), &bundle, &python);
+    let only = "tests,bench step lrc,demo quick";
+    let (output, summary) = run_full_with(
+        dir.path(),
+        &bundle,
+        &python,
+        &tools,
+        &["--budget", "420", "--only", only],
+    );
+    assert!(output.status.success(), "{summary}");
+    assert!(row(&summary, "fake_tests").contains("| ok |"), "{summary}");
+    assert!(row(&summary, "bench step lrc").contains("passed"), "{summary}");
+    assert!(row(&summary, "demo quick").contains("passed"), "{summary}");
+    // Every other step neither runs nor shows, and the summary says why.
+    for step in [
+        "parity",
+        "bench lrc",
+        "bench torch",
+        "memcheck",
+        "bench step torch",
+        "bench step lrc bf16",
+        "bench norm lrc",
+    ] {
+        assert!(!summary.contains(&format!("| {step} |")), "{step} ran: {summary}");
+    }
+    assert!(
+        summary.contains(&format!("--only: the steps asked for were {only}; no other ran")),
+        "{summary}"
+    );
+    // Without "tests" no test executable runs.
+    let (output, summary) = run_full_with(dir.path(), &bundle, &python, &tools, &["--only", "demo quick"]);
+    assert!(output.status.success(), "{summary}");
+    assert!(!summary.contains("| fake_tests |"), "{summary}");
+    assert!(row(&summary, "demo quick").contains("passed"), "{summary}");
 }
 
 #[test]
