@@ -8,8 +8,10 @@
       and inputs, and prints the worst relative error per tensor. Exit status 1 if any exceeds
       --tol (default 1e-4; lrc computes in f32, so ~1e-6..1e-5 is expected).
 
-  python3 scripts/torch_reference.py --bench step|conv|norm|lrc-loss [...]
-      Times the same work in PyTorch (see scripts/torch_bench.py).
+  python3 scripts/torch_reference.py --bench step|pretrain|conv|norm|lrc-loss [...]
+      Times the same work in PyTorch (step: the U-Net training step of `lrc bench step`;
+      pretrain --method global|local|joint: a pre-training step of `lrc pretrain`; the others:
+      scripts/torch_bench.py).
 
 Parameter names: U-Net `enc.{l}.conv{1,2}/norm{1,2}.{weight,bias}`, `dec.{l}.up` and
 `dec.{l}.conv{1,2}/norm{1,2}`; global model adds `proj`; LRC model adds `embed`; the
@@ -350,16 +352,162 @@ def bench_step(argv):
     return 0
 
 
+class JointModel(UNet):
+    """Both heads on one U-Net (as lrc's joint pre-training): the encoder's deepest features
+    pooled and projected for MoCo, the decoder's output embedded per pixel for LRC."""
+
+    def __init__(self, cfg, proj_dim, embed_dim):
+        super().__init__(cfg)
+        self.proj = nn.Linear(widths(cfg)[-1], proj_dim)
+        self.embed = nn.Conv2d(cfg["base_width"], embed_dim, 1)
+
+    def global_head(self, feats):
+        return self.proj(feats[-1].mean(dim=(2, 3)))
+
+    def local_head(self, feats):
+        h = feats[-1]
+        for l in reversed(range(len(feats) - 1)):
+            block = self.dec[str(l)]
+            h = block(torch.cat([feats[l], block.up(h)], dim=1))
+        return F.normalize(self.embed(h), dim=1)
+
+
+def bench_pretrain(argv):
+    """Median time of one pre-training step in PyTorch, the step `lrc pretrain` takes with the
+    thesis's settings: MoCo (global: encoder + pooling + projection to 128, a momentum key
+    encoder, a queue of 4096 keys, InfoNCE at temperature 0.07, SGD lr 0.03 momentum 0.9), LRC
+    (local: the U-Net on both views, 1x1 embedding normalised per pixel, the local loss over K
+    regions of N samples per view, Adam lr 1e-4) or both on one network (joint: their sum, Adam).
+    The batch and the sample indices are on the device before timing (K regions on a grid, as
+    `lrc bench lrc-loss` draws them): no data loading and no loss read back, which `lrc
+    pretrain`'s own figures include."""
+    import copy
+    import os
+    import statistics
+    import time
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_bench
+
+    ap = argparse.ArgumentParser(prog="torch_reference.py --bench pretrain")
+    ap.add_argument("--method", choices=["global", "local", "joint"], required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--base", type=int, default=32)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--regions", type=int, default=64, help="K regions per image (local, joint)")
+    ap.add_argument("--samples", type=int, default=32, help="N samples per region and view")
+    ap.add_argument("--queue", type=int, default=4096)
+    ap.add_argument("--proj", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", help="append a JSON line with the result to this file")
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    cfg = {"in_channels": 1, "base_width": a.base, "depth": a.depth, "max_width": 512}
+    t, momentum = 0.07, 0.999
+    uses_global = a.method in ("global", "joint")
+    uses_local = a.method in ("local", "joint")
+    if a.method == "global":
+        model = GlobalModel(cfg, a.proj).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+    elif a.method == "local":
+        model = LocalModel(cfg, a.base).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    else:
+        model = JointModel(cfg, a.proj, a.base).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    x = torch.rand(a.batch, 1, a.size, a.size, device=dev)
+    x_pos = torch.rand(a.batch, 1, a.size, a.size, device=dev)
+    if uses_global:
+        key = copy.deepcopy(model).requires_grad_(False)
+        key_params, query_params = list(key.parameters()), list(model.parameters())
+        queue = F.normalize(torch.randn(a.queue, a.proj, device=dev), dim=1)
+        ptr = [0]
+    if uses_local:
+        case = {"regions": a.regions, "size": a.size, "samples": a.samples, "batch": a.batch}
+        q_idx, p_idx = (i.to(dev) for i in torch_bench.grid_samples(torch, case, torch.Generator().manual_seed(0)))
+    labels = torch.zeros(a.batch, dtype=torch.long, device=dev)
+
+    def global_loss(q, k):
+        q = F.normalize(q, dim=1)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], dim=1) / t
+        return F.cross_entropy(logits, labels)
+
+    def keys():
+        # The key encoder moves toward the query encoder before it encodes (as lrc and MoCo).
+        with torch.no_grad():
+            torch._foreach_mul_(key_params, momentum)
+            torch._foreach_add_(key_params, query_params, alpha=1 - momentum)
+            k = key(x_pos) if a.method == "global" else key.global_head(key.features(x_pos))
+            return F.normalize(k, dim=1)
+
+    def step():
+        k = keys() if uses_global else None
+        opt.zero_grad(set_to_none=True)
+        if a.method == "global":
+            loss = global_loss(model(x), k)
+        elif a.method == "local":
+            loss = torch_bench.lrc_loss(torch, model(x), model(x_pos), q_idx, p_idx, t, False)
+        else:
+            feats = model.features(x)
+            fq = model.local_head(feats)
+            fp = model.local_head(model.features(x_pos))
+            loss = global_loss(model.global_head(feats), k) + torch_bench.lrc_loss(
+                torch, fq, fp, q_idx, p_idx, t, False
+            )
+        loss.backward()
+        opt.step()
+        if uses_global:
+            with torch.no_grad():
+                queue[ptr[0] : ptr[0] + a.batch] = k
+            ptr[0] = (ptr[0] + a.batch) % a.queue
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(
+        f"torch {torch.__version__} {a.device} eager: {a.method} pre-training step batch {a.batch} "
+        f"1x{a.size}x{a.size} base {a.base} depth {a.depth}: median {med * 1e3:.1f} ms over {a.repeats}"
+    )
+    if a.json:
+        with open(a.json, "a") as f:
+            f.write(json.dumps({"bench": "pretrain", "impl": "torch-eager", "method": a.method, "device": a.device,
+                                "batch": a.batch, "size": a.size, "base": a.base, "depth": a.depth,
+                                "regions": a.regions if uses_local else None, "samples": a.samples,
+                                "queue": a.queue, "median_ms": med * 1e3}) + "\n")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", metavar="FILE", help="safetensors file written by `lrc parity`")
     ap.add_argument("--tol", type=float, default=1e-4)
-    ap.add_argument("--bench", choices=["step", "conv", "norm", "lrc-loss"], help="time PyTorch (see torch_bench.py)")
+    ap.add_argument("--bench", choices=["step", "pretrain", "conv", "norm", "lrc-loss"],
+                    help="time PyTorch (step, pretrain: here; the others: torch_bench.py)")
     args, rest = ap.parse_known_args()
     if args.check:
         sys.exit(0 if check(args.check, args.tol) else 1)
     if args.bench == "step":
         sys.exit(bench_step(rest))
+    if args.bench == "pretrain":
+        sys.exit(bench_pretrain(rest))
     if args.bench:
         import os
 

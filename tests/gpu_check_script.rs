@@ -229,7 +229,7 @@ fn fake_gpu(root: &Path, bundle: &Path, python: &Path) -> PathBuf {
         &format!(
             "#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\n\
              [[ $2 == --check ]] && echo 'checked 3 tensors; worst relative error 1.000e-06 (tolerance 1e-04)' && exit 0\n\
-             if [[ $1 == *bench_felzenszwalb_skimage.py ]]; then\n{}\nexit 0\nfi\n{}",
+             if [[ $1 == *bench_felzenszwalb_skimage.py ]]; then\n{}\nexit 0\nfi\n{FAKE_TORCH_PRETRAIN}{}",
             skimage.trim_start_matches("#!/usr/bin/env bash\n"),
             torch_bench.trim_start_matches("#!/usr/bin/env bash\n")
         ),
@@ -262,6 +262,14 @@ const FAKE_PRETRAIN: &str = "[[ $1 == synth || $1 == prep ]] && exit 0\n\
     while (($#)); do [[ $1 == --metrics ]] && metrics=$2; shift; done; \
     awk -v ms=$ms 'BEGIN {for (s = 1; s <= 110; s++) printf \"{\\\"kind\\\":\\\"step\\\",\\\"step\\\":%d,\\\"elapsed_s\\\":%.3f}\\n\", s, 1 + s * ms / 1000}' \
     > \"$metrics\"; exit 0; fi\n";
+
+/// A fake `torch_reference.py --bench pretrain --method METHOD --json F` for the fake pythons:
+/// 25 ms a step for global, 50 for local and 60 for joint.
+const FAKE_TORCH_PRETRAIN: &str = "if [[ $* == *'--bench pretrain'* ]]; then \
+    while (($#)); do [[ $1 == --method ]] && method=$2; [[ $1 == --json ]] && json=$2; shift; done; \
+    case $method in global) ms=25;; local) ms=50;; *) ms=60;; esac; \
+    echo \"{\\\"bench\\\":\\\"pretrain\\\",\\\"impl\\\":\\\"torch-eager\\\",\\\"method\\\":\\\"$method\\\",\\\"median_ms\\\":$ms}\" >> \"$json\"; \
+    exit 0; fi\n";
 
 fn run_full(root: &Path, bundle: &Path, python: &Path, tools: &Path, budget: &str) -> (Output, String) {
     run_full_with(root, bundle, python, tools, &["--budget", budget])
@@ -579,8 +587,13 @@ fn a_full_run_times_pre_training_as_a_user_runs_it() {
         "{summary}"
     );
     assert!(summary.contains("## Benchmark: pre-training"), "{summary}");
+    // PyTorch beside it: 50 ms for local, so lrc takes 0.80 of its time.
     assert!(
-        summary.contains("| local | 110 | 40.00 | 400 | 1.04 |  |  |"),
+        summary.contains("| local | 110 | 40.00 | 400 | 1.04 |  |  | 50.00 | 0.80 |"),
+        "{summary}"
+    );
+    assert!(
+        row(&summary, "bench pretrain torch").contains("| passed |"),
         "{summary}"
     );
     // A run that fails fails the check.
