@@ -1,5 +1,5 @@
-//! CPU Felzenszwalb, region clean-up, elastic deformation and region sampling on synthetic
-//! abdomen-like slices, and the host's part of the fused local loss (its sample table, built per
+//! CPU Felzenszwalb, region clean-up, elastic deformation, intensity jitter and region sampling
+//! on synthetic abdomen-like slices, and the host's part of the fused local loss (its sample table, built per
 //! call from a batch's region samples). Run with `cargo bench --bench superpixel`; results in
 //! docs/PERFORMANCE.md.
 //!
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lrc::augment::elastic::{ElasticParams, random_field, warp_bilinear, warp_nearest};
+use lrc::augment::intensity::{IntensityParams, jitter};
 use lrc::cli::bench::lrc_loss::{LrcLossCase, grid_samples};
 use lrc::device::cuda::local_contrast::SampleTable;
 use lrc::rng::Rng;
@@ -126,6 +127,14 @@ fn bench_augment(c: &mut Criterion) {
         b.iter(|| warp_nearest(black_box(&regions), 256, 256, &field))
     });
     group.finish();
+
+    // The intensity jitter of MoCo's and the joint stage's two views: contrast, brightness,
+    // gamma (a power per pixel) and Gaussian noise (Box-Muller per pair of pixels).
+    let intensity = IntensityParams::default();
+    let mut rng = Rng::new(4);
+    c.bench_function("jitter_256", |b| {
+        b.iter(|| jitter(black_box(&img), &intensity, &mut rng))
+    });
 
     let warped = warp_nearest(&regions, 256, 256, &field);
     let mut rng = Rng::new(3);
