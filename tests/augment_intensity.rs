@@ -99,3 +99,37 @@ fn gamma_bends_and_noise_has_the_drawn_std() {
     assert!((std / 0.02 - 1.0).abs() < 0.015, "std {std}");
     assert!((mean - 0.5).abs() < 5e-4, "mean {mean}");
 }
+
+#[test]
+fn noise_is_normal_in_its_shape_and_independent_within_a_pair() {
+    let flat = vec![0.5f32; 256 * 256];
+    let std = 0.02;
+    let noise = IntensityDraw {
+        brightness_shift: 0.0,
+        contrast_factor: 1.0,
+        gamma: 1.0,
+        noise_std: std,
+    };
+    let z: Vec<f64> = noise
+        .apply(&flat, &mut Rng::new(11))
+        .iter()
+        .map(|&v| (v as f64 - 0.5) / std as f64)
+        .collect();
+    let n = z.len() as f64;
+    // The share within 1, 2 and 3 sd of a normal; a share p of n draws has sd sqrt(p (1 - p) / n)
+    // (0.0018, 0.0008, 0.0002 here): each bound is about 4.5 of those.
+    for (k, p, tol) in [
+        (1.0, 0.682_689, 0.008),
+        (2.0, 0.954_500, 0.004),
+        (3.0, 0.997_300, 0.001),
+    ] {
+        let share = z.iter().filter(|v| v.abs() < k).count() as f64 / n;
+        assert!((share - p).abs() < tol, "share within {k} sd: {share}, normal {p}");
+    }
+    // Fourth moment 3 (sd of the estimate sqrt(96 / n) = 0.04).
+    let kurtosis = z.iter().map(|v| v.powi(4)).sum::<f64>() / n;
+    assert!((kurtosis - 3.0).abs() < 0.17, "kurtosis {kurtosis}");
+    // The two values of a pair come from one draw: uncorrelated (sd 1 / sqrt(n / 2) = 0.0055).
+    let corr = z.chunks(2).map(|p| p[0] * p[1]).sum::<f64>() / (n / 2.0);
+    assert!(corr.abs() < 0.025, "correlation within pairs {corr}");
+}

@@ -194,15 +194,15 @@ fn smooth_and_scale(values: &mut [f32], h: usize, w: usize, kernel: &[f32], alph
         return;
     }
     let r = kernel.len() / 2;
-    // Columns: each output row is a weighted sum of whole input rows.
+    // Columns: each output row is a weighted sum of whole input rows, reflected at the borders
+    // through a table (a reflection costs a division, which each row would pay per tap and
+    // block).
     let mut tmp = vec![0.0f32; values.len()];
+    let padded_row: Vec<usize> = (0..h + 2 * r).map(|i| reflect(i as isize - r as isize, h)).collect();
     for y in 0..h {
         let row = |yy: usize| &values[yy * w..(yy + 1) * w];
         symmetric_taps(&mut tmp[y * w..(y + 1) * w], kernel, row(y), |j| {
-            (
-                row(reflect(y as isize - j as isize, h)),
-                row(reflect(y as isize + j as isize, h)),
-            )
+            (row(padded_row[y + r - j]), row(padded_row[y + r + j]))
         });
     }
     // Rows: through a reflect-padded copy of each row.
