@@ -28,7 +28,8 @@
 #   bench pretrain  `lrc pretrain global|local|joint` as a user runs it (batch 16, 256 x 256
 #             crops, the thesis U-Net) on a synthetic store with superpixel regions (`lrc synth`,
 #             `lrc prep --regions`): 110 steps each, the steady ms per step (steps 10 to 110,
-#             from the run's own metrics), beside the host's batch for the same stage
+#             from the run's own metrics), beside the host's batch for the same stage; then 30
+#             steps of each under --profile, their tables in logs/bench-pretrain.log
 #   bench pretrain torch  scripts/torch_reference.py --bench pretrain --method global|local|joint:
 #             the same steps in PyTorch eager on a batch already on the device (no data loading)
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
@@ -577,6 +578,13 @@ else
                 "$lrc" pretrain "$method" --data "$dir/store" -o "$dir/$method.safetensors" --steps 110 \
                     --batch 16 --crop 256 --log-every 50 --checkpoint-every 1000 --device cuda \
                     --metrics "$dir/$method.jsonl" || exit
+            done
+            # Where each step goes (host ranges: data wait, keys, forward, backward; GPU time per
+            # kernel), in this log: a shorter run under --profile, apart from the timed ones.
+            for method in global local joint; do
+                "$lrc" pretrain "$method" --data "$dir/store" -o "$dir/$method-profile.safetensors" \
+                    --steps 30 --batch 16 --crop 256 --log-every 50 --checkpoint-every 1000 --device cuda \
+                    --metrics "$dir/$method-profile.jsonl" --profile || exit
             done' _ "$bin/lrc" "$pre_dir"
         rates="$(pretrain_rates "$pre_dir" "$out/bench-pretrain.jsonl")"
         if ((rc == 0)) && [[ -n "$rates" ]]; then
