@@ -153,8 +153,7 @@ def dice_loss(logits, targets, eps=1e-5, skip_background=False):
 
 def load_params(module, tensors, prefix):
     state = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(state, strict=True), None
-    return missing
+    return module.load_state_dict(state, strict=True)
 
 
 class Report:
@@ -282,10 +281,27 @@ def check(path, tol):
     return rep.print()
 
 
-def bench_step(argv):
-    """Median time of one U-Net training step (forward, mean loss, backward, Adam) in PyTorch."""
+def median_step_seconds(step, dev, repeats):
+    """Median wall time of `repeats` calls of `step`, each between two device synchronisations."""
     import statistics
     import time
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_step(argv):
+    """Median time of one U-Net training step (forward, mean loss, backward, Adam) in PyTorch."""
 
     ap = argparse.ArgumentParser(prog="torch_reference.py --bench step")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -316,10 +332,6 @@ def bench_step(argv):
         loss.backward()
         opt.step()
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     for i in range(a.warmup):
         if a.compile and i == 0:
             # torch.compile compiles at the first call: a failure there is reported, not fatal,
@@ -332,14 +344,7 @@ def bench_step(argv):
                 return 0
         else:
             step()
-    times = []
-    for _ in range(a.repeats):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    med = median_step_seconds(step, dev, a.repeats)
     mode = "compile" if a.compile else "eager"
     print(
         f"torch {torch.__version__} {a.device} {mode}: U-Net step batch {a.batch} 1x{a.size}x{a.size} base {a.base} "
@@ -383,8 +388,6 @@ def bench_pretrain(argv):
     pretrain`'s own figures include."""
     import copy
     import os
-    import statistics
-    import time
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch_bench
@@ -468,20 +471,9 @@ def bench_pretrain(argv):
                 queue[ptr[0] : ptr[0] + a.batch] = k
             ptr[0] = (ptr[0] + a.batch) % a.queue
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     for _ in range(a.warmup):
         step()
-    times = []
-    for _ in range(a.repeats):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    med = median_step_seconds(step, dev, a.repeats)
     print(
         f"torch {torch.__version__} {a.device} eager: {a.method} pre-training step batch {a.batch} "
         f"1x{a.size}x{a.size} base {a.base} depth {a.depth}: median {med * 1e3:.1f} ms over {a.repeats}"
