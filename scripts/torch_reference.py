@@ -281,6 +281,17 @@ def check(path, tol):
     return rep.print()
 
 
+def bench_device(name):
+    """The device to time on, with PyTorch's defaults for convolutions stated on a GPU: TF32
+    operands (as lrc's default convolutions) and the fastest algorithm for these fixed shapes
+    (the warm-up steps run the search)."""
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return dev
+
+
 def median_step_seconds(step, dev, repeats):
     """Median wall time of `repeats` calls of `step`, each between two device synchronisations."""
     import statistics
@@ -314,12 +325,7 @@ def bench_step(argv):
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--json", help="append a JSON line with the result to this file")
     a = ap.parse_args(argv)
-    dev = torch.device(a.device)
-    if dev.type == "cuda":
-        # PyTorch's defaults for convolutions, stated: TF32 operands (as lrc's default tf32-mma),
-        # and the fastest algorithm for these fixed shapes (the warm-up steps run the search).
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    dev = bench_device(a.device)
     cfg = {"in_channels": 1, "base_width": a.base, "depth": a.depth, "max_width": 512}
     model = UNet(cfg).to(dev)
     fwd = torch.compile(model) if a.compile else model
@@ -407,10 +413,7 @@ def bench_pretrain(argv):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", help="append a JSON line with the result to this file")
     a = ap.parse_args(argv)
-    dev = torch.device(a.device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    dev = bench_device(a.device)
     torch.manual_seed(0)
     cfg = {"in_channels": 1, "base_width": a.base, "depth": a.depth, "max_width": 512}
     t, momentum = 0.07, 0.999
