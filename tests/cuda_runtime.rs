@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lrc::device::cuda::conv::conv2d_forward;
-use lrc::device::cuda::{ConvAlgo, CudaDevice, CudaStorage, GpuTimer};
+use lrc::device::cuda::{ConvAlgo, CudaDevice, CudaStorage, GpuTimer, PinnedUpload};
 use lrc::ops::conv::ConvGeom;
 
 fn device() -> Arc<CudaDevice> {
@@ -16,6 +16,24 @@ fn device() -> Arc<CudaDevice> {
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn pinned_uploads_land_intact_while_their_buffers_are_reused() {
+    let _serial = serial();
+    let device = device();
+    // Two buffers for twelve uploads queued without a wait in between, each larger than the last
+    // (so buffers are also freed and grown): every reuse must wait for the copy before it.
+    let mut upload = PinnedUpload::new(&device, 2).unwrap();
+    let batches: Vec<Vec<f32>> = (0..12)
+        .map(|i| (0..(1 << 20) + 4099 * i).map(|j| (i * 1_000_003 + j) as f32).collect())
+        .collect();
+    let on_device: Vec<CudaStorage> = batches.iter().map(|b| upload.upload(b).unwrap()).collect();
+    for (i, (b, d)) in batches.iter().zip(&on_device).enumerate() {
+        assert!(d.to_host().unwrap() == *b, "upload {i} did not land intact");
+    }
+    assert!(upload.upload(&[]).unwrap().is_empty());
 }
 
 #[test]

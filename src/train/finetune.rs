@@ -17,6 +17,7 @@ use super::batch::{BatchKind, BatchSpec, Prefetcher};
 use super::infer::segment_slices;
 use super::log::RunLog;
 use super::readback::LossReader;
+use super::upload::BatchUpload;
 use crate::autograd::Tape;
 use crate::checkpoint::{self, BackgroundWriter};
 use crate::data::store::{SliceStore, StoredConfig};
@@ -477,6 +478,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
         (last_epoch * config.steps_per_epoch) as u64,
         3,
     );
+    let mut upload = BatchUpload::new(&opts.device)?;
     let mut loss_reader = LossReader::new(&opts.device)?;
     for epoch in epoch0..last_epoch {
         if best_epoch > 0 && epoch >= best_epoch + config.patience {
@@ -503,7 +505,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 let _r = profile::range("phase.forward");
                 // The batch's copies to the device: the images here, the labels once, by the
                 // first loss (the others share that copy).
-                let x = tape.constant(batch.x.to_device(&opts.device)?);
+                let x = tape.constant(upload.upload(&batch.x)?);
                 let logits = seg.model.forward(&mut tape, &bound, x)?;
                 let dice = tape.dice_loss(logits, &labels, dice_cfg)?;
                 if config.ce_weight > 0.0 {

@@ -8,6 +8,7 @@ pub mod moco;
 pub mod pretrain;
 pub mod readback;
 pub mod resume;
+pub mod upload;
 
 /// An error when a training loss stops being finite, at `step` (counted from 1): training on
 /// would only spread NaN through the weights and save them.

@@ -17,6 +17,7 @@ use super::batch::{BatchKind, BatchSpec, Prefetcher};
 use super::log::RunLog;
 use super::moco::{KeyQueue, momentum_update};
 use super::readback::LossReader;
+use super::upload::BatchUpload;
 use crate::augment::elastic::ElasticParams;
 use crate::augment::intensity::IntensityParams;
 use crate::autograd::Tape;
@@ -468,6 +469,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     };
     let (mut window_sum, mut window_n) = (0.0, 0u64);
     let mut loss_reader = LossReader::new(&device)?;
+    let mut upload = BatchUpload::new(&device)?;
     // Checkpoints are written behind the following steps.
     let mut writer = BackgroundWriter::new();
     // The per-pixel normalisation runs before the loss unless the loss does it on the samples.
@@ -477,12 +479,13 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
         let _step_range = profile::range("phase.step");
         let batch = batches.next(step)?;
         // The batch's one copy to the device.
-        let x = batch.x.to_device(&device)?;
-        let x_pos = batch
-            .x_pos
-            .as_ref()
-            .ok_or_else(|| Error::config("pre-training batch without a positive view"))?
-            .to_device(&device)?;
+        let x = upload.upload(&batch.x)?;
+        let x_pos = upload.upload(
+            batch
+                .x_pos
+                .as_ref()
+                .ok_or_else(|| Error::config("pre-training batch without a positive view"))?,
+        )?;
         // MoCo: keys from the momentum encoder, updated before use as in the reference code.
         let keys = if let (Some(key), Some(_)) = (&mut state.key, &state.queue) {
             let _r = profile::range("phase.keys");

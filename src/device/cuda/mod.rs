@@ -33,6 +33,7 @@ mod readback;
 pub mod region_sampling;
 mod storage;
 mod timer;
+mod upload;
 
 pub use alloc::{AllocStats, size_class};
 pub use call::{KernelCall, blocks_for};
@@ -42,6 +43,7 @@ pub use kernel_timer::KernelTime;
 pub use readback::ScalarReadback;
 pub use storage::CudaStorage;
 pub use timer::GpuTimer;
+pub use upload::PinnedUpload;
 
 use cudarc::driver::DriverError;
 
