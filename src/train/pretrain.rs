@@ -26,7 +26,7 @@ use crate::data::store::SliceStore;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{ContrastModel, ParamStore, UNetConfig};
-use crate::ops::local_contrast::LocalLossConfig;
+use crate::ops::local_contrast::{LocalLossConfig, RegionSamples};
 use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
 use crate::profile;
 use crate::rng::Rng;
@@ -221,6 +221,97 @@ impl PretrainConfig {
                 max_regions: self.max_regions,
             },
         }
+    }
+}
+
+/// One step's input: both views on the training device, the region samples (LRC) and each
+/// image's case (MoCo's same-volume exclusion).
+pub struct StepBatch<'a> {
+    pub x: &'a Tensor,
+    pub x_pos: &'a Tensor,
+    pub samples: &'a [RegionSamples],
+    pub cases: &'a [i64],
+}
+
+impl PretrainState {
+    /// Queues one optimizer step on `batch` at learning rate `lr`: MoCo's momentum update and
+    /// keys, the loss of the configured method, its backward pass, the update and the queue's
+    /// new keys; the loss's value is queued for `loss_reader` right after the forward pass.
+    /// Waits for nothing on a GPU. Does not advance `step`.
+    pub fn queue_step(&mut self, batch: StepBatch, lr: f64, loss_reader: &mut LossReader) -> Result<()> {
+        let method = self.config.method;
+        let lcfg = LocalLossConfig {
+            temperature: self.config.temperature,
+            renormalize_means: self.config.renormalize_means,
+            normalize_pixels: self.config.fuse_pixel_normalization,
+        };
+        // The per-pixel normalisation runs before the loss unless the loss does it on the samples.
+        let normalize = !self.config.fuse_pixel_normalization;
+        // MoCo: keys from the momentum encoder, updated before use as in the reference code.
+        let keys = if let (Some(key), Some(_)) = (&mut self.key, &self.queue) {
+            let _r = profile::range("phase.keys");
+            momentum_update(key, &self.params, self.config.key_momentum)?;
+            let mut kt = Tape::no_grad();
+            let kp = key.bind_frozen(&mut kt);
+            let xk = kt.constant(batch.x_pos.clone());
+            let k = self.model.forward_global(&mut kt, &kp, xk)?;
+            let k = kt.l2_normalize(k)?;
+            Some(kt.value(k).clone())
+        } else {
+            None
+        };
+        let mut tape = Tape::new();
+        let bound = self.params.bind(&mut tape);
+        let loss = {
+            let _r = profile::range("phase.forward");
+            let xq = tape.constant(batch.x.clone());
+            let global_loss = |tape: &mut Tape, q| -> Result<_> {
+                let (keys, queue) = (keys.as_ref().expect("keys"), self.queue.as_ref().expect("queue"));
+                let q = tape.l2_normalize(q)?;
+                let k = tape.constant(keys.clone());
+                let negatives = tape.constant(queue.negatives()?);
+                let mask = self.config.exclude_same_case.then(|| queue.same_case_mask(batch.cases));
+                tape.infonce_masked(q, k, negatives, self.config.temperature, mask)
+            };
+            match method {
+                Method::Global => {
+                    let q = self.model.forward_global(&mut tape, &bound, xq)?;
+                    global_loss(&mut tape, q)?
+                }
+                Method::Local => {
+                    let xp = tape.constant(batch.x_pos.clone());
+                    let fq = self.model.forward_local_with(&mut tape, &bound, xq, normalize)?;
+                    let fp = self.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
+                    tape.local_contrast_loss(fq, fp, batch.samples, lcfg)?
+                }
+                Method::Joint => {
+                    let xp = tape.constant(batch.x_pos.clone());
+                    let (q, fq) = self.model.forward_both_with(&mut tape, &bound, xq, normalize)?;
+                    let fp = self.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
+                    let lg = global_loss(&mut tape, q)?;
+                    let ll = tape.local_contrast_loss(fq, fp, batch.samples, lcfg)?;
+                    tape.add(lg, ll)?
+                }
+            }
+        };
+        loss_reader.queue(tape.value(loss))?;
+        {
+            let _r = profile::range("phase.backward");
+            let grads = tape.backward(loss)?;
+            self.params.zero_grad();
+            self.params.accumulate_grads(&grads, &bound)?;
+        }
+        // The tape shares the parameters' storage: without it the optimizer updates them in
+        // place instead of copying each one first.
+        drop(tape);
+        {
+            let _r = profile::range("phase.optimizer");
+            self.optimizer.step(&mut self.params, lr)?;
+        }
+        if let (Some(queue), Some(k)) = (&mut self.queue, &keys) {
+            queue.enqueue(k, batch.cases)?;
+        }
+        Ok(())
     }
 }
 
@@ -455,11 +546,6 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     let end = opts.stop_after.map_or(cfg.steps, |n| (state.step + n).min(cfg.steps));
     let mut batches = Prefetcher::new(store.clone(), spec, state.step, end, 3);
     let schedule = cfg.schedule();
-    let lcfg = LocalLossConfig {
-        temperature: cfg.temperature,
-        renormalize_means: cfg.renormalize_means,
-        normalize_pixels: cfg.fuse_pixel_normalization,
-    };
     let mut summary = PretrainSummary {
         steps: 0,
         first_loss: None,
@@ -472,8 +558,6 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
     let mut upload = BatchUpload::new(&device)?;
     // Checkpoints are written behind the following steps.
     let mut writer = BackgroundWriter::new();
-    // The per-pixel normalisation runs before the loss unless the loss does it on the samples.
-    let normalize = !cfg.fuse_pixel_normalization;
     while state.step < end {
         let step = state.step;
         let _step_range = profile::range("phase.step");
@@ -486,70 +570,16 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
                 .as_ref()
                 .ok_or_else(|| Error::config("pre-training batch without a positive view"))?,
         )?;
-        // MoCo: keys from the momentum encoder, updated before use as in the reference code.
-        let keys = if let (Some(key), Some(_)) = (&mut state.key, &state.queue) {
-            let _r = profile::range("phase.keys");
-            momentum_update(key, &state.params, cfg.key_momentum)?;
-            let mut kt = Tape::no_grad();
-            let kp = key.bind_frozen(&mut kt);
-            let xk = kt.constant(x_pos.clone());
-            let k = state.model.forward_global(&mut kt, &kp, xk)?;
-            let k = kt.l2_normalize(k)?;
-            Some(kt.value(k).clone())
-        } else {
-            None
-        };
-        let mut tape = Tape::new();
-        let bound = state.params.bind(&mut tape);
-        let loss = {
-            let _r = profile::range("phase.forward");
-            let xq = tape.constant(x.clone());
-            let global_loss = |tape: &mut Tape, q| -> Result<_> {
-                let (keys, queue) = (keys.as_ref().expect("keys"), state.queue.as_ref().expect("queue"));
-                let q = tape.l2_normalize(q)?;
-                let k = tape.constant(keys.clone());
-                let negatives = tape.constant(queue.negatives()?);
-                let mask = cfg.exclude_same_case.then(|| queue.same_case_mask(&batch.cases));
-                tape.infonce_masked(q, k, negatives, cfg.temperature, mask)
-            };
-            match cfg.method {
-                Method::Global => {
-                    let q = state.model.forward_global(&mut tape, &bound, xq)?;
-                    global_loss(&mut tape, q)?
-                }
-                Method::Local => {
-                    let xp = tape.constant(x_pos.clone());
-                    let fq = state.model.forward_local_with(&mut tape, &bound, xq, normalize)?;
-                    let fp = state.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
-                    tape.local_contrast_loss(fq, fp, &batch.samples, lcfg)?
-                }
-                Method::Joint => {
-                    let xp = tape.constant(x_pos.clone());
-                    let (q, fq) = state.model.forward_both_with(&mut tape, &bound, xq, normalize)?;
-                    let fp = state.model.forward_local_with(&mut tape, &bound, xp, normalize)?;
-                    let lg = global_loss(&mut tape, q)?;
-                    let ll = tape.local_contrast_loss(fq, fp, &batch.samples, lcfg)?;
-                    tape.add(lg, ll)?
-                }
-            }
-        };
-        loss_reader.queue(tape.value(loss))?;
-        {
-            let _r = profile::range("phase.backward");
-            let grads = tape.backward(loss)?;
-            state.params.zero_grad();
-            state.params.accumulate_grads(&grads, &bound)?;
-        }
-        // The tape shares the parameters' storage: without it the optimizer updates them in
-        // place instead of copying each one first.
-        drop(tape);
-        {
-            let _r = profile::range("phase.optimizer");
-            state.optimizer.step(&mut state.params, schedule.lr(step))?;
-        }
-        if let (Some(queue), Some(k)) = (&mut state.queue, &keys) {
-            queue.enqueue(k, &batch.cases)?;
-        }
+        state.queue_step(
+            StepBatch {
+                x: &x,
+                x_pos: &x_pos,
+                samples: &batch.samples,
+                cases: &batch.cases,
+            },
+            schedule.lr(step),
+            &mut loss_reader,
+        )?;
         // Read once the whole step is queued: the GPU keeps working meanwhile.
         let loss_value = loss_reader.value()?;
         super::check_loss(loss_value, step + 1)?;
