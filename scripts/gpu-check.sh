@@ -30,8 +30,11 @@
 #             `lrc prep --regions`): 110 steps each, the steady ms per step (steps 10 to 110,
 #             from the run's own metrics), beside the host's batch for the same stage; then 30
 #             steps of each under --profile, their tables in logs/bench-pretrain.log
+#   bench pretrain step  `lrc bench step --method global|local|joint`: the same steps queued as
+#             `lrc pretrain` queues them, on a batch already on the device (64 grid regions of
+#             32 samples), the loss not read back
 #   bench pretrain torch  scripts/torch_reference.py --bench pretrain --method global|local|joint:
-#             the same steps in PyTorch eager on a batch already on the device (no data loading)
+#             the same steps in PyTorch eager on a batch already on the device, likewise
 #   bench norm  `lrc bench norm` (instance norm + ReLU) and scripts/torch_bench.py --bench norm
 #   bench lrc-loss      `lrc bench lrc-loss` and scripts/torch_reference.py --bench lrc-loss
 #             (the same loss in plain PyTorch) on the same cases, FP32 and BF16 embeddings, each
@@ -424,7 +427,7 @@ fi
 # --- GPU steps ----------------------------------------------------------------------------------
 if ((dry)); then
     for s in "bench lrc" "bench torch" memcheck "memcheck norm" "memcheck step" "memcheck lrc-loss" "bench step lrc" \
-        "bench step torch" "bench step lrc bf16" "bench step lrc fastest" "demo quick" "bench batch" "bench pretrain" "bench pretrain torch" \
+        "bench step torch" "bench step lrc bf16" "bench step lrc fastest" "demo quick" "bench batch" "bench pretrain" "bench pretrain step" "bench pretrain torch" \
         "bench norm lrc" "bench norm torch" "bench lrc-loss lrc" "bench lrc-loss torch" \
         "bench superpixels" "bench superpixels skimage" "bench step torch.compile" "ncu step"; do
         step "$s" "not run (no GPU)" "" ""
@@ -596,6 +599,14 @@ else
         rm -rf "$pre_dir"
     fi
     # shellcheck disable=SC2016 # the inner script expands its own arguments
+    bench_run "bench pretrain step" 30 120 "$logs/bench-pretrain-step.log" bash -c '
+        lrc="$1" json="$2"
+        shift 2
+        : > "$json"
+        for method in global local joint; do
+            "$lrc" bench step --method "$method" "$@" --json "$json" || exit
+        done' _ "$bin/lrc" "$out/bench-pretrain-step.jsonl" "${step_argv[@]}"
+    # shellcheck disable=SC2016 # the inner script expands its own arguments
     bench_run "bench pretrain torch" 45 150 "$logs/bench-pretrain-torch.log" bash -c '
         python="$1" ref="$2" json="$3"
         : > "$json"
@@ -752,7 +763,8 @@ PY
 
 # Pre-training steps next to the host's batches of the same stage (`lrc bench batch`).
 pretrain_table() {
-    python3 - "$out/bench-pretrain.jsonl" "$out/bench-batch.jsonl" "$out/bench-pretrain-torch.jsonl" << 'PY'
+    python3 - "$out/bench-pretrain.jsonl" "$out/bench-batch.jsonl" "$out/bench-pretrain-torch.jsonl" \
+        "$out/bench-pretrain-step.jsonl" << 'PY'
 import json, os, sys
 
 def read(path):
@@ -770,21 +782,23 @@ for r in read(sys.argv[2]):
 print("## Benchmark: pre-training (`lrc pretrain`, batch 16, 256 x 256 crops, base 32, depth 5), ms per step\n")
 print("steady ms per step from step 10 to the last; host batch = `lrc bench batch` for the same stage on")
 print("every core (the prefetcher builds it while the GPU runs the step before): below the step, the")
-print("GPU never waits for data. torch = scripts/torch_reference.py --bench pretrain, PyTorch eager on a")
-print("batch already on the device (K = 64 regions of 32 samples): no data loading, no loss read back;")
-print("lrc / torch above 1: lrc is slower.\n")
+print("GPU never waits for data. device batch = `lrc bench step --method`, the same step on a batch already")
+print("on the device (K = 64 grid regions of 32 samples), the loss not read back; torch = the same in")
+print("PyTorch eager (scripts/torch_reference.py --bench pretrain); lrc / torch: device batch against")
+print("torch, above 1 lrc is slower.\n")
 torch_ms = {r["method"]: r["median_ms"] for r in read(sys.argv[3]) if r.get("bench") == "pretrain"}
-print("| method | steps | ms per step | crops/s | first step s | host batch ms | host / step | torch ms | lrc / torch |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+step_ms = {r["method"]: r["median_ms"] for r in read(sys.argv[4]) if r.get("bench") == "pretrain-step"}
+print("| method | steps | ms per step | crops/s | first step s | host batch ms | host / step | device batch ms | torch ms | lrc / torch |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     threads, batch_ms = host.get(stage[r["method"]], (None, None))
     ratio = f"{batch_ms / r['ms_per_step']:.2f}" if batch_ms else ""
     batch = f"{batch_ms:.2f}" if batch_ms else ""
     first = f"{r['first_step_s']:.2f}" if r.get("first_step_s") is not None else ""
-    ref = torch_ms.get(r["method"])
-    vs = (f"{ref:.2f} | {r['ms_per_step'] / ref:.2f}") if ref else " | "
+    ref, own = torch_ms.get(r["method"]), step_ms.get(r["method"])
+    cells = [f"{own:.2f}" if own else "", f"{ref:.2f}" if ref else "", f"{own / ref:.2f}" if own and ref else ""]
     print(f"| {r['method']} | {r['steps']} | {r['ms_per_step']:.2f} | {r['batch'] * 1000.0 / r['ms_per_step']:.0f} | "
-          f"{first} | {batch} | {ratio} | {vs} |")
+          f"{first} | {batch} | {ratio} | {' | '.join(cells)} |")
 PY
 }
 

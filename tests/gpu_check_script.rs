@@ -256,8 +256,14 @@ const FAKE_DEMO: &str = "if [[ $1 == demo ]]; then while (($#)); do [[ $1 == -o 
     echo \"[demo] done in 2s; results in $o/results\"; exit 0; fi\n";
 
 /// A fake `lrc synth`, `lrc prep` and `lrc pretrain METHOD ... --metrics F` for the fake `lrc`s:
-/// 110 steps after a second of start-up, 20 ms each for global, 40 for local and 50 for joint.
+/// 110 steps after a second of start-up, 20 ms each for global, 40 for local and 50 for joint;
+/// and `lrc bench step --method METHOD --json F` on a device batch: 15, 30 and 35 ms.
 const FAKE_PRETRAIN: &str = "[[ $1 == synth || $1 == prep ]] && exit 0\n\
+    if [[ $1 == bench && $2 == step && $* == *--method* ]]; then \
+    while (($#)); do [[ $1 == --method ]] && method=$2; [[ $1 == --json ]] && json=$2; shift; done; \
+    case $method in global) ms=15;; local) ms=30;; *) ms=35;; esac; \
+    echo \"{\\\"bench\\\":\\\"pretrain-step\\\",\\\"impl\\\":\\\"lrc\\\",\\\"method\\\":\\\"$method\\\",\\\"median_ms\\\":$ms}\" >> \"$json\"; \
+    echo \"median $ms.00 ms\"; exit 0; fi\n\
     if [[ $1 == pretrain ]]; then case $2 in global) ms=20;; local) ms=40;; *) ms=50;; esac; \
     while (($#)); do [[ $1 == --metrics ]] && metrics=$2; shift; done; \
     awk -v ms=$ms 'BEGIN {for (s = 1; s <= 110; s++) printf \"{\\\"kind\\\":\\\"step\\\",\\\"step\\\":%d,\\\"elapsed_s\\\":%.3f}\\n\", s, 1 + s * ms / 1000}' \
@@ -587,11 +593,12 @@ fn a_full_run_times_pre_training_as_a_user_runs_it() {
         "{summary}"
     );
     assert!(summary.contains("## Benchmark: pre-training"), "{summary}");
-    // PyTorch beside it: 50 ms for local, so lrc takes 0.80 of its time.
+    // The same step on a device batch (30 ms) beside PyTorch's (50 ms): 0.60 of its time.
     assert!(
-        summary.contains("| local | 110 | 40.00 | 400 | 1.04 |  |  | 50.00 | 0.80 |"),
+        summary.contains("| local | 110 | 40.00 | 400 | 1.04 |  |  | 30.00 | 50.00 | 0.60 |"),
         "{summary}"
     );
+    assert!(row(&summary, "bench pretrain step").contains("| passed |"), "{summary}");
     assert!(
         row(&summary, "bench pretrain torch").contains("| passed |"),
         "{summary}"

@@ -236,9 +236,9 @@ pub struct StepBatch<'a> {
 impl PretrainState {
     /// Queues one optimizer step on `batch` at learning rate `lr`: MoCo's momentum update and
     /// keys, the loss of the configured method, its backward pass, the update and the queue's
-    /// new keys; the loss's value is queued for `loss_reader` right after the forward pass.
-    /// Waits for nothing on a GPU. Does not advance `step`.
-    pub fn queue_step(&mut self, batch: StepBatch, lr: f64, loss_reader: &mut LossReader) -> Result<()> {
+    /// new keys; the loss's value is queued for `loss_reader`, if given, right after the forward
+    /// pass. Waits for nothing on a GPU. Does not advance `step`.
+    pub fn queue_step(&mut self, batch: StepBatch, lr: f64, loss_reader: Option<&mut LossReader>) -> Result<()> {
         let method = self.config.method;
         let lcfg = LocalLossConfig {
             temperature: self.config.temperature,
@@ -294,7 +294,9 @@ impl PretrainState {
                 }
             }
         };
-        loss_reader.queue(tape.value(loss))?;
+        if let Some(reader) = loss_reader {
+            reader.queue(tape.value(loss))?;
+        }
         {
             let _r = profile::range("phase.backward");
             let grads = tape.backward(loss)?;
@@ -578,7 +580,7 @@ pub fn pretrain(store: Arc<SliceStore>, config: PretrainConfig, opts: &RunOption
                 cases: &batch.cases,
             },
             schedule.lr(step),
-            &mut loss_reader,
+            Some(&mut loss_reader),
         )?;
         // Read once the whole step is queued: the GPU keeps working meanwhile.
         let loss_value = loss_reader.value()?;

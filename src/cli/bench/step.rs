@@ -14,15 +14,18 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::lrc_loss::{LrcLossCase, grid_samples};
 use super::unet_convs;
 use crate::autograd::Tape;
 use crate::device::Device;
 use crate::device::cuda::{CudaDevice, GpuTimer};
 use crate::error::{Error, Result};
 use crate::nn::{ParamStore, UNet, UNetConfig};
+use crate::ops::local_contrast::RegionSamples;
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
+use crate::train::pretrain::{Method, PretrainConfig, PretrainState, StepBatch};
 
 #[derive(Debug, Args)]
 pub struct StepBenchArgs {
@@ -54,6 +57,124 @@ pub struct StepBenchArgs {
     /// launch is then bracketed by CUDA events, which slows the step slightly).
     #[arg(long)]
     pub profile: bool,
+    /// What the step trains: the U-Net on the mean of its output with Adam (supervised, the step
+    /// `scripts/torch_reference.py --bench step` times), or a pre-training step as `lrc pretrain`
+    /// queues it, with the thesis's settings, on a batch already on the device (`--bench
+    /// pretrain --method` there).
+    #[arg(long, value_enum, default_value_t = StepMethod::Supervised)]
+    pub method: StepMethod,
+    /// Regions per image for the local loss (local, joint): the cells of a grid, as `lrc bench
+    /// lrc-loss` draws them.
+    #[arg(long, default_value_t = 64)]
+    pub regions: usize,
+    /// Samples per region and view (local, joint).
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+}
+
+/// What a benchmarked step trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepMethod {
+    /// The U-Net on the mean of its output, with Adam.
+    Supervised,
+    /// MoCo pre-training (`lrc pretrain global`).
+    Global,
+    /// LRC pre-training (`lrc pretrain local`).
+    Local,
+    /// Both losses on one network (`lrc pretrain joint`).
+    Joint,
+}
+
+impl StepMethod {
+    fn pretraining(self) -> Option<Method> {
+        match self {
+            StepMethod::Supervised => None,
+            StepMethod::Global => Some(Method::Global),
+            StepMethod::Local => Some(Method::Local),
+            StepMethod::Joint => Some(Method::Joint),
+        }
+    }
+}
+
+/// A pre-training state and one batch for it on the device: both views, grid region samples,
+/// a case per image.
+struct PretrainRig {
+    state: PretrainState,
+    x: Tensor,
+    x_pos: Tensor,
+    samples: Vec<RegionSamples>,
+    cases: Vec<i64>,
+}
+
+impl PretrainRig {
+    fn new(args: &StepBenchArgs, device: &Device, method: Method) -> Result<PretrainRig> {
+        let mut config = PretrainConfig::thesis(method);
+        config.unet = UNetConfig {
+            in_channels: 1,
+            base_width: args.base,
+            depth: args.depth,
+            max_width: 512,
+        };
+        config.embed_dim = args.base;
+        config.batch = args.batch;
+        config.crop = args.size;
+        config.samples = args.samples;
+        config.unet.check_input(args.size, args.size)?;
+        let mut state = PretrainState::new(config)?;
+        state.to_device(device)?;
+        let mut rng = Rng::new(0x5eed);
+        let view = |rng: &mut Rng| {
+            Tensor::uniform(vec![args.batch, 1, args.size, args.size], 0.0, 1.0, DType::F32, rng).to_device(device)
+        };
+        let (x, x_pos) = (view(&mut rng)?, view(&mut rng)?);
+        let samples = if method.has_local() {
+            let case = LrcLossCase {
+                batch: args.batch,
+                d: args.base,
+                regions: args.regions,
+                samples: args.samples,
+                size: args.size,
+                pixels: "unit",
+            };
+            grid_samples(&case, &mut rng)
+        } else {
+            Vec::new()
+        };
+        Ok(PretrainRig {
+            state,
+            x,
+            x_pos,
+            samples,
+            cases: (0..args.batch as i64).collect(),
+        })
+    }
+
+    /// One step queued on the device, as `lrc pretrain` queues it, without reading the loss.
+    fn step(&mut self) -> Result<()> {
+        let lr = self.state.config.lr;
+        let batch = StepBatch {
+            x: &self.x,
+            x_pos: &self.x_pos,
+            samples: &self.samples,
+            cases: &self.cases,
+        };
+        self.state.queue_step(batch, lr, None)
+    }
+}
+
+/// The benchmarked step of either kind.
+enum Rig {
+    Supervised(StepRig),
+    Pretrain(PretrainRig),
+}
+
+impl Rig {
+    fn step(&mut self) -> Result<()> {
+        match self {
+            Rig::Supervised(rig) => rig.step(),
+            Rig::Pretrain(rig) => rig.step(),
+        }
+    }
 }
 
 /// The model, its parameters on the device, the optimizer and the batch of one benchmark.
@@ -120,7 +241,18 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         .sum();
     let gpu = CudaDevice::open(args.gpu)?;
     let device = Device::Cuda(gpu.clone());
-    let mut rig = StepRig::new(args, &device)?;
+    let mut rig = match args.method.pretraining() {
+        None => Rig::Supervised(StepRig::new(args, &device)?),
+        Some(method) => {
+            if method.has_local() && !(1..=args.size * args.size).contains(&args.regions) {
+                return Err(Error::config(format!(
+                    "--regions must be between 1 and the {} pixels of an image",
+                    args.size * args.size
+                )));
+            }
+            Rig::Pretrain(PretrainRig::new(args, &device, method)?)
+        }
+    };
     let timer = GpuTimer::new(&gpu)?;
     for _ in 0..args.warmup {
         rig.step()?;
@@ -151,8 +283,19 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     let median = super::median(times);
     let tflops = 6.0 * macs as f64 / (median * 1e-3) / 1e12;
     let allocations = after.device_allocations - before.device_allocations;
+    let what = match args.method.pretraining() {
+        None => "U-Net training step".to_string(),
+        Some(Method::Global) => "MoCo pre-training step (lrc pretrain global, queue 4096)".to_string(),
+        Some(m) => format!(
+            "{} pre-training step (lrc pretrain {}, {} regions of {} samples)",
+            if m == Method::Local { "LRC" } else { "joint" },
+            if m == Method::Local { "local" } else { "joint" },
+            args.regions,
+            args.samples
+        ),
+    };
     println!(
-        "{} (sm_{}{}): U-Net training step, batch {} 1x{}x{} base {} depth {}, Adam",
+        "{} (sm_{}{}): {what}, batch {} 1x{}x{} base {} depth {}",
         gpu.name(),
         gpu.compute_capability().0,
         gpu.compute_capability().1,
@@ -162,8 +305,14 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         args.base,
         args.depth
     );
+    // The convolutions' rate for the supervised step alone, whose convolutions `macs` counts.
+    let rate = if args.method == StepMethod::Supervised {
+        format!("; convolutions {tflops:.1} TFLOP/s")
+    } else {
+        String::new()
+    };
     println!(
-        "median {median:.2} ms, fastest {fastest:.2} ms over {} steps; convolutions {tflops:.1} TFLOP/s; \
+        "median {median:.2} ms, fastest {fastest:.2} ms over {} steps{rate}; \
          {allocations} device allocations and {uploads} uploads / {downloads} downloads in the timed steps; \
          peak {:.0} MiB in use",
         args.repeats,
@@ -183,7 +332,11 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         );
     }
     let line = serde_json::json!({
-        "bench": "step",
+        // Pre-training steps apart, so that the supervised step's tables keep their one kind.
+        "bench": if args.method == StepMethod::Supervised { "step" } else { "pretrain-step" },
+        "method": format!("{:?}", args.method).to_lowercase(),
+        "regions": args.regions,
+        "samples": args.samples,
         "impl": "lrc",
         "device": gpu.name(),
         "batch": args.batch,
@@ -208,4 +361,60 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         .map_err(|e| Error::io(&args.json, e))?;
     writeln!(file, "{line}").map_err(|e| Error::io(&args.json, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(method: StepMethod) -> StepBenchArgs {
+        StepBenchArgs {
+            batch: 2,
+            size: 32,
+            base: 4,
+            depth: 3,
+            repeats: 1,
+            warmup: 0,
+            json: PathBuf::from("unused.jsonl"),
+            gpu: 0,
+            profile: false,
+            method,
+            regions: 9,
+            samples: 3,
+        }
+    }
+
+    /// The pre-training rigs run their steps anywhere (the benchmark times them on a GPU): the
+    /// state follows the arguments, the local loss gets its grid samples, and a step changes the
+    /// weights.
+    #[test]
+    fn pretraining_rigs_queue_the_steps_lrc_pretrain_takes() {
+        for method in [StepMethod::Global, StepMethod::Local, StepMethod::Joint] {
+            let a = args(method);
+            let m = method.pretraining().unwrap();
+            let mut rig = PretrainRig::new(&a, &Device::Cpu, m).unwrap();
+            assert_eq!(rig.state.config.method, m);
+            assert_eq!((rig.state.config.batch, rig.state.config.crop), (2, 32));
+            assert_eq!(rig.x.shape(), &[2, 1, 32, 32]);
+            if m.has_local() {
+                assert_eq!(rig.samples.len(), 2);
+                assert!(
+                    rig.samples
+                        .iter()
+                        .all(|s| s.labels.len() == 9 && s.q.len() == 27 && s.p.len() == 27)
+                );
+            } else {
+                assert!(rig.samples.is_empty());
+            }
+            let before = rig.state.params.params()[0].value.to_f32_vec().unwrap();
+            rig.step().unwrap();
+            rig.step().unwrap();
+            let after = rig.state.params.params()[0].value.to_f32_vec().unwrap();
+            assert_ne!(
+                before, after,
+                "{method:?}: two steps left the first weights as they were"
+            );
+        }
+        assert_eq!(StepMethod::Supervised.pretraining(), None);
+    }
 }
