@@ -165,7 +165,7 @@ impl PretrainRig {
 /// The benchmarked step of either kind.
 enum Rig {
     Supervised(StepRig),
-    Pretrain(PretrainRig),
+    Pretrain(Box<PretrainRig>),
 }
 
 impl Rig {
@@ -250,7 +250,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
                     args.size * args.size
                 )));
             }
-            Rig::Pretrain(PretrainRig::new(args, &device, method)?)
+            Rig::Pretrain(Box::new(PretrainRig::new(args, &device, method)?))
         }
     };
     let timer = GpuTimer::new(&gpu)?;
