@@ -164,7 +164,7 @@ impl PretrainRig {
 
 /// The benchmarked step of either kind.
 enum Rig {
-    Supervised(StepRig),
+    Supervised(Box<StepRig>),
     Pretrain(Box<PretrainRig>),
 }
 
@@ -242,7 +242,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     let gpu = CudaDevice::open(args.gpu)?;
     let device = Device::Cuda(gpu.clone());
     let mut rig = match args.method.pretraining() {
-        None => Rig::Supervised(StepRig::new(args, &device)?),
+        None => Rig::Supervised(Box::new(StepRig::new(args, &device)?)),
         Some(method) => {
             if method.has_local() && !(1..=args.size * args.size).contains(&args.regions) {
                 return Err(Error::config(format!(
