@@ -517,18 +517,7 @@ pub fn finetune(store: Arc<SliceStore>, config: FinetuneConfig, opts: &FinetuneO
                 }
             };
             loss_reader.queue(tape.value(loss))?;
-            {
-                let _r = profile::range("phase.backward");
-                let grads = tape.backward(loss)?;
-                seg.params.zero_grad();
-                seg.params.accumulate_grads(&grads, &bound)?;
-            }
-            // Without the tape the optimizer updates the parameters in place (it shares them).
-            drop(tape);
-            {
-                let _r = profile::range("phase.optimizer");
-                optimizer.step(&mut seg.params, config.lr)?;
-            }
+            super::backward_and_update(tape, loss, &bound, &mut seg.params, &mut optimizer, config.lr)?;
             // Read once the whole step is queued: the GPU keeps working meanwhile.
             let value = loss_reader.value()?;
             super::check_loss(value, step + 1)?;

@@ -297,19 +297,7 @@ impl PretrainState {
         if let Some(reader) = loss_reader {
             reader.queue(tape.value(loss))?;
         }
-        {
-            let _r = profile::range("phase.backward");
-            let grads = tape.backward(loss)?;
-            self.params.zero_grad();
-            self.params.accumulate_grads(&grads, &bound)?;
-        }
-        // The tape shares the parameters' storage: without it the optimizer updates them in
-        // place instead of copying each one first.
-        drop(tape);
-        {
-            let _r = profile::range("phase.optimizer");
-            self.optimizer.step(&mut self.params, lr)?;
-        }
+        super::backward_and_update(tape, loss, &bound, &mut self.params, &mut self.optimizer, lr)?;
         if let (Some(queue), Some(k)) = (&mut self.queue, &keys) {
             queue.enqueue(k, batch.cases)?;
         }
