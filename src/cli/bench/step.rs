@@ -345,7 +345,8 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
         "depth": args.depth,
         "median_ms": median,
         "fastest_ms": fastest,
-        "conv_tflops": tflops,
+        // Counted for the supervised step's convolutions alone.
+        "conv_tflops": (args.method == StepMethod::Supervised).then_some(tflops),
         "allocations_after_warmup": allocations,
         "uploads": uploads,
         "downloads": downloads,
