@@ -1,6 +1,9 @@
 //! `lrc bench step`: one whole U-Net training step on the GPU (forward, mean of the output,
 //! backward, Adam), the step `scripts/torch_reference.py --bench step` times in PyTorch (eager
-//! and torch.compile) on the same model, so the two compare directly.
+//! and torch.compile) on the same model, so the two compare directly. With `--method
+//! global|local|joint`, a pre-training step instead, the one `lrc pretrain` queues
+//! (`PretrainState::queue_step`) on a batch already on the device, which
+//! `scripts/torch_reference.py --bench pretrain --method` times in PyTorch.
 //!
 //! Reported: the median and fastest of the timed steps (CUDA events around each), the achieved
 //! TFLOP/s of the step's convolutions (forward, backward-data and backward-weight: 6 x the
