@@ -160,7 +160,7 @@ pub fn cases(args: &LrcLossBenchArgs) -> Result<Vec<LrcLossCase>> {
     for &d in &args.dims {
         for &regions in &args.regions {
             let (rows, cols) = grid(regions);
-            if d == 0 || regions == 0 || rows > args.size || cols > args.size {
+            if d == 0 || !grid_fits(regions, args.size) {
                 return Err(Error::config(format!(
                     "D = {d} and K = {regions} must be positive, and a {rows} x {cols} grid of regions must fit {0} x {0} pixels",
                     args.size
@@ -179,6 +179,13 @@ pub fn cases(args: &LrcLossBenchArgs) -> Result<Vec<LrcLossCase>> {
         }
     }
     Ok(out)
+}
+
+/// Whether `k` regions, one grid cell each, fit a `size` x `size` image: every cell at least one
+/// pixel.
+pub fn grid_fits(k: usize, size: usize) -> bool {
+    let (rows, cols) = grid(k);
+    k > 0 && rows <= size && cols <= size
 }
 
 /// Rows and columns of the grid of cells that holds `k` regions: ceil(sqrt(k)) columns.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::lrc_loss::{LrcLossCase, grid_samples};
+use super::lrc_loss::{LrcLossCase, grid_fits, grid_samples};
 use super::unet_convs;
 use crate::autograd::Tape;
 use crate::device::Device;
@@ -75,6 +75,16 @@ pub struct StepBenchArgs {
     pub samples: usize,
 }
 
+/// The benchmarked U-Net: one input channel, `--base` channels doubling per level up to 512.
+fn unet_config(args: &StepBenchArgs) -> UNetConfig {
+    UNetConfig {
+        in_channels: 1,
+        base_width: args.base,
+        depth: args.depth,
+        max_width: 512,
+    }
+}
+
 /// What a benchmarked step trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StepMethod {
@@ -111,13 +121,14 @@ struct PretrainRig {
 
 impl PretrainRig {
     fn new(args: &StepBenchArgs, device: &Device, method: Method) -> Result<PretrainRig> {
+        if method.has_local() && !grid_fits(args.regions, args.size) {
+            return Err(Error::config(format!(
+                "{} regions, one grid cell each, do not fit {1} x {1} pixels",
+                args.regions, args.size
+            )));
+        }
         let mut config = PretrainConfig::thesis(method);
-        config.unet = UNetConfig {
-            in_channels: 1,
-            base_width: args.base,
-            depth: args.depth,
-            max_width: 512,
-        };
+        config.unet = unet_config(args);
         config.embed_dim = args.base;
         config.batch = args.batch;
         config.crop = args.size;
@@ -191,12 +202,7 @@ struct StepRig {
 impl StepRig {
     fn new(args: &StepBenchArgs, device: &Device) -> Result<StepRig> {
         let mut rng = Rng::new(0x5eed);
-        let config = UNetConfig {
-            in_channels: 1,
-            base_width: args.base,
-            depth: args.depth,
-            max_width: 512,
-        };
+        let config = unet_config(args);
         config.check_input(args.size, args.size)?;
         let mut store = ParamStore::new();
         let unet = UNet::new(&mut store, "unet", config, &mut rng)?;
@@ -246,15 +252,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     let device = Device::Cuda(gpu.clone());
     let mut rig = match args.method.pretraining() {
         None => Rig::Supervised(Box::new(StepRig::new(args, &device)?)),
-        Some(method) => {
-            if method.has_local() && !(1..=args.size * args.size).contains(&args.regions) {
-                return Err(Error::config(format!(
-                    "--regions must be between 1 and the {} pixels of an image",
-                    args.size * args.size
-                )));
-            }
-            Rig::Pretrain(Box::new(PretrainRig::new(args, &device, method)?))
-        }
+        Some(method) => Rig::Pretrain(Box::new(PretrainRig::new(args, &device, method)?)),
     };
     let timer = GpuTimer::new(&gpu)?;
     for _ in 0..args.warmup {
@@ -286,16 +284,22 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     let median = super::median(times);
     let tflops = 6.0 * macs as f64 / (median * 1e-3) / 1e12;
     let allocations = after.device_allocations - before.device_allocations;
-    let what = match args.method.pretraining() {
-        None => "U-Net training step".to_string(),
-        Some(Method::Global) => "MoCo pre-training step (lrc pretrain global, queue 4096)".to_string(),
-        Some(m) => format!(
-            "{} pre-training step (lrc pretrain {}, {} regions of {} samples)",
-            if m == Method::Local { "LRC" } else { "joint" },
-            if m == Method::Local { "local" } else { "joint" },
-            args.regions,
-            args.samples
-        ),
+    let method_name = format!("{:?}", args.method).to_lowercase();
+    let what = match &rig {
+        Rig::Supervised(_) => "U-Net training step (Adam)".to_string(),
+        Rig::Pretrain(rig) => {
+            let c = &rig.state.config;
+            let global = c.method.has_global().then(|| format!(", queue {}", c.queue));
+            let local = c
+                .method
+                .has_local()
+                .then(|| format!(", {} regions of {} samples", args.regions, c.samples));
+            format!(
+                "pre-training step (lrc pretrain {method_name}{}{})",
+                global.unwrap_or_default(),
+                local.unwrap_or_default()
+            )
+        }
     };
     println!(
         "{} (sm_{}{}): {what}, batch {} 1x{}x{} base {} depth {}",
@@ -337,7 +341,7 @@ pub fn bench_step(args: &StepBenchArgs) -> Result<()> {
     let line = serde_json::json!({
         // Pre-training steps apart, so that the supervised step's tables keep their one kind.
         "bench": if args.method == StepMethod::Supervised { "step" } else { "pretrain-step" },
-        "method": format!("{:?}", args.method).to_lowercase(),
+        "method": method_name,
         "regions": args.regions,
         "samples": args.samples,
         "impl": "lrc",
@@ -420,5 +424,12 @@ mod tests {
             );
         }
         assert_eq!(StepMethod::Supervised.pretraining(), None);
+        // 1089 regions need a 33 x 33 grid: more cells than a 32 x 32 image has pixels per side.
+        let too_many = StepBenchArgs {
+            regions: 1089,
+            ..args(StepMethod::Local)
+        };
+        assert!(PretrainRig::new(&too_many, &Device::Cpu, Method::Local).is_err());
+        assert!(PretrainRig::new(&too_many, &Device::Cpu, Method::Global).is_ok());
     }
 }
